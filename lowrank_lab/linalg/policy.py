@@ -1,0 +1,136 @@
+"""The one dtype and device policy of lowrank_lab.
+
+Every factorization goes through :func:`prepare` on the way in and :func:`finish` on the way out:
+
+* QR, SVD, LU and pseudo-inverses are never run in bf16/fp16 — LAPACK/cuSOLVER have no such
+  kernels (``torch.linalg.svd`` refuses them) and their rounding (2^-8 for bf16) would swamp the
+  error being measured. Half-precision inputs are upcast to float32.
+* ``reference=True`` computes in float64: the mode the tests use as ground truth.
+* Results come back in the input dtype unless ``out_dtype`` says otherwise, so a bf16 model gets
+  bf16 adapter factors.
+* Nothing moves between devices: a CUDA tensor is factored on its GPU, a CPU tensor on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Dtypes of one factorization call: what came in, what is computed in, what goes out."""
+
+    input: torch.dtype
+    compute: torch.dtype
+    output: torch.dtype
+
+
+def compute_dtype(dtype: torch.dtype, *, reference: bool = False) -> torch.dtype:
+    """The dtype in which QR/SVD/LU/pinv run for an input of ``dtype``."""
+    if reference:
+        return torch.float64
+    if dtype in _HALF:
+        return torch.float32
+    return dtype
+
+
+def validate_matrix(W: torch.Tensor, name: str = "W") -> None:
+    """Reject what no factorization here can take, with the reason and the count.
+
+    Raises
+    ------
+    TypeError
+        ``W`` is not a tensor, or has an integer, boolean or complex dtype.
+    ValueError
+        ``W`` is not 2-D, is empty, or holds NaN or Inf entries (the message says how many).
+    """
+    if not isinstance(W, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(W).__name__}")
+    if W.dtype.is_complex or not W.dtype.is_floating_point:
+        raise TypeError(
+            f"{name} has dtype {W.dtype}; lowrank_lab factors real floating-point matrices "
+            "(float16, bfloat16, float32, float64). Cast it first, e.g. W.float()."
+        )
+    if W.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(W.shape)} ({W.ndim}-D)")
+    if W.numel() == 0:
+        raise ValueError(f"{name} is empty, shape {tuple(W.shape)}")
+    bad = ~torch.isfinite(W)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(W).sum())
+        n_inf = int(bad.sum()) - n_nan
+        raise ValueError(
+            f"{name} has {n_nan} NaN and {n_inf} Inf entries out of {W.numel()}; "
+            "factorizations need finite entries"
+        )
+
+
+def validate_rank(rank: int, shape: tuple[int, int] | torch.Size, name: str = "rank") -> int:
+    """Check ``1 <= rank <= min(m, n)`` and return it as an int; the error names both numbers."""
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        try:
+            as_int = int(rank)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be an integer, got {rank!r}") from None
+        if as_int != rank:
+            raise TypeError(f"{name} must be an integer, got {rank!r}")
+        rank = as_int
+    m, n = int(shape[0]), int(shape[1])
+    if rank < 1 or rank > min(m, n):
+        raise ValueError(f"{name}={rank} is out of range for a {m}x{n} matrix: need 1 <= {name} <= {min(m, n)}")
+    return rank
+
+
+def prepare(
+    W: torch.Tensor,
+    *,
+    reference: bool = False,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, Precision]:
+    """Validate ``W`` and return it in its compute dtype, with the dtypes of the call."""
+    validate_matrix(W)
+    cdt = compute_dtype(W.dtype, reference=reference)
+    precision = Precision(input=W.dtype, compute=cdt, output=out_dtype or W.dtype)
+    return W.to(cdt), precision
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) means CUDA when available, else the CPU; anything else is passed to torch."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but torch sees no CUDA device; use --device cpu")
+    return dev
+
+
+def make_generator(generator: torch.Generator | int | None) -> torch.Generator:
+    """A ``torch.Generator`` for random test matrices.
+
+    ``None`` gives a generator seeded with 0 — factorizations are reproducible by default, as in
+    scikit-learn's ``random_state=0`` examples; pass your own generator (or an int seed) to vary it.
+    The generator may live on another device than the matrix: :func:`gaussian` draws on the
+    generator's device and moves the sample.
+    """
+    if isinstance(generator, torch.Generator):
+        return generator
+    seed = 0 if generator is None else int(generator)
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed)
+    return g
+
+
+def gaussian(
+    shape: tuple[int, ...], *, generator: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Standard normal sample drawn with ``generator`` and placed on ``device`` in ``dtype``.
+
+    Drawn in float32 on the generator's device, so a seed gives the same sketch on CPU and CUDA
+    inputs and in every compute dtype.
+    """
+    sample = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return sample.to(device=device, dtype=dtype)
