@@ -1,0 +1,1 @@
+"""Leaf utilities shared by every layer: timing, provenance of generated files, tables."""

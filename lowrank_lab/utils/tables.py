@@ -1,0 +1,157 @@
+"""CSV rows that survive interruption, output-directory checks, and dependency-free table rendering."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+class OutputDirError(ValueError):
+    """An output directory cannot be created or written."""
+
+
+def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
+    """Create ``path`` if needed and prove it is writable, before any expensive work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputDirError(
+            f"{option} {str(path)!r} is not a writable directory ({exc.strerror or exc}); "
+            f"pass a different {option}"
+        ) from None
+    return path
+
+
+class RowWriter:
+    """Append rows to a CSV file one at a time, flushed and fsynced, so an interrupted run leaves a
+    valid file (every complete line is a complete row).
+
+    With ``resume=True`` an existing file is kept: its rows are read, a torn last line (from a kill
+    mid-write) is dropped, and :meth:`done` tells whether a key was already written. Without it the
+    file is started afresh.
+    """
+
+    def __init__(
+        self, path: str | Path, columns: Sequence[str], key_columns: Sequence[str], *, resume: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.key_columns = list(key_columns)
+        unknown = [k for k in self.key_columns if k not in self.columns]
+        if unknown:
+            raise ValueError(f"key columns {unknown} are not among the columns {self.columns}")
+        self._done: set[tuple[str, ...]] = set()
+        if resume and self.path.exists() and self.path.stat().st_size > 0:
+            self._load_existing()
+            self._fh = open(self.path, "a", newline="")
+        else:
+            self._fh = open(self.path, "w", newline="")
+            csv.writer(self._fh).writerow(self.columns)
+            self._sync()
+        self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="raise")
+
+    def _load_existing(self) -> None:
+        text = self.path.read_text()
+        if not text.endswith("\n"):  # torn last line from an interrupted write
+            text = text[: text.rfind("\n") + 1]
+            self.path.write_text(text)
+        rows = list(csv.DictReader(text.splitlines()))
+        header = text.splitlines()[0].split(",") if text else []
+        if header != self.columns:
+            raise ValueError(
+                f"cannot resume {self.path}: its columns {header} differ from {self.columns}; "
+                "use a new --out or delete the file"
+            )
+        self._done = {self._key(r) for r in rows}
+
+    def _key(self, row: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(_fmt(row[k]) for k in self.key_columns)
+
+    def done(self, key: Mapping[str, Any] | Sequence[Any]) -> bool:
+        """Whether a row with these key values is already in the file."""
+        if isinstance(key, Mapping):
+            return self._key(key) in self._done
+        return tuple(_fmt(k) for k in key) in self._done
+
+    @property
+    def n_done(self) -> int:
+        return len(self._done)
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self._writer.writerow({k: row.get(k) for k in self.columns})
+        self._sync()
+        self._done.add(self._key(row))
+
+    def write_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def _sync(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fmt(value: Any) -> str:
+    # Keys compare as text, as they come back from the CSV file.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if value is None else str(value)
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return format(value, floatfmt)
+    return str(value)
+
+
+def to_markdown(df: pd.DataFrame, *, floatfmt: str = ".4g", index: bool = False) -> str:
+    """A GitHub-flavoured markdown table (pandas' own needs the optional ``tabulate``)."""
+    frame = df.reset_index() if index else df
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(df: pd.DataFrame, *, floatfmt: str = ".4g", caption: str | None = None) -> str:
+    """A booktabs tabular (no jinja2 needed, unlike ``DataFrame.to_latex``)."""
+
+    def esc(s: str) -> str:
+        for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+            s = s.replace(a, b)
+        return s
+
+    cols = [esc(str(c)) for c in df.columns]
+    out = [r"\begin{table}[ht]", r"\centering", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule"]
+    out.append(" & ".join(cols) + r" \\")
+    out.append(r"\midrule")
+    for row in df.itertuples(index=False):
+        out.append(" & ".join(esc(_cell(v, floatfmt)) for v in row) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        out.append(r"\caption{" + esc(caption) + "}")
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"

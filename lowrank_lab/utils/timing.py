@@ -1,0 +1,68 @@
+"""Wall-clock timing that is honest on CUDA: synchronise, warm up, report the median of repeats."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait for queued CUDA work on ``device`` (a no-op on the CPU), so a timer sees finished work."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class TimingResult(Generic[T]):
+    """Median and all repeat times in seconds, with the result of the last call."""
+
+    median: float
+    times: tuple[float, ...]
+    result: T
+
+
+def time_call(
+    fn: Callable[[], T], *, device: torch.device | str | None = None, repeats: int = 3, warmup: int = 1
+) -> TimingResult[T]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed, synchronising ``device``.
+
+    The median rather than the mean, because shared machines produce one-sided outliers
+    (``torch.utils.benchmark`` makes the same choice).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(max(warmup, 0)):
+        fn()
+    times = []
+    result: Any = None
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        result = fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return TimingResult(median=statistics.median(times), times=tuple(times), result=result)
+
+
+class Stopwatch:
+    """``with Stopwatch(device) as sw: ...`` then ``sw.seconds`` (CUDA-synchronised at both ends)."""
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = device
+        self.seconds = float("nan")
+
+    def __enter__(self) -> Stopwatch:
+        synchronize(self.device)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self._t0

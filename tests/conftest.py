@@ -1,0 +1,45 @@
+"""Shared fixtures: where the real data lives, and the GPU gate."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# CI and sessions have ../shared beside the clone; LOWRANK_LAB_SHARED_DATA overrides it.
+SHARED_DATA = Path(os.environ.get("LOWRANK_LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (GLUE, GSM8K, stories260K); the test is skipped, saying why, when it is absent."""
+    if not (SHARED_DATA / "MANIFEST.md").exists():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set LOWRANK_LAB_SHARED_DATA to its folder)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def stories260k(shared_data: Path) -> Path:
+    path = shared_data / "models" / "stories260K" / "stories260K.bin"
+    if not path.exists():
+        pytest.skip(f"llama2.c checkpoint not found at {path}")
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `gpu` tests run only where CUDA exists, even when selected with -m gpu.
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads() -> None:
+    # Results must not depend on the thread count the runner happens to pick.
+    torch.manual_seed(0)
