@@ -107,7 +107,9 @@ def _bases_from(fact, sides: Sequence[str]) -> dict[str, SingularBasis]:
     return out
 
 
-def full_bases(W: torch.Tensor, sides: Sequence[str] = ("left",), *, reference: bool = False) -> dict[str, SingularBasis]:
+def full_bases(
+    W: torch.Tensor, sides: Sequence[str] = ("left",), *, reference: bool = False
+) -> dict[str, SingularBasis]:
     """All ``min(m, n)`` singular vectors of ``W`` on each requested side, from one thin SVD.
 
     Uses :func:`lowrank_lab.linalg.truncated_svd` at full rank (compute dtype float32 for
@@ -290,7 +292,10 @@ def record_from_bases(
 
 
 def default_cache_dir() -> Path:
-    """``$LOWRANK_LAB_CACHE/svd``, else ``$XDG_CACHE_HOME/lowrank_lab/svd``, else ``~/.cache/lowrank_lab/svd``."""
+    """Where base SVDs live by default.
+
+    ``$LOWRANK_LAB_CACHE/svd``, else ``$XDG_CACHE_HOME/lowrank_lab/svd``, else ``~/.cache/lowrank_lab/svd``.
+    """
     if os.environ.get("LOWRANK_LAB_CACHE"):
         return Path(os.environ["LOWRANK_LAB_CACHE"]) / "svd"
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -504,3 +509,684 @@ def find_intruders(
         )
         for s in sides
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Tuned weights: a checkpoint, a run directory, or the base plus an adapter (PEFT or lowrank_lab)
+# --------------------------------------------------------------------------------------------------
+
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# lowrank_lab's own adapter format (lowrank_lab.adapters.io.CONFIG_NAME / WEIGHTS_NAME).
+TOOLKIT_CONFIG = "lowrank_adapter.json"
+TOOLKIT_WEIGHTS = "lowrank_adapter.safetensors"
+
+
+class AdapterFilesError(FileNotFoundError):
+    """An adapter directory lacks the files its format needs; the message names them."""
+
+
+class AdapterFormatError(ValueError):
+    """An adapter that cannot be merged: a non-LoRA PEFT type, DoRA, unmatched modules, bad shapes."""
+
+
+class ArchitectureMismatchError(ValueError):
+    """Base and tuned weights do not have the same target matrices; the message names the first one."""
+
+
+def adapter_kind(path: str | Path) -> str | None:
+    """``"peft"``, ``"lowrank_lab"`` or None, from the files in the directory ``path``."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if (p / PEFT_CONFIG).is_file() or any((p / w).is_file() for w in PEFT_WEIGHTS):
+        return "peft"
+    if (p / TOOLKIT_CONFIG).is_file() or (p / TOOLKIT_WEIGHTS).is_file():
+        return "lowrank_lab"
+    return None
+
+
+@dataclass(frozen=True)
+class LoraDelta:
+    """One module's LoRA update ``ΔW = scale · B · A`` in ``nn.Linear`` (out, in) layout.
+
+    ``fan_in_fan_out`` modules (GPT-2 ``Conv1D``) store their weight as (in, out); PEFT then returns
+    ``(B·A)ᵀ`` from ``get_delta_weight``. The weight sources of lowrank_lab always hand out (out, in),
+    so the update in that layout is ``B·A`` either way; the flag is kept for the record.
+    """
+
+    module: str
+    A: torch.Tensor  # (r, in)
+    B: torch.Tensor  # (out, r)
+    scale: float
+    fan_in_fan_out: bool = False
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.B.shape[0]), int(self.A.shape[1])
+
+    def delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``scale · B · A`` in ``dtype`` (float32 at least, as PEFT's CPU merge)."""
+        return self.scale * (self.B.to(dtype) @ self.A.to(dtype))
+
+
+def _peft_rank_alpha(config: dict, module: str, r_from_shape: int) -> tuple[int, float]:
+    # PEFT's get_pattern_key: a pattern key matches the module name, or a dotted suffix of it.
+    import re
+
+    def lookup(pattern: dict, default):
+        for key, value in (pattern or {}).items():
+            if re.match(rf"(.*\.)?({key})$", module):
+                return value
+        return default
+
+    r = int(lookup(config.get("rank_pattern"), config.get("r", r_from_shape)))
+    alpha = float(lookup(config.get("alpha_pattern"), config.get("lora_alpha", r)))
+    return r, alpha
+
+
+def read_peft_lora(path: str | Path) -> tuple[dict[str, LoraDelta], dict]:
+    """The LoRA updates of a PEFT adapter directory, read with safetensors (PEFT is not needed).
+
+    ``adapter_config.json`` gives ``r``, ``lora_alpha``, ``use_rslora``, ``rank_pattern``,
+    ``alpha_pattern`` and ``fan_in_fan_out``; ``adapter_model.safetensors`` (or the older
+    ``adapter_model.bin``) holds ``<prefix>.<module>.lora_A.weight`` (r, in) and ``...lora_B.weight``
+    (out, r). The prefix ``base_model.model.`` and an adapter name before ``.weight`` are stripped.
+    The scale is ``lora_alpha / r`` (``lora_alpha / √r`` with rsLoRA), exactly as
+    ``peft.tuners.lora.layer.LoraLayer.update_layer``.
+
+    Returns
+    -------
+    deltas : dict
+        ``{module path: LoraDelta}``, module paths relative to the model PEFT wrapped.
+    config : dict
+        The adapter config.
+
+    Raises
+    ------
+    AdapterFilesError
+        ``adapter_config.json`` or the weights file is missing (both names are given).
+    AdapterFormatError
+        Not a LoRA adapter, DoRA, a lora_A without its lora_B, or inconsistent shapes.
+    """
+    import json
+    import math
+    import re
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterFilesError(f"adapter directory {str(path)!r} does not exist")
+    weights = next((path / w for w in PEFT_WEIGHTS if (path / w).is_file()), None)
+    missing = [
+        n for n, ok in ((PEFT_CONFIG, (path / PEFT_CONFIG).is_file()), (PEFT_WEIGHTS[0], weights)) if not ok
+    ]
+    if missing:
+        raise AdapterFilesError(
+            f"PEFT adapter {str(path)!r} is missing {' and '.join(missing)} "
+            f"(a PEFT LoRA directory holds {PEFT_CONFIG} and {PEFT_WEIGHTS[0]}, "
+            "as written by save_pretrained)"
+        )
+    try:
+        config = json.loads((path / PEFT_CONFIG).read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterFormatError(f"{path / PEFT_CONFIG} is not valid JSON: {exc}") from None
+    ptype = str(config.get("peft_type", "LORA")).upper()
+    if ptype != "LORA":
+        raise AdapterFormatError(
+            f"{path / PEFT_CONFIG}: peft_type {ptype} is not LoRA; only LoRA adapters can be merged"
+        )
+    if config.get("use_dora"):
+        raise AdapterFormatError(
+            f"{path / PEFT_CONFIG}: DoRA adapters rescale the weight's columns and are not B·A updates; "
+            "merge it with PEFT (merge_and_unload), save the model and pass it as --tuned"
+        )
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+
+    pat = re.compile(r"^(?P<module>.+?)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        m = pat.match(key)
+        if m is None:
+            continue  # biases (lora_bias), modules_to_save copies, embeddings' lora_embedding_A/B
+        module = m["module"].removeprefix("base_model.model.")
+        parts.setdefault(module, {})[m["part"]] = tensor
+    if not parts:
+        raise AdapterFormatError(f"{weights} holds no lora_A/lora_B weights (keys: {sorted(state)[:5]} ...)")
+    deltas = {}
+    for module, ab in parts.items():
+        if set(ab) != {"A", "B"}:
+            have = "lora_A" if "A" in ab else "lora_B"
+            raise AdapterFormatError(f"{weights}: module {module!r} has {have} but not its partner")
+        A, B = ab["A"], ab["B"]
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise AdapterFormatError(
+                f"{weights}: module {module!r} has lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}; "
+                "expected (r, in) and (out, r) (convolutional LoRA is not supported)"
+            )
+        _, alpha = _peft_rank_alpha(config, module, int(A.shape[0]))
+        r = int(A.shape[0])  # the stored factor is the truth; rank_pattern only set its size
+        scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        deltas[module] = LoraDelta(module, A, B, scale, bool(config.get("fan_in_fan_out", False)))
+    return deltas, config
+
+
+def match_modules(modules: Sequence[str], tensors: Sequence[str], *, what: str = "adapter") -> dict[str, str]:
+    """Map module paths (``bert.encoder.layer.0.attention.self.query``) to weight tensor names.
+
+    A module matches the tensor ``<module>.weight`` when one name is a dotted suffix of the other,
+    so adapters saved on a model with a head (``bert.``, ``model.`` prefixes) match the bare
+    checkpoint and vice versa. Returns ``{module: tensor}`` for the modules that match one tensor.
+
+    Raises
+    ------
+    AdapterFormatError
+        A module matches more than one tensor (the candidates are listed).
+    """
+    stems = {t.removesuffix(".weight"): t for t in tensors}
+    out = {}
+    for mod in modules:
+        hits = [t for s, t in stems.items() if s == mod or s.endswith("." + mod) or mod.endswith("." + s)]
+        if len(hits) > 1:
+            exact = [t for t in hits if t.removesuffix(".weight") == mod]
+            if len(exact) != 1:
+                raise AdapterFormatError(f"{what} module {mod!r} matches several base tensors: {hits}")
+            hits = exact
+        if hits:
+            out[mod] = hits[0]
+    return out
+
+
+class TunedWeights:
+    """The fine-tuned side: a weight source, optionally with per-tensor updates applied on load.
+
+    ``targets()`` and ``weight(info)`` mirror :class:`lowrank_lab.weights.WeightSource` so the
+    comparison loop reads one matrix at a time whatever the tuned weights are made of.
+    """
+
+    def __init__(self, source, *, overlay: dict | None = None, description: dict | None = None) -> None:
+        self.source = source
+        self.overlay = overlay or {}  # tensor name -> callable(W) -> tuned W
+        self.description = description or {}
+
+    @property
+    def family(self):
+        return getattr(self.source, "family", None)
+
+    def targets(self):
+        return self.source.targets()
+
+    def weight(self, info) -> torch.Tensor:
+        W = self.source.load(info).weight
+        fn = self.overlay.get(info.tensor)
+        return W if fn is None else fn(W)
+
+
+def _peft_overlay(adapter: Path, base_source, *, tensors: Sequence[str]) -> tuple[dict, dict]:
+    deltas, config = read_peft_lora(adapter)
+    matched = match_modules(list(deltas), tensors, what="PEFT adapter")
+    unmatched = [m for m in deltas if m not in matched]
+    overlay = {}
+    for mod, tensor in matched.items():
+        d = deltas[mod]
+
+        def apply(W, d=d, tensor=tensor):
+            if tuple(W.shape) != d.shape:
+                raise AdapterFormatError(
+                    f"PEFT module {d.module!r} gives a {d.shape} update but base tensor {tensor!r} is "
+                    f"{tuple(W.shape)}; was the adapter trained on this base?"
+                )
+            cdt = torch.promote_types(W.dtype, torch.float32)
+            return W.to(cdt) + d.delta(cdt).to(W.device)
+
+        overlay[tensor] = apply
+    init = config.get("init_lora_weights")
+    desc = {
+        "adapter": str(adapter),
+        "adapter_format": "peft",
+        "r": config.get("r"),
+        "lora_alpha": config.get("lora_alpha"),
+        "use_rslora": bool(config.get("use_rslora", False)),
+        "fan_in_fan_out": bool(config.get("fan_in_fan_out", False)),
+        "modules": len(deltas),
+        "modules_matched": len(matched),
+        "modules_not_analysed": unmatched,
+        "init_lora_weights": init,
+    }
+    if isinstance(init, str) and init.split("_")[0].lower() in {"pissa", "olora", "corda", "eva", "loftq"}:
+        desc["warning"] = (
+            f"adapter was initialised with init_lora_weights={init!r}: unless it was saved with "
+            "path_initial_model_for_weight_conversion it applies to the *residual* base, not the original"
+        )
+    return overlay, desc
+
+
+def _toolkit_weights(adapter: Path, base: str | Path) -> tuple[dict, dict]:
+    """Load the base HF model, put the lowrank_lab adapter on it, merge, and keep the merged targets."""
+    import json
+
+    from lowrank_lab.adapters import load_adapter, merge
+    from lowrank_lab.weights import load_hf_model
+
+    missing = [n for n in (TOOLKIT_CONFIG, TOOLKIT_WEIGHTS) if not (adapter / n).is_file()]
+    if missing:
+        raise AdapterFilesError(
+            f"lowrank_lab adapter {str(adapter)!r} is missing {' and '.join(missing)} "
+            "(save_adapter writes both)"
+        )
+    config = json.loads((adapter / TOOLKIT_CONFIG).read_text())
+    errors = []
+    for head in ("base", "sequence-classification", "causal-lm"):
+        try:
+            model = load_hf_model(base, head=head)
+        except Exception as exc:  # this head does not exist for this family
+            errors.append(f"{head}: {exc}")
+            continue
+        try:
+            load_adapter(model, adapter)
+        except ValueError as exc:  # module names of another head
+            errors.append(f"{head}: {exc}")
+            continue
+        merge(model)
+        weights = {}
+        for name, info in config["modules"].items():
+            W = model.get_submodule(name).weight.detach()
+            if list(W.shape) != list(info["shape"]):
+                W = W.T  # Conv1D stores (in, out)
+            weights[name] = W.contiguous()
+        desc = {
+            "adapter": str(adapter),
+            "adapter_format": "lowrank_lab",
+            "method": config.get("method"),
+            "rank": config.get("rank"),
+            "alpha": config.get("alpha"),
+            "head": head,
+            "modules": len(weights),
+        }
+        return weights, desc
+    raise AdapterFormatError(
+        f"lowrank_lab adapter {str(adapter)!r} fits no head of base {str(base)!r}: " + "; ".join(errors)
+    )
+
+
+def resolve_tuned_path(tuned: str | Path) -> tuple[Path, str]:
+    """What a ``--tuned`` path holds: an adapter, a fine-tuning run, or a checkpoint.
+
+    Returns ``(path, kind)`` with kind ``"adapter"``, ``"run"`` (a fine-tuning run directory whose
+    ``merged/`` holds the weights) or ``"checkpoint"`` (anything :func:`lowrank_lab.weights.open_source`
+    reads: an HF directory, a ``.safetensors`` file, a llama2.c ``.bin``, a registry name).
+    """
+    p = Path(tuned)
+    if p.is_dir():
+        if adapter_kind(p):
+            return p, "adapter"
+        if (p / "merged").is_dir():
+            return p / "merged", "run"
+        if not any(p.glob("*.safetensors")) and not (p / "config.json").is_file():
+            for sub in ("adapter", "adapters"):
+                if adapter_kind(p / sub):
+                    return p / sub, "adapter"
+    return p, "checkpoint"
+
+
+def open_tuned(
+    tuned: str | Path | None,
+    *,
+    base: str | Path,
+    base_source,
+    adapter: str | Path | None = None,
+) -> TunedWeights:
+    """The fine-tuned weights, however they were saved.
+
+    * ``tuned`` a checkpoint (HF directory, ``model.safetensors``, anything ``open_source`` reads);
+    * ``tuned`` a fine-tuning run directory holding ``merged/`` (written by lowrank_lab.training);
+    * ``tuned`` or ``adapter`` a PEFT LoRA directory (``adapter_config.json`` +
+      ``adapter_model.safetensors``): merged on the fly as ``W0 + (lora_alpha/r)·B·A``;
+    * ``tuned`` or ``adapter`` a lowrank_lab adapter (``lowrank_adapter.json`` + ``.safetensors``):
+      loaded on the base HF model with :func:`lowrank_lab.adapters.load_adapter` and merged.
+
+    With both a checkpoint ``tuned`` and an ``adapter``, the adapter is merged on top of ``tuned``.
+    """
+    from lowrank_lab.weights import open_source
+
+    adapter_path = Path(adapter) if adapter is not None else None
+    if tuned is None and adapter_path is None:
+        raise ValueError("give the fine-tuned weights with --tuned PATH, or the base plus --adapter PATH")
+    desc: dict = {}
+    if tuned is not None:
+        path, kind = resolve_tuned_path(tuned)
+        if kind == "adapter":
+            if adapter_path is not None:
+                raise ValueError(
+                    f"--tuned {str(tuned)!r} is an adapter directory and --adapter was given too; "
+                    "pass one adapter (its base is --base)"
+                )
+            adapter_path = path
+            inner = base_source
+            desc["tuned"] = "base + adapter"
+        else:
+            inner = open_source(str(path))
+            desc["tuned"] = str(path)
+            desc["tuned_kind"] = kind
+    else:
+        inner = base_source
+        desc["tuned"] = "base + adapter"
+    if adapter_path is None:
+        return TunedWeights(inner, description=desc)
+
+    kind = adapter_kind(adapter_path)
+    if kind is None:
+        if not adapter_path.exists():
+            raise AdapterFilesError(f"--adapter {str(adapter_path)!r} does not exist")
+        raise AdapterFilesError(
+            f"--adapter {str(adapter_path)!r} has none of {PEFT_CONFIG}, {PEFT_WEIGHTS[0]} (PEFT) or "
+            f"{TOOLKIT_CONFIG}, {TOOLKIT_WEIGHTS} (lowrank_lab save_adapter)"
+        )
+    tensors = [i.tensor for i in inner.targets()]
+    if kind == "peft":
+        overlay, adesc = _peft_overlay(adapter_path, inner, tensors=tensors)
+    else:
+        if inner is not base_source:
+            raise ValueError(
+                "a lowrank_lab adapter is merged onto --base; it cannot be combined with a --tuned checkpoint"
+            )
+        merged, adesc = _toolkit_weights(adapter_path, base)
+        matched = match_modules(list(merged), tensors, what="lowrank_lab adapter")
+        overlay = {t: (lambda W, M=merged[m]: M.to(W.device)) for m, t in matched.items()}
+        adesc["modules_not_analysed"] = [m for m in merged if m not in matched]
+    if not overlay:
+        raise AdapterFormatError(
+            f"no module of adapter {str(adapter_path)!r} matches a target matrix of {str(base)!r} "
+            f"(targets look like {tensors[:2]}); was it trained on this base?"
+        )
+    desc.update(adesc)
+    return TunedWeights(inner, overlay=overlay, description=desc)
+
+
+def select_targets(source, targets: str | Sequence[str] | None = None, layers: str | None = None) -> list:
+    """The source's target matrices restricted to module types ``targets`` and layers ``layers``.
+
+    ``targets`` and ``layers`` use :func:`lowrank_lab.weights.select_modules` and
+    :func:`lowrank_lab.weights.parse_layers` (``"q_proj,v_proj"``, ``"0-3,7"``), so errors list the
+    valid names.
+    """
+    from lowrank_lab.weights import parse_layers, select_modules
+
+    infos = list(source.targets())
+    if targets is not None:
+        spec = targets if isinstance(targets, str) else ",".join(targets)
+        keep = set(select_modules(source.family, spec))
+        infos = [i for i in infos if i.module in keep]
+    if layers is not None:
+        known = [i.layer for i in infos if i.layer is not None]
+        num_layers = getattr(getattr(source, "spec", None), "num_layers", None) or (
+            max(known) + 1 if known else 0
+        )
+        wanted = parse_layers(layers, num_layers)
+        if wanted is not None:
+            keep_layers = set(wanted)
+            infos = [i for i in infos if i.layer in keep_layers]
+    return infos
+
+
+@dataclass(frozen=True)
+class MatrixPair:
+    """One target matrix on both sides (tensor names may differ by a prefix such as ``bert.``)."""
+
+    base: object  # TargetInfo
+    tuned: object  # TargetInfo
+
+
+def pair_targets(
+    base_infos: Sequence, tuned_infos: Sequence, *, base_name: str = "base", tuned_name: str = "tuned"
+):
+    """Pair target matrices by (layer, module type), checking shapes, in the base's order.
+
+    Raises
+    ------
+    ArchitectureMismatchError
+        Naming the first base tensor that has no counterpart or another shape in the tuned weights,
+        or the first tuned tensor that the base lacks.
+    """
+    by_key = {}
+    for info in tuned_infos:
+        by_key.setdefault((info.layer, info.module), info)
+    pairs = []
+    for info in base_infos:
+        other = by_key.pop((info.layer, info.module), None)
+        if other is None:
+            raise ArchitectureMismatchError(
+                f"base tensor {info.tensor!r} (layer {info.layer}, {info.module}, {tuple(info.shape)}) "
+                f"has no counterpart in {tuned_name}; are base and tuned the same architecture?"
+            )
+        if tuple(other.shape) != tuple(info.shape):
+            raise ArchitectureMismatchError(
+                f"tensor {info.tensor!r} is {tuple(info.shape)} in {base_name} but {other.tensor!r} is "
+                f"{tuple(other.shape)} in {tuned_name}; compare a fine-tune against the base it was "
+                "trained from"
+            )
+        pairs.append(MatrixPair(info, other))
+    if by_key:
+        extra = next(iter(by_key.values()))
+        raise ArchitectureMismatchError(
+            f"{tuned_name} tensor {extra.tensor!r} (layer {extra.layer}, {extra.module}) has no "
+            f"counterpart in {base_name}; are base and tuned the same architecture?"
+        )
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------------
+# The comparison loop, tidy rows, summaries and figures
+# --------------------------------------------------------------------------------------------------
+
+#: Columns of intruders.csv: one row per (matrix, side, tuned rank) — long format for pandas.
+ROW_COLUMNS = (
+    "tensor",
+    "layer",
+    "module",
+    "side",
+    "rows",
+    "cols",
+    "rank",
+    "singular_value",
+    "similarity",
+    "base_rank",
+    "base_singular_value",
+    "intruder",
+    "count",
+    "epsilon",
+    "top_k",
+    "tuned_svd",
+)
+ROW_KEY = ("tensor", "side", "rank")
+
+
+def record_rows(info, record: IntruderRecord) -> list[dict]:
+    """The long-format rows of one matrix and side: one per tuned vector ranked 1..k."""
+    rows = []
+    for i in range(record.top_k):
+        sim = float(record.similarities[i])
+        rows.append(
+            {
+                "tensor": info.tensor,
+                "layer": "" if info.layer is None else int(info.layer),
+                "module": info.module,
+                "side": record.side,
+                "rows": int(info.shape[0]),
+                "cols": int(info.shape[1]),
+                "rank": i + 1,
+                "singular_value": f"{float(record.singular_values[i]):.8g}",
+                "similarity": f"{sim:.8g}",
+                "base_rank": int(record.base_ranks[i]),
+                "base_singular_value": f"{float(record.base_singular_values[i]):.8g}",
+                "intruder": int(sim < record.epsilon),
+                "count": record.count,
+                "epsilon": record.epsilon,
+                "top_k": record.top_k,
+                "tuned_svd": record.tuned_svd,
+            }
+        )
+    return rows
+
+
+def iter_records(
+    base_source,
+    tuned: TunedWeights,
+    pairs: Sequence[MatrixPair],
+    *,
+    skip=None,
+    device: torch.device | str | None = None,
+    **kw,
+):
+    """Yield ``(pair, {side: IntruderRecord})`` one matrix at a time (base and tuned read lazily).
+
+    ``skip(pair) -> bool`` leaves out matrices already done (``--resume``); ``kw`` goes to
+    :func:`find_intruders`.
+    """
+    for pair in pairs:
+        if skip is not None and skip(pair):
+            continue
+        W0 = base_source.load(pair.base).weight
+        W = tuned.weight(pair.tuned)
+        if device is not None:
+            W0, W = W0.to(device), W.to(device)
+        yield pair, find_intruders(W0, W, name=pair.base.tensor, **kw)
+
+
+def per_matrix(df):
+    """One row per (tensor, side) from the long table: layer, module, count, top-k similarities."""
+    g = df.sort_values("rank").groupby(["tensor", "side"], sort=False)
+    out = g.agg(
+        layer=("layer", "first"),
+        module=("module", "first"),
+        count=("intruder", "sum"),
+        min_similarity=("similarity", "min"),
+        mean_similarity=("similarity", "mean"),
+        top_k=("rank", "size"),
+    ).reset_index()
+    return out
+
+
+def module_totals(df):
+    """Totals per module type (and side): matrices, intruders, matrices with any, mean best match."""
+    pm = per_matrix(df)
+    out = (
+        pm.groupby(["side", "module"], sort=False)
+        .agg(
+            matrices=("tensor", "size"),
+            intruders=("count", "sum"),
+            with_intruders=("count", lambda c: int((c > 0).sum())),
+            mean_similarity=("mean_similarity", "mean"),
+        )
+        .reset_index()
+    )
+    total = (
+        pm.groupby("side", sort=False)
+        .agg(
+            matrices=("tensor", "size"),
+            intruders=("count", "sum"),
+            with_intruders=("count", lambda c: int((c > 0).sum())),
+            mean_similarity=("mean_similarity", "mean"),
+        )
+        .reset_index()
+        .assign(module="all")
+    )
+    import pandas as pd
+
+    return pd.concat([out, total[out.columns]], ignore_index=True)
+
+
+def sweep_table(df, epsilons: Sequence[float] = EPSILON_GRID):
+    """Long table ``(side, module, epsilon, count)`` recomputed from the stored similarities.
+
+    A row's similarity is its best match, so the count at any ε is a filter on the CSV — no SVD.
+    ``module == "all"`` holds the totals.
+    """
+    import pandas as pd
+
+    rows = []
+    for (side, module), grp in df.groupby(["side", "module"], sort=False):
+        for e in epsilons:
+            rows.append(
+                {
+                    "side": side,
+                    "module": module,
+                    "epsilon": float(e),
+                    "count": int((grp.similarity < e).sum()),
+                }
+            )
+    for side, grp in df.groupby("side", sort=False):
+        for e in epsilons:
+            rows.append(
+                {"side": side, "module": "all", "epsilon": float(e), "count": int((grp.similarity < e).sum())}
+            )
+    return pd.DataFrame(rows, columns=["side", "module", "epsilon", "count"])
+
+
+def plot_count_vs_epsilon(sweep, path: str | Path, *, title: str = "") -> Path:
+    """Intruder count against ε, one line per module type and the total (paper, Fig. 4 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sides = list(dict.fromkeys(sweep.side))
+    fig, axes = plt.subplots(1, len(sides), figsize=(5.5 * len(sides), 4), squeeze=False)
+    for ax, side in zip(axes[0], sides, strict=True):
+        part = sweep[sweep.side == side]
+        for module, grp in part.groupby("module", sort=False):
+            style = {"color": "black", "linewidth": 2.5} if module == "all" else {"linewidth": 1.2}
+            ax.plot(grp.epsilon, grp["count"], marker="o", markersize=3, label=module, **style)
+        ax.set_xlabel("ε (best-match |cos| threshold)")
+        ax.set_ylabel("intruder dimensions")
+        ax.set_title(f"{side} singular vectors")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_similarity_matrix(record: IntruderRecord, path: str | Path, *, tensor: str = "") -> Path:
+    """Heatmap of the (k, p) |cos| matrix of one matrix; intruder rows are marked on the left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if record.similarity_matrix is None:
+        raise ValueError("the record holds no similarity matrix: compute it with keep_matrix=True")
+    S = record.similarity_matrix.float().numpy()
+    fig, ax = plt.subplots(figsize=(9, 0.35 * S.shape[0] + 1.6))
+    im = ax.imshow(S, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xlabel(f"base {record.side} singular vector (rank 1..{S.shape[1]})")
+    ax.set_ylabel("tuned singular vector (rank)")
+    ax.set_yticks(range(S.shape[0]), [str(r) for r in record.ranks])
+    for r in record.intruder_ranks:
+        ax.annotate(
+            "< intruder",
+            (S.shape[1] - 0.5, r - 1),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+            color="crimson",
+            annotation_clip=False,
+        )
+    fig.colorbar(im, ax=ax, label="|cos|")
+    ax.set_title(f"{tensor}: {record.count} intruder(s) at ε = {record.epsilon}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

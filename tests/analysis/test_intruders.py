@@ -215,8 +215,13 @@ def test_shape_mismatch_names_the_tensor():
 
 @pytest.mark.parametrize(
     ("kw", "msg"),
-    [({"epsilon": 0.0}, "epsilon"), ({"epsilon": 1.5}, "epsilon"), ({"top_k": 0}, "top_k"),
-     ({"side": "up"}, "side"), ({"tuned_svd": "lanczos"}, "tuned_svd")],
+    [
+        ({"epsilon": 0.0}, "epsilon"),
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"top_k": 0}, "top_k"),
+        ({"side": "up"}, "side"),
+        ({"tuned_svd": "lanczos"}, "tuned_svd"),
+    ],
 )
 def test_bad_options_are_named(kw, msg):
     with pytest.raises(I.IntruderInputError, match=msg):
@@ -228,3 +233,136 @@ def test_non_finite_weight_is_named():
     W[1, 1] = float("nan")
     with pytest.raises(I.IntruderInputError, match="tuned q_proj.*NaN"):
         I.find_intruders(torch.randn(8, 6), W, name="q_proj")
+
+
+# --------------------------------------------------------------------------------------------------
+# PEFT adapters: reading, merging, and parity with peft's reduce_intruder_dimension
+# --------------------------------------------------------------------------------------------------
+
+
+def tiny_bert(seed: int = 0, hidden: int = 48, layers: int = 2):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=32,
+    )
+    return BertModel(cfg).eval()
+
+
+def peft_lora_on(
+    model, *, r: int = 4, alpha: float = 8, seed: int = 0, targets=("query", "value", "dense"), **kw
+):
+    """Wrap ``model`` in a PEFT LoRA and give each module's B a scale from {0.003, 0.03, 0.3}, so
+    some matrices get intruders and some none."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), **kw))
+    g = torch.Generator().manual_seed(seed)
+    scales = (0.003, 0.03, 0.3)
+    with torch.no_grad():
+        for i, (_name, mod) in enumerate(sorted(peft_model.named_modules())):
+            if hasattr(mod, "lora_B") and "default" in getattr(mod, "lora_B", {}):
+                B = mod.lora_B["default"].weight
+                B.copy_(scales[i % 3] * torch.randn(B.shape, generator=g))
+    return peft_model
+
+
+def peft_counts(peft_model, **kw) -> dict[str, int]:
+    """Per-module intruder counts as PEFT's reduce_intruder_dimension detects them (from its log)."""
+    from peft.tuners.lora.intruders import reduce_intruder_dimension
+
+    lines: list[str] = []
+    reduce_intruder_dimension(peft_model, logging_sink=lines.append, **kw)
+    out = {}
+    for line in lines:
+        if ": No intruders" in line:
+            out[line.split(": No intruders")[0]] = 0
+        elif ": Intruders: " in line:
+            name, n = line.split(": Intruders: ")
+            out[name] = int(n)
+    return out
+
+
+def merged_counts(base_state: dict, adapter_dir, **kw) -> dict[str, int]:
+    deltas, _ = I.read_peft_lora(adapter_dir)
+    tensors = [k for k, v in base_state.items() if k.endswith(".weight") and v.ndim == 2]
+    matched = I.match_modules(list(deltas), tensors)
+    assert set(matched) == set(deltas), "every PEFT module must find its base tensor"
+    out = {}
+    for mod, tensor in matched.items():
+        W0 = base_state[tensor]
+        W = W0 + deltas[mod].delta()
+        out[mod] = I.find_intruders(W0, W, **kw)["left"].count
+    return out
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"use_rslora": True}, {"rank_pattern": {"query": 2}, "alpha_pattern": {"value": 3}}]
+)
+def test_count_matches_peft_reduce_intruder_dimension(tmp_path, extra):
+    base = tiny_bert(seed=1)
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    peft_model = peft_lora_on(base, seed=2, **extra)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ours = merged_counts(base_state, tmp_path / "adapter", top_k=10, epsilon=0.5)
+    theirs = {k.removeprefix("base_model.model."): v for k, v in peft_counts(peft_model).items()}
+    assert set(ours) == set(theirs)
+    assert ours == theirs
+    assert sum(ours.values()) > 0 and min(ours.values()) == 0, "the case must hold both outcomes"
+
+
+def test_count_matches_peft_at_other_top_k_and_epsilon(tmp_path):
+    base = tiny_bert(seed=3)
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    peft_model = peft_lora_on(base, seed=4)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ours = merged_counts(base_state, tmp_path / "adapter", top_k=5, epsilon=0.7)
+    theirs = {
+        k.removeprefix("base_model.model."): v
+        for k, v in peft_counts(peft_model, top_k=5, threshold_epsilon=0.7).items()
+    }
+    assert ours == theirs
+
+
+def test_peft_delta_equals_peft_get_delta_weight(tmp_path):
+    base = tiny_bert(seed=5)
+    peft_model = peft_lora_on(base, seed=6, use_rslora=True)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    deltas, config = I.read_peft_lora(tmp_path / "adapter")
+    assert config["use_rslora"] is True
+    for name, mod in peft_model.named_modules():
+        if hasattr(mod, "get_delta_weight") and "default" in getattr(mod, "lora_A", {}):
+            ours = deltas[name.removeprefix("base_model.model.")].delta()
+            torch.testing.assert_close(ours, mod.get_delta_weight("default"))
+
+
+def test_missing_peft_files_are_named(tmp_path):
+    base = tiny_bert(seed=0)
+    peft_lora_on(base).save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(I.AdapterFilesError, match="adapter_model.safetensors"):
+        I.read_peft_lora(tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_config.json").unlink()
+    with pytest.raises(I.AdapterFilesError, match="adapter_config.json and adapter_model.safetensors"):
+        I.read_peft_lora(tmp_path / "adapter")
+
+
+def test_dora_adapter_is_refused_with_advice(tmp_path):
+    base = tiny_bert(seed=0)
+    peft_lora_on(base, use_dora=True).save_pretrained(tmp_path / "adapter")
+    with pytest.raises(I.AdapterFormatError, match="DoRA.*merge_and_unload"):
+        I.read_peft_lora(tmp_path / "adapter")
+
+
+def test_match_modules_handles_head_prefixes():
+    tensors = ["encoder.layer.0.attention.self.query.weight", "encoder.layer.1.attention.self.query.weight"]
+    got = I.match_modules(["bert.encoder.layer.1.attention.self.query", "classifier"], tensors)
+    assert got == {"bert.encoder.layer.1.attention.self.query": tensors[1]}
+    got = I.match_modules(["layer.0.attention.self.query"], ["bert." + t for t in tensors])
+    assert got == {"layer.0.attention.self.query": "bert." + tensors[0]}
