@@ -20,6 +20,8 @@ import pandas as pd  # noqa: E402
 #: Above this many layers the spectra plot uses a colour bar instead of one legend entry per layer.
 _MAX_LEGEND_LAYERS = 8
 _DPI = 120
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+_DASHES = ["-", "--", "-.", ":"]
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -89,11 +91,13 @@ def plot_error_ratio(fact: pd.DataFrame, path: str | Path, *, model: str = "") -
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     data = fact.assign(err_ratio=pd.to_numeric(fact["err_ratio"], errors="coerce"))
     data = data.dropna(subset=["err_ratio"])
-    for method in dict.fromkeys(data["method"]):
+    for k, method in enumerate(dict.fromkeys(data["method"])):
         g = data[data["method"] == method].groupby("rank")["err_ratio"]
         ranks = np.array(sorted(g.groups))
         med, lo, hi = g.median().loc[ranks], g.min().loc[ranks], g.max().loc[ranks]
-        (line,) = ax.plot(ranks, med, marker="o", label=method)
+        # Distinct markers and dashes: methods with near-equal ratios (qr, rlu) stay visible.
+        (line,) = ax.plot(ranks, med, marker=_MARKERS[k % len(_MARKERS)], ls=_DASHES[k % len(_DASHES)],
+                          label=method)
         ax.fill_between(ranks, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="optimum (SVD)")
     ax.set_yscale("log")
