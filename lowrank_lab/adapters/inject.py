@@ -20,6 +20,10 @@ from .layer import LowRankLinear, weight_matrix
 from .methods import AdapterMethod, AdapterOptionError, closed_form_trainable, get_adapter, initialize
 from .targets import resolve_targets
 
+# inject(model, "full") wraps nothing: the names of the unfrozen targets are kept on the model
+# under this attribute, so that save_adapter knows what to write.
+FULL_TARGETS_ATTR = "_lowrank_lab_full_targets"
+
 
 @dataclass(frozen=True)
 class InjectedModule:
@@ -189,6 +193,7 @@ def inject(
             w = model.get_submodule(n).weight
             w.requires_grad_(True)
             report.modules.append(InjectedModule(n, shape, 0.0, w.numel()))
+        setattr(model, FULL_TARGETS_ATTR, list(names))
     else:
         grads: dict[str, torch.Tensor] = {}
         if am.needs_calibration:

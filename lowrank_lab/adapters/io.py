@@ -21,7 +21,7 @@ from torch import nn
 
 from lowrank_lab import __version__
 
-from .inject import InjectedModule, InjectionReport, lowrank_modules, trainable_parameters
+from .inject import FULL_TARGETS_ATTR, InjectedModule, InjectionReport, lowrank_modules, trainable_parameters
 from .layer import LowRankLinear, is_adaptable, is_conv1d, weight_matrix
 from .methods import closed_form_trainable, get_adapter
 from .targets import model_family
@@ -44,8 +44,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _full_targets(model: nn.Module) -> dict[str, nn.Module]:
-    # After inject(model, "full") the targets are the Linear/Conv1D modules whose weight trains.
-    return {n: m for n, m in model.named_modules() if n and is_adaptable(m) and m.weight.requires_grad}
+    # inject(model, "full") wraps nothing; it records the target names on the model instead.
+    names = getattr(model, FULL_TARGETS_ATTR, None) or []
+    return {n: model.get_submodule(n) for n in names}
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
@@ -197,6 +198,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> InjectionReport:
             report.modules.append(
                 InjectedModule(name, shape, time.perf_counter() - t0, module.weight.numel())
             )
+            setattr(model, FULL_TARGETS_ATTR, [*getattr(model, FULL_TARGETS_ATTR, []), name])
             continue
 
         def get(key: str, required: bool = True, name: str = name) -> torch.Tensor | None:

@@ -179,8 +179,9 @@ class LowRankLinear(nn.Module):
 
     # -- adapter -----------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``s · B · [M] · A`` as an (out, in) matrix, in float32 (float64 for float64 layers) by default."""
+        """``s · B · [M] · A`` as a detached (out, in) matrix, float32 (float64 layers: float64)."""
         acc = dtype or _accumulate_dtype(self.A.dtype)
         return low_rank_product(self.B, self.M, self.A, scaling=self.scaling, dtype=acc)
 

@@ -71,8 +71,10 @@ def tiny_gpt2(seed: int = 0) -> GPT2Model:
     return GPT2Model(cfg).eval()
 
 
-def run(model, ids: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=ids)
+def run(model, ids: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+    """The model's logits (or last hidden state); detached unless ``grad``."""
+    with torch.set_grad_enabled(grad):
+        out = model(input_ids=ids)
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
