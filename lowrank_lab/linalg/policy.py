@@ -78,7 +78,9 @@ def validate_matrix(W: torch.Tensor, name: str = "W") -> None:
 
 def validate_rank(rank: int, shape: tuple[int, int] | torch.Size, name: str = "rank") -> int:
     """Check ``1 <= rank <= min(m, n)`` and return it as an int; the error names both numbers."""
-    if isinstance(rank, bool) or not isinstance(rank, int):
+    if isinstance(rank, bool):  # an int subclass: rank=True would silently mean rank 1
+        raise TypeError(f"{name} must be an integer, got {rank!r}")
+    if not isinstance(rank, int):
         try:
             as_int = int(rank)
         except (TypeError, ValueError):
