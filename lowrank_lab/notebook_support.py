@@ -1,0 +1,192 @@
+"""Glue for the notebooks in ``notebooks/``: where their outputs go, small mode, finding saved results.
+
+Nothing numeric lives here (the notebooks call :mod:`lowrank_lab.linalg`, :mod:`~lowrank_lab.weights`,
+:mod:`~lowrank_lab.adapters`, :mod:`~lowrank_lab.analysis` and the command-line modules for that).
+This module only answers "which size?", "where do I write?" and "is there a saved result to read?",
+so that every notebook answers them the same way and a test can redirect all of it.
+
+Environment variables
+---------------------
+``LOWRANK_LAB_SMALL=1``
+    Small mode: each notebook keeps to a subset (fewer layers, ranks, steps) and runs in seconds.
+    Used by ``tests/test_notebooks.py``; unset for the full-size run.
+``LOWRANK_LAB_OUTPUT_ROOT=DIR``
+    Write figures to ``DIR/figures`` and tables to ``DIR/reports`` instead of the repository's
+    ``figures/`` and ``reports/`` (the test points it at a temporary folder so git stays clean).
+``LOWRANK_LAB_FRESH=1``
+    Ignore saved results under ``reports/`` and recompute them (the test sets it, so CI always
+    exercises the path that computes, whatever happens to be saved in the checkout).
+``LOWRANK_LAB_SHARED_DATA=DIR``
+    Where the real task data and stories260K live; default ``../shared/data`` beside the clone
+    (the same rule as ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lowrank_lab.utils.tables import to_markdown
+
+#: The repository root (the folder holding ``lowrank_lab/``, ``notebooks/``, ``reports/``).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Sub-folder of ``figures/`` and ``reports/`` that the notebooks' own outputs go to.
+NOTEBOOK_SUBDIR = "notebooks"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def small_mode() -> bool:
+    """True when ``LOWRANK_LAB_SMALL`` is set to 1/true/yes/on."""
+    return _flag("LOWRANK_LAB_SMALL")
+
+
+def fresh_mode() -> bool:
+    """True when ``LOWRANK_LAB_FRESH`` asks to ignore saved results."""
+    return _flag("LOWRANK_LAB_FRESH")
+
+
+def pick(small: Any, full: Any) -> Any:
+    """``small`` in small mode, else ``full`` — one line per size-dependent setting in a notebook."""
+    return small if small_mode() else full
+
+
+def output_root() -> Path:
+    """``$LOWRANK_LAB_OUTPUT_ROOT`` or the repository root."""
+    env = os.environ.get("LOWRANK_LAB_OUTPUT_ROOT")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT
+
+
+def figures_dir(sub: str = NOTEBOOK_SUBDIR) -> Path:
+    """``<output root>/figures/<sub>``, created."""
+    path = output_root() / "figures" / sub
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def reports_dir(sub: str = NOTEBOOK_SUBDIR) -> Path:
+    """``<output root>/reports/<sub>``, created."""
+    path = output_root() / "reports" / sub
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shared_data() -> Path | None:
+    """``$LOWRANK_LAB_SHARED_DATA`` or ``../shared/data`` beside the clone; None when absent."""
+    path = Path(os.environ.get("LOWRANK_LAB_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+    return path if (path / "MANIFEST.md").exists() else None
+
+
+def stories260k_path() -> Path | None:
+    """The stories260K llama2.c checkpoint in the shared data, or None (with nothing raised)."""
+    data = shared_data()
+    if data is None:
+        return None
+    path = data / "models" / "stories260K" / "stories260K.bin"
+    return path if path.exists() else None
+
+
+def saved_result(relative: str | Path, *, marker: str | None = None) -> Path | None:
+    """A saved result ``reports/<relative>`` to read instead of recomputing, or None.
+
+    Looks under the output root first, then the repository's ``reports/`` (a test writes to a
+    temporary root but may read what the repository holds). ``marker`` names a file that must exist
+    inside a directory result (e.g. ``"summary.md"``: a finished study). Always None in fresh mode.
+    """
+    if fresh_mode():
+        return None
+    for root in dict.fromkeys([output_root(), REPO_ROOT]):
+        path = root / "reports" / relative
+        if path.exists() and (marker is None or (path / marker).exists()):
+            return path
+    return None
+
+
+def mode_line() -> str:
+    """One line for the top of every saved table: which mode, when."""
+    size = "small mode (LOWRANK_LAB_SMALL=1)" if small_mode() else "full size"
+    return f"{size}, written {_dt.datetime.now().isoformat(timespec='seconds')}"
+
+
+def save_figure(fig: Any, name: str) -> Path:
+    """Save a matplotlib figure as ``figures/notebooks/<name>.png`` (fixed name every run)."""
+    path = figures_dir() / f"{name}.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def save_table(df: pd.DataFrame, name: str, *, title: str, source: str, floatfmt: str = ".4g") -> Path:
+    """Write ``reports/notebooks/<name>.csv`` (the data) and ``<name>.md`` (titled, with its source).
+
+    ``source`` says what made it, e.g. ``"notebooks/04_parameter_counts.ipynb"``; the markdown file
+    also records the mode (small or full) and the time.
+    """
+    out = reports_dir()
+    df.to_csv(out / f"{name}.csv", index=False)
+    md = f"# {title}\n\nMade by `{source}` ({mode_line()}).\n\n{to_markdown(df, floatfmt=floatfmt)}\n"
+    (out / f"{name}.md").write_text(md)
+    return out / f"{name}.md"
+
+
+def run_cli(main_run: Any, argv: list[str]) -> None:
+    """Call a command-line module's ``run(argv)`` in this process; raise if it did not exit with 0.
+
+    In-process avoids a second Python start-up (torch and transformers imports) per call. argparse
+    exits via ``SystemExit`` on a usage error; that is turned into a RuntimeError naming the command.
+    """
+    try:
+        rc = main_run(argv)
+    except SystemExit as exc:  # parser.exit on bad options
+        rc = exc.code
+    if rc not in (0, None):
+        raise RuntimeError(f"command {' '.join(argv)!r} exited with status {rc}")
+
+
+def analysis_dir(model: str, *, name: str, small_argv: list[str], full_argv: list[str] | None = None) -> Path:
+    """The output folder of a ``python -m lowrank_lab.analyze`` run on ``model``: read it, or make it.
+
+    * A finished full run saved at ``reports/<name>`` (``summary.md`` present; ``name`` is the
+      folder the CLI writes by default, e.g. ``minilm``) is used as it is, in either mode.
+    * Otherwise the CLI runs in this process — in small mode with ``small_argv`` into
+      ``reports/notebooks/<name>-small`` (figures beside, in ``figures/notebooks/<name>-small``), at
+      full size with ``full_argv`` into ``reports/<name>`` and ``figures/<name>``.
+
+    The CLI module is imported here, lazily: this glue sits above the command-line layer.
+    """
+    saved = saved_result(name, marker="summary.md")
+    if saved is not None:
+        print(f"reading the saved analysis in {saved}")
+        return saved
+    from lowrank_lab import analyze  # the top of the layer stack; only notebooks import this module
+
+    if small_mode():
+        out, figs, argv = reports_dir() / f"{name}-small", figures_dir() / f"{name}-small", small_argv
+    else:
+        out, figs = output_root() / "reports" / name, output_root() / "figures" / name
+        argv = list(full_argv or [])
+    cmd = ["--model", str(model), *argv, "--out", str(out), "--figures", str(figs)]
+    print("running: python -m lowrank_lab.analyze", " ".join(cmd))
+    run_cli(analyze.run, cmd)
+    return out
+
+
+def load_singular_values(out: str | Path, tensors: list[str]) -> dict[str, Any]:
+    """The singular values an analysis run saved (``<out>/singular_values/*.npy``), by tensor name.
+
+    Reading files only; the file naming is the CLI's (``lowrank_lab.analyze``), so it is asked for
+    there rather than repeated here. Tensors without a saved file are left out.
+    """
+    from lowrank_lab.analyze import _load_singular_values  # TODO: public loader requested from analyze
+
+    sv_dir = Path(out) / "singular_values"
+    values = {t: _load_singular_values(sv_dir, t) for t in tensors}
+    return {t: v for t, v in values.items() if v is not None}

@@ -1,0 +1,655 @@
+"""Write the study notebooks (``notebooks/NN_*.ipynb``) from the cell texts below, outputs cleared.
+
+The notebooks are the product; this script only keeps their source reviewable as Python and makes
+"outputs cleared before committing" automatic. Run it after editing a cell:
+
+    python notebooks/build_notebooks.py            # (re)write every notebook
+    python notebooks/build_notebooks.py 04 01      # only those whose names start with 04 or 01
+    python notebooks/build_notebooks.py --check    # exit 1 if a committed notebook differs from its source
+
+It is not part of the package and holds no algorithm: each notebook imports lowrank_lab, calls it, plots.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+# Shared first code cell: mode, output folders, matplotlib.
+SETUP = '''\
+import os
+# MKL's OpenMP threads busy-wait between calls; on a shared 2-core CPU that makes small SVDs 100x
+# slower (see lowrank_lab/analyze.py). Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if os.environ.get("LOWRANK_LAB_SMALL", "").lower() in ("1", "true", "yes", "on"):
+    # Small mode factors tiny matrices, where BLAS threads only fight over the cores (10x slower
+    # under load); full-size runs keep every thread for the timings they report.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from lowrank_lab import notebook_support as nbs
+
+SMALL = nbs.small_mode()
+NOTEBOOK = "notebooks/{name}.ipynb"
+pd.set_option("display.width", 160)
+pd.set_option("display.max_columns", 30)
+print(nbs.mode_line())
+print("figures ->", nbs.figures_dir(), "| tables ->", nbs.reports_dir())'''
+
+
+def md(text: str):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text: str):
+    return new_code_cell(text.strip("\n"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 04 parameter counts
+
+NB04 = [
+    md('''
+# 04 · Trainable-parameter tables of the NLoRA and PiSSA papers, regenerated
+
+Both papers fine-tune **Llama-2-7B** with adapters on all seven projection types (q, k, v, o, gate,
+up, down) of its 32 layers at rank r = 128, and print how many parameters each method trains.
+Here every count comes from the toolkit's registries — the architecture from
+`lowrank_lab.weights.get_spec("llama-7b")`, the per-matrix formula of each method from
+`lowrank_lab.adapters.ADAPTERS` through `closed_form_trainable` — and is checked against the
+published figures (../shared/REFERENCE.md):
+
+* LoRA at r = 128: **319,815,680** trainable parameters;
+* the extra r × r cores of SLoRA / NLoRA: 7 · 32 · r² = **3,670,016** at r = 128 ("+3.67M");
+* IntTune trains only those cores.
+
+Then the closed form is checked against a *count* on a real model: each adapter is injected into
+the real all-MiniLM-L6-v2 and its `requires_grad` parameters are counted.
+'''),
+    code(SETUP.format(name="04_parameter_counts")),
+    code('''
+from lowrank_lab.adapters import ADAPTERS, closed_form_trainable
+from lowrank_lab.weights import get_spec
+
+spec = get_spec("llama-7b")
+shapes = spec.target_shapes()          # one block, (out, in) as torch.nn.Linear
+L = spec.num_layers
+base = spec.num_parameters()
+print(f"{spec.name} ({spec.hub_id}): {L} layers, {base:,} parameters")
+pd.DataFrame([{"module": k, "out": m, "in": n, "entries": m * n} for k, (m, n) in shapes.items()])
+'''),
+    md('''
+## The NLoRA paper's table (Llama-2-7B, all seven projections)
+
+NLoRA (Guo et al. 2025, arXiv 2502.14482) compares LoRA, SLoRA (LoRA with an r × r core), NLoRA
+(Nyström init of that three-matrix form) and IntTune (only the core trains) at several ranks.
+'''),
+    code('''
+def count(method, rank):
+    return closed_form_trainable(method, shapes, rank, repeat=L)
+
+rows = []
+for method, rank in [("lora", 128), ("slora", 128), ("nlora", 128),
+                     ("inttune", 256), ("inttune", 128), ("inttune", 64)]:
+    n = count(method, rank)
+    rows.append({
+        "method": method, "rank": rank, "trainable": n,
+        "extra_vs_lora_r": n - count("lora", rank) if ADAPTERS[method].core else 0,
+        "pct_of_base": 100 * n / base,
+        "formula_per_matrix": ADAPTERS[method].closed_form,
+    })
+nlora_table = pd.DataFrame(rows)
+nbs.save_table(nlora_table, "04_nlora_paper_params", source=NOTEBOOK,
+               title="Trainable parameters, Llama-2-7B, q/k/v/o/gate/up/down × 32 layers (NLoRA paper)")
+nlora_table
+'''),
+    md('''
+## The PiSSA paper's table (Llama-2-7B, r = 128)
+
+PiSSA (Meng et al. 2024, arXiv 2404.02948, Table 2) trains the same number of parameters as LoRA —
+only the initialisation differs — against full fine-tuning of the whole model. MiLoRA and the fast
+(randomized-SVD) PiSSA are added for completeness: their counts are LoRA's too.
+'''),
+    code('''
+rank = 128
+rows = [{"method": "full fine-tuning (whole model)", "trainable": base}]
+rows += [{"method": f"full fine-tuning (target matrices only)", "trainable": count("full", rank)}]
+rows += [{"method": m, "trainable": count(m, rank)} for m in ["lora", "pissa", "pissa-fast", "milora"]]
+pissa_table = pd.DataFrame(rows)
+pissa_table["pct_of_base"] = 100 * pissa_table["trainable"] / base
+nbs.save_table(pissa_table, "04_pissa_paper_params", source=NOTEBOOK,
+               title="Trainable parameters, Llama-2-7B, r = 128 (PiSSA paper, Table 2)")
+pissa_table
+'''),
+    md('''
+## Against the published numbers
+
+Each line is an assertion: the notebook fails (and so does CI) if a registry change moves a count.
+'''),
+    code('''
+published = [
+    ("LoRA r=128, 7 projections x 32 layers", count("lora", 128), 319_815_680),
+    ("SLoRA/NLoRA extra cores at r=128 (+3.67M)", count("nlora", 128) - count("lora", 128), 3_670_016),
+    ("IntTune r=128 = 7*32*r^2", count("inttune", 128), 7 * 32 * 128**2),
+    ("Llama-2-7B base parameters (model card)", base, 6_738_415_616),
+]
+check = pd.DataFrame(published, columns=["quantity", "regenerated", "published"])
+check["match"] = check["regenerated"] == check["published"]
+nbs.save_table(check, "04_published_check", source=NOTEBOOK,
+               title="Parameter counts regenerated from the registry vs the published numbers")
+assert check["match"].all(), check[~check["match"]]
+check
+'''),
+    md('''
+## Every adapter of the registry against rank
+
+One line per method, all seven projections of Llama-2-7B: the r² methods (LoRA-XS, LoRA-SB,
+IntTune) and LoLDU's r per matrix sit orders of magnitude below the r·(m + n) family.
+'''),
+    code('''
+ranks = [8, 16, 32, 64, 128, 256]
+methods = [m for m in ADAPTERS if m != "full"]
+sweep = pd.DataFrame([{"method": m, "rank": r, "trainable": count(m, r)} for m in methods for r in ranks])
+wide = sweep.pivot(index="method", columns="rank", values="trainable").loc[methods]
+nbs.save_table(wide.reset_index(), "04_params_vs_rank", source=NOTEBOOK, floatfmt=",.0f",
+               title="Trainable parameters vs rank, every adapter, Llama-2-7B (7 projections x 32 layers)")
+
+fig, ax = plt.subplots(figsize=(7, 4.5))
+for m in methods:
+    d = sweep[sweep.method == m]
+    ax.plot(d["rank"], d["trainable"], marker="o", label=f"{m}  ({ADAPTERS[m].closed_form})")
+ax.axhline(count("full", 8), color="k", ls="--", lw=1, label="full FT of the target matrices")
+ax.set_xscale("log", base=2)
+ax.set_yscale("log")
+ax.set_xlabel("rank r")
+ax.set_ylabel("trainable parameters")
+ax.set_title("Llama-2-7B, q/k/v/o/gate/up/down x 32 layers")
+ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+print(nbs.save_figure(fig, "04_params_vs_rank"))
+plt.show()
+wide
+'''),
+    md('''
+## Closed form vs a real count
+
+`inject` wraps each target of a real model and reports both `trainable` (parameters with
+`requires_grad`, counted) and `closed_form` (the registry formula on the same shapes). On the real
+all-MiniLM-L6-v2 (6 layers × 6 linear maps) they must agree for every method. LoRA-SB needs
+calibration gradients, so it is left out here (its count is LoRA-XS's r²). Small mode keeps to
+one layer.
+'''),
+    code('''
+import copy
+from lowrank_lab.adapters import inject, resolve_targets
+from lowrank_lab.weights import load_hf_model
+
+minilm = load_hf_model("minilm", head="base")
+targets = resolve_targets(minilm)          # the family's canonical modules, full names
+if SMALL:
+    targets = [t for t in targets if ".layer.0." in t]
+rank = 8
+rows = []
+for method, am in ADAPTERS.items():
+    if am.needs_calibration:
+        continue
+    model = copy.deepcopy(minilm)
+    rep = inject(model, method, rank=rank, targets=targets, generator=0, progress=False)
+    rows.append({"method": method, "matrices": len(rep.modules), "counted": rep.trainable,
+                 "closed_form": rep.closed_form, "init_seconds": rep.init_seconds})
+real = pd.DataFrame(rows)
+real["agree"] = real["counted"] == real["closed_form"]
+nbs.save_table(real, "04_minilm_counted_vs_closed_form", source=NOTEBOOK,
+               title=f"all-MiniLM-L6-v2, rank {rank}: trainable parameters counted after inject vs closed form")
+assert real["agree"].all(), real[~real["agree"]]
+real
+'''),
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 01 factorization error and time
+
+NB01 = [
+    md('''
+# 01 · Error and init time of every factorization, against rank, on real weights
+
+Every adapter initialisation starts from a factorization of the pre-trained weight W. How close
+each one gets to the best possible rank-r approximation (Eckart–Young: the truncated SVD), and
+what it costs, is measured here on **real** weights: all-MiniLM-L6-v2 (36 matrices, 384 × 384 and
+1536 × 384) and, when ../shared/data is present, the llama2.c model stories260K.
+
+* **error ratio** = ‖W − Ŵ‖_F / ‖W − W_r‖_F (1 = optimal); **init time** = median of repeated,
+  warmed-up calls. Both come from `python -m lowrank_lab.analyze` (issue 5), run here in-process, or
+  read from `reports/<model>/factorization.csv` when a full run is saved there.
+* The second half regenerates the *shape* of the PiSSA paper's Appendix B table (init time of the
+  whole model: full SVD vs `niter` power iterations of a randomized SVD) with the toolkit's own
+  `pissa` and `pissa-fast` adapters.
+
+Small mode (`LOWRANK_LAB_SMALL=1`): MiniLM layer 0 only, two ranks, one timing repeat.
+'''),
+    code(SETUP.format(name="01_factorization_error_and_time")),
+    code('''
+from lowrank_lab.analysis.report import method_rank_table
+from lowrank_lab.linalg import FACTORIZATIONS
+
+print(pd.DataFrame([{"method": k, "what": m.summary, "reference": m.reference,
+                     "randomized": m.randomized, "rank_revealing": m.rank_revealing}
+                    for k, m in FACTORIZATIONS.items()]).to_string(index=False))
+
+runs = {}
+runs["minilm"] = nbs.analysis_dir(
+    "minilm", name="minilm",
+    small_argv=["--layers", "0", "--ranks", "8,32", "--repeats", "1", "--warmup", "0"],
+    full_argv=[],                       # the CLI default: every method, ranks 8,32,64, all 36 matrices
+)
+stories = nbs.stories260k_path()
+if stories is None:
+    print("stories260K: ../shared/data/models/stories260K/stories260K.bin not found -> that part is skipped")
+else:
+    runs["stories260K"] = nbs.analysis_dir(
+        str(stories), name="stories260K",
+        small_argv=["--layers", "0", "--ranks", "4,8,16", "--repeats", "1", "--warmup", "0"],
+        full_argv=["--ranks", "4,8,16"],  # its matrices are 32..172 x 64: rank 64 would be full rank
+    )
+fact = pd.concat([pd.read_csv(d / "factorization.csv").assign(model=name) for name, d in runs.items()],
+                 ignore_index=True)
+print(len(fact), "factorization rows:", fact.groupby("model").size().to_dict())
+'''),
+    md('''
+## Median and worst error ratio, total init time, per method and rank
+
+`method_rank_table` is the same table the analysis summary prints (issue 5). NaN ratios (the rank
+reaches a matrix's numerical rank, so the optimum is 0) are counted in `undefined_ratio`.
+'''),
+    code('''
+tables = []
+for name in runs:
+    t = method_rank_table(fact[fact.model == name]).assign(model=name)
+    tables.append(t)
+table = pd.concat(tables, ignore_index=True)[["model", *tables[0].columns[:-1]]]
+nbs.save_table(table, "01_error_ratio_and_time", source=NOTEBOOK,
+               title="Error ratio (vs Eckart-Young) and init time per method and rank, real weights")
+table
+'''),
+    code('''
+methods = list(dict.fromkeys(fact["method"]))
+fig, axes = plt.subplots(1, len(runs), figsize=(6.2 * len(runs), 4.3), squeeze=False, layout="constrained")
+for ax, name in zip(axes[0], runs):
+    t = table[table.model == name]
+    for k, m in enumerate(methods):
+        d = t[t.method == m]
+        (line,) = ax.plot(d["rank"], d["median_err_ratio"], marker="osD^v<>P"[k % 8], label=m)
+        ax.fill_between(d["rank"], d["median_err_ratio"], d["worst_err_ratio"], color=line.get_color(), alpha=0.12)
+    ax.axhline(1, color="k", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(t["rank"].unique()), [str(r) for r in sorted(t["rank"].unique())])
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("error ratio ‖W − Ŵ‖_F / ‖W − W_r‖_F (median, band to worst)")
+    ax.set_title(f"{name}: {fact[fact.model == name].tensor.nunique()} real matrices")
+    ax.grid(True, which="both", alpha=0.3)
+axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+print(nbs.save_figure(fig, "01_error_ratio_vs_rank"))
+plt.show()
+'''),
+    code('''
+fig, axes = plt.subplots(1, len(runs), figsize=(6.2 * len(runs), 4.3), squeeze=False, layout="constrained")
+for ax, name in zip(axes[0], runs):
+    per = fact[fact.model == name].groupby(["method", "rank"])["init_seconds"].median().reset_index()
+    for k, m in enumerate(methods):
+        d = per[per.method == m]
+        ax.plot(d["rank"], 1e3 * d["init_seconds"], marker="osD^v<>P"[k % 8], label=m)
+    ax.set_yscale("log")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("init time per matrix, median (ms)")
+    ax.set_title(f"{name}: factorization time on {fact[fact.model == name].device.iloc[0]}")
+    ax.grid(True, which="both", alpha=0.3)
+axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+print(nbs.save_figure(fig, "01_init_time_vs_rank"))
+plt.show()
+'''),
+    md('''
+What to read in these two figures:
+
+* `svd` is the optimum by construction (ratio 1); `rsvd` and the sketched `nystrom` (both with two
+  power iterations) should sit just above it.
+* `nystrom-released` — NLoRA's core W[:r, :r] *without* the pseudo-inverse — is not an
+  approximation of W at all (its scale is ‖W‖³); notebook 03 is about that.
+* `ldu`, `qr` and `nystrom-pinv` keep the *first* r pivots/rows/columns: not rank-revealing, so
+  their error is far from σ_{r+1} on a slowly decaying spectrum; `rlu` (randomized LU) is.
+'''),
+    code('''
+r_top = int(table["rank"].max())
+at = table[table["rank"] == table.groupby("model")["rank"].transform("max")]
+print("At each model's largest rank, median error ratio (1 = optimal), best first:")
+print(at.sort_values(["model", "median_err_ratio"])[["model", "rank", "method", "median_err_ratio",
+      "worst_err_ratio", "total_init_seconds"]].to_string(index=False))
+'''),
+    md('''
+## The PiSSA appendix table, regenerated at small scale: full SVD vs power iterations
+
+PiSSA (Meng et al. 2024, Appendix B, Table 6) initialises Llama-2-7B with a full SVD (≈ 435 s for
+the whole model at every rank) or with `torch.svd_lowrank(W, q=r, niter=N)` (PEFT's
+`pissa_niter_N`: ≈ 4 s at niter 1 to ≈ 23 s at niter 16), and finds the final training loss
+barely moves (0.2301 at niter 1, 0.2266 at niter 16, 0.2264 with the full SVD, r = 128).
+
+Here: the toolkit's `pissa` (exact SVD) and `pissa-fast` (randomized SVD with PEFT's settings: no
+oversampling, QR re-normalisation) adapters are injected into the real MiniLM, and
+`InjectionReport.init_seconds` — the summed per-matrix init time of the whole model — is recorded
+for each rank and `niter`. Beside it, the error ratio of the rank-r SVD each fast init starts from
+(same options, through `lowrank_lab.linalg.factorize`). MiniLM's matrices are small, so a full
+SVD is cheap here and the speed-up is far smaller than on 4096 × 11008 matrices; the full-size run
+adds one llama-7b-shaped matrix for that.
+'''),
+    code('''
+import copy
+from lowrank_lab.adapters import ADAPTERS, inject, resolve_targets
+from lowrank_lab.analysis.factorization import error_ratio
+from lowrank_lab.linalg import factorize, optimal_error, relative_errors, singular_values
+from lowrank_lab.weights import load_hf_model
+
+fast_opts = {k: v for k, v in ADAPTERS["pissa-fast"].options.items() if k in ("oversample", "normalizer")}
+print("pissa-fast options (PEFT pissa_niter_N):", ADAPTERS["pissa-fast"].options)
+
+minilm = load_hf_model("minilm", head="base")
+targets = resolve_targets(minilm)
+if SMALL:
+    targets = [t for t in targets if ".layer.0." in t]
+weights = {t: minilm.get_submodule(t).weight.detach() for t in targets}
+spectra = {t: singular_values(W) for t, W in weights.items()}
+ranks = nbs.pick(small=[8, 32], full=[8, 16, 32, 64, 128])
+niters = nbs.pick(small=[1, 4, 16], full=[1, 2, 4, 8, 16])
+
+rows = []
+for rank in ranks:
+    for niter in [None, *niters]:
+        method, opts = ("pissa", {}) if niter is None else ("pissa-fast", {"n_iter": niter})
+        rep = inject(copy.deepcopy(minilm), method, rank=rank, targets=targets, generator=0, progress=False, **opts)
+        ratios = []
+        for t, W in weights.items():
+            F = factorize(W, rank, "svd") if niter is None else factorize(W, rank, "rsvd", generator=0,
+                                                                          n_iter=niter, **fast_opts)
+            ratios.append(error_ratio(relative_errors(W, F, spectral=False)[0], optimal_error(spectra[t], rank)[0]))
+        rows.append({"init": "full SVD" if niter is None else f"niter={niter}", "rank": rank,
+                     "matrices": len(rep.modules), "whole_model_init_seconds": rep.init_seconds,
+                     "median_err_ratio": float(np.median(ratios)), "worst_err_ratio": float(np.max(ratios))})
+pissa_time = pd.DataFrame(rows)
+pissa_wide = pissa_time.pivot(index="init", columns="rank", values="whole_model_init_seconds")
+pissa_wide = pissa_wide.loc[["full SVD"] + [f"niter={k}" for k in niters]]
+nbs.save_table(pissa_time, "01_pissa_init_time_minilm", source=NOTEBOOK,
+               title="PiSSA init time of the whole model (MiniLM): full SVD vs randomized SVD with niter power iterations")
+pissa_wide.round(4)
+'''),
+    code('''
+published = pd.DataFrame([
+    {"init": "full SVD", "published_seconds_llama2_7b": 435.0, "published_final_loss_r128": 0.2264},
+    {"init": "niter=1", "published_seconds_llama2_7b": 4.0, "published_final_loss_r128": 0.2301},
+    {"init": "niter=16", "published_seconds_llama2_7b": 23.0, "published_final_loss_r128": 0.2266},
+])
+r_ref = max(ranks)
+ours = pissa_time[pissa_time["rank"] == r_ref].set_index("init")
+cmp = published.set_index("init").join(ours[["whole_model_init_seconds", "median_err_ratio"]], how="left")
+cmp["published_speedup_vs_svd"] = 435.0 / cmp["published_seconds_llama2_7b"]
+cmp["our_speedup_vs_svd"] = ours.loc["full SVD", "whole_model_init_seconds"] / cmp["whole_model_init_seconds"]
+cmp = cmp.rename(columns={"whole_model_init_seconds": f"our_seconds_minilm_r{r_ref}",
+                          "median_err_ratio": f"our_median_err_ratio_r{r_ref}"})
+nbs.save_table(cmp.reset_index(), "01_pissa_table6_comparison", source=NOTEBOOK,
+               title="PiSSA Appendix B Table 6 (Llama-2-7B, published) beside the same measurement on MiniLM")
+display(cmp)
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+for rank in ranks:
+    d = pissa_time[(pissa_time["rank"] == rank) & (pissa_time.init != "full SVD")]
+    k = [int(s.split("=")[1]) for s in d.init]
+    (line,) = ax1.plot(k, d.whole_model_init_seconds, marker="o", label=f"r = {rank}")
+    ax1.axhline(float(pissa_time[(pissa_time["rank"] == rank) & (pissa_time.init == "full SVD")]
+                      .whole_model_init_seconds.iloc[0]), color=line.get_color(), ls="--", lw=1)
+    ax2.plot(k, d.median_err_ratio, marker="o", label=f"r = {rank}")
+for ax in (ax1, ax2):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("niter (power iterations)")
+    ax.grid(True, which="both", alpha=0.3)
+ax1.set_ylabel("whole-model init time (s); dashed: full SVD")
+ax1.set_title(f"PiSSA init time, MiniLM ({len(targets)} matrices)")
+ax2.set_ylabel("median error ratio of the rank-r SVD")
+ax2.set_yscale("log")
+ax2.set_title("quality of the randomized SVD (q = r, no oversampling)")
+ax1.legend(fontsize=8)
+print(nbs.save_figure(fig, "01_pissa_init_time"))
+plt.show()
+'''),
+    md('''
+### One Llama-2-7B-shaped matrix (full size only)
+
+The speed-up of the randomized SVD grows with the matrix: on MiniLM's 384-wide matrices a full SVD
+takes milliseconds. At full size this section also times one synthetic 4096 × 4096 `q_proj` of
+Llama-2-7B's shape with a power-law spectrum (`lowrank_lab.weights.open_source(..., synthetic=True)`;
+its exact singular values are known, so the optimum needs no SVD), at r = 128, with
+`lowrank_lab.utils.timing.time_call` (one repeat: a full SVD of it takes tens of seconds on 2 cores).
+'''),
+    code('''
+from lowrank_lab.utils.timing import time_call
+from lowrank_lab.weights import open_source
+
+if SMALL:
+    print("small mode: the 4096 x 4096 matrix is skipped (its full SVD alone takes longer than the whole notebook)")
+else:
+    src = open_source("llama-7b", synthetic=True, targets="q_proj", layers="0", seed=0)
+    wm = src.load(src.targets()[0])
+    W, rank = wm.weight, 128
+    opt = optimal_error(wm.singular_values, rank)[0]
+    rows = []
+    for niter in [None, *niters]:
+        fn = (lambda: factorize(W, rank, "svd")) if niter is None else (
+            lambda niter=niter: factorize(W, rank, "rsvd", generator=0, n_iter=niter, **fast_opts))
+        t = time_call(fn, device="cpu", repeats=1, warmup=0)
+        rows.append({"init": "full SVD" if niter is None else f"niter={niter}", "rank": rank,
+                     "seconds": t.median,
+                     "err_ratio": error_ratio(relative_errors(W, t.result, spectral=False)[0], opt)})
+    big = pd.DataFrame(rows)
+    big["speedup_vs_svd"] = big.seconds.iloc[0] / big.seconds
+    nbs.save_table(big, "01_pissa_init_time_llama7b_qproj", source=NOTEBOOK,
+                   title=f"Full SVD vs randomized SVD (q = r) on one synthetic Llama-2-7B q_proj {tuple(W.shape)}, r = {rank}")
+    display(big)
+'''),
+]
+
+# ----------------------------------------------------------------------------------------------------
+# 02 spectra
+
+NB02 = [
+    md('''
+# 02 · Singular-value spectra of real weights
+
+Whether a rank-r factorization can be good at all is decided by the spectrum: how fast σ_i falls.
+REFERENCE.md notes that real LLM weights decay slowly (log-log slope ≈ −0.3 to −0.5), which is where
+sketches without power iterations fail and where "the top r directions" hold only part of ‖W‖².
+Here, for every target matrix of all-MiniLM-L6-v2 (and stories260K when ../shared/data is present):
+
+* the spectra σ_i against i on log-log axes, one panel per module type, one line per layer;
+* across layers: **stable rank** ‖W‖_F² / ‖W‖₂², **effective rank** (Roy & Vetterli 2007, entropy of
+  σ / Σσ) and the **power-law exponent alpha** of the eigenvalue density of WᵀW (WeightWatcher's
+  fit; α ≈ 2 is WeightWatcher's "well trained"), with its standard error;
+* the fraction of ‖W‖_F² the best rank-r approximation keeps.
+
+Every number comes from `spectra.csv` and the saved singular values of a `python -m
+lowrank_lab.analyze` run (issue 5): read from `reports/<model>/` when a full run is saved there,
+else run here. Small mode keeps every MiniLM layer (stories260K: layers 0, 2, 4) and a single cheap
+factorization per matrix (svd at the smallest ranks).
+'''),
+    code(SETUP.format(name="02_spectra_of_real_weights")),
+    code('''
+from IPython.display import Image, display
+from lowrank_lab.analysis.figures import plot_spectra
+from lowrank_lab.analysis.report import module_spectra_table
+
+runs = {"minilm": nbs.analysis_dir("minilm", name="minilm",
+                                   small_argv=["--methods", "svd", "--ranks", "8", "--repeats", "1", "--warmup", "0"])}
+stories = nbs.stories260k_path()
+if stories is None:
+    print("stories260K: ../shared/data/models/stories260K/stories260K.bin not found -> that part is skipped")
+else:
+    runs["stories260K"] = nbs.analysis_dir(str(stories), name="stories260K",
+                                           small_argv=["--methods", "svd", "--ranks", "4,8,16", "--layers", "0,2,4",
+                                                       "--repeats", "1", "--warmup", "0"],
+                                           full_argv=["--ranks", "4,8,16"])
+spectra = {name: pd.read_csv(d / "spectra.csv") for name, d in runs.items()}
+values = {name: nbs.load_singular_values(d, list(spectra[name]["tensor"])) for name, d in runs.items()}
+for name in runs:
+    print(f"{name}: {len(spectra[name])} matrices, modules {list(dict.fromkeys(spectra[name].module))}, "
+          f"{len(values[name])} saved spectra")
+'''),
+    md('''
+## Spectra per module type
+
+One panel per module type, one line per layer (colour = depth); the figure is drawn by
+`lowrank_lab.analysis.figures.plot_spectra`, the one the analysis CLI writes.
+'''),
+    code('''
+for name in runs:
+    path = plot_spectra(spectra[name], values[name], nbs.figures_dir() / f"02_spectra_{name}.png", model=name)
+    print(path)
+    display(Image(filename=str(path)))
+'''),
+    md('''
+All module types of one model on the same axes, normalised (σ_i / σ_1 against i / min(m, n)),
+with the slopes REFERENCE.md quotes for real LLM weights drawn for comparison (grey lines are
+guides through σ_1, not fits).
+'''),
+    code('''
+fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False, layout="constrained")
+for ax, name in zip(axes[0], runs):
+    s = spectra[name]
+    modules = list(dict.fromkeys(s.module))
+    for k, module in enumerate(modules):
+        for j, tensor in enumerate(s[s.module == module].tensor):
+            v = values[name].get(tensor)
+            if v is None:
+                continue
+            v = v[v > 0]
+            ax.loglog(np.arange(1, v.size + 1) / v.size, v / v[0], color=f"C{k}", lw=0.9, alpha=0.7,
+                      label=module if j == 0 else None)
+    x = np.logspace(-2.5, 0, 20)
+    for slope in (-0.3, -0.5):
+        ax.loglog(x, (x / x[0]) ** slope, color="grey", ls=":", lw=1)
+        ax.annotate(f"slope {slope}", (x[-1], (x[-1] / x[0]) ** slope), fontsize=7, color="grey")
+    ax.set_xlabel("i / min(m, n)")
+    ax.set_ylabel("σ_i / σ_1")
+    ax.set_title(f"{name}: normalised spectra, every layer")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+print(nbs.save_figure(fig, "02_normalised_spectra"))
+plt.show()
+'''),
+    md('''
+## Stable rank, effective rank and alpha across layers
+
+Per module type (one line each) against depth. The alpha panel shows the fit's standard error as
+error bars; WeightWatcher recommends ≥ 50 eigenvalues for a meaningful fit, so stories260K's 32–64
+eigenvalue matrices give rough exponents at best (NaN where the fit refused).
+'''),
+    code('''
+stats = [("stable_rank", "stable rank ‖W‖_F² / ‖W‖₂²"), ("effective_rank", "effective rank (Roy & Vetterli)"),
+         ("alpha", "power-law alpha of ESD(WᵀW)")]
+for name in runs:
+    s = spectra[name]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
+    for ax, (col, label) in zip(axes, stats):
+        for k, (module, g) in enumerate(s.groupby("module", sort=False)):
+            g = g.sort_values("layer")
+            if col == "alpha":
+                ax.errorbar(g.layer, g.alpha, yerr=g.alpha_sigma, marker="o", capsize=3, label=module)
+            else:
+                ax.plot(g.layer, g[col], marker="o", label=module)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(label)
+        ax.set_xticks(sorted(s.layer.unique()))
+        ax.grid(True, alpha=0.3)
+    axes[2].axhline(2.0, color="k", ls="--", lw=0.8)
+    axes[2].axhspan(2.0, 6.0, color="green", alpha=0.05)  # WeightWatcher's "well-trained" range
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{name}: spectral statistics per module type across layers")
+    print(nbs.save_figure(fig, f"02_stats_across_layers_{name}"))
+    plt.show()
+'''),
+    md('''
+## Per module type: medians over layers, and the energy a rank-r approximation keeps
+
+`module_spectra_table` is the spectral part of the analysis summary (issue 5); `median_energy_r{r}`
+is Σ_{i≤r} σ_i² / Σ σ_i², the most of ‖W‖_F² any rank-r adapter init can capture.
+'''),
+    code('''
+tables = []
+for name, d in runs.items():
+    s = spectra[name]
+    ranks = sorted(int(c.removeprefix("energy_r")) for c in s.columns if c.startswith("energy_r"))
+    tables.append(module_spectra_table(s, ranks).assign(model=name))
+table = pd.concat(tables, ignore_index=True)
+table = table[["model", *[c for c in table.columns if c != "model"]]]
+nbs.save_table(table, "02_spectra_per_module", source=NOTEBOOK,
+               title="Spectral statistics per module type (medians over layers), real weights")
+table
+'''),
+    code('''
+per_matrix = pd.concat([spectra[n].assign(model=n) for n in runs], ignore_index=True)
+cols = ["model", "tensor", "layer", "module", "m", "n", "spec_norm", "stable_rank", "effective_rank",
+        "alpha", "alpha_sigma", "alpha_ks_d", "alpha_n_tail"]
+nbs.save_table(per_matrix[cols], "02_spectra_per_matrix", source=NOTEBOOK,
+               title="Spectral statistics of every target matrix")
+print("stable rank / min(m, n), median per model:",
+      (per_matrix.stable_rank / per_matrix[["m", "n"]].min(axis=1)).groupby(per_matrix.model).median().round(4).to_dict())
+print("effective rank / min(m, n), median per model:",
+      (per_matrix.effective_rank / per_matrix[["m", "n"]].min(axis=1)).groupby(per_matrix.model).median().round(3).to_dict())
+'''),
+]
+
+
+NOTEBOOKS = {
+    "02_spectra_of_real_weights": NB02,
+    "01_factorization_error_and_time": NB01,
+    "04_parameter_counts": NB04,
+}
+
+
+def build(name: str, cells: list) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{name[:2]}-{i:02d}"  # stable ids: regenerating does not churn the diff
+    return nb
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    wanted = [a for a in argv if not a.startswith("--")]
+    stale = []
+    for name, cells in NOTEBOOKS.items():
+        if wanted and not any(name.startswith(w) for w in wanted):
+            continue
+        path = HERE / f"{name}.ipynb"
+        text = nbformat.writes(build(name, cells)) + "\n"
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.name)
+            continue
+        path.write_text(text)
+        print("wrote", path.relative_to(HERE.parent))
+    if stale:
+        print("out of date (run python notebooks/build_notebooks.py):", ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
