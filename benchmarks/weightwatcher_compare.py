@@ -69,17 +69,20 @@ def weightwatcher(model: str, tensors: list[str]) -> tuple[pd.DataFrame, float]:
         described = watcher.describe()
     wanted = {t.removesuffix(".weight") for t in tensors}
 
-    def ours_name(name: str) -> str | None:
-        hits = [t for t in wanted if t == name or t.endswith("." + name) or name.endswith("." + t)]
+    def ours_name(longname: str) -> str | None:
+        # WeightWatcher's `longname` is the module path; ours is the tensor name without ".weight",
+        # possibly with a different model prefix ("bert.").
+        hits = [t for t in wanted
+                if t == longname or t.endswith("." + longname) or longname.endswith("." + t)]
         return hits[0] if len(hits) == 1 else None
 
-    described["tensor_base"] = described["name"].map(ours_name)
+    described["tensor_base"] = described["longname"].map(ours_name)
     ids = described.loc[described["tensor_base"].notna(), "layer_id"].astype(int).tolist()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         details = watcher.analyze(layers=ids)  # defaults: no plots, no randomization, no MP fit
     seconds = time.perf_counter() - t0
-    details["tensor_base"] = details["name"].map(ours_name)
+    details["tensor_base"] = details["longname"].map(ours_name)
     return details, seconds
 
 

@@ -1,0 +1,207 @@
+"""``python -m lowrank_lab.analyze`` end to end on a slice of the real MiniLM: output contract,
+resume, skipped ranks, and bad inputs (exit status 2, one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import lowrank_lab.analysis.factorization as fz
+from lowrank_lab.analyze import run
+from lowrank_lab.linalg import FACTORIZATIONS
+
+# The output contract of issue 5, spelled out here on purpose (not imported from the code under test).
+FACTORIZATION_COLUMNS = [
+    "model", "tensor", "layer", "module", "m", "n", "method", "rank", "rel_err_fro", "opt_rel_err_fro",
+    "err_ratio", "rel_err_spec", "init_seconds", "device", "dtype", "seed", "synthetic",
+]
+SPECTRA_COLUMNS = [
+    "tensor", "layer", "module", "m", "n", "fro_norm", "spec_norm", "stable_rank", "effective_rank",
+    "numerical_rank", "alpha", "alpha_sigma", "alpha_ks_d", "alpha_xmin", "alpha_n_tail",
+    "energy_r4", "energy_r8",
+]
+MINILM_MODULES = ["query", "key", "value", "attention-output", "intermediate", "output"]
+FAST = ["--layers", "0", "--ranks", "4,8", "--methods", "svd,rsvd", "--device", "cpu", "--repeats", "1",
+        "--warmup", "0"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # In-process runs share pytest's torch, whose OpenMP threads busy-wait; on the shared 2-core
+    # box two spinning threads make a 384x384 SVD 100x slower. One thread keeps the tests fast.
+    # (The CLI itself sets OMP_WAIT_POLICY=PASSIVE before torch loads; see lowrank_lab/analyze.py.)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_figures(monkeypatch):
+    # Figures are checked once (test_outputs_follow_the_contract); elsewhere they only cost time.
+    monkeypatch.setattr("lowrank_lab.analyze.make_figures", lambda *a, **k: [])
+
+
+def analyze(tmp_path: Path, *extra: str, name: str = "out") -> Path:
+    out = tmp_path / name
+    assert run([*FAST, "--out", str(out), "--figures", str(tmp_path / f"{name}-fig"), *extra]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    return analyze(tmp_path_factory.mktemp("analyze"))
+
+
+def counting_factorize(monkeypatch) -> list[tuple[str, int]]:
+    calls: list[tuple[str, int]] = []
+    real = fz.factorize
+
+    def spy(W, rank, method, **kw):
+        calls.append((method, rank))
+        return real(W, rank, method, **kw)
+
+    monkeypatch.setattr(fz, "factorize", spy)
+    return calls
+
+
+def test_outputs_follow_the_contract(full_run: Path):
+    fact = pd.read_csv(full_run / "factorization.csv")
+    assert list(fact.columns) == FACTORIZATION_COLUMNS
+    assert len(fact) == 6 * 2 * 2  # layer 0's six matrices x {svd, rsvd} x {4, 8}
+    assert list(dict.fromkeys(fact["module"])) == MINILM_MODULES
+    assert set(fact["method"]) == {"svd", "rsvd"} and set(fact["rank"]) == {4, 8}
+    assert (fact["model"] == "minilm").all() and (~fact["synthetic"]).all()
+    assert (fact["err_ratio"] >= 1 - 1e-4).all()
+    assert fact.loc[fact["method"] == "svd", "err_ratio"].sub(1).abs().max() < 1e-4
+    assert (fact["init_seconds"] > 0).all() and set(fact["dtype"]) == {"float32"}
+
+    spectra = pd.read_csv(full_run / "spectra.csv")
+    assert list(spectra.columns) == SPECTRA_COLUMNS and len(spectra) == 6
+    assert ((spectra["stable_rank"] >= 1) & (spectra["stable_rank"] <= spectra[["m", "n"]].min(axis=1))).all()
+    assert ((spectra["energy_r4"] > 0) & (spectra["energy_r4"] < spectra["energy_r8"])).all()
+    assert spectra["alpha"].notna().all() and (spectra["alpha_sigma"] > 0).all()
+
+    summary = (full_run / "summary.md").read_text()
+    assert "median_err_ratio" in summary and "worst_err_ratio" in summary and "total_init_seconds" in summary
+    assert "attention-output" in summary and "Made by `python -m lowrank_lab.analyze" in summary
+    assert (full_run / "summary.tex").read_text().count(r"\begin{tabular}") == 2
+    meta = json.loads((full_run / "run.json").read_text())
+    assert meta["status"] == "complete" and meta["wall_seconds"] > 0 and meta["seed"] == 0
+    assert meta["command"].startswith("python -m lowrank_lab.analyze --layers 0")
+    figs = full_run.parent / "out-fig"
+    assert {p.name for p in figs.glob("*.png")} == {"spectra.png", "error_ratio.png", "init_time.png"}
+    assert len(list((full_run / "singular_values").glob("*.npy"))) == 6
+
+
+def test_resume_after_a_subset_computes_only_the_rest(tmp_path, monkeypatch, full_run, no_figures):
+    first = analyze(tmp_path, "--targets", "query")
+    before = pd.read_csv(first / "factorization.csv")
+    assert len(before) == 4
+    calls = counting_factorize(monkeypatch)
+    analyze(tmp_path, "--targets", "query,key,intermediate", "--resume")
+    after = pd.read_csv(first / "factorization.csv")
+    assert len(after) == 12 and not after.duplicated(["tensor", "method", "rank"]).any()
+    # The query rows are kept as they were (same timings), and were not factorized again.
+    pd.testing.assert_frame_equal(after.iloc[:4], before)
+    assert len(calls) == 2 * 2 * 2  # two new matrices x 2 methods x 2 ranks, repeats=1, warmup=0
+    assert list(pd.read_csv(first / "spectra.csv")["module"]) == ["query", "key", "intermediate"]
+    # Same numbers as an uninterrupted run (every row seeds its own generator).
+    reference = pd.read_csv(full_run / "factorization.csv")
+    cols = ["tensor", "method", "rank", "rel_err_fro"]
+    reference = reference[reference["module"].isin(["query", "key", "intermediate"])]
+    pd.testing.assert_frame_equal(after[cols].sort_values(cols[:3]).reset_index(drop=True),
+                                  reference[cols].sort_values(cols[:3]).reset_index(drop=True))
+
+
+def test_resume_after_interrupt_mid_write(tmp_path, monkeypatch, no_figures):
+    two = ("--targets", "query,key")
+    out = analyze(tmp_path, *two)
+    path = out / "factorization.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:4]) + lines[4][:15])  # 3 rows and a torn fourth, as a kill leaves
+    (out / "spectra.csv").write_text("".join((out / "spectra.csv").read_text().splitlines(True)[:2]))
+    calls = counting_factorize(monkeypatch)
+    analyze(tmp_path, *two, "--resume")
+    fact = pd.read_csv(path)
+    assert len(fact) == 8 and not fact.duplicated(["tensor", "method", "rank"]).any()
+    assert len(calls) == 8 - 3
+    assert len(pd.read_csv(out / "spectra.csv")) == 2
+    # A finished run resumed again reads no matrix and factorizes nothing.
+    calls.clear()
+    monkeypatch.setattr("lowrank_lab.analyze.analyze_matrix", lambda *a, **k: pytest.fail("recomputed"))
+    analyze(tmp_path, *two, "--resume")
+    assert calls == [] and len(pd.read_csv(path)) == 8
+
+
+def test_resume_refuses_different_options(tmp_path, capsys, no_figures):
+    analyze(tmp_path, "--targets", "query")
+    with pytest.raises(SystemExit) as exc:
+        analyze(tmp_path, "--targets", "query", "--resume", "--seed", "1")
+    assert exc.value.code == 2
+    assert "cannot --resume" in capsys.readouterr().err
+
+
+def test_rank_above_matrix_size_is_noted_not_fatal(tmp_path, no_figures):
+    out = tmp_path / "big"
+    assert run(["--layers", "0", "--targets", "query", "--methods", "svd", "--ranks", "4,400",
+                "--repeats", "1", "--warmup", "0", "--out", str(out), "--figures", str(tmp_path / "f")]) == 0
+    assert len(pd.read_csv(out / "factorization.csv")) == 1
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped[["method", "rank"]].values.tolist() == [["svd", 400]]
+    assert "rank 400 (svd): skipped on `" in (out / "summary.md").read_text()
+    assert "rank 400 > min(m, n) = 384" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "svd,pissa"], "Valid methods: " + ", ".join(FACTORIZATIONS)),
+        (["--targets", "q_proj"], "query"),
+        (["--ranks", "8,x"], "--ranks '8,x'"),
+        (["--layers", "0", "--ranks", "0"], "--ranks"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        run([*args, "--out", str(tmp_path / "o"), "--figures", str(tmp_path / "f")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o" / "factorization.csv").exists()
+
+
+def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr("lowrank_lab.analyze.open_source", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exc:
+        run(["--out", str(blocker / "sub")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "a-file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_module_entry_point_exits_2_without_traceback(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "lowrank_lab.analyze", "--methods", "nope",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "unknown factorization method 'nope'" in bad.stderr
+
+
+def test_help_explains_every_option_with_an_example(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(["--help"])
+    assert exc.value.code == 0
+    usage = capsys.readouterr().out
+    options = ["--model", "--synthetic", "--ranks", "--methods", "--targets", "--layers", "--device",
+               "--dtype", "--seed", "--out", "--figures", "--resume", "--repeats", "--warmup"]
+    for option in options:
+        assert option in usage
+    assert usage.count("Example:") == len(options) and "examples:" in usage
