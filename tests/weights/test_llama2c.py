@@ -1,0 +1,157 @@
+"""llama2.c: reader, tokenizer, and the conversion to LlamaForCausalLM against a reference forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowrank_lab.weights import load_hf_model, open_source
+from lowrank_lab.weights.llama2c import (
+    Llama2cCheckpoint,
+    Llama2cTokenizer,
+    convert_to_hf,
+    hf_state_dict,
+    permute_rotary,
+    to_hf_model,
+)
+
+from .llama2c_reference import greedy, reference_logits, write_random_llama2c, write_tokenizer
+
+WMODULES = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+
+
+@pytest.fixture(params=[True, False], ids=["tied", "untied"])
+def random_ckpt(request, tmp_path):
+    path = tmp_path / "random.bin"
+    arrays = write_random_llama2c(path, shared=request.param, seed=7)
+    return path, arrays, request.param
+
+
+def test_reader_header_and_targets(random_ckpt):
+    path, arrays, shared = random_ckpt
+    ck = Llama2cCheckpoint(path)
+    c = ck.config
+    assert (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size) == (32, 48, 2, 4, 2, 40)
+    assert c.shared_classifier is shared
+    src = open_source(path)
+    assert src.family == "llama2c" and src.name == "random"
+    assert [(i.layer, i.module) for i in src.targets()] == [(lay, m) for lay in range(2) for m in WMODULES]
+    for wm in src:
+        assert torch.equal(wm.weight, arrays[wm.module][wm.layer])
+    out = ck.array("output")
+    assert torch.equal(out, arrays["tok_embeddings"] if shared else arrays["output"])
+    assert src.spec.num_parameters() == sum(v.numel() for k, v in arrays.items() if not k.startswith("freq"))
+
+
+def test_permute_rotary_maps_interleaved_pairs_to_halves():
+    hs, heads, dim = 6, 2, 3
+    w = torch.arange(heads * hs * dim, dtype=torch.float32).reshape(heads * hs, dim)
+    p = permute_rotary(w, heads)
+    for h in range(heads):
+        for i in range(hs // 2):
+            assert torch.equal(p[h * hs + i], w[h * hs + 2 * i])
+            assert torch.equal(p[h * hs + hs // 2 + i], w[h * hs + 2 * i + 1])
+
+
+def test_converted_model_matches_reference_forward(random_ckpt):
+    path, _, _ = random_ckpt
+    ck = Llama2cCheckpoint(path)
+    tokens = [1, 5, 9, 33, 2, 17, 0, 39, 12, 12, 4]
+    model = to_hf_model(ck)
+    with torch.no_grad():
+        hf = model(torch.tensor([tokens])).logits[0].double()
+    ref = reference_logits(ck, tokens)
+    torch.testing.assert_close(hf, ref, atol=1e-4, rtol=1e-4)
+    # Without the rotary permutation the logits differ: the test can see a wrong conversion.
+    sd = hf_state_dict(ck)
+    sd["model.layers.0.self_attn.q_proj.weight"] = ck.array("wq")[0]
+    sd["model.layers.0.self_attn.k_proj.weight"] = ck.array("wk")[0]
+    model.load_state_dict(sd)
+    with torch.no_grad():
+        wrong = model(torch.tensor([tokens])).logits[0].double()
+    assert (wrong - ref).abs().max() > 1e-3
+
+
+def test_heads_and_save(random_ckpt, tmp_path):
+    path, _, _ = random_ckpt
+    base = to_hf_model(path, head="base")
+    cls = to_hf_model(path, head="sequence-classification", num_labels=3)
+    assert type(base).__name__ == "LlamaModel" and type(cls).__name__ == "LlamaForSequenceClassification"
+    assert cls.score.weight.shape == (3, 32)
+    out = convert_to_hf(path, tmp_path / "hf")
+    src = open_source(out)  # the saved directory reads back as a Llama checkpoint, q/k permuted
+    assert src.family == "llama" and len(src) == 14
+    ck = Llama2cCheckpoint(path)
+    wq = next(iter(open_source(out, targets="q_proj", layers="1"))).weight
+    assert torch.equal(wq, permute_rotary(ck.array("wq")[1], 4))
+
+
+def _toy_tokenizer(tmp_path):
+    pieces = [(b"<unk>", 0.0), (b"<s>", 0.0), (b"</s>", 0.0)]
+    pieces += [(f"<0x{b:02X}>".encode(), 0.0) for b in range(256)]
+    pieces += [
+        (b" ", -1.0),
+        (b"a", -2.0),
+        (b"b", -2.0),
+        (b"c", -2.0),
+        (b"ab", -0.5),
+        (b" ab", -0.1),
+        (b"bc", -0.3),
+        (b"\xc3\xa9", -3.0),
+    ]  # 'é'
+    path = tmp_path / "tok.bin"
+    write_tokenizer(path, pieces)
+    return Llama2cTokenizer.from_file(path)
+
+
+def test_tokenizer_bpe_by_scores_and_byte_fallback(tmp_path):
+    tok = _toy_tokenizer(tmp_path)
+    ids = {p: i for i, p in enumerate(tok.vocab)}
+    # "abc" → [" ", "a", "b", "c"] (dummy-prefix space first); the candidate merges are "ab" (score -0.5)
+    # and "bc" (-0.3): "bc" wins, after which " a" and "abc" are not in the vocabulary, so it stops.
+    assert tok.encode("abc") == [1, ids[b" "], ids[b"a"], ids[b"bc"]]
+    assert tok.encode("ab") == [1, ids[b" ab"]]
+    assert tok.encode("é", bos=False, eos=True) == [ids[b" "], ids[b"\xc3\xa9"], 2]
+    # 'z' is not in the vocabulary: its byte token <0x7A>.
+    assert tok.encode("z", bos=False) == [ids[b" "], ids[b"<0x7A>"]]
+    for text in ["abc", "ab ab", "zéa", "日本"]:
+        assert tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.data
+def test_stories260k_targets(stories260k):
+    src = open_source(str(stories260k))
+    assert len(src) == 35 and src.spec.target_shapes()["w1"] == (172, 64)
+    named = open_source("stories260K")
+    assert named.name == "stories260K" and named.origin == str(stories260k)
+
+
+@pytest.mark.data
+def test_stories260k_greedy_story_and_logits(stories260k):
+    ck = Llama2cCheckpoint(stories260k)
+    tok = Llama2cTokenizer.from_file(stories260k.parent / "tok512.bin", ck.config.vocab_size)
+    model = load_hf_model("stories260K", head="causal-lm")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    with torch.no_grad():
+        tokens = greedy(lambda t: model(torch.tensor([t])).logits[0], 30)
+    text = tok.decode(tokens)
+    assert text.startswith("Once upon a time, there was a little girl named Lily"), text
+    with torch.no_grad():
+        hf = model(torch.tensor([tokens])).logits[0].double()
+    ref = reference_logits(ck, tokens)
+    assert float((hf - ref).abs().max()) < 1e-4
+    assert greedy(lambda t: reference_logits(ck, t), 30) == tokens
+
+
+@pytest.mark.data
+def test_stories260k_tokenizer_round_trip(stories260k):
+    tok = Llama2cTokenizer.from_file(stories260k.parent / "tok512.bin", 512)
+    text = "Once upon a time, there was a little girl named Lily. She loved to play outside."
+    ids = tok.encode(text)
+    assert ids[0] == 1 and len(ids) < len(text) / 2  # merges happened
+    assert tok.decode(ids) == text
+    # The stored rotary table is the one the reference forward computes.
+    ck = Llama2cCheckpoint(stories260k)
+    hs = ck.config.head_size
+    angle = torch.arange(512.0)[:, None] / (10000.0 ** (torch.arange(0, hs, 2).float() / hs))[None, :]
+    torch.testing.assert_close(ck.array("freq_cis_real"), angle.cos(), atol=1e-4, rtol=0)
