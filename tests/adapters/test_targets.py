@@ -61,7 +61,7 @@ def test_all_linear_covers_the_blocks_but_not_the_heads(tiny):
     llama = tiny.llama()
     names = resolve_targets(llama, "all-linear")
     assert len(names) == 14 and "lm_head" not in names
-    gpt2 = resolve_targets(tiny.gpt2())  # no canonical names for gpt2: all Conv1D in the blocks
+    gpt2 = resolve_targets(tiny.gpt2())  # gpt2 canonical names are its four Conv1D suffixes
     assert len(gpt2) == 8 and gpt2[0] == "h.0.attn.c_attn"
 
 
