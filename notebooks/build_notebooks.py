@@ -103,11 +103,12 @@ for method, rank in [("lora", 128), ("slora", 128), ("nlora", 128),
     n = count(method, rank)
     rows.append({
         "method": method, "rank": rank, "trainable": n,
-        "extra_vs_lora_r": n - count("lora", rank) if ADAPTERS[method].core else 0,
+        # the paper's "+3.67M": what the r x r cores add on top of LoRA's A and B (SLoRA, NLoRA)
+        "extra_vs_lora": n - count("lora", rank) if {"A", "M"} <= ADAPTERS[method].trains else None,
         "pct_of_base": 100 * n / base,
         "formula_per_matrix": ADAPTERS[method].closed_form,
     })
-nlora_table = pd.DataFrame(rows)
+nlora_table = pd.DataFrame(rows).astype({"extra_vs_lora": "Int64"})
 nbs.save_table(nlora_table, "04_nlora_paper_params", source=NOTEBOOK,
                title="Trainable parameters, Llama-2-7B, q/k/v/o/gate/up/down × 32 layers (NLoRA paper)")
 nlora_table
@@ -163,17 +164,22 @@ wide = sweep.pivot(index="method", columns="rank", values="trainable").loc[metho
 nbs.save_table(wide.reset_index(), "04_params_vs_rank", source=NOTEBOOK, floatfmt=",.0f",
                title="Trainable parameters vs rank, every adapter, Llama-2-7B (7 projections x 32 layers)")
 
-fig, ax = plt.subplots(figsize=(7, 4.5))
+# Methods with the same closed form have identical counts: one line per formula, the methods in its label.
+groups = {}
 for m in methods:
-    d = sweep[sweep.method == m]
-    ax.plot(d["rank"], d["trainable"], marker="o", label=f"{m}  ({ADAPTERS[m].closed_form})")
+    groups.setdefault(ADAPTERS[m].closed_form, []).append(m)
+fig, ax = plt.subplots(figsize=(7, 4.5))
+for k, (formula, ms) in enumerate(groups.items()):
+    d = sweep[sweep.method == ms[0]]
+    ax.plot(d["rank"], d["trainable"], marker="os^D"[k % 4], ls=["-", "--", "-.", ":"][k % 4],
+            ms=8 - 2 * (k % 2), label=f"{formula}: " + ", ".join(ms))
 ax.axhline(count("full", 8), color="k", ls="--", lw=1, label="full FT of the target matrices")
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ax.set_xlabel("rank r")
 ax.set_ylabel("trainable parameters")
 ax.set_title("Llama-2-7B, q/k/v/o/gate/up/down x 32 layers")
-ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
 print(nbs.save_figure(fig, "04_params_vs_rank"))
 plt.show()
 wide
