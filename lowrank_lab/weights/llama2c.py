@@ -128,6 +128,11 @@ class Llama2cCheckpoint:
                 f"{self.path} is {size} bytes, too short for a llama2.c header (28 bytes); the file is "
                 "truncated"
             )
+        if raw[:4] == b"PK\x03\x04" or raw[:1] == b"\x80":  # zip (torch.save) or a bare pickle
+            raise CorruptCheckpointError(
+                f"{self.path} is a PyTorch checkpoint (torch.save), not a llama2.c .bin; for a Hugging Face "
+                "model pass the directory holding it and its config.json"
+            )
         if struct.unpack("<I", raw[:4])[0] == _MAGIC_V1:
             raise CorruptCheckpointError(
                 f"{self.path} is a llama2.c version-1/2 export (magic 'ak42'); lowrank_lab reads the legacy "

@@ -194,3 +194,25 @@ def test_bad_selection_names_valid_options(tiny_llama):
         open_source(tiny_llama[0], layers="11")
     with pytest.raises(ValueError, match="unknown dtype"):
         open_source(tiny_llama[0], dtype="int7")
+
+
+def test_torch_file_is_not_taken_for_llama2c(tmp_path):
+    import torch
+
+    path = tmp_path / "model.bin"
+    torch.save({"w": torch.zeros(2, 2)}, path)
+    with pytest.raises(CorruptCheckpointError, match="PyTorch checkpoint"):
+        open_source(path)
+
+
+def test_stories260k_absent_says_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWRANK_LAB_SHARED_DATA", str(tmp_path))
+    with pytest.raises(CheckpointNotFoundError) as err:
+        open_source("stories260K")
+    msg = str(err.value)
+    assert (
+        str(tmp_path / "models" / "stories260K" / "stories260K.bin") in msg
+        and "LOWRANK_LAB_SHARED_DATA" in msg
+    )
+    # Shapes need no weights.
+    assert len(open_source("stories260K", synthetic=True)) == 35
