@@ -1,0 +1,325 @@
+"""``python -m lowrank_lab.finetune``: train adapter methods on a real task and record everything.
+
+Every method of ``--methods`` is trained with every seed of ``--seeds`` on the same data order and
+schedule; each run writes a JSON record and its merged fine-tuned model, and the study ends with
+``summary.md`` (metric mean ± sd over seeds, convergence, paper-claim verdicts) and figures. The
+components live in :mod:`lowrank_lab.training`; this module only parses options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from lowrank_lab.training.config import DEFAULT_LR, HEAD_ONLY, LR_SOURCES, RunConfig
+from lowrank_lab.training.study import run_study, summarize_existing
+from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, default_data_dir, get_task
+
+DEFAULT_METHODS = "lora,pissa,nlora,inttune,full"
+
+EPILOG = f"""
+examples:
+  # issue 7's study: SST-2 with MiniLM, five methods, three seeds
+  python -m lowrank_lab.finetune --task sst2 --model minilm --methods lora,pissa,nlora,inttune,full \\
+      --rank 8 --steps 300 --seeds 0,1,2 --data-dir ../shared/data --out reports/finetune/sst2
+  # GSM8K loss curves with stories260K (causal LM on "Question: ... Answer: ...")
+  python -m lowrank_lab.finetune --task gsm8k --methods lora,pissa,nlora,inttune,full --steps 300 \\
+      --out reports/finetune/gsm8k
+  # a quick look: 20 steps, 200 eval examples, resume whatever is already done
+  python -m lowrank_lab.finetune --task rte --methods lora,full --steps 20 --eval-samples 200 --resume
+  # rebuild summary.md and the figures from the runs already in --out
+  python -m lowrank_lab.finetune --task sst2 --out reports/finetune/sst2 --summary-only
+
+tasks: {", ".join(f"{k} ({v.metric})" for k, v in TASKS.items())}
+methods: every name of lowrank_lab.adapters.ADAPTERS (lora, pissa, pissa-fast, milora, olora,
+  lora-xs, lora-sb, slora, nlora, nlora-pinv, nlora-sketch, inttune, loldu, full) plus '{HEAD_ONLY}'
+  (no adapter: only the task head trains — the control that shows what the head alone reaches).
+default learning rates (--lr overrides): {", ".join(f"{f}/{k}: {v:g}" for (f, k), v in DEFAULT_LR.items())}
+  sources — {"; ".join(f"{k}: {v}" for k, v in LR_SOURCES.items())}
+outputs in --out: runs/<run>/run.json (config, per-step loss, evals, wall time, peak memory,
+  trainable params, init time), runs/<run>/merged/ (merged model, safetensors, for
+  `python -m lowrank_lab.intruders`), runs.csv, curves.csv (long format), summary.md, figures/*.png.
+"""
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds takes comma-separated integers, e.g. 0,1,2 (got {text!r})"
+        ) from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds is empty")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds repeats a seed: {text!r}")
+    return seeds
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return v
+
+    return parse
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return v
+
+
+def _option(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--adapter-option takes KEY=VALUE, e.g. n_iter=2 (got {text!r})")
+    k, v = text.split("=", 1)
+    for cast in (int, float):
+        try:
+            return k.strip(), cast(v)
+        except ValueError:
+            pass
+    low = v.strip().lower()
+    if low in ("true", "false"):
+        return k.strip(), low == "true"
+    if low == "none":
+        return k.strip(), None
+    return k.strip(), v.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lowrank_lab.finetune",
+        description="Fine-tune a model with several adapter methods and seeds on one task; record loss "
+        "curves, eval metric, time, memory, trainable parameters and merged weights; summarise the "
+        "papers' claims.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", required=True, choices=sorted(TASKS), help="task to train on, e.g. --task sst2")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model name for lowrank_lab.weights (default: the task's — minilm for GLUE, "
+        "stories260K for gsm8k), e.g. --model minilm",
+    )
+    p.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help=f"comma-separated adapter methods (default {DEFAULT_METHODS}), e.g. --methods lora,full",
+    )
+    p.add_argument(
+        "--rank", type=_positive(int), default=8, help="adapter rank r (default 8, LoRA's GLUE setting)"
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="scaling numerator, s = alpha / r (default: alpha = r, as PiSSA/NLoRA), e.g. --alpha 16",
+    )
+    p.add_argument(
+        "--targets",
+        default=None,
+        help="target modules (default: all linear maps of every block), e.g. --targets query,value",
+    )
+    p.add_argument("--steps", type=_positive(int), default=300, help="optimizer steps per run (default 300)")
+    p.add_argument(
+        "--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0), e.g. --seeds 0,1,2"
+    )
+    p.add_argument("--batch-size", type=_positive(int), default=16, help="examples per step (default 16)")
+    p.add_argument(
+        "--max-length",
+        type=_positive(int),
+        default=None,
+        help="tokens per example (default: 64 for GLUE, 512 for gsm8k), e.g. --max-length 128",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=_nonneg_int,
+        default=50,
+        help="evaluate every N steps, plus step 0 and the last step (default 50; 0: only those two)",
+    )
+    p.add_argument(
+        "--eval-samples",
+        type=_nonneg_int,
+        default=None,
+        help="held-out examples scored: 0 = the whole split, N = a fixed random subset, the same for "
+        "every run (default: all of the GLUE dev set, 256 GSM8K test problems), e.g. --eval-samples 256",
+    )
+    p.add_argument(
+        "--lr",
+        type=_positive(float),
+        default=None,
+        help="learning rate for every method (default: per method family, see below), e.g. --lr 3e-4",
+    )
+    p.add_argument(
+        "--head-lr",
+        type=_positive(float),
+        default=None,
+        help="learning rate of the task head (default: the method's), e.g. --head-lr 1e-3",
+    )
+    p.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=0.06,
+        help="fraction of steps of linear warm-up (default 0.06, LoRA's GLUE schedule)",
+    )
+    p.add_argument(
+        "--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0, PiSSA/NLoRA)"
+    )
+    p.add_argument(
+        "--max-grad-norm", type=_positive(float), default=1.0, help="gradient-norm clip (default 1.0)"
+    )
+    p.add_argument(
+        "--explode-factor",
+        type=_positive(float),
+        default=10.0,
+        help="stop a run when its loss exceeds this × its first loss (default 10); NaN/Inf always stops",
+    )
+    p.add_argument(
+        "--loss-threshold",
+        type=float,
+        default=None,
+        help="loss level for 'steps to threshold' (default: LoRA's mean final loss)",
+    )
+    p.add_argument(
+        "--adapter-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option passed to the adapter init, repeatable, e.g. --adapter-option n_iter=2",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"folder holding glue/ and gsm8k/ (default: ${DATA_DIR_ENV} or ../shared/data beside "
+        "the repository), e.g. --data-dir ../shared/data",
+    )
+    p.add_argument("--out", default=None, help="study directory (default reports/finetune/<task>)")
+    p.add_argument(
+        "--resume", action="store_true", help="skip runs already finished in --out with the same settings"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device: cpu (default; deterministic), cuda, cuda:1, or auto (cuda when available)",
+    )
+    p.add_argument(
+        "--no-save-merged",
+        action="store_true",
+        help="do not write runs/<run>/merged/ (saves ~90 MB per MiniLM run; intruders need it)",
+    )
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="only rebuild summary.md, curves.csv and figures from the runs already in --out",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no tqdm bars (they hide themselves off a terminal)"
+    )
+    return p
+
+
+def _resolve_device(text: str) -> str:
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a torch device; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text!r}: CUDA is not available on this machine; use --device cpu")
+    return str(dev)
+
+
+def _check_methods(methods: list[str]) -> None:
+    from lowrank_lab.adapters import get_adapter
+
+    if not methods:
+        raise ValueError("--methods is empty; e.g. --methods lora,full")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--methods repeats a method: {','.join(methods)}")
+    for m in methods:
+        if m != HEAD_ONLY:
+            get_adapter(m)  # raises UnknownAdapterError (a ValueError) listing the valid names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        spec = get_task(args.task)
+        methods = _csv(args.methods)
+        _check_methods(methods)
+        out = args.out or f"reports/finetune/{spec.name}"
+        if args.summary_only:
+            path = summarize_existing(
+                out,
+                methods if args.methods != DEFAULT_METHODS else [],
+                spec,
+                threshold_override=args.loss_threshold,
+            )
+            print(f"wrote {path}")
+            return 0
+        base = RunConfig(
+            task=spec.name,
+            method=methods[0],
+            model=args.model or spec.default_model,
+            rank=args.rank,
+            alpha=args.alpha,
+            targets=args.targets,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            lr=args.lr,
+            head_lr=args.head_lr,
+            warmup_ratio=args.warmup_ratio,
+            weight_decay=args.weight_decay,
+            max_grad_norm=args.max_grad_norm,
+            eval_every=args.eval_every,
+            eval_samples=args.eval_samples,
+            explode_factor=args.explode_factor,
+            device=_resolve_device(args.device),
+            save_merged=not args.no_save_merged,
+            extra=dict(args.adapter_option),
+        )
+        result = run_study(
+            base,
+            methods,
+            args.seeds,
+            data_dir=args.data_dir or default_data_dir(),
+            out=out,
+            resume=args.resume,
+            argv=["-m", "lowrank_lab.finetune", *argv_list],
+            loss_threshold_override=args.loss_threshold,
+            progress=False if args.no_progress else None,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    recs = result["records"]
+    n_div = sum(r["status"] == "diverged" for r in recs)
+    print(f"{len(recs)} runs ({n_div} diverged, {result['failed']} failed); summary: {result['summary']}")
+    return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Run configuration of the fine-tuning harness and where every default comes from.
+
+Learning rates per method family
+--------------------------------
+The papers tune learning rates per method; a fair small-scale comparison uses each family's
+published setting rather than one rate for all. Defaults (``--lr`` overrides all of them):
+
+========================  =====================  ==========================================================
+family (methods)          GLUE (MiniLM)          GSM8K (stories260K)
+========================  =====================  ==========================================================
+``lora``: lora, pissa,    4e-4                   2e-4
+milora, olora, slora,     LoRA paper (Hu et al.  NLoRA's released run_lora.sh / run_nlora.sh
+nlora, and every other    2021, Table 9,         (TracyGuo2001/NLoRA, MetaMathQA, r = alpha = 128);
+method that trains its    RoBERTa-base: 4e-4     PEFT's LoRA examples use 1e-4..3e-4.
+factors                   CoLA/STS-B, 5e-4
+                          SST-2/RTE).
+``core``: inttune,        4e-3                   4e-3
+lora-xs, lora-sb, loldu,  LoRA-XS (Bałazy et al. 2024) trains only the r×r core: its released
+svft (only an r×r core    run_math_tuning.sh uses 4e-3 (Mistral-7B, MetaMathQA) and its GLUE grid
+or r numbers train)       goes up to 1e-3 for the core and 5e-3 for the head. NOTE: NLoRA's released
+                          run_inttune.sh uses 2e-4 for IntTune (the same as NLoRA) at 7B scale with
+                          100k examples; with 300 steps a core of r² numbers barely moves at 2e-4,
+                          so the core family gets the LoRA-XS rate here — pass ``--lr`` to test 2e-4.
+``full``                  2e-5                   2e-5
+                          BERT's GLUE grid {2,3,5}e-5 (Devlin et al. 2019); PiSSA's full fine-tuning
+                          on MetaMathQA uses 2e-5 (PiSSA paper §5, NLoRA's run_pissa.sh).
+========================  =====================  ==========================================================
+
+Schedule (same for every method): AdamW (β = 0.9, 0.999, ε = 1e-8, weight decay 0 as the
+PiSSA/NLoRA scripts), linear warm-up over 6 % of the steps then linear decay to 0 (the LoRA
+paper's GLUE schedule, warm-up ratio 0.06), gradient norm clipped at 1.0 (Hugging Face
+Trainer's ``max_grad_norm`` default). Rank 8 and alpha = rank (scale s = 1) follow LoRA's GLUE
+setting (r = 8, alpha = 8) and PiSSA/NLoRA's alpha = r.
+
+Heads: for GLUE the task head (``classifier``, new and randomly initialised) trains with every
+method, as PEFT's ``modules_to_save`` does for sequence classification; the pre-trained pooler
+stays frozen except under ``full``. For GSM8K no head trains (the LM head is pre-trained).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+#: A control run by this harness (not an adapter): no adapter, only the task head trains (a
+#: linear probe of the frozen model). Its metric is what the head alone achieves, so the gain of
+#: an adapter over it is what the adapter adds. Learning rate: the LoRA family's.
+HEAD_ONLY = "head"
+
+#: Methods that train only a small core between frozen factors.
+CORE_ONLY_METHODS = frozenset({"inttune", "lora-xs", "lora-sb", "loldu", "svft"})
+
+#: (family, task kind) -> learning rate; see the module docstring for sources.
+DEFAULT_LR: dict[tuple[str, str], float] = {
+    ("lora", "glue"): 4e-4,
+    ("lora", "causal-lm"): 2e-4,
+    ("core", "glue"): 4e-3,
+    ("core", "causal-lm"): 4e-3,
+    ("full", "glue"): 2e-5,
+    ("full", "causal-lm"): 2e-5,
+}
+
+LR_SOURCES = {
+    "lora": "LoRA paper Table 9 (RoBERTa-base GLUE 4e-4..5e-4); "
+    "NLoRA run_lora.sh/run_nlora.sh 2e-4 (MetaMathQA)",
+    "core": "LoRA-XS run_math_tuning.sh 4e-3 (core-only training); NLoRA run_inttune.sh uses 2e-4 at 7B",
+    "full": "BERT GLUE grid 2e-5..5e-5 (Devlin et al. 2019); PiSSA full fine-tuning 2e-5",
+}
+
+
+def method_family(method: str) -> str:
+    """``"full"``, ``"core"`` (only an r×r core / r numbers train) or ``"lora"`` (factors train)."""
+    if method == "full":
+        return "full"
+    if method in CORE_ONLY_METHODS:
+        return "core"
+    if method != HEAD_ONLY:
+        try:  # the adapter registry says which parts train; a method training only M is "core"
+            from lowrank_lab.adapters import ADAPTERS
+
+            trains = getattr(ADAPTERS.get(method), "trains", None)
+            if trains is not None and "W" in trains:
+                return "full"
+            if trains is not None and set(trains) <= {"M"}:
+                return "core"
+        except ImportError:
+            pass
+    return "lora"
+
+
+def default_lr(method: str, task_kind: str) -> float:
+    """The learning rate :data:`DEFAULT_LR` gives ``method`` on a task of ``task_kind``."""
+    kind = "causal-lm" if task_kind == "causal-lm" else "glue"
+    return DEFAULT_LR[(method_family(method), kind)]
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one fine-tuning run; two runs with equal configs give equal curves
+    on the CPU.
+
+    Defaults carry their reasons in the module docstring; ``lr=None`` means :func:`default_lr`.
+    """
+
+    task: str
+    method: str
+    model: str = "minilm"
+    seed: int = 0
+    rank: int = 8
+    alpha: float | None = None  # None: the adapter's default (alpha = rank, s = 1)
+    targets: str | None = None  # None: all linear target modules of the model family
+    steps: int = 300
+    batch_size: int = 16
+    max_length: int | None = None  # None: the task's default (64 GLUE, 512 GSM8K)
+    lr: float | None = None
+    head_lr: float | None = None  # None: same as lr (one rate, as PEFT/HF Trainer)
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 50
+    eval_samples: int | None = None  # None: the task's default (all of GLUE dev, 256 GSM8K); 0: all
+    eval_batch_size: int = 64
+    explode_factor: float = 10.0  # stop when loss > factor × first-step loss
+    device: str = "cpu"
+    save_merged: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # adapter options passed to inject
+
+    def resolved_lr(self, task_kind: str) -> float:
+        return float(self.lr) if self.lr is not None else default_lr(self.method, task_kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def run_name(self) -> str:
+        """Directory name of the run: ``lora-r8-seed0`` (``full-seed0`` for full fine-tuning)."""
+        if self.method == "full":
+            return f"full-seed{self.seed}"
+        return f"{self.method}-r{self.rank}-seed{self.seed}"
+
+    # Fields that must agree for --resume to treat an existing run as this run.
+    IDENTITY = (
+        "task",
+        "method",
+        "model",
+        "seed",
+        "rank",
+        "alpha",
+        "targets",
+        "steps",
+        "batch_size",
+        "max_length",
+        "lr",
+        "head_lr",
+        "warmup_ratio",
+        "weight_decay",
+        "max_grad_norm",
+        "eval_every",
+        "eval_samples",
+        "extra",
+    )
+
+    def differences(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Identity fields whose value in ``other`` (a stored config) differs from this one."""
+        mine = self.to_dict()
+        return {k: (other.get(k), mine[k]) for k in self.IDENTITY if other.get(k) != mine[k]}

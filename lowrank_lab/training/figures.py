@@ -1,0 +1,113 @@
+"""Figures of a fine-tuning study: loss curves with seed bands, eval metric over steps, and the
+final metric against the number of trainable parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on the study machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .metrics import METRIC_LABELS  # noqa: E402
+from .summary import moving_average, smoothing_window  # noqa: E402
+from .tasks import TaskSpec  # noqa: E402
+
+
+def _colors(methods: Sequence[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def loss_curves(
+    records: list[dict[str, Any]], methods: Sequence[str], path: str | Path, *, title: str
+) -> Path:
+    """Smoothed training loss per method: the mean over seeds as a line, min–max over seeds as a band."""
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for m in methods:
+        curves = [r["train_loss"] for r in records if r["config"]["method"] == m and r["train_loss"]]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)  # a diverged seed shortens the common span
+        window = smoothing_window(max(len(c) for c in curves))
+        sm = np.array([moving_average(c[:n], window) for c in curves])  # (seeds, n)
+        x = np.arange(1, n + 1)
+        ax.plot(
+            x, sm.mean(0), color=colors[m], label=f"{m} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+        )
+        if len(curves) > 1:
+            ax.fill_between(x, sm.min(0), sm.max(0), color=colors[m], alpha=0.2, linewidth=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"training loss (moving average, {smoothing_window(_max_steps(records))} steps)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def eval_curves(
+    records: list[dict[str, Any]], methods: Sequence[str], spec: TaskSpec, path: str | Path, *, title: str
+) -> Path:
+    """Eval metric at each evaluation step: mean over seeds with a min–max band."""
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for m in methods:
+        evals = [r["eval"] for r in records if r["config"]["method"] == m and r.get("eval")]
+        if not evals:
+            continue
+        steps = sorted(set.intersection(*[{e["step"] for e in ev} for ev in evals]))
+        if not steps:
+            continue
+        vals = np.array([[next(e["metric"] for e in ev if e["step"] == s) for s in steps] for ev in evals])
+        ax.plot(steps, vals.mean(0), marker="o", ms=3, color=colors[m], label=m)
+        if len(evals) > 1:
+            ax.fill_between(steps, vals.min(0), vals.max(0), color=colors[m], alpha=0.2, linewidth=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel(METRIC_LABELS[spec.metric])
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def metric_vs_params(rows: list[dict[str, Any]], spec: TaskSpec, path: str | Path, *, title: str) -> Path:
+    """Final metric (mean, error bar = sd over seeds) against trainable parameters (log scale)."""
+    colors = _colors([r["method"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for r in rows:
+        s = r["metric"]
+        if not s.n or not r["trainable_params"]:
+            continue
+        yerr = s.sd if s.n > 1 else None
+        ax.errorbar(r["trainable_params"], s.mean, yerr=yerr, fmt="o", color=colors[r["method"]], capsize=3)
+        ax.annotate(
+            r["method"],
+            (r["trainable_params"], s.mean),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (adapter + task head)")
+    ax.set_ylabel(f"final {METRIC_LABELS[spec.metric]}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def _max_steps(records: list[dict[str, Any]]) -> int:
+    return max((len(r["train_loss"]) for r in records), default=1)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

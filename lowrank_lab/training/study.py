@@ -1,0 +1,364 @@
+"""A study: every (seed, method) run of one task, records on disk, then summary and figures.
+
+Layout of ``--out``::
+
+    runs/<method>-r<rank>-seed<seed>/run.json   one record per run (config, curves, timings, memory)
+    runs/<method>-r<rank>-seed<seed>/merged/    merged fine-tuned model (save_pretrained, safetensors)
+    runs.csv                                   one row per run, appended and flushed as runs finish
+    curves.csv                                 long format: method, seed, step, series, value
+    summary.md                                 tables, claim verdicts, figures
+    figures/loss_curves.png, eval_curves.png, metric_vs_params.png
+
+Runs go seed-major (all methods of seed 0, then seed 1, ...) so an interrupted study already
+compares every method. A run's record is written atomically when it ends; with ``resume=True``
+finished or diverged runs with the same config are skipped (a different config is an error, so a
+resumed study never mixes settings), failed or missing runs are (re)done.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from lowrank_lab.utils.provenance import run_metadata, write_run_json
+from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir
+
+from . import figures as figs
+from .batching import Encoder
+from .config import RunConfig
+from .loop import train_run
+from .models import load_model, load_tokenizer
+from .summary import (
+    curves_frame,
+    final_loss,
+    load_records,
+    loss_auc,
+    loss_threshold,
+    method_rows,
+    render_summary,
+)
+from .tasks import TaskSpec, get_task, load_examples
+
+RUN_COLUMNS = [
+    "task",
+    "model",
+    "method",
+    "rank",
+    "seed",
+    "status",
+    "lr",
+    "initial_metric",
+    "final_metric",
+    "final_train_loss",
+    "loss_auc",
+    "steps_done",
+    "trainable_params",
+    "adapter_params",
+    "init_seconds",
+    "train_seconds",
+    "eval_seconds",
+    "seconds_per_step",
+    "peak_memory_mb",
+    "memory_kind",
+    "run_dir",
+    "message",
+]
+RUN_KEY = ["method", "rank", "seed"]
+SCHEMA = "lowrank_lab.finetune.run/1"
+
+
+class StudyResumeError(ValueError):
+    """``--resume`` found a run made with different settings."""
+
+
+def run_dir_for(out: Path, cfg: RunConfig) -> Path:
+    return out / "runs" / cfg.run_name()
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:  # written atomically, so only a foreign file can be torn
+        return None
+
+
+def _csv_row(rec: dict[str, Any], out: Path) -> dict[str, Any]:
+    c = rec["config"]
+    return {
+        "task": c["task"],
+        "model": c["model"],
+        "method": c["method"],
+        "rank": c["rank"],
+        "seed": c["seed"],
+        "status": rec["status"],
+        "lr": rec.get("lr"),
+        "initial_metric": rec.get("initial_metric"),
+        "final_metric": rec.get("final_metric"),
+        "final_train_loss": final_loss(rec["train_loss"]) if rec.get("train_loss") else None,
+        "loss_auc": loss_auc(rec["train_loss"]) if rec.get("train_loss") else None,
+        "steps_done": rec.get("steps_done"),
+        "trainable_params": rec.get("trainable_params"),
+        "adapter_params": rec.get("adapter_params"),
+        "init_seconds": rec.get("init_seconds"),
+        "train_seconds": rec.get("train_seconds"),
+        "eval_seconds": rec.get("eval_seconds"),
+        "seconds_per_step": rec.get("seconds_per_step"),
+        "peak_memory_mb": rec.get("peak_memory_mb"),
+        "memory_kind": rec.get("memory_kind"),
+        "run_dir": str(run_dir_for(out, RunConfig.from_dict(c)).relative_to(out)),
+        "message": rec.get("message", ""),
+    }
+
+
+def run_study(
+    base: RunConfig,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    data_dir: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    argv: Sequence[str] | None = None,
+    loss_threshold_override: float | None = None,
+    progress: bool | None = None,
+    model_factory: Callable[[], Any] | None = None,
+    tokenizer: Any = None,
+    log: Callable[[str], None] | None = None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run ``methods`` × ``seeds`` on ``base.task`` and write the study files (see module docstring).
+
+    Parameters
+    ----------
+    base : RunConfig
+        Settings shared by all runs (its ``method``/``seed`` are replaced per run).
+    methods, seeds : sequences
+        Adapter registry names (plus ``full`` and the ``head`` control) and integer seeds.
+    data_dir, out : paths
+        Where the task's files are, and the study directory.
+    resume : bool
+        Skip runs whose record exists with the same config.
+    progress : bool or None
+        tqdm bars; None shows them only on a terminal.
+    model_factory, tokenizer : optional
+        Replace :func:`~.models.load_model` / :func:`~.models.load_tokenizer` (tests use tiny models).
+    log : callable
+        Where messages go (default: ``tqdm.write`` to stderr).
+
+    Returns
+    -------
+    dict with ``records`` (list), ``summary`` (path), ``failed`` (count of failed runs).
+    """
+    spec: TaskSpec = get_task(base.task)
+    say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    disable = None if progress is None else (not progress)
+
+    train_ex = load_examples(spec, data_dir, "train")
+    eval_ex = load_examples(spec, data_dir, "eval")
+    out = ensure_writable_dir(out)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(base.model, spec)
+    max_len = base.max_length or spec.default_max_length
+    train_enc = Encoder(spec, tok, max_len, train_ex)
+    eval_enc = Encoder(spec, tok, max_len, eval_ex)
+    factory = model_factory or (lambda: load_model(base.model, spec))
+
+    configs = [replace(base, method=m, seed=int(s)) for s in seeds for m in methods]
+    # Check resumable runs before any training: a mismatch must not surface after hours of work.
+    done: dict[str, dict[str, Any]] = {}
+    if resume:
+        for cfg in configs:
+            rec = read_record(run_dir_for(out, cfg))
+            if rec is None or rec.get("status") not in ("finished", "diverged"):
+                continue
+            diff = cfg.differences(rec.get("config", {}))
+            if diff:
+                shown = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+                raise StudyResumeError(
+                    f"--resume: {run_dir_for(out, cfg)} was made with other settings ({shown}); "
+                    "use a new --out, or rerun without --resume to overwrite"
+                )
+            done[cfg.run_name()] = rec
+
+    writer = RowWriter(out / "runs.csv", RUN_COLUMNS, RUN_KEY, resume=resume)
+    records: list[dict[str, Any]] = []
+    failed = 0
+    bar = tqdm(configs, desc=f"{spec.name} runs", unit="run", disable=disable, file=sys.stderr)
+    try:
+        for cfg in bar:
+            bar.set_postfix_str(cfg.run_name())
+            rdir = run_dir_for(out, cfg)
+            if cfg.run_name() in done:
+                rec = done[cfg.run_name()]
+                say(f"skip {cfg.run_name()}: already {rec['status']} (--resume)")
+                if not writer.done(_csv_row(rec, out)):
+                    writer.write(_csv_row(rec, out))
+                records.append(rec)
+                continue
+            rec = _one_run(cfg, spec, train_enc, eval_enc, factory, rdir, argv, disable)
+            if rec["status"] == "diverged":
+                say(f"DIVERGED: {rec['message']} — continuing with the other runs")
+            elif rec["status"] == "failed":
+                failed += 1
+                say(f"FAILED: {rec['message']} — continuing with the other runs")
+            writer.write(_csv_row(rec, out))
+            records.append(rec)
+    finally:
+        bar.close()
+        writer.close()
+
+    summary = write_study_outputs(
+        out, records, methods, spec, argv=argv, threshold_override=loss_threshold_override, notes=notes
+    )
+    return {"records": records, "summary": summary, "failed": failed}
+
+
+def _one_run(
+    cfg: RunConfig,
+    spec: TaskSpec,
+    train_enc: Encoder,
+    eval_enc: Encoder,
+    factory: Callable[[], Any],
+    rdir: Path,
+    argv: Sequence[str] | None,
+    disable: bool | None,
+) -> dict[str, Any]:
+    rdir.mkdir(parents=True, exist_ok=True)
+    gc.collect()  # the previous run's model must not count in this run's peak RSS
+    meta = run_metadata(list(argv) if argv is not None else None, seed=cfg.seed, device=cfg.device)
+    t0 = time.perf_counter()
+    steps = tqdm(
+        total=cfg.steps, desc=cfg.run_name(), unit="step", leave=False, disable=disable, file=sys.stderr
+    )
+
+    def tick(step: int, loss: float) -> None:
+        steps.update(1)
+        if step % 10 == 0:
+            steps.set_postfix(loss=f"{loss:.4f}")
+
+    try:
+        rec = train_run(cfg, spec, train_enc, eval_enc, factory, run_dir=rdir, step_callback=tick)
+    except Exception as exc:  # noqa: BLE001 - one broken method must not end a long study
+        rec = {
+            "status": "failed",
+            "train_loss": [],
+            "eval": [],
+            "message": f"{cfg.method} (seed {cfg.seed}) failed: {type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+    finally:
+        steps.close()
+    rec = {"schema": SCHEMA, "config": cfg.to_dict(), **rec, "meta": meta}
+    write_run_json(rdir / "run.json", rec, time.perf_counter() - t0)
+    return json.loads((rdir / "run.json").read_text())
+
+
+def find_intruders(out: Path) -> str | None:
+    """A one-line verdict from intruder results saved in the study directory, if any.
+
+    Reads ``intruders.csv`` (long format written by ``python -m lowrank_lab.intruders --out``)
+    when it has ``method`` and ``intruders`` columns: LoRA's mean count vs full fine-tuning's.
+    """
+    import pandas as pd
+
+    for path in sorted(out.glob("intruders*/*.csv")) + sorted(out.glob("intruders*.csv")):
+        try:
+            df = pd.read_csv(path)
+        except (OSError, ValueError):
+            continue
+        cols = {c.lower(): c for c in df.columns}
+        mcol = cols.get("method")
+        ccol = next(
+            (cols[c] for c in ("intruders", "n_intruders", "intruder_count", "count") if c in cols), None
+        )
+        if mcol is None or ccol is None:
+            continue
+        per = df.groupby(mcol)[ccol].sum()
+        if "lora" in per.index and "full" in per.index:
+            lo, fu = float(per["lora"]), float(per["full"])
+            v = "confirms" if lo > fu else ("contradicts" if lo < fu else "inconclusive")
+            counts = f"LoRA {lo:g} vs full {fu:g} (from {path.name})"
+            return f"{v}: intruder dimensions summed over matrices, {counts}"
+    return None
+
+
+def write_study_outputs(
+    out: Path,
+    records: list[dict[str, Any]],
+    methods: Sequence[str],
+    spec: TaskSpec,
+    *,
+    argv: Sequence[str] | None = None,
+    threshold_override: float | None = None,
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write curves.csv, the figures and summary.md from ``records``."""
+    out = Path(out)
+    curves_frame(records).to_csv(out / "curves.csv", index=False)
+    title = f"Fine-tuning study: {spec.name}"
+    fig_paths = []
+    have = [r for r in records if r.get("train_loss")]
+    if have:
+        threshold, _ = loss_threshold(records, methods, threshold_override)
+        rows = method_rows(records, methods, spec, threshold)
+        fig_paths = [
+            figs.loss_curves(
+                have, methods, out / "figures" / "loss_curves.png", title=f"{title}: training loss"
+            ),
+            figs.eval_curves(
+                have, methods, spec, out / "figures" / "eval_curves.png", title=f"{title}: eval"
+            ),
+            figs.metric_vs_params(
+                rows,
+                spec,
+                out / "figures" / "metric_vs_params.png",
+                title=f"{title}: metric vs trainable parameters",
+            ),
+        ]
+    commands = sorted({r["meta"]["command"] for r in records if r.get("meta", {}).get("command")})
+    if argv is not None:
+        command = "python " + " ".join(shlex.quote(str(a)) for a in argv)
+    else:
+        command = "; ".join(commands) if commands else None
+    text = render_summary(
+        records,
+        methods,
+        spec,
+        title=title,
+        command=command,
+        threshold_override=threshold_override,
+        figures=[str(p.relative_to(out)) for p in fig_paths],
+        intruders=find_intruders(out),
+        notes=notes,
+    )
+    path = out / "summary.md"
+    path.write_text(text)
+    return path
+
+
+def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, **kw: Any) -> Path:
+    """Rebuild summary.md and figures from the run.json files already under ``out/runs``."""
+    out = Path(out)
+    recs = load_records(sorted((out / "runs").glob("*/run.json")))
+    recs = [
+        r
+        for r in recs
+        if r["config"]["task"] == spec.name and (not methods or r["config"]["method"] in methods)
+    ]
+    if not recs:
+        raise FileNotFoundError(f"no run records for task {spec.name} under {out / 'runs'}")
+    if not methods:
+        methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
+    return write_study_outputs(out, recs, methods, spec, **kw)

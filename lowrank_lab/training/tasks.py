@@ -1,0 +1,357 @@
+"""Fine-tuning tasks: GLUE SST-2, CoLA, RTE, STS-B and GSM8K, read from local files.
+
+Each task is one :class:`TaskSpec` in :data:`TASKS` (the CLI, tests and reports use the same
+registry) and :func:`load_examples` turns a data directory into a list of :class:`Example`.
+
+File formats follow ``../shared/data/MANIFEST.md`` and the GLUE release (Wang et al. 2019,
+arXiv 1804.07461):
+
+* GLUE ``.tsv`` files contain bare quote characters, so they are read with quoting off
+  (``csv.QUOTE_NONE``); reading them with the default quoting silently merges rows.
+* SST-2: header ``sentence, label``; the train file is ``train.tsv`` (GLUE) or ``train_full.tsv``
+  (the AutoPrompt copy in ``../shared/data``).
+* CoLA: no header, columns ``source, label, original label, sentence``; GLUE's dev set is
+  ``in_domain_dev`` + ``out_of_domain_dev`` (1,043 rows) when the raw CoLA release is given.
+* RTE: header ``index, sentence1, sentence2, label`` with labels ``entailment`` (0) and
+  ``not_entailment`` (1), the label order of GLUE's ``RteProcessor`` in Hugging Face transformers.
+* STS-B: header with ``sentence1``, ``sentence2`` and the score (0–5) in the last column.
+* GSM8K (Cobbe et al. 2021, arXiv 2110.14168): ``.jsonl`` with ``{"question", "answer"}``; the
+  held-out split is ``test.jsonl``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Where the shared data lives when ``--data-dir`` is not given: ``../shared/data`` beside the
+#: clone, overridden by ``$LOWRANK_LAB_SHARED_DATA`` (the same rule as tests/conftest.py).
+DATA_DIR_ENV = "LOWRANK_LAB_SHARED_DATA"
+
+
+class TaskDataError(FileNotFoundError):
+    """A task's files are missing under the data directory (the message lists where it looked)."""
+
+
+class TaskFormatError(ValueError):
+    """A task file exists but a row cannot be parsed (the message names the file and line)."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One fine-tuning task.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``sst2``).
+    kind : {"classification", "regression", "causal-lm"}
+        Which head and loss the model gets.
+    num_labels : int
+        Output size of the classification/regression head (1 for regression; 0 for causal LM).
+    metric : str
+        Name in :data:`lowrank_lab.training.metrics.METRICS` of the evaluation metric.
+    higher_is_better : bool
+        Direction of ``metric``.
+    default_model : str
+        Model the CLI uses when ``--model`` is not given.
+    default_max_length : int
+        Token budget per example: 64 for GLUE (issue 7's SST-2 setting), 512 for GSM8K (the
+        stories260K context length, ``seq_len`` in its llama2.c header).
+    default_eval_samples : int
+        Held-out examples scored when ``--eval-samples`` is not given (0: all).
+    dirs : tuple of str
+        Directory names tried under the data directory, in order.
+    train_files, eval_files : tuple of tuple of str
+        Alternatives, tried in order; each alternative is a tuple of files concatenated.
+    """
+
+    name: str
+    kind: str
+    num_labels: int
+    metric: str
+    higher_is_better: bool
+    default_model: str
+    default_max_length: int
+    dirs: tuple[str, ...]
+    train_files: tuple[tuple[str, ...], ...]
+    eval_files: tuple[tuple[str, ...], ...]
+    description: str = ""
+    default_eval_samples: int = 0  # 0: the whole eval split
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example: ``text_a`` (sentence, premise or question), optional ``text_b`` (second
+    sentence, or the GSM8K answer), ``label`` (int class, float score, or None for causal LM)."""
+
+    text_a: str
+    text_b: str | None
+    label: int | float | None
+
+
+TASKS: dict[str, TaskSpec] = {
+    "sst2": TaskSpec(
+        "sst2",
+        "classification",
+        2,
+        "accuracy",
+        True,
+        "minilm",
+        64,
+        ("glue/sst2", "sst2", "SST-2", "glue/SST-2"),
+        (("train.tsv",), ("train_full.tsv",)),
+        (("dev.tsv",),),
+        "GLUE SST-2 sentiment (binary), metric accuracy on dev",
+    ),
+    "cola": TaskSpec(
+        "cola",
+        "classification",
+        2,
+        "matthews",
+        True,
+        "minilm",
+        64,
+        ("glue/cola", "cola", "CoLA", "glue/CoLA"),
+        (("train.tsv",), ("in_domain_train.tsv",)),
+        (("dev.tsv",), ("in_domain_dev.tsv", "out_of_domain_dev.tsv")),
+        "GLUE CoLA acceptability (binary), metric Matthews correlation on dev",
+    ),
+    "rte": TaskSpec(
+        "rte",
+        "classification",
+        2,
+        "accuracy",
+        True,
+        "minilm",
+        64,
+        ("glue/rte", "rte", "RTE", "glue/RTE"),
+        (("train.tsv",),),
+        (("dev.tsv",),),
+        "GLUE RTE entailment (sentence pairs, binary), metric accuracy on dev",
+    ),
+    "stsb": TaskSpec(
+        "stsb",
+        "regression",
+        1,
+        "spearman",
+        True,
+        "minilm",
+        64,
+        ("glue/stsb", "stsb", "STS-B", "glue/STS-B"),
+        (("train.tsv",),),
+        (("dev.tsv",),),
+        "GLUE STS-B similarity (regression on 0-5), metric Spearman correlation on dev",
+    ),
+    "gsm8k": TaskSpec(
+        "gsm8k",
+        "causal-lm",
+        0,
+        "answer_loss",
+        False,
+        "stories260K",
+        512,
+        ("gsm8k", "GSM8K"),
+        (("train.jsonl",),),
+        (("test.jsonl",),),
+        "GSM8K 'Question: ... Answer: ...' as causal LM, metric cross-entropy on answer tokens",
+        # 256 of the 1,319 test problems: at ~380 tokens each a full pass costs as much as ~40
+        # training steps on 2 CPU cores; the subset is fixed, so every run scores the same problems.
+        default_eval_samples=256,
+    ),
+}
+
+_RTE_LABELS = {"entailment": 0, "not_entailment": 1}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The :class:`TaskSpec` called ``name`` (case-insensitive); the error lists the valid names."""
+    key = name.lower().replace("-", "")
+    if key not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)} (e.g. --task sst2)")
+    return TASKS[key]
+
+
+def default_data_dir() -> Path:
+    """``$LOWRANK_LAB_SHARED_DATA`` if set, else ``../shared/data`` beside the repository clone."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def task_dir(spec: TaskSpec, data_dir: str | Path) -> Path:
+    """The directory holding ``spec``'s files: ``data_dir/glue/sst2``, ``data_dir/SST-2``, ... or
+    ``data_dir`` itself when the files are directly there (any GLUE-format directory)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise TaskDataError(
+            f"--data-dir {str(data_dir)!r} is not a directory; pass the folder holding glue/ and gsm8k/ "
+            f"(e.g. ../shared/data) or set ${DATA_DIR_ENV}"
+        )
+    tried = []
+    for cand in [*(data_dir / d for d in spec.dirs), data_dir]:
+        tried.append(cand)
+        if cand.is_dir() and _first_existing(cand, spec.train_files) is not None:
+            return cand
+    wanted = " or ".join("+".join(alt) for alt in spec.train_files)
+    raise TaskDataError(
+        f"no {spec.name} data under --data-dir {str(data_dir)!r}: looked for {wanted} in "
+        + ", ".join(str(t) for t in tried)
+        + f"; pass the folder that holds it (e.g. --data-dir ../shared/data) or set ${DATA_DIR_ENV}"
+    )
+
+
+def _first_existing(folder: Path, alternatives: tuple[tuple[str, ...], ...]) -> tuple[Path, ...] | None:
+    for alt in alternatives:
+        paths = tuple(folder / f for f in alt)
+        if all(p.is_file() for p in paths):
+            return paths
+    return None
+
+
+def load_examples(task: str | TaskSpec, data_dir: str | Path, split: str) -> list[Example]:
+    """Read the ``"train"`` or ``"eval"`` split of ``task`` from ``data_dir``.
+
+    Parameters
+    ----------
+    task : str or TaskSpec
+        A name in :data:`TASKS`.
+    data_dir : path
+        The folder holding ``glue/<task>/`` and ``gsm8k/`` (e.g. ``../shared/data``), or a folder
+        that directly holds the task's files.
+    split : {"train", "eval"}
+        ``"eval"`` is GLUE's dev set (the labelled held-out set of GLUE) and GSM8K's test set.
+
+    Returns
+    -------
+    list of Example, in file order.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    folder = task_dir(spec, data_dir)
+    alternatives = spec.train_files if split == "train" else spec.eval_files
+    paths = _first_existing(folder, alternatives)
+    if paths is None:
+        wanted = " or ".join("+".join(alt) for alt in alternatives)
+        raise TaskDataError(f"no {spec.name} {split} file in {folder}: expected {wanted}")
+    out: list[Example] = []
+    for path in paths:
+        out.extend(_READERS[spec.name](path))
+    if not out:
+        raise TaskFormatError(f"{', '.join(map(str, paths))} holds no {spec.name} examples")
+    return out
+
+
+def _tsv_rows(path: Path):
+    # GLUE text has bare quotes: QUOTE_NONE keeps every row a row (see module docstring).
+    with open(path, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+            if row:
+                yield lineno, row
+
+
+def _header_index(path: Path, header: list[str], names: tuple[str, ...]) -> list[int]:
+    try:
+        return [header.index(n) for n in names]
+    except ValueError:
+        raise TaskFormatError(
+            f"{path}: header {header} lacks one of the columns {list(names)}; is this the right GLUE task?"
+        ) from None
+
+
+def _bad_row(path: Path, lineno: int, row: list[str], why: str) -> TaskFormatError:
+    shown = "\\t".join(row)[:120]
+    return TaskFormatError(f"{path}:{lineno}: {why} (row: {shown!r})")
+
+
+def _read_sst2(path: Path) -> list[Example]:
+    rows = _tsv_rows(path)
+    _, header = next(rows, (0, []))
+    (i_s, i_l) = _header_index(path, header, ("sentence", "label"))
+    out = []
+    for lineno, row in rows:
+        try:
+            out.append(Example(row[i_s], None, int(row[i_l])))
+        except (IndexError, ValueError):
+            raise _bad_row(path, lineno, row, "expected 'sentence<TAB>label' with label 0 or 1") from None
+    return out
+
+
+def _read_cola(path: Path) -> list[Example]:
+    out = []
+    for lineno, row in _tsv_rows(path):
+        if lineno == 1 and row[0] == "sentence_source":  # a headered copy
+            continue
+        try:
+            out.append(Example(row[3], None, int(row[1])))
+        except (IndexError, ValueError):
+            raise _bad_row(
+                path, lineno, row, "expected 4 columns source, label, original label, sentence"
+            ) from None
+    return out
+
+
+def _read_rte(path: Path) -> list[Example]:
+    rows = _tsv_rows(path)
+    _, header = next(rows, (0, []))
+    i1, i2, il = _header_index(path, header, ("sentence1", "sentence2", "label"))
+    out = []
+    for lineno, row in rows:
+        try:
+            out.append(Example(row[i1], row[i2], _RTE_LABELS[row[il]]))
+        except (IndexError, KeyError):
+            raise _bad_row(path, lineno, row, "expected label 'entailment' or 'not_entailment'") from None
+    return out
+
+
+def _read_stsb(path: Path) -> list[Example]:
+    rows = _tsv_rows(path)
+    _, header = next(rows, (0, []))
+    i1, i2 = _header_index(path, header, ("sentence1", "sentence2"))
+    if header[-1] != "score":
+        raise TaskFormatError(
+            f"{path}: last column is {header[-1]!r}, not 'score' (test files have no labels)"
+        )
+    out = []
+    for lineno, row in rows:
+        try:
+            out.append(Example(row[i1], row[i2], float(row[-1])))
+        except (IndexError, ValueError):
+            raise _bad_row(path, lineno, row, "expected a numeric score in the last column") from None
+    return out
+
+
+def _read_gsm8k(path: Path) -> list[Example]:
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out.append(Example(rec["question"], rec["answer"], None))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise TaskFormatError(
+                    f"{path}:{lineno}: expected a JSON object with 'question' and 'answer'"
+                ) from None
+    return out
+
+
+_READERS = {
+    "sst2": _read_sst2,
+    "cola": _read_cola,
+    "rte": _read_rte,
+    "stsb": _read_stsb,
+    "gsm8k": _read_gsm8k,
+}
+
+
+def gsm8k_prompt(question: str) -> str:
+    """The prompt half of a GSM8K example: ``"Question: {question}\\nAnswer:"``; the answer text
+    follows after one space. The same template is used for training and held-out evaluation."""
+    return f"Question: {question.strip()}\nAnswer:"

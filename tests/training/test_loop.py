@@ -1,0 +1,138 @@
+"""One run: determinism, same data for every method, divergence, records, merged weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lowrank_lab.training.batching import Encoder
+from lowrank_lab.training.config import RunConfig, default_lr, method_family
+from lowrank_lab.training.loop import train_run
+from lowrank_lab.training.tasks import get_task, load_examples
+
+
+def _encoders(task, glue_dir, tok, max_length=32):
+    spec = get_task(task)
+    return (
+        spec,
+        Encoder(spec, tok, max_length, load_examples(spec, glue_dir, "train")),
+        Encoder(spec, tok, max_length, load_examples(spec, glue_dir, "eval")),
+    )
+
+
+def _cfg(method="lora", **kw):
+    base = dict(task="sst2", method=method, steps=4, batch_size=4, eval_every=2, rank=2, save_merged=False)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_same_seed_same_curve_other_seed_other_curve(glue_dir, bert_tokenizer, tiny_bert):
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    a = train_run(_cfg(), spec, tr, ev, tiny_bert(2))
+    b = train_run(_cfg(), spec, tr, ev, tiny_bert(2))
+    c = train_run(_cfg(seed=1), spec, tr, ev, tiny_bert(2))
+    assert a["status"] == "finished" and len(a["train_loss"]) == 4
+    assert a["train_loss"] == b["train_loss"]  # bit-identical on the CPU
+    assert [e["metric"] for e in a["eval"]] == [e["metric"] for e in b["eval"]]
+    assert a["train_loss"] != c["train_loss"]
+
+
+def test_every_method_sees_the_same_first_batch(glue_dir, bert_tokenizer, tiny_bert):
+    # LoRA (B = 0), PiSSA (residual base), full fine-tuning and the head-only control compute the
+    # base model's function at step 1, so with the same head and batch their first losses agree.
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    first = {
+        m: train_run(_cfg(m, steps=1, eval_every=0), spec, tr, ev, tiny_bert(2))["train_loss"][0]
+        for m in ("lora", "pissa", "full", "head")
+    }
+    assert first["pissa"] == pytest.approx(first["lora"], abs=1e-5)
+    assert first["full"] == first["lora"] == first["head"]
+
+
+def test_record_fields_and_eval_schedule(glue_dir, bert_tokenizer, tiny_bert):
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    rec = train_run(_cfg(steps=5, eval_every=2), spec, tr, ev, tiny_bert(2))
+    assert [e["step"] for e in rec["eval"]] == [0, 2, 4, 5]
+    assert rec["eval_n"] == 20
+    assert rec["trainable_params"] == rec["adapter_params"] + rec["head_params"]
+    assert rec["head_params"] == 32 * 2 + 2
+    # LoRA at r = 2 on the six linear maps of 2 BERT layers: r·(m + n) each.
+    per_layer = 2 * (3 * (32 + 32) + (32 + 32) + (32 + 64) + (64 + 32))
+    assert rec["adapter_params"] == 2 * per_layer
+    assert rec["lr"] == default_lr("lora", "classification") == 4e-4
+    assert rec["peak_memory_mb"] > 0 and rec["memory_kind"] == "rss"
+    assert rec["init_seconds"] >= 0 and rec["seconds_per_step"] > 0
+    assert (
+        rec["initial_metric"] == rec["eval"][0]["metric"] and rec["final_metric"] == rec["eval"][-1]["metric"]
+    )
+
+
+def test_head_only_trains_just_the_head(glue_dir, bert_tokenizer, tiny_bert):
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    rec = train_run(_cfg("head"), spec, tr, ev, tiny_bert(2))
+    assert rec["trainable_params"] == rec["head_params"] == 66 and rec["adapter_params"] == 0
+
+
+def test_nan_loss_stops_the_run_naming_method_and_step(glue_dir, bert_tokenizer, tiny_bert):
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    make = tiny_bert(2)
+
+    def poisoned():
+        m = make()
+        with torch.no_grad():
+            m.classifier.weight.fill_(float("nan"))
+        return m
+
+    rec = train_run(_cfg("lora"), spec, tr, ev, poisoned)
+    assert rec["status"] == "diverged" and rec["diverged_step"] == 1
+    assert rec["message"].startswith("lora (seed 0) stopped at step 1: training loss nan is not finite")
+    assert rec["final_metric"] is None and rec["train_loss"] == []
+
+
+def test_exploding_loss_stops_the_run(glue_dir, bert_tokenizer, tiny_bert):
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    rec = train_run(_cfg("full", lr=50.0, steps=30, explode_factor=1.5), spec, tr, ev, tiny_bert(2))
+    assert rec["status"] == "diverged"
+    assert f"stopped at step {rec['diverged_step']}" in rec["message"]
+    assert "full (seed 0)" in rec["message"] and "lower --lr (was 50)" in rec["message"]
+    assert len(rec["train_loss"]) == rec["diverged_step"] - 1
+
+
+def test_merged_weights_are_saved_and_differ_from_base(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    rec = train_run(_cfg("lora", save_merged=True, lr=1e-2), spec, tr, ev, tiny_bert(2), run_dir=tmp_path)
+    assert rec["merged_dir"] == "merged"
+    sd = load_file(tmp_path / "merged" / "model.safetensors")
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert key in sd and not any(".A" in k or "lora" in k for k in sd)  # a plain HF model again
+    torch.manual_seed(0)
+    base = tiny_bert(2)()
+    assert not torch.allclose(sd[key], base.state_dict()[key])  # LoRA's update was folded in
+    assert (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_regression_task_reports_spearman(glue_dir, bert_tokenizer, tiny_bert):
+    spec, tr, ev = _encoders("stsb", glue_dir, bert_tokenizer)
+    rec = train_run(_cfg("lora", task="stsb"), spec, tr, ev, tiny_bert(1))
+    assert rec["status"] == "finished"
+    assert -1.0 <= rec["final_metric"] <= 1.0
+
+
+def test_causal_lm_answer_loss(glue_dir, char_tokenizer, tiny_llama):
+    spec, tr, ev = _encoders("gsm8k", glue_dir, char_tokenizer, max_length=128)
+    rec = train_run(_cfg("lora", task="gsm8k", lr=1e-2), spec, tr, ev, tiny_llama)
+    assert rec["status"] == "finished" and rec["head_params"] == 0
+    e0, e1 = rec["eval"][0], rec["eval"][-1]
+    assert e0["metric"] == e0["loss"] and math.isfinite(e0["metric"])
+    assert e0["metric"] == pytest.approx(math.log(64), rel=0.1)  # random init ≈ uniform over 64 tokens
+    assert e1["metric"] < e0["metric"]
+
+
+def test_method_families():
+    assert method_family("lora") == method_family("pissa") == method_family("nlora") == "lora"
+    assert method_family("inttune") == method_family("lora-xs") == method_family("loldu") == "core"
+    assert method_family("full") == "full"
+    assert default_lr("inttune", "causal-lm") == 4e-3 and default_lr("full", "regression") == 2e-5

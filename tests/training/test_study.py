@@ -1,0 +1,135 @@
+"""A study of several methods: files on disk, divergence does not stop it, --resume skips."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from lowrank_lab.training import config as config_mod
+from lowrank_lab.training import study as study_mod
+from lowrank_lab.training.config import RunConfig
+from lowrank_lab.training.study import StudyResumeError, find_intruders, run_study, summarize_existing
+
+
+def _base(**kw):
+    d = dict(task="sst2", method="lora", steps=3, batch_size=4, eval_every=2, rank=2, save_merged=False)
+    d.update(kw)
+    return RunConfig(**d)
+
+
+def _run(glue_dir, out, tok, factory, methods=("lora", "head"), seeds=(0,), **kw):
+    return run_study(
+        _base(**kw.pop("base", {})),
+        list(methods),
+        list(seeds),
+        data_dir=glue_dir,
+        out=out,
+        progress=False,
+        model_factory=factory,
+        tokenizer=tok,
+        log=lambda m: None,
+        argv=["-m", "lowrank_lab.finetune", "--task", "sst2"],
+        **kw,
+    )
+
+
+def test_study_writes_records_csv_summary_figures(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
+    out = tmp_path / "study"
+    res = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora", "head"), seeds=(0, 1))
+    assert [(r["config"]["seed"], r["config"]["method"]) for r in res["records"]] == [
+        (0, "lora"),
+        (0, "head"),
+        (1, "lora"),
+        (1, "head"),
+    ]  # seed-major
+    rec = json.loads((out / "runs" / "lora-r2-seed1" / "run.json").read_text())
+    assert rec["schema"] == "lowrank_lab.finetune.run/1" and rec["status"] == "finished"
+    assert rec["meta"]["command"].endswith("-m lowrank_lab.finetune --task sst2") and rec["meta"]["seed"] == 1
+    assert rec["wall_seconds"] > 0 and len(rec["train_loss"]) == 3
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 4 and set(runs["status"]) == {"finished"}
+    curves = pd.read_csv(out / "curves.csv")
+    assert list(curves.columns) == ["method", "seed", "step", "series", "value"]
+    assert len(curves[curves.series == "train_loss"]) == 4 * 3
+    text = (out / "summary.md").read_text()
+    assert (
+        "`python -m lowrank_lab.finetune --task sst2`" in text and "| lora |" in text and "| head |" in text
+    )
+    for f in ("loss_curves", "eval_curves", "metric_vs_params"):
+        assert (out / "figures" / f"{f}.png").stat().st_size > 1000
+
+
+def test_divergence_stops_one_run_and_the_study_goes_on(
+    glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch
+):
+    real = config_mod.default_lr
+    monkeypatch.setattr(config_mod, "default_lr", lambda m, k: 1e30 if m == "lora" else real(m, k))
+    messages = []
+    res = run_study(
+        _base(steps=4),
+        ["lora", "full"],
+        [0],
+        data_dir=glue_dir,
+        out=tmp_path / "s",
+        progress=False,
+        model_factory=tiny_bert(2),
+        tokenizer=bert_tokenizer,
+        log=messages.append,
+    )
+    status = {r["config"]["method"]: r["status"] for r in res["records"]}
+    assert status == {"lora": "diverged", "full": "finished"}
+    assert any(m.startswith("DIVERGED: lora (seed 0) stopped at step") for m in messages)
+    assert "## Runs that stopped" in (tmp_path / "s" / "summary.md").read_text()
+
+
+def test_failed_run_is_recorded_and_the_study_goes_on(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
+    res = run_study(
+        _base(extra={"no_such_option": 1}),
+        ["lora"],
+        [0],
+        data_dir=glue_dir,
+        out=tmp_path / "f",
+        progress=False,
+        model_factory=tiny_bert(2),
+        tokenizer=bert_tokenizer,
+        log=lambda m: None,
+    )
+    assert res["failed"] == 1
+    rec = res["records"][0]
+    assert rec["status"] == "failed" and rec["message"].startswith("lora (seed 0) failed: AdapterOptionError")
+
+
+def test_resume_skips_finished_runs_and_rejects_other_settings(
+    glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch
+):
+    out = tmp_path / "r"
+    first = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",))
+
+    def boom(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(study_mod, "train_run", boom)
+    again = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
+    assert again["records"][0]["train_loss"] == first["records"][0]["train_loss"]
+    assert len(pd.read_csv(out / "runs.csv")) == 1
+    with pytest.raises(
+        StudyResumeError, match=r"lora-r2-seed0 was made with other settings \(steps: stored 3, asked 5\)"
+    ):
+        _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True, base={"steps": 5})
+
+
+def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
+    out = tmp_path / "x"
+    _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora", "full"))
+    pd.DataFrame({"method": ["lora", "lora", "full"], "intruders": [3, 2, 0]}).to_csv(
+        out / "intruders.csv", index=False
+    )
+    assert find_intruders(out).startswith(
+        "confirms: intruder dimensions summed over matrices, LoRA 5 vs full 0"
+    )
+    path = summarize_existing(out, [], study_mod.get_task("sst2"))
+    assert "**confirms**: intruder dimensions" in path.read_text()
+    with pytest.raises(FileNotFoundError, match="no run records for task rte"):
+        summarize_existing(out, [], study_mod.get_task("rte"))
