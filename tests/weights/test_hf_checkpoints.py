@@ -170,3 +170,40 @@ def test_synthetic_from_a_local_config(tiny_llama):
     assert src.synthetic and [i.shape for i in src.targets()][:2] == [(16, 16), (8, 16)]
     wm = src.load(src.targets()[1])
     assert wm.synthetic and wm.weight.shape == (8, 16)
+
+
+def test_roberta_and_mistral_layouts(tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM, RobertaConfig, RobertaForMaskedLM
+
+    torch.manual_seed(4)
+    roberta = RobertaForMaskedLM(
+        RobertaConfig(
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=30,
+            max_position_embeddings=20,
+        )
+    )
+    mistral = MistralForCausalLM(
+        MistralConfig(
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            vocab_size=30,
+        )
+    )
+    for model, family, first, n in [
+        (roberta, "roberta", "roberta.encoder.layer.0.attention.self.query.weight", 6),
+        (mistral, "mistral", "model.layers.0.self_attn.q_proj.weight", 7),
+    ]:
+        model.save_pretrained(tmp_path / family)
+        src = open_source(tmp_path / family)
+        state = model.state_dict()
+        assert src.family == family and len(src) == n and src.targets()[0].tensor == first
+        for wm in src:
+            assert torch.equal(wm.weight, state[wm.tensor])
+    assert open_source(tmp_path / "mistral").targets()[1].shape == (4, 16)  # one KV head of width 4
