@@ -151,32 +151,78 @@ def run_cli(main_run: Any, argv: list[str]) -> None:
         raise RuntimeError(f"command {' '.join(argv)!r} exited with status {rc}")
 
 
-def analysis_dir(model: str, *, name: str, small_argv: list[str], full_argv: list[str] | None = None) -> Path:
-    """The output folder of a ``python -m lowrank_lab.analyze`` run on ``model``: read it, or make it.
+#: Command-line modules a notebook may run in-process, and their entry point (``argv -> exit status``).
+_CLIS = {"analyze": "run", "finetune": "main", "intruders": "main"}
 
-    * A finished full run saved at ``reports/<name>`` (``summary.md`` present; ``name`` is the
-      folder the CLI writes by default, e.g. ``minilm``) is used as it is, in either mode.
-    * Otherwise the CLI runs in this process — in small mode with ``small_argv`` into
-      ``reports/notebooks/<name>-small`` (figures beside, in ``figures/notebooks/<name>-small``), at
-      full size with ``full_argv`` into ``reports/<name>`` and ``figures/<name>``.
 
-    The CLI module is imported here, lazily: this glue sits above the command-line layer.
+def cli_outputs(
+    cli: str,
+    *,
+    name: str,
+    small_argv: list[str],
+    full_argv: list[str] | None = None,
+    saved: str | None = None,
+    full_out: str | None = None,
+    marker: str = "summary.md",
+) -> Path:
+    """The output folder of ``python -m lowrank_lab.<cli>``: a saved one to read, or a fresh run.
+
+    In order:
+
+    1. ``reports/<saved>`` when ``saved`` is given and it holds ``marker`` — a finished full-size
+       result made by the documented command (e.g. ``saved="minilm"`` for the analysis CLI's
+       default output, ``saved="finetune/sst2"`` for issue 7's study). Used in either mode.
+    2. This notebook's own earlier run at the same size, when it holds ``marker``:
+       ``reports/notebooks/<name>-small`` in small mode, ``reports/<full_out>`` at full size
+       (``full_out`` defaults to ``notebooks/<name>``).
+    3. Otherwise the CLI runs now, in this process, with ``small_argv`` or ``full_argv`` and
+       ``--out`` set to that folder (analyze also gets ``--figures`` at the same place under
+       ``figures/``).
+
+    Steps 1 and 2 are skipped in fresh mode (``LOWRANK_LAB_FRESH=1``). The CLI modules are imported
+    here, lazily: this glue sits above the command-line layer and only notebooks import it.
     """
-    saved = saved_result(name, marker="summary.md")
-    if saved is not None:
-        print(f"reading the saved analysis in {saved}")
-        return saved
-    from lowrank_lab import analyze  # the top of the layer stack; only notebooks import this module
+    import importlib
 
-    if small_mode():
-        out, figs, argv = reports_dir() / f"{name}-small", figures_dir() / f"{name}-small", small_argv
-    else:
-        out, figs = output_root() / "reports" / name, output_root() / "figures" / name
-        argv = list(full_argv or [])
-    cmd = ["--model", str(model), *argv, "--out", str(out), "--figures", str(figs)]
-    print("running: python -m lowrank_lab.analyze", " ".join(cmd))
-    run_cli(analyze.run, cmd)
+    if cli not in _CLIS:
+        raise ValueError(f"unknown command-line module {cli!r}; one of {', '.join(_CLIS)}")
+    if saved is not None:
+        found = saved_result(saved, marker=marker)
+        if found is not None:
+            print(f"reading the saved results in {found}")
+            return found
+    rel = Path(NOTEBOOK_SUBDIR) / f"{name}-small" if small_mode() else Path(full_out or Path(NOTEBOOK_SUBDIR) / name)
+    own = saved_result(rel, marker=marker)
+    if own is not None:
+        print(f"reading this notebook's earlier run in {own} (LOWRANK_LAB_FRESH=1 recomputes)")
+        return own
+    out = output_root() / "reports" / rel
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [*(small_argv if small_mode() else (full_argv or [])), "--out", str(out)]
+    if cli == "analyze":
+        argv += ["--figures", str(output_root() / "figures" / rel)]
+    print(f"running: python -m lowrank_lab.{cli}", " ".join(argv))
+    module = importlib.import_module(f"lowrank_lab.{cli}")
+    run_cli(getattr(module, _CLIS[cli]), argv)
     return out
+
+
+def analysis_dir(
+    model: str, *, name: str, small_argv: list[str], full_argv: list[str] | None = None,
+    saved: str | None = None,
+) -> Path:
+    """:func:`cli_outputs` for ``python -m lowrank_lab.analyze --model <model>``.
+
+    ``saved`` defaults to ``model``: the CLI writes ``reports/<model>`` and ``figures/<model>`` by
+    default, so a full ``python -m lowrank_lab.analyze`` run already on disk is read rather than
+    redone, and a full-size run made here goes to the same place (``full_argv`` should then be the
+    documented command's options).
+    """
+    saved = saved if saved is not None else str(model)
+    return cli_outputs(
+        "analyze", name=name, saved=saved, full_out=saved,
+        small_argv=["--model", str(model), *small_argv], full_argv=["--model", str(model), *(full_argv or [])],
+    )
 
 
 def load_singular_values(out: str | Path, tensors: list[str]) -> dict[str, Any]:
