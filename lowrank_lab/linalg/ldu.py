@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import torch
 
-from .policy import gaussian, make_generator, prepare, validate_rank
+from .policy import Precision, gaussian, make_generator, prepare, to_output, validate_rank
 from .result import Factorization
 
 
-def _safe_pivots(d: torch.Tensor, scale: float) -> tuple[torch.Tensor, int]:
+def _safe_pivots(d: torch.Tensor, scale: float, prec: Precision) -> tuple[torch.Tensor, int]:
     # A zero (or roundoff-sized) pivot cannot be divided out of its row of U. Such pivots are
     # replaced by ±tau with tau = eps · max|W| (tiny when W = 0), and the row of U is divided by
     # that instead: the product D·U, hence P·L·D·U = W, is unchanged, every factor stays finite,
     # and only that row's diagonal entry of U differs from 1 (it becomes d_k / tau, about 0).
-    tau = max(torch.finfo(d.dtype).eps * scale, torch.finfo(d.dtype).tiny)
+    # eps and tiny are those of the coarser of the compute and output dtypes (Precision.eps): with
+    # float32's eps, a zero pivot of a float16 matrix made that row of U ~1/eps = 8e6 > 65504, inf
+    # in float16, and tau itself underflowed to 0 when W = 0.
+    tau = max(prec.eps * scale, prec.tiny)
     tiny = d.abs() <= tau
     sign = torch.where(d < 0, -torch.ones_like(d), torch.ones_like(d))
     return torch.where(tiny, sign * tau, d), int(tiny.sum())
@@ -66,6 +69,7 @@ def ldu(
         rank-deficient W) gives inf. Here a pivot with ``|d_k| <= eps · max|W|`` is replaced by
         ``±eps · max|W|`` in D and its row of U is divided by that value, so D·U is unchanged,
         reconstruction stays exact and no factor holds inf or NaN; ``info["tiny_pivots"]`` counts them.
+        eps is that of the coarser of the compute and output dtypes, so float16 factors stay finite too.
 
     Returns
     -------
@@ -81,12 +85,12 @@ def ldu(
     rows = Wc[perm[:r], r:]  # (r, n-r): pivot rows of the trailing block
     U12 = torch.linalg.solve_triangular(L[:r], rows, upper=False, unitriangular=True)
     U = torch.cat([U11, U12], dim=1)  # (r, n)
-    d, n_tiny = _safe_pivots(torch.diagonal(U11).clone(), float(Wc.abs().max()))
+    d, n_tiny = _safe_pivots(torch.diagonal(U11).clone(), float(Wc.abs().max()), prec)
     left = _unpermute_rows(L, perm)  # (m, r) = P L, rows back in W's order
     return Factorization(
-        left=left.to(prec.output),
-        core=d.to(prec.output),
-        right=(U / d[:, None]).to(prec.output),
+        left=to_output(left, prec, method="ldu", factor="left"),
+        core=to_output(d, prec, method="ldu", factor="core"),
+        right=to_output(U / d[:, None], prec, method="ldu", factor="right"),
         method="ldu",
         info={"perm": perm, "tiny_pivots": n_tiny},
     )
@@ -123,13 +127,13 @@ def randomized_ldu(
     # Ly has full column rank unless W does not; pinv's cut-off then keeps B finite.
     B = torch.linalg.pinv(Ly) @ Wc[perm]  # (r, n)
     perm_b, Lb, Ub = _panel_lu(B.T)  # B.T[perm_b] = Lb (n, r) @ Ub (r, r)
-    d, n_tiny = _safe_pivots(torch.diagonal(Ub).clone(), float(Wc.abs().max()))
+    d, n_tiny = _safe_pivots(torch.diagonal(Ub).clone(), float(Wc.abs().max()), prec)
     left = _unpermute_rows(Ly @ (Ub.T / d), perm)  # (m, r)
     right = _unpermute_rows(Lb, perm_b).T  # (r, n)
     return Factorization(
-        left=left.to(prec.output),
-        core=d.to(prec.output),
-        right=right.to(prec.output),
+        left=to_output(left, prec, method="rlu", factor="left"),
+        core=to_output(d, prec, method="rlu", factor="core"),
+        right=to_output(right, prec, method="rlu", factor="right"),
         method="rlu",
         info={"sketch": size, "tiny_pivots": n_tiny},
     )

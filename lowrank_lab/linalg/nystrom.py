@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .policy import gaussian, make_generator, prepare, validate_rank
+from .policy import gaussian, make_generator, prepare, to_output, validate_rank
 from .result import Factorization
 from .rsvd import _normalize
 
@@ -64,18 +64,20 @@ def nystrom_pinv(
     rtol : float, optional
         Relative cut-off of the pseudo-inverse; singular values of the core below
         ``rtol · σ_max`` are treated as zero. Default ``r · eps`` of the compute dtype
-        (``torch.linalg.pinv``'s and NumPy's default), so a singular core never yields inf or NaN.
+        (``torch.linalg.pinv``'s and NumPy's default), so a singular core never yields inf or NaN;
+        never below the output dtype's eps (for bf16/fp16 factors), because a direction whose 1/σ
+        exceeds 1/(eps·σ_max) is drowned by the output rounding and overflows float16.
     generator : ignored (deterministic selection).
     """
     del generator
     Wc, prec = prepare(W, reference=reference, out_dtype=out_dtype)
     r = validate_rank(rank, Wc.shape)
     if rtol is None:
-        rtol = r * torch.finfo(Wc.dtype).eps
+        rtol = max(r * torch.finfo(Wc.dtype).eps, torch.finfo(prec.output).eps)
     core = torch.linalg.pinv(Wc[:r, :r], rtol=rtol)
     return Factorization(
         left=Wc[:, :r].clone().to(prec.output),
-        core=core.to(prec.output),
+        core=to_output(core, prec, method="nystrom-pinv", factor="core (pseudo-inverse)"),
         right=Wc[:r, :].clone().to(prec.output),
         method="nystrom-pinv",
         info={"rows": list(range(r)), "cols": list(range(r)), "rtol": rtol},
@@ -124,6 +126,12 @@ def nystrom_sketch(
         ``left = W X V_k`` (m, r), ``core = 1/s_k`` (r,), ``right = U_kᵀ Qᵀ Yᵀ W`` (r, n), where
         ``R = U S Vᵀ``; directions cut by the ε-truncation are zero columns/rows, so the rank
         stays r. ``info["kept"]`` counts the directions kept.
+
+    Raises
+    ------
+    ValueError
+        Float16 factors whose ``1/s_k`` (or blocks) exceed 65504 — likely for weights with entries
+        ~0.02 — rather than returning inf; pass ``out_dtype=torch.float32``.
     """
     Wc, prec = prepare(W, reference=reference, out_dtype=out_dtype)
     r = validate_rank(rank, Wc.shape)
@@ -149,9 +157,9 @@ def nystrom_sketch(
     left = (WX @ Vrh.T) * keep  # (m, r), dropped directions zeroed
     right = (Ur.T @ (Q.T @ YW)) * keep[:, None]  # (r, n)
     return Factorization(
-        left=left.to(prec.output),
-        core=inv_s.to(prec.output),
-        right=right.to(prec.output),
+        left=to_output(left, prec, method="nystrom", factor="left"),
+        core=to_output(inv_s, prec, method="nystrom", factor="core (1/s_k)"),
+        right=to_output(right, prec, method="nystrom", factor="right"),
         method="nystrom",
         info={"oversample": ell, "n_iter": n_iter, "kept": kept},
     )

@@ -1,13 +1,15 @@
 """The one dtype and device policy of lowrank_lab.
 
-Every factorization goes through :func:`prepare` on the way in and :func:`finish` on the way out:
+Every factorization goes through :func:`prepare` on the way in and casts its factors to the output
+dtype on the way out (through :func:`to_output` where a quotient could overflow float16):
 
 * QR, SVD, LU and pseudo-inverses are never run in bf16/fp16 — LAPACK/cuSOLVER have no such
   kernels (``torch.linalg.svd`` refuses them) and their rounding (2^-8 for bf16) would swamp the
   error being measured. Half-precision inputs are upcast to float32.
 * ``reference=True`` computes in float64: the mode the tests use as ground truth.
 * Results come back in the input dtype unless ``out_dtype`` says otherwise, so a bf16 model gets
-  bf16 adapter factors.
+  bf16 adapter factors. A factor that would overflow its output dtype (float16 quotients) is an
+  error, never a silent inf.
 * Nothing moves between devices: a CUDA tensor is factored on its GPU, a CPU tensor on the CPU.
 """
 
@@ -27,6 +29,21 @@ class Precision:
     input: torch.dtype
     compute: torch.dtype
     output: torch.dtype
+
+    @property
+    def eps(self) -> float:
+        """Relative resolution of the returned factors: machine epsilon of the coarser of the compute
+        and output dtypes (float16's 2^-10 for float16 factors computed in float32).
+
+        Cut-offs for tiny pivots and small singular values use it: a value below ``eps`` relative to
+        the largest is lost to the output rounding anyway, and its reciprocal can overflow float16.
+        """
+        return max(torch.finfo(self.compute).eps, torch.finfo(self.output).eps)
+
+    @property
+    def tiny(self) -> float:
+        """Smallest normal number representable in both the compute and the output dtype."""
+        return max(torch.finfo(self.compute).tiny, torch.finfo(self.output).tiny)
 
 
 def compute_dtype(dtype: torch.dtype, *, reference: bool = False) -> torch.dtype:
@@ -105,6 +122,24 @@ def prepare(
     cdt = compute_dtype(W.dtype, reference=reference)
     precision = Precision(input=W.dtype, compute=cdt, output=out_dtype or W.dtype)
     return W.to(cdt), precision
+
+
+def to_output(t: torch.Tensor, prec: Precision, *, method: str, factor: str) -> torch.Tensor:
+    """Cast one computed factor to the output dtype, refusing to hand back an overflow.
+
+    Quotients (a pseudo-inverse core, ``1/s_k``, ``U / d``) of a small-valued weight can exceed
+    float16's largest value (65504) even when nothing is degenerate; a silent ``inf`` would only
+    surface as NaN losses later. Raises ValueError naming the method, the factor and the fix.
+    """
+    out = t.to(prec.output)
+    if prec.output != prec.compute and out.numel() and not bool(torch.isfinite(out).all()):
+        big = float(t.abs().max())
+        raise ValueError(
+            f"{method}: the {factor} factor has entries up to {big:.3g}, beyond the largest finite "
+            f"{prec.output} ({torch.finfo(prec.output).max:.3g}); ask for wider factors with "
+            f"out_dtype=torch.float32 (they were computed in {prec.compute})"
+        )
+    return out
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
