@@ -980,6 +980,7 @@ def open_tuned(
         matched = match_modules(list(merged), tensors, what="lowrank_lab adapter")
         overlay = {t: (lambda W, M=merged[m]: M.to(W.device)) for m, t in matched.items()}
         adesc["modules_not_analysed"] = [m for m in merged if m not in matched]
+    desc["tuned"] = f"{desc['tuned'] if 'tuned_kind' in desc else base} + {kind} adapter {adapter_path}"
     if not overlay:
         raise AdapterFormatError(
             f"no module of adapter {str(adapter_path)!r} matches a target matrix of {str(base)!r} "
@@ -1143,16 +1144,20 @@ def iter_records(
 
 
 def per_matrix(df):
-    """One row per (tensor, side) from the long table: layer, module, count, top-k similarities."""
-    g = df.sort_values("rank").groupby(["tensor", "side"], sort=False)
-    out = g.agg(
-        layer=("layer", "first"),
-        module=("module", "first"),
-        count=("intruder", "sum"),
-        min_similarity=("similarity", "min"),
-        mean_similarity=("similarity", "mean"),
-        top_k=("rank", "size"),
-    ).reset_index()
+    """One row per (tensor, side) from the long table, in the table's (model) order: layer, module,
+    count, min and mean of the top-k best-match similarities."""
+    out = (
+        df.groupby(["tensor", "side"], sort=False)
+        .agg(
+            layer=("layer", "first"),
+            module=("module", "first"),
+            count=("intruder", "sum"),
+            min_similarity=("similarity", "min"),
+            mean_similarity=("similarity", "mean"),
+            top_k=("rank", "size"),
+        )
+        .reset_index()
+    )
     return out
 
 
