@@ -1190,11 +1190,12 @@ def module_totals(df):
     return pd.concat([out, total[out.columns]], ignore_index=True)
 
 
-def sweep_table(df, epsilons: Sequence[float] = EPSILON_GRID):
+def sweep_table(df, epsilons: Sequence[float] = EPSILON_GRID, *, totals: bool = True):
     """Long table ``(side, module, epsilon, count)`` recomputed from the stored similarities.
 
     A row's similarity is its best match, so the count at any ε is a filter on the CSV — no SVD.
-    ``module == "all"`` holds the totals.
+    With ``totals`` the rows ``module == "all"`` hold the sums (leave them out before summing
+    over modules yourself).
     """
     import pandas as pd
 
@@ -1209,11 +1210,17 @@ def sweep_table(df, epsilons: Sequence[float] = EPSILON_GRID):
                     "count": int((grp.similarity < e).sum()),
                 }
             )
-    for side, grp in df.groupby("side", sort=False):
-        for e in epsilons:
-            rows.append(
-                {"side": side, "module": "all", "epsilon": float(e), "count": int((grp.similarity < e).sum())}
-            )
+    if totals:
+        for side, grp in df.groupby("side", sort=False):
+            for e in epsilons:
+                rows.append(
+                    {
+                        "side": side,
+                        "module": "all",
+                        "epsilon": float(e),
+                        "count": int((grp.similarity < e).sum()),
+                    }
+                )
     return pd.DataFrame(rows, columns=["side", "module", "epsilon", "count"])
 
 
