@@ -261,9 +261,22 @@ def _check_methods(methods: list[str]) -> None:
             get_adapter(m)  # raises UnknownAdapterError (a ValueError) listing the valid names
 
 
+def _quiet_transformers() -> None:
+    # transformers' own bars and reports ("Loading weights", "Writing model shards", the expected
+    # "classifier MISSING" note for a new head) would interleave with the study's progress bars.
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # transformers is a dependency; keep the CLI usable without its logging API
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_transformers()
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:
         spec = get_task(args.task)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import shlex
 import sys
 import time
@@ -265,33 +266,57 @@ def _one_run(
     return json.loads((rdir / "run.json").read_text())
 
 
-def find_intruders(out: Path) -> str | None:
-    """A one-line verdict from intruder results saved in the study directory, if any.
+def intruder_counts(out: Path, records: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Intruder counts per method from ``out/intruders/<run>/intruders.csv``.
 
-    Reads ``intruders.csv`` (long format written by ``python -m lowrank_lab.intruders --out``)
-    when it has ``method`` and ``intruders`` columns: LoRA's mean count vs full fine-tuning's.
+    Those files are what ``python -m lowrank_lab.intruders --base <model> --tuned runs/<run>
+    --out intruders/<run>`` writes (see benchmarks/confirmation_study.sh): one row per (matrix,
+    side, tuned singular vector) with a 0/1 ``intruder`` column at its ε. A run's count is the sum
+    over matrices of the left-side intruders (the paper's definition).
     """
     import pandas as pd
 
-    for path in sorted(out.glob("intruders*/*.csv")) + sorted(out.glob("intruders*.csv")):
+    by_run = {RunConfig.from_dict(r["config"]).run_name(): r["config"]["method"] for r in records}
+    counts: dict[str, list[float]] = {}
+    for path in sorted(out.glob("intruders/*/intruders.csv")):
+        method = by_run.get(path.parent.name)
+        if method is None:
+            continue
         try:
             df = pd.read_csv(path)
         except (OSError, ValueError):
             continue
-        cols = {c.lower(): c for c in df.columns}
-        mcol = cols.get("method")
-        ccol = next(
-            (cols[c] for c in ("intruders", "n_intruders", "intruder_count", "count") if c in cols), None
-        )
-        if mcol is None or ccol is None:
+        if "intruder" not in df.columns:
             continue
-        per = df.groupby(mcol)[ccol].sum()
-        if "lora" in per.index and "full" in per.index:
-            lo, fu = float(per["lora"]), float(per["full"])
-            v = "confirms" if lo > fu else ("contradicts" if lo < fu else "inconclusive")
-            counts = f"LoRA {lo:g} vs full {fu:g} (from {path.name})"
-            return f"{v}: intruder dimensions summed over matrices, {counts}"
-    return None
+        if "side" in df.columns:
+            df = df[df["side"] == "left"]
+        counts.setdefault(method, []).append(float(df["intruder"].sum()))
+    return counts
+
+
+def find_intruders(out: Path, records: list[dict[str, Any]]) -> str | None:
+    """The intruder claim's line (``"verdict: evidence"``) from :func:`intruder_counts`, or None.
+
+    Rule: LoRA's mean count vs full fine-tuning's; with two or more seeds each, confirmed when the
+    difference exceeds 2 s.e. (as the other claims), else when LoRA's count is simply larger.
+    """
+    from .summary import _diff, stat, verdict
+
+    counts = intruder_counts(Path(out), records)
+    if "lora" not in counts or "full" not in counts:
+        return None
+    lo, fu = stat(counts["lora"]), stat(counts["full"])
+    d, se = _diff(lo, fu, None)
+    if math.isfinite(se):
+        v = verdict(d, se)
+    else:
+        v = "confirms" if d > 0 else "contradicts"
+    listed = ", ".join(f"{m} {stat(c).fmt('.1f')}" for m, c in counts.items())
+    none = "; LoRA shows no intruder dimension at this training length" if lo.mean == 0 else ""
+    return (
+        f"{v}: intruder dimensions (top-10 left singular vectors, ε as run) summed over matrices, "
+        f"mean ± sd over seeds: {listed} (from intruders/<run>/intruders.csv){none}"
+    )
 
 
 def write_study_outputs(
@@ -340,7 +365,7 @@ def write_study_outputs(
         command=command,
         threshold_override=threshold_override,
         figures=[str(p.relative_to(out)) for p in fig_paths],
-        intruders=find_intruders(out),
+        intruders=find_intruders(out, records),
         notes=notes,
     )
     path = out / "summary.md"

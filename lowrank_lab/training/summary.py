@@ -350,9 +350,9 @@ def claims(rows: list[dict[str, Any]], spec: TaskSpec, intruders: str | None = N
             {
                 "claim": c,
                 "verdict": "pending",
-                "evidence": "to be filled from `python -m lowrank_lab.intruders` on runs/*/merged against "
-                "the base "
-                "model (no intruder results found in this study's directory)",
+                "evidence": "to be filled from `python -m lowrank_lab.intruders --base <model> --tuned "
+                "runs/<run> --out intruders/<run>` in this directory (see benchmarks/confirmation_study.sh); "
+                "no intruder results found yet",
             }
         )
     return out

@@ -10,7 +10,13 @@ import pytest
 from lowrank_lab.training import config as config_mod
 from lowrank_lab.training import study as study_mod
 from lowrank_lab.training.config import RunConfig
-from lowrank_lab.training.study import StudyResumeError, find_intruders, run_study, summarize_existing
+from lowrank_lab.training.study import (
+    StudyResumeError,
+    find_intruders,
+    intruder_counts,
+    run_study,
+    summarize_existing,
+)
 
 
 def _base(**kw):
@@ -123,12 +129,16 @@ def test_resume_skips_finished_runs_and_rejects_other_settings(
 def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     out = tmp_path / "x"
     _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora", "full"))
-    pd.DataFrame({"method": ["lora", "lora", "full"], "intruders": [3, 2, 0]}).to_csv(
-        out / "intruders.csv", index=False
-    )
-    assert find_intruders(out).startswith(
-        "confirms: intruder dimensions summed over matrices, LoRA 5 vs full 0"
-    )
+    # the layout benchmarks/confirmation_study.sh gives: intruders/<run>/intruders.csv per run
+    for run, flags in (("lora-r2-seed0", [1, 1, 0, 1]), ("full-seed0", [0, 0, 0, 0])):
+        (out / "intruders" / run).mkdir(parents=True)
+        pd.DataFrame({"side": ["left", "left", "left", "right"], "intruder": flags}).to_csv(
+            out / "intruders" / run / "intruders.csv", index=False
+        )
+    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/run.json"))]
+    assert intruder_counts(out, records) == {"full": [0.0], "lora": [2.0]}  # right side not counted
+    line = find_intruders(out, records)
+    assert line.startswith("confirms: intruder dimensions") and "lora 2.0" in line and "full 0.0" in line
     path = summarize_existing(out, [], study_mod.get_task("sst2"))
     assert "**confirms**: intruder dimensions" in path.read_text()
     with pytest.raises(FileNotFoundError, match="no run records for task rte"):

@@ -1,0 +1,252 @@
+"""Does one 300-step SST-2 run of MiniLM (batch 16, sequence length 64) fit in 4 minutes on the CPU?
+
+Issue 7's budget. For each method the benchmark builds the run exactly as
+``python -m lowrank_lab.finetune`` does (same loader, head, adapter injection, optimizer and
+batches: the first steps of seed 0's data order), times training steps (median of ``--measure``
+steps after 2 warm-up steps, :func:`lowrank_lab.utils.timing.time_call`) and one evaluation pass
+over the dev set, then projects a run:
+
+    projected = model load + adapter init + 300 × step + (1 + 300 / eval_every) × eval pass + save merged
+
+The peer measured in the same process is Hugging Face PEFT's LoRA on the same model, rank, targets
+and batches (``peft.get_peft_model``), so the ratio shows what our adapter layer costs against the
+reference implementation.
+
+Examples
+--------
+    python benchmarks/finetune_step.py            # full measurement (20 steps per method)
+    python benchmarks/finetune_step.py --small    # quick check: 3 steps, 64 eval examples (scaled)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lowrank_lab.training.batching import Encoder, batch_order, eval_subset
+from lowrank_lab.training.config import RunConfig
+from lowrank_lab.training.loop import _forward, _lr_lambda, _to, evaluate, prepare_model, task_loss
+from lowrank_lab.training.models import head_parameters, load_model, load_tokenizer
+from lowrank_lab.training.tasks import default_data_dir, get_task, load_examples
+from lowrank_lab.utils.provenance import git_commit
+from lowrank_lab.utils.tables import to_markdown
+from lowrank_lab.utils.timing import Stopwatch, time_call
+
+BUDGET_SECONDS = 240.0  # issue 7: ≤ 4 minutes for one 300-step run
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _optimizer(model: torch.nn.Module, lr: float, steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, 0.06))
+    return params, opt, sched
+
+
+def _step_timer(model, spec, train, order, device, lr, steps):
+    params, opt, sched = _optimizer(model, lr, steps)
+    it = iter(range(order.shape[0]))
+    model.train()
+
+    def step() -> float:
+        i = next(it)
+        batch = _to(train.collate(order[i].tolist()), device)
+        loss = task_loss(spec, _forward(model, batch), batch["target"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def _peft_lora(spec, rank: int, seed: int):
+    import peft
+
+    torch.manual_seed(seed)
+    model = load_model("minilm", spec)
+    targets = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+    cfg = peft.LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        lora_dropout=0.0,
+        target_modules=targets,
+        modules_to_save=["classifier"],
+        task_type="SEQ_CLS",
+    )
+    return peft.get_peft_model(model, cfg)
+
+
+def measure(method: str, spec, train, eval_, order, eval_idx, args, device) -> dict:
+    cfg = RunConfig(
+        task=spec.name,
+        method=method,
+        rank=args.rank,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        eval_every=args.eval_every,
+    )
+    with Stopwatch(device) as load_sw:
+        if method == "peft-lora":
+            model = _peft_lora(spec, args.rank, 0)
+            init_s = float("nan")
+        else:
+            model, info = prepare_model(
+                cfg, spec, lambda: load_model("minilm", spec), calibration=None, device=device
+            )
+            init_s = info["init_seconds"]
+    lr = (
+        cfg.resolved_lr(spec.kind)
+        if method != "peft-lora"
+        else RunConfig(spec.name, "lora").resolved_lr(spec.kind)
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    head = sum(p.numel() for _, p in head_parameters(model))
+    step = _step_timer(model, spec, train, order, device, lr, args.steps)
+    step()
+    step()  # warm-up: first calls allocate optimizer state and caches
+    cpu0 = time.process_time()
+    timing = time_call(step, device=device, repeats=args.measure, warmup=0)
+    cpu_step = (time.process_time() - cpu0) / args.measure
+    with Stopwatch(device) as ev_sw:
+        evaluate(model, spec, eval_, eval_idx, batch_size=64, device=device)
+    eval_full = ev_sw.seconds * len(eval_) / len(eval_idx)  # scaled to the whole dev set with --small
+    save_s = float("nan")
+    if method != "peft-lora":
+        import tempfile
+
+        from lowrank_lab.adapters import merge
+
+        with tempfile.TemporaryDirectory() as tmp, Stopwatch(device) as sv:
+            merge(model).save_pretrained(tmp)
+        save_s = sv.seconds
+    n_evals = 1 + (args.steps // args.eval_every if args.eval_every else 1)
+    projected = (
+        load_sw.seconds
+        + args.steps * timing.median
+        + n_evals * eval_full
+        + (0 if save_s != save_s else save_s)
+    )
+    return {
+        "method": method,
+        "trainable params": trainable,
+        "head params": head,
+        "load + init s": load_sw.seconds,
+        "adapter init s": init_s,
+        "step s (median)": timing.median,
+        "step s (min..max)": f"{min(timing.times):.3f}..{max(timing.times):.3f}",
+        "step CPU s": cpu_step,
+        "steps timed": len(timing.times),
+        "eval pass s (872 dev)": eval_full,
+        "evals per run": n_evals,
+        "save merged s": save_s,
+        "projected 300-step run s": projected,
+        "≤ 240 s": "yes" if projected <= BUDGET_SECONDS else "NO",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Time one 300-step SST-2 fine-tuning run of MiniLM (lora and full; PEFT LoRA as the "
+        "peer) against issue 7's 4-minute CPU budget; writes reports/benchmarks/finetune_step.md.",
+        epilog="example: python benchmarks/finetune_step.py --small",
+    )
+    p.add_argument(
+        "--small", action="store_true", help="quick check: 3 timed steps, 64 eval examples (scaled)"
+    )
+    p.add_argument("--measure", type=int, default=20, help="training steps timed per method (default 20)")
+    p.add_argument(
+        "--methods", default="lora,full,peft-lora", help="methods to time (default lora,full,peft-lora)"
+    )
+    p.add_argument("--steps", type=int, default=300, help="run length projected (default 300)")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per example (default 64)")
+    p.add_argument(
+        "--eval-every", type=int, default=50, help="eval interval of the projected run (default 50)"
+    )
+    p.add_argument("--rank", type=int, default=8, help="adapter rank (default 8)")
+    p.add_argument("--data-dir", default=None, help="folder holding glue/sst2 (default ../shared/data)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="markdown report path (default reports/benchmarks/finetune_step.md; "
+        "finetune_step-small.md with --small)",
+    )
+    args = p.parse_args(argv)
+    if args.small:
+        args.measure = 3
+    device = torch.device("cpu")
+    spec = get_task("sst2")
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    tok = load_tokenizer("minilm", spec)
+    train = Encoder(spec, tok, args.max_length, load_examples(spec, data_dir, "train"))
+    eval_ = Encoder(spec, tok, args.max_length, load_examples(spec, data_dir, "eval"))
+    order = batch_order(len(train), args.measure + 2, args.batch_size, seed=0)
+    eval_idx = eval_subset(len(eval_), 64 if args.small else 0)
+    load_before = os.getloadavg()
+    rows = []
+    t0 = time.perf_counter()
+    for m in [s.strip() for s in args.methods.split(",") if s.strip()]:
+        print(f"timing {m} ...", file=sys.stderr)
+        rows.append(measure(m, spec, train, eval_, order, eval_idx, args, device))
+    total = time.perf_counter() - t0
+    load_after = os.getloadavg()
+
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    by = {r["method"]: r for r in rows}
+    ratios = []
+    if "lora" in by and "peft-lora" in by:
+        ratios.append(
+            f"- step time lowrank_lab LoRA / PEFT LoRA: "
+            f"{by['lora']['step s (median)'] / by['peft-lora']['step s (median)']:.2f}×"
+        )
+    if "lora" in by and "full" in by:
+        ratios.append(
+            f"- step time full fine-tuning / LoRA: "
+            f"{by['full']['step s (median)'] / by['lora']['step s (median)']:.2f}×"
+        )
+    command = "python benchmarks/finetune_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n".join(
+        [
+            "# Fine-tuning step time: one 300-step SST-2 run of MiniLM on the CPU",
+            "",
+            f"- Command: `{command.strip()}`",
+            f"- Date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}; commit {git_commit()}",
+            f"- Machine: {os.cpu_count()} cores ({platform.machine()}), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; load average before/after "
+            f"{load_before[0]:.1f}/{load_after[0]:.1f} (the machine is shared: a load above ~2 means other "
+            "jobs took CPU time and every wall time here is inflated; 'step CPU s' is this process's CPU "
+            "time per step, less sensitive to that)",
+            f"- Setting: batch {args.batch_size}, max length {args.max_length} (dynamic padding), rank "
+            f"{args.rank}, all six linear maps of each layer, eval every {args.eval_every} steps on the 872 "
+            "dev examples" + (" (--small: 64 examples timed, scaled to 872)" if args.small else ""),
+            f"- Budget: {BUDGET_SECONDS:.0f} s per run (issue 7); projected = load + init + {args.steps} × "
+            "median step + evals × eval pass + save merged",
+            f"- Benchmark wall time: {total:.1f} s",
+            "",
+            to_markdown(df, floatfmt=".3f"),
+            *ratios,
+            "",
+        ]
+    )
+    name = "finetune_step-small.md" if args.small else "finetune_step.md"
+    out = Path(args.out) if args.out else REPO / "reports" / "benchmarks" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
