@@ -222,3 +222,27 @@ def test_the_sketch_does_not_depend_on_the_compute_dtype(dtype):
     f = randomized_svd(W.to(dtype), 4, n_iter=0, generator=7, out_dtype=torch.float64)
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(f.core, ref.core, rtol=tol, atol=0)
+
+
+# --- the LU re-normalisation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(50, 7), (7, 7), (5, 9), (300, 40), (6, 1)])
+@pytest.mark.parametrize("kind", ["gaussian", "zero", "rank-1"])
+def test_lu_basis_is_P_times_L(shape, kind):
+    # _lu_basis undoes LAPACK's row swaps by hand instead of forming the dense (m, m) P; it must
+    # equal torch.linalg.lu's P @ L exactly (same getrf, only data movement differs).
+    from lowrank_lab.linalg.rsvd import _lu_basis
+
+    g = _gen(20)
+    if kind == "gaussian":
+        Y = torch.randn(*shape, generator=g, dtype=torch.float64)
+    elif kind == "zero":
+        Y = torch.zeros(*shape, dtype=torch.float64)
+    else:
+        Y = torch.outer(
+            torch.randn(shape[0], generator=g, dtype=torch.float64), torch.ones(shape[1], dtype=torch.float64)
+        )
+    P, L, _ = torch.linalg.lu(Y)
+    B = _lu_basis(Y.clone())
+    assert torch.equal(B, P @ L)
