@@ -362,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         "--llama-layers", type=int, default=1, help="decoder layers of the llama model (default 1)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed runs per method (default 3 on MiniLM, 1 on llama)"
+        "--repeats",
+        type=int,
+        default=3,
+        help=f"timed runs per method, median shown (default 3; calls over {REPEAT_BELOW_SECONDS:g} s: once)",
     )
     parser.add_argument(
         "--methods", default=None, help="our methods/variants, comma-separated (default: all)"

@@ -179,6 +179,14 @@ def inject(
     if calibration is not None and not am.needs_calibration:
         raise CalibrationError(f"calibration is only used by data-driven inits (lora-sb), not by {am.name!r}")
     names = resolve_targets(model, targets)
+    shapes = [tuple(weight_matrix(model.get_submodule(n)).shape) for n in names]
+    if am.factorization is not None or am.core is not None:  # checked before the model is touched
+        for n, (m_, n_) in zip(names, shapes, strict=True):
+            if rank > min(m_, n_):
+                raise AdapterOptionError(
+                    f"{am.name} init of {n!r} ({m_}x{n_}): rank={rank} is out of range, need "
+                    f"1 <= rank <= {min(m_, n_)}; lower the rank or leave this module out of targets"
+                )
     base_parameters = _total_parameters(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -186,7 +194,6 @@ def inject(
     report = InjectionReport(
         method=am.name, rank=rank, alpha=alpha, scaling=scaling, base_parameters=base_parameters, options=opts
     )
-    shapes = [tuple(weight_matrix(model.get_submodule(n)).shape) for n in names]
 
     if am.name == "full":
         for n, shape in zip(names, shapes, strict=True):

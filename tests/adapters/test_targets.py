@@ -110,8 +110,13 @@ def test_bad_rank_alpha_and_calibration_are_refused(tiny):
         inject(tiny.llama(), "pissa", rank=2, calibration=lambda m: torch.zeros(()))
     with pytest.raises(CalibrationError, match="calibration=loss_fn"):
         inject(tiny.llama(), "lora-sb", rank=2)
-    with pytest.raises(ValueError, match=r"model.layers.0.self_attn.q_proj.*rank=40 is out of range"):
-        inject(tiny.llama(), "pissa", rank=40)
+    model = tiny.llama()
+    with pytest.raises(
+        AdapterOptionError, match=r"model.layers.0.self_attn.k_proj' \(16x32\): rank=20 is out"
+    ):
+        inject(model, "pissa", rank=20)
+    # Refused before anything changed: nothing wrapped, nothing frozen.
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_registry_rows_are_complete():
