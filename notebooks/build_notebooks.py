@@ -63,10 +63,11 @@ NB04 = [
 
 Both papers fine-tune **Llama-2-7B** with adapters on all seven projection types (q, k, v, o, gate,
 up, down) of its 32 layers at rank r = 128, and print how many parameters each method trains.
-Here every count comes from the toolkit's registries — the architecture from
+Here every count comes from the toolkit's registries through `lowrank_lab.params.parameter_table`,
+the table `python -m lowrank_lab.params --model llama-7b --rank 128` prints — the architecture from
 `lowrank_lab.weights.get_spec("llama-7b")`, the per-matrix formula of each method from
-`lowrank_lab.adapters.ADAPTERS` through `closed_form_trainable` — and is checked against the
-published figures (../shared/REFERENCE.md):
+`lowrank_lab.adapters.ADAPTERS` (`closed_form_trainable`) — and is checked against the published
+figures (../shared/REFERENCE.md):
 
 * LoRA at r = 128: **319,815,680** trainable parameters;
 * the extra r × r cores of SLoRA / NLoRA: 7 · 32 · r² = **3,670,016** at r = 128 ("+3.67M");
@@ -77,7 +78,8 @@ the real all-MiniLM-L6-v2 and its `requires_grad` parameters are counted.
 '''),
     code(SETUP.format(name="04_parameter_counts")),
     code('''
-from lowrank_lab.adapters import ADAPTERS, closed_form_trainable
+from lowrank_lab.adapters import ADAPTERS
+from lowrank_lab.params import parameter_table
 from lowrank_lab.weights import get_spec
 
 spec = get_spec("llama-7b")
@@ -94,8 +96,13 @@ NLoRA (Guo et al. 2025, arXiv 2502.14482) compares LoRA, SLoRA (LoRA with an r �
 (Nyström init of that three-matrix form) and IntTune (only the core trains) at several ranks.
 '''),
     code('''
+ranks = [8, 16, 32, 64, 128, 256]
+params = parameter_table("llama-7b", ranks=ranks)   # = python -m lowrank_lab.params --model llama-7b --rank 8,...,256 --csv
+print("targets:", params.targets.iloc[0], "| layers:", params.layers.iloc[0])
+trainable = params.set_index(["method", "rank"])["trainable"]
+
 def count(method, rank):
-    return closed_form_trainable(method, shapes, rank, repeat=L)
+    return int(trainable[(method, rank)])
 
 rows = []
 for method, rank in [("lora", 128), ("slora", 128), ("nlora", 128),
@@ -157,9 +164,8 @@ One line per method, all seven projections of Llama-2-7B: the r² methods (LoRA-
 IntTune) and LoLDU's r per matrix sit orders of magnitude below the r·(m + n) family.
 '''),
     code('''
-ranks = [8, 16, 32, 64, 128, 256]
 methods = [m for m in ADAPTERS if m != "full"]
-sweep = pd.DataFrame([{"method": m, "rank": r, "trainable": count(m, r)} for m in methods for r in ranks])
+sweep = params[params.method != "full"][["method", "rank", "trainable"]]
 wide = sweep.pivot(index="method", columns="rank", values="trainable").loc[methods]
 nbs.save_table(wide.reset_index(), "04_params_vs_rank", source=NOTEBOOK, floatfmt=",.0f",
                title="Trainable parameters vs rank, every adapter, Llama-2-7B (7 projections x 32 layers)")
