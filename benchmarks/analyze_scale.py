@@ -41,6 +41,8 @@ from lowrank_lab.weights import open_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "reports" / "benchmarks" / "analyze_scale.md"
+#: Partial runs (--layers/--small) go here, so they never overwrite the full run's report.
+DEFAULT_OUT_PARTIAL = REPO / "reports" / "benchmarks" / "analyze_scale-small.md"
 TARGET_SECONDS = 20 * 60
 TARGET_RSS_GB = 3.0
 
@@ -84,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", default=None, help="analyse only these layers and extrapolate (e.g. 0 or 0-1)")
     p.add_argument("--small", action="store_true", help="quick check: --layers 0")
     p.add_argument("--no-peer", action="store_true", help="skip the exact-SVD peer timing")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"markdown report (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"markdown report (default {DEFAULT_OUT.relative_to(REPO)}, or "
+                        f"{DEFAULT_OUT_PARTIAL.relative_to(REPO)} with --layers/--small)")
     args = p.parse_args(argv)
     layers = "0" if args.small and args.layers is None else args.layers
+    if args.out is None:
+        args.out = DEFAULT_OUT if layers is None else DEFAULT_OUT_PARTIAL
     command = " ".join(["python", "benchmarks/analyze_scale.py", *(sys.argv[1:] if argv is None else argv)])
 
     all_targets = open_source(args.model, synthetic=True).targets()
@@ -100,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wall = time.perf_counter() - t0
-        peak_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9  # KiB on Linux
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_rss_gb = usage.ru_maxrss * 1024 / 1e9  # KiB on Linux
+        cpu_seconds = usage.ru_utime + usage.ru_stime
         if proc.returncode != 0:
             print(proc.stdout[-4000:], file=sys.stderr)
             print(f"analysis failed with exit status {proc.returncode}", file=sys.stderr)
@@ -142,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| matrices analysed | {n_done} of {n_full}{note} | |",
         f"| wall time of this run | {wall:.1f} s | |",
         f"| matrix loop | {loop:.1f} s ({loop / n_done:.2f} s per matrix) | |",
+        f"| CPU time of the analysis process (user + sys) | {cpu_seconds:.1f} s "
+        f"({cpu_seconds / wall:.2f} cores busy on average) | |",
         f"| {'extrapolated ' if partial else ''}wall time, all {n_full} matrices | "
         f"{full_wall:.0f} s ({full_wall / 60:.1f} min) | ≤ {TARGET_SECONDS // 60} min |",
         f"| peak RSS of the analysis process | {peak_rss_gb:.2f} GB | ≤ {TARGET_RSS_GB:g} GB |",
@@ -171,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     lines.append("Peak RSS is `ru_maxrss` of the analysis subprocess (RUSAGE_CHILDREN); the loop holds one "
-                 "matrix at a time, so it does not grow with the number of layers.")
+                 "matrix at a time, so it does not grow with the number of layers. On a shared machine the "
+                 "wall time is inflated by other processes; the CPU time is not, and a quiet run takes "
+                 "roughly CPU time / cores busy.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

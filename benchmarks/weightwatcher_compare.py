@@ -43,6 +43,7 @@ from lowrank_lab.weights import load_hf_model, open_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "reports" / "benchmarks" / "weightwatcher_compare.md"
+DEFAULT_OUT_SMALL = REPO / "reports" / "benchmarks" / "weightwatcher_compare-small.md"
 RTOL = 1e-3
 
 
@@ -116,9 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--model", default="minilm", help="registry name or HF directory (default minilm)")
     p.add_argument("--small", action="store_true", help="layer 0 only (6 matrices), for a quick check")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"markdown report (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"markdown report (default {DEFAULT_OUT.relative_to(REPO)}, "
+                        f"{DEFAULT_OUT_SMALL.relative_to(REPO)} with --small)")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="BLAS/LAPACK threads for both sides (torch and SciPy's OpenBLAS). Default 1: on a shared "
+             "CPU, OpenBLAS's spinning threads made SciPy's SVD of a 1536x384 matrix 35x slower "
+             "(2 s instead of 0.06 s), which would time the machine's load, not WeightWatcher.",
+    )
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import weightwatcher as _ww  # noqa: F401  (loads SciPy's OpenBLAS, so the limit below reaches it)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
     layers = "0" if args.small else None
+    if args.out is None:
+        args.out = DEFAULT_OUT_SMALL if args.small else DEFAULT_OUT
     command = " ".join(["python", "benchmarks/weightwatcher_compare.py", *(argv or sys.argv[1:])])
 
     our, t_ours = ours(args.model, layers)
@@ -137,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M:%S %z')}  ",
-        f"Machine: {os.cpu_count()} cores ({platform.machine()}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), weightwatcher {metadata.version('weightwatcher')}, "
+        f"Machine: {os.cpu_count()} cores ({platform.machine()}), torch {torch.__version__}, "
+        f"weightwatcher {metadata.version('weightwatcher')}; {args.threads} BLAS thread(s) on both sides; "
         f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min; the machine is shared)",
         "",
         f"**Result: {'PASS' if ok_all else 'FAIL'}** on {n} of {len(our)} matrices matched by name: "
