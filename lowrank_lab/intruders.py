@@ -187,29 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_resume(out: Path, args, columns) -> None:
-    """Refuse to mix rows of different settings in one CSV."""
+def _check_resume(out: Path, args, columns, expected_k: dict[str, int], sides: tuple[str, ...]) -> None:
+    """Refuse to mix rows of other settings, other weights or other matrices in one CSV."""
+    import io
     import json
 
     import pandas as pd
 
     csv = out / "intruders.csv"
-    if not csv.exists() or csv.stat().st_size == 0:
-        return
-    try:
-        old = pd.read_csv(csv)
-    except Exception as exc:  # noqa: BLE001 - a damaged file
-        raise ValueError(f"cannot resume from {csv}: {exc}; use a new --out") from None
-    if list(old.columns) != list(columns):
-        raise ValueError(f"cannot resume {csv}: its columns differ from this version's; use a new --out")
-    old["tuned_svd"] = old["tuned_svd"].astype(str).str.replace("-fallback", "", regex=False)
-    for col, want in (("epsilon", args.epsilon), ("top_k", args.top_k), ("tuned_svd", args.tuned_svd)):
-        have = set(old[col].dropna().unique().tolist())
-        if have and have != {want}:
-            flag = "--" + col.replace("_", "-")
-            raise ValueError(
-                f"cannot resume {csv}: it was made with {flag} {sorted(have)[0]}, not {want}; use a new --out"
-            )
     prev = out / "run.json"
     if prev.exists():
         meta = json.loads(prev.read_text())
@@ -219,6 +204,44 @@ def _check_resume(out: Path, args, columns) -> None:
                     f"cannot resume {out}: it was made with --{key} {meta[key]!r}, "
                     f"not {getattr(args, key)!r}; use a new --out"
                 )
+    if not csv.exists() or csv.stat().st_size == 0:
+        return
+    text = csv.read_text()
+    text = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # a torn last row is redone
+    try:
+        old = pd.read_csv(io.StringIO(text))
+    except Exception as exc:  # noqa: BLE001 - a damaged file
+        raise ValueError(f"cannot resume from {csv}: {exc}; use a new --out") from None
+    if list(old.columns) != list(columns):
+        raise ValueError(f"cannot resume {csv}: its columns differ from this version's; use a new --out")
+    if old.empty:
+        return
+    method = old["tuned_svd"].astype(str).str.replace("-fallback", "", regex=False)
+    for flag, have, want in (
+        ("--epsilon", set(old["epsilon"]), args.epsilon),
+        ("--tuned-svd", set(method), args.tuned_svd),
+    ):
+        if have != {want}:
+            raise ValueError(
+                f"cannot resume {csv}: it was made with {flag} {sorted(have)[0]}, not {want}; use a new --out"
+            )
+    stray = sorted(set(old.tensor) - set(expected_k))
+    if stray:
+        raise ValueError(
+            f"cannot resume {csv}: it holds {stray[0]!r}, which --targets/--layers do not select now; "
+            "use a new --out"
+        )
+    other_side = sorted(set(old.side) - set(sides))
+    if other_side:
+        raise ValueError(
+            f"cannot resume {csv}: it holds {other_side[0]} rows but --side is {args.side}; use a new --out"
+        )
+    bad_k = old[old.top_k != old.tensor.map(expected_k)]
+    if not bad_k.empty:
+        row = bad_k.iloc[0]
+        raise ValueError(
+            f"cannot resume {csv}: it was made with --top-k {row.top_k}, not {args.top_k}; use a new --out"
+        )
 
 
 def _pick_best(pm):
@@ -256,8 +279,6 @@ def run(args: argparse.Namespace) -> dict:
         cache_dir = Path(args.cache_dir) if args.cache_dir else ix.default_cache_dir()
         ensure_writable_dir(cache_dir, option="--cache-dir")
         cache = ix.SVDCache(cache_dir)
-    if args.resume:
-        _check_resume(out, args, ix.ROW_COLUMNS)
     meta = run_metadata(
         seed=args.seed,
         device=device,
@@ -285,6 +306,10 @@ def run(args: argparse.Namespace) -> dict:
     if "warning" in tuned.description:
         print(f"warning: {tuned.description['warning']}", file=sys.stderr)
 
+    k_of = {p.base.tensor: min(args.top_k, *p.base.shape) for p in pairs}
+    if args.resume:
+        _check_resume(out, args, ix.ROW_COLUMNS, k_of, sides)
+
     kw = dict(
         top_k=args.top_k,
         epsilon=args.epsilon,
@@ -298,7 +323,6 @@ def run(args: argparse.Namespace) -> dict:
     base_seconds = tuned_seconds = 0.0
     computed = 0
     writer = RowWriter(out / "intruders.csv", ix.ROW_COLUMNS, ix.ROW_KEY, resume=args.resume)
-    k_of = {p.base.tensor: min(args.top_k, *p.base.shape) for p in pairs}
 
     def done(pair) -> bool:
         k = k_of[pair.base.tensor]

@@ -472,3 +472,14 @@ def test_match_modules_handles_head_prefixes():
     assert got == {"bert.encoder.layer.1.attention.self.query": tensors[1]}
     got = I.match_modules(["layer.0.attention.self.query"], ["bert." + t for t in tensors])
     assert got == {"layer.0.attention.self.query": "bert." + tensors[0]}
+
+
+@pytest.mark.gpu
+def test_cuda_counts_equal_cpu_counts(tmp_path):
+    W0, W = planted_rank1(96, 64, seed=9)
+    cpu = I.find_intruders(W0, W, side="both", cache=I.SVDCache(tmp_path))
+    for method in ("full", "randomized"):
+        gpu = I.find_intruders(W0.cuda(), W.cuda(), side="both", tuned_svd=method, cache=I.SVDCache(tmp_path))
+        for side in ("left", "right"):
+            assert gpu[side].cache_hit and gpu[side].count == cpu[side].count == 1
+            np.testing.assert_allclose(gpu[side].similarities, cpu[side].similarities, atol=1e-4)

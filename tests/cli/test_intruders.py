@@ -66,7 +66,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
         q = tuned.encoder.layer[0].attention.self.query.weight
         q.copy_(_plant(q))
     tuned.save_pretrained(root / "tuned")
-    tuned.save_pretrained(root / "run" / "merged")
+    # A harness run saves the fine-tuned model with its head: tensors are prefixed "bert.".
+    from transformers import BertForSequenceClassification
+
+    with_head = BertForSequenceClassification(tuned.config)
+    with_head.bert.load_state_dict(tuned.state_dict())
+    with_head.save_pretrained(root / "run" / "merged")
     (root / "run" / "metrics.jsonl").write_text("{}\n")
 
     peft_model = get_peft_model(_bert(0), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
@@ -136,11 +141,14 @@ def test_warm_cache_pays_no_base_svd(tmp_path, models, monkeypatch):
     pd.testing.assert_frame_equal(cold, warm)
 
 
-def test_run_directory_reads_merged(tmp_path, models):
+def test_run_directory_reads_merged_with_a_head(tmp_path, models):
     code, out = _run(tmp_path, "--base", str(models["base"]), "--tuned", str(models["run"]))
     assert code == 0
     df = pd.read_csv(out / "intruders.csv")
-    assert df.groupby("tensor").intruder.sum()[QUERY0] == 1
+    per = df.groupby("tensor").intruder.sum()
+    assert per[QUERY0] == 1 and per.sum() == 1 and len(per) == 12  # paired by (layer, module) across "bert."
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["tuned_weights"]["tuned_kind"] == "run"
 
 
 def test_peft_adapter_equals_the_merged_checkpoint(tmp_path, models):
@@ -213,6 +221,20 @@ def test_resume_with_other_settings_is_refused(tmp_path, models, capsys):
     code, _ = _run(tmp_path, *args, "--resume", "--epsilon", "0.3")
     assert code == 2
     assert "--epsilon 0.5, not 0.3" in capsys.readouterr().err
+    code, _ = _run(tmp_path, *args, "--resume", "--top-k", "5")
+    assert code == 2 and "--top-k 10, not 5" in capsys.readouterr().err
+    code, _ = _run(
+        tmp_path, "--base", str(models["base"]), "--tuned", str(models["tuned"]), "--layers", "1", "--resume"
+    )
+    assert code == 2 and "do not select now" in capsys.readouterr().err
+    code, _ = _run(
+        tmp_path, "--base", str(models["base"]), "--tuned", str(models["run"]), "--layers", "0", "--resume"
+    )
+    assert code == 2 and "--tuned" in capsys.readouterr().err
+    # widening to both sides keeps the left rows and adds the right ones
+    code, out = _run(tmp_path, *args, "--resume", "--side", "both")
+    assert code == 0
+    assert json.loads((out / "run.json").read_text())["computed"] == 6
 
 
 @pytest.mark.parametrize("method", ["lora", "pissa"])
