@@ -808,7 +808,7 @@ class TunedWeights:
         return W if fn is None else fn(W)
 
 
-def _peft_overlay(adapter: Path, base_source, *, tensors: Sequence[str]) -> tuple[dict, dict]:
+def _peft_overlay(adapter: Path, *, tensors: Sequence[str]) -> tuple[dict, dict]:
     deltas, config = read_peft_lora(adapter)
     matched = match_modules(list(deltas), tensors, what="PEFT adapter")
     unmatched = [m for m in deltas if m not in matched]
@@ -970,7 +970,7 @@ def open_tuned(
         )
     tensors = [i.tensor for i in inner.targets()]
     if kind == "peft":
-        overlay, adesc = _peft_overlay(adapter_path, inner, tensors=tensors)
+        overlay, adesc = _peft_overlay(adapter_path, tensors=tensors)
     else:
         if inner is not base_source:
             raise ValueError(
@@ -988,32 +988,6 @@ def open_tuned(
         )
     desc.update(adesc)
     return TunedWeights(inner, overlay=overlay, description=desc)
-
-
-def select_targets(source, targets: str | Sequence[str] | None = None, layers: str | None = None) -> list:
-    """The source's target matrices restricted to module types ``targets`` and layers ``layers``.
-
-    ``targets`` and ``layers`` use :func:`lowrank_lab.weights.select_modules` and
-    :func:`lowrank_lab.weights.parse_layers` (``"q_proj,v_proj"``, ``"0-3,7"``), so errors list the
-    valid names.
-    """
-    from lowrank_lab.weights import parse_layers, select_modules
-
-    infos = list(source.targets())
-    if targets is not None:
-        spec = targets if isinstance(targets, str) else ",".join(targets)
-        keep = set(select_modules(source.family, spec))
-        infos = [i for i in infos if i.module in keep]
-    if layers is not None:
-        known = [i.layer for i in infos if i.layer is not None]
-        num_layers = getattr(getattr(source, "spec", None), "num_layers", None) or (
-            max(known) + 1 if known else 0
-        )
-        wanted = parse_layers(layers, num_layers)
-        if wanted is not None:
-            keep_layers = set(wanted)
-            infos = [i for i in infos if i.layer in keep_layers]
-    return infos
 
 
 @dataclass(frozen=True)
