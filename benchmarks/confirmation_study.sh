@@ -26,7 +26,7 @@ CLAIM_METHODS="lora,pissa,nlora,inttune,full"
 
 for task in sst2 rte; do
   python -m lowrank_lab.finetune --task "$task" --model minilm --methods "$ALL_METHODS" --rank 8 \
-    --steps "$STEPS" --seeds "$SEEDS" --batch-size 16 --max-length 64 --eval-every 50 \
+    --steps "$STEPS" --seeds "$SEEDS" --batch-size 16 --max-length 64 --eval-every 100 \
     --data-dir "$DATA" --out "reports/finetune/$task" --resume
 done
 

@@ -8,15 +8,23 @@ components live in :mod:`lowrank_lab.training`; this module only parses options.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
+import os
 
-import torch
+# OpenMP threads that spin between parallel regions steal the CPU from each other on a shared
+# machine: a MiniLM SST-2 step took 2.2 s with the default policy and 0.64 s with PASSIVE on the
+# 2-core box under load (see reports/benchmarks/finetune_step.md). Must precede torch's import;
+# a user setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from lowrank_lab.training.config import DEFAULT_LR, HEAD_ONLY, LR_SOURCES, RunConfig
-from lowrank_lab.training.study import run_study, summarize_existing
-from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, default_data_dir, get_task
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+import torch  # noqa: E402
+
+from lowrank_lab.training.config import DEFAULT_LR, HEAD_ONLY, LR_SOURCES, RunConfig  # noqa: E402
+from lowrank_lab.training.study import run_study, summarize_existing  # noqa: E402
+from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, default_data_dir, get_task  # noqa: E402
 
 DEFAULT_METHODS = "lora,pissa,nlora,inttune,full"
 
@@ -152,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-every",
         type=_nonneg_int,
-        default=50,
-        help="evaluate every N steps, plus step 0 and the last step (default 50; 0: only those two)",
+        default=100,
+        help="evaluate every N steps, plus step 0 and the last step (default 100: a pass over the 872 "
+        "SST-2 dev examples costs as much CPU as ~35 training steps; 0: only those two)",
     )
     p.add_argument(
         "--eval-samples",
@@ -232,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only rebuild summary.md, curves.csv and figures from the runs already in --out",
     )
     p.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=None,
+        help="torch intra-op threads (default: torch's choice, one per core). Loss curves are "
+        "bit-identical for the same seed and thread count; on a busy shared machine --threads 1 "
+        "can be faster. Example: --threads 1",
+    )
+    p.add_argument(
         "--no-progress", action="store_true", help="no tqdm bars (they hide themselves off a terminal)"
     )
     return p
@@ -277,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_transformers()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:
         spec = get_task(args.task)

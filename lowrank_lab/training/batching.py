@@ -134,6 +134,14 @@ class Encoder:
             out["target"] = torch.tensor([f.target for f in feats], dtype=torch.long)
         return out
 
+    def prepare(self, indices: Sequence[int], *, desc: str = "tokenize", disable: bool | None = None) -> None:
+        """Tokenise ``indices`` now (cached), so that no run's step time includes tokenisation."""
+        from tqdm.auto import tqdm
+
+        todo = sorted({int(i) for i in indices} - self._cache.keys())
+        for i in tqdm(todo, desc=desc, unit="ex", disable=disable if todo else True, leave=False):
+            self.feature(i)
+
     def length(self, i: int) -> int:
         return len(self.feature(i).input_ids)
 
