@@ -13,7 +13,7 @@ import torch
 
 from .policy import gaussian, make_generator, prepare, to_output, validate_rank
 from .result import Factorization
-from .rsvd import _normalize
+from .rsvd import _normalize, _t_times, _times
 
 
 def nystrom_released(
@@ -144,9 +144,9 @@ def nystrom_sketch(
     X = gaussian((n, r), generator=g, dtype=Wc.dtype, device=Wc.device)  # (n, r)
     Y = gaussian((m, size_y), generator=g, dtype=Wc.dtype, device=Wc.device)  # (m, r+ℓ)
     for _ in range(n_iter):
-        X = Wc.T @ _normalize(Wc @ _normalize(X, "lu"), "lu")
-        Y = Wc @ _normalize(Wc.T @ _normalize(Y, "lu"), "lu")
-    WX = Wc @ X  # (m, r)
+        X = _t_times(Wc, _normalize(_times(Wc, _normalize(X, "lu")), "lu"))
+        Y = _times(Wc, _normalize(_t_times(Wc, _normalize(Y, "lu")), "lu"))
+    WX = _times(Wc, X)  # (m, r)
     YW = Y.T @ Wc  # (r+ℓ, n)
     Q, R = torch.linalg.qr(YW @ X)  # (r+ℓ, r), (r, r)
     Ur, s, Vrh = torch.linalg.svd(R)

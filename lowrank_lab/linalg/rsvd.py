@@ -44,6 +44,22 @@ def _lu_basis(Y: torch.Tensor) -> torch.Tensor:
     return L
 
 
+def _times(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """``W @ X`` for a thin ``X`` (n, l), computed as ``(Xᵀ Wᵀ)ᵀ``.
+
+    Same product, other operand order: with MKL on the CPU, a GEMM whose *left* operand is the thin
+    panel takes 20–30% less time (thread time, 4096² and 11008×4096 float32, l = 18…138), and these
+    products are nearly all of a randomized SVD's cost. The result is a column-major view, the
+    layout LAPACK's QR/LU want anyway.
+    """
+    return (X.T @ W.T).T
+
+
+def _t_times(W: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """``Wᵀ @ Y`` for a thin ``Y`` (m, l), computed as ``(Yᵀ W)ᵀ`` (see :func:`_times`)."""
+    return (Y.T @ W).T
+
+
 def _normalize(Y: torch.Tensor, how: Normalizer) -> torch.Tensor:
     # Re-normalisation only has to keep the columns from collapsing onto the top singular vector in
     # floating point; it need not be orthonormal. LU (scikit-learn's choice) is cheaper than QR on
@@ -74,10 +90,10 @@ def randomized_range_finder(
     """
     g = make_generator(generator)
     omega = gaussian((W.shape[1], size), generator=g, dtype=W.dtype, device=W.device)  # (n, l)
-    Y = W @ omega  # (m, l)
+    Y = _times(W, omega)  # (m, l)
     for _ in range(n_iter):
-        Z = W.T @ _normalize(Y, normalizer)  # (n, l)
-        Y = W @ _normalize(Z, normalizer)  # (m, l)
+        Z = _t_times(W, _normalize(Y, normalizer))  # (n, l)
+        Y = _times(W, _normalize(Z, normalizer))  # (m, l)
     return torch.linalg.qr(Y).Q
 
 
