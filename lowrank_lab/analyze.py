@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
              "or 1 without warm-up for CPU matrices above 4.2M entries. Example: --repeats 5",
     )
     p.add_argument(
+        "--threads", type=int, default=None,
+        help="CPU threads for torch (torch.set_num_threads). Default: torch's own choice (all cores). "
+             "On a CPU shared with other jobs, 1 is often faster: two threads that cannot both get a "
+             "core wait for each other in every BLAS call. Example: --threads 1",
+    )
+    p.add_argument(
         "--warmup", type=int, default=None,
         help="untimed warm-up calls before the timed repeats. Default: see --repeats. Example: --warmup 2",
     )
@@ -265,6 +271,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
         if args.warmup is not None and args.warmup < 0:
             raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UsageError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
         src_kwargs: dict[str, Any] = {"targets": args.targets, "layers": args.layers}
         if args.synthetic:
