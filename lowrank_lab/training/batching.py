@@ -64,7 +64,9 @@ class Encoder:
 
     GLUE: ``tokenizer(text_a, text_b, truncation=True, max_length=...)`` (a Hugging Face tokenizer;
     pairs are truncated longest-first, HF's default). GSM8K: ``bos + enc(prompt) + enc(" " + answer)
-    + eos``, truncated to ``max_length``; loss only on the answer and eos tokens (the PiSSA/NLoRA
+    + eos``, truncated to ``max_length`` from the right after the question has been shortened
+    from the left so that at least ``min(len(answer) + 1, max_length // 2)`` answer tokens remain;
+    loss only on the answer and eos tokens (the PiSSA/NLoRA
     training scripts mask the prompt the same way). Prompt and answer are tokenised separately, so
     the prompt/answer boundary is exact whatever the tokenizer merges.
     """
@@ -103,6 +105,11 @@ class Encoder:
         prompt = _encode_text(tok, gsm8k_prompt(ex.text_a), continuation=False)
         answer = _encode_text(tok, (ex.text_b or "").strip(), continuation=True)
         bos, eos = _special_id(tok, "bos"), _special_id(tok, "eos")
+        # Keep at least min(answer + eos, half the budget) answer tokens: a long question loses its
+        # beginning rather than its answer, so no example (and no batch) is left without a target.
+        budget = self.max_length - 1 - min(len(answer) + 1, self.max_length // 2)
+        if len(prompt) > budget:
+            prompt = prompt[len(prompt) - budget :] if budget > 0 else []
         ids = [bos, *prompt, *answer, eos]
         labels = [IGNORE_INDEX] * (1 + len(prompt)) + [*answer, eos]
         return Feature(ids[: self.max_length], labels[: self.max_length])

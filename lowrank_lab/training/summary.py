@@ -424,6 +424,13 @@ def render_summary(
     for c in claims(rows, spec, intruders):
         lines.append(f"- **{c['claim']}** — **{c['verdict']}**: {c['evidence']}")
     lines.append("")
+    if records and (len(seeds) < 3 or (cfg.get("steps") or 0) < 300):
+        notes = [
+            f"Reduced study: {len(seeds)} seed(s) × {cfg.get('steps')} steps, where issue 7's confirmation "
+            "study is 3 seeds × 300 steps (benchmarks/confirmation_study.sh); read the verdicts as "
+            "indicative only.",
+            *notes,
+        ]
     problems = [m for r in rows for m in r["messages"]]
     if problems:
         lines += ["## Runs that stopped", ""] + [f"- {m}" for m in problems] + [""]

@@ -63,10 +63,18 @@ def test_causal_lm_masks_prompt_and_padding(char_tokenizer):
     assert batch["attention_mask"][0].sum() == n0
 
 
-def test_causal_lm_truncates_to_max_length(char_tokenizer):
+def test_causal_lm_truncation_keeps_answer_tokens(char_tokenizer):
     enc = Encoder(get_task("gsm8k"), char_tokenizer, 10, [Example("a long question here", "answer", None)])
     f = enc.feature(0)
     assert len(f.input_ids) == len(f.target) == 10
+    # half of the budget goes to the answer: the question loses its beginning, not the answer
+    assert sum(t != IGNORE_INDEX for t in f.target) == 5
+    assert f.input_ids[0] == 1 and f.input_ids[1:5] == char_tokenizer.encode("wer:")[-4:]
+    short = Encoder(get_task("gsm8k"), char_tokenizer, 60, [Example("q?", "a long answer text here", None)])
+    g = short.feature(0)
+    assert g.input_ids[1:][: len(char_tokenizer.encode("Question: q?\nAnswer:"))] == char_tokenizer.encode(
+        "Question: q?\nAnswer:"
+    )  # a short question is kept whole
 
 
 def test_max_length_must_fit_specials(char_tokenizer):
