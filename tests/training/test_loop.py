@@ -160,3 +160,11 @@ def test_real_stories260k_on_gsm8k(shared_data, stories260k):
     # A TinyStories model on grade-school maths: far from its training text, yet a finite loss
     # of a few nats per answer token (uniform over 512 tokens would be ln 512 = 6.2).
     assert 1.0 < rec["initial_metric"] < 12.0
+
+
+@pytest.mark.gpu
+def test_cuda_run_records_cuda_memory(glue_dir, bert_tokenizer, tiny_bert):
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    rec = train_run(_cfg("lora", device="cuda"), spec, tr, ev, tiny_bert(2))
+    assert rec["status"] == "finished" and rec["memory_kind"] == "cuda_max_allocated"
+    assert rec["peak_memory_mb"] > 0
