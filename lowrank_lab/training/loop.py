@@ -261,7 +261,7 @@ def train_run(
     run_dir: str | Path | None = None,
     step_callback: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one (method, seed) run and return its record (see :mod:`.records` for the fields).
+    """Train one (method, seed) run and return its record.
 
     Parameters
     ----------
@@ -281,9 +281,17 @@ def train_run(
     Returns
     -------
     dict
-        ``status`` ("finished" | "diverged"), ``message``, ``train_loss`` (one float per step done),
-        ``eval`` (list of ``{"step", "metric", "loss", "seconds"}``, step 0 = before training),
-        timings, peak memory, parameter counts.
+        ``status`` ("finished" | "diverged"), ``message`` (why it stopped), ``train_loss`` (one
+        float per step done), ``eval`` (``{"step", "metric", "loss", "seconds"}`` at step 0 =
+        before training, every ``eval_every`` steps and at the last step), ``initial_metric``,
+        ``final_metric`` (None unless finished), ``eval_n``; ``lr``, ``head_lr``;
+        ``trainable_params`` = ``adapter_params`` + ``head_params``, ``base_params``, ``injection``
+        (the adapter's InjectionReport totals); ``init_seconds`` (inject, CUDA-synchronised),
+        ``train_seconds`` (steps only), ``eval_seconds``, ``seconds_per_step``, ``run_seconds``;
+        ``peak_memory_mb`` with ``memory_kind`` ("rss": the whole process, sampled every step;
+        "cuda_max_allocated") and ``memory_start_mb``; ``merged_dir`` when weights were saved.
+        :func:`~lowrank_lab.training.study.run_study` adds ``config``, ``meta`` (command,
+        versions, device, git commit) and ``wall_seconds`` when it writes ``run.json``.
     """
     device = torch.device(cfg.device)
     t_start = time.perf_counter()
