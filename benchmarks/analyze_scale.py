@@ -47,11 +47,13 @@ TARGET_SECONDS = 20 * 60
 TARGET_RSS_GB = 3.0
 
 
-def analysis_command(model: str, ranks: str, methods: str, layers: str | None, out: Path) -> list[str]:
+def analysis_command(
+    model: str, ranks: str, methods: str, layers: str | None, out: Path, threads: int | None = None
+) -> list[str]:
     cmd = [sys.executable, "-m", "lowrank_lab.analyze", "--model", model, "--synthetic", "--ranks", ranks,
            "--methods", methods, "--device", "cpu",
            "--out", str(out / "out"), "--figures", str(out / "figures")]
-    return cmd + (["--layers", layers] if layers else [])
+    return cmd + (["--layers", layers] if layers else []) + (["--threads", str(threads)] if threads else [])
 
 
 def peer_svd_seconds(model: str, layers: str | None) -> dict[tuple[int, int], float]:
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", default=None, help="analyse only these layers and extrapolate (e.g. 0 or 0-1)")
     p.add_argument("--small", action="store_true", help="quick check: --layers 0")
     p.add_argument("--no-peer", action="store_true", help="skip the exact-SVD peer timing")
+    p.add_argument("--threads", type=int, default=None,
+                   help="pass --threads to the analysis (default: torch's choice, all cores)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"markdown report (default {DEFAULT_OUT.relative_to(REPO)}, or "
                         f"{DEFAULT_OUT_PARTIAL.relative_to(REPO)} with --layers/--small)")
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="analyze_scale_") as tmp:
-        cmd = analysis_command(args.model, args.ranks, args.methods, layers, Path(tmp))
+        cmd = analysis_command(args.model, args.ranks, args.methods, layers, Path(tmp), args.threads)
         print("running:", shlex.join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
