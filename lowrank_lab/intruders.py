@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where SVDs run: cpu (default), cuda, or auto. Example: --device cuda",
     )
     p.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="skip the PNG figures (they take ~1-3 s; the CSV and summary hold the same numbers)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         metavar="N",
@@ -286,19 +291,21 @@ def run(args: argparse.Namespace) -> dict:
     )
 
     # Headers only so far: every mismatch is reported before the first SVD.
-    base_all = open_source(args.base)
-    tuned = ix.open_tuned(args.tuned, base=args.base, base_source=base_all, adapter=args.adapter)
+    opened = open_source(args.base)
+    tuned = ix.open_tuned(args.tuned, base=args.base, base_source=opened, adapter=args.adapter)
+    base_all = tuned.base  # the base in the tuned weights' layout (llama2.c may be seen as HF Llama)
     pairs = ix.pair_targets(
         base_all.targets(),
         tuned.targets(),
         base_name=f"base {args.base!r}",
         tuned_name=f"tuned {tuned.description.get('tuned', args.tuned)!r}",
+        base_family=base_all.family,
+        tuned_family=tuned.family,
     )
     if args.targets is not None or args.layers is not None:
-        chosen = {
-            i.tensor for i in open_source(args.base, targets=args.targets, layers=args.layers).targets()
-        }
-        pairs = [p for p in pairs if p.base.tensor in chosen]
+        chosen = open_source(args.base, targets=args.targets, layers=args.layers).targets()
+        keep = {(i.layer, i.module) for i in chosen}
+        pairs = [p for p in pairs if (p.base.layer, p.base.module) in keep]
     if not pairs:
         raise ValueError(
             f"no target matrices selected in {args.base!r} (--targets {args.targets}, --layers {args.layers})"
@@ -352,15 +359,12 @@ def run(args: argparse.Namespace) -> dict:
     pm = ix.per_matrix(df)
     totals = ix.module_totals(df)
     sweep = ix.sweep_table(df)
-    figures = [
-        ix.plot_count_vs_epsilon(
-            sweep,
-            out / "count_vs_epsilon.png",
-            title=f"{args.base} → {tuned.description.get('tuned', args.tuned)}",
-        )
-    ]
+    figures = []
     pick = _pick_best(pm)
-    if pick is not None:
+    if not args.no_figures:
+        title = f"{args.base} → {tuned.description.get('tuned', args.tuned)}"
+        figures.append(ix.plot_count_vs_epsilon(sweep, out / "count_vs_epsilon.png", title=title))
+    if pick is not None and not args.no_figures:
         tensor, side = pick
         if best is not None and best[1].base.tensor == tensor and best[2] == side:
             rec = best[3]
@@ -397,18 +401,16 @@ def run(args: argparse.Namespace) -> dict:
         lines += ["## Count against ε", "", to_markdown(wide.reset_index())]
         sweep[sweep.module != "all"].to_csv(out / "sweep.csv", index=False)
     if pick is not None:
-        lines += [
-            "## Matrix with most intruders",
-            "",
-            f"`{pick[0]}` ({pick[1]}): see `{figures[-1].name}`",
-            "",
-        ]
+        see = f": see `{figures[-1].name}`" if figures else ""
+        lines += ["## Matrix with most intruders", "", f"`{pick[0]}` ({pick[1]}){see}", ""]
     lines += [
         "## Files",
         "",
         "- `intruders.csv` (long format; columns in `python -m lowrank_lab.intruders --help`)",
     ]
     lines += [f"- `{f.name}`" for f in figures]
+    if args.sweep:
+        lines.append("- `sweep.csv`")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
     result = {

@@ -783,17 +783,76 @@ def match_modules(modules: Sequence[str], tensors: Sequence[str], *, what: str =
     return out
 
 
+class Llama2cAsHF:
+    """A llama2.c weight source seen as the ``LlamaForCausalLM`` it converts to.
+
+    llama2.c rotates interleaved row pairs of wq/wk, Hugging Face's Llama rotates halves, so the
+    conversion (:func:`lowrank_lab.weights.llama2c.permute_rotary`, as ``hf_state_dict`` and
+    ``load_hf_model`` apply it) permutes the rows of wq and wk. A row permutation P permutes the
+    left singular vectors (``PW = (PU) Σ Vᵀ``), so comparing a fine-tune of the converted model with
+    the native checkpoint would pair rows that are not the same output: every q/k vector would look
+    like an intruder. This view hands out the converted matrices under their HF tensor names
+    (``model.layers.<i>.self_attn.q_proj.weight``), keeping the canonical module names (wq...).
+    """
+
+    def __init__(self, source) -> None:
+        from lowrank_lab.weights import hf_module_suffixes
+
+        self.source = source
+        self.name = getattr(source, "name", "llama2c")
+        self.family = source.family
+        self.spec = source.spec
+        suffixes = hf_module_suffixes(source.family)
+        self._native = {}
+        self._targets = []
+        for info in source.targets():
+            hf = type(info)(
+                f"model.layers.{info.layer}.{suffixes[info.module]}.weight",
+                info.layer,
+                info.module,
+                info.shape,
+            )
+            self._native[hf.tensor] = info
+            self._targets.append(hf)
+
+    def targets(self):
+        return list(self._targets)
+
+    def load(self, info):
+        from lowrank_lab.weights import WeightMatrix
+        from lowrank_lab.weights.llama2c import permute_rotary
+
+        wm = self.source.load(self._native[info.tensor])
+        W = wm.weight
+        if info.module == "wq":
+            W = permute_rotary(W, self.spec.num_heads)
+        elif info.module == "wk":
+            W = permute_rotary(W, self.spec.num_kv_heads)
+        return WeightMatrix(info, W, wm.synthetic, wm.singular_values)
+
+
+def hf_layout(source):
+    """``source`` in Hugging Face layout: :class:`Llama2cAsHF` for llama2.c, else itself."""
+    if getattr(source, "family", None) == "llama2c" and not isinstance(source, Llama2cAsHF):
+        return Llama2cAsHF(source)
+    return source
+
+
 class TunedWeights:
     """The fine-tuned side: a weight source, optionally with per-tensor updates applied on load.
 
     ``targets()`` and ``weight(info)`` mirror :class:`lowrank_lab.weights.WeightSource` so the
-    comparison loop reads one matrix at a time whatever the tuned weights are made of.
+    comparison loop reads one matrix at a time whatever the tuned weights are made of. ``base`` is
+    the base source in the same layout (see :class:`Llama2cAsHF`): compare against it.
     """
 
-    def __init__(self, source, *, overlay: dict | None = None, description: dict | None = None) -> None:
+    def __init__(
+        self, source, *, overlay: dict | None = None, description: dict | None = None, base=None
+    ) -> None:
         self.source = source
         self.overlay = overlay or {}  # tensor name -> callable(W) -> tuned W
         self.description = description or {}
+        self.base = base
 
     @property
     def family(self):
@@ -939,6 +998,9 @@ def open_tuned(
     if tuned is None and adapter_path is None:
         raise ValueError("give the fine-tuned weights with --tuned PATH, or the base plus --adapter PATH")
     desc: dict = {}
+    # Adapters are trained on the Hugging Face form of a model (load_hf_model, PEFT), so a llama2.c
+    # base is compared in that layout unless the tuned weights are a llama2.c checkpoint too.
+    hf_base = hf_layout(base_source)
     if tuned is not None:
         path, kind = resolve_tuned_path(tuned)
         if kind == "adapter":
@@ -948,17 +1010,23 @@ def open_tuned(
                     "pass one adapter (its base is --base)"
                 )
             adapter_path = path
-            inner = base_source
+            inner = hf_base
             desc["tuned"] = "base + adapter"
         else:
             inner = open_source(str(path))
             desc["tuned"] = str(path)
             desc["tuned_kind"] = kind
+            if adapter_path is not None:
+                inner = hf_layout(inner)
     else:
-        inner = base_source
+        inner = hf_base
         desc["tuned"] = "base + adapter"
+    native = getattr(inner, "family", None) == "llama2c" and not isinstance(inner, Llama2cAsHF)
+    base_view = base_source if native else hf_base
+    if base_view is not base_source:
+        desc["base_layout"] = "llama2.c converted to Hugging Face Llama (wq/wk rows permuted)"
     if adapter_path is None:
-        return TunedWeights(inner, description=desc)
+        return TunedWeights(inner, description=desc, base=base_view)
 
     kind = adapter_kind(adapter_path)
     if kind is None:
@@ -972,7 +1040,7 @@ def open_tuned(
     if kind == "peft":
         overlay, adesc = _peft_overlay(adapter_path, tensors=tensors)
     else:
-        if inner is not base_source:
+        if inner is not hf_base:
             raise ValueError(
                 "a lowrank_lab adapter is merged onto --base; it cannot be combined with a --tuned checkpoint"
             )
@@ -987,7 +1055,7 @@ def open_tuned(
             f"(targets look like {tensors[:2]}); was it trained on this base?"
         )
     desc.update(adesc)
-    return TunedWeights(inner, overlay=overlay, description=desc)
+    return TunedWeights(inner, overlay=overlay, description=desc, base=base_view)
 
 
 @dataclass(frozen=True)
@@ -999,9 +1067,18 @@ class MatrixPair:
 
 
 def pair_targets(
-    base_infos: Sequence, tuned_infos: Sequence, *, base_name: str = "base", tuned_name: str = "tuned"
+    base_infos: Sequence,
+    tuned_infos: Sequence,
+    *,
+    base_name: str = "base",
+    tuned_name: str = "tuned",
+    base_family: str | None = None,
+    tuned_family: str | None = None,
 ):
-    """Pair target matrices by (layer, module type), checking shapes, in the base's order.
+    """Pair target matrices by (layer, module), checking shapes, in the base's order.
+
+    Modules are compared through their Hugging Face suffix (:func:`lowrank_lab.weights.hf_module_suffixes`)
+    when the families are given, so llama2.c's ``wq`` pairs with Llama's ``q_proj``.
 
     Raises
     ------
@@ -1009,12 +1086,22 @@ def pair_targets(
         Naming the first base tensor that has no counterpart or another shape in the tuned weights,
         or the first tuned tensor that the base lacks.
     """
+
+    def keyer(family):
+        if family is None:
+            return lambda info: (info.layer, info.module)
+        from lowrank_lab.weights import hf_module_suffixes
+
+        suffixes = hf_module_suffixes(family)
+        return lambda info: (info.layer, suffixes.get(info.module, info.module))
+
+    base_key, tuned_key = keyer(base_family), keyer(tuned_family)
     by_key = {}
     for info in tuned_infos:
-        by_key.setdefault((info.layer, info.module), info)
+        by_key.setdefault(tuned_key(info), info)
     pairs = []
     for info in base_infos:
-        other = by_key.pop((info.layer, info.module), None)
+        other = by_key.pop(base_key(info), None)
         if other is None:
             raise ArchitectureMismatchError(
                 f"base tensor {info.tensor!r} (layer {info.layer}, {info.module}, {tuple(info.shape)}) "

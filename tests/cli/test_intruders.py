@@ -91,14 +91,18 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return {k: root / k for k in ("base", "tuned", "run", "peft", "merged_peft", "other_arch")}
 
 
-def _run(tmp_path: Path, *args: str, out: str = "out") -> tuple[int, Path]:
+def _run(tmp_path: Path, *args: str, out: str = "out", figures: bool = False) -> tuple[int, Path]:
     out_dir = tmp_path / out
-    code = cli.main([*args, "--out", str(out_dir), "--cache-dir", str(tmp_path / "cache")])
+    # Figures cost 1-3 s a run; one test checks them, the others ask for none.
+    extra = [] if figures else ["--no-figures"]
+    code = cli.main([*args, "--out", str(out_dir), "--cache-dir", str(tmp_path / "cache"), *extra])
     return code, out_dir
 
 
 def test_planted_intruder_found_and_every_output_written(tmp_path, models):
-    code, out = _run(tmp_path, "--base", str(models["base"]), "--tuned", str(models["tuned"]), "--sweep")
+    code, out = _run(
+        tmp_path, "--base", str(models["base"]), "--tuned", str(models["tuned"]), "--sweep", figures=True
+    )
     assert code == 0
     df = pd.read_csv(out / "intruders.csv")
     assert list(df.columns) == list(ix.ROW_COLUMNS)
@@ -400,3 +404,42 @@ def test_module_entry_point_runs(tmp_path, models):
         timeout=120,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+@pytest.mark.data
+def test_llama2c_base_against_its_hf_conversion(tmp_path, stories260k, capsys):
+    """stories260K (llama2.c) vs fine-tunes of the Hugging Face Llama it converts to: wq/wk rows are
+    permuted by the conversion, so the base is compared in HF layout. The unchanged conversion has
+    no intruders (similarities 1), and a PEFT LoRA on it gets PEFT's own counts."""
+    from peft import LoraConfig, get_peft_model
+
+    from lowrank_lab.weights import load_hf_model
+
+    hf = load_hf_model("stories260K", head="causal-lm")
+    hf.save_pretrained(tmp_path / "converted")
+    code, out = _run(
+        tmp_path, "--base", "stories260K", "--tuned", str(tmp_path / "converted"), "--side", "both"
+    )
+    assert code == 0
+    df = pd.read_csv(out / "intruders.csv")
+    assert df.tensor.nunique() == 35 and df.intruder.sum() == 0
+    assert (df.similarity > 0.9999).all(), df.groupby("module").similarity.min()
+
+    peft_model = get_peft_model(
+        hf, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"])
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, mod in peft_model.named_modules():
+            if hasattr(mod, "lora_B") and "default" in getattr(mod, "lora_B", {}):
+                scale = 0.5 if ".layers.0." in name or ".layers.1." in name else 0.005
+                mod.lora_B["default"].weight.copy_(
+                    scale * torch.randn(mod.lora_B["default"].weight.shape, generator=g)
+                )
+    peft_model.save_pretrained(tmp_path / "lora")
+    code, out = _run(tmp_path, "--base", "stories260K", "--adapter", str(tmp_path / "lora"), out="lora_out")
+    assert code == 0
+    ours = pd.read_csv(out / "intruders.csv").groupby("tensor").intruder.sum().to_dict()
+    theirs = _peft_log_counts(peft_model)
+    assert len(theirs) == 15 and {t: ours[t] for t in theirs} == theirs
+    assert sum(theirs.values()) > 0 and min(theirs.values()) == 0
