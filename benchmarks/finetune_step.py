@@ -150,7 +150,7 @@ def measure(method: str, spec, train, eval_, order, eval_idx, args, device) -> d
     return {
         "method": method,
         "trainable params": trainable,
-        "head params": head,
+        "head params": head if method != "peft-lora" else "– (inside PEFT's wrapper)",
         "load + init s": load_sw.seconds,
         "adapter init s": init_s,
         "step s (median)": timing.median,
