@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> dict:
         generator=args.seed,
         keep_matrix=True,
     )
-    best = None  # (count, -min similarity, tensor, side, record) of this run
+    best = None  # ((count, -min similarity), pair, side, record) of the worst matrix seen in this run
     base_seconds = tuned_seconds = 0.0
     computed = 0
     writer = RowWriter(out / "intruders.csv", ix.ROW_COLUMNS, ix.ROW_KEY, resume=args.resume)
