@@ -87,14 +87,18 @@ class RowWriter:
     def n_done(self) -> int:
         return len(self._done)
 
-    def write(self, row: Mapping[str, Any]) -> None:
+    def write(self, row: Mapping[str, Any], *, sync: bool = True) -> None:
+        """Append one row; with ``sync`` (the default) it is on disk when this returns."""
         self._writer.writerow({k: row.get(k) for k in self.columns})
-        self._sync()
+        if sync:
+            self._sync()
         self._done.add(self._key(row))
 
     def write_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows and sync once: an fsync per row cost 1.6 s of a 10 s MiniLM intruders run."""
         for row in rows:
-            self.write(row)
+            self.write(row, sync=False)
+        self._sync()
 
     def _sync(self) -> None:
         self._fh.flush()
