@@ -191,7 +191,10 @@ def cli_outputs(
         if found is not None:
             print(f"reading the saved results in {found}")
             return found
-    rel = Path(NOTEBOOK_SUBDIR) / f"{name}-small" if small_mode() else Path(full_out or Path(NOTEBOOK_SUBDIR) / name)
+    if small_mode():
+        rel = Path(NOTEBOOK_SUBDIR) / f"{name}-small"
+    else:
+        rel = Path(full_out) if full_out else Path(NOTEBOOK_SUBDIR) / name
     own = saved_result(rel, marker=marker)
     if own is not None:
         print(f"reading this notebook's earlier run in {own} (LOWRANK_LAB_FRESH=1 recomputes)")
@@ -221,7 +224,8 @@ def analysis_dir(
     saved = saved if saved is not None else str(model)
     return cli_outputs(
         "analyze", name=name, saved=saved, full_out=saved,
-        small_argv=["--model", str(model), *small_argv], full_argv=["--model", str(model), *(full_argv or [])],
+        small_argv=["--model", str(model), *small_argv],
+        full_argv=["--model", str(model), *(full_argv or [])],
     )
 
 

@@ -10,6 +10,7 @@ The notebooks are the product; this script only keeps their source reviewable as
 It is not part of the package and holds no algorithm: each notebook imports lowrank_lab, calls it, plots.
 """
 
+# ruff: noqa: E501  (the cell texts are notebook source, laid out for reading in Jupyter)
 from __future__ import annotations
 
 import sys
@@ -23,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 # Shared first code cell: mode, output folders, matplotlib.
 SETUP = '''\
 import os
+
 # MKL's OpenMP threads busy-wait between calls; on a shared 2-core CPU that makes small SVDs 100x
 # slower (see lowrank_lab/analyze.py). Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -33,8 +35,7 @@ if os.environ.get("LOWRANK_LAB_SMALL", "").lower() in ("1", "true", "yes", "on")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
+{numpy}import pandas as pd
 
 from lowrank_lab import notebook_support as nbs
 
@@ -44,6 +45,9 @@ pd.set_option("display.width", 160)
 pd.set_option("display.max_columns", 30)
 print(nbs.mode_line())
 print("figures ->", nbs.figures_dir(), "| tables ->", nbs.reports_dir())'''
+
+
+NUMPY = "import numpy as np\n"
 
 
 def md(text: str):
@@ -76,7 +80,7 @@ figures (../shared/REFERENCE.md):
 Then the closed form is checked against a *count* on a real model: each adapter is injected into
 the real all-MiniLM-L6-v2 and its `requires_grad` parameters are counted.
 '''),
-    code(SETUP.format(name="04_parameter_counts")),
+    code(SETUP.format(name="04_parameter_counts", numpy="")),
     code('''
 from lowrank_lab.adapters import ADAPTERS
 from lowrank_lab.params import parameter_table
@@ -97,7 +101,8 @@ NLoRA (Guo et al. 2025, arXiv 2502.14482) compares LoRA, SLoRA (LoRA with an r �
 '''),
     code('''
 ranks = [8, 16, 32, 64, 128, 256]
-params = parameter_table("llama-7b", ranks=ranks)   # = python -m lowrank_lab.params --model llama-7b --rank 8,...,256 --csv
+# the table of: python -m lowrank_lab.params --model llama-7b --rank 8,16,32,64,128,256 --csv
+params = parameter_table("llama-7b", ranks=ranks)
 print("targets:", params.targets.iloc[0], "| layers:", params.layers.iloc[0])
 trainable = params.set_index(["method", "rank"])["trainable"]
 
@@ -130,7 +135,7 @@ only the initialisation differs — against full fine-tuning of the whole model.
     code('''
 rank = 128
 rows = [{"method": "full fine-tuning (whole model)", "trainable": base}]
-rows += [{"method": f"full fine-tuning (target matrices only)", "trainable": count("full", rank)}]
+rows += [{"method": "full fine-tuning (target matrices only)", "trainable": count("full", rank)}]
 rows += [{"method": m, "trainable": count(m, rank)} for m in ["lora", "pissa", "pissa-fast", "milora"]]
 pissa_table = pd.DataFrame(rows)
 pissa_table["pct_of_base"] = 100 * pissa_table["trainable"] / base
@@ -201,6 +206,7 @@ one layer.
 '''),
     code('''
 import copy
+
 from lowrank_lab.adapters import inject, resolve_targets
 from lowrank_lab.weights import load_hf_model
 
@@ -220,7 +226,8 @@ for method, am in ADAPTERS.items():
 real = pd.DataFrame(rows)
 real["agree"] = real["counted"] == real["closed_form"]
 nbs.save_table(real, "04_minilm_counted_vs_closed_form", source=NOTEBOOK,
-               title=f"all-MiniLM-L6-v2, rank {rank}: trainable parameters counted after inject vs closed form")
+               title=f"all-MiniLM-L6-v2, rank {rank}: trainable parameters counted after inject "
+                     "vs closed form")
 assert real["agree"].all(), real[~real["agree"]]
 real
 '''),
@@ -248,7 +255,7 @@ what it costs, is measured here on **real** weights: all-MiniLM-L6-v2 (36 matric
 
 Small mode (`LOWRANK_LAB_SMALL=1`): MiniLM layer 0 only, two ranks, one timing repeat.
 '''),
-    code(SETUP.format(name="01_factorization_error_and_time")),
+    code(SETUP.format(name="01_factorization_error_and_time", numpy=NUMPY)),
     code('''
 from lowrank_lab.analysis.report import method_rank_table
 from lowrank_lab.linalg import FACTORIZATIONS
@@ -295,19 +302,21 @@ table
     code('''
 methods = list(dict.fromkeys(fact["method"]))
 fig, axes = plt.subplots(1, len(runs), figsize=(6.2 * len(runs), 4.3), squeeze=False, layout="constrained")
-for ax, name in zip(axes[0], runs):
+for ax, name in zip(axes[0], runs, strict=True):
     t = table[table.model == name]
     for k, m in enumerate(methods):
         d = t[t.method == m]
         (line,) = ax.plot(d["rank"], d["median_err_ratio"], marker="osD^v<>P"[k % 8], label=m)
-        ax.fill_between(d["rank"], d["median_err_ratio"], d["worst_err_ratio"], color=line.get_color(), alpha=0.12)
+        ax.fill_between(d["rank"], d["median_err_ratio"], d["worst_err_ratio"],
+                        color=line.get_color(), alpha=0.12)
     ax.axhline(1, color="k", lw=0.8, ls="--")
     ax.set_yscale("log")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(t["rank"].unique()), [str(r) for r in sorted(t["rank"].unique())])
     ax.set_xlabel("rank r")
     ax.set_ylabel("error ratio ‖W − Ŵ‖_F / ‖W − W_r‖_F")
-    ax.set_title(f"{name}: {fact[fact.model == name].tensor.nunique()} real matrices (median; band up to worst)")
+    n_matrices = fact[fact.model == name].tensor.nunique()
+    ax.set_title(f"{name}: {n_matrices} real matrices (median; band up to worst)")
     ax.grid(True, which="both", alpha=0.3)
 axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 print(nbs.save_figure(fig, "01_error_ratio_vs_rank"))
@@ -315,7 +324,7 @@ plt.show()
 '''),
     code('''
 fig, axes = plt.subplots(1, len(runs), figsize=(6.2 * len(runs), 4.3), squeeze=False, layout="constrained")
-for ax, name in zip(axes[0], runs):
+for ax, name in zip(axes[0], runs, strict=True):
     per = fact[fact.model == name].groupby(["method", "rank"])["init_seconds"].median().reset_index()
     for k, m in enumerate(methods):
         d = per[per.method == m]
@@ -368,6 +377,7 @@ adds one llama-7b-shaped matrix for that.
 '''),
     code('''
 import copy
+
 from lowrank_lab.adapters import ADAPTERS, inject, resolve_targets
 from lowrank_lab.analysis.factorization import error_ratio
 from lowrank_lab.linalg import factorize, optimal_error, relative_errors, singular_values
@@ -389,12 +399,14 @@ rows = []
 for rank in ranks:
     for niter in [None, *niters]:
         method, opts = ("pissa", {}) if niter is None else ("pissa-fast", {"n_iter": niter})
-        rep = inject(copy.deepcopy(minilm), method, rank=rank, targets=targets, generator=0, progress=False, **opts)
+        rep = inject(copy.deepcopy(minilm), method, rank=rank, targets=targets, generator=0,
+                     progress=False, **opts)
         ratios = []
         for t, W in weights.items():
             F = factorize(W, rank, "svd") if niter is None else factorize(W, rank, "rsvd", generator=0,
                                                                           n_iter=niter, **fast_opts)
-            ratios.append(error_ratio(relative_errors(W, F, spectral=False)[0], optimal_error(spectra[t], rank)[0]))
+            rel = relative_errors(W, F, spectral=False)[0]
+            ratios.append(error_ratio(rel, optimal_error(spectra[t], rank)[0]))
         rows.append({"init": "full SVD" if niter is None else f"niter={niter}", "rank": rank,
                      "matrices": len(rep.modules), "whole_model_init_seconds": rep.init_seconds,
                      "median_err_ratio": float(np.median(ratios)), "worst_err_ratio": float(np.max(ratios))})
@@ -402,7 +414,8 @@ pissa_time = pd.DataFrame(rows)
 pissa_wide = pissa_time.pivot(index="init", columns="rank", values="whole_model_init_seconds")
 pissa_wide = pissa_wide.loc[["full SVD"] + [f"niter={k}" for k in niters]]
 nbs.save_table(pissa_time, "01_pissa_init_time_minilm", source=NOTEBOOK,
-               title="PiSSA init time of the whole model (MiniLM): full SVD vs randomized SVD with niter power iterations")
+               title="PiSSA init time of the whole model (MiniLM): full SVD vs randomized SVD "
+                     "with niter power iterations")
 pissa_wide.round(4)
 '''),
     code('''
@@ -458,7 +471,8 @@ from lowrank_lab.utils.timing import time_call
 from lowrank_lab.weights import open_source
 
 if SMALL:
-    print("small mode: the 4096 x 4096 matrix is skipped (its full SVD alone takes longer than the whole notebook)")
+    print("small mode: the 4096 x 4096 matrix is skipped "
+          "(its full SVD alone takes longer than the whole notebook)")
 else:
     src = open_source("llama-7b", synthetic=True, targets="q_proj", layers="0", seed=0)
     wm = src.load(src.targets()[0])
@@ -475,7 +489,8 @@ else:
     big = pd.DataFrame(rows)
     big["speedup_vs_svd"] = big.seconds.iloc[0] / big.seconds
     nbs.save_table(big, "01_pissa_init_time_llama7b_qproj", source=NOTEBOOK,
-                   title=f"Full SVD vs randomized SVD (q = r) on one synthetic Llama-2-7B q_proj {tuple(W.shape)}, r = {rank}")
+                   title=f"Full SVD vs randomized SVD (q = r) on one synthetic Llama-2-7B q_proj "
+                         f"{tuple(W.shape)}, r = {rank}")
     display(big)
 '''),
 ]
@@ -503,22 +518,25 @@ lowrank_lab.analyze` run (issue 5): read from `reports/<model>/` when a full run
 else run here. Small mode keeps every MiniLM layer (stories260K: layers 0, 2, 4) and a single cheap
 factorization per matrix (svd at the smallest ranks).
 '''),
-    code(SETUP.format(name="02_spectra_of_real_weights")),
+    code(SETUP.format(name="02_spectra_of_real_weights", numpy=NUMPY)),
     code('''
 from IPython.display import Image, display
+
 from lowrank_lab.analysis.figures import plot_spectra
 from lowrank_lab.analysis.report import module_spectra_table
 
-runs = {"minilm": nbs.analysis_dir("minilm", name="02_minilm",
-                                   small_argv=["--methods", "svd", "--ranks", "8", "--repeats", "1", "--warmup", "0"])}
+runs = {"minilm": nbs.analysis_dir(
+    "minilm", name="02_minilm",
+    small_argv=["--methods", "svd", "--ranks", "8", "--repeats", "1", "--warmup", "0"])}
 stories = nbs.stories260k_path()
 if stories is None:
     print("stories260K: ../shared/data/models/stories260K/stories260K.bin not found -> that part is skipped")
 else:
-    runs["stories260K"] = nbs.analysis_dir(str(stories), name="02_stories260K", saved="stories260K",
-                                           small_argv=["--methods", "svd", "--ranks", "4,8,16", "--layers", "0,2,4",
-                                                       "--repeats", "1", "--warmup", "0"],
-                                           full_argv=["--ranks", "4,8,16"])
+    runs["stories260K"] = nbs.analysis_dir(
+        str(stories), name="02_stories260K", saved="stories260K",
+        small_argv=["--methods", "svd", "--ranks", "4,8,16", "--layers", "0,2,4", "--repeats", "1",
+                    "--warmup", "0"],
+        full_argv=["--ranks", "4,8,16"])
 spectra = {name: pd.read_csv(d / "spectra.csv") for name, d in runs.items()}
 values = {name: nbs.load_singular_values(d, list(spectra[name]["tensor"])) for name, d in runs.items()}
 for name in runs:
@@ -544,7 +562,7 @@ guides through σ_1, not fits).
 '''),
     code('''
 fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False, layout="constrained")
-for ax, name in zip(axes[0], runs):
+for ax, name in zip(axes[0], runs, strict=True):
     s = spectra[name]
     modules = list(dict.fromkeys(s.module))
     for k, module in enumerate(modules):
@@ -580,8 +598,8 @@ stats = [("stable_rank", "stable rank ‖W‖_F² / ‖W‖₂²"), ("effective_
 for name in runs:
     s = spectra[name]
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
-    for ax, (col, label) in zip(axes, stats):
-        for k, (module, g) in enumerate(s.groupby("module", sort=False)):
+    for ax, (col, label) in zip(axes, stats, strict=True):
+        for module, g in s.groupby("module", sort=False):
             g = g.sort_values("layer")
             if col == "alpha":
                 ax.errorbar(g.layer, g.alpha, yerr=g.alpha_sigma, marker="o", capsize=3, label=module)
@@ -606,7 +624,7 @@ is Σ_{i≤r} σ_i² / Σ σ_i², the most of ‖W‖_F² any rank-r adapter ini
 '''),
     code('''
 tables = []
-for name, d in runs.items():
+for name in runs:
     s = spectra[name]
     ranks = sorted(int(c.removeprefix("energy_r")) for c in s.columns if c.startswith("energy_r"))
     tables.append(module_spectra_table(s, ranks).assign(model=name))
@@ -622,10 +640,10 @@ cols = ["model", "tensor", "layer", "module", "m", "n", "spec_norm", "stable_ran
         "alpha", "alpha_sigma", "alpha_ks_d", "alpha_n_tail"]
 nbs.save_table(per_matrix[cols], "02_spectra_per_matrix", source=NOTEBOOK,
                title="Spectral statistics of every target matrix")
-print("stable rank / min(m, n), median per model:",
-      (per_matrix.stable_rank / per_matrix[["m", "n"]].min(axis=1)).groupby(per_matrix.model).median().round(4).to_dict())
-print("effective rank / min(m, n), median per model:",
-      (per_matrix.effective_rank / per_matrix[["m", "n"]].min(axis=1)).groupby(per_matrix.model).median().round(3).to_dict())
+min_dim = per_matrix[["m", "n"]].min(axis=1)
+for col in ["stable_rank", "effective_rank"]:
+    share = (per_matrix[col] / min_dim).groupby(per_matrix.model).median().round(4).to_dict()
+    print(f"{col} / min(m, n), median per model:", share)
 '''),
 ]
 
@@ -651,7 +669,7 @@ Neither NLoRA variant subtracts its product from the frozen base (no residual), 
 computes W + ΔW from step 0. This notebook measures (1) how well each variant approximates W,
 (2) ΔW and the change of the model's output at step 0, and (3) what that does to training.
 '''),
-    code(SETUP.format(name="03_nystrom_as_released_vs_textbook")),
+    code(SETUP.format(name="03_nystrom_as_released_vs_textbook", numpy=NUMPY)),
     md('''
 ## 1 · Approximation error on real weights
 
@@ -661,6 +679,7 @@ matrices: an approximation of W should have about W's norm.
 '''),
     code('''
 import torch
+
 from lowrank_lab.analysis.report import method_rank_table
 from lowrank_lab.linalg import factorize
 from lowrank_lab.weights import open_source
@@ -681,14 +700,15 @@ for wm in src:
     for r in ranks:
         for m in METHODS:
             F = factorize(W, r, m, generator=0)
+            size = torch.linalg.matrix_norm(F.reconstruct()) / torch.linalg.matrix_norm(W)
             rows.append({"tensor": wm.tensor, "module": wm.module, "method": m, "rank": r,
-                         "norm_ratio": float(torch.linalg.matrix_norm(F.reconstruct()) / torch.linalg.matrix_norm(W))})
+                         "norm_ratio": float(size)})
 scale = pd.DataFrame(rows)
-table = method_rank_table(fact).merge(
-    scale.groupby(["method", "rank"]).norm_ratio.agg(median_norm_ratio="median", max_norm_ratio="max").reset_index(),
-    on=["method", "rank"])
+sizes = scale.groupby(["method", "rank"]).norm_ratio.agg(median_norm_ratio="median", max_norm_ratio="max")
+table = method_rank_table(fact).merge(sizes.reset_index(), on=["method", "rank"])
 nbs.save_table(table, "03_nystrom_error", source=NOTEBOOK,
-               title="Nyström variants on real MiniLM weights: error ratio vs the optimum and ‖Ŵ‖_F/‖W‖_F")
+               title="Nyström variants on real MiniLM weights: error ratio vs the optimum, "
+                     "and ‖Ŵ‖_F/‖W‖_F")
 table[["method", "rank", "matrices", "median_err_ratio", "worst_err_ratio", "median_rel_err_fro",
        "median_norm_ratio", "max_norm_ratio"]]
 '''),
@@ -738,7 +758,9 @@ injection. LoRA (B = 0) and PiSSA (residual base) are the controls: both must le
 '''),
     code('''
 import copy
+
 from transformers import AutoTokenizer
+
 from lowrank_lab.adapters import inject, lowrank_modules
 from lowrank_lab.weights import load_hf_model, model_dir
 
@@ -757,7 +779,7 @@ mask = batch["attention_mask"].unsqueeze(-1).float()                      # (B, 
 def embed(model):
     with torch.no_grad():
         h = model(**batch).last_hidden_state                               # (B, T, 384)
-    return h, (h * mask).sum(1) / mask.sum(1)                              # mean pooling (sentence-transformers)
+    return h, (h * mask).sum(1) / mask.sum(1)  # mean pooling, as sentence-transformers embeds
 
 h0, e0 = embed(base)
 delta_rows, output_rows = [], []
@@ -773,8 +795,8 @@ for method in ADAPTER_METHODS:
                         "rel_change_hidden": float(((h - h0) * mask).norm() / (h0 * mask).norm()),
                         "embedding_cosine_min": float(torch.nn.functional.cosine_similarity(e, e0).min())})
 deltas = pd.DataFrame(delta_rows)
-step0 = pd.DataFrame(output_rows).merge(
-    deltas.groupby("method").rel_delta.agg(median_rel_delta="median", max_rel_delta="max").reset_index(), on="method")
+per_method = deltas.groupby("method").rel_delta.agg(median_rel_delta="median", max_rel_delta="max")
+step0 = pd.DataFrame(output_rows).merge(per_method.reset_index(), on="method")
 nbs.save_table(step0, "03_step0_change", source=NOTEBOOK,
                title=f"Step 0: how much each adapter changes MiniLM before any training (rank {rank})")
 step0
@@ -822,7 +844,8 @@ else:
                           "final_loss": r["train_loss"][-1] if r["train_loss"] else None,
                           "initial_metric": r.get("initial_metric"), "final_metric": r.get("final_metric"),
                           "trainable_params": r.get("trainable_params")} for r in records])
-    nbs.save_table(runs, "03_training", source=NOTEBOOK, title="SST-2 with MiniLM: Nyström variants vs LoRA/PiSSA")
+    nbs.save_table(runs, "03_training", source=NOTEBOOK,
+                   title="SST-2 with MiniLM: Nyström variants vs LoRA/PiSSA")
     display(runs)
 '''),
     code('''
@@ -862,11 +885,18 @@ study) when present; otherwise a study run here — SST-2 with MiniLM (small mod
 few steps on the query/value maps; full size: six methods, 300 steps, one seed). GLUE and GSM8K
 come from ../shared/data; without it this notebook says so and stops.
 '''),
-    code(SETUP.format(name="05_convergence")),
+    code(SETUP.format(name="05_convergence", numpy=NUMPY)),
     code('''
 from lowrank_lab.training import get_task
-from lowrank_lab.training.summary import (claims, load_records, loss_threshold, method_rows, method_table,
-                                          moving_average, smoothing_window)
+from lowrank_lab.training.summary import (
+    claims,
+    load_records,
+    loss_threshold,
+    method_rows,
+    method_table,
+    moving_average,
+    smoothing_window,
+)
 
 studies = {}
 for task in ["sst2", "rte", "gsm8k"]:
@@ -883,10 +913,11 @@ else:
               "--no-progress", "--rank", "8"]
     studies["sst2"] = nbs.cli_outputs(
         "finetune", name="05_finetune_sst2",
-        small_argv=[*common, "--methods", "lora,pissa,nlora", "--seeds", "0", "--steps", "10", "--batch-size", "8",
-                    "--max-length", "32", "--eval-samples", "32", "--eval-every", "5", "--targets", "query,value"],
-        full_argv=[*common, "--methods", "lora,slora,pissa,nlora,inttune,full", "--seeds", "0", "--steps", "300",
-                   "--eval-samples", "256", "--eval-every", "50"],
+        small_argv=[*common, "--methods", "lora,pissa,nlora", "--seeds", "0", "--steps", "10",
+                    "--batch-size", "8", "--max-length", "32", "--eval-samples", "32", "--eval-every", "5",
+                    "--targets", "query,value"],
+        full_argv=[*common, "--methods", "lora,slora,pissa,nlora,inttune,full", "--seeds", "0",
+                   "--steps", "300", "--eval-samples", "256", "--eval-every", "50"],
     )
 records = {task: load_records(sorted(d.glob("runs/*/run.json"))) for task, d in studies.items()}
 for task, recs in records.items():
@@ -900,8 +931,9 @@ Smoothed with the harness's own trailing window (`lowrank_lab.training.summary.s
 '''),
     code('''
 if records:
-    fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 4.2), squeeze=False, layout="constrained")
-    for ax, (task, recs) in zip(axes[0], records.items()):
+    fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 4.2), squeeze=False,
+                         layout="constrained")
+    for ax, (task, recs) in zip(axes[0], records.items(), strict=True):
         methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
         window = smoothing_window(max((len(r["train_loss"]) for r in recs), default=1))
         for k, m in enumerate(methods):
@@ -925,8 +957,9 @@ if records:
 '''),
     code('''
 if records:
-    fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 4.0), squeeze=False, layout="constrained")
-    for ax, (task, recs) in zip(axes[0], records.items()):
+    fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 4.0), squeeze=False,
+                         layout="constrained")
+    for ax, (task, recs) in zip(axes[0], records.items(), strict=True):
         spec = get_task(task)
         methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
         for k, m in enumerate(methods):
@@ -934,7 +967,8 @@ if records:
             if not evals:
                 continue
             steps = sorted(set.intersection(*[{e["step"] for e in ev} for ev in evals]))
-            vals = np.array([[next(e["metric"] for e in ev if e["step"] == s) for s in steps] for ev in evals])
+            vals = np.array([[next(e["metric"] for e in ev if e["step"] == s) for s in steps]
+                             for ev in evals])  # (seeds, evaluations)
             ax.errorbar(steps, vals.mean(0), yerr=vals.std(0) if len(evals) > 1 else None, marker="o", ms=3,
                         color=f"C{k}", capsize=2, label=m)
         ax.set_title(f"{task}: held-out {spec.metric} during training")
@@ -1003,7 +1037,7 @@ Small mode: LoRA r ∈ {1, 8} and full FT, 10 steps on the query/value maps — 
 pipeline; after so few steps the counts say nothing. Full size: r ∈ {1, 4, 8, 16, 64}, 300 steps on
 every linear map. Needs ../shared/data (GLUE SST-2).
 '''),
-    code(SETUP.format(name="06_intruder_dimensions")),
+    code(SETUP.format(name="06_intruder_dimensions", numpy="")),
     code('''
 import re
 
@@ -1016,7 +1050,8 @@ if nbs.shared_data() is None:
 else:
     common = ["--task", "sst2", "--model", "minilm", "--data-dir", str(nbs.shared_data()), "--seeds", "0",
               "--no-progress", *targets]
-    small = ["--steps", "10", "--batch-size", "8", "--max-length", "32", "--eval-samples", "32", "--eval-every", "0"]
+    small = ["--steps", "10", "--batch-size", "8", "--max-length", "32", "--eval-samples", "32",
+             "--eval-every", "0"]
     full = ["--steps", "300", "--eval-samples", "256"]
     for r in ranks:
         methods = "lora,full" if r == ranks[-1] else "lora"     # full FT does not depend on r: run it once
@@ -1038,9 +1073,10 @@ import json
 
 rows, sweeps, intruder_dirs = [], [], {}
 for label, d in run_dirs.items():
-    out = intruder_dirs[label] = nbs.cli_outputs("intruders", name=f"06_intruders_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}",
-                          small_argv=["--base", "minilm", "--tuned", str(d), "--sweep", *targets],
-                          full_argv=["--base", "minilm", "--tuned", str(d), "--sweep"])
+    out = intruder_dirs[label] = nbs.cli_outputs(
+        "intruders", name=f"06_intruders_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}",
+        small_argv=["--base", "minilm", "--tuned", str(d), "--sweep", *targets],
+        full_argv=["--base", "minilm", "--tuned", str(d), "--sweep"])
     cfg = json.loads((d / "run.json").read_text())["config"]
     info = {"run": label, "method": cfg["method"], "rank": cfg["rank"] if cfg["method"] != "full" else None}
     per = pd.read_csv(out / "intruders.csv")
@@ -1053,7 +1089,8 @@ counts = pd.DataFrame(rows, columns=["run", "method", "rank", "matrices", "intru
 sweep = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
 if not counts.empty:
     nbs.save_table(counts, "06_intruders_per_run", source=NOTEBOOK,
-                   title="Intruder dimensions (k = 10, ε = 0.5, left singular vectors) per fine-tuned MiniLM")
+                   title="Intruder dimensions (k = 10, ε = 0.5, left singular vectors) "
+                         "per fine-tuned MiniLM")
 counts
 '''),
     md('''
@@ -1070,8 +1107,9 @@ if not sweep.empty:
     for k, (run, g) in enumerate(total.groupby("run", sort=False)):
         m, r = g.method.iloc[0], g["rank"].iloc[0]
         label = "full fine-tuning" if m == "full" else f"{m} r = {int(r)}"
+        label += " (study)" if run.startswith("study:") else ""
         ax.plot(g.epsilon, g["count"], marker="o", ls="--" if m == "full" else "-",
-                color="k" if m == "full" else f"C{k}", label=label + (" (study)" if run.startswith("study:") else ""))
+                color="k" if m == "full" else f"C{k}", label=label)
     ax.set_xlabel("ε (similarity threshold)")
     ax.set_ylabel("intruder dimensions, summed over matrices")
     ax.set_title("Intruder count vs ε (top-10 left singular vectors)")
@@ -1097,7 +1135,8 @@ if not counts.empty:
     ax.set_xticks(list(lora["rank"]), [str(int(r)) for r in lora["rank"]])
     ax.set_xlabel("LoRA rank r")
     ax.set_ylabel("intruder dimensions at ε = 0.5 (all matrices)")
-    ax.set_title(f"Intruders vs rank, SST-2, MiniLM ({int(lora.matrices.max()) if len(lora) else 0} matrices)")
+    n_matrices = int(lora.matrices.max()) if len(lora) else 0
+    ax.set_title(f"Intruders vs rank, SST-2, MiniLM ({n_matrices} matrices)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     print(nbs.save_figure(fig, "06_intruders_vs_rank"))

@@ -27,13 +27,17 @@ CELL_TIMEOUT = 180
 
 
 def _snapshot(*dirs: Path) -> dict[str, float]:
-    # Left out: reports/benchmarks (benchmark scripts write there) and reports/README.md (hand-kept),
-    # which other work may touch while this test runs; no notebook writes either.
-    return {
+    """Modification times of the generated files a notebook could write, and of the notebooks."""
+    # Left out: reports/benchmarks and reports/finetune (written by the benchmark scripts and by
+    # `python -m lowrank_lab.finetune`'s default --out, which may run while this test does; a
+    # notebook always passes its own --out) and the hand-kept reports/README.md.
+    skip = {"benchmarks", "finetune"}
+    files = {
         str(p): p.stat().st_mtime
         for d in dirs if d.exists() for p in d.rglob("*")
-        if p.is_file() and "benchmarks" not in p.relative_to(d).parts and p.name != "README.md"
+        if p.is_file() and not skip & set(p.relative_to(d).parts[:1]) and p.name != "README.md"
     }
+    return {**files, **{str(p): p.stat().st_mtime for p in NOTEBOOKS}}
 
 
 def test_there_are_notebooks():
@@ -70,7 +74,7 @@ def test_notebook_runs_in_small_mode(path: Path, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("LOWRANK_LAB_CACHE", str(tmp_path / "cache"))  # intruders' base-SVD cache
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    before = {**_snapshot(REPO / "figures", REPO / "reports"), **{str(p): p.stat().st_mtime for p in NOTEBOOKS}}
+    before = _snapshot(REPO / "figures", REPO / "reports")
 
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
@@ -89,6 +93,6 @@ def test_notebook_runs_in_small_mode(path: Path, tmp_path: Path, monkeypatch: py
 
     written = list((tmp_path / "out").rglob("*.png"))
     assert written, f"{path.name} saved no figure under LOWRANK_LAB_OUTPUT_ROOT"
-    after = {**_snapshot(REPO / "figures", REPO / "reports"), **{str(p): p.stat().st_mtime for p in NOTEBOOKS}}
+    after = _snapshot(REPO / "figures", REPO / "reports")
     changed = sorted(k for k, v in after.items() if before.get(k) != v)
     assert not changed, f"{path.name} wrote into the checkout under test: {changed[:5]}"
