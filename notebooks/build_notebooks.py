@@ -1073,10 +1073,13 @@ import json
 
 rows, sweeps, intruder_dirs = [], [], {}
 for label, d in run_dirs.items():
+    # The study's own counts, when its author ran the intruders CLI with --sweep into
+    # <study>/intruders/<run>/ (where its summary.md looks), are read rather than redone.
+    saved = f"finetune/sst2/intruders/{d.name}" if label.startswith("study:") else None
     out = intruder_dirs[label] = nbs.cli_outputs(
         "intruders", name=f"06_intruders_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}",
         small_argv=["--base", "minilm", "--tuned", str(d), "--sweep", *targets],
-        full_argv=["--base", "minilm", "--tuned", str(d), "--sweep"])
+        full_argv=["--base", "minilm", "--tuned", str(d), "--sweep"], saved=saved, marker="sweep.csv")
     cfg = json.loads((d / "run.json").read_text())["config"]
     info = {"run": label, "method": cfg["method"], "rank": cfg["rank"] if cfg["method"] != "full" else None}
     per = pd.read_csv(out / "intruders.csv")
