@@ -319,7 +319,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return fact_w.done(key) or skip_w.done(key)
 
     counts = {"factorization": 0, "spectra": 0, "skipped": 0}
-    t_loop = time.perf_counter()
+    t_loop, cpu_loop = time.perf_counter(), time.process_time()
     try:
         with tqdm(infos, desc=src.name, unit="matrix", disable=None) as bar:
             for info in bar:
@@ -355,7 +355,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     wall = time.perf_counter() - t0
     meta.update(status="complete", rows_written=counts, matrices=len(infos),
-                loop_seconds=round(time.perf_counter() - t_loop, 3))
+                loop_seconds=round(time.perf_counter() - t_loop, 3),
+                loop_cpu_seconds=round(time.process_time() - cpu_loop, 3))
     write_run_json(out / "run.json", meta, wall_seconds=wall)
     write_summary(out, ranks=ranks, meta={**meta, "wall_seconds": wall}, model=src.name)
     make_figures(out, figures, model=src.name)
