@@ -5,6 +5,10 @@ calibration batch and returns its loss, or an iterable of such callables (one pe
 sample) whose gradients are summed — LoRA-SB sums per-sample gradients over 50 samples
 (``estimate_and_process_grads_torch`` in RaghavSinghal10/lora-sb) and only the sign of the sum is
 used, so the normalisation of each loss does not matter.
+
+Memory: one float32 gradient per target is held until every init is done — as much memory as the
+target weights in float32 (26 GB for all projections of a 7B model, as in LoRA-SB's own code,
+which keeps them on the CPU); restrict ``targets`` for large models.
 """
 
 from __future__ import annotations
