@@ -920,6 +920,7 @@ else:
                    "--steps", "300", "--eval-samples", "256", "--eval-every", "50"],
     )
 records = {task: load_records(sorted(d.glob("runs/*/run.json"))) for task, d in studies.items()}
+COLORS = plt.get_cmap("tab20")  # the full study has 15 methods: tab10 would repeat colours
 for task, recs in records.items():
     print(f"{task}: {len(recs)} runs,", pd.Series([r["status"] for r in recs]).value_counts().to_dict())
 '''),
@@ -943,9 +944,10 @@ if records:
             n = min(len(c) for c in curves)
             sm = np.array([moving_average(c[:n], window) for c in curves])      # (seeds, n)
             x = np.arange(1, n + 1)
-            ax.plot(x, sm.mean(0), color=f"C{k}", label=f"{m} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+            ax.plot(x, sm.mean(0), color=COLORS(k % 20), ls=["-", "--"][k // 10 % 2],
+                    label=f"{m} ({len(curves)} seed{'s' * (len(curves) > 1)})")
             if len(curves) > 1:
-                ax.fill_between(x, sm.min(0), sm.max(0), color=f"C{k}", alpha=0.2, lw=0)
+                ax.fill_between(x, sm.min(0), sm.max(0), color=COLORS(k % 20), alpha=0.2, lw=0)
         cfg = recs[0]["config"]
         ax.set_title(f"{task}, {cfg['model']}, r = {cfg['rank']}, batch {cfg['batch_size']}")
         ax.set_xlabel("step")
@@ -970,7 +972,7 @@ if records:
             vals = np.array([[next(e["metric"] for e in ev if e["step"] == s) for s in steps]
                              for ev in evals])  # (seeds, evaluations)
             ax.errorbar(steps, vals.mean(0), yerr=vals.std(0) if len(evals) > 1 else None, marker="o", ms=3,
-                        color=f"C{k}", capsize=2, label=m)
+                        color=COLORS(k % 20), capsize=2, label=m)
         ax.set_title(f"{task}: held-out {spec.metric} during training")
         ax.set_xlabel("step")
         ax.set_ylabel(spec.metric)
