@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from .policy import gaussian, make_generator, prepare, validate_rank
+from .policy import gaussian, make_generator, prepare, validate_matrix, validate_rank
 from .result import Factorization
 from .svd import svd_flip
 
@@ -44,20 +44,29 @@ def _lu_basis(Y: torch.Tensor) -> torch.Tensor:
     return L
 
 
-def _times(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """``W @ X`` for a thin ``X`` (n, l), computed as ``(Xᵀ Wᵀ)ᵀ``.
+# Products of W with a thin (l-column) panel are nearly all of a randomized SVD's cost. The same
+# product can be handed to BLAS in two operand orders, and with MKL on the CPU the faster one
+# depends on the thread count and l (float32, 4096² and 11008×4096, medians of interleaved runs):
+#   1 thread:  (Xᵀ Wᵀ)ᵀ is 20–30% faster than W @ X at every l in 18…138 (thread time);
+#   2 threads: W @ X is ~30% faster at l = 18, they tie at l ≈ 74, (Xᵀ Wᵀ)ᵀ is 7–12% faster at 138.
+# So: the thin-panel-on-the-left order when single-threaded or l >= 96, torch's plain order
+# otherwise and on GPUs (not measured there). Both compute the same product; results differ only
+# by the order of rounding.
+_THIN_LEFT_MIN_L = 96
 
-    Same product, other operand order: with MKL on the CPU, a GEMM whose *left* operand is the thin
-    panel takes 20–30% less time (thread time, 4096² and 11008×4096 float32, l = 18…138), and these
-    products are nearly all of a randomized SVD's cost. The result is a column-major view, the
-    layout LAPACK's QR/LU want anyway.
-    """
-    return (X.T @ W.T).T
+
+def _thin_left(W: torch.Tensor, l: int) -> bool:
+    return W.device.type == "cpu" and (torch.get_num_threads() == 1 or l >= _THIN_LEFT_MIN_L)
+
+
+def _times(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """``W @ X`` for a thin ``X`` (n, l); as ``(Xᵀ Wᵀ)ᵀ`` where that is faster (see above)."""
+    return (X.T @ W.T).T if _thin_left(W, X.shape[1]) else W @ X
 
 
 def _t_times(W: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """``Wᵀ @ Y`` for a thin ``Y`` (m, l), computed as ``(Yᵀ W)ᵀ`` (see :func:`_times`)."""
-    return (Y.T @ W).T
+    """``Wᵀ @ Y`` for a thin ``Y`` (m, l); as ``(Yᵀ W)ᵀ`` where that is faster (see above)."""
+    return (Y.T @ W).T if _thin_left(W, Y.shape[1]) else W.T @ Y
 
 
 def _normalize(Y: torch.Tensor, how: Normalizer) -> torch.Tensor:
@@ -146,15 +155,24 @@ def randomized_svd(
     -----
     Cost ≈ (2q + 2) · 2·m·n·l flops for the products with ``W``, plus O((m + n)·l²).
     """
-    Wc, prec = prepare(W, reference=reference, out_dtype=out_dtype)
+    # No separate pass over W to prove it finite: a NaN or Inf entry reaches every later product
+    # through W Ω (Ω has no zero entries), so checking the (m, l) basis is enough, and W is only
+    # scanned, for the error message, when that check fails. The pass cost 1-2% of a rank-8 call.
+    Wc, prec = prepare(W, reference=reference, out_dtype=out_dtype, check_finite=False)
     r = validate_rank(rank, Wc.shape)
     if oversample < 0 or n_iter < 0:
         raise ValueError(f"oversample and n_iter must be >= 0, got {oversample} and {n_iter}")
     size = min(r + oversample, min(Wc.shape))
     Q = randomized_range_finder(Wc, size, n_iter=n_iter, normalizer=normalizer, generator=generator)
+    if not bool(torch.isfinite(Q).all()):
+        validate_matrix(W)  # raises, counting the NaN/Inf entries
+        raise ValueError(
+            f"randomized_svd: W is finite (|W| <= {float(W.abs().max()):.3g}) but its sketch overflowed "
+            f"{Wc.dtype}; scale W down or pass reference=True"
+        )
     B = Q.T @ Wc  # (l, n)
     Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
-    U, Vh = svd_flip(Q @ Ub[:, :r], Vh[:r])
+    U, Vh = svd_flip((Q @ Ub)[:, :r], Vh[:r])  # Q @ Ub then slice: a sliced Ub is a strided GEMM operand
     return Factorization(
         left=U.to(prec.output),
         core=S[:r].to(prec.output),

@@ -149,6 +149,21 @@ def test_normalizers_span_the_same_subspace(normalizer):
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+def test_finiteness_is_checked_on_the_sketch():
+    # randomized_svd skips the pass over W that proves it finite and checks its (m, l) basis
+    # instead: NaN/Inf entries still get the counted message, and an overflowing sketch of a
+    # finite W says so rather than returning NaN factors.
+    W = torch.randn(30, 20, generator=_gen(21))
+    W[2, 3] = float("nan")
+    with pytest.raises(ValueError, match="W has 1 NaN and 0 Inf entries out of 600"):
+        randomized_svd(W, 4)
+    with pytest.raises(ValueError, match=r"W is finite \(\|W\| <= 3e\+37\) but its sketch overflowed"):
+        randomized_svd(torch.full((30, 20), 3e37), 4)
+    # float64 holds it (σ₁ = 7.3e38 is beyond float32, hence out_dtype)
+    f = randomized_svd(torch.full((30, 20), 3e37), 4, reference=True, out_dtype=torch.float64)
+    assert float(f.core[0]) == pytest.approx(3e37 * 600**0.5)
+
+
 def test_bad_options_are_rejected():
     W = torch.randn(10, 8)
     with pytest.raises(ValueError, match="normalizer must be 'qr', 'lu' or 'none', got 'svd'"):
