@@ -22,7 +22,13 @@ from collections.abc import Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-from lowrank_lab.training.config import DEFAULT_LR, HEAD_ONLY, LR_SOURCES, RunConfig  # noqa: E402
+from lowrank_lab.training.config import (  # noqa: E402
+    DEFAULT_HEAD_LR,
+    DEFAULT_LR,
+    HEAD_ONLY,
+    LR_SOURCES,
+    RunConfig,
+)
 from lowrank_lab.training.study import run_study, summarize_existing  # noqa: E402
 from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, default_data_dir, get_task  # noqa: E402
 
@@ -45,7 +51,8 @@ tasks: {", ".join(f"{k} ({v.metric})" for k, v in TASKS.items())}
 methods: every name of lowrank_lab.adapters.ADAPTERS (lora, pissa, pissa-fast, milora, olora,
   lora-xs, lora-sb, slora, nlora, nlora-pinv, nlora-sketch, inttune, loldu, full) plus '{HEAD_ONLY}'
   (no adapter: only the task head trains — the control that shows what the head alone reaches).
-default learning rates (--lr overrides): {", ".join(f"{f}/{k}: {v:g}" for (f, k), v in DEFAULT_LR.items())}
+default learning rates (--lr overrides): {", ".join(f"{f}/{k}: {v:g}" for (f, k), v in DEFAULT_LR.items())};
+  the GLUE task head: {DEFAULT_HEAD_LR:g} for every method (--head-lr)
   sources — {"; ".join(f"{k}: {v}" for k, v in LR_SOURCES.items())}
 outputs in --out: runs/<run>/run.json (config, per-step loss, evals, wall time, peak memory,
   trainable params, init time), runs/<run>/merged/ (merged model, safetensors, for
@@ -181,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--head-lr",
         type=_positive(float),
         default=None,
-        help="learning rate of the task head (default: the method's), e.g. --head-lr 1e-3",
+        help="learning rate of the new task head, the same for every method (default 4e-4, LoRA's "
+        "GLUE rate) so that the head's speed is not charged to the method, e.g. --head-lr 1e-3",
     )
     p.add_argument(
         "--warmup-ratio",

@@ -33,8 +33,13 @@ Trainer's ``max_grad_norm`` default). Rank 8 and alpha = rank (scale s = 1) foll
 setting (r = 8, alpha = 8) and PiSSA/NLoRA's alpha = r.
 
 Heads: for GLUE the task head (``classifier``, new and randomly initialised) trains with every
-method, as PEFT's ``modules_to_save`` does for sequence classification; the pre-trained pooler
-stays frozen except under ``full``. For GSM8K no head trains (the LM head is pre-trained).
+method, as PEFT's ``modules_to_save`` does for sequence classification, and at one rate for every
+method, ``DEFAULT_HEAD_LR`` = 4e-4 (LoRA's GLUE rate, Table 9, at which LoRA's classifier trains):
+the head is not part of the method being compared, and at full fine-tuning's 2e-5 a random head
+barely moves in a few hundred steps, which would charge the head's slowness to the method.
+The pre-trained pooler and the embeddings stay frozen for every method (``full`` trains the
+target linear maps of the blocks, as ``lowrank_lab.adapters.inject`` defines it). For GSM8K no head
+trains (the LM head is pre-trained and tied to the embedding).
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ HEAD_ONLY = "head"
 
 #: Methods that train only a small core between frozen factors.
 CORE_ONLY_METHODS = frozenset({"inttune", "lora-xs", "lora-sb", "loldu", "svft"})
+
+#: Learning rate of the new task head, the same for every method (see the module docstring).
+DEFAULT_HEAD_LR = 4e-4
 
 #: (family, task kind) -> learning rate; see the module docstring for sources.
 DEFAULT_LR: dict[tuple[str, str], float] = {
@@ -113,7 +121,7 @@ class RunConfig:
     batch_size: int = 16
     max_length: int | None = None  # None: the task's default (64 GLUE, 512 GSM8K)
     lr: float | None = None
-    head_lr: float | None = None  # None: same as lr (one rate, as PEFT/HF Trainer)
+    head_lr: float | None = None  # None: DEFAULT_HEAD_LR for every method
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -127,6 +135,9 @@ class RunConfig:
 
     def resolved_lr(self, task_kind: str) -> float:
         return float(self.lr) if self.lr is not None else default_lr(self.method, task_kind)
+
+    def resolved_head_lr(self) -> float:
+        return float(self.head_lr) if self.head_lr is not None else DEFAULT_HEAD_LR
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -296,7 +296,7 @@ def train_run(
     device = torch.device(cfg.device)
     t_start = time.perf_counter()
     lr = cfg.resolved_lr(spec.kind)
-    head_lr = float(cfg.head_lr) if cfg.head_lr is not None else lr
+    head_lr = cfg.resolved_head_lr()
     order = batch_order(len(train), cfg.steps, cfg.batch_size, cfg.seed)  # (steps, B)
     n_eval = spec.default_eval_samples if cfg.eval_samples is None else cfg.eval_samples
     eval_idx = eval_subset(len(eval_), n_eval)

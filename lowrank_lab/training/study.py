@@ -185,6 +185,10 @@ def run_study(
             if rec is None or rec.get("status") not in ("finished", "diverged"):
                 continue
             diff = cfg.differences(rec.get("config", {}))
+            # Defaults can change between versions: compare the rates the run actually used.
+            for key, want in (("lr", cfg.resolved_lr(spec.kind)), ("head_lr", cfg.resolved_head_lr())):
+                if rec.get(key) is not None and float(rec[key]) != want:
+                    diff[f"{key} used"] = (rec[key], want)
             if diff:
                 shown = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
                 raise StudyResumeError(
@@ -324,12 +328,20 @@ def find_intruders(out: Path, records: list[dict[str, Any]]) -> str | None:
         return None
     lo, fu = stat(counts["lora"]), stat(counts["full"])
     d, se = _diff(lo, fu, None)
-    if math.isfinite(se):
+    if lo.mean == 0 and fu.mean == 0:
+        v = "inconclusive"  # no method moved its top singular vectors: the test has no power here
+    elif math.isfinite(se):
         v = verdict(d, se)
     else:
         v = "confirms" if d > 0 else "contradicts"
     listed = ", ".join(f"{m} {stat(c).fmt('.1f')}" for m, c in counts.items())
-    none = "; LoRA shows no intruder dimension at this training length" if lo.mean == 0 else ""
+    none = ""
+    if lo.mean == 0:
+        none = "; LoRA shows no intruder dimension at this training length" + (
+            " (nor does full fine-tuning: the updates are too small to rotate the top singular vectors)"
+            if fu.mean == 0
+            else ""
+        )
     return (
         f"{v}: intruder dimensions (top-10 left singular vectors, ε as run) summed over matrices, "
         f"mean ± sd over seeds: {listed} (from intruders/<run>/intruders.csv){none}"
@@ -402,5 +414,13 @@ def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, 
     if not recs:
         raise FileNotFoundError(f"no run records for task {spec.name} under {out / 'runs'}")
     if not methods:
-        methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
+        # the order of the study's command, as runs.csv keeps it (else the directory order)
+        order: list[str] = []
+        csv_path = out / "runs.csv"
+        if csv_path.is_file():
+            import pandas as pd
+
+            order = list(dict.fromkeys(pd.read_csv(csv_path)["method"].astype(str)))
+        found = list(dict.fromkeys(r["config"]["method"] for r in recs))
+        methods = [m for m in order if m in found] + [m for m in found if m not in order]
     return write_study_outputs(out, recs, methods, spec, **kw)

@@ -404,8 +404,9 @@ def render_summary(
         f"- Machine: {meta.get('device')}, torch {meta.get('versions', {}).get('torch')}, "
         f"commit {meta.get('git_commit')}",
         "- Learning rates per family: " + "; ".join(f"{k}: {v}" for k, v in LR_SOURCES.items()),
-        "- The task head (`classifier`) trains with every method (PEFT's `modules_to_save`); "
-        "'trainable' counts it. `full` trains every target linear weight plus the head.",
+        "- The task head (`classifier`) trains with every method (PEFT's `modules_to_save`) at one rate, "
+        f"{records[0].get('head_lr') if records else '?'}; 'trainable' counts it. `full` trains every "
+        "linear map of the blocks plus the head (embeddings, LayerNorms and the pooler stay frozen).",
         "",
         f"## {label} (mean ± sd over seeds) and convergence",
         "",

@@ -63,6 +63,8 @@ def test_record_fields_and_eval_schedule(glue_dir, bert_tokenizer, tiny_bert):
     per_layer = 2 * (3 * (32 + 32) + (32 + 32) + (32 + 64) + (64 + 32))
     assert rec["adapter_params"] == 2 * per_layer
     assert rec["lr"] == default_lr("lora", "classification") == 4e-4
+    assert rec["head_lr"] == 4e-4  # one head rate for every method
+    assert train_run(_cfg("full", steps=1), spec, tr, ev, tiny_bert(2))["head_lr"] == 4e-4
     assert rec["peak_memory_mb"] > 0 and rec["memory_kind"] == "rss"
     assert rec["init_seconds"] >= 0 and rec["seconds_per_step"] > 0
     assert (
@@ -94,7 +96,9 @@ def test_nan_loss_stops_the_run_naming_method_and_step(glue_dir, bert_tokenizer,
 
 def test_exploding_loss_stops_the_run(glue_dir, bert_tokenizer, tiny_bert):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
-    rec = train_run(_cfg("full", lr=50.0, steps=30, explode_factor=1.5), spec, tr, ev, tiny_bert(2))
+    rec = train_run(
+        _cfg("full", lr=50.0, head_lr=50.0, steps=30, explode_factor=1.5), spec, tr, ev, tiny_bert(2)
+    )
     assert rec["status"] == "diverged"
     assert f"stopped at step {rec['diverged_step']}" in rec["message"]
     assert "full (seed 0)" in rec["message"] and "lower --lr (was 50)" in rec["message"]

@@ -124,6 +124,11 @@ def test_resume_skips_finished_runs_and_rejects_other_settings(
         StudyResumeError, match=r"lora-r2-seed0 was made with other settings \(steps: stored 3, asked 5\)"
     ):
         _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True, base={"steps": 5})
+    # a default that changed between versions: the stored config says lr None both times, but the
+    # rate the run used differs from today's default, so the run is not the one asked for
+    monkeypatch.setattr(config_mod, "DEFAULT_HEAD_LR", 1e-3)
+    with pytest.raises(StudyResumeError, match=r"head_lr used: stored 0.0004, asked 0.001"):
+        _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
 
 
 def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
@@ -139,6 +144,14 @@ def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer
     assert intruder_counts(out, records) == {"full": [0.0], "lora": [2.0]}  # right side not counted
     line = find_intruders(out, records)
     assert line.startswith("confirms: intruder dimensions") and "lora 2.0" in line and "full 0.0" in line
+    for run in ("lora-r2-seed0", "full-seed0"):  # nobody has intruders: the test had no power
+        pd.DataFrame({"side": ["left"], "intruder": [0]}).to_csv(out / "intruders" / run / "intruders.csv")
+    assert find_intruders(out, records).startswith("inconclusive: ")
+    assert "nor does full fine-tuning" in find_intruders(out, records)
+    for run, flags in (("lora-r2-seed0", [1, 1, 0, 1]), ("full-seed0", [0, 0, 0, 0])):
+        pd.DataFrame({"side": ["left", "left", "left", "right"], "intruder": flags}).to_csv(
+            out / "intruders" / run / "intruders.csv", index=False
+        )
     path = summarize_existing(out, [], study_mod.get_task("sst2"))
     assert "**confirms**: intruder dimensions" in path.read_text()
     with pytest.raises(FileNotFoundError, match="no run records for task rte"):
