@@ -109,32 +109,74 @@ def optimal_error(S: torch.Tensor, rank: int) -> tuple[float, float]:
     return (tail / total) ** 0.5, float(S[rank] / S[0])
 
 
-def spectral_norm_estimate(A: torch.Tensor, *, n_iter: int = 30, generator: torch.Generator | None = None) -> float:
-    """Largest singular value of ``A`` by power iteration on ``AᵀA`` (Golub & Van Loan, §8.2).
+def spectral_norm_estimate(A: torch.Tensor, *, n_iter: int = 20, generator: torch.Generator | None = None) -> float:
+    """Largest singular value of ``A`` by Golub–Kahan–Lanczos bidiagonalization.
 
-    Costs ``4·m·n·n_iter`` flops instead of an SVD. It converges from below: the result is a lower
-    bound whose relative gap shrinks like (σ₂/σ₁)^(2·n_iter).
+    ``n_iter`` steps of Golub & Kahan's (1965) bidiagonalization from a Gaussian start, with full
+    re-orthogonalisation (Golub & Van Loan, §10.4), then the top singular value of the small
+    bidiagonal matrix. It is a lower bound on ‖A‖₂ that converges like a Krylov method — far faster
+    than power iteration on the slowly decaying spectra of weights and their residuals, where 30
+    power steps still read ‖·‖₂ about 2% low and 20 Lanczos steps agree with the SVD to ~1e-4.
+    Every step is two matrix–vector products: on the CPU a product with an (n, b) block costs 5–40×
+    a matrix–vector product for small b (MKL, 11008×4096 float32), so block methods lose here.
     """
+    m, n = A.shape
+    k = max(1, min(n_iter, m, n))  # the Krylov space cannot grow past min(m, n)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    x = torch.randn(A.shape[1], 1, generator=g, device=g.device).to(device=A.device, dtype=A.dtype)
-    x = x / torch.linalg.vector_norm(x)
-    for _ in range(n_iter):
-        x = A.T @ (A @ x)
-        nx = float(torch.linalg.vector_norm(x))
-        if nx == 0.0:
-            return 0.0
-        x = x / nx
-    return float(torch.linalg.vector_norm(A @ x))
+    v = torch.randn(n, generator=g, device=g.device).to(device=A.device, dtype=A.dtype)
+    v = v / torch.linalg.vector_norm(v)
+    U = torch.zeros(k, m, dtype=A.dtype, device=A.device)
+    V = torch.zeros(k + 1, n, dtype=A.dtype, device=A.device)
+    V[0] = v
+    alphas: list[float] = []
+    betas: list[float] = []
+    # Breakdown: a new direction shorter than sqrt(eps) of the largest entry means the Krylov space
+    # is (numerically) invariant. Stopping there changes the estimate by at most that relative
+    # amount; going on would normalise roundoff into a direction the recurrence does not describe.
+    tol = torch.finfo(A.dtype).eps ** 0.5
+    for j in range(k):
+        u = A @ V[j]
+        u = u - U[:j].T @ (U[:j] @ u)  # full re-orthogonalisation keeps the bidiagonal honest
+        alpha = float(torch.linalg.vector_norm(u))
+        if alpha <= tol * max(alphas + betas, default=0.0) or alpha == 0.0:
+            break
+        alphas.append(alpha)
+        U[j] = u / alpha
+        w = A.T @ U[j]
+        w = w - V[: j + 1].T @ (V[: j + 1] @ w)
+        beta = float(torch.linalg.vector_norm(w))
+        betas.append(beta)
+        if beta <= tol * max(alphas + betas):
+            break
+        V[j + 1] = w / beta
+    if not alphas:
+        return 0.0
+    # U_kᵀ A V_{k+1} is k × (k+1) upper bidiagonal (α on the diagonal, β above it): a compression
+    # of A, so its top singular value is a lower bound on ‖A‖₂.
+    k = len(alphas)
+    B = torch.zeros(k, k + 1, dtype=torch.float64)
+    B[range(k), range(k)] = torch.tensor(alphas, dtype=torch.float64)
+    B[range(k), range(1, k + 1)] = torch.tensor(betas, dtype=torch.float64)
+    return float(torch.linalg.svdvals(B)[0])
 
 
 def relative_errors(
-    W: torch.Tensor, fact: Factorization, *, spectral: bool = True, n_iter: int = 30
+    W: torch.Tensor,
+    fact: Factorization,
+    *,
+    spectral: bool = True,
+    n_iter: int = 20,
+    norms: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
     """``(‖W − Ŵ‖_F / ‖W‖_F, ‖W − Ŵ‖₂ / ‖W‖₂)`` for the approximation ``Ŵ`` held by ``fact``.
 
-    Computed in float32 at least (float64 when ``W`` is float64). The spectral norms come from
-    :func:`spectral_norm_estimate` (power iteration), so no SVD of the ``(m, n)`` residual
-    is taken; pass ``spectral=False`` to skip it (NaN is returned).
+    Computed in float32 at least (float64 when ``W`` is float64). The spectral norm of the residual
+    comes from :func:`spectral_norm_estimate` (``n_iter`` Lanczos steps), so no SVD of
+    the ``(m, n)`` residual is taken; pass ``spectral=False`` to skip it (NaN is returned).
+
+    ``norms=(‖W‖_F, ‖W‖₂)`` supplies the denominators when the caller already knows them (from the
+    singular values, say); otherwise they are computed here. Comparing many factorizations of one
+    matrix, passing them saves one Lanczos run per call.
     """
     validate_matrix(W)
     cdt = torch.float64 if W.dtype == torch.float64 else torch.float32
@@ -144,13 +186,12 @@ def relative_errors(
     core = None if fact.core is None else fact.core.to(device=Wc.device, dtype=cdt)
     if core is not None:
         left = left * core if core.ndim == 1 else left @ core
-    w_fro = float(torch.linalg.matrix_norm(Wc))
+    w_fro = float(torch.linalg.matrix_norm(Wc)) if norms is None else float(norms[0])
     if w_fro == 0.0:
         return 0.0, 0.0
     R = Wc - left @ right
     rel_fro = float(torch.linalg.matrix_norm(R)) / w_fro
     if not spectral:
         return rel_fro, float("nan")
-    w_spec = spectral_norm_estimate(Wc, n_iter=n_iter)
-    r_spec = spectral_norm_estimate(R, n_iter=n_iter)
-    return rel_fro, r_spec / w_spec
+    w_spec = spectral_norm_estimate(Wc, n_iter=n_iter) if norms is None else float(norms[1])
+    return rel_fro, spectral_norm_estimate(R, n_iter=n_iter) / w_spec
