@@ -109,8 +109,17 @@ def merge_csv_parts(
     path: Path, parts: Sequence[Path], *, order: Callable[[pd.DataFrame], pd.DataFrame], key: Sequence[str]
 ) -> pd.DataFrame:
     """Concatenate ``path`` (if present) and the part files, drop duplicate keys, sort with ``order``,
-    and write ``path`` atomically. Returns the merged frame."""
-    frames = [pd.read_csv(p) for p in [path, *parts] if p.exists() and p.stat().st_size > 0]
+    and write ``path`` atomically. Returns the merged frame.
+
+    Cells are read and written as text, so every value keeps the exact spelling its writer gave it
+    (no ``3`` → ``3.0`` from a column pandas would read as float): a merged file is byte-for-byte
+    the rows a single process would have written, in the order ``order`` gives.
+    """
+    frames = [
+        pd.read_csv(p, dtype=str, keep_default_na=False)
+        for p in [path, *parts]
+        if p.exists() and p.stat().st_size > 0
+    ]
     frames = [f for f in frames if not f.empty] or frames[:1]
     merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if not merged.empty:

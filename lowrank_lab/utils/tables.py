@@ -65,14 +65,7 @@ class RowWriter:
         if not text.endswith("\n"):  # torn last line from an interrupted write
             text = text[: text.rfind("\n") + 1]
             self.path.write_text(text)
-        rows = list(csv.DictReader(text.splitlines()))
-        header = text.splitlines()[0].split(",") if text else []
-        if header != self.columns:
-            raise ValueError(
-                f"cannot resume {self.path}: its columns {header} differ from {self.columns}; "
-                "use a new --out or delete the file"
-            )
-        self._done = {self._key(r) for r in rows}
+        self._done = read_keys(self.path, self.key_columns, columns=self.columns)
 
     def _key(self, row: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(_fmt(row[k]) for k in self.key_columns)
@@ -113,6 +106,32 @@ class RowWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_keys(
+    path: str | Path, key_columns: Sequence[str], *, columns: Sequence[str] | None = None
+) -> set[tuple[str, ...]]:
+    """The key tuples (as text, as :meth:`RowWriter.done` compares them) of the complete rows of a
+    CSV file, without opening it for writing; an absent or empty file has none.
+
+    ``columns``, when given, must equal the file's header (else ValueError: resuming into a file
+    of another layout would mix rows).
+    """
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]  # a torn last row is not a row
+    if not lines:
+        return set()
+    header = next(csv.reader([lines[0]]))
+    if columns is not None and header != list(columns):
+        raise ValueError(
+            f"cannot resume {path}: its columns {header} differ from {list(columns)}; "
+            "use a new --out or delete the file"
+        )
+    return {tuple(_fmt(r[k]) for k in key_columns) for r in csv.DictReader(lines)}
 
 
 def _fmt(value: Any) -> str:

@@ -56,8 +56,8 @@ def test_merge_orders_rows_and_drops_duplicate_keys(tmp_path) -> None:
     merged = merge_csv_parts(final, existing_parts(final), order=lambda df: df.sort_values("tensor"),
                              key=["tensor", "rank"])
     assert merged["tensor"].tolist() == ["a", "b", "c"]
-    assert merged.loc[0, "v"] == 1.5  # a part's row wins over the stale final row
-    assert pd.read_csv(final).equals(merged)
+    assert merged.loc[0, "v"] == "1.5"  # a part's row wins over the stale final row; cells stay text
+    assert pd.read_csv(final, dtype=str).equals(merged)
 
 
 def test_without_torchrun_environment_the_run_is_single_process(monkeypatch) -> None:

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from lowrank_lab.utils.provenance import run_metadata, write_run_json
+from lowrank_lab.utils.timing import Stopwatch, time_call
+
+
+def test_time_call_reports_the_median_of_the_timed_repeats() -> None:
+    calls = []
+
+    def fn() -> int:
+        calls.append(1)
+        time.sleep(0.002 * len(calls))
+        return len(calls)
+
+    res = time_call(fn, repeats=3, warmup=2)
+    assert len(calls) == 5 and res.result == 5 and len(res.times) == 3
+    assert res.median == sorted(res.times)[1] and res.median >= 0.008
+    with pytest.raises(ValueError, match="repeats"):
+        time_call(fn, repeats=0)
+
+
+def test_stopwatch_measures_its_block() -> None:
+    with Stopwatch("cpu") as sw:
+        time.sleep(0.01)
+    assert sw.seconds >= 0.01
+
+
+def test_run_json_records_how_the_file_was_made(tmp_path) -> None:
+    meta = run_metadata(["-m", "lowrank_lab.analyze", "--seed", "3"], seed=3, device="cpu", extra={"k": 1})
+    path = write_run_json(tmp_path / "run.json", meta, wall_seconds=1.23456)
+    rec = json.loads(path.read_text())
+    assert rec["command"].endswith("-m lowrank_lab.analyze --seed 3")
+    assert rec["seed"] == 3 and rec["k"] == 1 and rec["wall_seconds"] == 1.235
+    assert rec["versions"]["torch"] and rec["threads"] >= 1 and rec["device"].startswith("cpu")
+    assert not list(tmp_path.glob("*.tmp"))
