@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lowrank_lab.linalg import (
+    Factorization,
     optimal_error,
     relative_errors,
     singular_values,
@@ -192,3 +193,18 @@ def test_relative_errors_of_half_precision_factors_are_computed_in_float32():
     fro, _ = relative_errors(W.bfloat16(), f, spectral=False)
     # Full-rank bf16 factors: only their own rounding (2^-8) remains, not a bf16 residual.
     assert 0 < fro < 2e-2
+
+
+def test_relative_errors_of_a_large_float32_matrix_are_accurate():
+    # torch.linalg.matrix_norm accumulates 4M float32 squares: ~1e-4 off at 2048² (3e-3 at
+    # 11008×4096), and the errors of numerator and denominator need not cancel — here a rank-1
+    # matrix plus 1% noise, whose residual is the noise, read 1.0e-4 off. relative_errors must
+    # match float64 to ~1e-7.
+    g = torch.Generator().manual_seed(11)
+    u, v = torch.randn(2048, 1, generator=g), torch.randn(1, 2048, generator=g)
+    W = u @ v + 1e-2 * torch.randn(2048, 2048, generator=g)
+    f = Factorization(left=u, right=v)
+    expected = float(
+        torch.linalg.matrix_norm(W.double() - (u @ v).double()) / torch.linalg.matrix_norm(W.double())
+    )
+    assert relative_errors(W, f, spectral=False)[0] == pytest.approx(expected, rel=1e-7)
