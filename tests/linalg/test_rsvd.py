@@ -262,3 +262,23 @@ def test_lu_basis_is_P_times_L(shape, kind):
     P, L, _ = torch.linalg.lu(Y)
     B = _lu_basis(Y.clone())
     assert torch.equal(B, P @ L)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("width", [5, 100])
+def test_both_operand_orders_compute_the_same_products(threads, width):
+    # rsvd picks the GEMM operand order by thread count and panel width (MKL timing); whichever
+    # branch runs, the products are W @ X and Wᵀ @ Y up to rounding.
+    from lowrank_lab.linalg.rsvd import _t_times, _times
+
+    g = _gen(22)
+    W = torch.randn(120, 110, generator=g, dtype=torch.float64)
+    X = torch.randn(110, width, generator=g, dtype=torch.float64)
+    Y = torch.randn(120, width, generator=g, dtype=torch.float64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        torch.testing.assert_close(_times(W, X), W @ X, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(_t_times(W, Y), W.T @ Y, rtol=1e-12, atol=1e-12)
+    finally:
+        torch.set_num_threads(before)
