@@ -170,7 +170,7 @@ def randomized_svd(
             f"randomized_svd: W is finite (|W| <= {float(W.abs().max()):.3g}) but its sketch overflowed "
             f"{Wc.dtype}; scale W down or pass reference=True"
         )
-    B = Q.T @ Wc  # (l, n)
+    B = _t_times(Wc, Q).T  # (l, n) = Qᵀ W, the third kind of thin product, in the faster operand order
     Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
     U, Vh = svd_flip((Q @ Ub)[:, :r], Vh[:r])  # Q @ Ub then slice: a sliced Ub is a strided GEMM operand
     return Factorization(
