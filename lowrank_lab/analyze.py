@@ -15,29 +15,22 @@ run leaves valid CSV files and ``--resume`` completes it without redoing finishe
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-# MKL's GNU-OpenMP threads busy-wait between parallel regions; on a CPU shared with other
-# processes that turns a 30 ms SVD of a 384x384 matrix into 5 s (measured on the 2-core dev box
-# under load). Passive waiting costs nothing measurable when the machine is quiet. It must be set
-# before torch (and its OpenMP runtime) is loaded; an explicit user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from lowrank_lab.analysis.factorization import (  # noqa: E402
+from lowrank_lab.analysis.factorization import (
     FACTORIZATION_COLUMNS,
     FACTORIZATION_KEY,
     SKIPPED_COLUMNS,
@@ -45,13 +38,20 @@ from lowrank_lab.analysis.factorization import (  # noqa: E402
     AnalysisConfig,
     analyze_matrix,
 )
-from lowrank_lab.analysis.figures import plot_error_ratio, plot_init_time, plot_spectra  # noqa: E402
-from lowrank_lab.analysis.report import write_summary  # noqa: E402
-from lowrank_lab.analysis.spectra import spectra_columns  # noqa: E402
-from lowrank_lab.linalg import FACTORIZATIONS, get_factorization, resolve_device  # noqa: E402
-from lowrank_lab.utils.provenance import run_metadata, write_run_json  # noqa: E402
-from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir  # noqa: E402
-from lowrank_lab.weights import open_source  # noqa: E402
+from lowrank_lab.analysis.figures import plot_error_ratio, plot_init_time, plot_spectra
+from lowrank_lab.analysis.report import write_summary
+from lowrank_lab.analysis.spectra import spectra_columns
+from lowrank_lab.linalg import FACTORIZATIONS, get_factorization, resolve_device
+from lowrank_lab.utils.distributed import (
+    balanced_partition,
+    existing_parts,
+    init_from_env,
+    merge_csv_parts,
+    part_path,
+)
+from lowrank_lab.utils.provenance import run_metadata, write_run_json
+from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir, read_keys
+from lowrank_lab.weights import open_source
 
 PROG = "python -m lowrank_lab.analyze"
 #: Models whose hidden size is at most this get the small-model default ranks.
@@ -276,6 +276,8 @@ def run(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
+        ctx = init_from_env(device)  # a process group under torchrun, else a one-process context
+        device = ctx.device(device)
         src_kwargs: dict[str, Any] = {"targets": args.targets, "layers": args.layers}
         if args.synthetic:
             src_kwargs.update(synthetic=True, seed=args.seed)
@@ -301,30 +303,59 @@ def run(argv: Sequence[str] | None = None) -> int:
             model=src.name, methods=methods, ranks=ranks, device=device, dtype=DTYPES[args.dtype],
             seed=args.seed, repeats=args.repeats, warmup=args.warmup,
         )
-        fact_w = RowWriter(
-            out / "factorization.csv", FACTORIZATION_COLUMNS, FACTORIZATION_KEY, resume=args.resume
-        )
-        spec_w = RowWriter(out / "spectra.csv", spectra_columns(ranks), ["tensor"], resume=args.resume)
-        skip_w = RowWriter(out / "skipped.csv", SKIPPED_COLUMNS, SKIPPED_KEY, resume=args.resume)
+        tables = _tables(out, ranks)
+        if ctx.is_main:
+            _prepare_tables(tables, infos, methods, ranks, resume=args.resume)
+        ctx.barrier()  # every rank sees the same finished rows before anyone writes
+        if ctx.enabled:
+            # Each rank appends to its own part files; what earlier runs finished is read-only.
+            finished = {name: read_keys(path, key) for name, (path, _, key) in tables.items()}
+            (out / "parts").mkdir(exist_ok=True)
+            writers = {name: RowWriter(part_path(path, ctx.rank), cols, key)
+                       for name, (path, cols, key) in tables.items()}
+        else:
+            finished = {name: set() for name in tables}
+            writers = {name: RowWriter(path, cols, key, resume=args.resume)
+                       for name, (path, cols, key) in tables.items()}
+        fact_w, spec_w, skip_w = writers["factorization"], writers["spectra"], writers["skipped"]
     except (ValueError, FileNotFoundError) as exc:  # UsageError, registry, weights and I/O errors
         parser.exit(2, f"{PROG}: error: {exc}\n")
 
     sv_dir = out / "singular_values"
     sv_dir.mkdir(exist_ok=True)
     meta = run_metadata(["-m", "lowrank_lab.analyze", *argv_list], seed=args.seed, device=device,
-                        extra={"config": config, "source": _describe(src), "status": "running"})
-    write_run_json(out / "run.json", meta)
+                        extra={"config": config, "source": _describe(src), "status": "running",
+                               "world_size": ctx.world_size})
+    if ctx.is_main:
+        write_run_json(out / "run.json", meta)
 
     def done(key: tuple[Any, ...]) -> bool:
-        return fact_w.done(key) or skip_w.done(key)
+        k = tuple(str(v) for v in key)
+        return (fact_w.done(key) or skip_w.done(key)
+                or k in finished["factorization"] or k in finished["skipped"])
+
+    def spectra_finished(tensor: str) -> bool:
+        return spec_w.done((tensor,)) or (tensor,) in finished["spectra"]
+
+    if ctx.enabled:
+        # Split only what is left, balanced by cost: each rank reads only its own tensors.
+        todo = [i for i, info in enumerate(infos)
+                if not (spectra_finished(info.tensor)
+                        and all(done((info.tensor, m, r)) for m in methods for r in ranks))]
+        costs = [matrix_cost(infos[i].shape, ranks, len(methods), needs_svd=not src.synthetic) for i in todo]
+        mine = [todo[j] for j in balanced_partition(costs, ctx.world_size)[ctx.rank]]
+        my_infos = [infos[i] for i in mine]
+    else:
+        my_infos = infos
 
     counts = {"factorization": 0, "spectra": 0, "skipped": 0}
     t_loop, cpu_loop = time.perf_counter(), time.process_time()
     try:
-        with tqdm(infos, desc=src.name, unit="matrix", disable=None) as bar:
+        desc = f"{src.name} [rank {ctx.rank}/{ctx.world_size}]" if ctx.enabled else src.name
+        with tqdm(my_infos, desc=desc, unit="matrix", disable=None, position=ctx.rank) as bar:
             for info in bar:
                 keys = [(info.tensor, m, r) for m in methods for r in ranks]
-                spectra_done = spec_w.done((info.tensor,))
+                spectra_done = spectra_finished(info.tensor)
                 if spectra_done and all(done(k) for k in keys):
                     continue  # finished in an earlier run: not even read
                 bar.set_postfix_str(info.tensor, refresh=False)
@@ -353,6 +384,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         for w in (fact_w, spec_w, skip_w):
             w.close()
 
+    ctx.barrier()  # all parts complete
+    totals = ctx.sum([counts["factorization"], counts["spectra"], counts["skipped"]])
+    counts = dict(zip(["factorization", "spectra", "skipped"], totals, strict=True))
+    if not ctx.is_main:
+        ctx.shutdown()
+        return 0
+    if ctx.enabled:
+        _merge_tables(tables, infos, methods, ranks)
+
     wall = time.perf_counter() - t0
     meta.update(status="complete", rows_written=counts, matrices=len(infos),
                 loop_seconds=round(time.perf_counter() - t_loop, 3),
@@ -360,9 +400,71 @@ def run(argv: Sequence[str] | None = None) -> int:
     write_run_json(out / "run.json", meta, wall_seconds=wall)
     write_summary(out, ranks=ranks, meta={**meta, "wall_seconds": wall}, model=src.name)
     make_figures(out, figures, model=src.name)
+    ctx.shutdown()
     print(f"{PROG}: {len(infos)} matrices, {counts['factorization']} new factorization rows "
           f"({counts['skipped']} skipped) in {wall:.1f} s -> {out}/summary.md, figures in {figures}")
     return 0
+
+
+def matrix_cost(shape: tuple[int, int], ranks: Sequence[int], n_methods: int, *, needs_svd: bool) -> float:
+    """Relative work of one matrix, for balancing ranks of a distributed run (issue 9).
+
+    Every method at rank r touches the matrix O(m·n·r) times; the spectra need a full SVD,
+    O(m·n·min(m, n)), unless the singular values are known (synthetic weights).
+    """
+    m, n = shape
+    return float(m * n * (n_methods * sum(ranks) + (min(m, n) if needs_svd else 0)))
+
+
+def _tables(out: Path, ranks: Sequence[int]) -> dict[str, tuple[Path, list[str], list[str]]]:
+    """The three row files of a run: name -> (path, columns, key columns)."""
+    return {
+        "factorization": (out / "factorization.csv", FACTORIZATION_COLUMNS, FACTORIZATION_KEY),
+        "spectra": (out / "spectra.csv", spectra_columns(ranks), ["tensor"]),
+        "skipped": (out / "skipped.csv", SKIPPED_COLUMNS, SKIPPED_KEY),
+    }
+
+
+def _row_order(infos: Sequence[Any], methods: Sequence[str], ranks: Sequence[int]):
+    """Sort key of a single-process run's rows: matrix order, then method, then rank."""
+    t_idx = {info.tensor: i for i, info in enumerate(infos)}
+    m_idx = {m: i for i, m in enumerate(methods)}
+    r_idx = {str(r): i for i, r in enumerate(ranks)}
+
+    def order(df: pd.DataFrame) -> pd.DataFrame:
+        cols = {"_t": df["tensor"].map(t_idx)}
+        if "method" in df:
+            cols.update(_m=df["method"].map(m_idx), _r=df["rank"].map(r_idx))
+        keyed = df.assign(**cols)
+        return keyed.sort_values(list(cols), kind="stable").drop(columns=list(cols))
+
+    return order
+
+
+def _merge_tables(tables, infos, methods, ranks) -> None:
+    """Fold every rank's part files into the run's files, in single-process row order, and remove them."""
+    order = _row_order(infos, methods, ranks)
+    for path, _, key in tables.values():
+        parts = existing_parts(path)
+        if parts:
+            merge_csv_parts(path, parts, order=order, key=key)
+            for p in parts:
+                p.unlink()
+    parts_dir = next(iter(tables.values()))[0].parent / "parts"
+    if parts_dir.exists() and not any(parts_dir.iterdir()):
+        parts_dir.rmdir()
+
+
+def _prepare_tables(tables, infos, methods, ranks, *, resume: bool) -> None:
+    """Rank 0, before any rank starts: a fresh run drops old rows and parts; a resumed one first
+    folds in the parts an interrupted distributed run left, so every rank reads one set of files."""
+    if resume:
+        _merge_tables(tables, infos, methods, ranks)
+        return
+    for path, _, _ in tables.values():
+        for p in existing_parts(path):
+            p.unlink()
+        path.unlink(missing_ok=True)
 
 
 def make_figures(out: Path, figures: Path, *, model: str) -> list[Path]:

@@ -2,8 +2,9 @@
 
 lowrank_lab does not run its own launcher: ``torchrun --nproc-per-node N -m lowrank_lab.analyze ...``
 (or with ``--nnodes``/``--rdzv-*`` for several nodes) sets ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK``, and :func:`init_from_env` joins the process group torch.distributed creates from them
-(gloo on CPU, NCCL on GPU). Work is split ahead of time by :func:`balanced_partition`; each process
+``LOCAL_RANK``, and :func:`init_from_env` joins the process group torch.distributed creates from
+them (gloo: only barriers and counts cross between ranks). Work is split ahead of time by
+:func:`balanced_partition`; each process
 writes its rows to its own part files (so an interrupted rank loses nothing and ``--resume`` knows
 what every rank finished), and rank 0 merges the parts into the same files a single process writes,
 in the same row order (:func:`merge_csv_parts`).
@@ -46,6 +47,14 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def sum(self, values: Sequence[int]) -> list[int]:
+        """Element-wise sum of ``values`` over all ranks (the values themselves when alone)."""
+        if not self.enabled:
+            return list(values)
+        t = torch.tensor(list(values), dtype=torch.int64)
+        dist.all_reduce(t)  # gloo reduces CPU tensors; an NCCL group would need them on the GPU
+        return t.tolist()
+
     def device(self, requested: torch.device) -> torch.device:
         """One GPU per local rank: ``cuda`` becomes ``cuda:<LOCAL_RANK>``; CPU stays CPU."""
         if requested.type == "cuda" and requested.index is None and self.enabled:
@@ -60,7 +69,8 @@ class DistContext:
 def init_from_env(device: torch.device | str = "cpu") -> DistContext:
     """Join the process group described by torchrun's environment, or run alone without it.
 
-    The backend is NCCL for CUDA devices and gloo otherwise (the only one that runs on CPU).
+    The backend is gloo on CPU and GPU alike: ranks exchange only a barrier and a few counts (each
+    reads its own tensors and writes its own part files), which gloo does on CPU tensors.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -69,10 +79,11 @@ def init_from_env(device: torch.device | str = "cpu") -> DistContext:
         rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0"))
     )
     if not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        if backend == "nccl":
+        # gloo for CPU tensors (and the small bookkeeping all-reduces); NCCL groups would need those
+        # on the GPU, and the matrices themselves never travel between ranks, so gloo serves GPUs too.
+        if torch.device(device).type == "cuda":
             torch.cuda.set_device(ctx.local_rank)
-        dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
+        dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
     return ctx
 
 
