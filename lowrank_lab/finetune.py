@@ -8,29 +8,21 @@ components live in :mod:`lowrank_lab.training`; this module only parses options.
 
 from __future__ import annotations
 
-import os
+import argparse
+import sys
+from collections.abc import Sequence
 
-# OpenMP threads that spin between parallel regions steal the CPU from each other on a shared
-# machine: a MiniLM SST-2 step took 2.2 s with the default policy and 0.64 s with PASSIVE on the
-# 2-core box under load (see reports/benchmarks/finetune_step.md). Must precede torch's import;
-# a user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-import torch  # noqa: E402
-
-from lowrank_lab.training.config import (  # noqa: E402
+from lowrank_lab.training.config import (
     DEFAULT_HEAD_LR,
     DEFAULT_LR,
     HEAD_ONLY,
     LR_SOURCES,
     RunConfig,
 )
-from lowrank_lab.training.study import run_study, summarize_existing  # noqa: E402
-from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, default_data_dir, get_task  # noqa: E402
+from lowrank_lab.training.study import run_study, summarize_existing
+from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, default_data_dir, get_task
 
 DEFAULT_METHODS = "lora,pissa,nlora,inttune,full"
 

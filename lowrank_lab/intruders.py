@@ -9,17 +9,10 @@ time, and writes the CSV, the summary, the figures and ``run.json``.
 
 from __future__ import annotations
 
-import os
-
-# OpenMP threads that busy-wait between calls turn a 40 ms SVD into seconds on a shared machine
-# (measured on the 2-core dev box under load: the MiniLM randomized-vs-full test took 157 s with
-# the default policy, 3.8 s with PASSIVE). It must be set before torch loads; a user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+import time
+from pathlib import Path
 
 EPILOG = """\
 examples:
