@@ -171,7 +171,8 @@ def factorization_rows(
     the reason, as is a factorization that raises (its message is recorded, the run goes on).
     ``rel_err_spec`` comes from :func:`lowrank_lab.linalg.relative_errors` (20 Golub–Kahan–Lanczos
     steps on the residual, a lower bound within ~1e-4 on weight spectra); both denominators,
-    ‖W‖_F and ‖W‖₂, are taken from ``S`` rather than recomputed for every method. ``init_seconds`` is the median of :func:`lowrank_lab.utils.timing.time_call`.
+    ‖W‖_F and ‖W‖₂, are taken from ``S`` rather than recomputed for every method.
+    ``init_seconds`` is the median of :func:`lowrank_lab.utils.timing.time_call`.
     """
     m, n = int(W.shape[0]), int(W.shape[1])
     S64 = S.detach().to(torch.float64)

@@ -11,7 +11,14 @@ from .qr import thin_qr
 from .registry import FACTORIZATIONS, FactorizationMethod, factorize, get_factorization
 from .result import Factorization
 from .rsvd import randomized_range_finder, randomized_svd
-from .svd import optimal_error, relative_errors, singular_values, spectral_norm_estimate, svd_flip, truncated_svd
+from .svd import (
+    optimal_error,
+    relative_errors,
+    singular_values,
+    spectral_norm_estimate,
+    svd_flip,
+    truncated_svd,
+)
 
 __all__ = [
     "FACTORIZATIONS",

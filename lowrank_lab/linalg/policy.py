@@ -113,7 +113,9 @@ def validate_rank(rank: int, shape: tuple[int, int] | torch.Size, name: str = "r
         rank = as_int
     m, n = int(shape[0]), int(shape[1])
     if rank < 1 or rank > min(m, n):
-        raise ValueError(f"{name}={rank} is out of range for a {m}x{n} matrix: need 1 <= {name} <= {min(m, n)}")
+        raise ValueError(
+            f"{name}={rank} is out of range for a {m}x{n} matrix: need 1 <= {name} <= {min(m, n)}"
+        )
     return rank
 
 
@@ -155,7 +157,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but torch sees no CUDA device; use --device cpu")
+        raise ValueError(
+            f"device {str(device)!r} was asked for but torch sees no CUDA device; use --device cpu"
+        )
     return dev
 
 

@@ -1,4 +1,7 @@
-"""Thin QR, the factorization behind OLoRA (Büyükakyüz 2024, arXiv 2406.01775; PEFT ``init_lora_weights="olora"``)."""
+"""Thin QR, the factorization behind OLoRA.
+
+Büyükakyüz 2024, arXiv 2406.01775; PEFT ``init_lora_weights="olora"``.
+"""
 
 from __future__ import annotations
 

@@ -109,7 +109,9 @@ def optimal_error(S: torch.Tensor, rank: int) -> tuple[float, float]:
     return (tail / total) ** 0.5, float(S[rank] / S[0])
 
 
-def spectral_norm_estimate(A: torch.Tensor, *, n_iter: int = 20, generator: torch.Generator | None = None) -> float:
+def spectral_norm_estimate(
+    A: torch.Tensor, *, n_iter: int = 20, generator: torch.Generator | None = None
+) -> float:
     """Largest singular value of ``A`` by Golub–Kahan–Lanczos bidiagonalization.
 
     ``n_iter`` steps of Golub & Kahan's (1965) bidiagonalization from a Gaussian start, with full

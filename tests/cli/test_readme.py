@@ -29,4 +29,5 @@ def test_ci_runs_the_readme_commands() -> None:
     install_args = install.split("pip install", 1)[1].strip()
     assert f"pip install --quiet {install_args}" in ci
     assert test in ci
-    assert "torch==2.13.0" in ci.split(install_args)[0], "CI must install the pinned CPU torch before the README install"
+    before_install = ci.split(install_args)[0]
+    assert "torch==2.13.0" in before_install, "CI must install the pinned CPU torch before the README install"

@@ -5,7 +5,14 @@ import os
 import pandas as pd
 import pytest
 
-from lowrank_lab.utils.tables import OutputDirError, RowWriter, ensure_writable_dir, read_keys, to_latex, to_markdown
+from lowrank_lab.utils.tables import (
+    OutputDirError,
+    RowWriter,
+    ensure_writable_dir,
+    read_keys,
+    to_latex,
+    to_markdown,
+)
 
 COLS = ["tensor", "rank", "value"]
 
