@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import lowrank_lab  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
+
 REPO = Path(__file__).resolve().parents[1]
 # CI and sessions have ../shared beside the clone; LOWRANK_LAB_SHARED_DATA overrides it.
 SHARED_DATA = Path(os.environ.get("LOWRANK_LAB_SHARED_DATA", REPO.parent / "shared" / "data"))
