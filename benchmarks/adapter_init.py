@@ -26,15 +26,20 @@ appended as rows finish; ``--resume`` skips rows already there).
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see lowrank_lab/analyze.py: shared-CPU busy-waiting
+# See lowrank_lab/analyze.py: on a shared CPU, OpenMP's busy-waiting makes small calls crawl, so the
+# CLIs set PASSIVE. But PASSIVE makes torch's Householder QR of a thin panel 5–30x slower with 2
+# threads (benchmarks/factorizations.py), which penalises QR-heavy inits (PEFT's svd_lowrank, our
+# normalizer="qr"); --omp-default leaves the OpenMP default so that effect can be measured.
+if "--omp-default" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -307,7 +312,7 @@ def write_report(path: Path, frame: pd.DataFrame, run: dict) -> None:
         f"peft {run['versions'].get('peft')}, transformers {run['versions'].get('transformers')}; "
         f"1-min load average {run['load_end']:.1f} at the end — a shared machine: times are upper bounds, "
         "and only rows measured close together (the first rows of each table) compare tightly  ",
-        f"Git commit: {run.get('git_commit')}",
+        f"OMP_WAIT_POLICY: {run.get('omp_wait_policy', 'PASSIVE')}; git commit: {run.get('git_commit')}",
         "",
         "`seconds`: wall time of the whole-model call (`inject(model, ...)` for ours, `get_peft_model(model, "
         "LoraConfig(...))` for PEFT) on a fresh model, median of `repeats` (calls over "
@@ -392,6 +397,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--resume", action="store_true", help="keep rows already in the CSV beside --out")
     parser.add_argument(
+        "--peers",
+        default=None,
+        help="PEFT init_lora_weights values, comma-separated (default: pissa,pissa_niter_4,olora,true)",
+    )
+    parser.add_argument(
+        "--omp-default",
+        action="store_true",
+        help="leave OMP_WAIT_POLICY unset (OpenMP default) instead of PASSIVE; see the module source",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="measure nothing: rebuild --out from the CSV and JSON a previous run left beside it",
@@ -407,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_start = time.perf_counter()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    peers: list[str | bool] = list(PEFT_INITS)
+    if args.peers:
+        peers = [
+            True if p.strip().lower() == "true" else p.strip() for p in args.peers.split(",") if p.strip()
+        ]
     ours = [m for m in ADAPTERS if m not in ("full", "pissa-fast")] + list(VARIANTS)
     if args.methods:
         ours = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -433,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
             # machine drifts), then everything else.
             first = [("peft", "pissa_niter_4")] + [("ours", m) for m in ours if m in VARIANTS]
             rest = [("ours", m) for m in ours if m not in VARIANTS]
-            rest += [("peft", init) for init in PEFT_INITS if init != "pissa_niter_4"]
+            rest += [("peft", init) for init in peers if init != "pissa_niter_4"]
+            if "pissa_niter_4" not in peers:
+                first = first[1:]
             jobs = [(s, m) for s, m in first + rest if not (m == "lora-sb" and bench.name != "minilm")]
             for source, method in jobs:
                 label = ("lora (default)" if method is True else str(method)) if source == "peft" else method
@@ -450,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "wall_seconds": time.perf_counter() - t_start,
         "load_end": os.getloadavg()[0],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP default)"),
         "cpu_count": os.cpu_count(),
         "benches": [
             {"name": b.name, "rank": b.rank, "matrices": len(b.targets), "scale_to_full": b.scale_to_full}
