@@ -10,6 +10,7 @@ time, and writes the CSV, the summary, the figures and ``run.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -256,8 +257,9 @@ def run(args: argparse.Namespace) -> dict:
 
     from lowrank_lab.analysis import intruders as ix
     from lowrank_lab.linalg.policy import resolve_device
+    from lowrank_lab.utils.distributed import balanced_partition, init_from_env, part_path
     from lowrank_lab.utils.provenance import run_metadata, write_run_json
-    from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir, to_markdown
+    from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir, read_keys, to_markdown
     from lowrank_lab.weights import open_source
 
     t_start = time.perf_counter()
@@ -270,17 +272,22 @@ def run(args: argparse.Namespace) -> dict:
     if args.tuned is None and args.adapter is None:
         raise ValueError("give the fine-tuned weights: --tuned PATH, or --adapter PATH (merged onto --base)")
     device = resolve_device(args.device)
+    ctx = init_from_env(device)  # a process group under torchrun, else a one-process context
+    device = ctx.device(device)
     sides = ix.parse_side(args.side)
-    out = ensure_writable_dir(args.out, option="--out")
+    # One rank probes the directories: ensure_writable_dir's fixed probe file races between ranks
+    # (one rank's unlink removes the other's). The others use them after the barrier below.
+    out = ensure_writable_dir(args.out, option="--out") if ctx.is_main else Path(args.out)
     cache = None
     if not args.no_cache:
         cache_dir = Path(args.cache_dir) if args.cache_dir else ix.default_cache_dir()
-        ensure_writable_dir(cache_dir, option="--cache-dir")
+        if ctx.is_main:
+            ensure_writable_dir(cache_dir, option="--cache-dir")
         cache = ix.SVDCache(cache_dir)
     meta = run_metadata(
         seed=args.seed,
         device=device,
-        extra={"base": args.base, "tuned": args.tuned, "adapter": args.adapter},
+        extra={"base": args.base, "tuned": args.tuned, "adapter": args.adapter, "world_size": ctx.world_size},
     )
 
     # Headers only so far: every mismatch is reported before the first SVD.
@@ -307,6 +314,12 @@ def run(args: argparse.Namespace) -> dict:
         print(f"warning: {tuned.description['warning']}", file=sys.stderr)
 
     k_of = {p.base.tensor: min(args.top_k, *p.base.shape) for p in pairs}
+    csv_path = out / "intruders.csv"
+    if ctx.is_main:
+        # A resumed run first folds in the part files an interrupted distributed run left (so
+        # they are checked and counted like any other rows); a fresh one removes them.
+        _prepare_rows(csv_path, pairs, sides, resume=args.resume)
+    ctx.barrier()  # every rank sees the same finished rows before anyone writes
     if args.resume:
         _check_resume(out, args, ix.ROW_COLUMNS, k_of, sides)
 
@@ -322,16 +335,35 @@ def run(args: argparse.Namespace) -> dict:
     best = None  # ((count, -min similarity), pair, side, record) of the worst matrix seen in this run
     base_seconds = tuned_seconds = 0.0
     computed = 0
-    writer = RowWriter(out / "intruders.csv", ix.ROW_COLUMNS, ix.ROW_KEY, resume=args.resume)
+    if ctx.enabled:
+        # Each rank appends to its own part file; the rows of earlier runs are read-only.
+        finished = read_keys(csv_path, ix.ROW_KEY) if args.resume else set()
+        part_path(csv_path, ctx.rank).parent.mkdir(exist_ok=True)
+        writer = RowWriter(part_path(csv_path, ctx.rank), ix.ROW_COLUMNS, ix.ROW_KEY)
+    else:
+        finished = set()
+        writer = RowWriter(csv_path, ix.ROW_COLUMNS, ix.ROW_KEY, resume=args.resume)
 
     def done(pair) -> bool:
         k = k_of[pair.base.tensor]
-        return all(writer.done((pair.base.tensor, s, r)) for s in sides for r in range(1, k + 1))
+        return all(
+            writer.done((pair.base.tensor, s, r)) or (pair.base.tensor, s, str(r)) in finished
+            for s in sides
+            for r in range(1, k + 1)
+        )
+
+    my_pairs = pairs
+    if ctx.enabled:
+        # Split only what is left, balanced by cost; each rank reads only its own tensors.
+        todo = [p for p in pairs if not done(p)]
+        costs = [pair_cost(p.base.shape, k_of[p.base.tensor], args.tuned_svd, cache=cache) for p in todo]
+        my_pairs = [todo[j] for j in balanced_partition(costs, ctx.world_size)[ctx.rank]]
 
     try:
-        bar = tqdm(total=len(pairs), desc="intruders", unit="matrix", disable=None)
-        bar.update(sum(done(p) for p in pairs))
-        for pair, recs in ix.iter_records(base_all, tuned, pairs, skip=done, device=device, **kw):
+        desc = f"intruders [rank {ctx.rank}/{ctx.world_size}]" if ctx.enabled else "intruders"
+        bar = tqdm(total=len(my_pairs), desc=desc, unit="matrix", disable=None, position=ctx.rank)
+        bar.update(sum(done(p) for p in my_pairs))
+        for pair, recs in ix.iter_records(base_all, tuned, my_pairs, skip=done, device=device, **kw):
             for side, rec in recs.items():
                 for row in ix.record_rows(pair.base, rec):
                     if not writer.done(row):
@@ -348,6 +380,33 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         writer.close()
 
+    ctx.barrier()  # every part file is complete
+    # Counters of the whole run (seconds as microseconds: the all-reduce sums integers).
+    hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
+    computed, hits, misses, base_us, tuned_us = ctx.sum(
+        [computed, hits, misses, round(base_seconds * 1e6), round(tuned_seconds * 1e6)]
+    )
+    if cache is not None:
+        cache.hits, cache.misses = hits, misses
+    base_seconds, tuned_seconds = base_us / 1e6, tuned_us / 1e6
+    if ctx.enabled and best is not None and not args.no_figures:
+        # The run's worst matrix is some rank's local worst: each rank draws its own, rank 0 keeps
+        # the one the merged rows pick (no matrix is read twice).
+        _, pair, side, rec = best
+        safe = pair.base.tensor.removesuffix(".weight").replace("/", "_")
+        ix.plot_similarity_matrix(
+            rec, out / "parts" / f"similarity_{safe}.{side}.png", tensor=pair.base.tensor
+        )
+    ctx.barrier()  # every rank's figure is drawn
+    if not ctx.is_main:
+        ctx.shutdown()
+        return {"rank": ctx.rank}
+    drawn = None
+    if ctx.enabled:
+        _fold_parts(csv_path, pairs, sides)
+        best = None
+        drawn = out / "parts"
+
     df = pd.read_csv(out / "intruders.csv")
     pm = ix.per_matrix(df)
     totals = ix.module_totals(df)
@@ -359,14 +418,23 @@ def run(args: argparse.Namespace) -> dict:
         figures.append(ix.plot_count_vs_epsilon(sweep, out / "count_vs_epsilon.png", title=title))
     if pick is not None and not args.no_figures:
         tensor, side = pick
-        if best is not None and best[1].base.tensor == tensor and best[2] == side:
-            rec = best[3]
-        else:  # found in rows of an earlier run (--resume): recompute that one matrix
-            pair = next(p for p in pairs if p.base.tensor == tensor)
-            _, recs = next(ix.iter_records(base_all, tuned, [pair], device=device, **{**kw, "side": (side,)}))
-            rec = recs[side]
         safe = tensor.removesuffix(".weight").replace("/", "_")
-        figures.append(ix.plot_similarity_matrix(rec, out / f"similarity_{safe}.png", tensor=tensor))
+        other = None if drawn is None else drawn / f"similarity_{safe}.{side}.png"
+        if other is not None and other.exists():  # drawn by the rank that computed it
+            os.replace(other, out / f"similarity_{safe}.png")
+            figures.append(out / f"similarity_{safe}.png")
+        else:
+            if best is not None and best[1].base.tensor == tensor and best[2] == side:
+                rec = best[3]
+            else:  # found in rows of an earlier run (--resume): recompute that one matrix
+                pair = next(p for p in pairs if p.base.tensor == tensor)
+                _, recs = next(
+                    ix.iter_records(base_all, tuned, [pair], device=device, **{**kw, "side": (side,)})
+                )
+                rec = recs[side]
+            figures.append(ix.plot_similarity_matrix(rec, out / f"similarity_{safe}.png", tensor=tensor))
+    if drawn is not None:
+        _remove_parts_dir(drawn)
 
     lines = [
         "# Intruder dimensions",
@@ -431,7 +499,77 @@ def run(args: argparse.Namespace) -> dict:
     }
     meta.update(result)
     write_run_json(out / "run.json", meta, time.perf_counter() - t_start)
+    ctx.shutdown()
     return result
+
+
+def pair_cost(shape, top_k: int, tuned_svd: str, *, cache) -> float:
+    """Relative work of one matrix pair, for balancing the ranks of a distributed run (issue 9).
+
+    The base SVD is a full thin SVD, O(m·n·min(m, n)); the tuned top-k is the same with
+    ``--tuned-svd full``, or about 2·(q+1)·m·n·ℓ with the randomized SVD (q = 12 power iterations,
+    sketch ℓ = k + 1 + max(40, 2k): :func:`lowrank_lab.analysis.intruders.top_bases`). Whether a
+    base SVD is cached is only known after reading the tensor (the cache is keyed by content), so
+    with a cache every base SVD is counted as a miss: the split is by shape either way.
+    """
+    from lowrank_lab.analysis.intruders import RANDOMIZED_N_ITER, RANDOMIZED_OVERSAMPLE
+
+    m, n = (int(d) for d in shape)
+    svd = m * n * min(m, n)
+    if tuned_svd == "full":
+        tuned = svd
+    else:
+        sketch = min(top_k + 1 + max(RANDOMIZED_OVERSAMPLE, 2 * top_k), min(m, n))
+        tuned = 2 * (RANDOMIZED_N_ITER + 1) * m * n * sketch
+    return float(svd + tuned)
+
+
+def _row_order(pairs, sides):
+    """Sort key of a single-process run's rows: matrix (model) order, then side, then rank 1..k."""
+    t_idx = {p.base.tensor: i for i, p in enumerate(pairs)}
+    s_idx = {s: i for i, s in enumerate(sides)}
+
+    def order(df):
+        keyed = df.assign(_t=df["tensor"].map(t_idx), _s=df["side"].map(s_idx), _r=df["rank"].astype(int))
+        return keyed.sort_values(["_t", "_s", "_r"], kind="stable").drop(columns=["_t", "_s", "_r"])
+
+    return order
+
+
+def _fold_parts(csv_path: Path, pairs, sides) -> None:
+    """Merge every rank's part file into intruders.csv in single-process row order, then remove them."""
+    from lowrank_lab.analysis.intruders import ROW_KEY
+    from lowrank_lab.utils.distributed import existing_parts, merge_csv_parts
+
+    parts = existing_parts(csv_path)
+    if not parts:
+        return
+    merge_csv_parts(csv_path, parts, order=_row_order(pairs, sides), key=ROW_KEY)
+    for p in parts:
+        p.unlink()
+
+
+def _prepare_rows(csv_path: Path, pairs, sides, *, resume: bool) -> None:
+    """Rank 0 before any rank starts: fold leftover parts into the CSV (``--resume``) or drop them."""
+    from lowrank_lab.utils.distributed import existing_parts
+
+    if resume:
+        _fold_parts(csv_path, pairs, sides)
+    else:
+        for p in existing_parts(csv_path):
+            p.unlink()
+        csv_path.unlink(missing_ok=True)  # parts are merged into it: no rows of an earlier run
+    _remove_parts_dir(csv_path.parent / "parts")
+
+
+def _remove_parts_dir(folder: Path) -> None:
+    """Drop the per-rank figures and the folder once no part file is left in it."""
+    if not folder.exists():
+        return
+    for f in folder.glob("similarity_*.png"):
+        f.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split())
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    if "rank" in result:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return 0
     counts = ", ".join(f"{s}: {n}" for s, n in result["intruders"].items())
     print(f"{result['matrices']} matrices, intruders at ε={args.epsilon} ({counts}); wrote {args.out}/")
     return 0
