@@ -34,6 +34,11 @@ examples:
   python -m lowrank_lab.intruders --base llama-7b --tuned ckpt/ --tuned-svd randomized \\
       --cache-dir /scratch/svd-cache --resume --out out/llama
 
+  # the same on the 8 GPUs of one node: matrices split across ranks by SVD cost, rank 0 writes the
+  # files one process would (add --nnodes/--rdzv-* for several nodes; --out on a shared file system)
+  torchrun --standalone --nproc-per-node 8 -m lowrank_lab.intruders --base llama-7b --tuned ckpt/ \
+      --device cuda --cache-dir /scratch/svd-cache --resume --out out/llama
+
 outputs (in --out):
   intruders.csv   long format, one row per (tensor, side, rank) for the top-k tuned singular vectors:
                   tensor, layer, module, side, rows, cols, rank (1..k, tuned spectrum),
