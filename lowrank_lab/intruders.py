@@ -36,7 +36,7 @@ examples:
 
   # the same on the 8 GPUs of one node: matrices split across ranks by SVD cost, rank 0 writes the
   # files one process would (add --nnodes/--rdzv-* for several nodes; --out on a shared file system)
-  torchrun --standalone --nproc-per-node 8 -m lowrank_lab.intruders --base llama-7b --tuned ckpt/ \
+  torchrun --standalone --nproc-per-node 8 -m lowrank_lab.intruders --base llama-7b --tuned ckpt/ \\
       --device cuda --cache-dir /scratch/svd-cache --resume --out out/llama
 
 outputs (in --out):
