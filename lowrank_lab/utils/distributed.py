@@ -136,6 +136,6 @@ def merge_csv_parts(
     if not merged.empty:
         merged = order(merged.drop_duplicates(subset=list(key), keep="last")).reset_index(drop=True)
     tmp = path.with_name(path.name + ".tmp")
-    merged.to_csv(tmp, index=False)
+    merged.to_csv(tmp, index=False, lineterminator="\r\n")  # as RowWriter (the csv module) ends rows
     os.replace(tmp, path)
     return merged

@@ -58,6 +58,7 @@ def test_merge_orders_rows_and_drops_duplicate_keys(tmp_path) -> None:
     assert merged["tensor"].tolist() == ["a", "b", "c"]
     assert merged.loc[0, "v"] == "1.5"  # a part's row wins over the stale final row; cells stay text
     assert pd.read_csv(final, dtype=str).equals(merged)
+    assert final.read_bytes().count(b"\r\n") == 4  # RowWriter's line ends, so --resume appends alike
 
 
 def test_without_torchrun_environment_the_run_is_single_process(monkeypatch) -> None:

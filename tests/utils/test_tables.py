@@ -73,3 +73,13 @@ def test_tables_render_without_optional_dependencies() -> None:
     assert md.splitlines()[0] == "| method | err |" and "| rsvd_x | – |" in md
     tex = to_latex(df, caption="a_b")
     assert r"rsvd\_x" in tex and r"\caption{a\_b}" in tex and tex.count(r"\\") == 3
+
+
+def test_concurrent_checks_of_one_directory_do_not_collide(tmp_path) -> None:
+    # torchrun ranks check --out at the same moment; a shared probe name made one rank's delete
+    # fail the other's check.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: ensure_writable_dir(tmp_path), range(64)))
+    assert not os.listdir(tmp_path)
