@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from lowrank_lab.utils.data import shared_data_dir
 from lowrank_lab.utils.tables import to_markdown
 
 #: The repository root (the folder holding ``lowrank_lab/``, ``notebooks/``, ``reports/``).
@@ -82,7 +83,7 @@ def reports_dir(sub: str = NOTEBOOK_SUBDIR) -> Path:
 
 def shared_data() -> Path | None:
     """``$LOWRANK_LAB_SHARED_DATA`` or ``../shared/data`` beside the clone; None when absent."""
-    path = Path(os.environ.get("LOWRANK_LAB_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+    path = shared_data_dir()
     return path if (path / "MANIFEST.md").exists() else None
 
 

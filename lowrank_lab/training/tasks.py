@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Where the shared data lives when ``--data-dir`` is not given: ``../shared/data`` beside the
-#: clone, overridden by ``$LOWRANK_LAB_SHARED_DATA`` (the same rule as tests/conftest.py).
-DATA_DIR_ENV = "LOWRANK_LAB_SHARED_DATA"
+from lowrank_lab.utils.data import DATA_DIR_ENV, shared_data_dir
 
 
 class TaskDataError(FileNotFoundError):
@@ -177,10 +174,7 @@ def get_task(name: str) -> TaskSpec:
 
 def default_data_dir() -> Path:
     """``$LOWRANK_LAB_SHARED_DATA`` if set, else ``../shared/data`` beside the repository clone."""
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return shared_data_dir()
 
 
 def task_dir(spec: TaskSpec, data_dir: str | Path) -> Path:

