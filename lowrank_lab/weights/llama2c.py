@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, WeightsError
-from .registry import ModelSpec
+from .registry import _LLAMA2C_NATIVE, ModelSpec
 from .source import TargetInfo, WeightMatrix, WeightSource
 
 _HEADER = struct.Struct("<7i")
@@ -208,17 +208,7 @@ class Llama2cCheckpoint:
             "norm.weight": self.array("norm"),
             "output.weight": self.array("output"),
         }
-        per_layer = {
-            "attention_norm": "attention_norm",
-            "ffn_norm": "ffn_norm",
-            "wq": "attention.wq",
-            "wk": "attention.wk",
-            "wv": "attention.wv",
-            "wo": "attention.wo",
-            "w1": "feed_forward.w1",
-            "w2": "feed_forward.w2",
-            "w3": "feed_forward.w3",
-        }
+        per_layer = {"attention_norm": "attention_norm", "ffn_norm": "ffn_norm", **_LLAMA2C_NATIVE}
         for key, prefix in per_layer.items():
             stacked = self.array(key)
             for i in range(c.n_layers):
