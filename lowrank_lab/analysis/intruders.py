@@ -1225,27 +1225,14 @@ def per_matrix(df):
 def module_totals(df):
     """Totals per module type (and side): matrices, intruders, matrices with any, mean best match."""
     pm = per_matrix(df)
-    out = (
-        pm.groupby(["side", "module"], sort=False)
-        .agg(
-            matrices=("tensor", "size"),
-            intruders=("count", "sum"),
-            with_intruders=("count", lambda c: int((c > 0).sum())),
-            mean_similarity=("mean_similarity", "mean"),
-        )
-        .reset_index()
-    )
-    total = (
-        pm.groupby("side", sort=False)
-        .agg(
-            matrices=("tensor", "size"),
-            intruders=("count", "sum"),
-            with_intruders=("count", lambda c: int((c > 0).sum())),
-            mean_similarity=("mean_similarity", "mean"),
-        )
-        .reset_index()
-        .assign(module="all")
-    )
+    stats = {
+        "matrices": ("tensor", "size"),
+        "intruders": ("count", "sum"),
+        "with_intruders": ("count", lambda c: int((c > 0).sum())),
+        "mean_similarity": ("mean_similarity", "mean"),
+    }
+    out = pm.groupby(["side", "module"], sort=False).agg(**stats).reset_index()
+    total = pm.groupby("side", sort=False).agg(**stats).reset_index().assign(module="all")
     import pandas as pd
 
     return pd.concat([out, total[out.columns]], ignore_index=True)
