@@ -159,3 +159,21 @@ def test_merge_unloads_to_plain_modules_with_the_same_output(tiny, ids):
     assert torch.allclose(tiny.run(model, ids), adapted, rtol=1e-4, atol=1e-4 * float(adapted.abs().max()))
     with pytest.raises(ValueError, match="unload=False"):
         unmerge(model)
+
+
+@pytest.mark.parametrize("method", ["pissa-fast", "loldu"])
+def test_residual_init_replaces_the_weights_data_not_the_parameter(tiny, ids, method):
+    # The residual W − s·BA is written as new data of the same Parameter (not in place: an in-place
+    # write into a memory-mapped safetensors weight faults every page, layer.py): the Parameter
+    # object, hence any module sharing it, sees the residual, while a tensor that aliased the old
+    # storage keeps the original weight.
+    model = tiny.make("llama")
+    q = model.model.layers[0].self_attn.q_proj
+    param, alias = q.weight, q.weight.detach()
+    original = alias.clone()
+    _inject(tiny, model, method, ids)
+    layer = model.model.layers[0].self_attn.q_proj
+    assert layer.base.weight is param
+    assert torch.equal(alias, original)
+    assert not torch.equal(param, original)
+    torch.testing.assert_close(param + layer.delta_weight().detach(), original, rtol=0, atol=1e-6)
