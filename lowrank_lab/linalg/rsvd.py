@@ -45,28 +45,36 @@ def _lu_basis(Y: torch.Tensor) -> torch.Tensor:
 
 
 # Products of W with a thin (l-column) panel are nearly all of a randomized SVD's cost. The same
-# product can be handed to BLAS in two operand orders, and with MKL on the CPU the faster one
-# depends on the thread count and l (float32, 4096² and 11008×4096, medians of interleaved runs):
-#   1 thread:  (Xᵀ Wᵀ)ᵀ is 20–30% faster than W @ X at every l in 18…138 (thread time);
-#   2 threads: W @ X is ~30% faster at l = 18, they tie at l ≈ 74, (Xᵀ Wᵀ)ᵀ is 7–12% faster at 138.
-# So: the thin-panel-on-the-left order when single-threaded or l >= 96, torch's plain order
-# otherwise and on GPUs (not measured there). Both compute the same product; results differ only
-# by the order of rounding.
+# product can be handed to BLAS in two operand orders — W @ X or (Xᵀ Wᵀ)ᵀ, Wᵀ @ Y or (Yᵀ W)ᵀ — and
+# with MKL on the CPU the faster one depends on the thread count, l and the shape (float32, medians
+# of 21 interleaved runs, 2 threads unless said; 4096², 11008×4096 and 4096×11008):
+#   1 thread: the thin-panel-on-the-left order is 20–30% faster at every l in 18…138 (thread time);
+#   l >= 96:  it is 2–13% faster for W·X and Wᵀ·Y alike, on every shape;
+#   smaller l: it wins when it runs along W's long side — (Yᵀ W)ᵀ for a tall W (11008×4096: 15% at
+#   l = 18, 12% at 74) and (Xᵀ Wᵀ)ᵀ for a wide one (4096×11008: 5–6%) — and loses otherwise (up to
+#   20%); on square W the two orders are within the run-to-run noise (±5%).
+# So: thin panel on the left when single-threaded, when l >= 96, or along the long side; torch's
+# plain order otherwise and on GPUs (not measured there). Both orders compute the same product;
+# results differ only by the order of rounding.
 _THIN_LEFT_MIN_L = 96
 
 
-def _thin_left(W: torch.Tensor, l: int) -> bool:
-    return W.device.type == "cpu" and (torch.get_num_threads() == 1 or l >= _THIN_LEFT_MIN_L)
+def _thin_left(W: torch.Tensor, l: int, *, long_side: bool) -> bool:
+    if W.device.type != "cpu":
+        return False
+    return torch.get_num_threads() == 1 or l >= _THIN_LEFT_MIN_L or long_side
 
 
 def _times(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """``W @ X`` for a thin ``X`` (n, l); as ``(Xᵀ Wᵀ)ᵀ`` where that is faster (see above)."""
-    return (X.T @ W.T).T if _thin_left(W, X.shape[1]) else W @ X
+    wide = W.shape[1] > W.shape[0]
+    return (X.T @ W.T).T if _thin_left(W, X.shape[1], long_side=wide) else W @ X
 
 
 def _t_times(W: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """``Wᵀ @ Y`` for a thin ``Y`` (m, l); as ``(Yᵀ W)ᵀ`` where that is faster (see above)."""
-    return (Y.T @ W).T if _thin_left(W, Y.shape[1]) else W.T @ Y
+    tall = W.shape[0] > W.shape[1]
+    return (Y.T @ W).T if _thin_left(W, Y.shape[1], long_side=tall) else W.T @ Y
 
 
 def _normalize(Y: torch.Tensor, how: Normalizer) -> torch.Tensor:
