@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,12 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "adapter_init.py"
 def bench():
     spec = importlib.util.spec_from_file_location("adapter_init_bench", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
 
 
 @pytest.mark.parametrize(
