@@ -42,6 +42,7 @@ from lowrank_lab.analysis.figures import plot_error_ratio, plot_init_time, plot_
 from lowrank_lab.analysis.report import write_summary
 from lowrank_lab.analysis.spectra import spectra_columns
 from lowrank_lab.linalg import FACTORIZATIONS, get_factorization, resolve_device
+from lowrank_lab.utils.cli import nonnegative_int, positive
 from lowrank_lab.utils.distributed import (
     balanced_partition,
     existing_parts,
@@ -167,18 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
              "Example: --resume",
     )
     p.add_argument(
-        "--repeats", type=int, default=None,
+        "--repeats", type=positive(int), default=None,
         help="timed repeats per factorization (the median is reported). Default: 3 after 1 warm-up, "
              "or 1 without warm-up for CPU matrices above 4.2M entries. Example: --repeats 5",
     )
     p.add_argument(
-        "--threads", type=int, default=None,
+        "--threads", type=positive(int), default=None,
         help="CPU threads for torch (torch.set_num_threads). Default: torch's own choice (all cores). "
              "On a CPU shared with other jobs, 1 is often faster: two threads that cannot both get a "
              "core wait for each other in every BLAS call. Example: --threads 1",
     )
     p.add_argument(
-        "--warmup", type=int, default=None,
+        "--warmup", type=nonnegative_int, default=None,
         help="untimed warm-up calls before the timed repeats. Default: see --repeats. Example: --warmup 2",
     )
     return p
@@ -267,13 +268,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             ensure_writable_dir(args.out, "--out")
         if args.figures is not None:
             ensure_writable_dir(args.figures, "--figures")
-        if args.repeats is not None and args.repeats < 1:
-            raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
-        if args.warmup is not None and args.warmup < 0:
-            raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
         if args.threads is not None:
-            if args.threads < 1:
-                raise UsageError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
         ctx = init_from_env(device)  # a process group under torchrun, else a one-process context

@@ -23,6 +23,7 @@ from lowrank_lab.training.config import (
 )
 from lowrank_lab.training.study import run_study, summarize_existing
 from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, default_data_dir, get_task
+from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive
 
 DEFAULT_METHODS = "lora,pissa,nlora,inttune,full"
 
@@ -52,13 +53,9 @@ outputs in --out: runs/<run>/run.json (config, per-step loss, evals, wall time, 
 """
 
 
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def _seeds(text: str) -> list[int]:
     try:
-        seeds = [int(t) for t in _csv(text)]
+        seeds = [int(t) for t in csv_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--seeds takes comma-separated integers, e.g. 0,1,2 (got {text!r})"
@@ -68,29 +65,6 @@ def _seeds(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds repeats a seed: {text!r}")
     return seeds
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return v
-
-    return parse
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return v
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -132,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated adapter methods (default {DEFAULT_METHODS}), e.g. --methods lora,full",
     )
     p.add_argument(
-        "--rank", type=_positive(int), default=8, help="adapter rank r (default 8, LoRA's GLUE setting)"
+        "--rank", type=positive(int), default=8, help="adapter rank r (default 8, LoRA's GLUE setting)"
     )
     p.add_argument(
         "--alpha",
@@ -145,40 +119,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="target modules (default: all linear maps of every block), e.g. --targets query,value",
     )
-    p.add_argument("--steps", type=_positive(int), default=300, help="optimizer steps per run (default 300)")
+    p.add_argument("--steps", type=positive(int), default=300, help="optimizer steps per run (default 300)")
     p.add_argument(
         "--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0), e.g. --seeds 0,1,2"
     )
-    p.add_argument("--batch-size", type=_positive(int), default=16, help="examples per step (default 16)")
+    p.add_argument("--batch-size", type=positive(int), default=16, help="examples per step (default 16)")
     p.add_argument(
         "--max-length",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="tokens per example (default: 64 for GLUE, 512 for gsm8k), e.g. --max-length 128",
     )
     p.add_argument(
         "--eval-every",
-        type=_nonneg_int,
+        type=nonnegative_int,
         default=100,
         help="evaluate every N steps, plus step 0 and the last step (default 100: a pass over the 872 "
         "SST-2 dev examples costs as much CPU as ~35 training steps; 0: only those two)",
     )
     p.add_argument(
         "--eval-samples",
-        type=_nonneg_int,
+        type=nonnegative_int,
         default=None,
         help="held-out examples scored: 0 = the whole split, N = a fixed random subset, the same for "
         "every run (default: all of the GLUE dev set, 256 GSM8K test problems), e.g. --eval-samples 256",
     )
     p.add_argument(
         "--lr",
-        type=_positive(float),
+        type=positive(float),
         default=None,
         help="learning rate for every method (default: per method family, see below), e.g. --lr 3e-4",
     )
     p.add_argument(
         "--head-lr",
-        type=_positive(float),
+        type=positive(float),
         default=None,
         help="learning rate of the new task head, the same for every method (default 4e-4, LoRA's "
         "GLUE rate) so that the head's speed is not charged to the method, e.g. --head-lr 1e-3",
@@ -193,11 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0, PiSSA/NLoRA)"
     )
     p.add_argument(
-        "--max-grad-norm", type=_positive(float), default=1.0, help="gradient-norm clip (default 1.0)"
+        "--max-grad-norm", type=positive(float), default=1.0, help="gradient-norm clip (default 1.0)"
     )
     p.add_argument(
         "--explode-factor",
-        type=_positive(float),
+        type=positive(float),
         default=10.0,
         help="stop a run when its loss exceeds this × its first loss (default 10); NaN/Inf always stops",
     )
@@ -242,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=_positive(int),
+        type=positive(int),
         default=None,
         help="torch intra-op threads (default: torch's choice, one per core). Loss curves are "
         "bit-identical for the same seed and thread count; on a busy shared machine --threads 1 "
@@ -299,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv_list = list(sys.argv[1:] if argv is None else argv)
     try:
         spec = get_task(args.task)
-        methods = _csv(args.methods)
+        methods = csv_list(args.methods)
         _check_methods(methods)
         out = args.out or f"reports/finetune/{spec.name}"
         if args.summary_only:

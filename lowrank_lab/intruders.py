@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from lowrank_lab.utils.cli import positive, unit_interval
+
 EPILOG = """\
 examples:
   # a full fine-tune saved as a Hugging Face directory, against the registry's MiniLM
@@ -59,26 +61,6 @@ Exit status 2 with a one-line message for bad input (no traceback).
 """
 
 
-def _epsilon(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--epsilon must be a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"--epsilon must be in (0, 1] (|cos| lies in [0, 1]), got {value}")
-    return value
-
-
-def _top_k(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--top-k must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--top-k must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from lowrank_lab.analysis.intruders import DEFAULT_EPSILON, DEFAULT_TOP_K
 
@@ -115,14 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--epsilon",
-        type=_epsilon,
+        type=unit_interval("--epsilon", "|cos| lies in [0, 1]"),
         default=DEFAULT_EPSILON,
         help=f"a tuned vector whose best |cos| is below ε is an intruder (default {DEFAULT_EPSILON}, the "
         "paper's and PEFT's). Example: --epsilon 0.4",
     )
     p.add_argument(
         "--top-k",
-        type=_top_k,
+        type=positive(int),
         default=DEFAULT_TOP_K,
         help=f"tuned singular vectors examined per matrix (default {DEFAULT_TOP_K}, the paper's and PEFT's). "
         "Example: --top-k 20",

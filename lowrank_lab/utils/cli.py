@@ -1,0 +1,60 @@
+"""Argument types shared by the command-line entry points (``analyze``, ``intruders``, ``finetune``).
+
+Each returns a parser for ``argparse``'s ``type=``: it converts the text or raises
+``argparse.ArgumentTypeError`` with a message that says what was expected and what was given, so
+every CLI rejects a bad number the same way (argparse then exits with status 2, prefixing the
+option's name: ``argument --rank: must be > 0, got '0'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def csv_list(text: str) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``: comma-separated items, blanks dropped."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _convert(kind: type, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+
+
+def positive(kind: type = int) -> Callable[[str], int | float]:
+    """A number of type ``kind`` (int or float) that must be > 0."""
+
+    def parse(text: str):
+        value = _convert(kind, text)
+        if not value > 0:  # also rejects a float NaN
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer that must be >= 0 (0 usually meaning "none" or "all", as the option's help says)."""
+    value = _convert(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def unit_interval(option: str, why: str = "") -> Callable[[str], float]:
+    """A float in (0, 1]; the message names ``option`` and, when given, ``why`` the range is so."""
+    reason = f" ({why})" if why else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be a number in (0, 1], got {text!r}") from None
+        if not 0.0 < value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{option} must be in (0, 1]{reason}, got {value}")
+        return value
+
+    return parse

@@ -1,0 +1,71 @@
+"""The argument types every command-line entry point shares (lowrank_lab.utils.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from lowrank_lab import analyze, finetune, intruders
+from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, unit_interval
+
+
+def test_csv_list_drops_blanks_and_spaces():
+    assert csv_list(" lora, pissa,,full ,") == ["lora", "pissa", "full"]
+    assert csv_list("") == []
+
+
+@pytest.mark.parametrize(("kind", "text", "value"), [(int, "3", 3), (float, "2.5e-4", 2.5e-4)])
+def test_positive_accepts_numbers_above_zero(kind, text, value):
+    assert positive(kind)(text) == value
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "message"),
+    [
+        (int, "0", "must be > 0, got '0'"),
+        (int, "-2", "must be > 0"),
+        (int, "1.5", "expected a int, got '1.5'"),
+        (float, "nan", "must be > 0"),
+        (float, "abc", "expected a float"),
+    ],
+)
+def test_positive_rejects_with_what_was_given(kind, text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        positive(kind)(text)
+
+
+def test_nonnegative_int_allows_zero_only_from_below():
+    assert nonnegative_int("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="must be >= 0, got '-1'"):
+        nonnegative_int("-1")
+
+
+def test_unit_interval_is_half_open_and_names_the_option():
+    parse = unit_interval("--epsilon", "|cos| lies in [0, 1]")
+    assert parse("1") == 1.0 and parse("0.5") == 0.5
+    for bad in ("0", "1.01", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"--epsilon must be in \(0, 1\] \(\|cos\|"):
+            parse(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a number"):
+        parse("half")
+    assert math.isclose(unit_interval("--x")("0.25"), 0.25)
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "message"),
+    [
+        (analyze.run, ["--repeats", "0"], "argument --repeats: must be > 0"),
+        (analyze.run, ["--threads", "-1"], "argument --threads: must be > 0"),
+        (analyze.run, ["--warmup", "-1"], "argument --warmup: must be >= 0"),
+        (intruders.main, ["--base", "minilm", "--top-k", "0"], "argument --top-k: must be > 0"),
+        (finetune.main, ["--task", "sst2", "--steps", "0"], "argument --steps: must be > 0"),
+        (finetune.main, ["--task", "sst2", "--eval-every", "-1"], "argument --eval-every: must be >= 0"),
+    ],
+)
+def test_every_cli_rejects_a_bad_number_with_status_2_naming_the_option(main, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
