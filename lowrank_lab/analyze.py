@@ -225,7 +225,9 @@ def _save_singular_values(sv_dir: Path, tensor: str, values: np.ndarray) -> None
     os.replace(tmp, path)  # never a half-written file
 
 
-def _load_singular_values(sv_dir: Path, tensor: str) -> np.ndarray | None:
+def load_singular_values(sv_dir: Path, tensor: str) -> np.ndarray | None:
+    """The singular values of ``tensor`` saved by a run (``<out>/singular_values/``), or None when the
+    file is missing or unreadable (a torn write of an interrupted run is recomputed, not trusted)."""
     path = _sv_path(sv_dir, tensor)
     try:
         return np.load(path) if path.exists() else None
@@ -354,7 +356,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                 if spectra_done and all(done(k) for k in keys):
                     continue  # finished in an earlier run: not even read
                 bar.set_postfix_str(info.tensor, refresh=False)
-                cache = _load_singular_values(sv_dir, info.tensor) if spectra_done else None
+                cache = load_singular_values(sv_dir, info.tensor) if spectra_done else None
                 weight = src.load(info)
                 for table, row in analyze_matrix(
                     weight, analysis, spectra_done=spectra_done, done=done, singular_values_cache=cache
@@ -468,7 +470,7 @@ def make_figures(out: Path, figures: Path, *, model: str) -> list[Path]:
     fact = pd.read_csv(fact_path) if fact_path.stat().st_size else pd.DataFrame()
     spectra = pd.read_csv(spec_path) if spec_path.stat().st_size else pd.DataFrame()
     sv_dir = out / "singular_values"
-    values = {t: v for t in spectra.get("tensor", []) if (v := _load_singular_values(sv_dir, t)) is not None}
+    values = {t: v for t in spectra.get("tensor", []) if (v := load_singular_values(sv_dir, t)) is not None}
     paths = [plot_spectra(spectra, values, figures / "spectra.png", model=model)]
     if not fact.empty:
         paths.append(plot_error_ratio(fact, figures / "error_ratio.png", model=model))

@@ -176,9 +176,9 @@ def cli_outputs(
     2. This notebook's own earlier run at the same size, when it holds ``marker``:
        ``reports/notebooks/<name>-small`` in small mode, ``reports/<full_out>`` at full size
        (``full_out`` defaults to ``notebooks/<name>``).
-    3. Otherwise the CLI runs now, in this process, with ``small_argv`` or ``full_argv`` and
-       ``--out`` set to that folder (analyze also gets ``--figures`` at the same place under
-       ``figures/``).
+    3. Otherwise the CLI runs now, in this process, with ``small_argv`` or ``full_argv``,
+       ``--out`` set to that folder and ``--resume`` (what an interrupted run finished is kept;
+       analyze also gets ``--figures`` at the same place under ``figures/``).
 
     Steps 1 and 2 are skipped in fresh mode (``LOWRANK_LAB_FRESH=1``). The CLI modules are imported
     here, lazily: this glue sits above the command-line layer and only notebooks import it.
@@ -202,7 +202,9 @@ def cli_outputs(
         return own
     out = output_root() / "reports" / rel
     out.mkdir(parents=True, exist_ok=True)
-    argv = [*(small_argv if small_mode() else (full_argv or [])), "--out", str(out)]
+    # --resume: a run interrupted earlier (a kernel restart mid-study) continues where it stopped;
+    # every CLI refuses to resume a folder made with other settings, so nothing is mixed silently.
+    argv = [*(small_argv if small_mode() else (full_argv or [])), "--out", str(out), "--resume"]
     if cli == "analyze":
         argv += ["--figures", str(output_root() / "figures" / rel)]
     print(f"running: python -m lowrank_lab.{cli}", " ".join(argv))
@@ -236,8 +238,8 @@ def load_singular_values(out: str | Path, tensors: list[str]) -> dict[str, Any]:
     Reading files only; the file naming is the CLI's (``lowrank_lab.analyze``), so it is asked for
     there rather than repeated here. Tensors without a saved file are left out.
     """
-    from lowrank_lab.analyze import _load_singular_values  # TODO: public loader requested from analyze
+    from lowrank_lab.analyze import load_singular_values as load_one
 
     sv_dir = Path(out) / "singular_values"
-    values = {t: _load_singular_values(sv_dir, t) for t in tensors}
+    values = {t: load_one(sv_dir, t) for t in tensors}
     return {t: v for t, v in values.items() if v is not None}

@@ -1037,7 +1037,8 @@ seed and schedule — and the counts from `python -m lowrank_lab.intruders --swe
 
 Small mode: LoRA r ∈ {1, 8} and full FT, 10 steps on the query/value maps — a smoke test of the
 pipeline; after so few steps the counts say nothing. Full size: r ∈ {1, 4, 8, 16, 64}, 300 steps on
-every linear map. Needs ../shared/data (GLUE SST-2).
+every linear map; LoRA r = 8 and full fine-tuning are the study's seed-0 runs when it is on disk
+(trained with the same settings), the other ranks are trained here. Needs ../shared/data (GLUE SST-2).
 '''),
     code(SETUP.format(name="06_intruder_dimensions", numpy="")),
     code('''
@@ -1046,6 +1047,7 @@ import re
 ranks = nbs.pick(small=[1, 8], full=[1, 4, 8, 16, 64])
 targets = nbs.pick(small=["--targets", "query,value"], full=[])
 run_dirs = {}                                   # label -> harness run directory (holding merged/)
+study_runs = {}                                 # run name -> run directory of the issue-7 study
 if nbs.shared_data() is None:
     print("../shared/data not found: no fine-tunes to compare, this notebook has nothing to show "
           "(set LOWRANK_LAB_SHARED_DATA)")
@@ -1055,19 +1057,30 @@ else:
     small = ["--steps", "10", "--batch-size", "8", "--max-length", "32", "--eval-samples", "32",
              "--eval-every", "0"]
     full = ["--steps", "300", "--eval-samples", "256"]
+    saved = nbs.saved_result("finetune/sst2", marker="summary.md")
+    study_runs = {d.name: d for d in sorted(saved.glob("runs/*")) if (d / "merged").is_dir()} if saved else {}
     for r in ranks:
-        methods = "lora,full" if r == ranks[-1] else "lora"     # full FT does not depend on r: run it once
+        wanted = ["lora", "full"] if r == ranks[-1] else ["lora"]   # full FT does not depend on r: once
+        if not nbs.small_mode():
+            # At full size the issue-7 study's seed-0 runs were trained with these very settings (only
+            # its evaluation subset differs, which does not touch the weights): reuse them.
+            for m in list(wanted):
+                d = study_runs.get(f"lora-r{r}-seed0" if m == "lora" else "full-seed0")
+                if d is not None:
+                    run_dirs[d.name] = d
+                    wanted.remove(m)
+        if not wanted:
+            continue
+        methods = ",".join(wanted)
         study = nbs.cli_outputs("finetune", name=f"06_finetune_sst2_r{r}",
                                 small_argv=[*common, "--methods", methods, "--rank", str(r), *small],
                                 full_argv=[*common, "--methods", methods, "--rank", str(r), *full])
         for d in sorted(study.glob("runs/*")):
             if (d / "merged").is_dir():
                 run_dirs[d.name] = d
-    saved = nbs.saved_result("finetune/sst2", marker="summary.md")
-    if saved is not None:
-        for d in sorted(saved.glob("runs/*")):
-            if (d / "merged").is_dir():
-                run_dirs.setdefault(f"study:{d.name}", d)
+    for d in study_runs.values():
+        if d not in run_dirs.values():
+            run_dirs[f"study:{d.name}"] = d
 print(len(run_dirs), "fine-tuned models:", list(run_dirs))
 '''),
     code('''
@@ -1077,20 +1090,22 @@ rows, sweeps, intruder_dirs = [], [], {}
 for label, d in run_dirs.items():
     # The study's own counts, when its author ran the intruders CLI with --sweep into
     # <study>/intruders/<run>/ (where its summary.md looks), are read rather than redone.
-    saved = f"finetune/sst2/intruders/{d.name}" if label.startswith("study:") else None
+    in_study = d in study_runs.values()
+    saved = f"finetune/sst2/intruders/{d.name}" if in_study else None
     out = intruder_dirs[label] = nbs.cli_outputs(
         "intruders", name=f"06_intruders_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}",
         small_argv=["--base", "minilm", "--tuned", str(d), "--sweep", *targets],
         full_argv=["--base", "minilm", "--tuned", str(d), "--sweep"], saved=saved, marker="sweep.csv")
     cfg = json.loads((d / "run.json").read_text())["config"]
-    info = {"run": label, "method": cfg["method"], "rank": cfg["rank"] if cfg["method"] != "full" else None}
+    info = {"run": label, "method": cfg["method"], "rank": cfg["rank"] if cfg["method"] != "full" else None,
+            "study": in_study}
     per = pd.read_csv(out / "intruders.csv")
     per_matrix = per.groupby(["tensor", "module", "side"], sort=False)["intruder"].sum().reset_index()
     rows.append({**info, "matrices": len(per_matrix), "intruders_at_0.5": int(per_matrix["intruder"].sum()),
                  "matrices_with_intruders": int((per_matrix["intruder"] > 0).sum())})
     sweeps.append(pd.read_csv(out / "sweep.csv").assign(**info))
-counts = pd.DataFrame(rows, columns=["run", "method", "rank", "matrices", "intruders_at_0.5",
-                                     "matrices_with_intruders"]).astype({"rank": "Int64"})
+counts = pd.DataFrame(rows, columns=["run", "method", "rank", "study", "matrices", "intruders_at_0.5",
+                                     "matrices_with_intruders"]).astype({"rank": "Int64", "study": bool})
 sweep = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
 if not counts.empty:
     nbs.save_table(counts, "06_intruders_per_run", source=NOTEBOOK,
@@ -1107,12 +1122,12 @@ count grows with ε; at ε = 0.9 even small rotations count.
 '''),
     code('''
 if not sweep.empty:
-    total = sweep.groupby(["run", "method", "rank", "epsilon"], dropna=False)["count"].sum().reset_index()
+    total = sweep.groupby(["run", "method", "rank", "study", "epsilon"], dropna=False)["count"].sum().reset_index()
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     for k, (run, g) in enumerate(total.groupby("run", sort=False)):
         m, r = g.method.iloc[0], g["rank"].iloc[0]
         label = "full fine-tuning" if m == "full" else f"{m} r = {int(r)}"
-        label += " (study)" if run.startswith("study:") else ""
+        label += " (study)" if g.study.iloc[0] else ""
         ax.plot(g.epsilon, g["count"], marker="o", ls="--" if m == "full" else "-",
                 color="k" if m == "full" else f"C{k}", label=label)
     ax.set_xlabel("ε (similarity threshold)")
@@ -1132,6 +1147,7 @@ if not sweep.empty:
 if not counts.empty:
     lora = counts[(counts.method == "lora") & ~counts.run.str.startswith("study:")].sort_values("rank")
     full_ft = counts[(counts.method == "full") & ~counts.run.str.startswith("study:")]
+    # (at full size LoRA r = 8 and full FT are the study's seed-0 runs, labelled by their run name)
     fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
     ax.plot(lora["rank"], lora["intruders_at_0.5"], marker="o", label="LoRA")
     for _, row in full_ft.iterrows():
@@ -1151,7 +1167,7 @@ if not counts.empty:
 ## Per method of the confirmation study (when its merged weights are on disk)
 '''),
     code('''
-study_counts = counts[counts.run.str.startswith("study:")] if not counts.empty else counts
+study_counts = counts[counts.study] if not counts.empty else counts
 if study_counts.empty:
     print("no saved study with merged weights under reports/finetune/sst2/runs/*/merged: skipped")
 else:
