@@ -15,6 +15,14 @@
 #
 # Usage:  bash benchmarks/confirmation_study.sh            # everything
 #         STUDY_SEEDS=0 STUDY_STEPS=100 bash benchmarks/confirmation_study.sh   # a reduced version
+#         STUDY_METHODS=lora,pissa,nlora,inttune,full STUDY_TASKS=sst2 STUDY_THREADS=1 \
+#           bash benchmarks/confirmation_study.sh      # the claims' methods, one task, one thread
+# On 2 cores, run two single-threaded studies side by side (e.g. STUDY_TASKS=sst2 and STUDY_TASKS=rte):
+# MiniLM's small matmuls do not keep 2 threads busy (step CPU time ~= wall time with 2 threads,
+# reports/benchmarks/finetune_step.md), and a 1-thread SST-2 LoRA run beside the RTE study took 195 s,
+# against 187 s for a 2-thread run alone.
+# Each task writes its own folder, so parallel studies never share a file; rerunning with more
+# methods or seeds later adds the missing runs (--resume) to the same study.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,25 +31,33 @@ SEEDS="${STUDY_SEEDS:-0,1,2}"
 STEPS="${STUDY_STEPS:-300}"
 ALL_METHODS="lora,pissa,pissa-fast,milora,olora,lora-xs,lora-sb,slora,nlora,nlora-pinv,nlora-sketch,inttune,loldu,full,head"
 CLAIM_METHODS="lora,pissa,nlora,inttune,full"
+METHODS="${STUDY_METHODS:-$ALL_METHODS}"
+TASKS="${STUDY_TASKS:-sst2 rte gsm8k}"
+THREADS=()
+[ -n "${STUDY_THREADS:-}" ] && THREADS=(--threads "$STUDY_THREADS")
 
-for task in sst2 rte; do
-  python -m lowrank_lab.finetune --task "$task" --model minilm --methods "$ALL_METHODS" --rank 8 \
-    --steps "$STEPS" --seeds "$SEEDS" --batch-size 16 --max-length 64 --eval-every 100 \
-    --data-dir "$DATA" --out "reports/finetune/$task" --resume
+for task in $TASKS; do
+  case "$task" in
+    sst2|rte)
+      python -m lowrank_lab.finetune --task "$task" --model minilm --methods "$METHODS" --rank 8 \
+        --steps "$STEPS" --seeds "$SEEDS" --batch-size 16 --max-length 64 --eval-every 100 \
+        --data-dir "$DATA" --out "reports/finetune/$task" --resume "${THREADS[@]}" ;;
+    gsm8k)
+      python -m lowrank_lab.finetune --task gsm8k --model stories260K --methods "${STUDY_METHODS:-$CLAIM_METHODS}" \
+        --rank 8 --steps "$STEPS" --seeds "$SEEDS" --batch-size 16 --max-length 512 --eval-every 50 \
+        --eval-samples 256 --data-dir "$DATA" --out reports/finetune/gsm8k --resume "${THREADS[@]}" ;;
+    *) echo "unknown task in STUDY_TASKS: $task (sst2, rte, gsm8k)" >&2; exit 2 ;;
+  esac
 done
-
-python -m lowrank_lab.finetune --task gsm8k --model stories260K --methods "$CLAIM_METHODS" --rank 8 \
-  --steps "$STEPS" --seeds "$SEEDS" --batch-size 16 --max-length 512 --eval-every 50 --eval-samples 256 \
-  --data-dir "$DATA" --out reports/finetune/gsm8k --resume
 
 # Intruder dimensions of every finished run (top-10 left singular vectors, eps = 0.5, plus the
 # eps sweep), then rebuild each summary.md so its intruder line is filled.
-for task in sst2 rte gsm8k; do
+for task in $TASKS; do
   base=minilm; [ "$task" = gsm8k ] && base=stories260K
   for run in reports/finetune/$task/runs/*/; do
     run=${run%/}
     [ -d "$run/merged" ] || continue
-    python -m lowrank_lab.intruders --base "$base" --tuned "$run" --sweep --threads 1 \
+    python -m lowrank_lab.intruders --base "$base" --tuned "$run" --sweep --threads "${STUDY_THREADS:-1}" \
       --out "reports/finetune/$task/intruders/$(basename "$run")" --resume
   done
   python -m lowrank_lab.finetune --task "$task" --out "reports/finetune/$task" --summary-only
