@@ -324,8 +324,12 @@ def find_intruders(out: Path, records: list[dict[str, Any]]) -> str | None:
     from .summary import _diff, stat, verdict
 
     counts = intruder_counts(Path(out), records)
-    if "lora" not in counts or "full" not in counts:
+    if not counts:
         return None
+    if "lora" not in counts or "full" not in counts:
+        missing = " and ".join(m for m in ("lora", "full") if m not in counts)
+        found = ", ".join(f"{m} {stat(c).fmt('.1f')}" for m, c in counts.items())
+        return f"not run: needs the intruder counts of {missing} as well; counted so far: {found}"
     lo, fu = stat(counts["lora"]), stat(counts["full"])
     d, se = _diff(lo, fu, None)
     if lo.mean == 0 and fu.mean == 0:

@@ -142,6 +142,10 @@ def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer
         )
     records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/run.json"))]
     assert intruder_counts(out, records) == {"full": [0.0], "lora": [2.0]}  # right side not counted
+    # counts without a full fine-tune to compare with: said so, not "no intruder results found yet"
+    assert find_intruders(out, records[:1] if records[0]["config"]["method"] == "lora" else records[1:]) == (
+        "not run: needs the intruder counts of full as well; counted so far: lora 2.0"
+    )
     line = find_intruders(out, records)
     assert line.startswith("confirms: intruder dimensions") and "lora 2.0" in line and "full 0.0" in line
     for run in ("lora-r2-seed0", "full-seed0"):  # nobody has intruders: the test had no power
