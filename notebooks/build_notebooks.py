@@ -888,6 +888,7 @@ come from ../shared/data; without it this notebook says so and stops.
     code(SETUP.format(name="05_convergence", numpy=NUMPY)),
     code('''
 from lowrank_lab.training import get_task
+from lowrank_lab.training.study import find_intruders
 from lowrank_lab.training.summary import (
     claims,
     load_records,
@@ -997,7 +998,8 @@ for task, recs in records.items():
     threshold, why = loss_threshold(recs, methods)
     rows = method_rows(recs, methods, spec, threshold)
     tables.append(method_table(rows, spec).assign(task=task))
-    verdicts += [{"task": task, **c} for c in claims(rows, spec)]
+    # the intruder claim reads the counts the intruders CLI wrote into <study>/intruders/<run>/
+    verdicts += [{"task": task, **c} for c in claims(rows, spec, find_intruders(studies[task], recs))]
 if tables:
     table = pd.concat(tables, ignore_index=True)
     table = table[["task", *[c for c in table.columns if c != "task"]]]
