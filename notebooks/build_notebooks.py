@@ -1124,9 +1124,10 @@ count grows with ε; at ε = 0.9 even small rotations count.
 '''),
     code('''
 if not sweep.empty:
-    total = sweep.groupby(["run", "method", "rank", "study", "epsilon"], dropna=False)["count"].sum().reset_index()
+    keys = ["run", "method", "rank", "study", "epsilon"]
+    total = sweep.groupby(keys, dropna=False)["count"].sum().reset_index()
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
-    for k, (run, g) in enumerate(total.groupby("run", sort=False)):
+    for k, (_run, g) in enumerate(total.groupby("run", sort=False)):
         m, r = g.method.iloc[0], g["rank"].iloc[0]
         label = "full fine-tuning" if m == "full" else f"{m} r = {int(r)}"
         label += " (study)" if g.study.iloc[0] else ""
