@@ -386,8 +386,9 @@ NOTES = [
     "p = 10, q = 2 on MiniLM, where p = 0, q = 2 is 1.015× and p = 10, q = 1 is 1.018×), so the ≥ 2× target "
     "of issue 4 is out of reach for any randomized range finder there: work ≤ 0.5 needs q ≤ 1 (q = 2 is "
     "already 6·r/(10·r) = 0.6), and q = 1 within work 0.5 allows l ≤ 1.25·r, i.e. p ≤ 4 on MiniLM (error "
-    "> 1.018, the p = 10 value) and p ≤ 32 on the llama shapes (1.015× at p = 20, 4096² and 11008×4096, "
-    "σ_k ∝ k^-0.4). The measured speedups sit below the bound by the SVD of the sketch, the residual GEMM "
+    "> 1.018, the p = 10 value) and p ≤ 32 on the llama shapes (1.017–1.024× for p = 0…32 on 4096² "
+    "and 11008×4096, σ_k ∝ k^-0.4: `python benchmarks/rsvd_passes.py`, reports/benchmarks/rsvd_passes.md). "
+    "The measured speedups sit below the bound by the SVD of the sketch, the residual GEMM "
     "and the normalisers.",
     "- pissa, milora, lora-xs and PEFT's pissa all make the same LAPACK call (`torch.linalg.svd`); on the "
     "llama shapes they ran once each, minutes apart, so their differences there are the machine's load, "
