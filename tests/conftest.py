@@ -45,3 +45,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _seed_global_rng() -> None:
     # Some tests draw from torch's global RNG; seed it so each test is reproducible run on its own.
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script("adapter_init")`` → the module ``benchmarks/adapter_init.py``, imported.
+
+    The benchmarks are scripts, not a package; a test that checks one of their pure functions loads
+    it here (registered in ``sys.modules`` while loaded, as its dataclasses need).
+    """
+    import importlib.util
+    import sys
+
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(f"_benchmark_{name}", None)
