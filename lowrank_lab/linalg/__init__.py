@@ -17,6 +17,7 @@ from .svd import (
     singular_values,
     spectral_norm_estimate,
     svd_flip,
+    tall_svd,
     truncated_svd,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "singular_values",
     "spectral_norm_estimate",
     "svd_flip",
+    "tall_svd",
     "thin_qr",
     "truncated_svd",
     "validate_matrix",

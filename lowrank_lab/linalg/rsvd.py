@@ -12,7 +12,7 @@ import torch
 
 from .policy import gaussian, make_generator, prepare, validate_matrix, validate_rank
 from .result import Factorization
-from .svd import svd_flip
+from .svd import svd_flip, tall_svd
 
 Normalizer = Literal["qr", "lu", "none"]
 
@@ -178,9 +178,11 @@ def randomized_svd(
             f"randomized_svd: W is finite (|W| <= {float(W.abs().max()):.3g}) but its sketch overflowed "
             f"{Wc.dtype}; scale W down or pass reference=True"
         )
-    B = _t_times(Wc, Q).T  # (l, n) = Qᵀ W, the third kind of thin product, in the faster operand order
-    Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
-    U, Vh = svd_flip((Q @ Ub)[:, :r], Vh[:r])  # Q @ Ub then slice: a sliced Ub is a strided GEMM operand
+    # B = Qᵀ W (l, n), held as its transpose Bᵀ = Wᵀ Q (n, l): the third kind of thin product, in
+    # the faster operand order. Bᵀ = Um diag(S) Vmh (QR first, see tall_svd) gives B = Ub diag(S) Vh
+    # with Ub = Vmhᵀ and Vh = Umᵀ.
+    Um, S, Vmh = tall_svd(_t_times(Wc, Q))
+    U, Vh = svd_flip((Q @ Vmh.T)[:, :r], Um.T[:r].contiguous())  # Q @ Ub then slice: a sliced Ub is a strided GEMM operand
     return Factorization(
         left=U.to(prec.output),
         core=S[:r].to(prec.output),

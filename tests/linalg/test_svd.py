@@ -12,6 +12,7 @@ from lowrank_lab.linalg import (
     singular_values,
     spectral_norm_estimate,
     svd_flip,
+    tall_svd,
     truncated_svd,
 )
 
@@ -106,6 +107,35 @@ def test_truncated_svd_factors_follow_the_sign_convention():
     f = truncated_svd(W, 6)
     idx = f.left.abs().argmax(dim=0)
     assert bool((f.left[idx, torch.arange(6)] > 0).all())
+
+
+# --- tall_svd: QR first (Chan's R-SVD) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(200, 18), (40, 20), (39, 20), (25, 25), (7, 1), (1, 1)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_tall_svd_is_a_thin_svd_on_both_sides_of_the_qr_crossover(shape, dtype, tol):
+    # (40, 20) takes the QR path, (39, 20) and the square ones go straight to torch.linalg.svd
+    sigma = power_law(min(shape), slope=-0.7)
+    M = known_spectrum(*shape, sigma, seed=3).to(dtype)
+    U, S, Vh = tall_svd(M)
+    k = min(shape)
+    assert U.shape == (shape[0], k) and S.shape == (k,) and Vh.shape == (k, shape[1])
+    assert U.dtype == S.dtype == Vh.dtype == dtype
+    assert torch.allclose(S, sigma.to(dtype), rtol=0, atol=tol * float(sigma[0]) * 10)
+    assert bool((S[:-1] >= S[1:]).all())
+    eye = torch.eye(k, dtype=dtype)
+    assert torch.allclose(U.T @ U, eye, atol=tol * 10) and torch.allclose(Vh @ Vh.T, eye, atol=tol * 10)
+    assert float(torch.linalg.norm(U * S @ Vh - M) / torch.linalg.norm(M)) < tol * 10
+
+
+def test_tall_svd_of_a_rank_deficient_panel_is_finite_with_zero_trailing_values():
+    M = torch.zeros(50, 6, dtype=torch.float64)
+    M[:, :2] = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    U, S, Vh = tall_svd(M)
+    assert bool(torch.isfinite(U).all() and torch.isfinite(Vh).all())
+    assert float(S[2:].abs().max()) < 1e-12 * float(S[0])
+    assert torch.allclose(U * S @ Vh, M, atol=1e-12)
 
 
 # --- MiLoRA: the smallest triplets ----------------------------------------------------------------
