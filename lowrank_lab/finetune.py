@@ -21,9 +21,10 @@ from lowrank_lab.training.config import (
     LR_SOURCES,
     RunConfig,
 )
+from lowrank_lab.training.loop import Interrupted
 from lowrank_lab.training.study import run_study, summarize_existing
 from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, default_data_dir, get_task
-from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive
+from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, sigterm_as_interrupt
 
 DEFAULT_METHODS = "lora,pissa,nlora,inttune,full"
 
@@ -197,7 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="study directory (default reports/finetune/<task>)")
     p.add_argument(
-        "--resume", action="store_true", help="skip runs already finished in --out with the same settings"
+        "--resume",
+        action="store_true",
+        help="skip runs already finished in --out with the same settings, and continue an interrupted "
+        "run from its last checkpoint",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=nonnegative_int,
+        default=120,
+        metavar="SECONDS",
+        help="save a run's trainable weights, optimizer and RNG state this often (default 120 s; 0: only "
+        "on Ctrl-C/SIGTERM), so --resume continues it with the same loss curve instead of restarting",
     )
     p.add_argument(
         "--device",
@@ -271,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     argv_list = list(sys.argv[1:] if argv is None else argv)
+    out = args.out or "reports/finetune/<task>"
     try:
         spec = get_task(args.task)
         methods = csv_list(args.methods)
@@ -307,17 +320,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_merged=not args.no_save_merged,
             extra=dict(args.adapter_option),
         )
-        result = run_study(
-            base,
-            methods,
-            args.seeds,
-            data_dir=args.data_dir or default_data_dir(),
-            out=out,
-            resume=args.resume,
-            argv=["-m", "lowrank_lab.finetune", *argv_list],
-            loss_threshold_override=args.loss_threshold,
-            progress=False if args.no_progress else None,
+        with sigterm_as_interrupt():
+            result = run_study(
+                base,
+                methods,
+                args.seeds,
+                data_dir=args.data_dir or default_data_dir(),
+                out=out,
+                resume=args.resume,
+                argv=["-m", "lowrank_lab.finetune", *argv_list],
+                loss_threshold_override=args.loss_threshold,
+                progress=False if args.no_progress else None,
+                checkpoint_seconds=args.checkpoint_every,
+            )
+    except KeyboardInterrupt as exc:
+        where = str(exc) if isinstance(exc, Interrupted) else "between training steps"
+        print(
+            f"\ninterrupted: {where}. Finished runs are in {out}/runs; rerun the same command with "
+            "--resume to go on.",
+            file=sys.stderr,
         )
+        return 130
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

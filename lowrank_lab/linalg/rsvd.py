@@ -182,7 +182,8 @@ def randomized_svd(
     # the faster operand order. Bᵀ = Um diag(S) Vmh (QR first, see tall_svd) gives B = Ub diag(S) Vh
     # with Ub = Vmhᵀ and Vh = Umᵀ.
     Um, S, Vmh = tall_svd(_t_times(Wc, Q))
-    U, Vh = svd_flip((Q @ Vmh.T)[:, :r], Um.T[:r].contiguous())  # Q @ Ub then slice: a sliced Ub is a strided GEMM operand
+    # Q @ Ub, then slice (a sliced Ub is a strided GEMM operand); Vh made row-major as before
+    U, Vh = svd_flip((Q @ Vmh.T)[:, :r], Um.T[:r].contiguous())
     return Factorization(
         left=U.to(prec.output),
         core=S[:r].to(prec.output),

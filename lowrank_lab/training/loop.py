@@ -12,6 +12,10 @@ the same config therefore give bit-identical loss curves on the same machine and
 Divergence: a loss that is NaN/Inf, or larger than ``explode_factor`` × the first step's loss, or a
 non-finite gradient norm, stops the run with :class:`Diverged`, whose message names the method, seed
 and step; the record keeps the curve up to that step and ``status="diverged"``.
+
+Interruption: with a ``run_dir``, the loop checkpoints every ``checkpoint_seconds`` and on Ctrl-C or
+SIGTERM (see :mod:`.checkpoint`), then raises :class:`Interrupted`; ``train_run(..., resume=True)``
+continues from that step and gives the same loss curve as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ from torch.nn import functional as F
 from lowrank_lab.utils.timing import Stopwatch, synchronize
 
 from .batching import IGNORE_INDEX, Encoder, batch_order, eval_subset
+from .checkpoint import (
+    CHECKPOINT,
+    load_checkpoint,
+    read_checkpoint_meta,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import HEAD_ONLY, RunConfig
 from .metrics import METRICS
 from .models import count_parameters, head_parameters
@@ -42,6 +54,10 @@ class Diverged(RuntimeError):
     def __init__(self, message: str, step: int) -> None:
         super().__init__(message)
         self.step = step
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM through the CLI) stopped a run; the message says where it can resume."""
 
 
 class MemoryMeter:
@@ -260,6 +276,8 @@ def train_run(
     *,
     run_dir: str | Path | None = None,
     step_callback: Callable[[int, float], None] | None = None,
+    checkpoint_seconds: float = 0.0,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train one (method, seed) run and return its record.
 
@@ -277,6 +295,11 @@ def train_run(
         ``cfg.save_merged``; nothing is written without it.
     step_callback : callable, optional
         ``f(step, loss)`` after each step (progress bars).
+    checkpoint_seconds : float
+        With a ``run_dir``: save ``checkpoint.pt`` after the first step that ends this many seconds
+        (wall) after the last save; 0 saves only on interruption. See :mod:`.checkpoint`.
+    resume : bool
+        Continue from ``run_dir``'s checkpoint when there is one (else start at step 0).
 
     Returns
     -------
@@ -289,7 +312,16 @@ def train_run(
         (the adapter's InjectionReport totals); ``init_seconds`` (inject, CUDA-synchronised),
         ``train_seconds`` (steps only), ``eval_seconds``, ``seconds_per_step``, ``run_seconds``;
         ``peak_memory_mb`` with ``memory_kind`` ("rss": the whole process, sampled every step;
-        "cuda_max_allocated") and ``memory_start_mb``; ``merged_dir`` when weights were saved.
+        "cuda_max_allocated") and ``memory_start_mb``; ``merged_dir`` when weights were saved;
+        ``resumed_at`` (the steps a checkpoint restored the run at; times and peak memory add up
+        over those sessions).
+
+    Raises
+    ------
+    Interrupted
+        On KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) after saving a checkpoint of
+        the last finished step, unless the interruption came inside an optimizer update, where
+        the last periodic checkpoint stands.
         :func:`~lowrank_lab.training.study.run_study` adds ``config``, ``meta`` (command,
         versions, device, git commit) and ``wall_seconds`` when it writes ``run.json``.
     """
@@ -320,8 +352,13 @@ def train_run(
             f"method {cfg.method!r} left no trainable parameter; check --targets {cfg.targets!r}"
         )
     params = body + head
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.steps, cfg.warmup_ratio))
+    ckpt_dir = Path(run_dir) if run_dir is not None else None
+    restored = None
+    if resume and ckpt_dir is not None and read_checkpoint_meta(ckpt_dir) is not None:
+        restored = load_checkpoint(ckpt_dir, device)
 
     record: dict[str, Any] = {
         "status": "running",
@@ -330,9 +367,11 @@ def train_run(
         "head_lr": head_lr,
         "train_loss": [],
         "eval": [],
+        "resumed_at": [],
         **info,
     }
     eval_seconds = 0.0
+    before = {"train": 0.0, "eval": 0.0, "run": 0.0}  # seconds spent in earlier sessions of this run
 
     def run_eval(step: int) -> None:
         nonlocal eval_seconds
@@ -342,14 +381,59 @@ def train_run(
         record["eval"].append({"step": step, **res, "seconds": round(sw.seconds, 4)})
         meter.sample()
 
-    run_eval(0)
-    torch.manual_seed(cfg.seed)  # dropout masks: same stream for every method of this seed
-    model.train()
+    def eval_due(step: int) -> bool:
+        return (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.steps
+
     first_loss = None
+    start = 1
+    if restored is not None:
+        first_loss, start = _restore(restored, cfg, named, opt, sched, record, meter, ckpt_dir)
+        before.update(restored["seconds"])
+        eval_seconds = before["eval"]
+        if start > 1 and eval_due(start - 1) and record["eval"][-1]["step"] != start - 1:
+            run_eval(start - 1)  # the interruption came during this evaluation
+        set_rng_state(restored["rng"], device)
+        del restored
+    else:
+        run_eval(0)
+        torch.manual_seed(cfg.seed)  # dropout masks: same stream for every method of this seed
+    model.train()
+    rng_committed = rng_state(device)  # as it stands after the last finished step
+    updating = False
     synchronize(device)
     t_train = time.perf_counter()
+    last_save = t_train
+
+    def seconds_so_far() -> dict[str, float]:
+        session = time.perf_counter() - t_train - (eval_seconds - before["eval"])
+        return {
+            "train": before["train"] + session,
+            "eval": eval_seconds,
+            "run": before["run"] + time.perf_counter() - t_start,
+        }
+
+    def save() -> Path:
+        assert ckpt_dir is not None
+        step = len(record["train_loss"])
+        state = {
+            "config": cfg.to_dict(),
+            "step": step,
+            "params": {n: p.detach() for n, p in named},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": rng_committed,
+            "first_loss": first_loss,
+            "train_loss": record["train_loss"],
+            "eval": record["eval"],
+            "resumed_at": record["resumed_at"],
+            "seconds": seconds_so_far(),
+            "peak_memory": meter.peak,
+        }
+        meta = {"config": cfg.to_dict(), "lr": lr, "head_lr": head_lr, "step": step}
+        return save_checkpoint(ckpt_dir, state, meta)
+
     try:
-        for step in range(1, cfg.steps + 1):
+        for step in range(start, cfg.steps + 1):
             batch = _to(train.collate(order[step - 1].tolist()), device)
             loss = task_loss(spec, _forward(model, batch), batch["target"])
             value = float(loss.detach())
@@ -376,22 +460,40 @@ def train_run(
                     f"lower --lr (was {lr:g}) or check the adapter init",
                     step,
                 )
+            updating = True  # from here to the append, parameters and record disagree
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             record["train_loss"].append(value)
+            updating = False
+            rng_committed = rng_state(device)
             meter.sample()
             if step_callback is not None:
                 step_callback(step, value)
-            if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.steps:
+            if eval_due(step):
                 run_eval(step)
+            now = time.perf_counter()
+            if ckpt_dir is not None and 0 < checkpoint_seconds <= now - last_save and step < cfg.steps:
+                save()
+                last_save = time.perf_counter()
         record["status"] = "finished"
     except Diverged as exc:
         record["status"] = "diverged"
         record["message"] = str(exc)
         record["diverged_step"] = exc.step
+    except KeyboardInterrupt:
+        done = len(record["train_loss"])
+        where = f"{cfg.method} (seed {cfg.seed}) interrupted after step {done} of {cfg.steps}"
+        if ckpt_dir is None or done == 0:
+            raise Interrupted(f"{where}; nothing was saved (no run directory or no step yet)") from None
+        if updating:
+            kept = read_checkpoint_meta(ckpt_dir)
+            at = f"the checkpoint of step {kept['step']}" if kept else "step 0 (no checkpoint yet)"
+            raise Interrupted(f"{where}, inside an optimizer update; --resume restarts from {at}") from None
+        path = save()
+        raise Interrupted(f"{where}; saved {path}; rerun with --resume to continue from there") from None
     synchronize(device)
-    train_seconds = time.perf_counter() - t_train - eval_seconds
+    train_seconds = seconds_so_far()["train"]
 
     if record["status"] == "finished" and cfg.save_merged and run_dir is not None:
         with Stopwatch(device) as sw:
@@ -415,5 +517,38 @@ def train_run(
     record["peak_memory_mb"] = round(meter.peak_mb(), 1)
     record["memory_kind"] = meter.kind
     record["memory_start_mb"] = round(meter.start / 2**20, 1)  # RSS: the process before this run
-    record["run_seconds"] = round(time.perf_counter() - t_start, 3)
+    record["run_seconds"] = round(before["run"] + time.perf_counter() - t_start, 3)
     return record
+
+
+def _restore(
+    state: dict[str, Any],
+    cfg: RunConfig,
+    named: list[tuple[str, nn.Parameter]],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    record: dict[str, Any],
+    meter: MemoryMeter,
+    ckpt_dir: Path | None,
+) -> tuple[float | None, int]:
+    """Load a checkpoint's parameters, optimizer, schedule and record; returns (first loss, next step)."""
+    where = Path(ckpt_dir or ".") / CHECKPOINT
+    if cfg.differences(state["config"]):
+        raise ValueError(f"{where} belongs to another run ({state['config']}); delete it to restart")
+    want, got = {n for n, _ in named}, set(state["params"])
+    if want != got:
+        odd = sorted(want ^ got)
+        raise ValueError(
+            f"{where} does not match the trainable parameters of the rebuilt {cfg.method} model "
+            f"({len(odd)} differ, e.g. {odd[:3]}); delete it to restart that run from step 0"
+        )
+    with torch.no_grad():
+        for n, p in named:
+            p.copy_(state["params"][n])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    record["train_loss"] = list(state["train_loss"])
+    record["eval"] = list(state["eval"])
+    record["resumed_at"] = [*state["resumed_at"], int(state["step"])]
+    meter.peak = max(meter.peak, int(state["peak_memory"]))
+    return state["first_loss"], int(state["step"]) + 1

@@ -12,7 +12,8 @@ Layout of ``--out``::
 Runs go seed-major (all methods of seed 0, then seed 1, ...) so an interrupted study already
 compares every method. A run's record is written atomically when it ends; with ``resume=True``
 finished or diverged runs with the same config are skipped (a different config is an error, so a
-resumed study never mixes settings), failed or missing runs are (re)done.
+resumed study never mixes settings), failed or missing runs are (re)done, and a run that was
+interrupted continues from its ``runs/<run>/checkpoint.pt`` (see :mod:`.checkpoint`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir
 
 from . import figures as figs
 from .batching import Encoder, batch_order, eval_subset
+from .checkpoint import read_checkpoint_meta, remove_checkpoint
 from .config import RunConfig
 from .loop import train_run
 from .models import load_model, load_tokenizer
@@ -139,6 +141,7 @@ def run_study(
     tokenizer: Any = None,
     log: Callable[[str], None] | None = None,
     notes: Sequence[str] = (),
+    checkpoint_seconds: float = 120.0,
 ) -> dict[str, Any]:
     """Run ``methods`` × ``seeds`` on ``base.task`` and write the study files (see module docstring).
 
@@ -151,13 +154,18 @@ def run_study(
     data_dir, out : paths
         Where the task's files are, and the study directory.
     resume : bool
-        Skip runs whose record exists with the same config.
+        Skip runs whose record exists with the same config; continue interrupted ones from their
+        checkpoint.
     progress : bool or None
         tqdm bars; None shows them only on a terminal.
     model_factory, tokenizer : optional
         Replace :func:`~.models.load_model` / :func:`~.models.load_tokenizer` (tests use tiny models).
     log : callable
         Where messages go (default: ``tqdm.write`` to stderr).
+    checkpoint_seconds : float
+        Wall seconds between a run's checkpoints (0: only when interrupted). The default costs
+        under 1% of a run: saving full fine-tuning's 270 MB of MiniLM weights and AdamW moments
+        takes about a second.
 
     Returns
     -------
@@ -181,21 +189,13 @@ def run_study(
     done: dict[str, dict[str, Any]] = {}
     if resume:
         for cfg in configs:
-            rec = read_record(run_dir_for(out, cfg))
-            if rec is None or rec.get("status") not in ("finished", "diverged"):
-                continue
-            diff = cfg.differences(rec.get("config", {}))
-            # Defaults can change between versions: compare the rates the run actually used.
-            for key, want in (("lr", cfg.resolved_lr(spec.kind)), ("head_lr", cfg.resolved_head_lr())):
-                if rec.get(key) is not None and float(rec[key]) != want:
-                    diff[f"{key} used"] = (rec[key], want)
-            if diff:
-                shown = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
-                raise StudyResumeError(
-                    f"--resume: {run_dir_for(out, cfg)} was made with other settings ({shown}); "
-                    "use a new --out, or rerun without --resume to overwrite"
-                )
-            done[cfg.run_name()] = rec
+            rdir = run_dir_for(out, cfg)
+            rec = read_record(rdir)
+            if rec is not None and rec.get("status") in ("finished", "diverged"):
+                _check_same_settings(cfg, spec, rec, rdir)
+                done[cfg.run_name()] = rec
+            elif (meta := read_checkpoint_meta(rdir)) is not None:
+                _check_same_settings(cfg, spec, meta, rdir / "checkpoint.json")
 
     # Tokenise every example any run will see before the first run: otherwise the first method of
     # each seed pays for it inside its step time (GSM8K with llama2.c's BPE: ~15 ms per example).
@@ -229,7 +229,9 @@ def run_study(
                     writer.write(_csv_row(rec, out))
                 records.append(rec)
                 continue
-            rec = _one_run(cfg, spec, train_enc, eval_enc, factory, rdir, argv, disable)
+            rec = _one_run(
+                cfg, spec, train_enc, eval_enc, factory, rdir, argv, disable, resume, checkpoint_seconds, say
+            )
             if rec["status"] == "diverged":
                 say(f"DIVERGED: {rec['message']} — continuing with the other runs")
             elif rec["status"] == "failed":
@@ -247,6 +249,21 @@ def run_study(
     return {"records": records, "summary": summary, "failed": failed}
 
 
+def _check_same_settings(cfg: RunConfig, spec: TaskSpec, stored: dict[str, Any], where: Path) -> None:
+    """StudyResumeError unless ``stored`` (a run.json or checkpoint.json) has ``cfg``'s settings."""
+    diff = cfg.differences(stored.get("config", {}))
+    # Defaults can change between versions: compare the rates the run actually used.
+    for key, want in (("lr", cfg.resolved_lr(spec.kind)), ("head_lr", cfg.resolved_head_lr())):
+        if stored.get(key) is not None and float(stored[key]) != want:
+            diff[f"{key} used"] = (stored[key], want)
+    if diff:
+        shown = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise StudyResumeError(
+            f"--resume: {where} was made with other settings ({shown}); "
+            "use a new --out, or rerun without --resume to overwrite"
+        )
+
+
 def _one_run(
     cfg: RunConfig,
     spec: TaskSpec,
@@ -256,13 +273,28 @@ def _one_run(
     rdir: Path,
     argv: Sequence[str] | None,
     disable: bool | None,
+    resume: bool,
+    checkpoint_seconds: float,
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
     rdir.mkdir(parents=True, exist_ok=True)
+    start_at = 0
+    if not resume:
+        remove_checkpoint(rdir)  # a fresh run must not leave an older run's state to resume from
+    elif (ck := read_checkpoint_meta(rdir)) is not None:
+        start_at = int(ck["step"])
+        say(f"resume {cfg.run_name()} from its checkpoint at step {start_at} of {cfg.steps}")
     gc.collect()  # the previous run's model must not count in this run's peak RSS
     meta = run_metadata(list(argv) if argv is not None else None, seed=cfg.seed, device=cfg.device)
     t0 = time.perf_counter()
     steps = tqdm(
-        total=cfg.steps, desc=cfg.run_name(), unit="step", leave=False, disable=disable, file=sys.stderr
+        total=cfg.steps,
+        initial=start_at,
+        desc=cfg.run_name(),
+        unit="step",
+        leave=False,
+        disable=disable,
+        file=sys.stderr,
     )
 
     def tick(step: int, loss: float) -> None:
@@ -271,7 +303,17 @@ def _one_run(
             steps.set_postfix(loss=f"{loss:.4f}")
 
     try:
-        rec = train_run(cfg, spec, train_enc, eval_enc, factory, run_dir=rdir, step_callback=tick)
+        rec = train_run(
+            cfg,
+            spec,
+            train_enc,
+            eval_enc,
+            factory,
+            run_dir=rdir,
+            step_callback=tick,
+            checkpoint_seconds=checkpoint_seconds,
+            resume=resume,
+        )
     except Exception as exc:  # noqa: BLE001 - one broken method must not end a long study
         rec = {
             "status": "failed",
@@ -284,6 +326,8 @@ def _one_run(
         steps.close()
     rec = {"schema": SCHEMA, "config": cfg.to_dict(), **rec, "meta": meta}
     write_run_json(rdir / "run.json", rec, time.perf_counter() - t0)
+    if rec["status"] in ("finished", "diverged"):
+        remove_checkpoint(rdir)
     return json.loads((rdir / "run.json").read_text())
 
 

@@ -9,7 +9,10 @@ option's name: ``argument --rank: must be > 0, got '0'``).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
 
 
 def csv_list(text: str) -> list[str]:
@@ -58,3 +61,27 @@ def unit_interval(option: str, why: str = "") -> Callable[[str], float]:
         return value
 
     return parse
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt, as Ctrl-C does.
+
+    Batch schedulers (SLURM, Kubernetes) and ``timeout`` stop a job with SIGTERM, whose default
+    action ends the process on the spot. The entry points already save their work on
+    KeyboardInterrupt (rows flushed, a fine-tuning checkpoint), so routing SIGTERM there lets a
+    killed job resume with ``--resume``. Outside the main thread (where signal handlers cannot be
+    set) it does nothing; the previous handler comes back on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
