@@ -42,7 +42,7 @@ from lowrank_lab.analysis.figures import plot_error_ratio, plot_init_time, plot_
 from lowrank_lab.analysis.report import write_summary
 from lowrank_lab.analysis.spectra import spectra_columns
 from lowrank_lab.linalg import FACTORIZATIONS, get_factorization, resolve_device
-from lowrank_lab.utils.cli import nonnegative_int, positive
+from lowrank_lab.utils.cli import nonnegative_int, positive, sigterm_as_interrupt
 from lowrank_lab.utils.distributed import (
     balanced_partition,
     existing_parts,
@@ -479,7 +479,9 @@ def make_figures(out: Path, figures: Path, *, model: str) -> list[Path]:
 
 
 def main() -> None:
-    sys.exit(run())
+    with sigterm_as_interrupt():  # a scheduler's SIGTERM keeps the finished rows, as Ctrl-C does
+        code = run()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

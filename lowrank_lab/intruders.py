@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from lowrank_lab.utils.cli import positive, unit_interval
+from lowrank_lab.utils.cli import positive, sigterm_as_interrupt, unit_interval
 
 EPILOG = """\
 examples:
@@ -563,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = run(args)
+        with sigterm_as_interrupt():  # a scheduler's SIGTERM keeps the finished rows, as Ctrl-C does
+            result = run(args)
     except KeyboardInterrupt:
         print(
             f"interrupted: the rows written so far are in {args.out}/intruders.csv; rerun with --resume",

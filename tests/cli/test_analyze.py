@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 import lowrank_lab.analysis.factorization as fz
 from lowrank_lab.analyze import run
@@ -31,15 +30,7 @@ FAST = ["--layers", "0", "--ranks", "4,8", "--methods", "svd,rsvd", "--device", 
         "--warmup", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # In-process runs share pytest's torch, whose OpenMP threads busy-wait; on the shared 2-core
-    # box two spinning threads make a 384x384 SVD 100x slower. One thread keeps the tests fast.
-    # (The CLI itself sets OMP_WAIT_POLICY=PASSIVE before torch loads; see lowrank_lab/analyze.py.)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -205,3 +196,35 @@ def test_help_explains_every_option_with_an_example(capsys):
     for option in options:
         assert option in usage
     assert usage.count("Example:") == len(options) and "examples:" in usage
+
+
+def test_sigterm_keeps_the_finished_rows_and_resume_completes(tmp_path):
+    # What a batch scheduler does to a job over its time: SIGTERM. The rows already written stay,
+    # the exit status is 130 as for Ctrl-C, and --resume finishes without recomputing them.
+    import os
+    import signal
+    import time
+
+    out, figs = tmp_path / "out", tmp_path / "fig"
+    args = [sys.executable, "-m", "lowrank_lab.analyze", "--layers", "0,1,2,3,4,5", "--ranks", "4,8",
+            "--methods", "svd", "--device", "cpu", "--repeats", "3", "--warmup", "0", "--threads", "1",
+            "--out", str(out), "--figures", str(figs)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    csv = out / "factorization.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if csv.is_file() and len(csv.read_text().splitlines()) >= 3:  # header and two rows
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "analyze finished before it could be interrupted; give it more work"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    kept = pd.read_csv(csv)
+    assert 2 <= len(kept) < 6 * 6 * 2
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    full = pd.read_csv(csv)
+    assert len(full) == 6 * 6 * 2 and not full.duplicated(["tensor", "method", "rank"]).any()
+    assert full.head(len(kept))[["tensor", "rank"]].equals(kept[["tensor", "rank"]])  # kept, not redone

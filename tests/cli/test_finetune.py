@@ -12,14 +12,7 @@ import torch
 
 from lowrank_lab.finetune import build_parser, main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # As tests/training/conftest.py: one thread avoids OpenMP spin-waiting on the shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_help_explains_every_option_with_examples():

@@ -162,12 +162,8 @@ def glue_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+
+
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests run tiny models: with torch's default OpenMP policy, idle threads spin between
-    # the many small ops and, on a shared 2-core machine, the suite took ~6x longer (164 s vs 26 s
-    # measured). One thread has nobody to wait for; the previous count is restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_models_on_one_thread(one_torch_thread):
+    """Every test here runs tiny models: one torch thread (see tests/conftest.py)."""
