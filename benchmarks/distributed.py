@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from lowrank_lab.analyze import matrix_cost
-from lowrank_lab.utils.distributed import balanced_partition
+from lowrank_lab.utils.distributed import balanced_partition, launch_command
 from lowrank_lab.utils.tables import to_markdown
 from lowrank_lab.weights import get_spec, open_source
 
@@ -77,19 +77,7 @@ def cases(small: bool) -> dict[str, list[str]]:
 
 
 def run_once(args: list[str], out: Path, nproc: int) -> dict:
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "lowrank_lab.analyze"]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            str(nproc),
-            "-m",
-            "lowrank_lab.analyze",
-        ]
+    cmd = launch_command("lowrank_lab.analyze", nproc)
     cmd += [*args, "--out", str(out), "--figures", str(out / "figures")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     t0 = time.perf_counter()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +26,22 @@ import torch.distributed as dist
 
 #: Ranks that finish early wait at the final barrier for the slowest; a 70B run can be hours.
 BARRIER_TIMEOUT = timedelta(hours=12)
+
+
+def launch_command(module: str, nproc: int = 1) -> list[str]:
+    """The argv that runs ``python -m <module>`` in ``nproc`` local processes.
+
+    One process: this interpreter directly. Several: ``torch.distributed.run --standalone
+    --nproc-per-node N`` (the ``torchrun`` launcher, run through this interpreter so the same
+    environment is used), which sets the variables :func:`init_from_env` reads. Append the
+    module's own options to the list.
+    """
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    if nproc == 1:
+        return [sys.executable, "-m", module]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    return [sys.executable, *launcher, "-m", module]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lowrank_lab.utils.distributed import launch_command
+
 ARGS = ["--layers", "0", "--ranks", "4,8", "--methods", "svd,rsvd,ldu", "--threads", "1", "--repeats", "1",
         "--warmup", "0"]
 TIMING = ["init_seconds"]
@@ -27,8 +29,7 @@ def _run(cmd: list[str], out: Path) -> subprocess.CompletedProcess:
 
 
 def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                 "-m", "lowrank_lab.analyze", *extra], out)
+    return _run([*launch_command("lowrank_lab.analyze", 2), *extra], out)
 
 
 def _frame(path: Path) -> pd.DataFrame:

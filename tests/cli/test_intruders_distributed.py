@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
+from lowrank_lab.utils.distributed import launch_command
+
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 
 ARGS = ["--side", "both", "--top-k", "6", "--sweep", "--threads", "1"]
@@ -79,17 +81,7 @@ def _run(cmd: list[str], weights, out: Path, *extra: str) -> subprocess.Complete
 
 
 def _torchrun(weights, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "lowrank_lab.intruders",
-    ]
-    return _run(cmd, weights, out, *extra)
+    return _run(launch_command("lowrank_lab.intruders", 2), weights, out, *extra)
 
 
 def _text(path: Path) -> pd.DataFrame:

@@ -65,3 +65,17 @@ def test_without_torchrun_environment_the_run_is_single_process(monkeypatch) -> 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ctx = init_from_env("cpu")
     assert ctx == DistContext() and ctx.is_main and not ctx.enabled
+
+
+def test_launch_command_runs_the_module_alone_or_under_torchrun():
+    import sys
+
+    from lowrank_lab.utils.distributed import launch_command
+
+    assert launch_command("lowrank_lab.analyze") == [sys.executable, "-m", "lowrank_lab.analyze"]
+    assert launch_command("lowrank_lab.intruders", 3) == [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+        "-m", "lowrank_lab.intruders",
+    ]
+    with pytest.raises(ValueError, match="nproc must be >= 1, got 0"):
+        launch_command("lowrank_lab.analyze", 0)
