@@ -17,6 +17,9 @@
 #         STUDY_SEEDS=0 STUDY_STEPS=100 bash benchmarks/confirmation_study.sh   # a reduced version
 #         STUDY_METHODS=lora,pissa,nlora,inttune,full STUDY_TASKS=sst2 STUDY_THREADS=1 \
 #           bash benchmarks/confirmation_study.sh      # the claims' methods, one task, one thread
+#         STUDY_STAGE=intruders bash benchmarks/confirmation_study.sh   # only count intruders of the runs done
+# Stop with Ctrl-C or SIGTERM (kill PID of the python process): the run in progress saves a checkpoint
+# and the next invocation continues it (--resume; lowrank_lab.training.checkpoint).
 # On 2 cores, run two single-threaded studies side by side (e.g. STUDY_TASKS=sst2 and STUDY_TASKS=rte):
 # MiniLM's small matmuls do not keep 2 threads busy (step CPU time ~= wall time with 2 threads,
 # reports/benchmarks/finetune_step.md), and a 1-thread SST-2 LoRA run beside the RTE study took 195 s,
@@ -36,7 +39,11 @@ TASKS="${STUDY_TASKS:-sst2 rte gsm8k}"
 THREADS=()
 [ -n "${STUDY_THREADS:-}" ] && THREADS=(--threads "$STUDY_THREADS")
 
+STAGE="${STUDY_STAGE:-all}"
+case "$STAGE" in all|train|intruders) ;; *) echo "STUDY_STAGE must be all, train or intruders, got $STAGE" >&2; exit 2 ;; esac
+
 for task in $TASKS; do
+  [ "$STAGE" = intruders ] && break
   case "$task" in
     sst2|rte)
       python -m lowrank_lab.finetune --task "$task" --model minilm --methods "$METHODS" --rank 8 \
@@ -53,6 +60,7 @@ done
 # Intruder dimensions of every finished run (top-10 left singular vectors, eps = 0.5, plus the
 # eps sweep), then rebuild each summary.md so its intruder line is filled.
 for task in $TASKS; do
+  [ "$STAGE" = train ] && break
   base=minilm; [ "$task" = gsm8k ] && base=stories260K
   for run in reports/finetune/$task/runs/*/; do
     run=${run%/}
