@@ -14,12 +14,16 @@ bound) beside σ_{r+1}/σ_1. Peers measured in the same run, on the same matrix:
 (p = 10, q = 2), truncated to rank r — and the full ``torch.linalg.svd``.
 
 Timing on a shared machine: at each (shape, rank) the methods run in interleaved rounds (one run of
-each per round), so load drift hits all of them alike; the ``rsvd / svd_lowrank`` ratio compares
-medians from the same rounds. The exact SVD (``svd`` and ``torch.linalg.svd``) and ``qr`` cost the
-same at every rank (one full factorization, then slicing), so they are timed once per shape on
-``max(ranks)`` and their factors sliced to each rank; the two full SVDs take minutes at these
-shapes on 2 cores and are timed ``--svd-repeats`` times (default 1, no warm-up: at that length
-warm-up effects are far below the machine's noise).
+each per round, the order reversed every other round so no method always follows the same one), so
+load drift hits all of them alike. The ``rsvd / svd_lowrank`` ratio is paired: the median over
+rounds of rsvd's time over svd_lowrank's in the same round, with a distribution-free 95% confidence
+interval for that median (order statistics of the per-round ratios, binomial with p = 1/2). The two
+methods make the same six passes over W at rank 8, so their ratio sits within a few percent of 1 and
+only a paired ratio with its interval says which side of 1 it is on. The exact SVD (``svd`` and
+``torch.linalg.svd``) and ``qr`` cost the same at every rank (one full factorization, then slicing),
+so they are timed once per shape on ``max(ranks)`` and their factors sliced to each rank; the two
+full SVDs take minutes at these shapes on 2 cores and are timed ``--svd-repeats`` times (default 1,
+no warm-up: at that length warm-up effects are far below the machine's noise).
 
 Targets (issue 2), checked in the report: ``rsvd`` with its defaults ≤ 1.01 × the optimum and no
 slower than ``torch.svd_lowrank`` (time ratio ≤ 1.0); sketched Nyström (``nystrom``) below
@@ -31,6 +35,7 @@ flushed as rows finish; ``--resume`` keeps them and skips what is done).
 
 from __future__ import annotations
 
+import math
 import os
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads steal
@@ -71,7 +76,7 @@ FULL_SVD = "torch.linalg.svd"
 COLUMNS = [
     "shape", "m", "n", "rank", "method", "kind", "median_s", "cpu_median_s", "times_s", "repeats",
     "rel_err_fro", "opt_rel_err_fro", "err_ratio", "rel_err_2", "opt_rel_err_2",
-    "time_ratio_vs_svd_lowrank", "cpu_ratio_vs_svd_lowrank",
+    "time_ratio_vs_svd_lowrank", "time_ratio_ci_lo", "time_ratio_ci_hi", "cpu_ratio_vs_svd_lowrank",
 ]  # fmt: skip
 
 EPILOG = """\
@@ -170,16 +175,42 @@ def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
 def measure_rounds(
     fns: dict[str, Callable[[], object]], repeats: int
 ) -> dict[str, tuple[list[float], list[float], object]]:
-    """One warm-up each, then ``repeats`` rounds running every function once (interleaved)."""
+    """One warm-up each, then ``repeats`` rounds running every function once (interleaved), in the
+    given order in even rounds and reversed in odd ones. Lists are in round order (for pairing)."""
     results: dict[str, object] = {name: fn() for name, fn in fns.items()}
     wall: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            fn = fns[name]
             w, c, results[name] = timed(fn)
             wall[name].append(w)
             cpu[name].append(c)
     return {name: (wall[name], cpu[name], results[name]) for name in fns}
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Median of ``values`` and a distribution-free ``level`` confidence interval for it.
+
+    The interval is ``[x_(k), x_(n+1-k)]`` of the sorted values with the largest k such that
+    ``P(Binomial(n, 1/2) < k) <= (1 - level) / 2`` (the sign-test interval; e.g. Conover,
+    *Practical Nonparametric Statistics*, §3.2). With fewer than 6 values no such k exists and the
+    interval is the whole range.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    alpha = (1.0 - level) / 2
+    k, cdf = 0, 0.0  # cdf = P(B < k + 1) as k grows
+    while k < n // 2:
+        cdf += math.comb(n, k) / 2.0**n
+        if cdf > alpha:
+            break
+        k += 1
+    lo, hi = (xs[k - 1], xs[n - k]) if k >= 1 else (xs[0], xs[-1])
+    return statistics.median(xs), lo, hi
 
 
 def slice_factorization(f: Factorization, r: int) -> Factorization:
@@ -277,10 +308,13 @@ def bench_shape(
         if not fns:
             continue
         measured = measure_rounds(fns, args.repeats)
-        peer_wall = statistics.median(measured[SVD_LOWRANK][0])
-        peer_cpu = statistics.median(measured[SVD_LOWRANK][1])
+        peer_wall, peer_cpu = measured[SVD_LOWRANK][0], measured[SVD_LOWRANK][1]
         for name, (wall, cpu, f) in measured.items():
             med, cpu_med = statistics.median(wall), statistics.median(cpu)
+            paired = name == "rsvd" and len(wall) == len(peer_wall)
+            nan3 = (float("nan"),) * 3
+            tr, lo, hi = median_ci([a / b for a, b in zip(wall, peer_wall, strict=True)]) if paired else nan3
+            cr = median_ci([a / b for a, b in zip(cpu, peer_cpu, strict=True)])[0] if paired else float("nan")
             row = {
                 **base(name, r),
                 "median_s": med,
@@ -288,15 +322,16 @@ def bench_shape(
                 "times_s": ";".join(f"{x:.4f}" for x in wall),
                 "repeats": len(wall),
                 **error_row(W, f, sigma, r),  # type: ignore[arg-type]
-                "time_ratio_vs_svd_lowrank": med / peer_wall if name == "rsvd" else float("nan"),
-                "cpu_ratio_vs_svd_lowrank": cpu_med / peer_cpu if name == "rsvd" else float("nan"),
+                "time_ratio_vs_svd_lowrank": tr,
+                "time_ratio_ci_lo": lo,
+                "time_ratio_ci_hi": hi,
+                "cpu_ratio_vs_svd_lowrank": cr,
             }
             if not writer.done(row):
                 writer.write(row)
             ratio = ""
-            if name == "rsvd":
-                tr, cr = row["time_ratio_vs_svd_lowrank"], row["cpu_ratio_vs_svd_lowrank"]
-                ratio = f"  vs svd_lowrank {tr:.3f} (cpu {cr:.3f})"
+            if paired:
+                ratio = f"  vs svd_lowrank {tr:.3f} [{lo:.3f}, {hi:.3f}] (cpu {cr:.3f})"
             print(f"  r={r:<4} {name:<18} {med:8.3f} s  err/opt {row['err_ratio']:.4f}{ratio}", flush=True)
 
 
@@ -312,10 +347,11 @@ def targets(df: pd.DataFrame) -> list[str]:
             ratio = float(by.loc["rsvd", "err_ratio"])
             add("rsvd error ≤ 1.01 × optimum", shape, rank, f"{ratio:.4f}", ratio <= 1.01)
             tr = float(by.loc["rsvd", "time_ratio_vs_svd_lowrank"])
+            lo, hi = float(by.loc["rsvd", "time_ratio_ci_lo"]), float(by.loc["rsvd", "time_ratio_ci_hi"])
             cr = float(by.loc["rsvd", "cpu_ratio_vs_svd_lowrank"])
             add(
-                "rsvd time / torch.svd_lowrank(q=r+10) ≤ 1.0 (wall; CPU time in brackets)",
-                shape, rank, f"{tr:.3f} ({cr:.3f})", tr <= 1.0,
+                "rsvd time / torch.svd_lowrank(q=r+10) ≤ 1.0 (paired wall ratio [95% CI]; CPU time)",
+                shape, rank, f"{tr:.3f} [{lo:.3f}, {hi:.3f}] ({cr:.3f})", tr <= 1.0,
             )  # fmt: skip
         if {"nystrom", "nystrom-released"} <= set(by.index):
             a, b = float(by.loc["nystrom", "rel_err_fro"]), float(by.loc["nystrom-released", "rel_err_fro"])
@@ -354,8 +390,10 @@ def write_report(
         "Golub–Kahan–Lanczos estimate (20 steps, a lower bound) of ‖W − Ŵ‖₂/‖W‖₂ beside σ_{r+1}/σ_1. Every "
         "method is called "
         f"with its registry defaults and `generator={args.seed}`. `torch.svd_lowrank` runs with q = r + 10, "
-        "niter = 2 (rsvd's sketch size) and is truncated to r; `vs svd_lowrank` is rsvd's median time over "
-        "torch.svd_lowrank's from the same rounds (wall; `(CPU)` the same for the CPU time of this process, "
+        "niter = 2 (rsvd's sketch size) and is truncated to r; `vs svd_lowrank` is the median over rounds "
+        "of rsvd's time over torch.svd_lowrank's in the same round, `95% CI` a distribution-free interval "
+        "for that median (the rounds alternate their order; wall; `(CPU)` the same for the CPU time of "
+        "this process, "
         "which on an oversubscribed machine measures the work done rather than the share of the cores "
         "won). `svd`, `qr` and `torch.linalg.svd` are timed once per "
         "shape (their cost does not depend on r) and sliced to each rank; the full SVDs "
@@ -382,6 +420,10 @@ def write_report(
                 "rel err 2": g["rel_err_2"],
                 "σ_{r+1}/σ_1": g["opt_rel_err_2"],
                 "vs svd_lowrank": g["time_ratio_vs_svd_lowrank"],
+                "95% CI": [
+                    f"[{a:.3f}, {b:.3f}]" if a == a else "–"
+                    for a, b in zip(g["time_ratio_ci_lo"], g["time_ratio_ci_hi"], strict=True)
+                ],
                 "(CPU)": g["cpu_ratio_vs_svd_lowrank"],
             }
         )
