@@ -42,9 +42,11 @@ def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
 
 
 def set_rng_state(state: dict[str, torch.Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
+    """Put back what :func:`rng_state` took. The states are CPU byte tensors whatever the device:
+    ``load_checkpoint(..., device)`` maps every tensor to the run's device, so they come back."""
+    torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _atomic(path: Path, write: Any) -> None:

@@ -248,3 +248,26 @@ def test_finetune_cli_checkpoint_every_rejects_negative(capsys):
     assert (
         e.value.code == 2 and "argument --checkpoint-every: must be >= 0, got '-1'" in capsys.readouterr().err
     )
+
+
+@pytest.mark.gpu
+def test_cuda_run_resumes_with_its_cuda_rng(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
+    # cuBLAS and atomics in some backward kernels are not bit-reproducible, so: the same curve to
+    # float tolerance, and the CUDA generator state travels in the checkpoint.
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    whole = train_run(_cfg(device="cuda"), spec, tr, ev, tiny_bert(2))
+    with pytest.raises(Interrupted):
+        train_run(
+            _cfg(device="cuda"),
+            spec,
+            tr,
+            ev,
+            tiny_bert(2),
+            run_dir=tmp_path,
+            step_callback=_stop(3, KeyboardInterrupt()),
+        )
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["rng"]["cuda"] is not None and state["params"]
+    resumed = train_run(_cfg(device="cuda"), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
+    assert resumed["resumed_at"] == [3] and resumed["memory_kind"] == "cuda_max_allocated"
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
