@@ -155,7 +155,8 @@ def run_study(
         Where the task's files are, and the study directory.
     resume : bool
         Skip runs whose record exists with the same config; continue interrupted ones from their
-        checkpoint.
+        checkpoint. The summary then covers every run under ``out/runs``, including those of earlier
+        calls with other methods or seeds.
     progress : bool or None
         tqdm bars; None shows them only on a terminal.
     model_factory, tokenizer : optional
@@ -243,9 +244,14 @@ def run_study(
         bar.close()
         writer.close()
 
-    summary = write_study_outputs(
-        out, records, methods, spec, argv=argv, threshold_override=loss_threshold_override, notes=notes
-    )
+    if resume:
+        # A study extended with --resume (more methods or seeds than an earlier call) holds runs this
+        # call did not list: the summary covers every run in the folder, as --summary-only does.
+        summary = summarize_existing(out, [], spec, threshold_override=loss_threshold_override, notes=notes)
+    else:
+        summary = write_study_outputs(
+            out, records, methods, spec, argv=argv, threshold_override=loss_threshold_override, notes=notes
+        )
     return {"records": records, "summary": summary, "failed": failed}
 
 

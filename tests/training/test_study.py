@@ -131,6 +131,19 @@ def test_resume_skips_finished_runs_and_rejects_other_settings(
         _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
 
 
+def test_a_study_extended_with_resume_summarises_every_run_in_the_folder(
+    glue_dir, tmp_path, bert_tokenizer, tiny_bert
+):
+    out = tmp_path / "grow"
+    _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",))
+    res = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("head",), seeds=(0, 1), resume=True)
+    assert [r["config"]["method"] for r in res["records"]] == ["head", "head"]  # this call's runs
+    text = (out / "summary.md").read_text()
+    assert "| lora |" in text and "| head |" in text  # the earlier call's lora run is still summarised
+    assert set(pd.read_csv(out / "curves.csv")["method"]) == {"lora", "head"}
+    assert len(pd.read_csv(out / "runs.csv")) == 3
+
+
 def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     out = tmp_path / "x"
     _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora", "full"))
