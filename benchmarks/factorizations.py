@@ -439,8 +439,12 @@ def write_report(
         "product; with 2 threads and OMP_WAIT_POLICY=PASSIVE (set here, as the CLIs do) a QR of an "
         "11008 × 74 panel took 50–300 ms against ~10 ms single-threaded, which is most of its deficit at "
         "r = 64 and 128: with the default policy the two are at parity there (micro-benchmarks, same "
-        "machine). At r = 8 both do the same six passes over W at the same sketch width, so the ratio is "
-        "1 within noise whatever the policy.",
+        "machine). At r = 8 both make the same six passes over W at the same sketch width; rsvd's three "
+        "Wᵀ-side passes run as (Yᵀ W)ᵀ, which BLAS does 10–20% faster than Wᵀ·Y, and it ends with a QR "
+        "of the (n, l) panel and an l × l SVD instead of an SVD of the wide l × n matrix "
+        "(`lowrank_lab.linalg.tall_svd`). On this shared machine the whole-table run is noisy at r = 8 "
+        "(runs of ~65 ms): `python benchmarks/factorizations.py --methods rsvd --repeats 61 --out "
+        "reports/benchmarks/factorizations_rsvd.md` pairs rsvd with torch.svd_lowrank alone, 61 rounds.",
         "",
     ]
     out.write_text("\n".join(lines))
