@@ -12,10 +12,11 @@ import torch
 from lowrank_lab.training.checkpoint import CHECKPOINT, CHECKPOINT_META, read_checkpoint_meta
 from lowrank_lab.training.config import RunConfig
 from lowrank_lab.training.loop import Interrupted, train_run
-from lowrank_lab.training.study import StudyResumeError, run_dir_for, run_study
+from lowrank_lab.training.study import StudyResumeError, run_dir_for
 from lowrank_lab.utils.cli import sigterm_as_interrupt
 
 from .test_loop import _encoders
+from .test_study import _run
 
 
 def _cfg(method="lora", **kw):
@@ -33,6 +34,15 @@ def _stop(k: int, exc: BaseException):
     return callback
 
 
+def _ctrl_c_after(stop, cfg, spec, tr, ev, make, run_dir, **kw) -> Interrupted:
+    """Run ``cfg`` until Ctrl-C arrives after step ``stop``; return the Interrupted it raised."""
+    with pytest.raises(Interrupted) as caught:
+        train_run(
+            cfg, spec, tr, ev, make, run_dir=run_dir, step_callback=_stop(stop, KeyboardInterrupt()), **kw
+        )
+    return caught.value
+
+
 def _same_run(a: dict, b: dict) -> None:
     assert a["status"] == b["status"] == "finished"
     assert a["train_loss"] == b["train_loss"]  # bit-identical
@@ -48,16 +58,8 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_curve(
 ):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     whole = train_run(_cfg(method), spec, tr, ev, tiny_bert(2))
-    with pytest.raises(Interrupted, match=rf"{method} \(seed 0\) interrupted after step {stop} of 6; saved"):
-        train_run(
-            _cfg(method),
-            spec,
-            tr,
-            ev,
-            tiny_bert(2),
-            run_dir=tmp_path,
-            step_callback=_stop(stop, KeyboardInterrupt()),
-        )
+    exc = _ctrl_c_after(stop, _cfg(method), spec, tr, ev, tiny_bert(2), tmp_path)
+    assert str(exc).startswith(f"{method} (seed 0) interrupted after step {stop} of 6; saved")
     meta = read_checkpoint_meta(tmp_path)
     assert meta is not None and meta["step"] == stop and meta["config"]["method"] == method
     resumed = train_run(_cfg(method), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
@@ -90,17 +92,7 @@ def test_two_interruptions_add_up(glue_dir, bert_tokenizer, tiny_bert, tmp_path)
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     whole = train_run(_cfg(), spec, tr, ev, tiny_bert(2))
     for stop, resume in ((2, False), (5, True)):
-        with pytest.raises(Interrupted):
-            train_run(
-                _cfg(),
-                spec,
-                tr,
-                ev,
-                tiny_bert(2),
-                run_dir=tmp_path,
-                step_callback=_stop(stop, KeyboardInterrupt()),
-                resume=resume,
-            )
+        _ctrl_c_after(stop, _cfg(), spec, tr, ev, tiny_bert(2), tmp_path, resume=resume)
     resumed = train_run(_cfg(), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
     _same_run(resumed, whole)
     assert resumed["resumed_at"] == [2, 5]
@@ -108,16 +100,7 @@ def test_two_interruptions_add_up(glue_dir, bert_tokenizer, tiny_bert, tmp_path)
 
 def test_without_resume_a_checkpoint_is_ignored(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
-    with pytest.raises(Interrupted):
-        train_run(
-            _cfg(),
-            spec,
-            tr,
-            ev,
-            tiny_bert(2),
-            run_dir=tmp_path,
-            step_callback=_stop(3, KeyboardInterrupt()),
-        )
+    _ctrl_c_after(3, _cfg(), spec, tr, ev, tiny_bert(2), tmp_path)
     rec = train_run(_cfg(), spec, tr, ev, tiny_bert(2), run_dir=tmp_path)
     assert rec["resumed_at"] == [] and rec["steps_done"] == 6
 
@@ -143,16 +126,7 @@ def test_interrupt_inside_an_update_saves_nothing_and_says_where_resume_starts(
 
 def test_an_unreadable_checkpoint_is_named(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
-    with pytest.raises(Interrupted):
-        train_run(
-            _cfg(),
-            spec,
-            tr,
-            ev,
-            tiny_bert(2),
-            run_dir=tmp_path,
-            step_callback=_stop(2, KeyboardInterrupt()),
-        )
+    _ctrl_c_after(2, _cfg(), spec, tr, ev, tiny_bert(2), tmp_path)
     (tmp_path / CHECKPOINT).write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match=rf"cannot read the checkpoint {tmp_path / CHECKPOINT}.*delete it"):
         train_run(_cfg(), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
@@ -162,18 +136,7 @@ def test_an_unreadable_checkpoint_is_named(glue_dir, bert_tokenizer, tiny_bert, 
 
 
 def _study(glue_dir, out, tok, factory, resume, **base):
-    return run_study(
-        _cfg(**base),
-        ["lora"],
-        [0],
-        data_dir=glue_dir,
-        out=out,
-        resume=resume,
-        progress=False,
-        model_factory=factory,
-        tokenizer=tok,
-        log=lambda m: None,
-    )
+    return _run(glue_dir, out, tok, factory, methods=("lora",), resume=resume, base={"steps": 6, **base})
 
 
 def test_study_resume_continues_an_interrupted_run_and_cleans_up(
@@ -182,10 +145,7 @@ def test_study_resume_continues_an_interrupted_run_and_cleans_up(
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer, max_length=64)  # the study's length
     out = tmp_path / "study"
     rdir = run_dir_for(out, _cfg())
-    with pytest.raises(Interrupted):
-        train_run(
-            _cfg(), spec, tr, ev, tiny_bert(2), run_dir=rdir, step_callback=_stop(3, KeyboardInterrupt())
-        )
+    _ctrl_c_after(3, _cfg(), spec, tr, ev, tiny_bert(2), rdir)
     fresh = _study(glue_dir, tmp_path / "fresh", bert_tokenizer, tiny_bert(2), resume=False)["records"][0]
     rec = _study(glue_dir, out, bert_tokenizer, tiny_bert(2), resume=True)["records"][0]
     _same_run(rec, fresh)
@@ -198,16 +158,7 @@ def test_study_resume_refuses_a_checkpoint_with_other_settings(glue_dir, bert_to
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer, max_length=64)
     out = tmp_path / "study"
     rdir = run_dir_for(out, _cfg())
-    with pytest.raises(Interrupted):
-        train_run(
-            _cfg(lr=1e-2),
-            spec,
-            tr,
-            ev,
-            tiny_bert(2),
-            run_dir=rdir,
-            step_callback=_stop(2, KeyboardInterrupt()),
-        )
+    _ctrl_c_after(2, _cfg(lr=1e-2), spec, tr, ev, tiny_bert(2), rdir)
     with pytest.raises(StudyResumeError, match=r"checkpoint.json was made with other settings \(lr"):
         _study(glue_dir, out, bert_tokenizer, tiny_bert(2), resume=True)
     # without --resume the run starts over and the stale checkpoint goes
@@ -256,16 +207,7 @@ def test_cuda_run_resumes_with_its_cuda_rng(glue_dir, bert_tokenizer, tiny_bert,
     # float tolerance, and the CUDA generator state travels in the checkpoint.
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     whole = train_run(_cfg(device="cuda"), spec, tr, ev, tiny_bert(2))
-    with pytest.raises(Interrupted):
-        train_run(
-            _cfg(device="cuda"),
-            spec,
-            tr,
-            ev,
-            tiny_bert(2),
-            run_dir=tmp_path,
-            step_callback=_stop(3, KeyboardInterrupt()),
-        )
+    _ctrl_c_after(3, _cfg(device="cuda"), spec, tr, ev, tiny_bert(2), tmp_path)
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["rng"]["cuda"] is not None and state["params"]
     resumed = train_run(_cfg(device="cuda"), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
