@@ -392,6 +392,7 @@ def train_run(
         eval_seconds = before["eval"]
         if start > 1 and eval_due(start - 1) and record["eval"][-1]["step"] != start - 1:
             run_eval(start - 1)  # the interruption came during this evaluation
+            before["eval"] = eval_seconds  # it ran before the training clock starts: not step time
         set_rng_state(restored["rng"], device)
         del restored
     else:
