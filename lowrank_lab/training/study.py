@@ -37,7 +37,7 @@ from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir
 
 from . import figures as figs
 from .batching import Encoder, batch_order, eval_subset
-from .checkpoint import read_checkpoint_meta, remove_checkpoint
+from .checkpoint import CHECKPOINT_META, read_checkpoint_meta, remove_checkpoint
 from .config import RunConfig
 from .loop import train_run
 from .models import load_model, load_tokenizer
@@ -165,7 +165,7 @@ def run_study(
         Where messages go (default: ``tqdm.write`` to stderr).
     checkpoint_seconds : float
         Wall seconds between a run's checkpoints (0: only when interrupted). The default costs
-        under 1% of a run: saving full fine-tuning's 270 MB of MiniLM weights and AdamW moments
+        under 1% of a run: saving full fine-tuning's 260 MB of MiniLM weights and AdamW moments
         takes about a second.
 
     Returns
@@ -196,7 +196,7 @@ def run_study(
                 _check_same_settings(cfg, spec, rec, rdir)
                 done[cfg.run_name()] = rec
             elif (meta := read_checkpoint_meta(rdir)) is not None:
-                _check_same_settings(cfg, spec, meta, rdir / "checkpoint.json")
+                _check_same_settings(cfg, spec, meta, rdir / CHECKPOINT_META)
 
     # Tokenise every example any run will see before the first run: otherwise the first method of
     # each seed pays for it inside its step time (GSM8K with llama2.c's BPE: ~15 ms per example).

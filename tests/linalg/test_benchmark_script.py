@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
+import pytest
 
 from lowrank_lab.linalg import FACTORIZATIONS
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "factorizations.py"
+
+@pytest.fixture
+def bench(benchmark_script):
+    return benchmark_script("factorizations")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_factorizations", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_run_writes_every_row_and_the_targets(tmp_path):
-    bench = _load()
+def test_tiny_run_writes_every_row_and_the_targets(bench, tmp_path):
     out = tmp_path / "f.md"
     argv = ["--shapes", "96x64,64x96", "--ranks", "4,8", "--repeats", "1", "--out", str(out)]
     assert bench.main(argv) == 0
@@ -37,8 +30,7 @@ def test_tiny_run_writes_every_row_and_the_targets(tmp_path):
     assert len(pd.read_csv(out.with_suffix(".csv"))) == len(df)
 
 
-def test_median_ci_is_the_sign_test_interval():
-    bench = _load()
+def test_median_ci_is_the_sign_test_interval(bench):
     # n = 15: P(B(15, 1/2) <= 3) = 0.0176 <= 0.025 < P(B <= 4) = 0.059, so k = 4: [x_(4), x_(12)]
     xs = [float(i) for i in range(1, 16)]
     assert bench.median_ci(xs[::-1]) == (8.0, 4.0, 12.0)
@@ -48,8 +40,7 @@ def test_median_ci_is_the_sign_test_interval():
     assert med == lo == hi == 1.0
 
 
-def test_rounds_alternate_their_order():
-    bench = _load()
+def test_rounds_alternate_their_order(bench):
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     measured = bench.measure_rounds(fns, 3)
