@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -23,7 +24,7 @@ from lowrank_lab.training.config import (
 )
 from lowrank_lab.training.loop import Interrupted
 from lowrank_lab.training.study import run_study, summarize_existing
-from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, default_data_dir, get_task
+from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, HubDataset, TaskSpec, default_data_dir, get_task
 from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, sigterm_as_interrupt
 
 DEFAULT_METHODS = "lora,pissa,nlora,inttune,full"
@@ -38,6 +39,8 @@ examples:
       --out reports/finetune/gsm8k
   # a quick look: 20 steps, 200 eval examples, resume whatever is already done
   python -m lowrank_lab.finetune --task rte --methods lora,full --steps 20 --eval-samples 200 --resume
+  # online: GLUE RTE from the Hugging Face Hub (nyu-mll/glue, config rte) instead of local files
+  python -m lowrank_lab.finetune --task rte --methods lora --dataset --out /tmp/rte-hub
   # rebuild summary.md and the figures from the runs already in --out
   python -m lowrank_lab.finetune --task sst2 --out reports/finetune/sst2 --summary-only
 
@@ -52,6 +55,13 @@ outputs in --out: runs/<run>/run.json (config, per-step loss, evals, wall time, 
   trainable params, init time), runs/<run>/merged/ (merged model, safetensors, for
   `python -m lowrank_lab.intruders`), runs.csv, curves.csv (long format), summary.md, figures/*.png.
 """
+
+
+def _data_source(args: argparse.Namespace, spec: TaskSpec) -> Path | str | HubDataset:
+    """--dataset (the task's Hub dataset when given alone), else --data-dir or the shared data."""
+    if args.dataset is None:
+        return args.data_dir or default_data_dir()
+    return HubDataset.parse(args.dataset) if args.dataset else HubDataset.default_for(spec)
 
 
 def _seeds(text: str) -> list[int]:
@@ -190,11 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="option passed to the adapter init, repeatable, e.g. --adapter-option n_iter=2",
     )
-    p.add_argument(
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
         "--data-dir",
         default=None,
         help=f"folder holding glue/ and gsm8k/ (default: ${DATA_DIR_ENV} or ../shared/data beside "
         "the repository), e.g. --data-dir ../shared/data",
+    )
+    source.add_argument(
+        "--dataset",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAME[:CONFIG]",
+        help="read the task from the Hugging Face Hub with `datasets` instead (online only; "
+        "pip install datasets): alone, the task's own dataset (nyu-mll/glue:<task>, openai/gsm8k:main); "
+        "or a name, e.g. --dataset nyu-mll/glue:rte",
     )
     p.add_argument("--out", default=None, help="study directory (default reports/finetune/<task>)")
     p.add_argument(
@@ -325,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base,
                 methods,
                 args.seeds,
-                data_dir=args.data_dir or default_data_dir(),
+                data_dir=_data_source(args, spec),
                 out=out,
                 resume=args.resume,
                 argv=["-m", "lowrank_lab.finetune", *argv_list],

@@ -15,6 +15,7 @@ from .study import StudyResumeError, run_study, summarize_existing
 from .tasks import (
     TASKS,
     Example,
+    HubDataset,
     TaskDataError,
     TaskFormatError,
     TaskSpec,
@@ -32,6 +33,7 @@ __all__ = [
     "Diverged",
     "Encoder",
     "Example",
+    "HubDataset",
     "RunConfig",
     "StudyResumeError",
     "TaskDataError",

@@ -1,7 +1,8 @@
-"""Fine-tuning tasks: GLUE SST-2, CoLA, RTE, STS-B and GSM8K, read from local files.
+"""Fine-tuning tasks: GLUE SST-2, CoLA, RTE, STS-B and GSM8K, read from local files or the Hub.
 
 Each task is one :class:`TaskSpec` in :data:`TASKS` (the CLI, tests and reports use the same
-registry) and :func:`load_examples` turns a data directory into a list of :class:`Example`.
+registry) and :func:`load_examples` turns a data directory, or a :class:`HubDataset` (a Hugging Face
+``datasets`` name, online only), into a list of :class:`Example`.
 
 File formats follow ``../shared/data/MANIFEST.md`` and the GLUE release (Wang et al. 2019,
 arXiv 1804.07461):
@@ -17,6 +18,11 @@ arXiv 1804.07461):
 * STS-B: header with ``sentence1``, ``sentence2`` and the score (0–5) in the last column.
 * GSM8K (Cobbe et al. 2021, arXiv 2110.14168): ``.jsonl`` with ``{"question", "answer"}``; the
   held-out split is ``test.jsonl``.
+
+On the Hub the same data is ``nyu-mll/glue`` (configs ``sst2``, ``cola``, ``rte``, ``stsb``; splits
+``train`` and ``validation``, whose label encodings match the files above) and ``openai/gsm8k``
+(config ``main``; splits ``train`` and ``test``). ``datasets`` is imported only when a Hub source is
+asked for (``pip install datasets``).
 """
 
 from __future__ import annotations
@@ -64,6 +70,10 @@ class TaskSpec:
         Directory names tried under the data directory, in order.
     train_files, eval_files : tuple of tuple of str
         Alternatives, tried in order; each alternative is a tuple of files concatenated.
+    hub_name, hub_config, hub_eval_split : str
+        The task's Hugging Face ``datasets`` name, config (None: the task's name) and held-out split.
+    hub_fields : (str, str or None, str or None)
+        Columns of a Hub row that become ``text_a``, ``text_b`` and ``label`` of an :class:`Example`.
     """
 
     name: str
@@ -78,6 +88,10 @@ class TaskSpec:
     eval_files: tuple[tuple[str, ...], ...]
     description: str = ""
     default_eval_samples: int = 0  # 0: the whole eval split
+    hub_name: str = "nyu-mll/glue"
+    hub_config: str | None = None  # None: the task's name (GLUE's config names are the task names)
+    hub_eval_split: str = "validation"
+    hub_fields: tuple[str, str | None, str | None] = ("sentence", None, "label")
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,7 @@ TASKS: dict[str, TaskSpec] = {
         (("train.tsv",),),
         (("dev.tsv",),),
         "GLUE RTE entailment (sentence pairs, binary), metric accuracy on dev",
+        hub_fields=("sentence1", "sentence2", "label"),
     ),
     "stsb": TaskSpec(
         "stsb",
@@ -142,6 +157,7 @@ TASKS: dict[str, TaskSpec] = {
         (("train.tsv",),),
         (("dev.tsv",),),
         "GLUE STS-B similarity (regression on 0-5), metric Spearman correlation on dev",
+        hub_fields=("sentence1", "sentence2", "label"),
     ),
     "gsm8k": TaskSpec(
         "gsm8k",
@@ -158,10 +174,43 @@ TASKS: dict[str, TaskSpec] = {
         # 256 of the 1,319 test problems: at ~380 tokens each a full pass costs as much as ~40
         # training steps on 2 CPU cores; the subset is fixed, so every run scores the same problems.
         default_eval_samples=256,
+        hub_name="openai/gsm8k",
+        hub_config="main",
+        hub_eval_split="test",
+        hub_fields=("question", "answer", None),
     ),
 }
 
 _RTE_LABELS = {"entailment": 0, "not_entailment": 1}
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A Hugging Face ``datasets`` name as a task's data source (needs network and ``datasets``).
+
+    ``HubDataset("nyu-mll/glue")`` reads the config named after the task (``sst2``, ``rte``, ...);
+    ``config`` picks another. Pass it where a data directory goes (:func:`load_examples`,
+    :func:`~lowrank_lab.training.study.run_study`, ``--dataset`` on the command line).
+    """
+
+    name: str
+    config: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> HubDataset:
+        """``"NAME"`` or ``"NAME:CONFIG"`` (``nyu-mll/glue:rte``)."""
+        name, sep, config = text.strip().partition(":")
+        if not name or (sep and not config):
+            raise ValueError(f"--dataset {text!r}: expected NAME or NAME:CONFIG, e.g. nyu-mll/glue:rte")
+        return cls(name, config or None)
+
+    @classmethod
+    def default_for(cls, spec: TaskSpec) -> HubDataset:
+        """Where ``spec``'s data lives on the Hub (``nyu-mll/glue:<task>``, ``openai/gsm8k:main``)."""
+        return cls(spec.hub_name, spec.hub_config or spec.name)
+
+    def __str__(self) -> str:
+        return self.name if self.config is None else f"{self.name}:{self.config}"
 
 
 def get_task(name: str) -> TaskSpec:
@@ -207,26 +256,29 @@ def _first_existing(folder: Path, alternatives: tuple[tuple[str, ...], ...]) -> 
     return None
 
 
-def load_examples(task: str | TaskSpec, data_dir: str | Path, split: str) -> list[Example]:
+def load_examples(task: str | TaskSpec, data_dir: str | Path | HubDataset, split: str) -> list[Example]:
     """Read the ``"train"`` or ``"eval"`` split of ``task`` from ``data_dir``.
 
     Parameters
     ----------
     task : str or TaskSpec
         A name in :data:`TASKS`.
-    data_dir : path
+    data_dir : path or HubDataset
         The folder holding ``glue/<task>/`` and ``gsm8k/`` (e.g. ``../shared/data``), or a folder
-        that directly holds the task's files.
+        that directly holds the task's files; or a Hugging Face ``datasets`` name.
     split : {"train", "eval"}
-        ``"eval"`` is GLUE's dev set (the labelled held-out set of GLUE) and GSM8K's test set.
+        ``"eval"`` is GLUE's dev set (the labelled held-out set of GLUE; ``validation`` on the Hub)
+        and GSM8K's test set.
 
     Returns
     -------
-    list of Example, in file order.
+    list of Example, in file (or Hub row) order.
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if isinstance(data_dir, HubDataset):
+        return _load_hub(spec, data_dir, split)
     folder = task_dir(spec, data_dir)
     alternatives = spec.train_files if split == "train" else spec.eval_files
     paths = _first_existing(folder, alternatives)
@@ -239,6 +291,54 @@ def load_examples(task: str | TaskSpec, data_dir: str | Path, split: str) -> lis
     if not out:
         raise TaskFormatError(f"{', '.join(map(str, paths))} holds no {spec.name} examples")
     return out
+
+
+def _load_hub(spec: TaskSpec, source: HubDataset, split: str) -> list[Example]:
+    """``datasets.load_dataset(name, config, split=...)`` rows as Examples, checked like file rows."""
+    try:
+        import datasets
+    except ImportError:
+        raise TaskDataError(
+            f"--dataset {source}: the Hugging Face 'datasets' package is not installed "
+            "(pip install datasets), or read local files with --data-dir"
+        ) from None
+    config = source.config or spec.hub_config or spec.name
+    hub_split = "train" if split == "train" else spec.hub_eval_split
+    where = f"{source.name}:{config} split {hub_split!r}"
+    try:
+        rows = datasets.load_dataset(source.name, config, split=hub_split)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown name or config: all end the same way
+        raise TaskDataError(
+            f"--dataset {source}: cannot load {where} for task {spec.name} "
+            f"({type(exc).__name__}: {exc}); the Hub needs network access, offline use --data-dir"
+        ) from exc
+    fa, fb, fl = spec.hub_fields
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            label = None if fl is None else row[fl]
+            text_b = None if fb is None else str(row[fb])
+            out.append(Example(str(row[fa]), text_b, _hub_label(spec, label)))
+        except (KeyError, TypeError, ValueError) as exc:
+            fields = [f for f in spec.hub_fields if f is not None]
+            raise TaskFormatError(
+                f"{where}, row {i}: expected columns {fields} with a {spec.kind} label ({exc}); "
+                f"is this {spec.name}'s data? (columns: {sorted(row) if hasattr(row, 'keys') else '?'})"
+            ) from None
+    if not out:
+        raise TaskFormatError(f"{where} holds no {spec.name} examples")
+    return out
+
+
+def _hub_label(spec: TaskSpec, label) -> int | float | None:
+    if spec.kind == "causal-lm":
+        return None
+    if spec.kind == "regression":
+        return float(label)
+    if isinstance(label, bool) or int(label) != label or not 0 <= int(label) < spec.num_labels:
+        # GLUE's test splits carry label -1: no labels to train or score on.
+        raise ValueError(f"label {label!r} is not a class in 0..{spec.num_labels - 1}")
+    return int(label)
 
 
 def _tsv_rows(path: Path):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import pandas as pd
 import pytest
 import torch
 
 from lowrank_lab.finetune import build_parser, main
+from lowrank_lab.training.tasks import HubDataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -69,6 +71,45 @@ def test_missing_data_dir_is_a_clear_error(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("error: --data-dir") and "LOWRANK_LAB_SHARED_DATA" in err
     assert not (tmp_path / "o").exists()  # nothing created before the inputs are known to be good
+
+
+@pytest.mark.parametrize(
+    ("flags", "source"),
+    [
+        (["--dataset"], HubDataset("nyu-mll/glue", "rte")),
+        (["--dataset", "glue"], HubDataset("glue")),
+        (["--dataset", "nyu-mll/glue:rte"], HubDataset("nyu-mll/glue", "rte")),
+        (["--data-dir", "somewhere"], "somewhere"),
+    ],
+)
+def test_dataset_option_picks_the_data_source(monkeypatch, tmp_path, flags, source):
+    seen = {}
+
+    def fake_run_study(base, methods, seeds, **kw):
+        seen.update(kw)
+        return {"records": [], "summary": "-", "failed": 0}
+
+    monkeypatch.setattr("lowrank_lab.finetune.run_study", fake_run_study)
+    assert main(["--task", "rte", "--methods", "lora", *flags, "--out", str(tmp_path)]) == 0
+    assert seen["data_dir"] == source
+
+
+def test_dataset_and_data_dir_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        main(["--task", "rte", "--dataset", "--data-dir", "x"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_dataset_offline_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    def load_dataset(name, config, split):
+        raise ConnectionError("no network")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    assert main(["--task", "rte", "--dataset", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dataset nyu-mll/glue:rte: cannot load")
+    assert "offline use --data-dir" in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is absent")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import sys
+import types
+
 import pytest
 
 from lowrank_lab.training.tasks import (
     TASKS,
+    HubDataset,
     TaskDataError,
     TaskFormatError,
     default_data_dir,
@@ -105,3 +110,96 @@ def test_real_glue_and_gsm8k_counts(shared_data):
     for (task, split), n in expected.items():
         assert len(load_examples(task, shared_data, split)) == n, (task, split)
     assert set(TASKS) == {t for t, _ in expected}
+
+
+# --- Hub source (``datasets``): a stand-in module serves the fixture files in the Hub's schema ----------
+
+
+def _hub_rows(spec, examples):
+    """``examples`` as ``datasets`` rows of the Hub's GLUE / GSM8K schema (integer class labels)."""
+    fa, fb, fl = spec.hub_fields
+    rows = []
+    for i, ex in enumerate(examples):
+        row = {fa: ex.text_a, "idx": i}
+        if fb is not None:
+            row[fb] = ex.text_b
+        if fl is not None:
+            row[fl] = ex.label
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, glue_dir):
+    """A ``datasets`` module whose ``load_dataset`` serves glue_dir's files; records each call."""
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        task = "gsm8k" if name == "openai/gsm8k" else config
+        ours = "train" if split == "train" else "eval"
+        return _hub_rows(TASKS[task], load_examples(task, glue_dir, ours))
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_hub_source_gives_the_same_examples_as_the_files(fake_hub, glue_dir, task, split):
+    spec = TASKS[task]
+    from_hub = load_examples(task, HubDataset.default_for(spec), split)
+    assert from_hub == load_examples(task, glue_dir, split)
+    hub_split = "train" if split == "train" else {"gsm8k": "test"}.get(task, "validation")
+    name, config = ("openai/gsm8k", "main") if task == "gsm8k" else ("nyu-mll/glue", task)
+    assert fake_hub == [(name, config, hub_split)]
+
+
+def test_hub_config_defaults_to_the_task_name(fake_hub):
+    load_examples("rte", HubDataset("nyu-mll/glue"), "eval")
+    assert fake_hub == [("nyu-mll/glue", "rte", "validation")]
+
+
+def test_hub_dataset_parse():
+    assert HubDataset.parse("nyu-mll/glue:rte") == HubDataset("nyu-mll/glue", "rte")
+    assert HubDataset.parse(" glue ") == HubDataset("glue", None)
+    assert str(HubDataset("nyu-mll/glue", "rte")) == "nyu-mll/glue:rte"
+    for bad in ("", ":rte", "glue:"):
+        with pytest.raises(ValueError, match="expected NAME or NAME:CONFIG"):
+            HubDataset.parse(bad)
+
+
+def test_hub_without_datasets_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    want = r"--dataset nyu-mll/glue:sst2: .*pip install datasets.*--data-dir"
+    with pytest.raises(TaskDataError, match=want):
+        load_examples("sst2", HubDataset("nyu-mll/glue", "sst2"), "train")
+
+
+def test_hub_offline_names_dataset_split_and_the_way_out(monkeypatch):
+    def load_dataset(name, config, split):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(TaskDataError) as info:
+        load_examples("rte", HubDataset("nyu-mll/glue"), "eval")
+    msg = str(info.value)
+    assert "nyu-mll/glue:rte split 'validation' for task rte" in msg
+    assert "ConnectionError: Couldn't reach" in msg and "offline use --data-dir" in msg
+    assert isinstance(info.value.__cause__, ConnectionError)
+
+
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        ([{"sentence": "a test row", "label": -1, "idx": 0}], "label -1 is not a class in 0..1"),
+        ([{"text": "wrong schema", "label": 0}], "'sentence'"),
+        ([], "holds no sst2 examples"),
+    ],
+)
+def test_hub_rows_are_checked(monkeypatch, rows, why):
+    # GLUE's test splits carry label -1; another dataset's columns; an empty split.
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: rows))
+    with pytest.raises(TaskFormatError, match=re.escape(why)) as info:
+        load_examples("sst2", HubDataset("some/dataset", "x"), "train")
+    assert "some/dataset:x split 'train'" in str(info.value)
