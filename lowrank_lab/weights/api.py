@@ -229,7 +229,8 @@ def load_hf_model(
         As for :func:`open_source` (not synthetic).
     head : {"base", "sequence-classification", "causal-lm"}
         ``AutoModel``, ``AutoModelForSequenceClassification`` (a new, randomly initialised
-        classifier with ``num_labels`` outputs), or ``AutoModelForCausalLM``. llama2.c checkpoints
+        classifier with ``num_labels`` outputs; a checkpoint that already has a classifier keeps it
+        when it has ``num_labels`` outputs and gets a new one otherwise), or ``AutoModelForCausalLM``. llama2.c checkpoints
         are converted to ``LlamaModel`` / ``LlamaForSequenceClassification`` / ``LlamaForCausalLM``.
     num_labels : int
         Classes of the sequence-classification head (2, as GLUE SST-2).
@@ -258,7 +259,13 @@ def load_hf_model(
         "sequence-classification": transformers.AutoModelForSequenceClassification,
         "causal-lm": transformers.AutoModelForCausalLM,
     }[head]
-    kwargs = {"num_labels": num_labels} if head == "sequence-classification" else {}
+    kwargs = {}
+    if head == "sequence-classification":
+        kwargs["num_labels"] = num_labels
+        # A checkpoint fine-tuned with another number of classes (say an SST-2 model for STS-B's
+        # regression) keeps its backbone and gets a new head: only the head's shapes can differ then.
+        stored = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True).num_labels
+        kwargs["ignore_mismatched_sizes"] = stored != num_labels
     try:
         loaded = cls.from_pretrained(str(directory), local_files_only=True, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError, KeyError) as exc:

@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+from transformers import AutoConfig
 
 from lowrank_lab.training import config as config_mod
 from lowrank_lab.training import study as study_mod
@@ -173,3 +174,26 @@ def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer
     assert "**confirms**: intruder dimensions" in path.read_text()
     with pytest.raises(FileNotFoundError, match="no run records for task rte"):
         summarize_existing(out, [], study_mod.get_task("rte"))
+
+
+@pytest.mark.parametrize("task", ["sst2", "stsb"])
+def test_any_hugging_face_model_directory_is_a_model(glue_dir, tmp_path, bert_tokenizer, tiny_bert, task):
+    # --model DIR: what a user with bigger hardware passes (here a tiny BERT saved with its tokenizer);
+    # the study loads model and tokenizer from the directory itself and gives it the task's head.
+    model_dir = tmp_path / "my-bert"
+    tiny_bert(2)().save_pretrained(model_dir)
+    bert_tokenizer.save_pretrained(model_dir)
+    res = run_study(
+        _base(task=task, model=str(model_dir), save_merged=True),
+        ["lora"],
+        [0],
+        data_dir=glue_dir,
+        out=tmp_path / "s",
+        progress=False,
+        log=lambda m: None,
+    )
+    (rec,) = res["records"]
+    assert rec["status"] == "finished", rec.get("message")
+    assert rec["config"]["model"] == str(model_dir) and len(rec["train_loss"]) == 3
+    merged = AutoConfig.from_pretrained(tmp_path / "s" / "runs" / "lora-r2-seed0" / "merged")
+    assert merged.hidden_size == 32 and merged.num_labels == (1 if task == "stsb" else 2)
