@@ -230,8 +230,9 @@ def load_hf_model(
     head : {"base", "sequence-classification", "causal-lm"}
         ``AutoModel``, ``AutoModelForSequenceClassification`` (a new, randomly initialised
         classifier with ``num_labels`` outputs; a checkpoint that already has a classifier keeps it
-        when it has ``num_labels`` outputs and gets a new one otherwise), or ``AutoModelForCausalLM``. llama2.c checkpoints
-        are converted to ``LlamaModel`` / ``LlamaForSequenceClassification`` / ``LlamaForCausalLM``.
+        when it has ``num_labels`` outputs and gets a new one otherwise), or
+        ``AutoModelForCausalLM``. llama2.c checkpoints are converted to ``LlamaModel`` /
+        ``LlamaForSequenceClassification`` / ``LlamaForCausalLM``.
     num_labels : int
         Classes of the sequence-classification head (2, as GLUE SST-2).
     dtype : torch.dtype or str, optional
