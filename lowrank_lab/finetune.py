@@ -23,7 +23,7 @@ from lowrank_lab.training.config import (
     RunConfig,
 )
 from lowrank_lab.training.loop import Interrupted
-from lowrank_lab.training.study import run_study, summarize_existing
+from lowrank_lab.training.study import rebuild_merged, run_study, summarize_existing
 from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, HubDataset, TaskSpec, default_data_dir, get_task
 from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, sigterm_as_interrupt
 
@@ -41,6 +41,8 @@ examples:
   python -m lowrank_lab.finetune --task rte --methods lora,full --steps 20 --eval-samples 200 --resume
   # online: GLUE RTE from the Hugging Face Hub (nyu-mll/glue, config rte) instead of local files
   python -m lowrank_lab.finetune --task rte --methods lora --dataset --out /tmp/rte-hub
+  # merged/ weights gone (not committed, or --no-save-merged)? replay the runs, checked bit for bit
+  python -m lowrank_lab.finetune --task rte --out reports/finetune/rte --rebuild-merged lora-r8-seed1
   # rebuild summary.md and the figures from the runs already in --out
   python -m lowrank_lab.finetune --task sst2 --out reports/finetune/sst2 --summary-only
 
@@ -243,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not write runs/<run>/merged/ (saves ~90 MB per MiniLM run; intruders need it)",
     )
     p.add_argument(
+        "--rebuild-merged",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="RUN[,RUN...]",
+        help="replay finished runs of --out whose merged/ weights are missing (all of them, or the "
+        "runs named, e.g. lora-r8-seed1) from their run.json configs, with the recorded thread count "
+        "unless --threads, and save merged/ again; a replay whose loss curve or evals differ from the "
+        "record in any bit is discarded and reported (exit 1). For intruders of an old study",
+    )
+    p.add_argument(
         "--summary-only",
         action="store_true",
         help="only rebuild summary.md, curves.csv and figures from the runs already in --out",
@@ -310,6 +323,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = csv_list(args.methods)
         _check_methods(methods)
         out = args.out or f"reports/finetune/{spec.name}"
+        if args.summary_only and args.rebuild_merged is not None:
+            raise ValueError("--summary-only and --rebuild-merged exclude each other; give one")
+        if args.rebuild_merged is not None:
+            with sigterm_as_interrupt():
+                res = rebuild_merged(
+                    out,
+                    spec,
+                    data_dir=_data_source(args, spec),
+                    runs=csv_list(args.rebuild_merged),
+                    threads=args.threads,
+                    progress=False if args.no_progress else None,
+                    argv=["-m", "lowrank_lab.finetune", *argv_list],
+                    checkpoint_seconds=args.checkpoint_every,
+                )
+            print(f"rebuilt merged/ of {len(res['rebuilt'])} runs, {len(res['failed'])} failed")
+            for msg in res["failed"].values():
+                print(f"error: {msg}", file=sys.stderr)
+            return 1 if res["failed"] else 0
         if args.summary_only:
             path = summarize_existing(
                 out,

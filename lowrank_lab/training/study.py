@@ -478,3 +478,197 @@ def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, 
         found = list(dict.fromkeys(r["config"]["method"] for r in recs))
         methods = [m for m in order if m in found] + [m for m in found if m not in order]
     return write_study_outputs(out, recs, methods, spec, **kw)
+
+
+def _replay_mismatch(rec: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Where a replayed run's curve or evaluations first differ from its record (None: identical)."""
+    old_loss, new_loss = rec.get("train_loss", []), new.get("train_loss", [])
+    for i, (a, b) in enumerate(zip(old_loss, new_loss, strict=False)):
+        if a != b:
+            return f"training loss at step {i + 1}: recorded {a!r}, replayed {b!r}"
+    if len(old_loss) != len(new_loss):
+        return f"steps: recorded {len(old_loss)}, replayed {len(new_loss)}"
+    old_eval, new_eval = rec.get("eval", []), new.get("eval", [])
+    if [e["step"] for e in old_eval] != [e["step"] for e in new_eval]:
+        return "the evaluation steps differ"
+    for a, b in zip(old_eval, new_eval, strict=True):
+        for key in ("metric", "loss"):
+            if a.get(key) != b.get(key):
+                return f"eval {key} at step {a['step']}: recorded {a.get(key)!r}, replayed {b.get(key)!r}"
+    return None
+
+
+def rebuild_merged(
+    out: str | Path,
+    spec: TaskSpec,
+    *,
+    data_dir: str | Path | Any,
+    runs: Sequence[str] = (),
+    threads: int | None = None,
+    progress: bool | None = None,
+    model_factory: Callable[[], Any] | None = None,
+    tokenizer: Any = None,
+    log: Callable[[str], None] | None = None,
+    argv: Sequence[str] | None = None,
+    checkpoint_seconds: float = 120.0,
+) -> dict[str, Any]:
+    """Replay finished runs whose ``merged/`` is gone and save their merged weights again.
+
+    ``merged/`` (about 90 MB per MiniLM run) is not committed, and a study run with
+    ``--no-save-merged``, or copied without its weights, cannot be counted by
+    :mod:`lowrank_lab.intruders`. Training here is deterministic (see :mod:`.loop`): the same config,
+    data, torch build and thread count give the same loss curve bit for bit, so a replay from the
+    record's own config gives the run's weights. The replay is *checked*: its training loss at every
+    step and its evaluations must equal the record's exactly, or its weights are deleted and the run
+    is reported as failed with the first difference and the recorded machine settings. A kept replay
+    adds ``merged_rebuilt`` (command, commit, date, threads, seconds) to ``run.json``; nothing else of
+    the record changes.
+
+    Parameters
+    ----------
+    out : path
+        The study directory (``runs/<run>/run.json``).
+    runs : run names, optional
+        Only these (e.g. ``lora-r8-seed1``); default every finished run of ``spec`` without ``merged/``.
+        A listed run that has ``merged/`` already, or is not finished, is an error.
+    threads : int, optional
+        torch threads for the replays; default each run's recorded ``meta.threads`` (the thread
+        count is part of what makes CPU results bit-identical).
+    model_factory, tokenizer, log, progress, checkpoint_seconds
+        As for :func:`run_study`; an interrupted replay continues from its checkpoint.
+
+    Returns
+    -------
+    dict with ``rebuilt`` (run names), ``failed`` (run name -> message).
+    """
+    import torch
+
+    out = Path(out)
+    say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    disable = None if progress is None else (not progress)
+    records = {}
+    for path in sorted((out / "runs").glob("*/run.json")):
+        rec = read_record(path.parent)
+        if rec is not None and rec.get("config", {}).get("task") == spec.name:
+            records[path.parent.name] = rec
+    if runs:
+        unknown = [r for r in runs if r not in records]
+        if unknown:
+            raise FileNotFoundError(
+                f"no run record {out / 'runs' / unknown[0] / 'run.json'} for task {spec.name}; "
+                f"runs here: {', '.join(sorted(records)) or 'none'}"
+            )
+        for name in runs:
+            if records[name].get("status") != "finished":
+                raise ValueError(
+                    f"{out / 'runs' / name} is {records[name].get('status')!r}, not finished: "
+                    "only a finished run has merged weights to rebuild"
+                )
+            if (out / "runs" / name / "merged").is_dir():
+                raise ValueError(f"{out / 'runs' / name / 'merged'} exists already; delete it to rebuild it")
+        todo = list(runs)
+    else:
+        todo = [
+            n
+            for n, r in records.items()
+            if r.get("status") == "finished" and not (out / "runs" / n / "merged").is_dir()
+        ]
+    if not todo:
+        say(f"every finished {spec.name} run under {out / 'runs'} has its merged/ weights: nothing to do")
+        return {"rebuilt": [], "failed": {}}
+
+    train_ex = load_examples(spec, data_dir, "train")
+    eval_ex = load_examples(spec, data_dir, "eval")
+    encoders: dict[tuple[str, int], tuple[Encoder, Encoder]] = {}
+    rebuilt: list[str] = []
+    failed: dict[str, str] = {}
+    threads_before = torch.get_num_threads()
+    bar = tqdm(todo, desc=f"{spec.name} rebuild merged", unit="run", disable=disable, file=sys.stderr)
+    try:
+        for name in bar:
+            bar.set_postfix_str(name)
+            rec = records[name]
+            cfg = replace(RunConfig.from_dict(rec["config"]), save_merged=True)
+            key = (cfg.model, cfg.max_length or spec.default_max_length)
+            if key not in encoders:
+                tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, spec)
+                encoders[key] = (Encoder(spec, tok, key[1], train_ex), Encoder(spec, tok, key[1], eval_ex))
+            n_threads = int(threads or rec.get("meta", {}).get("threads") or threads_before)
+            torch.set_num_threads(n_threads)
+            factory = model_factory or (lambda cfg=cfg: load_model(cfg.model, spec))
+            problem = _replay_one(
+                rec, cfg, spec, *encoders[key], factory, out / "runs" / name, n_threads, argv, disable,
+                checkpoint_seconds,
+            )
+            if problem is None:
+                rebuilt.append(name)
+                say(f"rebuilt {out / 'runs' / name / 'merged'} (replay identical to the record)")
+            else:
+                failed[name] = problem
+                say(f"FAILED: {problem}")
+    finally:
+        bar.close()
+        torch.set_num_threads(threads_before)
+    return {"rebuilt": rebuilt, "failed": failed}
+
+
+def _replay_one(
+    rec: dict[str, Any],
+    cfg: RunConfig,
+    spec: TaskSpec,
+    train_enc: Encoder,
+    eval_enc: Encoder,
+    factory: Callable[[], Any],
+    rdir: Path,
+    n_threads: int,
+    argv: Sequence[str] | None,
+    disable: bool | None,
+    checkpoint_seconds: float,
+) -> str | None:
+    """Retrain one recorded run into ``rdir/merged``; None when the replay matched, else why not."""
+    import shutil
+
+    import torch
+
+    meta = run_metadata(list(argv) if argv is not None else None, seed=cfg.seed, device=cfg.device)
+    t0 = time.perf_counter()
+    steps = tqdm(total=cfg.steps, desc=rdir.name, unit="step", leave=False, disable=disable, file=sys.stderr)
+    try:
+        new = train_run(
+            cfg,
+            spec,
+            train_enc,
+            eval_enc,
+            factory,
+            run_dir=rdir,
+            step_callback=lambda step, loss: steps.update(1),
+            checkpoint_seconds=checkpoint_seconds,
+            resume=True,
+        )
+        problem = _replay_mismatch(rec, new) if new["status"] == "finished" else new["message"]
+    except Exception as exc:  # noqa: BLE001 - one broken replay must not stop the others
+        problem = f"{type(exc).__name__}: {exc}"
+    finally:
+        steps.close()
+    if problem is not None:  # neither its weights nor its state may pass for the run's
+        shutil.rmtree(rdir / "merged", ignore_errors=True)
+        remove_checkpoint(rdir)
+        made = rec.get("meta", {})
+        return (
+            f"{rdir.name}: the replay differs from its record ({problem}), so its weights were not "
+            f"kept. Recorded with torch {made.get('versions', {}).get('torch')}, {made.get('threads')} "
+            f"thread(s), {made.get('device')}; replayed with torch {torch.__version__}, {n_threads} "
+            "thread(s). Replay where the run was made, or retrain it into a new --out."
+        )
+    remove_checkpoint(rdir)
+    rec["merged_rebuilt"] = {
+        "command": meta["command"],
+        "git_commit": meta["git_commit"],
+        "started": meta["started"],
+        "threads": n_threads,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "checked": f"training loss at all {len(rec['train_loss'])} steps and "
+        f"{len(rec['eval'])} evaluations identical to the record",
+    }
+    write_run_json(rdir / "run.json", rec)
+    return None
