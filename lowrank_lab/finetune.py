@@ -256,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         "record in any bit is discarded and reported (exit 1). For intruders of an old study",
     )
     p.add_argument(
+        "--replace-different",
+        action="store_true",
+        help="with --rebuild-merged: a replay that differs from its record (made on another CPU type) "
+        "becomes the run's record instead of being discarded (run.json keeps the old numbers under "
+        "'replaces'; runs.csv and summary.md are rebuilt), so record and weights stay one run",
+    )
+    p.add_argument(
         "--summary-only",
         action="store_true",
         help="only rebuild summary.md, curves.csv and figures from the runs already in --out",
@@ -325,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or f"reports/finetune/{spec.name}"
         if args.summary_only and args.rebuild_merged is not None:
             raise ValueError("--summary-only and --rebuild-merged exclude each other; give one")
+        if args.replace_different and args.rebuild_merged is None:
+            raise ValueError("--replace-different only applies to --rebuild-merged")
         if args.rebuild_merged is not None:
             with sigterm_as_interrupt():
                 res = rebuild_merged(
@@ -332,12 +341,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     spec,
                     data_dir=_data_source(args, spec),
                     runs=csv_list(args.rebuild_merged),
+                    replace_different=args.replace_different,
                     threads=args.threads,
                     progress=False if args.no_progress else None,
                     argv=["-m", "lowrank_lab.finetune", *argv_list],
                     checkpoint_seconds=args.checkpoint_every,
                 )
-            print(f"rebuilt merged/ of {len(res['rebuilt'])} runs, {len(res['failed'])} failed")
+            print(
+                f"merged/ rebuilt for {len(res['rebuilt']) + len(res['replaced'])} runs: "
+                f"{len(res['rebuilt'])} replays identical to their record, {len(res['replaced'])} "
+                f"replaced their record, {len(res['failed'])} failed"
+                + (f"; summary: {res['summary']}" if res["summary"] else "")
+            )
             for msg in res["failed"].values():
                 print(f"error: {msg}", file=sys.stderr)
             return 1 if res["failed"] else 0
@@ -387,11 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except KeyboardInterrupt as exc:
         where = str(exc) if isinstance(exc, Interrupted) else "between training steps"
-        print(
-            f"\ninterrupted: {where}. Finished runs are in {out}/runs; rerun the same command with "
-            "--resume to go on.",
-            file=sys.stderr,
-        )
+        again = "the same command" if args.rebuild_merged is not None else "the same command with --resume"
+        print(f"\ninterrupted: {where}. Finished runs are in {out}/runs; rerun {again} to go on.",
+              file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -480,30 +480,13 @@ def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, 
     return write_study_outputs(out, recs, methods, spec, **kw)
 
 
-def _replay_mismatch(rec: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """Where a replayed run's curve or evaluations first differ from its record (None: identical)."""
-    old_loss, new_loss = rec.get("train_loss", []), new.get("train_loss", [])
-    for i, (a, b) in enumerate(zip(old_loss, new_loss, strict=False)):
-        if a != b:
-            return f"training loss at step {i + 1}: recorded {a!r}, replayed {b!r}"
-    if len(old_loss) != len(new_loss):
-        return f"steps: recorded {len(old_loss)}, replayed {len(new_loss)}"
-    old_eval, new_eval = rec.get("eval", []), new.get("eval", [])
-    if [e["step"] for e in old_eval] != [e["step"] for e in new_eval]:
-        return "the evaluation steps differ"
-    for a, b in zip(old_eval, new_eval, strict=True):
-        for key in ("metric", "loss"):
-            if a.get(key) != b.get(key):
-                return f"eval {key} at step {a['step']}: recorded {a.get(key)!r}, replayed {b.get(key)!r}"
-    return None
-
-
 def rebuild_merged(
     out: str | Path,
     spec: TaskSpec,
     *,
     data_dir: str | Path | Any,
     runs: Sequence[str] = (),
+    replace_different: bool = False,
     threads: int | None = None,
     progress: bool | None = None,
     model_factory: Callable[[], Any] | None = None,
@@ -517,12 +500,19 @@ def rebuild_merged(
     ``merged/`` (about 90 MB per MiniLM run) is not committed, and a study run with
     ``--no-save-merged``, or copied without its weights, cannot be counted by
     :mod:`lowrank_lab.intruders`. Training here is deterministic (see :mod:`.loop`): the same config,
-    data, torch build and thread count give the same loss curve bit for bit, so a replay from the
-    record's own config gives the run's weights. The replay is *checked*: its training loss at every
-    step and its evaluations must equal the record's exactly, or its weights are deleted and the run
-    is reported as failed with the first difference and the recorded machine settings. A kept replay
-    adds ``merged_rebuilt`` (command, commit, date, threads, seconds) to ``run.json``; nothing else of
-    the record changes.
+    data, torch build, thread count and CPU kernels give the same loss curve bit for bit, so a replay
+    from the record's own config gives the run's weights. The replay is *checked*: its training loss
+    at every step and its evaluations must equal the record's exactly. A kept replay adds
+    ``merged_rebuilt`` (command, commit, date, CPU, threads, seconds) to ``run.json``; nothing else
+    of the record changes.
+
+    A replay that differs (another CPU type picks other vector kernels, whose float32 sums round
+    differently: curves then part in the last bits within a few steps) is a new run of the same
+    config, not the recorded one. By default its weights are deleted and the run is reported as
+    failed with the first difference. With ``replace_different`` it *replaces* the record instead,
+    so that record and weights stay one run: ``run.json`` becomes the replay's (with ``replaces``:
+    the first difference and the old record's final metric, loss, commit and date), ``runs.csv``
+    is rewritten from the records and ``summary.md`` rebuilt.
 
     Parameters
     ----------
@@ -531,6 +521,8 @@ def rebuild_merged(
     runs : run names, optional
         Only these (e.g. ``lora-r8-seed1``); default every finished run of ``spec`` without ``merged/``.
         A listed run that has ``merged/`` already, or is not finished, is an error.
+    replace_different : bool
+        Keep a replay that differs from its record as the run's new record (see above).
     threads : int, optional
         torch threads for the replays; default each run's recorded ``meta.threads`` (the thread
         count is part of what makes CPU results bit-identical).
@@ -539,7 +531,8 @@ def rebuild_merged(
 
     Returns
     -------
-    dict with ``rebuilt`` (run names), ``failed`` (run name -> message).
+    dict with ``rebuilt`` (run names, replays identical to their record), ``replaced`` (run name ->
+    the first difference), ``failed`` (run name -> message), ``summary`` (path when rebuilt, else None).
     """
     import torch
 
@@ -573,15 +566,14 @@ def rebuild_merged(
             for n, r in records.items()
             if r.get("status") == "finished" and not (out / "runs" / n / "merged").is_dir()
         ]
+    result: dict[str, Any] = {"rebuilt": [], "replaced": {}, "failed": {}, "summary": None}
     if not todo:
         say(f"every finished {spec.name} run under {out / 'runs'} has its merged/ weights: nothing to do")
-        return {"rebuilt": [], "failed": {}}
+        return result
 
     train_ex = load_examples(spec, data_dir, "train")
     eval_ex = load_examples(spec, data_dir, "eval")
     encoders: dict[tuple[str, int], tuple[Encoder, Encoder]] = {}
-    rebuilt: list[str] = []
-    failed: dict[str, str] = {}
     threads_before = torch.get_num_threads()
     bar = tqdm(todo, desc=f"{spec.name} rebuild merged", unit="run", disable=disable, file=sys.stderr)
     try:
@@ -593,23 +585,47 @@ def rebuild_merged(
             if key not in encoders:
                 tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, spec)
                 encoders[key] = (Encoder(spec, tok, key[1], train_ex), Encoder(spec, tok, key[1], eval_ex))
-            n_threads = int(threads or rec.get("meta", {}).get("threads") or threads_before)
-            torch.set_num_threads(n_threads)
+            torch.set_num_threads(int(threads or rec.get("meta", {}).get("threads") or threads_before))
             factory = model_factory or (lambda cfg=cfg: load_model(cfg.model, spec))
-            problem = _replay_one(
-                rec, cfg, spec, *encoders[key], factory, out / "runs" / name, n_threads, argv, disable,
-                checkpoint_seconds,
+            rdir = out / "runs" / name
+            outcome, detail = _replay_one(
+                rec, cfg, spec, *encoders[key], factory, rdir, argv, disable, checkpoint_seconds,
+                replace_different,
             )
-            if problem is None:
-                rebuilt.append(name)
-                say(f"rebuilt {out / 'runs' / name / 'merged'} (replay identical to the record)")
+            if outcome == "identical":
+                result["rebuilt"].append(name)
+                say(f"rebuilt {rdir / 'merged'} (replay identical to the record)")
+            elif outcome == "replaced":
+                result["replaced"][name] = detail
+                say(f"replaced {rdir / 'run.json'} by its replay, which differs from it ({detail})")
             else:
-                failed[name] = problem
-                say(f"FAILED: {problem}")
+                result["failed"][name] = detail
+                say(f"FAILED: {detail}")
     finally:
         bar.close()
         torch.set_num_threads(threads_before)
-    return {"rebuilt": rebuilt, "failed": failed}
+        if result["replaced"]:  # records changed: the study's table and summary follow them
+            rewrite_runs_csv(out)
+            result["summary"] = summarize_existing(out, [], spec)
+    return result
+
+
+def _replay_mismatch(rec: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Where a replayed run's curve or evaluations first differ from its record (None: identical)."""
+    old_loss, new_loss = rec.get("train_loss", []), new.get("train_loss", [])
+    for i, (a, b) in enumerate(zip(old_loss, new_loss, strict=False)):
+        if a != b:
+            return f"training loss at step {i + 1}: recorded {a!r}, replayed {b!r}"
+    if len(old_loss) != len(new_loss):
+        return f"steps: recorded {len(old_loss)}, replayed {len(new_loss)}"
+    old_eval, new_eval = rec.get("eval", []), new.get("eval", [])
+    if [e["step"] for e in old_eval] != [e["step"] for e in new_eval]:
+        return "the evaluation steps differ"
+    for a, b in zip(old_eval, new_eval, strict=True):
+        for key in ("metric", "loss"):
+            if a.get(key) != b.get(key):
+                return f"eval {key} at step {a['step']}: recorded {a.get(key)!r}, replayed {b.get(key)!r}"
+    return None
 
 
 def _replay_one(
@@ -620,19 +636,18 @@ def _replay_one(
     eval_enc: Encoder,
     factory: Callable[[], Any],
     rdir: Path,
-    n_threads: int,
     argv: Sequence[str] | None,
     disable: bool | None,
     checkpoint_seconds: float,
-) -> str | None:
-    """Retrain one recorded run into ``rdir/merged``; None when the replay matched, else why not."""
+    replace_different: bool,
+) -> tuple[str, str]:
+    """Retrain one recorded run into ``rdir/merged``: ("identical" | "replaced" | "failed", detail)."""
     import shutil
-
-    import torch
 
     meta = run_metadata(list(argv) if argv is not None else None, seed=cfg.seed, device=cfg.device)
     t0 = time.perf_counter()
     steps = tqdm(total=cfg.steps, desc=rdir.name, unit="step", leave=False, disable=disable, file=sys.stderr)
+    new: dict[str, Any] | None = None
     try:
         new = train_run(
             cfg,
@@ -650,25 +665,59 @@ def _replay_one(
         problem = f"{type(exc).__name__}: {exc}"
     finally:
         steps.close()
-    if problem is not None:  # neither its weights nor its state may pass for the run's
-        shutil.rmtree(rdir / "merged", ignore_errors=True)
-        remove_checkpoint(rdir)
-        made = rec.get("meta", {})
-        return (
-            f"{rdir.name}: the replay differs from its record ({problem}), so its weights were not "
-            f"kept. Recorded with torch {made.get('versions', {}).get('torch')}, {made.get('threads')} "
-            f"thread(s), {made.get('device')}; replayed with torch {torch.__version__}, {n_threads} "
-            "thread(s). Replay where the run was made, or retrain it into a new --out."
-        )
     remove_checkpoint(rdir)
-    rec["merged_rebuilt"] = {
-        "command": meta["command"],
-        "git_commit": meta["git_commit"],
-        "started": meta["started"],
-        "threads": n_threads,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "checked": f"training loss at all {len(rec['train_loss'])} steps and "
-        f"{len(rec['eval'])} evaluations identical to the record",
-    }
-    write_run_json(rdir / "run.json", rec)
-    return None
+    made = rec.get("meta", {})
+    if problem is None:
+        rec["merged_rebuilt"] = {
+            "command": meta["command"],
+            "git_commit": meta["git_commit"],
+            "started": meta["started"],
+            "cpu": meta["cpu"],
+            "threads": meta["threads"],
+            "seconds": round(time.perf_counter() - t0, 3),
+            "checked": f"training loss at all {len(rec['train_loss'])} steps and "
+            f"{len(rec['eval'])} evaluations identical to the record",
+        }
+        write_run_json(rdir / "run.json", rec)
+        return "identical", ""
+    if replace_different and new is not None and new["status"] == "finished":
+        replaces = {
+            "why": f"replay for merged/ weights differs from the record ({problem})",
+            "final_metric": rec.get("final_metric"),
+            "final_train_loss": final_loss(rec["train_loss"]),
+            "git_commit": made.get("git_commit"),
+            "started": made.get("started"),
+            "platform": made.get("platform"),
+            "cpu": made.get("cpu"),
+        }
+        fresh = {"schema": SCHEMA, "config": cfg.to_dict(), **new, "meta": meta, "replaces": replaces}
+        write_run_json(rdir / "run.json", fresh, time.perf_counter() - t0)
+        return "replaced", problem
+    shutil.rmtree(rdir / "merged", ignore_errors=True)  # not the recorded run's weights
+    return "failed", (
+        f"{rdir.name}: the replay differs from its record ({problem}), so its weights were not kept. "
+        f"Recorded with torch {made.get('versions', {}).get('torch')}, {made.get('threads')} thread(s) "
+        f"on {made.get('cpu', 'an unrecorded CPU')}; replayed with torch {meta['versions']['torch']}, "
+        f"{meta['threads']} thread(s) on {meta['cpu']}. CPU results are bit-identical only on the same "
+        "CPU kernels: replay where the run was made, or keep the replay as the run's new record "
+        "(--replace-different)."
+    )
+
+
+def rewrite_runs_csv(out: str | Path) -> Path:
+    """Write ``out/runs.csv`` afresh from the run records, in its present row order (new runs last)."""
+    import pandas as pd
+
+    out = Path(out)
+    recs = {p.parent.name: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/run.json"))}
+    order: list[str] = []
+    path = out / "runs.csv"
+    if path.is_file() and path.stat().st_size > 0:
+        order = [str(d) for d in pd.read_csv(path)["run_dir"]]
+    names = list(dict.fromkeys(Path(d).name for d in order if Path(d).name in recs))
+    names += [n for n in recs if n not in names]
+    tmp = path.with_suffix(".csv.tmp")
+    with RowWriter(tmp, RUN_COLUMNS, RUN_KEY) as writer:
+        writer.write_many(_csv_row(recs[n], out) for n in names)
+    tmp.replace(path)
+    return path

@@ -44,6 +44,28 @@ def git_commit(path: str | Path | None = None) -> str | None:
     return sha + ("-dirty" if dirty else "")
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``) and its widest x86
+    vector extension: what decides torch's CPU kernels, hence the last bits of float results."""
+    name, flags = "", set()
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model") and not name:
+                    name = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    isa = next((f for f in ("avx512f", "avx2", "avx", "sve", "asimd") if f in flags), None)
+    return f"{name} ({isa})" if isa else name
+
+
 def device_description(device: torch.device | str | None = None) -> str:
     """``"cpu (2 threads, x86_64)"`` or ``"cuda:0 (NVIDIA H100 80GB HBM3)"``."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -68,6 +90,7 @@ def run_metadata(
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device_description(device),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "seed": seed,

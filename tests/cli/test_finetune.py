@@ -35,6 +35,8 @@ def test_help_explains_every_option_with_examples():
         "--data-dir",
         "--out",
         "--summary-only",
+        "--rebuild-merged",
+        "--replace-different",
     ):
         assert opt in text
     assert (

@@ -38,3 +38,15 @@ def test_run_json_records_how_the_file_was_made(tmp_path) -> None:
     assert rec["seed"] == 3 and rec["k"] == 1 and rec["wall_seconds"] == 1.235
     assert rec["versions"]["torch"] and rec["threads"] >= 1 and rec["device"].startswith("cpu")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cpu_model_names_the_cpu_and_its_vector_extension(tmp_path) -> None:
+    from lowrank_lab.utils.provenance import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx avx2 avx512f\n")
+    assert cpu_model(info) == "Test CPU 9000 (avx512f)"
+    info.write_text("model name\t: Older CPU\nflags\t\t: fpu sse2 avx avx2\n")
+    assert cpu_model(info) == "Older CPU (avx2)"
+    assert cpu_model(tmp_path / "absent")  # no /proc: platform's name, never an error
+    assert run_metadata([])["cpu"] == cpu_model()
