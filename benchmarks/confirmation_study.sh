@@ -18,6 +18,8 @@
 #         STUDY_METHODS=lora,pissa,nlora,inttune,full STUDY_TASKS=sst2 STUDY_THREADS=1 \
 #           bash benchmarks/confirmation_study.sh      # the claims' methods, one task, one thread
 #         STUDY_STAGE=intruders bash benchmarks/confirmation_study.sh   # only count intruders of the runs done
+# The intruder stage needs each run's merged/ weights (~90 MB, never committed); runs whose weights
+# are gone are replayed first (finetune --rebuild-merged --replace-different).
 # Stop with Ctrl-C or SIGTERM (kill PID of the python process): the run in progress saves a checkpoint
 # and the next invocation continues it (--resume; lowrank_lab.training.checkpoint).
 # On 2 cores, run two single-threaded studies side by side (e.g. STUDY_TASKS=sst2 and STUDY_TASKS=rte):
@@ -62,6 +64,18 @@ done
 for task in $TASKS; do
   [ "$STAGE" = train ] && break
   base=minilm; [ "$task" = gsm8k ] && base=stories260K
+  # merged/ is not committed: a finished run not yet counted whose weights are gone is replayed
+  # (finetune --rebuild-merged; a replay on another CPU type replaces the record, see its --help)
+  lost=()
+  for run in reports/finetune/$task/runs/*/; do
+    run=${run%/}; name=$(basename "$run")
+    [ -d "$run/merged" ] || [ -f "reports/finetune/$task/intruders/$name/run.json" ] && continue
+    grep -q '"status": "finished"' "$run/run.json" 2>/dev/null && lost+=("$name")
+  done
+  if [ ${#lost[@]} -gt 0 ]; then
+    python -m lowrank_lab.finetune --task "$task" --out "reports/finetune/$task" --data-dir "$DATA" \
+      --rebuild-merged "$(IFS=,; echo "${lost[*]}")" --replace-different "${THREADS[@]}"
+  fi
   for run in reports/finetune/$task/runs/*/; do
     run=${run%/}
     [ -d "$run/merged" ] || continue
