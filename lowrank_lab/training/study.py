@@ -290,9 +290,33 @@ def _one_run(
     elif (ck := read_checkpoint_meta(rdir)) is not None:
         start_at = int(ck["step"])
         say(f"resume {cfg.run_name()} from its checkpoint at step {start_at} of {cfg.steps}")
-    gc.collect()  # the previous run's model must not count in this run's peak RSS
     meta = run_metadata(list(argv) if argv is not None else None, seed=cfg.seed, device=cfg.device)
     t0 = time.perf_counter()
+    rec = _train_with_bar(
+        cfg, spec, train_enc, eval_enc, factory, rdir, disable, resume, checkpoint_seconds, start_at
+    )
+    rec = {"schema": SCHEMA, "config": cfg.to_dict(), **rec, "meta": meta}
+    write_run_json(rdir / "run.json", rec, time.perf_counter() - t0)
+    if rec["status"] in ("finished", "diverged"):
+        remove_checkpoint(rdir)
+    return json.loads((rdir / "run.json").read_text())
+
+
+def _train_with_bar(
+    cfg: RunConfig,
+    spec: TaskSpec,
+    train_enc: Encoder,
+    eval_enc: Encoder,
+    factory: Callable[[], Any],
+    rdir: Path,
+    disable: bool | None,
+    resume: bool,
+    checkpoint_seconds: float,
+    start_at: int = 0,
+) -> dict[str, Any]:
+    """:func:`~.loop.train_run` under a step bar; an exception becomes a ``failed`` record (one broken
+    method must not end a long study), an interruption propagates with its checkpoint saved."""
+    gc.collect()  # the previous run's model must not count in this run's peak RSS
     steps = tqdm(
         total=cfg.steps,
         initial=start_at,
@@ -309,7 +333,7 @@ def _one_run(
             steps.set_postfix(loss=f"{loss:.4f}")
 
     try:
-        rec = train_run(
+        return train_run(
             cfg,
             spec,
             train_enc,
@@ -320,8 +344,8 @@ def _one_run(
             checkpoint_seconds=checkpoint_seconds,
             resume=resume,
         )
-    except Exception as exc:  # noqa: BLE001 - one broken method must not end a long study
-        rec = {
+    except Exception as exc:  # noqa: BLE001
+        return {
             "status": "failed",
             "train_loss": [],
             "eval": [],
@@ -330,11 +354,6 @@ def _one_run(
         }
     finally:
         steps.close()
-    rec = {"schema": SCHEMA, "config": cfg.to_dict(), **rec, "meta": meta}
-    write_run_json(rdir / "run.json", rec, time.perf_counter() - t0)
-    if rec["status"] in ("finished", "diverged"):
-        remove_checkpoint(rdir)
-    return json.loads((rdir / "run.json").read_text())
 
 
 def intruder_counts(out: Path, records: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -644,27 +663,14 @@ def _replay_one(
     """Retrain one recorded run into ``rdir/merged``: ("identical" | "replaced" | "failed", detail)."""
     import shutil
 
+    ck = read_checkpoint_meta(rdir)
     meta = run_metadata(list(argv) if argv is not None else None, seed=cfg.seed, device=cfg.device)
     t0 = time.perf_counter()
-    steps = tqdm(total=cfg.steps, desc=rdir.name, unit="step", leave=False, disable=disable, file=sys.stderr)
-    new: dict[str, Any] | None = None
-    try:
-        new = train_run(
-            cfg,
-            spec,
-            train_enc,
-            eval_enc,
-            factory,
-            run_dir=rdir,
-            step_callback=lambda step, loss: steps.update(1),
-            checkpoint_seconds=checkpoint_seconds,
-            resume=True,
-        )
-        problem = _replay_mismatch(rec, new) if new["status"] == "finished" else new["message"]
-    except Exception as exc:  # noqa: BLE001 - one broken replay must not stop the others
-        problem = f"{type(exc).__name__}: {exc}"
-    finally:
-        steps.close()
+    start_at = int(ck["step"]) if ck else 0
+    new = _train_with_bar(
+        cfg, spec, train_enc, eval_enc, factory, rdir, disable, True, checkpoint_seconds, start_at
+    )
+    problem = _replay_mismatch(rec, new) if new["status"] == "finished" else new["message"]
     remove_checkpoint(rdir)
     made = rec.get("meta", {})
     if problem is None:
@@ -680,7 +686,7 @@ def _replay_one(
         }
         write_run_json(rdir / "run.json", rec)
         return "identical", ""
-    if replace_different and new is not None and new["status"] == "finished":
+    if replace_different and new["status"] == "finished":
         replaces = {
             "why": f"replay for merged/ weights differs from the record ({problem})",
             "final_metric": rec.get("final_metric"),
