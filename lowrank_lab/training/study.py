@@ -647,6 +647,12 @@ def _replay_mismatch(rec: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
+def _first_different_step(rec: dict[str, Any], new: dict[str, Any]) -> int | None:
+    """The first step whose training loss differs between a record and its replay (None: none does)."""
+    pairs = zip(rec.get("train_loss", []), new.get("train_loss", []), strict=False)
+    return next((i + 1 for i, (a, b) in enumerate(pairs) if a != b), None)
+
+
 def _replay_one(
     rec: dict[str, Any],
     cfg: RunConfig,
@@ -689,6 +695,7 @@ def _replay_one(
     if replace_different and new["status"] == "finished":
         replaces = {
             "why": f"replay for merged/ weights differs from the record ({problem})",
+            "first_different_step": _first_different_step(rec, new),
             "final_metric": rec.get("final_metric"),
             "final_train_loss": final_loss(rec["train_loss"]),
             "git_commit": made.get("git_commit"),

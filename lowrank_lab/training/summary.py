@@ -370,6 +370,61 @@ def _pct(a: float, b: float) -> str:
 # summary.md
 
 
+def machines_line(records: Sequence[dict[str, Any]]) -> str:
+    """Where the runs were made: each (device, torch, CPU) with its number of runs, and the commits.
+
+    A study extended over several sessions mixes machines; the CPU type matters because float32
+    results differ in the last bits between CPUs (see ``finetune --rebuild-merged``)."""
+    combos: dict[str, int] = {}
+    commits: list[str] = []
+    for r in records:
+        m = r.get("meta", {})
+        key = f"{m.get('device')}, torch {m.get('versions', {}).get('torch')}, " + (
+            m.get("cpu") or "CPU model not recorded"
+        )
+        combos[key] = combos.get(key, 0) + 1
+        if m.get("git_commit"):
+            sha = str(m["git_commit"])
+            commits.append(sha[:7] + sha[40:])  # 40 hex digits, then "-dirty" when there is one
+    where = "; ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in combos.items())
+    made = list(dict.fromkeys(commits))
+    return f"{where}; commit{'s' if len(made) != 1 else ''} {', '.join(made) or 'not recorded'}"
+
+
+def replaced_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """A note on runs whose record a replay replaced (``finetune --rebuild-merged --replace-different``)."""
+    done = [r for r in records if r.get("replaces")]
+    if not done:
+        return []
+    names = ", ".join(f"{r['config']['method']} seed {r['config']['seed']}" for r in done)
+    deltas = [
+        abs(r["final_metric"] - r["replaces"]["final_metric"])
+        for r in done
+        if r.get("final_metric") is not None and r["replaces"].get("final_metric") is not None
+    ]
+    change = (
+        f"; their final metric moved by {sum(deltas) / len(deltas):.4f} on average (max {max(deltas):.4f}) "
+        "from the first records, which `replaces` in each run.json keeps"
+        if deltas
+        else ""
+    )
+    steps = sorted(
+        int(r["replaces"]["first_different_step"])
+        for r in done
+        if r["replaces"].get("first_different_step") is not None
+    )
+    parted = ""
+    if steps:
+        span = f" {steps[0]}" if steps[0] == steps[-1] else f"s {steps[0]}–{steps[-1]}"
+        parted = f" from step{span} on"
+    return [
+        f"- {len(done)} run{'s' if len(done) != 1 else ''} trained again for their merged weights "
+        f"(`finetune --rebuild-merged --replace-different`; {names}): on another CPU than the first "
+        f"records' their training losses differ in the last float32 bits{parted}, so the replays "
+        f"replace those records{change}."
+    ]
+
+
 def render_summary(
     records: list[dict[str, Any]],
     methods: Sequence[str],
@@ -387,7 +442,6 @@ def render_summary(
     rows = method_rows(records, methods, spec, threshold)
     table = method_table(rows, spec)
     cfg = records[0]["config"] if records else {}
-    meta = records[0].get("meta", {}) if records else {}
     seeds = sorted({r["config"]["seed"] for r in records})
     label = METRIC_LABELS[spec.metric]
     lines = [f"# {title}", ""]
@@ -401,12 +455,12 @@ def render_summary(
         f"{cfg.get('warmup_ratio')} then linear decay, grad-norm clip {cfg.get('max_grad_norm')}, "
         f"seeds {', '.join(map(str, seeds))}; eval every {cfg.get('eval_every')} steps on "
         f"{rows[0]['eval_n'] if rows else '?'} held-out examples",
-        f"- Machine: {meta.get('device')}, torch {meta.get('versions', {}).get('torch')}, "
-        f"commit {meta.get('git_commit')}",
+        f"- Machine: {machines_line(records)}",
         "- Learning rates per family: " + "; ".join(f"{k}: {v}" for k, v in LR_SOURCES.items()),
         "- The task head (`classifier`) trains with every method (PEFT's `modules_to_save`) at one rate, "
         f"{records[0].get('head_lr') if records else '?'}; 'trainable' counts it. `full` trains every "
         "linear map of the blocks plus the head (embeddings, LayerNorms and the pooler stay frozen).",
+        *replaced_lines(records),
         "",
         f"## {label} (mean ± sd over seeds) and convergence",
         "",

@@ -10,9 +10,11 @@ from lowrank_lab.training.summary import (
     claims,
     final_loss,
     loss_auc,
+    machines_line,
     method_rows,
     moving_average,
     render_summary,
+    replaced_lines,
     stat,
     steps_to_threshold,
     verdict,
@@ -147,3 +149,30 @@ def test_no_gain_is_inconclusive(value):
     rows = method_rows(recs, ["lora", "inttune"], SST2, threshold=0.5)
     c = next(c for c in claims(rows, SST2) if c["claim"].startswith("IntTune"))
     assert c["verdict"] == "inconclusive"
+
+
+def test_machine_line_names_every_machine_and_commit():
+    a = {"device": "cpu (1 threads, x86_64)", "versions": {"torch": "2.13.0+cpu"}, "git_commit": "a" * 40}
+    b = {**a, "cpu": "AMD EPYC (avx2)", "git_commit": "b" * 40 + "-dirty"}
+    recs = [{**_rec("lora", s, 0.8, [0.5]), "meta": m} for s, m in enumerate([a, a, b])]
+    assert machines_line(recs) == (
+        "cpu (1 threads, x86_64), torch 2.13.0+cpu, CPU model not recorded (2 runs); "
+        "cpu (1 threads, x86_64), torch 2.13.0+cpu, AMD EPYC (avx2) (1 run); commits aaaaaaa, bbbbbbb-dirty"
+    )
+    assert machines_line(recs[:1]).endswith("(1 run); commit aaaaaaa")
+    assert "- Machine: cpu (1 threads" in render_summary(recs, ["lora"], SST2, title="T", command=None)
+
+
+def test_replaced_records_are_said_with_their_old_metric():
+    recs = [_rec("lora", 0, 0.80, [0.5]), _rec("head", 1, 0.60, [0.5]), _rec("lora", 2, 0.7, [0.5])]
+    assert replaced_lines(recs) == []
+    recs[0]["replaces"] = {"final_metric": 0.79, "first_different_step": 6}
+    recs[1]["replaces"] = {"final_metric": 0.63, "first_different_step": 1}
+    (line,) = replaced_lines(recs)
+    assert line.startswith("- 2 runs trained again for their merged weights (`finetune --rebuild-merged")
+    assert "lora seed 0, head seed 1)" in line and "from steps 1–6 on" in line
+    assert "final metric moved by 0.0200 on average (max 0.0300)" in line
+    assert line in render_summary(recs, ["lora", "head"], SST2, title="T", command=None)
+    del recs[1]["replaces"]
+    (one,) = replaced_lines(recs)
+    assert one.startswith("- 1 run trained again") and "from step 6 on" in one
