@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive(int),
         default=None,
         help="torch intra-op threads (default: torch's choice, one per core). Loss curves are "
-        "bit-identical for the same seed and thread count; on a busy shared machine --threads 1 "
+        "bit-identical for the same seed, thread count and CPU type; on a busy shared machine --threads 1 "
         "can be faster. Example: --threads 1",
     )
     p.add_argument(
