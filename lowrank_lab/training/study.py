@@ -647,10 +647,13 @@ def _replay_mismatch(rec: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
-def _first_different_step(rec: dict[str, Any], new: dict[str, Any]) -> int | None:
-    """The first step whose training loss differs between a record and its replay (None: none does)."""
-    pairs = zip(rec.get("train_loss", []), new.get("train_loss", []), strict=False)
-    return next((i + 1 for i, (a, b) in enumerate(pairs) if a != b), None)
+def loss_difference(rec: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """How two runs' training losses differ: the first step where they do (None: at none) and the
+    largest relative difference over the steps both have, ``|a − b| / |a|``."""
+    pairs = list(zip(rec.get("train_loss", []), new.get("train_loss", []), strict=False))
+    first = next((i + 1 for i, (a, b) in enumerate(pairs) if a != b), None)
+    rel = max((abs(a - b) / abs(a) for a, b in pairs if a != 0), default=0.0)
+    return {"first_different_step": first, "max_rel_loss_difference": float(f"{rel:.3g}")}
 
 
 def _replay_one(
@@ -695,7 +698,7 @@ def _replay_one(
     if replace_different and new["status"] == "finished":
         replaces = {
             "why": f"replay for merged/ weights differs from the record ({problem})",
-            "first_different_step": _first_different_step(rec, new),
+            **loss_difference(rec, new),
             "final_metric": rec.get("final_metric"),
             "final_train_loss": final_loss(rec["train_loss"]),
             "git_commit": made.get("git_commit"),

@@ -391,23 +391,17 @@ def machines_line(records: Sequence[dict[str, Any]]) -> str:
     return f"{where}; commit{'s' if len(made) != 1 else ''} {', '.join(made) or 'not recorded'}"
 
 
-def replaced_lines(records: Sequence[dict[str, Any]]) -> list[str]:
-    """A note on runs whose record a replay replaced (``finetune --rebuild-merged --replace-different``)."""
+def replaced_lines(records: Sequence[dict[str, Any]], *, last_bits: float = 1e-5) -> list[str]:
+    """A note on runs whose record a replay replaced (``finetune --rebuild-merged --replace-different``):
+    which, from which steps their losses differ, by how much (runs within ``last_bits`` relative
+    differ only by float32 rounding; larger ones are named), and how far their final metric moved."""
     done = [r for r in records if r.get("replaces")]
     if not done:
         return []
-    names = ", ".join(f"{r['config']['method']} seed {r['config']['seed']}" for r in done)
-    deltas = [
-        abs(r["final_metric"] - r["replaces"]["final_metric"])
-        for r in done
-        if r.get("final_metric") is not None and r["replaces"].get("final_metric") is not None
-    ]
-    change = (
-        f"; their final metric moved by {sum(deltas) / len(deltas):.4f} on average (max {max(deltas):.4f}) "
-        "from the first records, which `replaces` in each run.json keeps"
-        if deltas
-        else ""
-    )
+
+    def name(r: dict[str, Any]) -> str:
+        return f"{r['config']['method']} seed {r['config']['seed']}"
+
     steps = sorted(
         int(r["replaces"]["first_different_step"])
         for r in done
@@ -417,11 +411,32 @@ def replaced_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     if steps:
         span = f" {steps[0]}" if steps[0] == steps[-1] else f"s {steps[0]}–{steps[-1]}"
         parted = f" from step{span} on"
+    rel = {name(r): r["replaces"].get("max_rel_loss_difference") for r in done}
+    known = {k: v for k, v in rel.items() if v is not None}
+    small = [v for v in known.values() if v <= last_bits]
+    big = {k: v for k, v in known.items() if v > last_bits}
+    parts = []
+    if small:
+        parts.append(f"by at most {max(small):.1e} relative in {len(small)} of them (float32 rounding)")
+    if big:
+        parts.append("by more in " + ", ".join(f"{k} ({v:.1e})" for k, v in big.items()))
+    size = (", " + "; ".join(parts)) if parts else ""
+    deltas = [
+        abs(r["final_metric"] - r["replaces"]["final_metric"])
+        for r in done
+        if r.get("final_metric") is not None and r["replaces"].get("final_metric") is not None
+    ]
+    change = (
+        f". Their final metric moved by {sum(deltas) / len(deltas):.4f} on average (max {max(deltas):.4f}) "
+        "from the first records, which `replaces` in each run.json keeps"
+        if deltas
+        else ""
+    )
     return [
         f"- {len(done)} run{'s' if len(done) != 1 else ''} trained again for their merged weights "
-        f"(`finetune --rebuild-merged --replace-different`; {names}): on another CPU than the first "
-        f"records' their training losses differ in the last float32 bits{parted}, so the replays "
-        f"replace those records{change}."
+        f"(`finetune --rebuild-merged --replace-different`; {', '.join(rel)}). On another CPU than the "
+        f"first records', their training losses differ{parted}{size}, so the replays replace those "
+        f"records{change}."
     ]
 
 

@@ -117,6 +117,9 @@ def test_a_replay_that_differs_can_replace_its_record(glue_dir, tmp_path, bert_t
     assert new["replaces"]["final_metric"] == 0.123 and new["replaces"]["why"].startswith(
         "replay for merged/ weights differs from the record (training loss at step 3"
     )
+    assert new["replaces"]["first_different_step"] == 3
+    rel = abs(9.0 - true["train_loss"][2]) / 9.0  # only step 3 differs
+    assert new["replaces"]["max_rel_loss_difference"] == float(f"{rel:.3g}")
     assert new["meta"]["cpu"] and new["config"]["save_merged"] is True
     assert (out / "runs" / "lora-r2-seed0" / "merged" / "model.safetensors").is_file()
     rows = pd.read_csv(out / "runs.csv")  # rewritten from the records, in the same order

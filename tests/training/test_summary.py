@@ -164,15 +164,19 @@ def test_machine_line_names_every_machine_and_commit():
 
 
 def test_replaced_records_are_said_with_their_old_metric():
-    recs = [_rec("lora", 0, 0.80, [0.5]), _rec("head", 1, 0.60, [0.5]), _rec("lora", 2, 0.7, [0.5])]
+    recs = [_rec("lora", 0, 0.80, [0.5]), _rec("head", 1, 0.60, [0.5]), _rec("nlora", 2, 0.7, [0.5])]
     assert replaced_lines(recs) == []
-    recs[0]["replaces"] = {"final_metric": 0.79, "first_different_step": 6}
-    recs[1]["replaces"] = {"final_metric": 0.63, "first_different_step": 1}
+    recs[0]["replaces"] = {"final_metric": 0.79, "first_different_step": 6, "max_rel_loss_difference": 2e-7}
+    recs[1]["replaces"] = {"final_metric": 0.63, "first_different_step": 1, "max_rel_loss_difference": 4e-7}
+    recs[2]["replaces"] = {"final_metric": 0.70, "first_different_step": 2, "max_rel_loss_difference": 0.15}
     (line,) = replaced_lines(recs)
-    assert line.startswith("- 2 runs trained again for their merged weights (`finetune --rebuild-merged")
-    assert "lora seed 0, head seed 1)" in line and "from steps 1–6 on" in line
-    assert "final metric moved by 0.0200 on average (max 0.0300)" in line
-    assert line in render_summary(recs, ["lora", "head"], SST2, title="T", command=None)
-    del recs[1]["replaces"]
+    assert line.startswith("- 3 runs trained again for their merged weights (`finetune --rebuild-merged")
+    assert "lora seed 0, head seed 1, nlora seed 2)" in line and "differ from steps 1–6 on" in line
+    assert "by at most 4.0e-07 relative in 2 of them (float32 rounding); by more in nlora seed 2 (1.5e-01)" \
+        in line
+    assert "final metric moved by 0.0133 on average (max 0.0300)" in line
+    assert line in render_summary(recs, ["lora", "head", "nlora"], SST2, title="T", command=None)
+    for r in recs[1:]:
+        del r["replaces"]
     (one,) = replaced_lines(recs)
-    assert one.startswith("- 1 run trained again") and "from step 6 on" in one
+    assert one.startswith("- 1 run trained again") and "differ from step 6 on, by at most 2.0e-07" in one
