@@ -376,7 +376,9 @@ def train_run(
         **info,
     }
     eval_seconds = 0.0
-    before = {"train": 0.0, "eval": 0.0, "run": 0.0}  # seconds spent in earlier sessions of this run
+    # Seconds spent before this session's training clock starts: earlier sessions of this run (train,
+    # eval, run) and, for eval, also the evaluations of this session that precede the first step.
+    before = {"train": 0.0, "eval": 0.0, "run": 0.0}
 
     def run_eval(step: int) -> None:
         nonlocal eval_seconds
@@ -402,6 +404,7 @@ def train_run(
         del restored
     else:
         run_eval(0)
+        before["eval"] = eval_seconds  # before the training clock starts: not step time
         torch.manual_seed(cfg.seed)  # dropout masks: same stream for every method of this seed
     model.train()
     rng_committed = rng_state(device)  # as it stands after the last finished step

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -70,6 +71,25 @@ def test_record_fields_and_eval_schedule(glue_dir, bert_tokenizer, tiny_bert):
     assert (
         rec["initial_metric"] == rec["eval"][0]["metric"] and rec["final_metric"] == rec["eval"][-1]["metric"]
     )
+
+
+def test_train_seconds_count_the_steps_and_no_evaluation(glue_dir, bert_tokenizer, tiny_bert, monkeypatch):
+    # An evaluation that takes 0.4 s, steps that take ~10 ms: the step-0 evaluation, which runs
+    # before the first step, must not be taken off the steps' time (it was: train_seconds < 0).
+    from lowrank_lab.training import loop
+
+    real = loop.evaluate
+
+    def slow(*a, **k):
+        time.sleep(0.4)
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "evaluate", slow)
+    spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
+    rec = train_run(_cfg(steps=4, eval_every=2), spec, tr, ev, tiny_bert(2))
+    assert [e["step"] for e in rec["eval"]] == [0, 2, 4] and rec["eval_seconds"] >= 3 * 0.4
+    assert 0 < rec["train_seconds"] < 0.4  # four tiny steps, none of the three 0.4 s evaluations
+    assert rec["train_seconds"] + rec["eval_seconds"] <= rec["run_seconds"]
 
 
 def test_head_only_trains_just_the_head(glue_dir, bert_tokenizer, tiny_bert):
