@@ -35,7 +35,6 @@ flushed as rows finish; ``--resume`` keeps them and skips what is done).
 
 from __future__ import annotations
 
-import math
 import os
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads steal
@@ -58,7 +57,7 @@ import torch  # noqa: E402
 from lowrank_lab.linalg import FACTORIZATIONS, Factorization, optimal_error, relative_errors  # noqa: E402
 from lowrank_lab.utils.provenance import run_metadata  # noqa: E402
 from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir, to_markdown  # noqa: E402
-from lowrank_lab.utils.timing import time_call  # noqa: E402
+from lowrank_lab.utils.timing import median_ci, time_call  # noqa: E402
 from lowrank_lab.weights.synthetic import power_law_spectrum, synthetic_matrix  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,29 +187,6 @@ def measure_rounds(
             wall[name].append(w)
             cpu[name].append(c)
     return {name: (wall[name], cpu[name], results[name]) for name in fns}
-
-
-def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Median of ``values`` and a distribution-free ``level`` confidence interval for it.
-
-    The interval is ``[x_(k), x_(n+1-k)]`` of the sorted values with the largest k such that
-    ``P(Binomial(n, 1/2) < k) <= (1 - level) / 2`` (the sign-test interval; e.g. Conover,
-    *Practical Nonparametric Statistics*, §3.2). With fewer than 6 values no such k exists and the
-    interval is the whole range.
-    """
-    xs = sorted(values)
-    n = len(xs)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    alpha = (1.0 - level) / 2
-    k, cdf = 0, 0.0  # cdf = P(B < k + 1) as k grows
-    while k < n // 2:
-        cdf += math.comb(n, k) / 2.0**n
-        if cdf > alpha:
-            break
-        k += 1
-    lo, hi = (xs[k - 1], xs[n - k]) if k >= 1 else (xs[0], xs[-1])
-    return statistics.median(xs), lo, hi
 
 
 def slice_factorization(f: Factorization, r: int) -> Factorization:

@@ -1,7 +1,9 @@
-"""Wall-clock timing that is honest on CUDA: synchronise, warm up, report the median of repeats."""
+"""Wall-clock timing that is honest on CUDA: synchronise, warm up, report the median of repeats;
+and the distribution-free interval for a median that paired benchmark ratios are reported with."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -66,3 +68,26 @@ class Stopwatch:
     def __exit__(self, *exc: object) -> None:
         synchronize(self.device)
         self.seconds = time.perf_counter() - self._t0
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Median of ``values`` and a distribution-free ``level`` confidence interval for it.
+
+    The interval is ``[x_(k), x_(n+1-k)]`` of the sorted values with the largest k such that
+    ``P(Binomial(n, 1/2) < k) <= (1 - level) / 2`` (the sign-test interval; e.g. Conover,
+    *Practical Nonparametric Statistics*, §3.2). With fewer than 6 values no such k exists and the
+    interval is the whole range.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    alpha = (1.0 - level) / 2
+    k, cdf = 0, 0.0  # cdf = P(B < k + 1) as k grows
+    while k < n // 2:
+        cdf += math.comb(n, k) / 2.0**n
+        if cdf > alpha:
+            break
+        k += 1
+    lo, hi = (xs[k - 1], xs[n - k]) if k >= 1 else (xs[0], xs[-1])
+    return statistics.median(xs), lo, hi

@@ -30,16 +30,6 @@ def test_tiny_run_writes_every_row_and_the_targets(bench, tmp_path):
     assert len(pd.read_csv(out.with_suffix(".csv"))) == len(df)
 
 
-def test_median_ci_is_the_sign_test_interval(bench):
-    # n = 15: P(B(15, 1/2) <= 3) = 0.0176 <= 0.025 < P(B <= 4) = 0.059, so k = 4: [x_(4), x_(12)]
-    xs = [float(i) for i in range(1, 16)]
-    assert bench.median_ci(xs[::-1]) == (8.0, 4.0, 12.0)
-    # n = 5 is too few for any 95% interval: the whole range
-    assert bench.median_ci([3.0, 1.0, 2.0, 5.0, 4.0]) == (3.0, 1.0, 5.0)
-    med, lo, hi = bench.median_ci([1.0] * 30)
-    assert med == lo == hi == 1.0
-
-
 def test_rounds_alternate_their_order(bench):
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}

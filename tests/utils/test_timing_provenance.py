@@ -6,7 +6,7 @@ import time
 import pytest
 
 from lowrank_lab.utils.provenance import run_metadata, write_run_json
-from lowrank_lab.utils.timing import Stopwatch, time_call
+from lowrank_lab.utils.timing import Stopwatch, median_ci, time_call
 
 
 def test_time_call_reports_the_median_of_the_timed_repeats() -> None:
@@ -50,3 +50,13 @@ def test_cpu_model_names_the_cpu_and_its_vector_extension(tmp_path) -> None:
     assert cpu_model(info) == "Older CPU (avx2)"
     assert cpu_model(tmp_path / "absent")  # no /proc: platform's name, never an error
     assert run_metadata([])["cpu"] == cpu_model()
+
+
+def test_median_ci_is_the_sign_test_interval():
+    # n = 15: P(B(15, 1/2) <= 3) = 0.0176 <= 0.025 < P(B <= 4) = 0.059, so k = 4: [x_(4), x_(12)]
+    xs = [float(i) for i in range(1, 16)]
+    assert median_ci(xs[::-1]) == (8.0, 4.0, 12.0)
+    # n = 5 is too few for any 95% interval: the whole range
+    assert median_ci([3.0, 1.0, 2.0, 5.0, 4.0]) == (3.0, 1.0, 5.0)
+    med, lo, hi = median_ci([1.0] * 30)
+    assert med == lo == hi == 1.0
