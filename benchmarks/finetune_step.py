@@ -17,7 +17,11 @@ them: seed 0, evaluations, merged weights saved), timed from model load to the l
 
 The peer measured in the same process is Hugging Face PEFT's LoRA on the same model, rank, targets
 and batches (``peft.get_peft_model``), so the ratio shows what our adapter layer costs against the
-reference implementation.
+reference implementation. Medians of separate 20-step blocks swung from 0.91× to 1.21× between two
+runs ten minutes apart, so the ratio is *paired*: both models are built, each round times one step
+of each (the order alternating between rounds), and the report gives the median over rounds of
+our step time over PEFT's with its distribution-free 95% interval
+(:func:`lowrank_lab.utils.timing.median_ci`, as ``benchmarks/factorizations.py``).
 
 Examples
 --------
@@ -56,7 +60,7 @@ from lowrank_lab.training.models import head_parameters, load_model, load_tokeni
 from lowrank_lab.training.tasks import default_data_dir, get_task, load_examples  # noqa: E402
 from lowrank_lab.utils.provenance import git_commit  # noqa: E402
 from lowrank_lab.utils.tables import to_markdown  # noqa: E402
-from lowrank_lab.utils.timing import Stopwatch, time_call  # noqa: E402
+from lowrank_lab.utils.timing import Stopwatch, median_ci, time_call  # noqa: E402
 
 BUDGET_SECONDS = 240.0  # issue 7: ≤ 4 minutes for one 300-step run
 REPO = Path(__file__).resolve().parents[1]
@@ -180,6 +184,29 @@ def measure(method: str, spec, train, eval_, order, eval_idx, args, device) -> d
     }
 
 
+def paired_lora_ratio(spec, train, order, args, device) -> dict:
+    """Our LoRA step time over PEFT's, paired: one step of each per round, order alternating."""
+    cfg = RunConfig(task=spec.name, method="lora", rank=args.rank, steps=args.steps)
+    ours, _ = prepare_model(cfg, spec, lambda: load_model("minilm", spec), calibration=None, device=device)
+    theirs = _peft_lora(spec, args.rank, 0)
+    lr = cfg.resolved_lr(spec.kind)
+    steps = {
+        "ours": _step_timer(ours, spec, train, order, device, lr, args.steps),
+        "peft": _step_timer(theirs, spec, train, order, device, lr, args.steps),
+    }
+    for step in steps.values():
+        step()
+        step()  # warm-up, as measure()
+    ratios = []
+    for i in range(args.measure):
+        times = {}
+        for name in (("ours", "peft") if i % 2 == 0 else ("peft", "ours")):
+            times[name] = time_call(steps[name], device=device, repeats=1, warmup=0).median
+        ratios.append(times["ours"] / times["peft"])
+    med, lo, hi = median_ci(ratios)
+    return {"rounds": len(ratios), "median": med, "lo": lo, "hi": hi}
+
+
 def whole_run(method: str, spec, train, eval_, args, device) -> dict:
     """One real run of ``args.steps`` steps, timed end to end (load, init, steps, evals, save)."""
     import tempfile
@@ -271,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     for m in [s.strip() for s in args.methods.split(",") if s.strip()]:
         print(f"timing {m} ...", file=sys.stderr)
         rows.append(measure(m, spec, train, eval_, order, eval_idx, args, device))
+    paired = None
+    if {"lora", "peft-lora"} <= {m.strip() for m in args.methods.split(",")}:
+        print("pairing lora and peft-lora steps ...", file=sys.stderr)
+        paired = paired_lora_ratio(spec, train, batch_order(len(train), 2 + args.measure, args.batch_size, 0),
+                                   args, device)
     whole = [m.strip() for m in (args.whole_run if args.whole_run is not None else
              ("" if args.small else "lora")).split(",") if m.strip()]
     runs = []
@@ -285,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     by = {r["method"]: r for r in rows}
     ratios = []
-    if "lora" in by and "peft-lora" in by:
+    if paired is not None:
         ratios.append(
-            f"- step time lowrank_lab LoRA / PEFT LoRA: "
-            f"{by['lora']['step s (median)'] / by['peft-lora']['step s (median)']:.2f}×"
+            f"- step time lowrank_lab LoRA / PEFT LoRA, paired: {paired['median']:.3f}× "
+            f"[95% CI {paired['lo']:.3f}, {paired['hi']:.3f}] (median over {paired['rounds']} rounds of one "
+            f"step each, order alternating; the separate medians above give "
+            f"{by['lora']['step s (median)'] / by['peft-lora']['step s (median)']:.2f}×)"
         )
     if "lora" in by and "full" in by:
         ratios.append(
