@@ -344,7 +344,7 @@ def _train_with_bar(
             checkpoint_seconds=checkpoint_seconds,
             resume=resume,
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - one broken method must not end a long study
         return {
             "status": "failed",
             "train_loss": [],
@@ -632,9 +632,10 @@ def rebuild_merged(
 def _replay_mismatch(rec: dict[str, Any], new: dict[str, Any]) -> str | None:
     """Where a replayed run's curve or evaluations first differ from its record (None: identical)."""
     old_loss, new_loss = rec.get("train_loss", []), new.get("train_loss", [])
-    for i, (a, b) in enumerate(zip(old_loss, new_loss, strict=False)):
-        if a != b:
-            return f"training loss at step {i + 1}: recorded {a!r}, replayed {b!r}"
+    step = loss_difference(rec, new)["first_different_step"]
+    if step is not None:
+        a, b = old_loss[step - 1], new_loss[step - 1]
+        return f"training loss at step {step}: recorded {a!r}, replayed {b!r}"
     if len(old_loss) != len(new_loss):
         return f"steps: recorded {len(old_loss)}, replayed {len(new_loss)}"
     old_eval, new_eval = rec.get("eval", []), new.get("eval", [])
@@ -725,7 +726,8 @@ def rewrite_runs_csv(out: str | Path) -> Path:
     import pandas as pd
 
     out = Path(out)
-    recs = {p.parent.name: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/run.json"))}
+    found = {p.parent.name: read_record(p.parent) for p in sorted((out / "runs").glob("*/run.json"))}
+    recs = {name: rec for name, rec in found.items() if rec is not None}
     order: list[str] = []
     path = out / "runs.csv"
     if path.is_file() and path.stat().st_size > 0:
