@@ -109,8 +109,9 @@ def _peft_lora(spec, rank: int, seed: int):
     return peft.get_peft_model(model, cfg)
 
 
-def measure(method: str, spec, train, eval_, order, eval_idx, args, device) -> dict:
-    cfg = RunConfig(
+def _config(method: str, spec, args) -> RunConfig:
+    """The run the CLI would make of ``method`` with the benchmark's settings (seed 0)."""
+    return RunConfig(
         task=spec.name,
         method=method,
         rank=args.rank,
@@ -119,6 +120,10 @@ def measure(method: str, spec, train, eval_, order, eval_idx, args, device) -> d
         max_length=args.max_length,
         eval_every=args.eval_every,
     )
+
+
+def measure(method: str, spec, train, eval_, order, eval_idx, args, device) -> dict:
+    cfg = _config(method, spec, args)
     with Stopwatch(device) as load_sw:
         if method == "peft-lora":
             model = _peft_lora(spec, args.rank, 0)
@@ -186,7 +191,7 @@ def measure(method: str, spec, train, eval_, order, eval_idx, args, device) -> d
 
 def paired_lora_ratio(spec, train, order, args, device) -> dict:
     """Our LoRA step time over PEFT's, paired: one step of each per round, order alternating."""
-    cfg = RunConfig(task=spec.name, method="lora", rank=args.rank, steps=args.steps)
+    cfg = _config("lora", spec, args)
     ours, _ = prepare_model(cfg, spec, lambda: load_model("minilm", spec), calibration=None, device=device)
     theirs = _peft_lora(spec, args.rank, 0)
     lr = cfg.resolved_lr(spec.kind)
@@ -211,15 +216,7 @@ def whole_run(method: str, spec, train, eval_, args, device) -> dict:
     """One real run of ``args.steps`` steps, timed end to end (load, init, steps, evals, save)."""
     import tempfile
 
-    cfg = RunConfig(
-        task=spec.name,
-        method=method,
-        rank=args.rank,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        eval_every=args.eval_every,
-    )
+    cfg = _config(method, spec, args)
     cpu0, t0 = time.process_time(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rec = train_run(cfg, spec, train, eval_, lambda: load_model("minilm", spec), run_dir=tmp)
@@ -295,11 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     rows = []
     t0 = time.perf_counter()
-    for m in [s.strip() for s in args.methods.split(",") if s.strip()]:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
         print(f"timing {m} ...", file=sys.stderr)
         rows.append(measure(m, spec, train, eval_, order, eval_idx, args, device))
     paired = None
-    if {"lora", "peft-lora"} <= {m.strip() for m in args.methods.split(",")}:
+    if {"lora", "peft-lora"} <= set(methods):
         print("pairing lora and peft-lora steps ...", file=sys.stderr)
         paired = paired_lora_ratio(spec, train, batch_order(len(train), 2 + args.measure, args.batch_size, 0),
                                    args, device)
