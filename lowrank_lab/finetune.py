@@ -23,6 +23,7 @@ from lowrank_lab.training.config import (
     RunConfig,
 )
 from lowrank_lab.training.loop import Interrupted
+from lowrank_lab.training.selection import parse_grid
 from lowrank_lab.training.study import rebuild_merged, run_study, summarize_existing
 from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, HubDataset, TaskSpec, default_data_dir, get_task
 from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, sigterm_as_interrupt
@@ -132,7 +133,51 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="target modules (default: all linear maps of every block), e.g. --targets query,value",
     )
-    p.add_argument("--steps", type=positive(int), default=300, help="optimizer steps per run (default 300)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--steps", type=positive(int), default=300, help="optimizer steps per run (default 300)"
+    )
+    budget.add_argument(
+        "--epochs",
+        type=positive(float),
+        default=None,
+        help="passes over the training split instead of --steps (steps = ceil(epochs x examples / batch); "
+        "the validation split is not part of it), e.g. --epochs 3",
+    )
+    p.add_argument(
+        "--pooling",
+        default=None,
+        choices=["mean", "cls", "max", "pooler", "native"],
+        help="sentence vector the classification head reads (default: the checkpoint's "
+        "sentence-transformers pooling when it has 1_Pooling/config.json — mean for minilm — else "
+        "native: the architecture's own transformers head, BERT's pooler), e.g. --pooling cls",
+    )
+    p.add_argument(
+        "--val-samples",
+        type=nonnegative_int,
+        default=None,
+        help="training examples held out as the validation split that curves and --lr-grid read "
+        "(default 10%% of the training set, 100..1000; the same split for every run); 0: none, and "
+        "the dev set is scored during training as before",
+    )
+    p.add_argument(
+        "--lr-grid",
+        nargs="?",
+        const="default",
+        action="append",
+        default=None,
+        metavar="GROUP=R1,R2,...",
+        help="select each method's learning rate on the validation split first: alone, 5 rates from "
+        "0.1x to 10x each family's published rate (head rate first, with the head-only control); or "
+        "rates per group (lora, core, full, head, or a method name), repeatable, e.g. "
+        "--lr-grid --lr-grid full=1e-5,3e-5,1e-4",
+    )
+    p.add_argument(
+        "--selection-seed",
+        type=nonnegative_int,
+        default=100,
+        help="seed of the --lr-grid selection runs (default 100, outside the verdict seeds)",
+    )
     p.add_argument(
         "--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0), e.g. --seeds 0,1,2"
     )
@@ -386,7 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=_resolve_device(args.device),
             save_merged=not args.no_save_merged,
             extra=dict(args.adapter_option),
+            pooling=args.pooling,
+            val_samples=args.val_samples,
+            epochs=args.epochs,
         )
+        grid = parse_grid(args.lr_grid)
         with sigterm_as_interrupt():
             result = run_study(
                 base,
@@ -399,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loss_threshold_override=args.loss_threshold,
                 progress=False if args.no_progress else None,
                 checkpoint_seconds=args.checkpoint_every,
+                lr_grid=grid,
+                selection_seed=args.selection_seed,
             )
     except KeyboardInterrupt as exc:
         where = str(exc) if isinstance(exc, Interrupted) else "between training steps"

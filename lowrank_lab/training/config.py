@@ -132,6 +132,13 @@ class RunConfig:
     device: str = "cpu"
     save_merged: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # adapter options passed to inject
+    # Sentence pooling of the classification head (None: the checkpoint's sentence-transformers
+    # pooling when it has one, else the architecture's own head); see training.models.
+    pooling: str | None = None
+    # Examples carved from the training data for selection and curves (None: 10%, 100..1000;
+    # 0: none, and the dev set is scored during training as before issue 15); see batching.
+    val_samples: int | None = None
+    epochs: float | None = None  # provenance: the --epochs that set ``steps`` (None: --steps)
 
     def resolved_lr(self, task_kind: str) -> float:
         return float(self.lr) if self.lr is not None else default_lr(self.method, task_kind)
@@ -144,8 +151,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """The config of a stored record. Records made before issue 15 have no ``pooling`` or
+        ``val_samples``: they used the architecture's own head and scored dev during training."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kept = {k: v for k, v in d.items() if k in names}
+        kept.setdefault("pooling", "native")
+        kept.setdefault("val_samples", 0)
+        return cls(**kept)
 
     def run_name(self) -> str:
         """Directory name of the run: ``lora-r8-seed0`` (``full-seed0`` for full fine-tuning)."""
@@ -173,6 +185,8 @@ class RunConfig:
         "eval_every",
         "eval_samples",
         "extra",
+        "pooling",
+        "val_samples",
     )
 
     def differences(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

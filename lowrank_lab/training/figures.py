@@ -111,3 +111,33 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def lr_selection(frame: Any, path: str | Path) -> Path:
+    """Validation metric against learning rate, one line per method (log x), the chosen rate ringed
+    and collapsed or unfinished runs drawn as crosses at the bottom of the axis.
+
+    ``frame`` is ``selection.csv`` as a pandas DataFrame (columns method, lr, val_metric, status,
+    collapsed, chosen)."""
+    frame = frame.copy()
+    if "rank" in frame.columns and frame["rank"].nunique() > 1:
+        frame["method"] = frame["method"] + " r" + frame["rank"].astype(str)
+    methods = list(dict.fromkeys(frame["method"]))
+    colors = _colors(methods)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ok = frame[(frame["status"] == "finished") & ~frame["collapsed"].fillna(False).astype(bool)]
+    low = float(ok["val_metric"].min()) if len(ok) else 0.0
+    for m in methods:
+        rows = frame[frame["method"] == m].sort_values("lr")
+        good = rows.index.isin(ok.index)
+        ax.plot(rows["lr"][good], rows["val_metric"][good], "o-", color=colors[m], label=m, ms=4)
+        if (~good).any():
+            ax.plot(rows["lr"][~good], [low] * int((~good).sum()), "x", color=colors[m], ms=7)
+        chosen = rows[rows["chosen"].fillna(False).astype(bool)]
+        ax.plot(chosen["lr"], chosen["val_metric"], "o", mfc="none", mec=colors[m], ms=11, mew=1.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (head rate for the head-only control)")
+    ax.set_ylabel("validation metric at the last step")
+    ax.set_title("learning-rate selection on the validation split (ringed: chosen; x: collapsed/failed)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)

@@ -173,9 +173,13 @@ def evaluate(
     model.train(was_training)
     loss = loss_sum / max(count, 1)
     if spec.kind == "causal-lm":
-        return {"metric": loss, "loss": loss}
-    metric = METRICS[spec.metric](torch.cat(preds), torch.cat(targets))
-    return {"metric": float(metric), "loss": loss}
+        return {"metric": loss, "loss": loss, "collapsed": not math.isfinite(loss)}
+    pred = torch.cat(preds)
+    metric = float(METRICS[spec.metric](pred, torch.cat(targets)))
+    # Collapsed: the model answers like a constant predictor (one class for every example, or a
+    # constant score), or its metric is not finite; such runs are kept out of claims (issue 15).
+    constant = bool(pred.unique().numel() <= 1) if spec.kind != "regression" else float(pred.std()) < 1e-6
+    return {"metric": metric, "loss": loss, "collapsed": constant or not math.isfinite(metric)}
 
 
 def _lr_lambda(steps: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -279,6 +283,8 @@ def train_run(
     eval_: Encoder,
     model_factory: Callable[[], nn.Module],
     *,
+    dev: Encoder | None = None,
+    validation: bool | None = None,
     run_dir: str | Path | None = None,
     step_callback: Callable[[int, float], None] | None = None,
     checkpoint_seconds: float = 0.0,
@@ -291,7 +297,15 @@ def train_run(
     cfg : RunConfig
     spec : TaskSpec
     train, eval_ : Encoder
-        Tokenised training pool and eval split of the task.
+        Tokenised training pool and the split scored during training: the validation split carved
+        from the training data (with ``dev``), or the dev set itself (without).
+    dev : Encoder, optional
+        The task's dev/test set, scored once after the last step (``cfg.eval_samples`` of it): the
+        data claims are judged on, which nothing during training reads.
+    validation : bool, optional
+        Whether ``eval_`` is the validation split (scored whole; the record's ``val_metric`` and
+        ``val_collapsed``). Default: when ``dev`` is given. Selection runs pass True without a
+        ``dev``, so they never read the dev set.
     model_factory : callable
         Returns the pre-trained model with its task head, e.g. ``lambda: load_model("minilm", spec)``.
         Called after seeding torch's RNG with ``cfg.seed``.
@@ -336,7 +350,9 @@ def train_run(
     head_lr = cfg.resolved_head_lr()
     order = batch_order(len(train), cfg.steps, cfg.batch_size, cfg.seed)  # (steps, B)
     n_eval = spec.default_eval_samples if cfg.eval_samples is None else cfg.eval_samples
-    eval_idx = eval_subset(len(eval_), n_eval)
+    validation = dev is not None if validation is None else validation
+    eval_idx = list(range(len(eval_))) if validation else eval_subset(len(eval_), n_eval)
+    dev_idx = eval_subset(len(dev), n_eval) if dev is not None else []
     meter = MemoryMeter(device)
 
     def calibration(model: nn.Module) -> torch.Tensor:
@@ -504,6 +520,17 @@ def train_run(
     synchronize(device)
     train_seconds = seconds_so_far()["train"]
 
+    if record["status"] == "finished" and dev is not None:
+        with Stopwatch(device) as sw:
+            res = evaluate(model, spec, dev, dev_idx, batch_size=cfg.eval_batch_size, device=device)
+        eval_seconds += sw.seconds
+        record["dev"] = {
+            "step": len(record["train_loss"]),
+            **res,
+            "n": len(dev_idx),
+            "seconds": round(sw.seconds, 4),
+        }
+
     if record["status"] == "finished" and cfg.save_merged and run_dir is not None:
         with Stopwatch(device) as sw:
             if cfg.method != HEAD_ONLY:
@@ -517,7 +544,14 @@ def train_run(
     evals = record["eval"]
     record["initial_metric"] = evals[0]["metric"] if evals else None
     done = record["status"] == "finished" and len(evals) > 1
-    record["final_metric"] = evals[-1]["metric"] if done else None
+    if validation:  # validation during training, dev (if scored) at the end
+        record["val_metric"] = evals[-1]["metric"] if done else None
+        record["val_collapsed"] = bool(evals[-1].get("collapsed", False)) if done else None
+        record["final_metric"] = record["dev"]["metric"] if "dev" in record else None
+        record["collapsed"] = bool(record["dev"]["collapsed"]) if "dev" in record else None
+    else:
+        record["final_metric"] = evals[-1]["metric"] if done else None
+        record["collapsed"] = bool(evals[-1].get("collapsed", False)) if done else None
     record["steps_done"] = len(record["train_loss"])
     record["eval_n"] = len(eval_idx)
     record["train_seconds"] = round(train_seconds, 3)

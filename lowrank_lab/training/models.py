@@ -1,16 +1,42 @@
 """Model, tokenizer and head for a fine-tuning task, through :mod:`lowrank_lab.weights`.
 
-GLUE tasks get ``load_hf_model(name, head="sequence-classification", num_labels=...)`` (a
-regression head when ``num_labels == 1``); GSM8K gets ``head="causal-lm"``. The head's weights
-are drawn from torch's global RNG, which the loop seeds first, so every method of one seed starts
-from the same head.
+GLUE tasks get a classification (or, with ``num_labels == 1``, regression) head on a pooled
+sentence vector; GSM8K gets ``load_hf_model(name, head="causal-lm")``. The head's weights are drawn
+from torch's global RNG, which the loop seeds first, so every method of one seed starts from the
+same head.
+
+Pooling (:data:`POOLINGS`)
+--------------------------
+``mean``
+    The average of the last hidden states over the non-padding tokens: how sentence-transformers
+    encoders such as all-MiniLM-L6-v2 were trained (its ``1_Pooling/config.json`` says
+    ``pooling_mode_mean_tokens: true``; Reimers & Gurevych 2019, arXiv 1908.10084).
+``cls`` / ``max``
+    The first token's hidden state / the per-dimension maximum over non-padding tokens (the other
+    two sentence-transformers modes).
+``pooler``
+    BERT's pooler, tanh(W·h_[CLS] + b), what ``BertForSequenceClassification`` reads. MiniLM's
+    pooler was never trained for its sentence task: its outputs vary little (per-dimension sd about
+    0.035, ../shared/REFERENCE.md "Study protocol"), which is why it is no longer the default.
+``native``
+    The architecture's own sequence-classification head from ``transformers``
+    (``AutoModelForSequenceClassification``; for BERT the pooler), as every run before issue 15.
+``None`` (the default, "auto")
+    The checkpoint's own sentence-transformers pooling when it ships a ``1_Pooling/config.json``
+    (:func:`sentence_transformers_pooling`), else ``native``.
+
+The head on a pooled vector is dropout (the encoder's ``hidden_dropout_prob``, 0.1 for BERT) then
+one linear map initialised N(0, initializer_range²) with zero bias, as ``transformers`` initialises
+``BertForSequenceClassification.classifier``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .tasks import TaskSpec
@@ -20,17 +46,152 @@ from .tasks import TaskSpec
 HEAD_PREFIXES = ("classifier.", "score.")
 
 
+#: Sentence poolings of :class:`PooledClassifier` (see the module docstring).
+POOLINGS = ("mean", "cls", "max", "pooler")
+#: ``--pooling native``: the architecture's own sequence-classification head from transformers (what
+#: every run made before issue 15 used; for BERT, the pooler's output).
+NATIVE = "native"
+
+#: sentence-transformers ``1_Pooling/config.json`` flag -> our pooling name.
+_ST_FLAGS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+}
+
+
 class ModelLoadError(ValueError):
     """The model named by ``--model`` cannot be loaded for this task."""
 
 
-def load_model(name: str, spec: TaskSpec) -> nn.Module:
-    """The pre-trained model ``name`` with the head ``spec`` needs, in float32, in train mode."""
+class PooledOutput:
+    """What :class:`PooledClassifier` returns: ``logits`` (B, num_labels), as a transformers output."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+
+class PooledClassifier(nn.Module):
+    """An encoder (``transformers.AutoModel``) with a linear head on a pooled sentence vector.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        The encoder; its forward returns ``last_hidden_state`` (and ``pooler_output`` for
+        ``pooling="pooler"``).
+    num_labels : int
+        Classes (1: a regression score, as STS-B).
+    pooling : {"mean", "cls", "max", "pooler"}
+
+    The head is ``classifier`` (a name :data:`HEAD_PREFIXES` knows, so it trains with every
+    method); :meth:`save_pretrained` writes the backbone as a plain checkpoint of the base model's
+    own tensor names (what ``lowrank_lab.intruders`` compares against the base) and the head beside it.
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+        self.backbone = backbone
+        self.config = backbone.config
+        self.pooling = pooling
+        hidden = int(self.config.hidden_size)
+        self.dropout = nn.Dropout(float(getattr(self.config, "hidden_dropout_prob", 0.1) or 0.0))
+        self.classifier = nn.Linear(hidden, num_labels)
+        nn.init.normal_(self.classifier.weight, std=float(getattr(self.config, "initializer_range", 0.02)))
+        nn.init.zeros_(self.classifier.bias)
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs: Any):
+        """The pooled sentence vectors (B, hidden) of a batch."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **inputs)
+        if self.pooling == "pooler":
+            return out.pooler_output
+        h = out.last_hidden_state  # (B, T, H)
+        if self.pooling == "cls":
+            return h[:, 0]
+        mask = (
+            torch.ones(h.shape[:2], dtype=h.dtype, device=h.device)
+            if attention_mask is None
+            else attention_mask.to(h.dtype)
+        ).unsqueeze(-1)  # (B, T, 1)
+        if self.pooling == "max":
+            return h.masked_fill(mask == 0, torch.finfo(h.dtype).min).amax(dim=1)
+        return (h * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs: Any):
+        return PooledOutput(self.classifier(self.dropout(self.pool(input_ids, attention_mask, **inputs))))
+
+    def save_pretrained(self, path: str | Path, **kwargs: Any) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self.backbone.save_pretrained(path, **kwargs)
+        head = {k: v.detach().contiguous().cpu() for k, v in self.classifier.state_dict().items()}
+        save_file(head, str(path / "classifier.safetensors"), metadata={"pooling": self.pooling})
+
+
+def sentence_transformers_pooling(directory: str | Path) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with, from its ``modules.json`` /
+    ``1_Pooling/config.json``; None when the folder has no such config (not a sentence encoder)."""
+    directory = Path(directory)
+    pooling_dir = directory / "1_Pooling"
+    modules = directory / "modules.json"
+    if modules.is_file():
+        try:
+            for module in json.loads(modules.read_text()):
+                if str(module.get("type", "")).endswith("Pooling"):
+                    pooling_dir = directory / str(module.get("path", "1_Pooling"))
+        except (json.JSONDecodeError, AttributeError, TypeError) as exc:
+            raise ModelLoadError(f"{modules} is not a sentence-transformers modules list: {exc}") from exc
+    config = pooling_dir / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        flags = json.loads(config.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{config} is not valid JSON ({exc}); fix it or pass --pooling") from exc
+    chosen = [name for flag, name in _ST_FLAGS.items() if flags.get(flag)]
+    if len(chosen) != 1:
+        raise ModelLoadError(
+            f"{config} asks for {chosen or 'no'} pooling mode(s); lowrank_lab supports one of "
+            f"{', '.join(_ST_FLAGS.values())}: pass --pooling explicitly"
+        )
+    return chosen[0]
+
+
+def resolve_pooling(name: str, pooling: str | None) -> str | None:
+    """The pooling a run of model ``name`` uses: ``pooling`` when given, else the checkpoint's
+    sentence-transformers pooling, else None (the architecture's own classification head)."""
+    if pooling == NATIVE:
+        return None
+    if pooling is not None:
+        if pooling not in POOLINGS:
+            raise ModelLoadError(f"--pooling {pooling!r} is not one of {', '.join((*POOLINGS, NATIVE))}")
+        return pooling
+    if _llama2c_checkpoint(name) is not None:
+        return None
+    from lowrank_lab.weights import model_dir
+
+    try:
+        directory = model_dir(name)
+    except (OSError, ValueError):
+        return None
+    return sentence_transformers_pooling(directory)
+
+
+def load_model(name: str, spec: TaskSpec, pooling: str | None = None) -> nn.Module:
+    """The pre-trained model ``name`` with the head ``spec`` needs, in float32, in train mode.
+
+    ``pooling`` (classification and regression tasks only) is as :func:`resolve_pooling`: None
+    reads the checkpoint's sentence-transformers pooling when it has one.
+    """
     from lowrank_lab.weights import load_hf_model
 
     try:
         if spec.kind == "causal-lm":
             model = load_hf_model(name, head="causal-lm")
+        elif (mode := resolve_pooling(name, pooling)) is not None:
+            model = PooledClassifier(load_hf_model(name, head="base"), spec.num_labels, mode)
         else:
             model = load_hf_model(name, head="sequence-classification", num_labels=spec.num_labels)
     except (FileNotFoundError, ValueError, KeyError) as exc:

@@ -36,11 +36,12 @@ from lowrank_lab.utils.provenance import run_metadata, write_run_json
 from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir
 
 from . import figures as figs
-from .batching import Encoder, batch_order, eval_subset
+from .batching import Encoder, batch_order, default_validation_size, eval_subset, validation_split
 from .checkpoint import CHECKPOINT_META, read_checkpoint_meta, remove_checkpoint
-from .config import RunConfig
+from .config import HEAD_ONLY, RunConfig
 from .loop import train_run
-from .models import load_model, load_tokenizer
+from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
+from .selection import Choice, choose, grid_for
 from .summary import (
     curves_frame,
     final_loss,
@@ -142,6 +143,8 @@ def run_study(
     log: Callable[[str], None] | None = None,
     notes: Sequence[str] = (),
     checkpoint_seconds: float = 120.0,
+    lr_grid: dict[str, list[float]] | None = None,
+    selection_seed: int = 100,
 ) -> dict[str, Any]:
     """Run ``methods`` × ``seeds`` on ``base.task`` and write the study files (see module docstring).
 
@@ -167,84 +170,63 @@ def run_study(
         Wall seconds between a run's checkpoints (0: only when interrupted). The default costs
         under 1% of a run: saving full fine-tuning's 260 MB of MiniLM weights and AdamW moments
         takes about a second.
+    lr_grid : dict, optional
+        Select each method's learning rate first (:mod:`.selection`): ``{}`` for the default grids,
+        or rates per family/method/``head``. Selection runs go to ``out/select/`` on
+        ``selection_seed``, are scored on the validation split only, and are summarised in
+        ``selection.csv`` and ``figures/lr_selection.png``; the study's seeds then run at the chosen
+        rates. Needs a validation split (``base.val_samples`` other than 0). Selection runs save no
+        merged weights. A ``base.head_lr`` is taken as already chosen: only the methods' rates are
+        selected then.
+    selection_seed : int
+        Seed of the selection runs (default 100: none of the study's usual seeds 0-9, so the runs
+        a verdict uses are not the ones a rate was chosen on).
 
     Returns
     -------
-    dict with ``records`` (list), ``summary`` (path), ``failed`` (count of failed runs).
+    dict with ``records`` (list), ``summary`` (path), ``failed`` (count of failed runs) and, with
+    ``lr_grid``, ``selection`` (the :class:`~.selection.Choice` per method).
     """
     spec: TaskSpec = get_task(base.task)
     say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     disable = None if progress is None else (not progress)
-
-    train_ex = load_examples(spec, data_dir, "train")
-    eval_ex = load_examples(spec, data_dir, "eval")
+    if lr_grid is not None and base.val_samples == 0:
+        raise ValueError("--lr-grid selects on the validation split: do not set --val-samples 0")
+    if base.pooling is None and spec.kind != "causal-lm" and model_factory is None:
+        # record the pooling the runs use, not "auto": a record must say what it ran
+        base = replace(base, pooling=resolve_pooling(base.model, None) or NATIVE)
+    data = StudyData.load(spec, base, data_dir, tokenizer)  # bad data fails before --out is made
     out = ensure_writable_dir(out)
-    tok = tokenizer if tokenizer is not None else load_tokenizer(base.model, spec)
-    max_len = base.max_length or spec.default_max_length
-    train_enc = Encoder(spec, tok, max_len, train_ex)
-    eval_enc = Encoder(spec, tok, max_len, eval_ex)
-    factory = model_factory or (lambda: load_model(base.model, spec))
+    if base.epochs is not None:
+        base = replace(base, steps=max(1, math.ceil(base.epochs * len(data.train) / base.batch_size)))
+    factory = model_factory or (lambda: load_model(base.model, spec, base.pooling))
+    runner = _Runner(spec, data, factory, argv, disable, resume, checkpoint_seconds, say)
 
-    configs = [replace(base, method=m, seed=int(s)) for s in seeds for m in methods]
-    # Check resumable runs before any work: a mismatch must not surface after hours of training.
-    done: dict[str, dict[str, Any]] = {}
-    if resume:
-        for cfg in configs:
-            rdir = run_dir_for(out, cfg)
-            rec = read_record(rdir)
-            if rec is not None and rec.get("status") in ("finished", "diverged"):
-                _check_same_settings(cfg, spec, rec, rdir)
-                done[cfg.run_name()] = rec
-            elif (meta := read_checkpoint_meta(rdir)) is not None:
-                _check_same_settings(cfg, spec, meta, rdir / CHECKPOINT_META)
+    result: dict[str, Any] = {}
+    if lr_grid is not None:
+        choices, head_lr = _select_rates(runner, base, methods, lr_grid, selection_seed, out)
+        result["selection"] = choices
+        usable = [m for m in methods if choices[m].lr is not None]
+        for m in methods:
+            if choices[m].lr is None:
+                say(f"NO RATE for {m}: {choices[m].reason}; it gets no final runs and no verdict")
+        configs = [
+            replace(base, method=m, seed=int(s), lr=choices[m].lr, head_lr=head_lr)
+            if m != HEAD_ONLY
+            else replace(base, method=m, seed=int(s), head_lr=head_lr)
+            for s in seeds
+            for m in usable
+        ]
+    else:
+        configs = [replace(base, method=m, seed=int(s)) for s in seeds for m in methods]
 
-    # Tokenise every example any run will see before the first run: otherwise the first method of
-    # each seed pays for it inside its step time (GSM8K with llama2.c's BPE: ~15 ms per example).
-    n_eval = spec.default_eval_samples if base.eval_samples is None else base.eval_samples
-    todo_seeds = sorted({c.seed for c in configs if c.run_name() not in done})
-    train_enc.prepare(
-        [
-            i
-            for s in todo_seeds
-            for i in batch_order(len(train_enc), base.steps, base.batch_size, int(s)).flatten().tolist()
-        ],
-        desc=f"tokenize {spec.name} train",
-        disable=disable,
-    )
-    if todo_seeds:
-        eval_enc.prepare(
-            eval_subset(len(eval_enc), n_eval), desc=f"tokenize {spec.name} eval", disable=disable
-        )
     writer = RowWriter(out / "runs.csv", RUN_COLUMNS, RUN_KEY, resume=resume)
-    records: list[dict[str, Any]] = []
-    failed = 0
-    bar = tqdm(configs, desc=f"{spec.name} runs", unit="run", disable=disable, file=sys.stderr)
     try:
-        for cfg in bar:
-            bar.set_postfix_str(cfg.run_name())
-            rdir = run_dir_for(out, cfg)
-            if cfg.run_name() in done:
-                rec = done[cfg.run_name()]
-                say(f"skip {cfg.run_name()}: already {rec['status']} (--resume)")
-                if not writer.done(_csv_row(rec, out)):
-                    writer.write(_csv_row(rec, out))
-                records.append(rec)
-                continue
-            rec = _one_run(
-                cfg, spec, train_enc, eval_enc, factory, rdir, argv, disable, resume, checkpoint_seconds, say
-            )
-            if rec["status"] == "diverged":
-                say(f"DIVERGED: {rec['message']} — continuing with the other runs")
-            elif rec["status"] == "failed":
-                failed += 1
-                say(f"FAILED: {rec['message']} — continuing with the other runs")
-            writer.write(_csv_row(rec, out))
-            records.append(rec)
+        records, failed = runner.run(configs, lambda c: run_dir_for(out, c), f"{spec.name} runs", writer)
     finally:
-        bar.close()
         writer.close()
 
-    if resume:
+    if resume or lr_grid is not None:
         # A study extended with --resume (more methods or seeds than an earlier call) holds runs this
         # call did not list: the summary covers every run in the folder, as --summary-only does.
         summary = summarize_existing(out, [], spec, threshold_override=loss_threshold_override, notes=notes)
@@ -252,7 +234,272 @@ def run_study(
         summary = write_study_outputs(
             out, records, methods, spec, argv=argv, threshold_override=loss_threshold_override, notes=notes
         )
-    return {"records": records, "summary": summary, "failed": failed}
+    return {"records": records, "summary": summary, "failed": failed, **result}
+
+
+class StudyData:
+    """The tokenised splits of a study: ``train`` (what runs train on), ``val`` (carved from the
+    training data by :func:`~.batching.validation_split`; None with ``val_samples=0``) and ``dev``
+    (the task's held-out set, scored at the end of each run)."""
+
+    def __init__(self, spec: TaskSpec, train: Encoder, val: Encoder | None, dev: Encoder, n_eval: int):
+        self.spec, self.train, self.val, self.dev, self.n_eval = spec, train, val, dev, n_eval
+
+    @classmethod
+    def load(cls, spec: TaskSpec, base: RunConfig, data_dir: str | Path, tokenizer: Any = None) -> StudyData:
+        train_ex = load_examples(spec, data_dir, "train")
+        eval_ex = load_examples(spec, data_dir, "eval")
+        tok = tokenizer if tokenizer is not None else load_tokenizer(base.model, spec)
+        max_len = base.max_length or spec.default_max_length
+        n_val = default_validation_size(len(train_ex)) if base.val_samples is None else base.val_samples
+        train_idx, val_idx = validation_split(len(train_ex), n_val)
+        train = Encoder(spec, tok, max_len, [train_ex[i] for i in train_idx])
+        val = Encoder(spec, tok, max_len, [train_ex[i] for i in val_idx]) if val_idx else None
+        n_eval = spec.default_eval_samples if base.eval_samples is None else base.eval_samples
+        return cls(spec, train, val, Encoder(spec, tok, max_len, eval_ex), n_eval)
+
+    def encoders(self) -> tuple[Encoder, Encoder, Encoder | None]:
+        """(train, scored during training, scored at the end): (train, val, dev), or (train, dev,
+        None) when there is no validation split."""
+        if self.val is None:
+            return self.train, self.dev, None
+        return self.train, self.val, self.dev
+
+    def prepare(self, configs: Sequence[RunConfig], disable: bool | None) -> None:
+        """Tokenise every example the runs of ``configs`` will see, before the first run: otherwise
+        the first method of each seed pays for it inside its step time (GSM8K with llama2.c's BPE:
+        ~15 ms per example)."""
+        if not configs:
+            return
+        name = self.spec.name
+        wanted = {
+            i
+            for seed, steps, batch in {(c.seed, c.steps, c.batch_size) for c in configs}
+            for i in batch_order(len(self.train), steps, batch, int(seed)).flatten().tolist()
+        }
+        self.train.prepare(sorted(wanted), desc=f"tokenize {name} train", disable=disable)
+        if self.val is not None:
+            self.val.prepare(range(len(self.val)), desc=f"tokenize {name} validation", disable=disable)
+        dev_idx = eval_subset(len(self.dev), self.n_eval)
+        self.dev.prepare(dev_idx, desc=f"tokenize {name} dev", disable=disable)
+
+
+class _Runner:
+    """Runs a list of configs into their run directories: resume checks before any work, one run at
+    a time under a progress bar, a failed run recorded and skipped (see :func:`run_study`)."""
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        data: StudyData,
+        factory: Callable[[], Any],
+        argv: Sequence[str] | None,
+        disable: bool | None,
+        resume: bool,
+        checkpoint_seconds: float,
+        say: Callable[[str], None],
+    ) -> None:
+        self.spec, self.data, self.factory, self.argv = spec, data, factory, argv
+        self.disable, self.resume, self.say = disable, resume, say
+        self.checkpoint_seconds = checkpoint_seconds
+
+    def run(
+        self,
+        configs: Sequence[RunConfig],
+        dir_of: Callable[[RunConfig], Path],
+        desc: str,
+        writer: RowWriter | None = None,
+        *,
+        score_dev: bool = True,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Records of ``configs`` (in order) and the number that failed. ``score_dev=False``
+        (selection runs) never evaluates the dev set."""
+        spec, say = self.spec, self.say
+        # Check resumable runs before any work: a mismatch must not surface after hours of training.
+        done: dict[Path, dict[str, Any]] = {}
+        if self.resume:
+            for cfg in configs:
+                rdir = dir_of(cfg)
+                rec = read_record(rdir)
+                if rec is not None and rec.get("status") in ("finished", "diverged"):
+                    _check_same_settings(cfg, spec, rec, rdir)
+                    done[rdir] = rec
+                elif (meta := read_checkpoint_meta(rdir)) is not None:
+                    _check_same_settings(cfg, spec, meta, rdir / CHECKPOINT_META)
+        self.data.prepare([c for c in configs if dir_of(c) not in done], self.disable)
+        train_enc, eval_enc, dev_enc = self.data.encoders()
+        if not score_dev:
+            dev_enc = None
+        records: list[dict[str, Any]] = []
+        failed = 0
+        bar = tqdm(configs, desc=desc, unit="run", disable=self.disable, file=sys.stderr)
+        try:
+            for cfg in bar:
+                rdir = dir_of(cfg)
+                bar.set_postfix_str(rdir.name)
+                if rdir in done:
+                    rec = done[rdir]
+                    say(f"skip {rdir.name}: already {rec['status']} (--resume)")
+                    if writer is not None and not writer.done(_csv_row(rec, rdir.parents[1])):
+                        writer.write(_csv_row(rec, rdir.parents[1]))
+                    records.append(rec)
+                    continue
+                rec = _one_run(
+                    cfg,
+                    spec,
+                    train_enc,
+                    eval_enc,
+                    self.factory,
+                    rdir,
+                    self.argv,
+                    self.disable,
+                    self.resume,
+                    self.checkpoint_seconds,
+                    say,
+                    dev_enc,
+                    self.data.val is not None,
+                )
+                if rec["status"] == "diverged":
+                    say(f"DIVERGED: {rec['message']} — continuing with the other runs")
+                elif rec["status"] == "failed":
+                    failed += 1
+                    say(f"FAILED: {rec['message']} — continuing with the other runs")
+                if writer is not None:
+                    writer.write(_csv_row(rec, rdir.parents[1]))
+                records.append(rec)
+        finally:
+            bar.close()
+        return records, failed
+
+
+def selection_dir(out: Path, cfg: RunConfig) -> Path:
+    """``out/select/<run>-lr<rate>``: one selection run of ``cfg`` at its rate (head rate for the
+    head-only control)."""
+    rate = cfg.head_lr if cfg.method == HEAD_ONLY else cfg.lr
+    return Path(out) / "select" / f"{cfg.run_name()}-lr{rate:.3g}"
+
+
+def _select_rates(
+    runner: _Runner,
+    base: RunConfig,
+    methods: Sequence[str],
+    grid: dict[str, list[float]],
+    seed: int,
+    out: Path,
+) -> tuple[dict[str, Choice], float]:
+    """Selection stages 1-3 of :mod:`.selection`; returns each method's choice and the head rate."""
+    spec = runner.spec
+    rows: list[dict[str, Any]] = []
+    head_lr = base.resolved_head_lr()
+    choices: dict[str, Choice] = {}
+    if spec.kind != "causal-lm" and base.head_lr is None:
+        # A new head trains: its rate first, with the head-only control (a --head-lr given with
+        # --lr-grid is taken as already selected, e.g. by the study's rank-8 runs).
+        cfgs = [
+            replace(base, method=HEAD_ONLY, seed=seed, head_lr=r, save_merged=False)
+            for r in grid_for(HEAD_ONLY, spec.name, spec.kind, grid)
+        ]
+        recs, _ = runner.run(
+            cfgs, lambda c: selection_dir(out, c), f"{spec.name} select head rate", score_dev=False
+        )
+        choice = _choice(HEAD_ONLY, cfgs, recs, spec, rows, "head_lr")
+        choices[HEAD_ONLY] = choice
+        if choice.lr is None:
+            raise ValueError(f"no head learning rate trains the head-only control: {choice.reason}")
+        head_lr = choice.lr
+    else:
+        choices[HEAD_ONLY] = Choice(HEAD_ONLY, head_lr, None, "given (--head-lr), not selected here")
+    for method in methods:
+        if method == HEAD_ONLY:
+            continue
+        cfgs = [
+            replace(base, method=method, seed=seed, lr=r, head_lr=head_lr, save_merged=False)
+            for r in grid_for(method, spec.name, spec.kind, grid)
+        ]
+        recs, _ = runner.run(
+            cfgs, lambda c: selection_dir(out, c), f"{spec.name} select {method} rate", score_dev=False
+        )
+        choices[method] = _choice(method, cfgs, recs, spec, rows, "lr")
+    write_selection(out, rows, choices)
+    return choices, head_lr
+
+
+def _choice(
+    method: str,
+    cfgs: Sequence[RunConfig],
+    recs: Sequence[dict[str, Any]],
+    spec: TaskSpec,
+    rows: list[dict[str, Any]],
+    which: str,
+) -> Choice:
+    tagged = []
+    for cfg, rec in zip(cfgs, recs, strict=True):
+        rate = float(getattr(cfg, which))
+        tagged.append({**rec, "selection_lr": rate})
+        rows.append(
+            {
+                "method": method,
+                "rank": cfg.rank,
+                "rate_of": which,
+                "lr": rate,
+                "val_metric": rec.get("val_metric"),
+                "status": rec.get("status"),
+                "collapsed": rec.get("val_collapsed"),
+                "steps_done": rec.get("steps_done"),
+            }
+        )
+    choice = choose(method, tagged, higher_is_better=spec.higher_is_better)
+    for row in rows:
+        if row["method"] == method:
+            row["chosen"] = choice.lr is not None and row["lr"] == choice.lr
+    return choice
+
+
+def write_selection(out: Path, rows: list[dict[str, Any]], choices: dict[str, Choice]) -> Path:
+    """``selection.csv`` (one row per method and rate) and ``figures/lr_selection.png``."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=SELECTION_COLUMNS)
+    path = Path(out) / "selection.csv"
+    if path.is_file():  # another call's selections (other methods or ranks) stay
+        old = pd.read_csv(path)
+        if list(old.columns) == SELECTION_COLUMNS:
+            key = ["method", "rank", "rate_of", "lr"]
+            seen = set(map(tuple, frame[key].astype(str).values))
+            keep = old[[tuple(k) not in seen for k in old[key].astype(str).values]]
+            frame = pd.concat([keep, frame], ignore_index=True)
+    _write_frame(frame, path)
+    if not frame.empty:
+        figs.lr_selection(frame, Path(out) / "figures" / "lr_selection.png")
+    return path
+
+
+def _write_frame(frame: Any, path: Path) -> None:
+    """``frame.to_csv(path)`` through a uniquely named temporary file beside it, renamed into place."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+SELECTION_COLUMNS = [
+    "method",
+    "rank",
+    "rate_of",
+    "lr",
+    "val_metric",
+    "status",
+    "collapsed",
+    "steps_done",
+    "chosen",
+]
 
 
 def _check_same_settings(cfg: RunConfig, spec: TaskSpec, stored: dict[str, Any], where: Path) -> None:
@@ -282,6 +529,8 @@ def _one_run(
     resume: bool,
     checkpoint_seconds: float,
     say: Callable[[str], None],
+    dev_enc: Encoder | None = None,
+    validation: bool | None = None,
 ) -> dict[str, Any]:
     rdir.mkdir(parents=True, exist_ok=True)
     start_at = 0
@@ -293,7 +542,8 @@ def _one_run(
     meta = run_metadata(list(argv) if argv is not None else None, seed=cfg.seed, device=cfg.device)
     t0 = time.perf_counter()
     rec = _train_with_bar(
-        cfg, spec, train_enc, eval_enc, factory, rdir, disable, resume, checkpoint_seconds, start_at
+        cfg, spec, train_enc, eval_enc, factory, rdir, disable, resume, checkpoint_seconds, start_at, dev_enc,
+        validation,
     )
     rec = {"schema": SCHEMA, "config": cfg.to_dict(), **rec, "meta": meta}
     write_run_json(rdir / "run.json", rec, time.perf_counter() - t0)
@@ -313,6 +563,8 @@ def _train_with_bar(
     resume: bool,
     checkpoint_seconds: float,
     start_at: int = 0,
+    dev_enc: Encoder | None = None,
+    validation: bool | None = None,
 ) -> dict[str, Any]:
     """:func:`~.loop.train_run` under a step bar; an exception becomes a ``failed`` record (one broken
     method must not end a long study), an interruption propagates with its checkpoint saved."""
@@ -339,6 +591,8 @@ def _train_with_bar(
             train_enc,
             eval_enc,
             factory,
+            dev=dev_enc,
+            validation=validation,
             run_dir=rdir,
             step_callback=tick,
             checkpoint_seconds=checkpoint_seconds,
@@ -590,9 +844,7 @@ def rebuild_merged(
         say(f"every finished {spec.name} run under {out / 'runs'} has its merged/ weights: nothing to do")
         return result
 
-    train_ex = load_examples(spec, data_dir, "train")
-    eval_ex = load_examples(spec, data_dir, "eval")
-    encoders: dict[tuple[str, int], tuple[Encoder, Encoder]] = {}
+    splits: dict[tuple[str, int, int | None], StudyData] = {}
     threads_before = torch.get_num_threads()
     bar = tqdm(todo, desc=f"{spec.name} rebuild merged", unit="run", disable=disable, file=sys.stderr)
     try:
@@ -600,15 +852,14 @@ def rebuild_merged(
             bar.set_postfix_str(name)
             rec = records[name]
             cfg = replace(RunConfig.from_dict(rec["config"]), save_merged=True)
-            key = (cfg.model, cfg.max_length or spec.default_max_length)
-            if key not in encoders:
-                tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, spec)
-                encoders[key] = (Encoder(spec, tok, key[1], train_ex), Encoder(spec, tok, key[1], eval_ex))
+            key = (cfg.model, cfg.max_length or spec.default_max_length, cfg.val_samples)
+            if key not in splits:
+                splits[key] = StudyData.load(spec, cfg, data_dir, tokenizer)
             torch.set_num_threads(int(threads or rec.get("meta", {}).get("threads") or threads_before))
-            factory = model_factory or (lambda cfg=cfg: load_model(cfg.model, spec))
+            factory = model_factory or (lambda cfg=cfg: load_model(cfg.model, spec, cfg.pooling))
             rdir = out / "runs" / name
             outcome, detail = _replay_one(
-                rec, cfg, spec, *encoders[key], factory, rdir, argv, disable, checkpoint_seconds,
+                rec, cfg, spec, splits[key], factory, rdir, argv, disable, checkpoint_seconds,
                 replace_different,
             )
             if outcome == "identical":
@@ -661,8 +912,7 @@ def _replay_one(
     rec: dict[str, Any],
     cfg: RunConfig,
     spec: TaskSpec,
-    train_enc: Encoder,
-    eval_enc: Encoder,
+    data: StudyData,
     factory: Callable[[], Any],
     rdir: Path,
     argv: Sequence[str] | None,
@@ -677,8 +927,9 @@ def _replay_one(
     meta = run_metadata(list(argv) if argv is not None else None, seed=cfg.seed, device=cfg.device)
     t0 = time.perf_counter()
     start_at = int(ck["step"]) if ck else 0
+    train_enc, eval_enc, dev_enc = data.encoders()
     new = _train_with_bar(
-        cfg, spec, train_enc, eval_enc, factory, rdir, disable, True, checkpoint_seconds, start_at
+        cfg, spec, train_enc, eval_enc, factory, rdir, disable, True, checkpoint_seconds, start_at, dev_enc
     )
     problem = _replay_mismatch(rec, new) if new["status"] == "finished" else new["message"]
     remove_checkpoint(rdir)

@@ -144,6 +144,8 @@ def test_real_sst2_study_resume_and_summary(shared_data, tmp_path, capsys):
         "1",
         "--eval-samples",
         "8",
+        "--val-samples",
+        "16",
         "--data-dir",
         str(shared_data),
         "--out",
@@ -154,8 +156,11 @@ def test_real_sst2_study_resume_and_summary(shared_data, tmp_path, capsys):
     assert "2 runs (0 diverged, 0 failed)" in capsys.readouterr().out
     rec = json.loads((out / "runs" / "lora-r4-seed0" / "run.json").read_text())
     assert rec["status"] == "finished" and len(rec["train_loss"]) == 2
-    assert [e["step"] for e in rec["eval"]] == [0, 1, 2] and rec["eval_n"] == 8
-    assert rec["base_params"] == 22_713_986  # all-MiniLM-L6-v2 + a 2-class head
+    # validation (16 held-out training examples) during training, 8 dev examples once at the end
+    assert [e["step"] for e in rec["eval"]] == [0, 1, 2] and rec["eval_n"] == 16
+    assert rec["dev"]["n"] == 8 and rec["dev"]["step"] == 2 and rec["final_metric"] == rec["dev"]["metric"]
+    assert rec["config"]["pooling"] == "mean"  # MiniLM's sentence-transformers pooling
+    assert rec["base_params"] == 22_713_986  # all-MiniLM-L6-v2 (with its pooler) + a 2-class head
     assert rec["head_params"] == 384 * 2 + 2
     assert rec["meta"]["command"].startswith("python") and "--task sst2" in rec["meta"]["command"]
     assert (out / "runs" / "full-seed0" / "merged" / "model.safetensors").is_file()

@@ -90,7 +90,7 @@ def char_tokenizer():
 
 @pytest.fixture()
 def glue_dir(tmp_path: Path) -> Path:
-    """A GLUE-format folder with small SST-2, CoLA (raw, headerless), RTE and STS-B files."""
+    """A GLUE-format folder with small files of all nine GLUE tasks (CoLA raw and headerless)."""
     g = torch.Generator().manual_seed(0)
     pos = [
         "a charming and affecting journey",
@@ -143,6 +143,50 @@ def glue_dir(tmp_path: Path) -> Path:
     ]
     (s / "train.tsv").write_text("\n".join(sts) + "\n")
     (s / "dev.tsv").write_text("\n".join(sts[:13]) + "\n")
+
+    # The other five GLUE tasks in the GLUE release's own layouts (headers as in glue_data/<TASK>/).
+    def pair_task(name: str, header: str, row, dev_name: str = "dev.tsv", n: int = 24) -> None:
+        folder = tmp_path / "glue" / name
+        folder.mkdir(parents=True)
+        body = [header] + [row(i) for i in range(n)]
+        (folder / "train.tsv").write_text("\n".join(body) + "\n")
+        (folder / dev_name).write_text("\n".join(body[:9]) + "\n")
+
+    pair_task(
+        "mrpc",
+        "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+        lambda i: f"{i % 2}\t{100 + i}\t{200 + i}\tHe said so {i} .\tHe {'said' if i % 2 else 'denied'} it .",
+    )
+    pair_task(
+        "qqp",
+        "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+        lambda i: f"{i}\t{2 * i}\t{2 * i + 1}\tHow do I cook rice {i} ?\t"
+        f"How is rice {'cooked' if i % 2 else 'grown'} ?\t{i % 2}",
+    )
+    mnli_head = (
+        "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse"
+        "\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label"
+    )
+    mnli_labels = ("entailment", "neutral", "contradiction")
+    pair_task(
+        "mnli",
+        mnli_head,
+        lambda i: f"{i}\t{i}\t{i}e\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tThe sky is blue {i} .\t"
+        f"The sky is {'blue' if i % 3 == 0 else 'wide' if i % 3 == 1 else 'red'} .\t"
+        f"{mnli_labels[i % 3]}\t{mnli_labels[i % 3]}",
+        dev_name="dev_matched.tsv",
+    )
+    pair_task(
+        "qnli",
+        "index\tquestion\tsentence\tlabel",
+        lambda i: f"{i}\tWho wrote it {i} ?\tIt was {'written by Ann' if i % 2 else 'long'} .\t"
+        f"{'not_entailment' if i % 2 else 'entailment'}",
+    )
+    pair_task(
+        "wnli",
+        "index\tsentence1\tsentence2\tlabel",
+        lambda i: f"{i}\tThe cup fell off the table {i} .\tThe {'cup' if i % 2 else 'table'} fell .\t{i % 2}",
+    )
 
     q = tmp_path / "gsm8k"
     q.mkdir()

@@ -142,12 +142,14 @@ def _study(glue_dir, out, tok, factory, resume, **base):
 def test_study_resume_continues_an_interrupted_run_and_cleans_up(
     glue_dir, bert_tokenizer, tiny_bert, tmp_path
 ):
+    # val_samples=0: the study trains on the whole file, as the direct train_run that was interrupted
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer, max_length=64)  # the study's length
     out = tmp_path / "study"
-    rdir = run_dir_for(out, _cfg())
-    _ctrl_c_after(3, _cfg(), spec, tr, ev, tiny_bert(2), rdir)
-    fresh = _study(glue_dir, tmp_path / "fresh", bert_tokenizer, tiny_bert(2), resume=False)["records"][0]
-    rec = _study(glue_dir, out, bert_tokenizer, tiny_bert(2), resume=True)["records"][0]
+    rdir = run_dir_for(out, _cfg(val_samples=0))
+    _ctrl_c_after(3, _cfg(val_samples=0), spec, tr, ev, tiny_bert(2), rdir)
+    fresh = _study(glue_dir, tmp_path / "fresh", bert_tokenizer, tiny_bert(2), resume=False, val_samples=0)
+    rec = _study(glue_dir, out, bert_tokenizer, tiny_bert(2), resume=True, val_samples=0)["records"][0]
+    fresh = fresh["records"][0]
     _same_run(rec, fresh)
     assert rec["resumed_at"] == [3]
     assert not (rdir / CHECKPOINT).exists() and not (rdir / CHECKPOINT_META).exists()
@@ -158,7 +160,7 @@ def test_study_resume_refuses_a_checkpoint_with_other_settings(glue_dir, bert_to
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer, max_length=64)
     out = tmp_path / "study"
     rdir = run_dir_for(out, _cfg())
-    _ctrl_c_after(2, _cfg(lr=1e-2), spec, tr, ev, tiny_bert(2), rdir)
+    _ctrl_c_after(2, _cfg(lr=1e-2, val_samples=0), spec, tr, ev, tiny_bert(2), rdir)
     with pytest.raises(StudyResumeError, match=r"checkpoint.json was made with other settings \(lr"):
         _study(glue_dir, out, bert_tokenizer, tiny_bert(2), resume=True)
     # without --resume the run starts over and the stale checkpoint goes

@@ -78,8 +78,9 @@ def test_bad_row_names_file_and_line(tmp_path):
 
 
 def test_unknown_task_and_split():
-    with pytest.raises(ValueError, match="unknown task 'mnli'; choose one of sst2, cola, rte, stsb, gsm8k"):
-        get_task("mnli")
+    every = "sst2, cola, rte, stsb, mrpc, qqp, mnli, qnli, wnli, gsm8k"
+    with pytest.raises(ValueError, match=f"unknown task 'ax'; choose one of {every}"):
+        get_task("ax")
     assert get_task("STS-B").name == "stsb"
     with pytest.raises(ValueError, match="split must be"):
         load_examples("sst2", ".", "test")
@@ -109,7 +110,9 @@ def test_real_glue_and_gsm8k_counts(shared_data):
     }
     for (task, split), n in expected.items():
         assert len(load_examples(task, shared_data, split)) == n, (task, split)
-    assert set(TASKS) == {t for t, _ in expected}
+    # MRPC, QQP, MNLI, QNLI and WNLI are not in ../shared/data: their readers are tested on generated
+    # files in the GLUE layout (test_every_glue_task_reads_its_glue_layout)
+    assert set(TASKS) - {t for t, _ in expected} == {"mrpc", "qqp", "mnli", "qnli", "wnli"}
 
 
 # --- Hub source (``datasets``): a stand-in module serves the fixture files in the Hub's schema ----------
@@ -150,7 +153,9 @@ def test_hub_source_gives_the_same_examples_as_the_files(fake_hub, glue_dir, tas
     spec = TASKS[task]
     from_hub = load_examples(task, HubDataset.default_for(spec), split)
     assert from_hub == load_examples(task, glue_dir, split)
-    hub_split = "train" if split == "train" else {"gsm8k": "test"}.get(task, "validation")
+    hub_split = "train" if split == "train" else {"gsm8k": "test", "mnli": "validation_matched"}.get(
+        task, "validation"
+    )
     name, config = ("openai/gsm8k", "main") if task == "gsm8k" else ("nyu-mll/glue", task)
     assert fake_hub == [(name, config, hub_split)]
 
@@ -203,3 +208,49 @@ def test_hub_rows_are_checked(monkeypatch, rows, why):
     with pytest.raises(TaskFormatError, match=re.escape(why)) as info:
         load_examples("sst2", HubDataset("some/dataset", "x"), "train")
     assert "some/dataset:x split 'train'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("task", "n_train", "n_dev", "labels"),
+    [
+        ("mrpc", 24, 8, {0, 1}),
+        ("qqp", 24, 8, {0, 1}),
+        ("mnli", 24, 8, {0, 1, 2}),
+        ("qnli", 24, 8, {0, 1}),
+        ("wnli", 24, 8, {0, 1}),
+    ],
+)
+def test_every_glue_task_reads_its_glue_layout(glue_dir, task, n_train, n_dev, labels):
+    train = load_examples(task, glue_dir, "train")
+    dev = load_examples(task, glue_dir, "eval")
+    assert (len(train), len(dev)) == (n_train, n_dev)
+    assert {ex.label for ex in train} == labels
+    assert all(ex.text_a and ex.text_b for ex in train)
+    assert TASKS[task].num_labels == len(labels)
+
+
+def test_mnli_labels_follow_glue_order(glue_dir):
+    ex = load_examples("mnli", glue_dir, "train")
+    assert [e.label for e in ex[:3]] == [0, 1, 2]  # entailment, neutral, contradiction
+    assert ex[0].text_b == "The sky is blue ."
+
+
+def test_a_glue_file_missing_a_column_names_it(glue_dir):
+    path = glue_dir / "glue" / "qnli" / "train.tsv"
+    path.write_text("index\tquestion\tlabel\n0\tWho ?\tentailment\n")
+    want = r"train.tsv: header .* lacks one of the columns \['question', 'sentence'"
+    with pytest.raises(TaskFormatError, match=want):
+        load_examples("qnli", glue_dir, "train")
+
+
+def test_a_glue_folder_missing_its_dev_split_names_the_file(glue_dir):
+    (glue_dir / "glue" / "mnli" / "dev_matched.tsv").unlink()
+    with pytest.raises(TaskDataError, match=r"no mnli eval file in .*mnli: expected dev_matched.tsv"):
+        load_examples("mnli", glue_dir, "eval")
+
+
+def test_a_bad_label_names_file_line_and_labels(glue_dir):
+    path = glue_dir / "glue" / "wnli" / "train.tsv"
+    path.write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
+    with pytest.raises(TaskFormatError, match=r"train.tsv:2: expected 4 columns with label '0' or '1'"):
+        load_examples("wnli", glue_dir, "train")
