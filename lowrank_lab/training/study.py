@@ -36,8 +36,10 @@ from lowrank_lab.utils.provenance import run_metadata, write_run_json
 from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir
 
 from . import figures as figs
+from .baselines import constant_predictor, ngram_losses
 from .batching import Encoder, batch_order, default_validation_size, eval_subset, validation_split
 from .checkpoint import CHECKPOINT_META, read_checkpoint_meta, remove_checkpoint
+from .claims import BASELINES
 from .config import HEAD_ONLY, RunConfig
 from .loop import train_run
 from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
@@ -197,6 +199,8 @@ def run_study(
         base = replace(base, pooling=resolve_pooling(base.model, None) or NATIVE)
     data = StudyData.load(spec, base, data_dir, tokenizer)  # bad data fails before --out is made
     out = ensure_writable_dir(out)
+    if not (out / BASELINES).is_file():
+        write_baselines(out, data)
     if base.epochs is not None:
         base = replace(base, steps=max(1, math.ceil(base.epochs * len(data.train) / base.batch_size)))
     factory = model_factory or (lambda: load_model(base.model, spec, base.pooling))
@@ -257,6 +261,18 @@ class StudyData:
         val = Encoder(spec, tok, max_len, [train_ex[i] for i in val_idx]) if val_idx else None
         n_eval = spec.default_eval_samples if base.eval_samples is None else base.eval_samples
         return cls(spec, train, val, Encoder(spec, tok, max_len, eval_ex), n_eval)
+
+    def baselines(self) -> dict[str, Any]:
+        """The reference predictors of :mod:`.baselines` on this study's dev examples."""
+        dev_idx = eval_subset(len(self.dev), self.n_eval)
+        out: dict[str, Any] = {"task": self.spec.name, "metric": self.spec.metric, "dev_n": len(dev_idx)}
+        if self.spec.kind == "causal-lm":
+            tok = self.train.tokenizer
+            vocab = getattr(tok, "vocab_size", None) or len(tok)
+            out.update(ngram_losses(self.train, self.val, self.dev, dev_idx, int(vocab)))
+        else:
+            out["constant_predictor"] = constant_predictor(self.spec, self.train, self.dev, dev_idx)
+        return out
 
     def encoders(self) -> tuple[Encoder, Encoder, Encoder | None]:
         """(train, scored during training, scored at the end): (train, val, dev), or (train, dev,
@@ -610,22 +626,18 @@ def _train_with_bar(
         steps.close()
 
 
-def intruder_counts(out: Path, records: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Intruder counts per method from ``out/intruders/<run>/intruders.csv``.
+def intruder_counts_by_run(out: Path) -> dict[str, float]:
+    """Intruder count of each run with ``out/intruders/<run>/intruders.csv``: the sum over matrices
+    of the left-side intruders at the file's ε (the paper's definition; ε = 0.5 by default).
 
     Those files are what ``python -m lowrank_lab.intruders --base <model> --tuned runs/<run>
-    --out intruders/<run>`` writes (see benchmarks/confirmation_study.sh): one row per (matrix,
-    side, tuned singular vector) with a 0/1 ``intruder`` column at its ε. A run's count is the sum
-    over matrices of the left-side intruders (the paper's definition).
+    --out intruders/<run>`` writes (benchmarks/claims_study.sh): one row per (matrix, side, tuned
+    singular vector) with a 0/1 ``intruder`` column.
     """
     import pandas as pd
 
-    by_run = {RunConfig.from_dict(r["config"]).run_name(): r["config"]["method"] for r in records}
-    counts: dict[str, list[float]] = {}
-    for path in sorted(out.glob("intruders/*/intruders.csv")):
-        method = by_run.get(path.parent.name)
-        if method is None:
-            continue
+    counts: dict[str, float] = {}
+    for path in sorted(Path(out).glob("intruders/*/intruders.csv")):
         try:
             df = pd.read_csv(path)
         except (OSError, ValueError):
@@ -634,8 +646,40 @@ def intruder_counts(out: Path, records: list[dict[str, Any]]) -> dict[str, list[
             continue
         if "side" in df.columns:
             df = df[df["side"] == "left"]
-        counts.setdefault(method, []).append(float(df["intruder"].sum()))
+        counts[path.parent.name] = float(df["intruder"].sum())
     return counts
+
+
+def intruder_counts(out: Path, records: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Intruder counts per method (one per run) from :func:`intruder_counts_by_run`."""
+    by_run = {RunConfig.from_dict(r["config"]).run_name(): r["config"]["method"] for r in records}
+    counts: dict[str, list[float]] = {}
+    for name, count in intruder_counts_by_run(out).items():
+        if name in by_run:
+            counts.setdefault(by_run[name], []).append(count)
+    return counts
+
+
+def write_baselines(out: Path, data: StudyData) -> Path:
+    """``out/baselines.json``: :meth:`StudyData.baselines`, which the claims' gates read."""
+    path = Path(out) / BASELINES
+    write_run_json(path, data.baselines())
+    return path
+
+
+FORGETTING_CSV = "forgetting.csv"
+
+
+def read_forgetting(out: Path) -> dict[str, float]:
+    """Run name -> forgetting (the drop of the STS-B dev Spearman correlation of the encoder's
+    mean-pooled cosine similarities, base minus tuned) from ``out/forgetting.csv``."""
+    import pandas as pd
+
+    path = Path(out) / FORGETTING_CSV
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path)
+    return {str(r.run): float(r.drop) for r in frame.itertuples() if pd.notna(r.drop)}
 
 
 def find_intruders(out: Path, records: list[dict[str, Any]]) -> str | None:

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Issue 15's study: the papers' claims, tested at tuned learning rates on runs that learned the task.
+#
+#   SST-2 and STS-B with MiniLM (real all-MiniLM-L6-v2, mean pooling as it was trained), rank 8, the
+#   claim methods plus full fine-tuning and the head-only control; each method's learning rate (and
+#   first the head's) selected on a validation split carved from the training data, over five rates
+#   from 0.1x to 10x the published one, on seed 100; then 5 paired seeds (0-4) at the chosen rates,
+#   judged on the GLUE dev set that no selection run reads. LoRA at r = 1 and 64 (3 seeds) adds the
+#   rank axis of the intruder and forgetting claims. GSM8K with stories260K runs under the n-gram gate.
+#   reports/README.md holds the compute plan (CPU-hours per stage, measured per-step times).
+#
+# Every stage is resumable: rerun the script and finished runs are skipped, an interrupted run
+# continues from its checkpoint. Stop with SIGTERM (kill PID of the python process), not SIGINT:
+# a nohup'd job ignores SIGINT.
+#
+# Usage:  bash benchmarks/claims_study.sh                       # every stage, in order
+#         STUDY_STAGE=sst2 bash benchmarks/claims_study.sh      # one stage: sst2, ranks, stsb, gsm8k,
+#                                                               #   intruders, forgetting, claims
+#         STUDY_THREADS=1 ...                                   # torch threads per run (default 1)
+# On 2 cores, two single-threaded stages side by side (e.g. sst2 and stsb) use the machine best.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA="${LOWRANK_LAB_SHARED_DATA:-../shared/data}"
+OUT="${STUDY_OUT:-reports/study}"
+THREADS="${STUDY_THREADS:-1}"
+SEEDS="${STUDY_SEEDS:-0,1,2,3,4}"
+METHODS="${STUDY_METHODS:-lora,full,head,pissa,milora,nlora,slora,inttune,lora-xs,lora-sb,loldu}"
+GSM8K_METHODS="${STUDY_GSM8K_METHODS:-lora,full,pissa,milora,nlora,inttune}"
+STAGES="${STUDY_STAGE:-sst2 ranks stsb gsm8k intruders forgetting claims}"
+COMMON=(--model minilm --batch-size 16 --lr-grid --data-dir "$DATA" --resume --threads "$THREADS" --no-progress)
+
+chosen_head_lr() {  # the head rate the rank-8 SST-2 selection chose (selection.csv)
+  python - "$OUT/sst2/selection.csv" <<'EOF'
+import sys
+
+import pandas as pd
+
+sel = pd.read_csv(sys.argv[1])
+row = sel[(sel["method"] == "head") & (sel["chosen"] == True)]  # noqa: E712
+if row.empty:
+    sys.exit(f"{sys.argv[1]}: no head rate chosen yet; run the sst2 stage first")
+print(float(row["lr"].iloc[0]))
+EOF
+}
+
+for stage in $STAGES; do
+  case "$stage" in
+    sst2)  # 600 steps = 9,600 examples (0.15 epoch): LoRA and full pass 0.85 dev accuracy by then
+      python -m lowrank_lab.finetune --task sst2 --methods "$METHODS" --rank 8 --steps 600 \
+        --eval-every 120 --max-length 64 --seeds "$SEEDS" --out "$OUT/sst2" "${COMMON[@]}" ;;
+    ranks)  # LoRA at r = 1 and 64 for the intruder/forgetting claims, at the head rate chosen above
+      head_lr=$(chosen_head_lr)
+      for r in 1 64; do
+        python -m lowrank_lab.finetune --task sst2 --methods lora --rank "$r" --steps 600 \
+          --eval-every 120 --max-length 64 --seeds 0,1,2 --head-lr "$head_lr" --out "$OUT/sst2" \
+          "${COMMON[@]}"
+      done ;;
+    stsb)  # 400 steps = 6,400 pairs, 1.2 epochs of the 5,174 left after the validation split
+      python -m lowrank_lab.finetune --task stsb --methods "$METHODS" --rank 8 --steps 400 \
+        --eval-every 80 --max-length 128 --seeds "$SEEDS" --out "$OUT/stsb" "${COMMON[@]}" ;;
+    gsm8k)
+      python -m lowrank_lab.finetune --task gsm8k --model stories260K --methods "$GSM8K_METHODS" --rank 8 \
+        --steps 600 --eval-every 120 --batch-size 16 --max-length 512 --eval-samples 256 --lr-grid \
+        --seeds "$SEEDS" --data-dir "$DATA" --out "$OUT/gsm8k" --resume --threads "$THREADS" --no-progress ;;
+    intruders)  # LoRA r = 1, 8, 64 and full fine-tuning, seeds 0-2: every matrix, the epsilon sweep
+      for run in "$OUT"/sst2/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2}; do
+        name=$(basename "$run")
+        [ -f "$OUT/sst2/intruders/$name/run.json" ] && continue
+        [ -d "$run/merged" ] || { echo "skip $name: no merged/ weights (not trained yet?)" >&2; continue; }
+        python -m lowrank_lab.intruders --base minilm --tuned "$run" --sweep --out "$OUT/sst2/intruders/$name" \
+          --threads "$THREADS" --no-figures
+      done ;;
+    forgetting)
+      python -m lowrank_lab.finetune --task sst2 --out "$OUT/sst2" --data-dir "$DATA" --forgetting stsb \
+        --threads "$THREADS" --no-progress ;;
+    claims)
+      python -m lowrank_lab.claims --studies "$OUT"/sst2 "$OUT"/stsb "$OUT"/gsm8k --out reports ;;
+    *) echo "unknown STUDY_STAGE $stage (sst2, ranks, stsb, gsm8k, intruders, forgetting, claims)" >&2; exit 2 ;;
+  esac
+done
