@@ -16,7 +16,8 @@ Protocol (what :func:`~lowrank_lab.training.study.run_study` does with ``lr_grid
 Default grids (:func:`default_grid`): five rates, the centre rate times 0.1, 0.3, 1, 3 and 10 (a
 100x span, log-spaced at about half a decade), around each family's published rate
 (:mod:`.config`), with the LoRA family centred on the LoRA paper's rate for the task (Hu et al.
-2021, Table 9, RoBERTa-base: 5e-4 SST-2, RTE, MNLI, QQP; 4e-4 CoLA, STS-B, MRPC, QNLI).
+2021, Table 9, RoBERTa-base: 5e-4 SST-2, RTE, MNLI, QQP; 4e-4 CoLA, STS-B, MRPC, QNLI) and the head
+on :data:`HEAD_GRID_CENTRE`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DEFAULT_HEAD_LR, HEAD_ONLY, default_lr, method_family
+from .config import HEAD_ONLY, default_lr, method_family
 
 #: Multipliers of a family's published rate in the default grid.
 GRID_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -52,10 +53,16 @@ class GridError(ValueError):
     """A ``--lr-grid`` value that is not a list of positive, finite rates."""
 
 
+#: Centre of the head's default grid: 1e-3, so that the five rates (1e-4 .. 1e-2) hold both LoRA's
+#: classifier rate (4e-4..5e-4, trained with the adapter) and the top of LoRA-XS's classifier grid
+#: (5e-3); a linear probe of a frozen encoder wants the higher end.
+HEAD_GRID_CENTRE = 1e-3
+
+
 def paper_rate(method: str, task: str, task_kind: str) -> float:
     """The published rate the default grid of ``method`` is centred on (see the module docstring)."""
     if method == HEAD_ONLY:
-        return DEFAULT_HEAD_LR
+        return HEAD_GRID_CENTRE
     if method_family(method) == "lora" and task in LORA_PAPER_LR:
         return LORA_PAPER_LR[task]
     return default_lr(method, task_kind)
