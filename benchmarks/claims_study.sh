@@ -56,7 +56,7 @@ for stage in $STAGES; do
           --eval-every 120 --max-length 64 --seeds 0,1,2 --head-lr "$head_lr" --out "$OUT/sst2" \
           "${COMMON[@]}"
       done ;;
-    stsb)  # 400 steps = 6,400 pairs, 1.2 epochs of the 5,174 left after the validation split
+    stsb)  # 400 steps = 6,400 pairs, 1.2 epochs of the 5,175 left after the validation split
       python -m lowrank_lab.finetune --task stsb --methods "$METHODS" --rank 8 --steps 400 \
         --eval-every 80 --max-length 128 --seeds "$SEEDS" --out "$OUT/stsb" "${COMMON[@]}" ;;
     gsm8k)

@@ -57,7 +57,7 @@ VALIDATION_SEED = 1729
 def default_validation_size(n_train: int) -> int:
     """Examples carved from the training data for learning-rate selection and early curves when
     ``--val-samples`` is not given: 10% of the training set, at least 100 and at most 1000 (SST-2:
-    1,000 of 67,349; STS-B: 575 of 5,749; RTE: 249 of 2,490)."""
+    1,000 of 67,349; STS-B: 574 of 5,749; RTE: 249 of 2,490)."""
     return max(0, min(1000, max(100, n_train // 10), n_train // 2))
 
 

@@ -421,7 +421,11 @@ def _select_rates(
         choice = _choice(HEAD_ONLY, cfgs, recs, spec, rows, "head_lr")
         choices[HEAD_ONLY] = choice
         if choice.lr is None:
-            raise ValueError(f"no head learning rate trains the head-only control: {choice.reason}")
+            write_selection(out, rows, choices)
+            raise ValueError(
+                f"no head learning rate trains the head-only control ({choice.reason}); see "
+                f"{Path(out) / 'selection.csv'} and widen the head grid, e.g. --lr-grid head=1e-3,1e-2,1e-1"
+            )
         head_lr = choice.lr
     else:
         choices[HEAD_ONLY] = Choice(HEAD_ONLY, head_lr, None, "given (--head-lr), not selected here")

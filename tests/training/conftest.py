@@ -71,6 +71,35 @@ def _tiny_llama():
     return make
 
 
+def _tiny_pooled(num_labels: int = 2, pooling: str = "mean"):
+    """The tiny BERT encoder under lowrank_lab's own head on a pooled sentence vector."""
+    from transformers import BertConfig, BertModel
+
+    from lowrank_lab.training.models import PooledClassifier
+
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+
+    def make():
+        return PooledClassifier(BertModel(cfg), num_labels, pooling)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_pooled():
+    """``tiny_pooled(num_labels, pooling)`` -> a factory of the tiny encoder with a pooled head; its
+    mean-pooled random token embeddings separate the fixture's words, where the random pooler of
+    ``tiny_bert`` leaves a head-only probe at the constant predictor."""
+    return _tiny_pooled
+
+
 @pytest.fixture(scope="session")
 def tiny_bert():
     """``tiny_bert(num_labels)`` -> a factory of a tiny random BERT classifier (seeded by the loop)."""

@@ -1,0 +1,143 @@
+"""Learning-rate selection (issue 15): on the validation split only, the head's rate first, grids."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from lowrank_lab.finetune import main as finetune_main
+from lowrank_lab.training.batching import default_validation_size, validation_split
+from lowrank_lab.training.selection import GridError, choose, default_grid, grid_for, parse_grid
+
+from .test_study import _run
+
+
+def test_validation_split_is_fixed_disjoint_and_seed_free():
+    train, val = validation_split(100, 10)
+    assert len(val) == 10 and len(train) == 90 and not set(train) & set(val)
+    assert sorted(train + val) == list(range(100))
+    assert validation_split(100, 10) == (train, val)  # no dependence on a run's seed or on state
+    assert validation_split(100, 0) == (list(range(100)), [])
+    with pytest.raises(ValueError, match="leaves none of the 5 training examples"):
+        validation_split(5, 5)
+    assert [default_validation_size(n) for n in (67349, 5749, 2490, 10)] == [1000, 574, 249, 5]
+
+
+def test_default_grid_spans_100x_around_the_paper_rate_and_contains_it():
+    assert default_grid(5e-4) == [5e-05, 0.00015, 0.0005, 0.0015, 0.005]
+    assert grid_for("lora", "sst2", "classification", {}) == default_grid(5e-4)  # LoRA Table 9, SST-2
+    assert grid_for("pissa", "stsb", "regression", {}) == default_grid(4e-4)
+    assert grid_for("full", "sst2", "classification", {}) == default_grid(2e-5)
+    assert grid_for("inttune", "sst2", "classification", {}) == default_grid(4e-3)  # core family
+    assert grid_for("head", "sst2", "classification", {})[0] == 1e-4
+    g = {"lora": [1e-4, 2e-4], "pissa": [3e-4]}
+    assert grid_for("milora", "sst2", "classification", g) == [1e-4, 2e-4]  # the family's entry
+    assert grid_for("pissa", "sst2", "classification", g) == [3e-4]  # the method's own entry wins
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("lora=1e-4,0", "learning rate '0' must be positive"),
+        ("lora=-1e-3", "learning rate '-1e-3' must be positive"),
+        ("full=nan", "learning rate 'nan' must be positive, finite"),
+        ("full=inf", "learning rate 'inf' must be positive, finite"),
+        ("lora=fast", "'fast' is not a number"),
+        ("lora", "expected GROUP=RATE,RATE"),
+    ],
+)
+def test_bad_grid_values_are_named(value, message):
+    with pytest.raises(GridError, match=message):
+        parse_grid([value])
+
+
+def test_bad_grid_value_exits_2_naming_it(capsys, tmp_path):
+    code = finetune_main(["--task", "sst2", "--lr-grid", "lora=1e-4,-2", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "learning rate '-2' must be positive" in capsys.readouterr().err
+
+
+def _rec(lr, val, status="finished", collapsed=False):
+    return {"selection_lr": lr, "val_metric": val, "status": status, "val_collapsed": collapsed}
+
+
+def test_choose_takes_the_best_usable_rate_and_says_when_it_is_at_the_edge():
+    recs = [_rec(1e-4, 0.80), _rec(1e-3, 0.86), _rec(1e-2, 0.90, collapsed=True), _rec(3e-2, 0.5, "diverged")]
+    c = choose("lora", recs, higher_is_better=True)
+    assert c.lr == 1e-3 and c.val_metric == 0.86 and "2 usable rates" in c.reason
+    edge = choose("lora", [_rec(1e-4, 0.9), _rec(1e-3, 0.8)], higher_is_better=True)
+    assert edge.lr == 1e-4 and "edge of the grid" in edge.reason
+    assert choose("x", [_rec(1e-4, 3.0), _rec(1e-3, 2.5)], higher_is_better=False).lr == 1e-3  # a loss
+    assert choose("x", [_rec(1e-4, 0.7), _rec(1e-3, 0.7)], higher_is_better=True).lr == 1e-4  # tie: smaller
+
+
+def test_a_method_collapsed_at_every_rate_gets_no_rate():
+    recs = [_rec(1e-4, 0.5, collapsed=True), _rec(1e-3, 0.5, "diverged")]
+    c = choose("nlora-pinv", recs, higher_is_better=True)
+    assert c.lr is None and "no usable rate" in c.reason and "collapsed" in c.reason
+
+
+def _scramble_dev(glue_dir):
+    dev = glue_dir / "glue" / "sst2" / "dev.tsv"
+    lines = dev.read_text().splitlines()
+    flipped = [lines[0]] + [f"{t.rsplit(chr(9), 1)[0]}\t{1 - int(t.rsplit(chr(9), 1)[1])}" for t in lines[1:]]
+    dev.write_text("\n".join(flipped) + "\n")
+
+
+def test_selection_never_reads_the_dev_set(glue_dir, bert_tokenizer, tiny_pooled, tmp_path):
+    grid = {"lora": [1e-3, 1e-2], "head": [3e-3, 1e-1]}
+    base = {"steps": 12, "val_samples": 12, "eval_every": 4}
+    first = _run(glue_dir, tmp_path / "a", bert_tokenizer, tiny_pooled(2), lr_grid=grid, base=base)
+    _scramble_dev(glue_dir)  # every dev label flipped: a selection that looked at dev would change
+    second = _run(glue_dir, tmp_path / "b", bert_tokenizer, tiny_pooled(2), lr_grid=grid, base=base)
+    sel_a = pd.read_csv(tmp_path / "a" / "selection.csv")
+    sel_b = pd.read_csv(tmp_path / "b" / "selection.csv")
+    pd.testing.assert_frame_equal(sel_a, sel_b)
+    rates = [{m: c.lr for m, c in res["selection"].items()} for res in (first, second)]
+    assert rates[0] == rates[1]
+    # selection runs never scored dev; the final runs did, and there the flipped labels show
+    for path in (tmp_path / "a" / "select").glob("*/run.json"):
+        assert "dev" not in json.loads(path.read_text())
+    fa = {r["config"]["method"]: r["final_metric"] for r in first["records"]}
+    fb = {r["config"]["method"]: r["final_metric"] for r in second["records"]}
+    assert fa["lora"] == pytest.approx(1 - fb["lora"])
+
+
+def test_selected_rates_are_in_run_json_selection_csv_and_the_figure(
+    glue_dir, bert_tokenizer, tiny_pooled, tmp_path
+):
+    out = tmp_path / "s"
+    res = _run(
+        glue_dir,
+        out,
+        bert_tokenizer,
+        tiny_pooled(2),
+        seeds=(0, 1),
+        lr_grid={"lora": [1e-3, 1e-2], "head": [3e-3, 1e-1]},
+        base={"steps": 12, "val_samples": 12, "eval_every": 4},
+    )
+    chosen = res["selection"]
+    sel = pd.read_csv(out / "selection.csv")
+    assert len(sel) == 4 and sel["chosen"].sum() == 2
+    for rec in res["records"]:
+        method = rec["config"]["method"]
+        assert rec["head_lr"] == chosen["head"].lr
+        if method == "lora":
+            assert rec["lr"] == chosen["lora"].lr
+        assert rec["config"]["seed"] in (0, 1)  # the verdict seeds, never the selection seed 100
+    assert sorted(p.name for p in (out / "select").iterdir())[0] == "head-r2-seed100-lr0.003"
+    assert res["selection"]["head"].lr is not None
+    assert (out / "figures" / "lr_selection.png").stat().st_size > 0
+
+
+def test_a_head_that_trains_at_no_rate_stops_the_study_with_its_table(
+    glue_dir, bert_tokenizer, tiny_bert, tmp_path
+):
+    # the random pooler of tiny_bert gives a head-only probe nothing to separate: constant at every rate
+    with pytest.raises(ValueError, match="no head learning rate trains the head-only control"):
+        _run(glue_dir, tmp_path / "h", bert_tokenizer, tiny_bert(2), lr_grid={"head": [1e-3, 1e-2]},
+             base={"steps": 4, "val_samples": 12})
+    sel = pd.read_csv(tmp_path / "h" / "selection.csv")
+    assert list(sel["collapsed"]) == [True, True] and not sel["chosen"].any()
