@@ -171,7 +171,8 @@ def build_report(folder: Path, out: Path) -> str:
             "evaluated only to exercise the code.",
             "",
         ]
-    lines += ["## Targets (issue 19)", "", "| target | value | verdict |", "|---|---|---|"]
+    heading = "## Targets (issue 19)" + (": CPU figures of the dry run, no verdict on a GPU" if dry else "")
+    lines += [heading, "", "| target | value | verdict |", "|---|---|---|"]
     sections: list[str] = []
 
     analyze = folder / "analyze.md"
