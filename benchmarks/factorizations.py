@@ -66,7 +66,7 @@ from lowrank_lab.linalg import (  # noqa: E402
     relative_errors,
     resolve_device,
 )
-from lowrank_lab.utils.provenance import run_metadata  # noqa: E402
+from lowrank_lab.utils.provenance import device_description, run_metadata  # noqa: E402
 from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir, to_markdown  # noqa: E402
 from lowrank_lab.utils.timing import median_ci, time_call  # noqa: E402
 from lowrank_lab.weights.synthetic import power_law_spectrum, synthetic_matrix  # noqa: E402
@@ -381,7 +381,13 @@ def write_report(
         f"{end_load[0]:.1f} at the end (1 min): the machine is shared with other jobs, so times are upper "
         "bounds and only ratios measured in the same interleaved rounds are comparable.",
         "",
-        f"Device: {device_description(args.device)}.",
+        f"Device: {device_description(args.device)}"
+        + (
+            f", CUDA {torch.version.cuda}; every time CUDA-synchronised, the CPU-time columns count the "
+            "host's share only."
+            if args.device.type == "cuda"
+            else "."
+        ),
         "",
         f"Matrices: float32, σ_k ∝ k^{args.slope} (`lowrank_lab.weights.synthetic.synthetic_matrix`, exact "
         f"spectrum, entries of std 0.02, seed {args.seed}). `opt` is the Eckart–Young optimum "
@@ -445,16 +451,6 @@ def write_report(
         "",
     ]
     out.write_text("\n".join(lines))
-
-
-def device_description(device: torch.device) -> str:
-    """``cpu``, or the GPU's name with the CUDA version torch was built with (timings synchronised)."""
-    if device.type != "cuda":
-        return "cpu"
-    return (
-        f"{device} ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}; every time "
-        "CUDA-synchronised, the CPU-time columns count the host's share only)"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

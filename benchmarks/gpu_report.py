@@ -111,6 +111,16 @@ def step_status(steps: pd.DataFrame, name: str) -> str:
     return "not run" if row.empty else str(row["status"].iloc[0])
 
 
+def missing(path: Path, steps: pd.DataFrame, step: str) -> str:
+    """What stands in a section whose file the check did not write: the file and its step's status."""
+    return f"No {path.name}: step {step_status(steps, step)}."
+
+
+def not_measured(target: str, path: Path, steps: pd.DataFrame, step: str) -> str:
+    """A target row for a file the check did not write."""
+    return f"| {target} | no {path.name} (step: {step_status(steps, step)}) | not measured |"
+
+
 def rsvd_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Paired rsvd / torch.svd_lowrank rows per (shape, rank), and the full SVD once per shape."""
     rows = []
@@ -188,11 +198,8 @@ def build_report(folder: Path, out: Path) -> str:
             )
         sections += ["## Analysis slice (`analyze_scale.py`)", "", demote(text).strip(), ""]
     else:
-        status = step_status(steps, "analyze")
-        lines.append(
-            f"| whole analysis ≤ {TARGET_ANALYSIS_S:g} s | no analyze.md (step: {status}) | not measured |"
-        )
-        sections += ["## Analysis slice", "", f"No analyze.md: step {status}.", ""]
+        lines.append(not_measured(f"whole analysis ≤ {TARGET_ANALYSIS_S:g} s", analyze, steps, "analyze"))
+        sections += ["## Analysis slice", "", missing(analyze, steps, "analyze"), ""]
 
     rsvd_csv = folder / "rsvd.csv"
     if rsvd_csv.is_file():
@@ -213,11 +220,8 @@ def build_report(folder: Path, out: Path) -> str:
             to_markdown(svd, floatfmt=".4g") if not svd.empty else "",
         ]
     else:
-        status = step_status(steps, "rsvd")
-        lines.append(
-            f"| rsvd / torch.svd_lowrank ≤ {RATIO_VERDICT} | no rsvd.csv (step: {status}) | not measured |"
-        )
-        sections += ["## rsvd against torch.svd_lowrank", "", f"No rsvd.csv: step {status}.", ""]
+        lines.append(not_measured(f"rsvd / torch.svd_lowrank {RATIO_VERDICT}", rsvd_csv, steps, "rsvd"))
+        sections += ["## rsvd against torch.svd_lowrank", "", missing(rsvd_csv, steps, "rsvd"), ""]
 
     drivers_csv = folder / "svd_drivers.csv"
     sections += ["## torch.linalg.svd drivers (`svd_drivers.py`)", ""]
@@ -246,19 +250,19 @@ def build_report(folder: Path, out: Path) -> str:
             to_markdown(table, floatfmt=".3g"),
         ]
     else:
-        sections += [f"No svd_drivers.csv: step {step_status(steps, 'drivers')}.", ""]
+        sections += [missing(drivers_csv, steps, "drivers"), ""]
 
     analyze_svd = folder / "analyze_svd.md"
     sections += ["## Analysis with the exact SVD (`analyze_scale.py --methods svd,rsvd,nystrom,ldu`)", ""]
     if analyze_svd.is_file():
         sections += [demote(analyze_svd.read_text()).strip(), ""]
     else:
-        sections += [f"No analyze_svd.md: step {step_status(steps, 'analyze_svd')}.", ""]
+        sections += [missing(analyze_svd, steps, "analyze_svd"), ""]
 
     tests = read_pytest(folder)
     lines += ["", "## `pytest -m gpu`", ""]
     if tests is None:
-        lines += [f"No pytest.xml: step {step_status(steps, 'pytest')}.", ""]
+        lines += [missing(folder / "pytest.xml", steps, "pytest"), ""]
     else:
         lines += [
             f"{tests['tests']} tests: {tests['passed']} passed, {tests['failed']} failed, "
