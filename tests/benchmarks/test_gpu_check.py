@@ -159,3 +159,5 @@ def test_script_refuses_cuda_without_a_gpu_and_unknown_options(tmp_path):
     assert proc.returncode == 2 and "torch sees no CUDA device here" in proc.stderr
     proc = _run_script("--device", "tpu", env={"OUT": str(tmp_path / "o")})
     assert proc.returncode == 2 and "--device 'tpu'" in proc.stderr
+    proc = _run_script("--device", env={"OUT": str(tmp_path / "o")})  # no value: an error, not a hang
+    assert proc.returncode == 2 and "--device needs a value" in proc.stderr
