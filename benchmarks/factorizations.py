@@ -23,11 +23,17 @@ only a paired ratio with its interval says which side of 1 it is on. The exact S
 ``torch.linalg.svd``) and ``qr`` cost the same at every rank (one full factorization, then slicing),
 so they are timed once per shape on ``max(ranks)`` and their factors sliced to each rank; the two
 full SVDs take minutes at these shapes on 2 cores and are timed ``--svd-repeats`` times (default 1,
-no warm-up: at that length warm-up effects are far below the machine's noise).
+no warm-up on the CPU: at that length warm-up effects are far below the machine's noise; one
+warm-up on CUDA, where the first call also creates cuSOLVER's handle and workspace).
 
 Targets (issue 2), checked in the report: ``rsvd`` with its defaults ≤ 1.01 × the optimum and no
 slower than ``torch.svd_lowrank`` (time ratio ≤ 1.0); sketched Nyström (``nystrom``) below
 NLoRA-as-released (``nystrom-released``) at every rank; LDU of 4096 × 4096 ≤ 1 s.
+
+``--device cuda`` builds each matrix on the CPU, moves it to the GPU and times every call
+CUDA-synchronised (``lowrank_lab.utils.timing.time_call`` with the device: the clock starts and
+stops on an idle stream); the CPU-time columns then count only the host's share and the verdicts
+read the wall ratio. ``benchmarks/gpu_check.sh`` runs it so on a lent GPU (issue 19).
 
 Writes ``reports/benchmarks/factorizations.md`` and a CSV of every row beside it (appended and
 flushed as rows finish; ``--resume`` keeps them and skips what is done).
@@ -54,8 +60,14 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from lowrank_lab.linalg import FACTORIZATIONS, Factorization, optimal_error, relative_errors  # noqa: E402
-from lowrank_lab.utils.provenance import run_metadata  # noqa: E402
+from lowrank_lab.linalg import (  # noqa: E402
+    FACTORIZATIONS,
+    Factorization,
+    optimal_error,
+    relative_errors,
+    resolve_device,
+)
+from lowrank_lab.utils.provenance import device_description, run_metadata  # noqa: E402
 from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir, to_markdown  # noqa: E402
 from lowrank_lab.utils.timing import median_ci, time_call  # noqa: E402
 from lowrank_lab.weights.synthetic import power_law_spectrum, synthetic_matrix  # noqa: E402
@@ -151,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the CSV goes beside it",
     )
     p.add_argument("--resume", action="store_true", help="keep rows already in the CSV and skip them")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default) or cuda: where the matrices live and the factorizations run; CUDA timings "
+        "are synchronised",
+    )
     return p
 
 
@@ -164,15 +182,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
-    """Wall seconds (``utils.timing.time_call``), CPU seconds of this process, and the result."""
+def timed(fn: Callable[[], object], device: torch.device | None = None) -> tuple[float, float, object]:
+    """Wall seconds (``utils.timing.time_call``, synchronised on a CUDA ``device``), CPU seconds of
+    this process, and the result."""
     c0 = time.process_time()
-    t = time_call(fn, repeats=1, warmup=0)
+    t = time_call(fn, device=device, repeats=1, warmup=0)
     return t.median, time.process_time() - c0, t.result
 
 
 def measure_rounds(
-    fns: dict[str, Callable[[], object]], repeats: int
+    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device | None = None
 ) -> dict[str, tuple[list[float], list[float], object]]:
     """One warm-up each, then ``repeats`` rounds running every function once (interleaved), in the
     given order in even rounds and reversed in odd ones. Lists are in round order (for pairing)."""
@@ -183,7 +202,7 @@ def measure_rounds(
     for i in range(repeats):
         for name in names if i % 2 == 0 else names[::-1]:
             fn = fns[name]
-            w, c, results[name] = timed(fn)
+            w, c, results[name] = timed(fn, device)
             wall[name].append(w)
             cpu[name].append(c)
     return {name: (wall[name], cpu[name], results[name]) for name in fns}
@@ -225,6 +244,7 @@ def bench_shape(
     t0 = time.perf_counter()
     sigma = power_law_spectrum(min(m, n), args.slope, shape=(m, n))
     W = synthetic_matrix((m, n), sigma, torch.Generator().manual_seed(args.seed), dtype=torch.float32)
+    W = W.to(args.device)
     print(f"{shape}: built in {time.perf_counter() - t0:.1f} s", flush=True)
     r_max = max(ranks)
 
@@ -255,8 +275,9 @@ def bench_shape(
             continue
         full_svds = name in ("svd", FULL_SVD)
         reps = args.svd_repeats if full_svds else args.repeats
-        result = None if full_svds else fn()  # warm-up
-        runs = [timed(fn) for _ in range(reps)]
+        if not full_svds or args.device.type == "cuda":
+            fn()  # warm-up; on CUDA also for the full SVDs, whose first call creates cuSOLVER's handle
+        runs = [timed(fn, args.device) for _ in range(reps)]
         result = runs[-1][2]
         med = statistics.median(w for w, _, _ in runs)
         print(f"  {name:<18} {med:8.3f} s (once per shape, {reps} run(s))", flush=True)
@@ -285,7 +306,7 @@ def bench_shape(
             fns = {"rsvd": fns.pop("rsvd"), **peer, **fns} if "rsvd" in fns else {**fns, **peer}
         if not fns:
             continue
-        measured = measure_rounds(fns, args.repeats)
+        measured = measure_rounds(fns, args.repeats, args.device)
         peer_wall, peer_cpu = measured[SVD_LOWRANK][0], measured[SVD_LOWRANK][1]
         for name, (wall, cpu, f) in measured.items():
             med, cpu_med = statistics.median(wall), statistics.median(cpu)
@@ -362,6 +383,14 @@ def write_report(
         f"{end_load[0]:.1f} at the end (1 min): the machine is shared with other jobs, so times are upper "
         "bounds and only ratios measured in the same interleaved rounds are comparable.",
         "",
+        f"Device: {device_description(args.device)}"
+        + (
+            f", CUDA {torch.version.cuda}; every time CUDA-synchronised, the CPU-time columns count the "
+            "host's share only."
+            if args.device.type == "cuda"
+            else "."
+        ),
+        "",
         f"Matrices: float32, σ_k ∝ k^{args.slope} (`lowrank_lab.weights.synthetic.synthetic_matrix`, exact "
         f"spectrum, entries of std 0.02, seed {args.seed}). `opt` is the Eckart–Young optimum "
         "‖W − W_r‖_F / ‖W‖_F from the known spectrum; `err/opt` the ratio to it; `rel err 2` a "
@@ -375,7 +404,8 @@ def write_report(
         "which on an oversubscribed machine measures the work done rather than the share of the cores "
         "won). `svd`, `qr` and `torch.linalg.svd` are timed once per "
         "shape (their cost does not depend on r) and sliced to each rank; the full SVDs "
-        f"{args.svd_repeats} run(s) without warm-up, everything else the median of {args.repeats} runs "
+        f"{args.svd_repeats} run(s) {'after a' if args.device.type == 'cuda' else 'without'} warm-up, "
+        f"everything else the median of {args.repeats} runs "
         "after a warm-up.",
         "",
         "## Targets (issue 2)",
@@ -428,6 +458,11 @@ def write_report(
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        args.device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: --device: {exc}", file=sys.stderr)
+        return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     methods = (

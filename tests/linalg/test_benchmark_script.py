@@ -25,6 +25,7 @@ def test_tiny_run_writes_every_row_and_the_targets(bench, tmp_path):
     assert (df["err_ratio"] >= 1 - 1e-6).all()  # nothing beats Eckart–Young
     text = out.read_text()
     assert "Command: `python" in text and "## Targets (issue 2)" in text and "rsvd error ≤ 1.01" in text
+    assert "\nDevice: cpu (" in text  # --device defaults to the CPU; a CUDA run names its GPU here
     # --resume with everything done measures nothing and rewrites the same rows
     assert bench.main([*argv, "--resume"]) == 0
     assert len(pd.read_csv(out.with_suffix(".csv"))) == len(df)
