@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import method_labeller
 from .stats import MIN_EFFECT, Paired, holm, paired, verdict
 from .tasks import TaskSpec, get_task
 
@@ -70,8 +71,8 @@ COLUMNS = [
 class Claim:
     """One paper claim: ``a`` beats (``kind="superior"``) or matches (``"match"``) ``b`` on
     ``measure`` (``"final"``: the task metric on dev; ``"loss_auc"``: mean training loss, lower is
-    faster; ``"intruders"``: intruder dimensions, summed over matrices). Methods are run names
-    without the seed: ``lora`` is LoRA at the study's rank 8, ``lora@1`` LoRA at rank 1."""
+    faster; ``"intruders"``: intruder dimensions, summed over matrices). Methods are labels of
+    :func:`~.config.method_labeller`: ``lora`` is LoRA at the study's rank, ``lora@1`` at rank 1."""
 
     key: str
     text: str
@@ -136,15 +137,6 @@ FORGETTING_CLAIM = Claim(
     measure="correlation",
     tasks=("sst2",),
 )
-
-
-def method_key(rec: Mapping[str, Any], default_rank: int = 8) -> str:
-    """``lora`` for a run at the study's rank, ``lora@64`` at another; full/head carry no rank."""
-    cfg = rec["config"]
-    method, rank = cfg["method"], int(cfg.get("rank", default_rank))
-    if method in ("full", "head") or rank == default_rank:
-        return method
-    return f"{method}@{rank}"
 
 
 def usable(rec: Mapping[str, Any]) -> bool:
@@ -259,8 +251,9 @@ def claim_rows(
     baselines = dict(baselines or {})
     intruders = dict(intruders or {})
     by_method: dict[str, list[Mapping[str, Any]]] = {}
+    label = method_labeller(records)
     for rec in records:
-        by_method.setdefault(method_key(rec), []).append(rec)
+        by_method.setdefault(label(rec), []).append(rec)
     task_ok, task_reason = task_gate(spec, by_method, baselines)
 
     rows: list[dict[str, Any]] = []

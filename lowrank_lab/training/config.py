@@ -44,6 +44,7 @@ trains (the LM head is pre-trained and tied to the embedding).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -94,6 +95,32 @@ def method_family(method: str) -> str:
         except ImportError:
             pass
     return "lora"
+
+
+def study_rank(records: Iterable[dict[str, Any]]) -> int | None:
+    """The rank most of a study's adapter runs use (ties: the smaller), the one plain method names
+    refer to; None without adapter runs."""
+    counts: dict[int, int] = {}
+    for rec in records:
+        cfg = rec["config"]
+        if cfg["method"] not in ("full", HEAD_ONLY):
+            counts[int(cfg["rank"])] = counts.get(int(cfg["rank"]), 0) + 1
+    return min(counts, key=lambda r: (-counts[r], r)) if counts else None
+
+
+def method_labeller(records: Iterable[dict[str, Any]]) -> Callable[[dict[str, Any]], str]:
+    """How tables, figures and claims name a run's method within a study: ``lora`` at the study's
+    rank (:func:`study_rank`), ``lora@64`` at another; ``full`` and the head-only control carry no rank."""
+    rank = study_rank(records)
+
+    def label(rec: dict[str, Any]) -> str:
+        cfg = rec["config"]
+        method = cfg["method"]
+        if method in ("full", HEAD_ONLY) or rank is None or int(cfg["rank"]) == rank:
+            return method
+        return f"{method}@{int(cfg['rank'])}"
+
+    return label
 
 
 def default_lr(method: str, task_kind: str) -> float:

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only; no display on the study machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .config import method_labeller  # noqa: E402
 from .metrics import METRIC_LABELS  # noqa: E402
 from .summary import moving_average, smoothing_window  # noqa: E402
 from .tasks import TaskSpec  # noqa: E402
@@ -28,9 +29,10 @@ def loss_curves(
 ) -> Path:
     """Smoothed training loss per method: the mean over seeds as a line, min–max over seeds as a band."""
     colors = _colors(methods)
+    label = method_labeller(records)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for m in methods:
-        curves = [r["train_loss"] for r in records if r["config"]["method"] == m and r["train_loss"]]
+        curves = [r["train_loss"] for r in records if label(r) == m and r["train_loss"]]
         if not curves:
             continue
         n = min(len(c) for c in curves)  # a diverged seed shortens the common span
@@ -55,9 +57,10 @@ def eval_curves(
 ) -> Path:
     """Eval metric at each evaluation step: mean over seeds with a min–max band."""
     colors = _colors(methods)
+    label = method_labeller(records)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for m in methods:
-        evals = [r["eval"] for r in records if r["config"]["method"] == m and r.get("eval")]
+        evals = [r["eval"] for r in records if label(r) == m and r.get("eval")]
         if not evals:
             continue
         steps = sorted(set.intersection(*[{e["step"] for e in ev} for ev in evals]))

@@ -39,8 +39,8 @@ from . import figures as figs
 from .baselines import constant_predictor, ngram_losses
 from .batching import Encoder, batch_order, default_validation_size, eval_subset, validation_split
 from .checkpoint import CHECKPOINT_META, read_checkpoint_meta, remove_checkpoint
-from .claims import BASELINES
-from .config import HEAD_ONLY, RunConfig
+from .claims import BASELINES, claim_rows, read_baselines
+from .config import HEAD_ONLY, RunConfig, method_labeller
 from .loop import train_run
 from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
 from .selection import Choice, choose, grid_for
@@ -664,6 +664,26 @@ def intruder_counts(out: Path, records: list[dict[str, Any]]) -> dict[str, list[
     return counts
 
 
+def selection_line(out: Path) -> str | None:
+    """The chosen rate per method from ``selection.csv`` (None without one), for summary.md."""
+    import pandas as pd
+
+    path = Path(out) / "selection.csv"
+    if not path.is_file():
+        return None
+    sel = pd.read_csv(path)
+    chosen = sel[sel["chosen"].fillna(False).astype(bool)]
+    picked = ", ".join(
+        f"{r.method}{'' if r.rank == 8 else f' r{r.rank}'} {r.lr:g}" for r in chosen.itertuples()
+    )
+    none = sorted(set(sel["method"]) - set(chosen["method"]))
+    text = (
+        f"selected per method on the validation split (selection.csv, figures/lr_selection.png; "
+        f"{sel.groupby(['method', 'rank']).size().max()} rates each): {picked}"
+    )
+    return text + (f"; no usable rate: {', '.join(none)}" if none else "")
+
+
 def write_baselines(out: Path, data: StudyData) -> Path:
     """``out/baselines.json``: :meth:`StudyData.baselines`, which the claims' gates read."""
     path = Path(out) / BASELINES
@@ -684,43 +704,6 @@ def read_forgetting(out: Path) -> dict[str, float]:
         return {}
     frame = pd.read_csv(path)
     return {str(r.run): float(r.drop) for r in frame.itertuples() if pd.notna(r.drop)}
-
-
-def find_intruders(out: Path, records: list[dict[str, Any]]) -> str | None:
-    """The intruder claim's line (``"verdict: evidence"``) from :func:`intruder_counts`, or None.
-
-    Rule: LoRA's mean count vs full fine-tuning's; with two or more seeds each, confirmed when the
-    difference exceeds 2 s.e. (as the other claims), else when LoRA's count is simply larger.
-    """
-    from .summary import _diff, stat, verdict
-
-    counts = intruder_counts(Path(out), records)
-    if not counts:
-        return None
-    if "lora" not in counts or "full" not in counts:
-        missing = " and ".join(m for m in ("lora", "full") if m not in counts)
-        found = ", ".join(f"{m} {stat(c).fmt('.1f')}" for m, c in counts.items())
-        return f"not run: needs the intruder counts of {missing} as well; counted so far: {found}"
-    lo, fu = stat(counts["lora"]), stat(counts["full"])
-    d, se = _diff(lo, fu, None)
-    if lo.mean == 0 and fu.mean == 0:
-        v = "inconclusive"  # no method moved its top singular vectors: the test has no power here
-    elif math.isfinite(se):
-        v = verdict(d, se)
-    else:
-        v = "confirms" if d > 0 else "contradicts"
-    listed = ", ".join(f"{m} {stat(c).fmt('.1f')}" for m, c in counts.items())
-    none = ""
-    if lo.mean == 0:
-        none = "; LoRA shows no intruder dimension at this training length" + (
-            " (nor does full fine-tuning: the updates are too small to rotate the top singular vectors)"
-            if fu.mean == 0
-            else ""
-        )
-    return (
-        f"{v}: intruder dimensions (top-10 left singular vectors, ε as run) summed over matrices, "
-        f"mean ± sd over seeds: {listed} (from intruders/<run>/intruders.csv){none}"
-    )
 
 
 def write_study_outputs(
@@ -769,7 +752,14 @@ def write_study_outputs(
         command=command,
         threshold_override=threshold_override,
         figures=[str(p.relative_to(out)) for p in fig_paths],
-        intruders=find_intruders(out, records),
+        claim_table=claim_rows(
+            spec,
+            records,
+            baselines=read_baselines(out),
+            intruders=intruder_counts_by_run(out),
+            forgetting=read_forgetting(out) or None,
+        ),
+        selection=selection_line(out),
         notes=notes,
     )
     path = out / "summary.md"
@@ -784,7 +774,8 @@ def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, 
     recs = [
         r
         for r in recs
-        if r["config"]["task"] == spec.name and (not methods or r["config"]["method"] in methods)
+        if r["config"]["task"] == spec.name
+        and (not methods or r["config"]["method"] in methods or method_labeller(recs)(r) in methods)
     ]
     if not recs:
         raise FileNotFoundError(f"no run records for task {spec.name} under {out / 'runs'}")
@@ -796,8 +787,9 @@ def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, 
             import pandas as pd
 
             order = list(dict.fromkeys(pd.read_csv(csv_path)["method"].astype(str)))
-        found = list(dict.fromkeys(r["config"]["method"] for r in recs))
-        methods = [m for m in order if m in found] + [m for m in found if m not in order]
+        found = list(dict.fromkeys(map(method_labeller(recs), recs)))
+        rank = {m: i for i, m in enumerate(order)}
+        methods = sorted(found, key=lambda k: (rank.get(k.split("@")[0], len(rank)), k))
     return write_study_outputs(out, recs, methods, spec, **kw)
 
 

@@ -179,4 +179,4 @@ def test_real_sst2_study_resume_and_summary(shared_data, tmp_path, capsys):
     assert "was made with other settings (steps: stored 2, asked 3)" in capsys.readouterr().err
     assert main(["--task", "sst2", "--out", str(out), "--summary-only"]) == 0
     text = (out / "summary.md").read_text()
-    assert "| lora |" in text and "| full |" in text and "PiSSA beats LoRA" in text
+    assert "| lora |" in text and "| full |" in text and "PiSSA ends higher than LoRA" in text

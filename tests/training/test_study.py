@@ -13,7 +13,6 @@ from lowrank_lab.training import study as study_mod
 from lowrank_lab.training.config import RunConfig
 from lowrank_lab.training.study import (
     StudyResumeError,
-    find_intruders,
     intruder_counts,
     run_study,
     summarize_existing,
@@ -156,22 +155,12 @@ def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer
         )
     records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/run.json"))]
     assert intruder_counts(out, records) == {"full": [0.0], "lora": [2.0]}  # right side not counted
-    # counts without a full fine-tune to compare with: said so, not "no intruder results found yet"
-    assert find_intruders(out, records[:1] if records[0]["config"]["method"] == "lora" else records[1:]) == (
-        "not run: needs the intruder counts of full as well; counted so far: lora 2.0"
-    )
-    line = find_intruders(out, records)
-    assert line.startswith("confirms: intruder dimensions") and "lora 2.0" in line and "full 0.0" in line
-    for run in ("lora-r2-seed0", "full-seed0"):  # nobody has intruders: the test had no power
-        pd.DataFrame({"side": ["left"], "intruder": [0]}).to_csv(out / "intruders" / run / "intruders.csv")
-    assert find_intruders(out, records).startswith("inconclusive: ")
-    assert "nor does full fine-tuning" in find_intruders(out, records)
-    for run, flags in (("lora-r2-seed0", [1, 1, 0, 1]), ("full-seed0", [0, 0, 0, 0])):
-        pd.DataFrame({"side": ["left", "left", "left", "right"], "intruder": flags}).to_csv(
-            out / "intruders" / run / "intruders.csv", index=False
-        )
     path = summarize_existing(out, [], study_mod.get_task("sst2"))
-    assert "**confirms**: intruder dimensions" in path.read_text()
+    text = path.read_text()
+    # one seed each: the intruder claim is in the table, not testable (2 paired seeds needed)
+    assert "| LoRA (r = 8) has more intruder dimensions than full fine-tuning | 0 |" in text or (
+        "has more intruder dimensions" in text and "not testable" in text
+    )
     with pytest.raises(FileNotFoundError, match="no run records for task rte"):
         summarize_existing(out, [], study_mod.get_task("rte"))
 
