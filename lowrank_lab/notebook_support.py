@@ -139,7 +139,7 @@ def save_table(df: pd.DataFrame, name: str, *, title: str, source: str, floatfmt
 
 
 def run_cli(main_run: Any, argv: list[str]) -> None:
-    """Call a command-line module's ``run(argv)`` in this process; raise if it did not exit with 0.
+    """Call a command-line module's ``main(argv)`` in this process; raise if it did not exit with 0.
 
     In-process avoids a second Python start-up (torch and transformers imports) per call. argparse
     exits via ``SystemExit`` on a usage error; that is turned into a RuntimeError naming the command.
@@ -152,8 +152,8 @@ def run_cli(main_run: Any, argv: list[str]) -> None:
         raise RuntimeError(f"command {' '.join(argv)!r} exited with status {rc}")
 
 
-#: Command-line modules a notebook may run in-process, and their entry point (``argv -> exit status``).
-_CLIS = {"analyze": "run", "finetune": "main", "intruders": "main"}
+#: Command-line modules a notebook may run in-process; each has ``main(argv) -> exit status``.
+_CLIS = ("analyze", "finetune", "intruders")
 
 
 def cli_outputs(
@@ -209,7 +209,7 @@ def cli_outputs(
         argv += ["--figures", str(output_root() / "figures" / rel)]
     print(f"running: python -m lowrank_lab.{cli}", " ".join(argv))
     module = importlib.import_module(f"lowrank_lab.{cli}")
-    run_cli(getattr(module, _CLIS[cli]), argv)
+    run_cli(module.main, argv)
     return out
 
 

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from lowrank_lab.utils.files import atomic_path  # noqa: E402
+
 #: Above this many layers the spectra plot uses a colour bar instead of one legend entry per layer.
 _MAX_LEGEND_LAYERS = 8
 _DPI = 120
@@ -24,11 +26,15 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 _DASHES = ["-", "--", "-.", ":"]
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: plt.Figure, path: str | Path, *, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` atomically, never through a symbolic link, and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path, "--figures") as tmp:
+            fig.savefig(tmp, dpi=_DPI, bbox_inches="tight" if tight else None)
+    finally:
+        plt.close(fig)
     return path
 
 
