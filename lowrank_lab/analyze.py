@@ -305,11 +305,9 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
                                "world_size": ctx.world_size})
     sweep = Sweep(out, _tables(out, ranks), order=_row_order(infos, methods, ranks), ctx=ctx,
                   resume=args.resume, command=meta["command"] or PROG,
-                  retry_tables=("skipped",) if args.retry_skipped else ())
+                  retry_tables=("skipped",) if args.retry_skipped else (),
+                  check_resume=lambda: _check_resume(out, config))
     with sweep:
-        # Under the lock: the run.json read here is not being rewritten by another run.
-        if args.resume and ctx.is_main:
-            _check_resume(out, config)
         sv_dir = out / "singular_values"
         if ctx.is_main:
             refuse_symlink(sv_dir)

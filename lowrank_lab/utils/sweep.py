@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from lowrank_lab.utils.distributed import (
 )
 from lowrank_lab.utils.files import atomic_write_text, refuse_symlink
 from lowrank_lab.utils.lock import OutputLock, OutputLockedError
-from lowrank_lab.utils.tables import RowWriter, read_keys
+from lowrank_lab.utils.tables import RowWriter, key_text, read_keys
 
 Row = Mapping[str, Any]
 
@@ -89,6 +89,9 @@ class Sweep:
     retry_tables : sequence of str
         Tables emptied (header kept) before a resumed run starts, so the items they list are
         computed again (``--retry-skipped`` empties skipped.csv).
+    check_resume : callable, optional
+        Run by rank 0 under the lock before a resumed run changes anything; raises ValueError when
+        the files were made with other settings (its message reaches every rank's exit status).
 
     Use as a context manager: entering takes the lock and prepares the tables, leaving closes the
     writers and releases the lock (also on an exception or Ctrl-C, keeping every finished row).
@@ -104,6 +107,7 @@ class Sweep:
         resume: bool = False,
         command: str = "",
         retry_tables: Sequence[str] = (),
+        check_resume: Callable[[], None] | None = None,
     ) -> None:
         self.out = Path(out)
         self.tables = dict(tables)
@@ -111,6 +115,7 @@ class Sweep:
         self.ctx = ctx or DistContext()
         self.resume = resume
         self.retry_tables = tuple(retry_tables)
+        self.check_resume = check_resume
         self.lock = OutputLock(self.out, command=command)
         self.writers: dict[str, RowWriter] = {}
         self.finished: dict[str, set[tuple[str, ...]]] = {}
@@ -168,6 +173,8 @@ class Sweep:
             for p in existing_parts(t.path):
                 refuse_symlink(p)
         if self.resume:
+            if self.check_resume is not None:
+                self.check_resume()
             for t in self.tables.values():  # raises on another layout, before anything changes
                 read_keys(t.path, t.key, columns=t.columns)
                 for p in existing_parts(t.path):
@@ -187,7 +194,7 @@ class Sweep:
     # -- the rows -----------------------------------------------------------------------------------
     def done(self, table: str, key: Sequence[Any]) -> bool:
         """Whether a row with ``key`` is in ``table`` (written by this run or an earlier one)."""
-        return self.writers[table].done(key) or tuple(_text(k) for k in key) in self.finished[table]
+        return self.writers[table].done(key) or tuple(key_text(k) for k in key) in self.finished[table]
 
     def write(self, table: str, row: Row) -> None:
         """Append one row to ``table`` unless a row with its key is already there."""
@@ -288,19 +295,3 @@ class Sweep:
             self.parts_dir.rmdir()
 
 
-def _text(value: Any) -> str:
-    # Keys compare as the text a CSV file gives back (RowWriter's rule).
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return "" if value is None else str(value)
-
-
-@contextlib.contextmanager
-def interrupt_message(prog: str, out: Path) -> Iterator[None]:
-    """Turn Ctrl-C / SIGTERM inside the block into exit status 130 with a line saying how to resume."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; the rows written so far are in {out}. "
-              "Rerun the same command with --resume to finish.", file=sys.stderr)
-        raise SystemExit(130) from None

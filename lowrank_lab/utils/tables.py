@@ -62,13 +62,13 @@ class RowWriter:
         return True
 
     def _key(self, row: Mapping[str, Any]) -> tuple[str, ...]:
-        return tuple(_fmt(row[k]) for k in self.key_columns)
+        return tuple(key_text(row[k]) for k in self.key_columns)
 
     def done(self, key: Mapping[str, Any] | Sequence[Any]) -> bool:
         """Whether a row with these key values is already in the file."""
         if isinstance(key, Mapping):
             return self._key(key) in self._done
-        return tuple(_fmt(k) for k in key) in self._done
+        return tuple(key_text(k) for k in key) in self._done
 
     @property
     def n_done(self) -> int:
@@ -136,11 +136,11 @@ def keys_of_text(
             f"cannot resume {path}: its columns {header} differ from {list(columns)}; "
             "use a new --out or delete the file"
         )
-    return {tuple(_fmt(r[k]) for k in key_columns) for r in csv.DictReader(lines)}
+    return {tuple(key_text(r[k]) for k in key_columns) for r in csv.DictReader(lines)}
 
 
-def _fmt(value: Any) -> str:
-    # Keys compare as text, as they come back from the CSV file.
+def key_text(value: Any) -> str:
+    """A key value as the text a CSV file gives back (``3.0`` -> ``"3"``, None -> ``""``)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return "" if value is None else str(value)
