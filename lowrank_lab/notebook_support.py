@@ -9,10 +9,12 @@ Environment variables
 ---------------------
 ``LOWRANK_LAB_SMALL=1``
     Small mode: each notebook keeps to a subset (fewer layers, ranks, steps) and runs in seconds.
-    Used by ``tests/test_notebooks.py``; unset for the full-size run.
+    Used by ``tests/test_notebooks.py``; unset for the full-size run. Its outputs go to a temporary
+    folder (:data:`SMALL_OUTPUT_ROOT`) unless ``LOWRANK_LAB_OUTPUT_ROOT`` names one: small-mode
+    tables never overwrite the committed full-size ones in ``reports/`` and ``figures/``.
 ``LOWRANK_LAB_OUTPUT_ROOT=DIR``
-    Write figures to ``DIR/figures`` and tables to ``DIR/reports`` instead of the repository's
-    ``figures/`` and ``reports/`` (the test points it at a temporary folder so git stays clean).
+    Write figures to ``DIR/figures`` and tables to ``DIR/reports`` instead of the default (the
+    repository's ``figures/`` and ``reports/`` at full size, :data:`SMALL_OUTPUT_ROOT` in small mode).
 ``LOWRANK_LAB_FRESH=1``
     Ignore saved results under ``reports/`` and recompute them (the test sets it, so CI always
     exercises the path that computes, whatever happens to be saved in the checkout).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,10 @@ from lowrank_lab.utils.tables import to_markdown
 
 #: The repository root (the folder holding ``lowrank_lab/``, ``notebooks/``, ``reports/``).
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Where small mode writes by default: a folder under the system's temporary directory, so a quick
+#: run never replaces the committed full-size tables and figures.
+SMALL_OUTPUT_ROOT = Path(tempfile.gettempdir()) / "lowrank_lab-notebooks-small"
 
 #: Sub-folder of ``figures/`` and ``reports/`` that the notebooks' own outputs go to.
 NOTEBOOK_SUBDIR = "notebooks"
@@ -62,9 +69,12 @@ def pick(small: Any, full: Any) -> Any:
 
 
 def output_root() -> Path:
-    """``$LOWRANK_LAB_OUTPUT_ROOT`` or the repository root."""
+    """``$LOWRANK_LAB_OUTPUT_ROOT``; else :data:`SMALL_OUTPUT_ROOT` in small mode, the repository root
+    at full size."""
     env = os.environ.get("LOWRANK_LAB_OUTPUT_ROOT")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT
+    if env:
+        return Path(env).expanduser().resolve()
+    return SMALL_OUTPUT_ROOT if small_mode() else REPO_ROOT
 
 
 def figures_dir(sub: str = NOTEBOOK_SUBDIR) -> Path:
