@@ -44,7 +44,7 @@ from lowrank_lab.utils.cli import guarded_main, nonnegative_int, positive, seed
 from lowrank_lab.utils.distributed import init_from_env
 from lowrank_lab.utils.files import atomic_path, ensure_writable_dir, read_text_nofollow, refuse_symlink
 from lowrank_lab.utils.provenance import run_metadata, write_run_json
-from lowrank_lab.utils.sweep import SkipItem, Sweep, Table
+from lowrank_lab.utils.sweep import SkipItem, Sweep, Table, warn_skipped
 from lowrank_lab.weights import open_source
 
 PROG = "python -m lowrank_lab.analyze"
@@ -336,12 +336,7 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
     ctx.shutdown()
     print(f"{PROG}: {len(infos)} matrices, {counts['factorization']} new factorization rows "
           f"({counts['skipped']} skipped) in {wall:.1f} s -> {out}/summary.md, figures in {figures}")
-    if counts["skipped_items"]:
-        first = sweep.skipped[0] if sweep.skipped else None
-        example = f"; first: {first[0]}: {first[1]}" if first else ""
-        print(f"{PROG}: warning: {counts['skipped_items']} matrices could not be factored and were skipped "
-              f"(reasons in {out}/skipped.csv; --resume --retry-skipped tries them again){example}",
-              file=sys.stderr)
+    warn_skipped(PROG, out, counts["skipped_items"], sweep.skipped, verb="factored")
     return 0
 
 

@@ -276,12 +276,9 @@ def _report(args: argparse.Namespace, result: dict) -> int:
         return 0
     counts = ", ".join(f"{s}: {n}" for s, n in result["intruders"].items())
     print(f"{result['matrices']} matrices, intruders at ε={args.epsilon} ({counts}); wrote {args.out}/")
-    if result["skipped"]:
-        first = result["skipped_examples"][0] if result["skipped_examples"] else None
-        example = f"; first: {first[0]}: {first[1]}" if first else ""
-        print(f"{PROG}: warning: {result['skipped']} matrices could not be compared and were skipped "
-              f"(reasons in {args.out}/skipped.csv; --resume --retry-skipped tries them again){example}",
-              file=sys.stderr)
+    from lowrank_lab.utils.sweep import warn_skipped
+
+    warn_skipped(PROG, Path(args.out), result["skipped_new"], result["skipped_examples"], verb="compared")
     return 0
 
 
@@ -540,6 +537,7 @@ def run(args: argparse.Namespace) -> dict:
             "matrices": int(pm.tensor.nunique()),
             "computed": computed,
             "skipped": int(len(skipped)),
+            "skipped_new": counts["skipped_items"],
             "skipped_examples": list(sweep.skipped[:1]),
             "intruders": {s: int(pm[pm.side == s]["count"].sum()) for s in sides},
             "cache": None

@@ -27,14 +27,26 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
 import tempfile
-from pathlib import Path
-from typing import Any
 
-import pandas as pd
+if os.environ.get("LOWRANK_LAB_SMALL", "").strip().lower() in ("1", "true", "yes", "on") and (
+    "torch" not in sys.modules
+):
+    # Small mode factors tiny matrices, where BLAS threads only fight over the cores (10x slower under
+    # load); full-size runs keep every thread for the timings they report. It takes effect only
+    # before numpy and torch load their BLAS, hence here, ahead of this module's own imports: a
+    # notebook imports this module first (lowrank_lab/__init__.py sets OMP_WAIT_POLICY likewise).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from lowrank_lab.utils.data import shared_data_dir
-from lowrank_lab.utils.tables import to_markdown
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from lowrank_lab.utils.data import shared_data_dir  # noqa: E402
+from lowrank_lab.utils.tables import to_markdown  # noqa: E402
 
 #: The repository root (the folder holding ``lowrank_lab/``, ``notebooks/``, ``reports/``).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +132,20 @@ def saved_result(relative: str | Path, *, marker: str | None = None) -> Path | N
         if path.exists() and (marker is None or (path / marker).exists()):
             return path
     return None
+
+
+def start(notebook: str) -> bool:
+    """The first cell of every notebook: pandas display options, then a line each for the mode and
+    where figures and tables go. Returns :func:`small_mode` (the notebook's ``SMALL``).
+
+    ``notebook`` is the notebook's path from the repository root, e.g.
+    ``"notebooks/04_parameter_counts.ipynb"`` (what its saved tables name as their source).
+    """
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 30)
+    print(f"{notebook}: {mode_line()}")
+    print("figures ->", figures_dir(), "| tables ->", reports_dir())
+    return small_mode()
 
 
 def mode_line() -> str:

@@ -31,17 +31,6 @@
 # Small mode (`LOWRANK_LAB_SMALL=1`): MiniLM layer 0 only, two ranks, one timing repeat.
 
 # %%
-import os
-
-# MKL's OpenMP threads busy-wait between calls; on a shared 2-core CPU that makes small SVDs 100x
-# slower (see lowrank_lab/analyze.py). Must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-if os.environ.get("LOWRANK_LAB_SMALL", "").lower() in ("1", "true", "yes", "on"):
-    # Small mode factors tiny matrices, where BLAS threads only fight over the cores (10x slower
-    # under load); full-size runs keep every thread for the timings they report.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("MKL_NUM_THREADS", "1")
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -49,12 +38,8 @@ from IPython.display import display
 
 from lowrank_lab import notebook_support as nbs
 
-SMALL = nbs.small_mode()
 NOTEBOOK = "notebooks/01_factorization_error_and_time.ipynb"
-pd.set_option("display.width", 160)
-pd.set_option("display.max_columns", 30)
-print(nbs.mode_line())
-print("figures ->", nbs.figures_dir(), "| tables ->", nbs.reports_dir())
+SMALL = nbs.start(NOTEBOOK)  # small or full size, BLAS threads, pandas display, where outputs go
 
 # %%
 from lowrank_lab.analysis.report import method_rank_table

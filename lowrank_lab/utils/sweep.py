@@ -295,3 +295,13 @@ class Sweep:
             self.parts_dir.rmdir()
 
 
+
+
+def warn_skipped(prog: str, out: Path, count: int, examples: Sequence[tuple[str, str]], *, verb: str) -> None:
+    """The warning line of a run that skipped ``count`` items (exit status stays 0): how many, where
+    the reasons are, how to retry, and the first one with its reason when this process saw it."""
+    if not count:
+        return
+    example = f"; first: {examples[0][0]}: {examples[0][1]}" if examples else ""
+    print(f"{prog}: warning: {count} matrices could not be {verb} and were skipped (reasons in "
+          f"{out}/skipped.csv; --resume --retry-skipped tries them again){example}", file=sys.stderr)
