@@ -351,7 +351,6 @@ def run(args: argparse.Namespace) -> dict:
     from lowrank_lab.utils.files import atomic_path, atomic_write_text, ensure_writable_dir
     from lowrank_lab.utils.provenance import run_metadata, write_run_json
     from lowrank_lab.utils.sweep import Sweep, Table
-    from lowrank_lab.utils.tables import to_markdown
     from lowrank_lab.weights import open_source
 
     t_start = time.perf_counter()
@@ -487,51 +486,17 @@ def run(args: argparse.Namespace) -> dict:
             for f in drawn.glob("similarity_*.png"):
                 f.unlink()
 
-        lines = [
-            "# Intruder dimensions",
-            "",
-            f"- base: `{args.base}`",
-            f"- tuned: `{tuned.description.get('tuned', args.tuned)}`",
-            f"- definition: Shuttleworth et al. 2024 (arXiv 2410.21228) — a top-{args.top_k} "
-            f"{'/'.join(sides)} singular vector of the tuned matrix whose best |cos| with all base singular "
-            f"vectors is < ε = {args.epsilon}",
-            f"- matrices: {pm.tensor.nunique()}, tuned SVD: {args.tuned_svd}, base SVD cache: "
-            + (
-                "off"
-                if cache is None
-                else f"`{cache.directory}` ({cache.hits} hits, {cache.misses} misses this run)"
-            ),
-            f"- command: `{meta['command']}`",
-            "",
-            f"## Totals per module type (ε = {args.epsilon})",
-            "",
-            to_markdown(totals),
-        ]
+        text = tables.summary_markdown(
+            totals=totals, sweep=sweep_df, per_matrix=pm, skipped=skipped, base=args.base,
+            tuned=tuned.description.get("tuned", args.tuned), sides=sides, top_k=args.top_k,
+            epsilon=args.epsilon, tuned_svd=args.tuned_svd, command=meta["command"],
+            cache=None if cache is None else (cache.directory, cache.hits, cache.misses),
+            pick=pick, figures=[f.name for f in figures], with_sweep=args.sweep,
+        )
         if args.sweep:
-            wide = sweep_df.pivot_table(
-                index="epsilon", columns=["side", "module"], values="count", sort=False
-            )
-            wide.columns = [m if len(sides) == 1 else f"{s}:{m}" for s, m in wide.columns]
-            lines += ["## Count against ε", "", to_markdown(wide.reset_index())]
             with atomic_path(out / "sweep.csv") as tmp:
                 sweep_df[sweep_df.module != "all"].to_csv(tmp, index=False)
-        if pick is not None:
-            see = f": see `{figures[-1].name}`" if figures else ""
-            lines += ["## Matrix with most intruders", "", f"`{pick[0]}` ({pick[1]}){see}", ""]
-        if not skipped.empty:
-            lines += ["## Skipped matrices", ""]
-            lines += [f"- `{r.tensor}`: {r.reason}" for r in skipped.itertuples()]
-            lines.append("")
-        lines += [
-            "## Files",
-            "",
-            "- `intruders.csv` (long format; columns in `python -m lowrank_lab.intruders --help`)",
-            "- `skipped.csv`",
-        ]
-        lines += [f"- `{f.name}`" for f in figures]
-        if args.sweep:
-            lines.append("- `sweep.csv`")
-        atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+        atomic_write_text(out / "summary.md", text)
 
         result = {
             "matrices": int(pm.tensor.nunique()),

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from lowrank_lab.analysis.intruders import EPSILON_GRID, IntruderRecord
+from lowrank_lab.utils.tables import to_markdown
 
 #: Columns of intruders.csv: one row per (matrix, side, tuned rank) — long format for pandas.
 ROW_COLUMNS = (
@@ -125,3 +126,65 @@ def sweep_table(df, epsilons: Sequence[float] = EPSILON_GRID, *, totals: bool = 
                     }
                 )
     return pd.DataFrame(rows, columns=["side", "module", "epsilon", "count"])
+
+
+def summary_markdown(
+    *,
+    totals: pd.DataFrame,
+    sweep: pd.DataFrame,
+    per_matrix: pd.DataFrame,
+    skipped: pd.DataFrame,
+    base: str,
+    tuned: str,
+    sides: Sequence[str],
+    top_k: int,
+    epsilon: float,
+    tuned_svd: str,
+    command: str | None,
+    cache: tuple[object, int, int] | None,
+    pick: tuple[str, str] | None,
+    figures: Sequence[str],
+    with_sweep: bool,
+) -> str:
+    """summary.md of an intruder run: what was compared, the totals per module type, the count
+    against ε (``with_sweep``), the matrix with most intruders, the skipped matrices, the files.
+
+    ``cache`` is ``(directory, hits, misses)`` of the base-SVD cache, or None when it was off.
+    """
+    lines = [
+        "# Intruder dimensions",
+        "",
+        f"- base: `{base}`",
+        f"- tuned: `{tuned}`",
+        f"- definition: Shuttleworth et al. 2024 (arXiv 2410.21228) — a top-{top_k} "
+        f"{'/'.join(sides)} singular vector of the tuned matrix whose best |cos| with all base singular "
+        f"vectors is < ε = {epsilon}",
+        f"- matrices: {per_matrix.tensor.nunique()}, tuned SVD: {tuned_svd}, base SVD cache: "
+        + ("off" if cache is None else f"`{cache[0]}` ({cache[1]} hits, {cache[2]} misses this run)"),
+        f"- command: `{command}`",
+        "",
+        f"## Totals per module type (ε = {epsilon})",
+        "",
+        to_markdown(totals),
+    ]
+    if with_sweep:
+        wide = sweep.pivot_table(index="epsilon", columns=["side", "module"], values="count", sort=False)
+        wide.columns = [m if len(sides) == 1 else f"{s}:{m}" for s, m in wide.columns]
+        lines += ["## Count against ε", "", to_markdown(wide.reset_index())]
+    if pick is not None:
+        see = f": see `{figures[-1]}`" if figures else ""
+        lines += ["## Matrix with most intruders", "", f"`{pick[0]}` ({pick[1]}){see}", ""]
+    if not skipped.empty:
+        lines += ["## Skipped matrices", ""]
+        lines += [f"- `{r.tensor}`: {r.reason}" for r in skipped.itertuples()]
+        lines.append("")
+    lines += [
+        "## Files",
+        "",
+        "- `intruders.csv` (long format; columns in `python -m lowrank_lab.intruders --help`)",
+        "- `skipped.csv`",
+    ]
+    lines += [f"- `{f}`" for f in figures]
+    if with_sweep:
+        lines.append("- `sweep.csv`")
+    return "\n".join(lines) + "\n"
