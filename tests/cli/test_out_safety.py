@@ -289,6 +289,28 @@ def test_a_read_only_singular_values_folder_is_a_one_line_error(tmp_path, capsys
     assert "singular_values" in _one_line(capsys.readouterr().err)
 
 
+def test_a_singular_values_folder_that_refuses_writes_is_a_one_line_error(
+    tmp_path, capsys, monkeypatch, bert
+):
+    # What a read-only singular_values/ gives a non-root user, simulated so that root sees it too.
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def refuse(*a, dir=None, **k):
+        if dir is not None and Path(dir).name == "singular_values":
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    out = tmp_path / "out"
+    args = ["--model", str(bert), *FAST, "--out", str(out), "--figures", str(tmp_path / "f")]
+    assert analyze.main(args) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"--out '{out}/singular_values' is not a writable directory (Permission denied)" in line
+    assert not (out / LOCK_NAME).exists()
+
+
 def test_an_unreadable_checkpoint_is_a_one_line_error(tmp_path, capsys, bert):
     import shutil
 
