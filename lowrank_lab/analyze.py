@@ -303,17 +303,17 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
     meta = run_metadata(["-m", "lowrank_lab.analyze", *argv_list], seed=args.seed, device=device,
                         extra={"config": config, "source": _describe(src), "status": "running",
                                "world_size": ctx.world_size})
+    sv_dir = out / "singular_values"
+
+    def on_open() -> None:  # rank 0, under the lock
+        ensure_writable_dir(refuse_symlink(sv_dir), "--out")
+        write_run_json(out / "run.json", meta)
+
     sweep = Sweep(out, _tables(out, ranks), order=_row_order(infos, methods, ranks), ctx=ctx,
                   resume=args.resume, command=meta["command"] or PROG,
                   retry_tables=("skipped",) if args.retry_skipped else (),
-                  check_resume=lambda: _check_resume(out, config))
+                  check_resume=lambda: _check_resume(out, config), on_open=on_open)
     with sweep:
-        sv_dir = out / "singular_values"
-        if ctx.is_main:
-            refuse_symlink(sv_dir)
-            ensure_writable_dir(sv_dir, "--out")
-            write_run_json(out / "run.json", meta)
-        ctx.barrier()
         work = MatrixWork(src, analysis, sweep, sv_dir)
         t_loop, cpu_loop = time.perf_counter(), time.process_time()
         sweep.run(

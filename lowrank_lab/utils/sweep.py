@@ -92,6 +92,9 @@ class Sweep:
     check_resume : callable, optional
         Run by rank 0 under the lock before a resumed run changes anything; raises ValueError when
         the files were made with other settings (its message reaches every rank's exit status).
+    on_open : callable, optional
+        Run by rank 0 under the lock once the tables are ready (the caller's own files: a folder
+        to check, a first run.json); an error there stops every rank like a refused lock.
 
     Use as a context manager: entering takes the lock and prepares the tables, leaving closes the
     writers and releases the lock (also on an exception or Ctrl-C, keeping every finished row).
@@ -108,6 +111,7 @@ class Sweep:
         command: str = "",
         retry_tables: Sequence[str] = (),
         check_resume: Callable[[], None] | None = None,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         self.out = Path(out)
         self.tables = dict(tables)
@@ -116,6 +120,7 @@ class Sweep:
         self.resume = resume
         self.retry_tables = tuple(retry_tables)
         self.check_resume = check_resume
+        self.on_open = on_open
         self.lock = OutputLock(self.out, command=command)
         self.writers: dict[str, RowWriter] = {}
         self.finished: dict[str, set[tuple[str, ...]]] = {}
@@ -145,6 +150,8 @@ class Sweep:
                 if note:
                     print(note, file=sys.stderr)
                 self._prepare()
+                if self.on_open is not None:
+                    self.on_open()
             except (OSError, ValueError) as exc:
                 error = exc
         # One collective either way: every rank learns whether rank 0 holds the folder.
