@@ -19,19 +19,15 @@ from pathlib import Path
 import torch
 
 from lowrank_lab.adapters.io import (
-    CONFIG_NAME as TOOLKIT_CONFIG,
-)
-from lowrank_lab.adapters.io import (
+    CONFIG_NAME,
     PEFT_CONFIG,
     PEFT_WEIGHTS,
+    WEIGHTS_NAME,
     AdapterFilesError,
     AdapterFormatError,
     adapter_kind,
     match_modules,
     read_peft_lora,
-)
-from lowrank_lab.adapters.io import (
-    WEIGHTS_NAME as TOOLKIT_WEIGHTS,
 )
 from lowrank_lab.analysis.intruders import find_intruders
 from lowrank_lab.weights.llama2c import Llama2cAsHF, hf_layout
@@ -117,13 +113,13 @@ def _toolkit_weights(adapter: Path, base: str | Path) -> tuple[dict, dict]:
     from lowrank_lab.adapters import load_adapter, merge
     from lowrank_lab.weights import load_hf_model
 
-    missing = [n for n in (TOOLKIT_CONFIG, TOOLKIT_WEIGHTS) if not (adapter / n).is_file()]
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (adapter / n).is_file()]
     if missing:
         raise AdapterFilesError(
             f"lowrank_lab adapter {str(adapter)!r} is missing {' and '.join(missing)} "
             "(save_adapter writes both)"
         )
-    config = json.loads((adapter / TOOLKIT_CONFIG).read_text())
+    config = json.loads((adapter / CONFIG_NAME).read_text())
     errors = []
     for head in ("base", "sequence-classification", "causal-lm"):
         try:
@@ -238,7 +234,7 @@ def open_tuned(
             raise AdapterFilesError(f"--adapter {str(adapter_path)!r} does not exist")
         raise AdapterFilesError(
             f"--adapter {str(adapter_path)!r} has none of {PEFT_CONFIG}, {PEFT_WEIGHTS[0]} (PEFT) or "
-            f"{TOOLKIT_CONFIG}, {TOOLKIT_WEIGHTS} (lowrank_lab save_adapter)"
+            f"{CONFIG_NAME}, {WEIGHTS_NAME} (lowrank_lab save_adapter)"
         )
     tensors = [i.tensor for i in inner.targets()]
     if kind == "peft":

@@ -173,7 +173,8 @@ def test_resume_checks_a_csv_header_before_changing_the_file(tmp_path, capsys, b
 
 
 @pytest.mark.parametrize(("scale", "reason"), [(None, "1 NaN and 0 Inf"), (0.0, "all entries are zero"),
-                                                 (1e30, "overflows torch.float32")])
+                                                 (1e30, "overflows torch.float32"),
+                                                 (1e-25, "underflows torch.float32")])
 def test_a_bad_matrix_is_skipped_with_its_reason_and_the_run_goes_on(
     tmp_path, capsys, monkeypatch, scale, reason
 ):
