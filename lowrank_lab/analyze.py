@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -28,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from lowrank_lab.analysis.factorization import (
     FACTORIZATION_COLUMNS,
@@ -41,17 +39,12 @@ from lowrank_lab.analysis.factorization import (
 from lowrank_lab.analysis.figures import plot_error_ratio, plot_init_time, plot_spectra
 from lowrank_lab.analysis.report import write_summary
 from lowrank_lab.analysis.spectra import spectra_columns
-from lowrank_lab.linalg import FACTORIZATIONS, get_factorization, resolve_device
-from lowrank_lab.utils.cli import nonnegative_int, positive, sigterm_as_interrupt
-from lowrank_lab.utils.distributed import (
-    balanced_partition,
-    existing_parts,
-    init_from_env,
-    merge_csv_parts,
-    part_path,
-)
+from lowrank_lab.linalg import FACTORIZATIONS, get_factorization, resolve_device, unfactorizable_reason
+from lowrank_lab.utils.cli import guarded_main, nonnegative_int, positive, seed
+from lowrank_lab.utils.distributed import init_from_env
+from lowrank_lab.utils.files import atomic_path, ensure_writable_dir, read_text_nofollow, refuse_symlink
 from lowrank_lab.utils.provenance import run_metadata, write_run_json
-from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir, read_keys
+from lowrank_lab.utils.sweep import SkipItem, Sweep, Table, warn_skipped
 from lowrank_lab.weights import open_source
 
 PROG = "python -m lowrank_lab.analyze"
@@ -148,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
              "model would get them. Example: --dtype bfloat16",
     )
     p.add_argument(
-        "--seed", type=int, default=0,
+        "--seed", type=seed, default=0,
         help="seed of every randomized method (each factorization gets a fresh generator with it) "
-             "and of synthetic weights. Default: 0. Example: --seed 1",
+             "and of synthetic weights, 0 to 2**63-1. Default: 0. Example: --seed 1",
     )
     p.add_argument(
         "--out", default=None,
@@ -166,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the rows already in --out and compute only the missing ones (the other options "
              "must match the interrupted run's). Without it, existing files in --out are replaced. "
              "Example: --resume",
+    )
+    p.add_argument(
+        "--retry-skipped", action="store_true",
+        help="with --resume, compute again the matrices and (method, rank) pairs listed in skipped.csv "
+             "(by default a resumed run leaves them skipped). Example: --resume --retry-skipped",
     )
     p.add_argument(
         "--repeats", type=positive(int), default=None,
@@ -219,10 +217,8 @@ def _sv_path(sv_dir: Path, tensor: str) -> Path:
 
 
 def _save_singular_values(sv_dir: Path, tensor: str, values: np.ndarray) -> None:
-    path = _sv_path(sv_dir, tensor)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, np.asarray(values, dtype=np.float64))
-    os.replace(tmp, path)  # never a half-written file
+    with atomic_path(_sv_path(sv_dir, tensor)) as tmp:  # never a half-written file, never via a link
+        np.save(tmp, np.asarray(values, dtype=np.float64))
 
 
 def load_singular_values(sv_dir: Path, tensor: str) -> np.ndarray | None:
@@ -245,7 +241,7 @@ def _check_resume(out: Path, config: dict[str, Any]) -> None:
     if not path.exists():
         return
     try:
-        previous = json.loads(path.read_text()).get("config", {})
+        previous = json.loads(read_text_nofollow(path)).get("config", {})
     except (OSError, json.JSONDecodeError):
         return
     diff = [f"{k}: was {previous.get(k)!r}, now {config.get(k)!r}"
@@ -257,150 +253,149 @@ def _check_resume(out: Path, config: dict[str, Any]) -> None:
         )
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    t0 = time.perf_counter()
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command: ``argv`` (default ``sys.argv[1:]``) -> exit status (0, 2 for user errors, 130)."""
+    args = build_parser().parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    try:
-        # Cheap checks first: bad options and an unwritable --out fail before any matrix is read.
-        methods = parse_methods(args.methods)
-        ranks = parse_ranks(args.ranks) if args.ranks is not None else None
-        if args.out is not None:
-            ensure_writable_dir(args.out, "--out")
-        if args.figures is not None:
-            ensure_writable_dir(args.figures, "--figures")
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        device = resolve_device(args.device)
-        ctx = init_from_env(device)  # a process group under torchrun, else a one-process context
-        device = ctx.device(device)
-        src_kwargs: dict[str, Any] = {"targets": args.targets, "layers": args.layers}
-        if args.synthetic:
-            src_kwargs.update(synthetic=True, seed=args.seed)
-        src = open_source(args.model, **src_kwargs)
-        infos = src.targets()
-        if not infos:
-            raise UsageError(f"no target matrices selected in {args.model!r} (--targets {args.targets}, "
-                             f"--layers {args.layers})")
-        if ranks is None:
-            hidden = getattr(src.spec, "hidden_size", None)
-            ranks = list(SMALL_RANKS if hidden is not None and hidden <= SMALL_HIDDEN else LARGE_RANKS)
-        model_name = _safe_name(src.name)
-        out = ensure_writable_dir(args.out or Path("reports") / model_name, "--out")
-        figures = ensure_writable_dir(args.figures or Path("figures") / model_name, "--figures")
-        config = {
-            "model": src.name, "synthetic": bool(src.synthetic), "dtype": args.dtype, "seed": args.seed,
-            "ranks": ranks, "methods": methods, "targets": args.targets, "layers": args.layers,
-            "device": str(device), "repeats": args.repeats, "warmup": args.warmup,
-        }
-        if args.resume:
-            _check_resume(out, config)
-        analysis = AnalysisConfig(
-            model=src.name, methods=methods, ranks=ranks, device=device, dtype=DTYPES[args.dtype],
-            seed=args.seed, repeats=args.repeats, warmup=args.warmup,
-        )
-        tables = _tables(out, ranks)
-        if ctx.is_main:
-            _prepare_tables(tables, infos, methods, ranks, resume=args.resume)
-        ctx.barrier()  # every rank sees the same finished rows before anyone writes
-        if ctx.enabled:
-            # Each rank appends to its own part files; what earlier runs finished is read-only.
-            finished = {name: read_keys(path, key) for name, (path, _, key) in tables.items()}
-            (out / "parts").mkdir(exist_ok=True)
-            writers = {name: RowWriter(part_path(path, ctx.rank), cols, key)
-                       for name, (path, cols, key) in tables.items()}
-        else:
-            finished = {name: set() for name in tables}
-            writers = {name: RowWriter(path, cols, key, resume=args.resume)
-                       for name, (path, cols, key) in tables.items()}
-        fact_w, spec_w, skip_w = writers["factorization"], writers["spectra"], writers["skipped"]
-    except (ValueError, FileNotFoundError) as exc:  # UsageError, registry, weights and I/O errors
-        parser.exit(2, f"{PROG}: error: {exc}\n")
+    return guarded_main(PROG, lambda: _run(args, argv_list),
+                        interrupted="rerun the same command with --resume to finish")
 
-    sv_dir = out / "singular_values"
-    sv_dir.mkdir(exist_ok=True)
+
+def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
+    t0 = time.perf_counter()
+    # Cheap checks first: bad options and an unwritable --out fail before any matrix is read.
+    methods = parse_methods(args.methods)
+    ranks = parse_ranks(args.ranks) if args.ranks is not None else None
+    if args.retry_skipped and not args.resume:
+        raise UsageError("--retry-skipped only makes sense with --resume (a fresh run computes everything)")
+    device = resolve_device(args.device)
+    if args.out is not None:
+        ensure_writable_dir(args.out, "--out")
+    if args.figures is not None:
+        ensure_writable_dir(args.figures, "--figures")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ctx = init_from_env(device)  # a process group under torchrun, else a one-process context
+    device = ctx.device(device)
+    src_kwargs: dict[str, Any] = {"targets": args.targets, "layers": args.layers}
+    if args.synthetic:
+        src_kwargs.update(synthetic=True, seed=args.seed)
+    src = open_source(args.model, **src_kwargs)
+    infos = src.targets()
+    if not infos:
+        raise UsageError(f"no target matrices selected in {args.model!r} (--targets {args.targets}, "
+                         f"--layers {args.layers})")
+    if ranks is None:
+        hidden = getattr(src.spec, "hidden_size", None)
+        ranks = list(SMALL_RANKS if hidden is not None and hidden <= SMALL_HIDDEN else LARGE_RANKS)
+    model_name = _safe_name(src.name)
+    out = ensure_writable_dir(args.out or Path("reports") / model_name, "--out")
+    figures = ensure_writable_dir(args.figures or Path("figures") / model_name, "--figures")
+    config = {
+        "model": src.name, "synthetic": bool(src.synthetic), "dtype": args.dtype, "seed": args.seed,
+        "ranks": ranks, "methods": methods, "targets": args.targets, "layers": args.layers,
+        "device": str(device), "repeats": args.repeats, "warmup": args.warmup,
+    }
+    analysis = AnalysisConfig(
+        model=src.name, methods=methods, ranks=ranks, device=device, dtype=DTYPES[args.dtype],
+        seed=args.seed, repeats=args.repeats, warmup=args.warmup,
+    )
     meta = run_metadata(["-m", "lowrank_lab.analyze", *argv_list], seed=args.seed, device=device,
                         extra={"config": config, "source": _describe(src), "status": "running",
                                "world_size": ctx.world_size})
-    if ctx.is_main:
+    sv_dir = out / "singular_values"
+
+    def on_open() -> None:  # rank 0, under the lock
+        ensure_writable_dir(refuse_symlink(sv_dir), "--out")
         write_run_json(out / "run.json", meta)
 
-    def done(key: tuple[Any, ...]) -> bool:
-        k = tuple(str(v) for v in key)
-        return (fact_w.done(key) or skip_w.done(key)
-                or k in finished["factorization"] or k in finished["skipped"])
-
-    def spectra_finished(tensor: str) -> bool:
-        return spec_w.done((tensor,)) or (tensor,) in finished["spectra"]
-
-    if ctx.enabled:
-        # Split only what is left, balanced by cost: each rank reads only its own tensors.
-        todo = [i for i, info in enumerate(infos)
-                if not (spectra_finished(info.tensor)
-                        and all(done((info.tensor, m, r)) for m in methods for r in ranks))]
-        costs = [matrix_cost(infos[i].shape, ranks, len(methods), needs_svd=not src.synthetic) for i in todo]
-        mine = [todo[j] for j in balanced_partition(costs, ctx.world_size)[ctx.rank]]
-        my_infos = [infos[i] for i in mine]
-    else:
-        my_infos = infos
-
-    counts = {"factorization": 0, "spectra": 0, "skipped": 0}
-    t_loop, cpu_loop = time.perf_counter(), time.process_time()
-    try:
-        desc = f"{src.name} [rank {ctx.rank}/{ctx.world_size}]" if ctx.enabled else src.name
-        with tqdm(my_infos, desc=desc, unit="matrix", disable=None, position=ctx.rank) as bar:
-            for info in bar:
-                keys = [(info.tensor, m, r) for m in methods for r in ranks]
-                spectra_done = spectra_finished(info.tensor)
-                if spectra_done and all(done(k) for k in keys):
-                    continue  # finished in an earlier run: not even read
-                bar.set_postfix_str(info.tensor, refresh=False)
-                cache = load_singular_values(sv_dir, info.tensor) if spectra_done else None
-                weight = src.load(info)
-                for table, row in analyze_matrix(
-                    weight, analysis, spectra_done=spectra_done, done=done, singular_values_cache=cache
-                ):
-                    if table == "singular_values":
-                        _save_singular_values(sv_dir, row["tensor"], row["values"])
-                    elif table == "spectra":
-                        spec_w.write(row)
-                    elif table == "factorization":
-                        fact_w.write(row)
-                    else:
-                        skip_w.write(row)
-                    counts[table] = counts.get(table, 0) + 1
-                del weight
-    except KeyboardInterrupt:
-        for w in (fact_w, spec_w, skip_w):
-            w.close()
-        print(f"\n{PROG}: interrupted; the rows written so far are in {out}. "
-              "Rerun the same command with --resume to finish.", file=sys.stderr)
-        return 130
-    finally:
-        for w in (fact_w, spec_w, skip_w):
-            w.close()
-
-    ctx.barrier()  # all parts complete
-    totals = ctx.sum([counts["factorization"], counts["spectra"], counts["skipped"]])
-    counts = dict(zip(["factorization", "spectra", "skipped"], totals, strict=True))
-    if not ctx.is_main:
-        ctx.shutdown()
-        return 0
-    if ctx.enabled:
-        _merge_tables(tables, infos, methods, ranks)
-
-    wall = time.perf_counter() - t0
-    meta.update(status="complete", rows_written=counts, matrices=len(infos),
-                loop_seconds=round(time.perf_counter() - t_loop, 3),
-                loop_cpu_seconds=round(time.process_time() - cpu_loop, 3))
-    write_run_json(out / "run.json", meta, wall_seconds=wall)
-    write_summary(out, ranks=ranks, meta={**meta, "wall_seconds": wall}, model=src.name)
-    make_figures(out, figures, model=src.name)
+    sweep = Sweep(out, _tables(out, ranks), order=_row_order(infos, methods, ranks), ctx=ctx,
+                  resume=args.resume, command=meta["command"] or PROG,
+                  retry_tables=("skipped",) if args.retry_skipped else (),
+                  check_resume=lambda: _check_resume(out, config), on_open=on_open)
+    with sweep:
+        work = MatrixWork(src, analysis, sweep, sv_dir)
+        t_loop, cpu_loop = time.perf_counter(), time.process_time()
+        sweep.run(
+            infos, work, finished=work.finished, label=lambda info: info.tensor, on_skip=work.skip_rows,
+            cost=lambda info: matrix_cost(info.shape, ranks, len(methods), needs_svd=not src.synthetic),
+            desc=src.name,
+        )
+        counts, _ = sweep.finish()
+        if not ctx.is_main:
+            ctx.shutdown()
+            return 0
+        wall = time.perf_counter() - t0
+        meta.update(status="complete", rows_written={k: counts[k] for k in sweep.tables},
+                    matrices=len(infos), skipped_matrices=counts["skipped_items"],
+                    loop_seconds=round(time.perf_counter() - t_loop, 3),
+                    loop_cpu_seconds=round(time.process_time() - cpu_loop, 3))
+        write_run_json(out / "run.json", meta, wall_seconds=wall)
+        write_summary(out, ranks=ranks, meta={**meta, "wall_seconds": wall}, model=src.name)
+        make_figures(out, figures, model=src.name)
     ctx.shutdown()
     print(f"{PROG}: {len(infos)} matrices, {counts['factorization']} new factorization rows "
           f"({counts['skipped']} skipped) in {wall:.1f} s -> {out}/summary.md, figures in {figures}")
+    warn_skipped(PROG, out, counts["skipped_items"], sweep.skipped, verb="factored")
     return 0
+
+
+class MatrixWork:
+    """The per-matrix function of an analysis sweep: rows of one weight matrix, and what \"done\" means.
+
+    ``__call__(info)`` reads the matrix, refuses one that no factorization can take
+    (:func:`lowrank_lab.linalg.unfactorizable_reason`: NaN/Inf, all zero, float32 over- or
+    underflow) by raising :class:`~lowrank_lab.utils.sweep.SkipItem`, and otherwise yields the
+    ``(table, row)`` pairs of :func:`~lowrank_lab.analysis.factorization.analyze_matrix` that are not
+    written yet, saving the singular values on the way.
+    """
+
+    def __init__(self, src: Any, config: AnalysisConfig, sweep: Sweep, sv_dir: Path) -> None:
+        self.src, self.config, self.sweep, self.sv_dir = src, config, sweep, sv_dir
+
+    def keys(self, info: Any) -> list[tuple[str, str, int]]:
+        return [(info.tensor, m, r) for m in self.config.methods for r in self.config.ranks]
+
+    def key_done(self, key: tuple[Any, ...]) -> bool:
+        return self.sweep.done("factorization", key) or self.sweep.done("skipped", key)
+
+    def spectra_done(self, info: Any) -> bool:
+        return self.sweep.done("spectra", (info.tensor,))
+
+    def finished(self, info: Any) -> bool:
+        """All its rows are written, or the whole matrix was skipped by an earlier run."""
+        if self.sweep.done("skipped", _matrix_skip_key(info)):
+            return True
+        return self.spectra_done(info) and all(self.key_done(k) for k in self.keys(info))
+
+    def skip_rows(self, info: Any, reason: str):
+        m, n = (int(d) for d in info.shape)
+        row = {"tensor": info.tensor, "layer": info.layer, "module": info.module, "m": m, "n": n,
+               "method": "", "rank": "", "reason": f"matrix skipped: {reason}"}
+        yield "skipped", row
+
+    def __call__(self, info: Any):
+        spectra_done = self.spectra_done(info)
+        cache = load_singular_values(self.sv_dir, info.tensor) if spectra_done else None
+        weight = self.src.load(info)
+        W = weight.weight if self.config.dtype is None else weight.weight.to(self.config.dtype)
+        reason = unfactorizable_reason(W)
+        if reason is not None:
+            raise SkipItem(reason)
+        try:
+            for table, row in analyze_matrix(weight, self.config, spectra_done=spectra_done,
+                                             done=self.key_done, singular_values_cache=cache):
+                if table == "singular_values":
+                    _save_singular_values(self.sv_dir, row["tensor"], row["values"])
+                else:
+                    yield table, row
+        except (RuntimeError, torch.linalg.LinAlgError) as exc:  # an SVD that did not converge
+            raise SkipItem(f"its spectrum could not be computed: {exc}") from None
+
+
+def _matrix_skip_key(info: Any) -> tuple[str, str, str]:
+    # A whole-matrix skip is one skipped.csv row with empty method and rank.
+    return (info.tensor, "", "")
 
 
 def matrix_cost(shape: tuple[int, int], ranks: Sequence[int], n_methods: int, *, needs_svd: bool) -> float:
@@ -413,12 +408,12 @@ def matrix_cost(shape: tuple[int, int], ranks: Sequence[int], n_methods: int, *,
     return float(m * n * (n_methods * sum(ranks) + (min(m, n) if needs_svd else 0)))
 
 
-def _tables(out: Path, ranks: Sequence[int]) -> dict[str, tuple[Path, list[str], list[str]]]:
-    """The three row files of a run: name -> (path, columns, key columns)."""
+def _tables(out: Path, ranks: Sequence[int]) -> dict[str, Table]:
+    """The three row files of a run."""
     return {
-        "factorization": (out / "factorization.csv", FACTORIZATION_COLUMNS, FACTORIZATION_KEY),
-        "spectra": (out / "spectra.csv", spectra_columns(ranks), ["tensor"]),
-        "skipped": (out / "skipped.csv", SKIPPED_COLUMNS, SKIPPED_KEY),
+        "factorization": Table(out / "factorization.csv", FACTORIZATION_COLUMNS, FACTORIZATION_KEY),
+        "spectra": Table(out / "spectra.csv", spectra_columns(ranks), ["tensor"]),
+        "skipped": Table(out / "skipped.csv", SKIPPED_COLUMNS, SKIPPED_KEY),
     }
 
 
@@ -438,32 +433,6 @@ def _row_order(infos: Sequence[Any], methods: Sequence[str], ranks: Sequence[int
     return order
 
 
-def _merge_tables(tables, infos, methods, ranks) -> None:
-    """Fold every rank's part files into the run's files, in single-process row order, and remove them."""
-    order = _row_order(infos, methods, ranks)
-    for path, _, key in tables.values():
-        parts = existing_parts(path)
-        if parts:
-            merge_csv_parts(path, parts, order=order, key=key)
-            for p in parts:
-                p.unlink()
-    parts_dir = next(iter(tables.values()))[0].parent / "parts"
-    if parts_dir.exists() and not any(parts_dir.iterdir()):
-        parts_dir.rmdir()
-
-
-def _prepare_tables(tables, infos, methods, ranks, *, resume: bool) -> None:
-    """Rank 0, before any rank starts: a fresh run drops old rows and parts; a resumed one first
-    folds in the parts an interrupted distributed run left, so every rank reads one set of files."""
-    if resume:
-        _merge_tables(tables, infos, methods, ranks)
-        return
-    for path, _, _ in tables.values():
-        for p in existing_parts(path):
-            p.unlink()
-        path.unlink(missing_ok=True)
-
-
 def make_figures(out: Path, figures: Path, *, model: str) -> list[Path]:
     """Draw the three figures from the CSV files and saved singular values in ``out``."""
     fact_path, spec_path = out / "factorization.csv", out / "spectra.csv"
@@ -478,11 +447,5 @@ def make_figures(out: Path, figures: Path, *, model: str) -> list[Path]:
     return paths
 
 
-def main() -> None:
-    with sigterm_as_interrupt():  # a scheduler's SIGTERM keeps the finished rows, as Ctrl-C does
-        code = run()
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

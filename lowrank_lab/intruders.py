@@ -13,9 +13,14 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from lowrank_lab.utils.cli import positive, sigterm_as_interrupt, unit_interval
+from lowrank_lab.utils.cli import guarded_main, positive, seed, unit_interval
+
+PROG = "python -m lowrank_lab.intruders"
+#: Columns of skipped.csv: matrices that could not be compared, with the reason.
+SKIPPED_COLUMNS = ("tensor", "layer", "module", "rows", "cols", "reason")
 
 EPILOG = """\
 examples:
@@ -54,6 +59,8 @@ outputs (in --out):
   summary.md      totals per module type; with --sweep the count for ε = 0.1 ... 0.9
   sweep.csv       (with --sweep) side, module, epsilon, count — long format, one row per module
                   type (no total rows: df.groupby("epsilon")["count"].sum() gives the totals)
+  skipped.csv     matrices that could not be compared (NaN/Inf or all-zero weights, float32 overflow), with
+                  the reason; the run goes on without them (--resume --retry-skipped tries them again)
   count_vs_epsilon.png, similarity_<tensor>.png (the matrix with most intruders)
   run.json        command, versions, device, git commit, cache hits, timings
 
@@ -65,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lowrank_lab.analysis.intruders import DEFAULT_EPSILON, DEFAULT_TOP_K
 
     p = argparse.ArgumentParser(
-        prog="python -m lowrank_lab.intruders",
+        prog=PROG,
         description=(
             "Count intruder dimensions (Shuttleworth et al. 2024, arXiv 2410.21228) of fine-tuned weights: "
             "top-k singular vectors of each tuned matrix whose best |cos| with ALL singular vectors of the "
@@ -147,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         "error bounds: a matrix where a bound straddles ε is redone with the full SVD, so the counts "
         "at --epsilon equal the full SVD's",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD's test matrix (default 0)")
+    p.add_argument(
+        "--seed",
+        type=seed,
+        default=0,
+        help="seed of the randomized SVD's test matrix, 0 to 2**63-1 (default 0)",
+    )
     p.add_argument(
         "--device",
         default="cpu",
@@ -160,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive(int),
         metavar="N",
         help="torch intra-op threads (default: torch's choice). On a shared machine --threads 1 avoids "
         "oversubscription, which can make SVDs 10-20x slower",
@@ -169,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="keep the rows already in --out/intruders.csv and compute only the missing matrices",
+    )
+    p.add_argument(
+        "--retry-skipped",
+        action="store_true",
+        help="with --resume, compute again the matrices listed in skipped.csv (NaN/Inf weights, ...); "
+        "by default a resumed run leaves them skipped",
     )
     return p
 
@@ -180,10 +198,15 @@ def _check_resume(out: Path, args, columns, expected_k: dict[str, int], sides: t
 
     import pandas as pd
 
+    from lowrank_lab.utils.files import read_text_nofollow
+
     csv = out / "intruders.csv"
     prev = out / "run.json"
     if prev.exists():
-        meta = json.loads(prev.read_text())
+        try:
+            meta = json.loads(read_text_nofollow(prev))
+        except json.JSONDecodeError:
+            meta = {}
         for key in ("base", "tuned", "adapter"):
             if key in meta and meta[key] != getattr(args, key):
                 raise ValueError(
@@ -192,7 +215,7 @@ def _check_resume(out: Path, args, columns, expected_k: dict[str, int], sides: t
                 )
     if not csv.exists() or csv.stat().st_size == 0:
         return
-    text = csv.read_text()
+    text = read_text_nofollow(csv)
     text = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # a torn last row is redone
     try:
         old = pd.read_csv(io.StringIO(text))
@@ -238,32 +261,112 @@ def _pick_best(pm):
     return str(top.tensor), str(top.side)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command: ``argv`` (default ``sys.argv[1:]``) -> exit status (0, 2 for user errors, 130)."""
+    args = build_parser().parse_args(argv)
+    return guarded_main(
+        PROG,
+        lambda: _report(args, run(args)),
+        interrupted=f"the rows written so far are in {args.out}/intruders.csv; rerun with --resume",
+    )
+
+
+def _report(args: argparse.Namespace, result: dict) -> int:
+    if "rank" in result:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return 0
+    counts = ", ".join(f"{s}: {n}" for s, n in result["intruders"].items())
+    print(f"{result['matrices']} matrices, intruders at ε={args.epsilon} ({counts}); wrote {args.out}/")
+    from lowrank_lab.utils.sweep import warn_skipped
+
+    warn_skipped(PROG, Path(args.out), result["skipped_new"], result["skipped_examples"], verb="compared")
+    return 0
+
+
+class PairWork:
+    """The per-matrix function of an intruder sweep: one (base, tuned) pair -> its intruders.csv rows.
+
+    A pair whose weights no SVD can take (:func:`lowrank_lab.linalg.unfactorizable_reason`, or
+    :class:`~lowrank_lab.analysis.intruders.IntruderInputError`) raises
+    :class:`~lowrank_lab.utils.sweep.SkipItem`. Keeps the run's worst matrix (for its figure) and the
+    SVD times.
+    """
+
+    def __init__(self, base, tuned, sweep, *, sides, k_of, device, kw) -> None:
+        self.base, self.tuned, self.sweep = base, tuned, sweep
+        self.sides, self.k_of, self.device, self.kw = sides, k_of, device, kw
+        self.best = None  # ((count, -min similarity), pair, side, record)
+        self.base_seconds = self.tuned_seconds = 0.0
+        self.computed = 0
+
+    def finished(self, pair) -> bool:
+        t = pair.base.tensor
+        if self.sweep.done("skipped", (t,)):
+            return True
+        return all(self.sweep.done("intruders", (t, s, r))
+                   for s in self.sides for r in range(1, self.k_of[t] + 1))
+
+    def skip_rows(self, pair, reason: str):
+        info = pair.base
+        yield "skipped", {"tensor": info.tensor, "layer": "" if info.layer is None else int(info.layer),
+                          "module": info.module, "rows": int(info.shape[0]), "cols": int(info.shape[1]),
+                          "reason": reason}
+
+    def __call__(self, pair):
+        from lowrank_lab.analysis.intruder_tables import record_rows
+        from lowrank_lab.analysis.intruders import IntruderInputError, find_intruders
+        from lowrank_lab.linalg import unfactorizable_reason
+        from lowrank_lab.utils.sweep import SkipItem
+
+        W0 = self.base.load(pair.base).weight
+        W = self.tuned.weight(pair.tuned)
+        for label, M in (("base", W0), ("tuned", W)):
+            reason = unfactorizable_reason(M)
+            if reason is not None:
+                raise SkipItem(f"{label} weight: {reason}")
+        if self.device is not None:
+            W0, W = W0.to(self.device), W.to(self.device)
+        try:
+            recs = find_intruders(W0, W, name=pair.base.tensor, **self.kw)
+        except IntruderInputError as exc:
+            raise SkipItem(str(exc)) from None
+        for side, rec in recs.items():
+            yield from (("intruders", row) for row in record_rows(pair.base, rec))
+            key = (rec.count, -float(rec.similarities.min()))
+            if self.best is None or key > self.best[0]:
+                self.best = (key, pair, side, rec)
+            self.base_seconds += rec.base_seconds
+            self.tuned_seconds += rec.tuned_seconds
+        self.computed += 1
+
+
 def run(args: argparse.Namespace) -> dict:
     import pandas as pd
-    from tqdm.auto import tqdm
 
+    from lowrank_lab.analysis import intruder_tables as tables
     from lowrank_lab.analysis import intruders as ix
+    from lowrank_lab.analysis.figures import plot_count_vs_epsilon, plot_similarity_matrix
+    from lowrank_lab.analysis.tuned import iter_records, open_tuned, pair_targets
     from lowrank_lab.linalg.policy import resolve_device
-    from lowrank_lab.utils.distributed import balanced_partition, init_from_env, part_path
+    from lowrank_lab.utils.distributed import init_from_env
+    from lowrank_lab.utils.files import atomic_path, atomic_write_text, ensure_writable_dir
     from lowrank_lab.utils.provenance import run_metadata, write_run_json
-    from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir, read_keys, to_markdown
+    from lowrank_lab.utils.sweep import Sweep, Table
     from lowrank_lab.weights import open_source
 
     t_start = time.perf_counter()
+    if args.tuned is None and args.adapter is None:
+        raise ValueError("give the fine-tuned weights: --tuned PATH, or --adapter PATH (merged onto --base)")
+    if args.retry_skipped and not args.resume:
+        raise ValueError("--retry-skipped only makes sense with --resume (a fresh run computes everything)")
+    device = resolve_device(args.device)
     if args.threads is not None:
         import torch
 
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.tuned is None and args.adapter is None:
-        raise ValueError("give the fine-tuned weights: --tuned PATH, or --adapter PATH (merged onto --base)")
-    device = resolve_device(args.device)
     ctx = init_from_env(device)  # a process group under torchrun, else a one-process context
     device = ctx.device(device)
     sides = ix.parse_side(args.side)
-    # One rank probes the directories: ensure_writable_dir's fixed probe file races between ranks
-    # (one rank's unlink removes the other's). The others use them after the barrier below.
+    # One rank probes the directories (the others use them once rank 0 holds the lock).
     out = ensure_writable_dir(args.out, option="--out") if ctx.is_main else Path(args.out)
     cache = None
     if not args.no_cache:
@@ -279,9 +382,9 @@ def run(args: argparse.Namespace) -> dict:
 
     # Headers only so far: every mismatch is reported before the first SVD.
     opened = open_source(args.base)
-    tuned = ix.open_tuned(args.tuned, base=args.base, base_source=opened, adapter=args.adapter)
+    tuned = open_tuned(args.tuned, base=args.base, base_source=opened, adapter=args.adapter)
     base_all = tuned.base  # the base in the tuned weights' layout (llama2.c may be seen as HF Llama)
-    pairs = ix.pair_targets(
+    pairs = pair_targets(
         base_all.targets(),
         tuned.targets(),
         base_name=f"base {args.base!r}",
@@ -302,14 +405,6 @@ def run(args: argparse.Namespace) -> dict:
 
     k_of = {p.base.tensor: min(args.top_k, *p.base.shape) for p in pairs}
     csv_path = out / "intruders.csv"
-    if ctx.is_main:
-        # A resumed run first folds in the part files an interrupted distributed run left (so
-        # they are checked and counted like any other rows); a fresh one removes them.
-        _prepare_rows(csv_path, pairs, sides, resume=args.resume)
-    ctx.barrier()  # every rank sees the same finished rows before anyone writes
-    if args.resume:
-        _check_resume(out, args, ix.ROW_COLUMNS, k_of, sides)
-
     kw = dict(
         top_k=args.top_k,
         epsilon=args.epsilon,
@@ -319,173 +414,119 @@ def run(args: argparse.Namespace) -> dict:
         generator=args.seed,
         keep_matrix=True,
     )
-    best = None  # ((count, -min similarity), pair, side, record) of the worst matrix seen in this run
-    base_seconds = tuned_seconds = 0.0
-    computed = 0
-    if ctx.enabled:
-        # Each rank appends to its own part file; the rows of earlier runs are read-only.
-        finished = read_keys(csv_path, ix.ROW_KEY) if args.resume else set()
-        part_path(csv_path, ctx.rank).parent.mkdir(exist_ok=True)
-        writer = RowWriter(part_path(csv_path, ctx.rank), ix.ROW_COLUMNS, ix.ROW_KEY)
-    else:
-        finished = set()
-        writer = RowWriter(csv_path, ix.ROW_COLUMNS, ix.ROW_KEY, resume=args.resume)
-
-    def done(pair) -> bool:
-        k = k_of[pair.base.tensor]
-        return all(
-            writer.done((pair.base.tensor, s, r)) or (pair.base.tensor, s, str(r)) in finished
-            for s in sides
-            for r in range(1, k + 1)
-        )
-
-    my_pairs = pairs
-    if ctx.enabled:
-        # Split only what is left, balanced by cost; each rank reads only its own tensors.
-        todo = [p for p in pairs if not done(p)]
-        costs = [pair_cost(p.base.shape, k_of[p.base.tensor], args.tuned_svd, cache=cache) for p in todo]
-        my_pairs = [todo[j] for j in balanced_partition(costs, ctx.world_size)[ctx.rank]]
-
-    try:
-        desc = f"intruders [rank {ctx.rank}/{ctx.world_size}]" if ctx.enabled else "intruders"
-        bar = tqdm(total=len(my_pairs), desc=desc, unit="matrix", disable=None, position=ctx.rank)
-        bar.update(sum(done(p) for p in my_pairs))
-        for pair, recs in ix.iter_records(base_all, tuned, my_pairs, skip=done, device=device, **kw):
-            for side, rec in recs.items():
-                for row in ix.record_rows(pair.base, rec):
-                    if not writer.done(row):
-                        writer.write(row)
-                key = (rec.count, -float(rec.similarities.min()))
-                if best is None or key > best[0]:
-                    best = (key, pair, side, rec)
-                base_seconds += rec.base_seconds
-                tuned_seconds += rec.tuned_seconds
-            computed += 1
-            bar.update(1)
-            bar.set_postfix_str(f"{pair.base.tensor.rsplit('.weight', 1)[0][-28:]}: {recs[sides[0]].count}")
-        bar.close()
-    finally:
-        writer.close()
-
-    ctx.barrier()  # every part file is complete
-    # Counters of the whole run (seconds as microseconds: the all-reduce sums integers).
-    hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
-    computed, hits, misses, base_us, tuned_us = ctx.sum(
-        [computed, hits, misses, round(base_seconds * 1e6), round(tuned_seconds * 1e6)]
+    sweep = Sweep(
+        out,
+        {
+            "intruders": Table(csv_path, tables.ROW_COLUMNS, tables.ROW_KEY),
+            "skipped": Table(out / "skipped.csv", SKIPPED_COLUMNS, ("tensor",)),
+        },
+        order=_row_order(pairs, sides),
+        ctx=ctx,
+        resume=args.resume,
+        command=meta["command"] or PROG,
+        retry_tables=("skipped",) if args.retry_skipped else (),
+        check_resume=lambda: _check_resume(out, args, tables.ROW_COLUMNS, k_of, sides),
     )
-    if cache is not None:
-        cache.hits, cache.misses = hits, misses
-    base_seconds, tuned_seconds = base_us / 1e6, tuned_us / 1e6
-    if ctx.enabled and best is not None and not args.no_figures:
-        # The run's worst matrix is some rank's local worst: each rank draws its own, rank 0 keeps
-        # the one the merged rows pick (no matrix is read twice).
-        _, pair, side, rec = best
-        safe = pair.base.tensor.removesuffix(".weight").replace("/", "_")
-        ix.plot_similarity_matrix(
-            rec, out / "parts" / f"similarity_{safe}.{side}.png", tensor=pair.base.tensor
+    with sweep:
+        work = PairWork(base_all, tuned, sweep, sides=sides, k_of=k_of, device=device, kw=kw)
+        sweep.run(
+            pairs, work, finished=work.finished, on_skip=work.skip_rows, desc="intruders",
+            label=lambda p: p.base.tensor,
+            cost=lambda p: pair_cost(p.base.shape, k_of[p.base.tensor], args.tuned_svd, cache=cache),
         )
-    ctx.barrier()  # every rank's figure is drawn
-    if not ctx.is_main:
-        ctx.shutdown()
-        return {"rank": ctx.rank}
-    drawn = None
-    if ctx.enabled:
-        _fold_parts(csv_path, pairs, sides)
-        best = None
-        drawn = out / "parts"
+        if ctx.enabled and work.best is not None and not args.no_figures:
+            # The run's worst matrix is some rank's local worst: each rank draws its own, rank 0 keeps
+            # the one the merged rows pick (no matrix is read twice).
+            _, pair, side, rec = work.best
+            safe = pair.base.tensor.removesuffix(".weight").replace("/", "_")
+            where = sweep.parts_dir / f"similarity_{safe}.{side}.png"
+            plot_similarity_matrix(rec, where, tensor=pair.base.tensor)
+        # Counters of the whole run (seconds as microseconds: the all-reduce sums integers).
+        hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
+        counts, (computed, hits, misses, base_us, tuned_us) = sweep.finish(
+            [work.computed, hits, misses, round(work.base_seconds * 1e6), round(work.tuned_seconds * 1e6)]
+        )
+        if not ctx.is_main:
+            ctx.shutdown()
+            return {"rank": ctx.rank}
+        if cache is not None:
+            cache.hits, cache.misses = hits, misses
+        base_seconds, tuned_seconds = base_us / 1e6, tuned_us / 1e6
+        best = None if ctx.enabled else work.best
+        drawn = sweep.parts_dir if ctx.enabled else None
 
-    df = pd.read_csv(out / "intruders.csv")
-    pm = ix.per_matrix(df)
-    totals = ix.module_totals(df)
-    sweep = ix.sweep_table(df)
-    figures = []
-    pick = _pick_best(pm)
-    if not args.no_figures:
-        title = f"{args.base} → {tuned.description.get('tuned', args.tuned)}"
-        figures.append(ix.plot_count_vs_epsilon(sweep, out / "count_vs_epsilon.png", title=title))
-    if pick is not None and not args.no_figures:
-        tensor, side = pick
-        safe = tensor.removesuffix(".weight").replace("/", "_")
-        other = None if drawn is None else drawn / f"similarity_{safe}.{side}.png"
-        if other is not None and other.exists():  # drawn by the rank that computed it
-            os.replace(other, out / f"similarity_{safe}.png")
-            figures.append(out / f"similarity_{safe}.png")
-        else:
-            if best is not None and best[1].base.tensor == tensor and best[2] == side:
-                rec = best[3]
-            else:  # found in rows of an earlier run (--resume): recompute that one matrix
-                pair = next(p for p in pairs if p.base.tensor == tensor)
-                _, recs = next(
-                    ix.iter_records(base_all, tuned, [pair], device=device, **{**kw, "side": (side,)})
-                )
-                rec = recs[side]
-            figures.append(ix.plot_similarity_matrix(rec, out / f"similarity_{safe}.png", tensor=tensor))
-    if drawn is not None:
-        _remove_parts_dir(drawn)
+        df = pd.read_csv(csv_path)
+        pm = tables.per_matrix(df)
+        totals = tables.module_totals(df)
+        sweep_df = tables.sweep_table(df)
+        skipped = pd.read_csv(out / "skipped.csv")
+        figures = []
+        pick = _pick_best(pm)
+        if not args.no_figures and not df.empty:
+            title = f"{args.base} → {tuned.description.get('tuned', args.tuned)}"
+            figures.append(plot_count_vs_epsilon(sweep_df, out / "count_vs_epsilon.png", title=title))
+        if pick is not None and not args.no_figures:
+            tensor, side = pick
+            safe = tensor.removesuffix(".weight").replace("/", "_")
+            other = None if drawn is None else drawn / f"similarity_{safe}.{side}.png"
+            if other is not None and other.exists():  # drawn by the rank that computed it
+                os.replace(other, out / f"similarity_{safe}.png")
+                figures.append(out / f"similarity_{safe}.png")
+            else:
+                if best is not None and best[1].base.tensor == tensor and best[2] == side:
+                    rec = best[3]
+                else:  # found in rows of an earlier run (--resume): recompute that one matrix
+                    pair = next(p for p in pairs if p.base.tensor == tensor)
+                    _, recs = next(
+                        iter_records(base_all, tuned, [pair], device=device, **{**kw, "side": (side,)})
+                    )
+                    rec = recs[side]
+                figures.append(plot_similarity_matrix(rec, out / f"similarity_{safe}.png", tensor=tensor))
+        if drawn is not None and drawn.is_dir():
+            for f in drawn.glob("similarity_*.png"):
+                f.unlink()
 
-    lines = [
-        "# Intruder dimensions",
-        "",
-        f"- base: `{args.base}`",
-        f"- tuned: `{tuned.description.get('tuned', args.tuned)}`",
-        f"- definition: Shuttleworth et al. 2024 (arXiv 2410.21228) — a top-{args.top_k} {'/'.join(sides)} "
-        f"singular vector of the tuned matrix whose best |cos| with all base singular vectors "
-        f"is < ε = {args.epsilon}",
-        f"- matrices: {pm.tensor.nunique()}, tuned SVD: {args.tuned_svd}, base SVD cache: "
-        + (
-            "off"
+        text = tables.summary_markdown(
+            totals=totals, sweep=sweep_df, per_matrix=pm, skipped=skipped, base=args.base,
+            tuned=tuned.description.get("tuned", args.tuned), sides=sides, top_k=args.top_k,
+            epsilon=args.epsilon, tuned_svd=args.tuned_svd, command=meta["command"],
+            cache=None if cache is None else (cache.directory, cache.hits, cache.misses),
+            pick=pick, figures=[f.name for f in figures], with_sweep=args.sweep,
+        )
+        if args.sweep:
+            with atomic_path(out / "sweep.csv") as tmp:
+                sweep_df[sweep_df.module != "all"].to_csv(tmp, index=False)
+        atomic_write_text(out / "summary.md", text)
+
+        result = {
+            "matrices": int(pm.tensor.nunique()),
+            "computed": computed,
+            "skipped": int(len(skipped)),
+            "skipped_new": counts["skipped_items"],
+            "skipped_examples": list(sweep.skipped[:1]),
+            "intruders": {s: int(pm[pm.side == s]["count"].sum()) for s in sides},
+            "cache": None
             if cache is None
-            else f"`{cache.directory}` ({cache.hits} hits, {cache.misses} misses this run)"
-        ),
-        f"- command: `{meta['command']}`",
-        "",
-        f"## Totals per module type (ε = {args.epsilon})",
-        "",
-        to_markdown(totals),
-    ]
-    if args.sweep:
-        wide = sweep.pivot_table(index="epsilon", columns=["side", "module"], values="count", sort=False)
-        wide.columns = [m if len(sides) == 1 else f"{s}:{m}" for s, m in wide.columns]
-        lines += ["## Count against ε", "", to_markdown(wide.reset_index())]
-        sweep[sweep.module != "all"].to_csv(out / "sweep.csv", index=False)
-    if pick is not None:
-        see = f": see `{figures[-1].name}`" if figures else ""
-        lines += ["## Matrix with most intruders", "", f"`{pick[0]}` ({pick[1]}){see}", ""]
-    lines += [
-        "## Files",
-        "",
-        "- `intruders.csv` (long format; columns in `python -m lowrank_lab.intruders --help`)",
-    ]
-    lines += [f"- `{f.name}`" for f in figures]
-    if args.sweep:
-        lines.append("- `sweep.csv`")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-
-    result = {
-        "matrices": int(pm.tensor.nunique()),
-        "computed": computed,
-        "intruders": {s: int(pm[pm.side == s]["count"].sum()) for s in sides},
-        "cache": None
-        if cache is None
-        else {"dir": str(cache.directory), "hits": cache.hits, "misses": cache.misses},
-        "base_svd_seconds": round(base_seconds, 4),
-        "tuned_svd_seconds": round(tuned_seconds, 4),
-        "tuned_svd": args.tuned_svd,
-        "epsilon": args.epsilon,
-        "top_k": args.top_k,
-        "side": args.side,
-        "targets": args.targets,
-        "layers": args.layers,
-        "tuned_weights": tuned.description,
-        "outputs": [
-            "intruders.csv",
-            "summary.md",
-            *([] if not args.sweep else ["sweep.csv"]),
-            *[f.name for f in figures],
-        ],
-    }
-    meta.update(result)
-    write_run_json(out / "run.json", meta, time.perf_counter() - t_start)
+            else {"dir": str(cache.directory), "hits": cache.hits, "misses": cache.misses},
+            "base_svd_seconds": round(base_seconds, 4),
+            "tuned_svd_seconds": round(tuned_seconds, 4),
+            "tuned_svd": args.tuned_svd,
+            "epsilon": args.epsilon,
+            "top_k": args.top_k,
+            "side": args.side,
+            "targets": args.targets,
+            "layers": args.layers,
+            "tuned_weights": tuned.description,
+            "outputs": [
+                "intruders.csv",
+                "skipped.csv",
+                "summary.md",
+                *([] if not args.sweep else ["sweep.csv"]),
+                *[f.name for f in figures],
+            ],
+        }
+        meta.update(result)
+        write_run_json(out / "run.json", meta, time.perf_counter() - t_start)
     ctx.shutdown()
     return result
 
@@ -517,69 +558,13 @@ def _row_order(pairs, sides):
     s_idx = {s: i for i, s in enumerate(sides)}
 
     def order(df):
-        keyed = df.assign(_t=df["tensor"].map(t_idx), _s=df["side"].map(s_idx), _r=df["rank"].astype(int))
-        return keyed.sort_values(["_t", "_s", "_r"], kind="stable").drop(columns=["_t", "_s", "_r"])
+        cols = {"_t": df["tensor"].map(t_idx)}
+        if "side" in df:  # intruders.csv; skipped.csv has one row per matrix
+            cols.update(_s=df["side"].map(s_idx), _r=df["rank"].astype(int))
+        keyed = df.assign(**cols)
+        return keyed.sort_values(list(cols), kind="stable").drop(columns=list(cols))
 
     return order
-
-
-def _fold_parts(csv_path: Path, pairs, sides) -> None:
-    """Merge every rank's part file into intruders.csv in single-process row order, then remove them."""
-    from lowrank_lab.analysis.intruders import ROW_KEY
-    from lowrank_lab.utils.distributed import existing_parts, merge_csv_parts
-
-    parts = existing_parts(csv_path)
-    if not parts:
-        return
-    merge_csv_parts(csv_path, parts, order=_row_order(pairs, sides), key=ROW_KEY)
-    for p in parts:
-        p.unlink()
-
-
-def _prepare_rows(csv_path: Path, pairs, sides, *, resume: bool) -> None:
-    """Rank 0 before any rank starts: fold leftover parts into the CSV (``--resume``) or drop them."""
-    from lowrank_lab.utils.distributed import existing_parts
-
-    if resume:
-        _fold_parts(csv_path, pairs, sides)
-    else:
-        for p in existing_parts(csv_path):
-            p.unlink()
-        csv_path.unlink(missing_ok=True)  # parts are merged into it: no rows of an earlier run
-    _remove_parts_dir(csv_path.parent / "parts")
-
-
-def _remove_parts_dir(folder: Path) -> None:
-    """Drop the per-rank figures and the folder once no part file is left in it."""
-    if not folder.exists():
-        return
-    for f in folder.glob("similarity_*.png"):
-        f.unlink()
-    if not any(folder.iterdir()):
-        folder.rmdir()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        with sigterm_as_interrupt():  # a scheduler's SIGTERM keeps the finished rows, as Ctrl-C does
-            result = run(args)
-    except KeyboardInterrupt:
-        print(
-            f"interrupted: the rows written so far are in {args.out}/intruders.csv; rerun with --resume",
-            file=sys.stderr,
-        )
-        return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        msg = " ".join(str(exc).split())
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    if "rank" in result:  # a rank other than 0 of a torchrun job: rank 0 reports
-        return 0
-    counts = ", ".join(f"{s}: {n}" for s, n in result["intruders"].items())
-    print(f"{result['matrices']} matrices, intruders at ε={args.epsilon} ({counts}); wrote {args.out}/")
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ Environment variables
 ---------------------
 ``LOWRANK_LAB_SMALL=1``
     Small mode: each notebook keeps to a subset (fewer layers, ranks, steps) and runs in seconds.
-    Used by ``tests/test_notebooks.py``; unset for the full-size run.
+    Used by ``tests/test_notebooks.py``; unset for the full-size run. Its outputs go to a temporary
+    folder (:data:`SMALL_OUTPUT_ROOT`) unless ``LOWRANK_LAB_OUTPUT_ROOT`` names one: small-mode
+    tables never overwrite the committed full-size ones in ``reports/`` and ``figures/``.
 ``LOWRANK_LAB_OUTPUT_ROOT=DIR``
-    Write figures to ``DIR/figures`` and tables to ``DIR/reports`` instead of the repository's
-    ``figures/`` and ``reports/`` (the test points it at a temporary folder so git stays clean).
+    Write figures to ``DIR/figures`` and tables to ``DIR/reports`` instead of the default (the
+    repository's ``figures/`` and ``reports/`` at full size, :data:`SMALL_OUTPUT_ROOT` in small mode).
 ``LOWRANK_LAB_FRESH=1``
     Ignore saved results under ``reports/`` and recompute them (the test sets it, so CI always
     exercises the path that computes, whatever happens to be saved in the checkout).
@@ -25,16 +27,33 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from pathlib import Path
-from typing import Any
+import sys
+import tempfile
 
-import pandas as pd
+if os.environ.get("LOWRANK_LAB_SMALL", "").strip().lower() in ("1", "true", "yes", "on") and (
+    "torch" not in sys.modules
+):
+    # Small mode factors tiny matrices, where BLAS threads only fight over the cores (10x slower under
+    # load); full-size runs keep every thread for the timings they report. It takes effect only
+    # before numpy and torch load their BLAS, hence here, ahead of this module's own imports: a
+    # notebook imports this module first (lowrank_lab/__init__.py sets OMP_WAIT_POLICY likewise).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from lowrank_lab.utils.data import shared_data_dir
-from lowrank_lab.utils.tables import to_markdown
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from lowrank_lab.utils.data import shared_data_dir  # noqa: E402
+from lowrank_lab.utils.tables import to_markdown  # noqa: E402
 
 #: The repository root (the folder holding ``lowrank_lab/``, ``notebooks/``, ``reports/``).
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Where small mode writes by default: a folder under the system's temporary directory, so a quick
+#: run never replaces the committed full-size tables and figures.
+SMALL_OUTPUT_ROOT = Path(tempfile.gettempdir()) / "lowrank_lab-notebooks-small"
 
 #: Sub-folder of ``figures/`` and ``reports/`` that the notebooks' own outputs go to.
 NOTEBOOK_SUBDIR = "notebooks"
@@ -62,9 +81,12 @@ def pick(small: Any, full: Any) -> Any:
 
 
 def output_root() -> Path:
-    """``$LOWRANK_LAB_OUTPUT_ROOT`` or the repository root."""
+    """``$LOWRANK_LAB_OUTPUT_ROOT``; else :data:`SMALL_OUTPUT_ROOT` in small mode, the repository root
+    at full size."""
     env = os.environ.get("LOWRANK_LAB_OUTPUT_ROOT")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT
+    if env:
+        return Path(env).expanduser().resolve()
+    return SMALL_OUTPUT_ROOT if small_mode() else REPO_ROOT
 
 
 def figures_dir(sub: str = NOTEBOOK_SUBDIR) -> Path:
@@ -112,6 +134,20 @@ def saved_result(relative: str | Path, *, marker: str | None = None) -> Path | N
     return None
 
 
+def start(notebook: str) -> bool:
+    """The first cell of every notebook: pandas display options, then a line each for the mode and
+    where figures and tables go. Returns :func:`small_mode` (the notebook's ``SMALL``).
+
+    ``notebook`` is the notebook's path from the repository root, e.g.
+    ``"notebooks/04_parameter_counts.ipynb"`` (what its saved tables name as their source).
+    """
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 30)
+    print(f"{notebook}: {mode_line()}")
+    print("figures ->", figures_dir(), "| tables ->", reports_dir())
+    return small_mode()
+
+
 def mode_line() -> str:
     """One line for the top of every saved table: which mode, when."""
     size = "small mode (LOWRANK_LAB_SMALL=1)" if small_mode() else "full size"
@@ -139,7 +175,7 @@ def save_table(df: pd.DataFrame, name: str, *, title: str, source: str, floatfmt
 
 
 def run_cli(main_run: Any, argv: list[str]) -> None:
-    """Call a command-line module's ``run(argv)`` in this process; raise if it did not exit with 0.
+    """Call a command-line module's ``main(argv)`` in this process; raise if it did not exit with 0.
 
     In-process avoids a second Python start-up (torch and transformers imports) per call. argparse
     exits via ``SystemExit`` on a usage error; that is turned into a RuntimeError naming the command.
@@ -152,8 +188,8 @@ def run_cli(main_run: Any, argv: list[str]) -> None:
         raise RuntimeError(f"command {' '.join(argv)!r} exited with status {rc}")
 
 
-#: Command-line modules a notebook may run in-process, and their entry point (``argv -> exit status``).
-_CLIS = {"analyze": "run", "finetune": "main", "intruders": "main"}
+#: Command-line modules a notebook may run in-process; each has ``main(argv) -> exit status``.
+_CLIS = ("analyze", "finetune", "intruders")
 
 
 def cli_outputs(
@@ -209,7 +245,7 @@ def cli_outputs(
         argv += ["--figures", str(output_root() / "figures" / rel)]
     print(f"running: python -m lowrank_lab.{cli}", " ".join(argv))
     module = importlib.import_module(f"lowrank_lab.{cli}")
-    run_cli(getattr(module, _CLIS[cli]), argv)
+    run_cli(module.main, argv)
     return out
 
 

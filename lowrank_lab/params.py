@@ -115,6 +115,13 @@ def parameter_table(
     modules = select_modules(spec.family, targets)
     shapes = spec.target_shapes()
     block = [shapes[m] for m in modules]
+    smallest = min(min(shape) for shape in block)
+    too_big = [r for r in ranks if r > smallest]
+    if too_big:  # what finetune's injection refuses (a rank-r factor of an m x n matrix needs r <= min(m, n))
+        raise ValueError(
+            f"--rank {too_big[0]} is above the smallest target dimension {smallest} of {spec.name} "
+            f"(targets {','.join(modules)}); use a rank <= {smallest}"
+        )
     base = spec.num_parameters()
     rows = []
     for name in methods or list(ADAPTERS):

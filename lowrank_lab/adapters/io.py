@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +316,228 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading PEFT LoRA adapters (the counterpart of export_peft; PEFT itself is not needed)
+
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+class AdapterFilesError(FileNotFoundError):
+    """An adapter directory lacks the files its format needs; the message names them."""
+
+
+class AdapterFormatError(ValueError):
+    """An adapter that cannot be merged: a non-LoRA PEFT type, DoRA, unmatched modules, bad shapes,
+    an unreadable or truncated weights file, or one that would need pickle to load."""
+
+
+def adapter_kind(path: str | Path) -> str | None:
+    """``"peft"``, ``"lowrank_lab"`` or None, from the files in the directory ``path``."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if (p / PEFT_CONFIG).is_file() or any((p / w).is_file() for w in PEFT_WEIGHTS):
+        return "peft"
+    if (p / CONFIG_NAME).is_file() or (p / WEIGHTS_NAME).is_file():
+        return "lowrank_lab"
+    return None
+
+
+@dataclass(frozen=True)
+class LoraDelta:
+    """One module's LoRA update ``ΔW = scale · B · A`` in ``nn.Linear`` (out, in) layout.
+
+    ``fan_in_fan_out`` modules (GPT-2 ``Conv1D``) store their weight as (in, out); PEFT then returns
+    ``(B·A)ᵀ`` from ``get_delta_weight``. The weight sources of lowrank_lab always hand out (out, in),
+    so the update in that layout is ``B·A`` either way; the flag is kept for the record.
+    """
+
+    module: str
+    A: torch.Tensor  # (r, in)
+    B: torch.Tensor  # (out, r)
+    scale: float
+    fan_in_fan_out: bool = False
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.B.shape[0]), int(self.A.shape[1])
+
+    def delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``scale · B · A`` in ``dtype`` (float32 at least, as PEFT's CPU merge)."""
+        return self.scale * (self.B.to(dtype) @ self.A.to(dtype))
+
+
+def _peft_rank_alpha(config: dict, module: str, r_from_shape: int) -> tuple[int, float]:
+    # PEFT's get_pattern_key: a pattern key matches the module name, or a dotted suffix of it.
+    import re
+
+    def lookup(pattern: dict, default):
+        for key, value in (pattern or {}).items():
+            if re.match(rf"(.*\.)?({key})$", module):
+                return value
+        return default
+
+    r = int(lookup(config.get("rank_pattern"), config.get("r", r_from_shape)))
+    alpha = float(lookup(config.get("alpha_pattern"), config.get("lora_alpha", r)))
+    return r, alpha
+
+
+def read_peft_lora(path: str | Path) -> tuple[dict[str, LoraDelta], dict]:
+    """The LoRA updates of a PEFT adapter directory, read with safetensors (PEFT is not needed).
+
+    ``adapter_config.json`` gives ``r``, ``lora_alpha``, ``use_rslora``, ``rank_pattern``,
+    ``alpha_pattern`` and ``fan_in_fan_out``; ``adapter_model.safetensors`` (or the older
+    ``adapter_model.bin``) holds ``<prefix>.<module>.lora_A.weight`` (r, in) and ``...lora_B.weight``
+    (out, r). The prefix ``base_model.model.`` and an adapter name before ``.weight`` are stripped.
+    The scale is ``lora_alpha / r`` (``lora_alpha / √r`` with rsLoRA), exactly as
+    ``peft.tuners.lora.layer.LoraLayer.update_layer``.
+
+    Returns
+    -------
+    deltas : dict
+        ``{module path: LoraDelta}``, module paths relative to the model PEFT wrapped.
+    config : dict
+        The adapter config.
+
+    Raises
+    ------
+    AdapterFilesError
+        ``adapter_config.json`` or the weights file is missing (both names are given).
+    AdapterFormatError
+        Not a LoRA adapter, DoRA, a lora_A without its lora_B, or inconsistent shapes.
+    """
+    import json
+    import math
+    import re
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterFilesError(f"adapter directory {str(path)!r} does not exist")
+    weights = next((path / w for w in PEFT_WEIGHTS if (path / w).is_file()), None)
+    missing = [
+        n for n, ok in ((PEFT_CONFIG, (path / PEFT_CONFIG).is_file()), (PEFT_WEIGHTS[0], weights)) if not ok
+    ]
+    if missing:
+        raise AdapterFilesError(
+            f"PEFT adapter {str(path)!r} is missing {' and '.join(missing)} "
+            f"(a PEFT LoRA directory holds {PEFT_CONFIG} and {PEFT_WEIGHTS[0]}, "
+            "as written by save_pretrained)"
+        )
+    try:
+        config = json.loads((path / PEFT_CONFIG).read_text())
+    except UnicodeDecodeError as exc:
+        raise AdapterFormatError(f"{path / PEFT_CONFIG} is not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise AdapterFormatError(f"{path / PEFT_CONFIG} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise AdapterFormatError(f"{path / PEFT_CONFIG} holds a JSON {type(config).__name__}, not an object")
+    ptype = str(config.get("peft_type", "LORA")).upper()
+    if ptype != "LORA":
+        raise AdapterFormatError(
+            f"{path / PEFT_CONFIG}: peft_type {ptype} is not LoRA; only LoRA adapters can be merged"
+        )
+    if config.get("use_dora"):
+        raise AdapterFormatError(
+            f"{path / PEFT_CONFIG}: DoRA adapters rescale the weight's columns and are not B·A updates; "
+            "merge it with PEFT (merge_and_unload), save the model and pass it as --tuned"
+        )
+    state = _load_adapter_state(weights)
+
+    pat = re.compile(r"^(?P<module>.+?)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        m = pat.match(key)
+        if m is None:
+            continue  # biases (lora_bias), modules_to_save copies, embeddings' lora_embedding_A/B
+        module = m["module"].removeprefix("base_model.model.")
+        parts.setdefault(module, {})[m["part"]] = tensor
+    if not parts:
+        raise AdapterFormatError(f"{weights} holds no lora_A/lora_B weights (keys: {sorted(state)[:5]} ...)")
+    deltas = {}
+    for module, ab in parts.items():
+        if set(ab) != {"A", "B"}:
+            have = "lora_A" if "A" in ab else "lora_B"
+            raise AdapterFormatError(f"{weights}: module {module!r} has {have} but not its partner")
+        A, B = ab["A"], ab["B"]
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise AdapterFormatError(
+                f"{weights}: module {module!r} has lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}; "
+                "expected (r, in) and (out, r) (convolutional LoRA is not supported)"
+            )
+        _, alpha = _peft_rank_alpha(config, module, int(A.shape[0]))
+        r = int(A.shape[0])  # the stored factor is the truth; rank_pattern only set its size
+        scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        deltas[module] = LoraDelta(module, A, B, scale, bool(config.get("fan_in_fan_out", False)))
+    return deltas, config
+
+
+def match_modules(modules: Sequence[str], tensors: Sequence[str], *, what: str = "adapter") -> dict[str, str]:
+    """Map module paths (``bert.encoder.layer.0.attention.self.query``) to weight tensor names.
+
+    A module matches the tensor ``<module>.weight`` when one name is a dotted suffix of the other,
+    so adapters saved on a model with a head (``bert.``, ``model.`` prefixes) match the bare
+    checkpoint and vice versa. Returns ``{module: tensor}`` for the modules that match one tensor.
+
+    Raises
+    ------
+    AdapterFormatError
+        A module matches more than one tensor (the candidates are listed).
+    """
+    stems = {t.removesuffix(".weight"): t for t in tensors}
+    out = {}
+    for mod in modules:
+        hits = [t for s, t in stems.items() if s == mod or s.endswith("." + mod) or mod.endswith("." + s)]
+        if len(hits) > 1:
+            exact = [t for t in hits if t.removesuffix(".weight") == mod]
+            if len(exact) != 1:
+                raise AdapterFormatError(f"{what} module {mod!r} matches several base tensors: {hits}")
+            hits = exact
+        if hits:
+            out[mod] = hits[0]
+    return out
+
+
+
+
+def _load_adapter_state(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter weights file; a damaged or unsafe file raises AdapterFormatError.
+
+    ``.safetensors`` is read with safetensors; the older ``adapter_model.bin`` with
+    ``torch.load(weights_only=True)``, which refuses any pickled object that is not a tensor or a
+    plain container (so a file carrying code is rejected, not run).
+    """
+    import pickle
+
+    if weights.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(weights))
+        except (SafetensorError, ValueError) as exc:  # truncated, bad header
+            raise AdapterFormatError(
+                f"{weights} is not a readable safetensors file ({' '.join(str(exc).split())}); "
+                "is it truncated? save the adapter again"
+            ) from None
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AdapterFormatError(
+            f"{weights} cannot be loaded safely (weights_only): {first[:200]}; only tensors are accepted, "
+            "convert it to adapter_model.safetensors"
+        ) from None
+    except (RuntimeError, EOFError) as exc:  # a truncated zip or pickle stream
+        raise AdapterFormatError(
+            f"{weights} is not a readable torch file ({' '.join(str(exc).split())[:200]}); is it truncated?"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AdapterFormatError(f"{weights} does not hold a dict of tensors")
+    return state

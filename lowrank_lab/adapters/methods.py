@@ -14,6 +14,7 @@ an ``(m, n)`` tensor in ``torch.nn.Linear`` layout. They know nothing of models;
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -85,7 +86,8 @@ class AdapterMethod:
     closed_form : str
         Trainable parameters per (m × n) matrix at rank r, as a formula.
     options : dict
-        Options the init accepts, with their defaults (each documented in the init's docstring).
+        Options the init accepts, with their defaults: read from the init's signature by
+        :func:`init_options` (each documented in the init's docstring), never written twice.
     needs_calibration : bool
         The init needs gradients of a calibration loss (LoRA-SB).
     peft_exportable : bool
@@ -489,11 +491,29 @@ _AMB = frozenset({"A", "M", "B"})
 _M = frozenset({"M"})
 
 
+#: Keyword arguments every init receives from :func:`initialize` itself: not user options.
+_CALL_ARGUMENTS = frozenset({"scaling", "generator", "grad"})
+
+
+def init_options(init: Callable[..., AdapterInit] | None) -> dict[str, Any]:
+    """The options of an init function and their defaults, read from its signature.
+
+    Every keyword-only parameter with a default, except those :func:`initialize` passes itself
+    (``scaling``, ``generator``, ``grad``). The signature is the one place a default is written
+    (and documented, in the init's docstring), so the registry cannot disagree with it.
+    """
+    if init is None:
+        return {}
+    return {
+        name: p.default
+        for name, p in inspect.signature(init).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and name not in _CALL_ARGUMENTS
+    }
+
+
 def _method(name: str, **fields: Any) -> AdapterMethod:
+    fields.setdefault("options", init_options(fields.get("init")))
     return AdapterMethod(name=name, **fields)
-
-
-_SVD_OPTIONS = {"reference": False, "driver": None}
 
 ADAPTERS: dict[str, AdapterMethod] = {
     m.name: m
@@ -521,7 +541,6 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=True,
             output_at_init="unchanged (residual base)",
             closed_form="r·(m+n)",
-            options=dict(_SVD_OPTIONS),
         ),
         _method(
             "pissa-fast",
@@ -534,7 +553,6 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=True,
             output_at_init="unchanged (residual base)",
             closed_form="r·(m+n)",
-            options={"n_iter": 4, "oversample": 0, "normalizer": "qr", "reference": False},
         ),
         _method(
             "milora",
@@ -547,7 +565,6 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=True,
             output_at_init="unchanged (residual base)",
             closed_form="r·(m+n)",
-            options=dict(_SVD_OPTIONS),
         ),
         _method(
             "olora",
@@ -560,7 +577,6 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=True,
             output_at_init="unchanged (residual base)",
             closed_form="r·(m+n)",
-            options={"reference": False},
         ),
         _method(
             "lora-xs",
@@ -573,7 +589,6 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="≈ unchanged (ΔW = s·U_r·M·S_r·Vh_r, M ~ N(0, 1e-5²); exactly 0 with core_std=0)",
             closed_form="r²",
-            options={"core_std": 1e-5, **_SVD_OPTIONS},
         ),
         _method(
             "lora-sb",
@@ -586,7 +601,6 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="changes: W + [−η·sign(G)]_r (one rank-r sign-gradient step)",
             closed_form="r²",
-            options={"lr": 1e-4, "reference": False},
             needs_calibration=True,
         ),
         _method(
@@ -624,7 +638,6 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="changes (ΔW = the Nyström approximation of W)",
             closed_form="r·(m+n) + r²",
-            options={"rtol": None},
         ),
         _method(
             "nlora-sketch",
@@ -637,7 +650,6 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="changes (ΔW ≈ the best rank-r approximation of W)",
             closed_form="r·(m+n) + r²",
-            options={"oversample": None, "n_iter": 2, "eps": None, "reference": False},
         ),
         _method(
             "inttune",

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from lowrank_lab.utils.files import atomic_path  # noqa: E402
+
 #: Above this many layers the spectra plot uses a colour bar instead of one legend entry per layer.
 _MAX_LEGEND_LAYERS = 8
 _DPI = 120
@@ -24,11 +26,15 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 _DASHES = ["-", "--", "-.", ":"]
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: plt.Figure, path: str | Path, *, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` atomically, never through a symbolic link, and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path, "--figures") as tmp:
+            fig.savefig(tmp, dpi=_DPI, bbox_inches="tight" if tight else None)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -131,3 +137,50 @@ def plot_init_time(fact: pd.DataFrame, path: str | Path, *, model: str = "") -> 
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8, title="rank")
     return _save(fig, path)
+
+
+def plot_count_vs_epsilon(sweep, path: str | Path, *, title: str = "") -> Path:
+    """Intruder count against ε, one line per module type and the total (paper, Fig. 4 style)."""
+    sides = list(dict.fromkeys(sweep.side))
+    fig, axes = plt.subplots(1, len(sides), figsize=(5.5 * len(sides), 4), squeeze=False)
+    for ax, side in zip(axes[0], sides, strict=True):
+        part = sweep[sweep.side == side]
+        for module, grp in part.groupby("module", sort=False):
+            style = {"color": "black", "linewidth": 2.5} if module == "all" else {"linewidth": 1.2}
+            ax.plot(grp.epsilon, grp["count"], marker="o", markersize=3, label=module, **style)
+        ax.set_xlabel("ε (best-match |cos| threshold)")
+        ax.set_ylabel("intruder dimensions")
+        ax.set_title(f"{side} singular vectors")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)
+
+
+def plot_similarity_matrix(record, path: str | Path, *, tensor: str = "") -> Path:
+    """Heatmap of the (k, p) |cos| matrix of one matrix; intruder rows are marked on the left."""
+    if record.similarity_matrix is None:
+        raise ValueError("the record holds no similarity matrix: compute it with keep_matrix=True")
+    S = record.similarity_matrix.float().numpy()
+    fig, ax = plt.subplots(figsize=(9, 0.35 * S.shape[0] + 1.6))
+    im = ax.imshow(S, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xlabel(f"base {record.side} singular vector (rank 1..{S.shape[1]})")
+    ax.set_ylabel("tuned singular vector (rank)")
+    ax.set_yticks(range(S.shape[0]), [str(r) for r in record.ranks])
+    for r in record.intruder_ranks:
+        ax.annotate(
+            "< intruder",
+            (S.shape[1] - 0.5, r - 1),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+            color="crimson",
+            annotation_clip=False,
+        )
+    fig.colorbar(im, ax=ax, label="|cos|")
+    ax.set_title(f"{tensor}: {record.count} intruder(s) at ε = {record.epsilon}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from lowrank_lab.utils.files import atomic_write_text
 from lowrank_lab.utils.tables import to_latex, to_markdown
 
 from .spectra import energy_column
@@ -71,11 +72,13 @@ def module_spectra_table(spectra: pd.DataFrame, ranks: Sequence[int] = ()) -> pd
 
 def skipped_notes(skipped: pd.DataFrame) -> list[str]:
     """One sentence per (rank, reason) group of skipped pairs, e.g.
-    ``"rank 64 (svd, rsvd): skipped on 12 matrices (rank 64 > min(m, n) = 32)"``."""
+    ``"rank 64 (svd, rsvd): skipped on 12 matrices (rank 64 > min(m, n) = 32)"``, and one per
+    whole matrix that could not be factored (a row with no rank: NaN weights, an all-zero matrix)."""
     if skipped.empty:
         return []
-    notes = []
-    for (rank, reason), g in skipped.groupby(["rank", "reason"], sort=False):
+    whole = skipped["rank"].isna() | (skipped["rank"].astype(str) == "")
+    notes = [f"`{r.tensor}`: {r.reason}" for r in skipped[whole].itertuples()]
+    for (rank, reason), g in skipped[~whole].groupby(["rank", "reason"], sort=False):
         methods = ", ".join(dict.fromkeys(g["method"]))
         tensors = list(dict.fromkeys(g["tensor"]))
         where = f"{len(tensors)} matrices" if len(tensors) > 3 else ", ".join(f"`{t}`" for t in tensors)
@@ -155,8 +158,7 @@ def write_summary(
         "",
     ]
     md += [f"- {n}" for n in notes] if notes else ["None."]
-    md_path = out_dir / "summary.md"
-    md_path.write_text("\n".join(md) + "\n")
+    md_path = atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
 
     def tex_escape(s: str) -> str:
         for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
@@ -173,7 +175,6 @@ def write_summary(
         tex.append(r"\begin{itemize}")
         tex += [r"\item " + tex_escape(n) for n in notes]
         tex.append(r"\end{itemize}")
-    tex_path = out_dir / "summary.tex"
-    tex_path.write_text("\n".join(tex) + "\n")
+    tex_path = atomic_write_text(out_dir / "summary.tex", "\n".join(tex) + "\n")
     return md_path, tex_path
 

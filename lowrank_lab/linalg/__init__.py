@@ -6,7 +6,14 @@ Knows nothing of models. Every function takes ``(W, rank, *, generator=None, ...
 
 from .ldu import ldu, randomized_ldu
 from .nystrom import nystrom_pinv, nystrom_released, nystrom_sketch
-from .policy import compute_dtype, make_generator, resolve_device, validate_matrix, validate_rank
+from .policy import (
+    compute_dtype,
+    make_generator,
+    resolve_device,
+    unfactorizable_reason,
+    validate_matrix,
+    validate_rank,
+)
 from .qr import thin_qr
 from .registry import FACTORIZATIONS, FactorizationMethod, factorize, get_factorization
 from .result import Factorization
@@ -45,6 +52,7 @@ __all__ = [
     "tall_svd",
     "thin_qr",
     "truncated_svd",
+    "unfactorizable_reason",
     "validate_matrix",
     "validate_rank",
 ]

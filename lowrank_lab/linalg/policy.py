@@ -99,6 +99,32 @@ def validate_matrix(W: torch.Tensor, name: str = "W", *, check_finite: bool = Tr
         )
 
 
+def unfactorizable_reason(W: torch.Tensor, *, reference: bool = False) -> str | None:
+    """Why no factorization of ``W`` would mean anything, or None when it can be factored.
+
+    The checks a weight sweep needs before spending an SVD on a matrix: NaN or Inf entries (as
+    :func:`validate_matrix` counts them), an all-zero matrix (no spectrum: every relative error is
+    0/0), and a Frobenius norm whose square over- or underflows the compute dtype (float32 for
+    float32 and half-precision input: ``‖W‖_F² > finfo.max`` overflows, ``‖W‖_F² < finfo.tiny``
+    leaves only subnormal arithmetic), where SVD drivers return Inf/NaN or lose every digit.
+    The norm is taken in float64, so it is exact enough to judge float32.
+    """
+    try:
+        validate_matrix(W, "the matrix")
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    norm = float(torch.linalg.vector_norm(W.detach().to(torch.float64)))
+    if norm == 0.0:
+        return "all entries are zero (no spectrum to approximate)"
+    cdt = compute_dtype(W.dtype, reference=reference)
+    info = torch.finfo(cdt)
+    if norm > info.max ** 0.5:
+        return f"its Frobenius norm {norm:.3g} overflows {cdt} when squared (> {info.max ** 0.5:.3g})"
+    if norm < info.tiny ** 0.5:
+        return f"its Frobenius norm {norm:.3g} underflows {cdt} when squared (< {info.tiny ** 0.5:.3g})"
+    return None
+
+
 def validate_rank(rank: int, shape: tuple[int, int] | torch.Size, name: str = "rank") -> int:
     """Check ``1 <= rank <= min(m, n)`` and return it as an int; the error names both numbers."""
     if isinstance(rank, bool):  # an int subclass: rank=True would silently mean rank 1
@@ -152,10 +178,16 @@ def to_output(t: torch.Tensor, prec: Precision, *, method: str, factor: str) -> 
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (or None) means CUDA when available, else the CPU; anything else is passed to torch."""
+    """``"auto"`` (or None) means CUDA when available, else the CPU; ``cpu``, ``cuda`` and ``cuda:N``
+    are taken as they are. Anything else raises ValueError (one line naming the valid spellings)."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} is not one of auto, cpu, cuda, cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {str(device)!r} was asked for but torch sees no CUDA device; use --device cpu"

@@ -15,9 +15,9 @@ method that trains its    RoBERTa-base: 4e-4     PEFT's LoRA examples use 1e-4..
 factors                   CoLA/STS-B, 5e-4
                           SST-2/RTE).
 ``core``: inttune,        4e-3                   4e-3
-lora-xs, lora-sb, loldu,  LoRA-XS (Bałazy et al. 2024) trains only the r×r core: its released
-svft (only an r×r core    run_math_tuning.sh uses 4e-3 (Mistral-7B, MetaMathQA) and its GLUE grid
-or r numbers train)       goes up to 1e-3 for the core and 5e-3 for the head. NOTE: NLoRA's released
+lora-xs, lora-sb, loldu   LoRA-XS (Bałazy et al. 2024) trains only the r×r core: its released
+(every registry method    run_math_tuning.sh uses 4e-3 (Mistral-7B, MetaMathQA) and its GLUE grid
+training only its core)   goes up to 1e-3 for the core and 5e-3 for the head. NOTE: NLoRA's released
                           run_inttune.sh uses 2e-4 for IntTune (the same as NLoRA) at 7B scale with
                           100k examples; with 300 steps a core of r² numbers barely moves at 2e-4,
                           so the core family gets the LoRA-XS rate here — pass ``--lr`` to test 2e-4.
@@ -48,13 +48,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from lowrank_lab.adapters import ADAPTERS
+
 #: A control run by this harness (not an adapter): no adapter, only the task head trains (a
 #: linear probe of the frozen model). Its metric is what the head alone achieves, so the gain of
 #: an adapter over it is what the adapter adds. Learning rate: the LoRA family's.
 HEAD_ONLY = "head"
 
-#: Methods that train only a small core between frozen factors.
-CORE_ONLY_METHODS = frozenset({"inttune", "lora-xs", "lora-sb", "loldu", "svft"})
+#: Methods that train only a small core between frozen factors: derived from the adapter registry
+#: (every method whose trainable parts are the core M alone), so a new core-only init joins it.
+CORE_ONLY_METHODS = frozenset(name for name, am in ADAPTERS.items() if am.trains and set(am.trains) <= {"M"})
 
 #: Learning rate of the new task head, the same for every method (see the module docstring).
 DEFAULT_HEAD_LR = 4e-4
@@ -79,21 +82,11 @@ LR_SOURCES = {
 
 def method_family(method: str) -> str:
     """``"full"``, ``"core"`` (only an r×r core / r numbers train) or ``"lora"`` (factors train)."""
-    if method == "full":
-        return "full"
     if method in CORE_ONLY_METHODS:
         return "core"
-    if method != HEAD_ONLY:
-        try:  # the adapter registry says which parts train; a method training only M is "core"
-            from lowrank_lab.adapters import ADAPTERS
-
-            trains = getattr(ADAPTERS.get(method), "trains", None)
-            if trains is not None and "W" in trains:
-                return "full"
-            if trains is not None and set(trains) <= {"M"}:
-                return "core"
-        except ImportError:
-            pass
+    trains = getattr(ADAPTERS.get(method), "trains", None)  # None for HEAD_ONLY
+    if method == "full" or (trains is not None and "W" in trains):
+        return "full"
     return "lora"
 
 

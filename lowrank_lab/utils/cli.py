@@ -11,8 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
+
+#: Largest seed: torch.Generator.manual_seed takes a 64-bit integer; numpy and the CSV columns
+#: hold it as a signed int64, so the range is 0 .. 2**63 - 1.
+MAX_SEED = 2**63 - 1
 
 
 def csv_list(text: str) -> list[str]:
@@ -44,6 +49,14 @@ def nonnegative_int(text: str) -> int:
     value = _convert(int, text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed in ``0 .. 2**63 - 1`` (:data:`MAX_SEED`); a larger one would wrap or fail in torch."""
+    value = _convert(int, text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**63-1 ({MAX_SEED}), got {text!r}")
     return value
 
 
@@ -85,3 +98,33 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def user_error_message(exc: BaseException) -> str:
+    """One line for an error the user can cause: an OSError names its file and cause (full disk,
+    read-only folder, unreadable checkpoint), anything else is its message with newlines folded."""
+    from lowrank_lab.utils.files import describe_os_error
+
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return describe_os_error(exc)
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def guarded_main(prog: str, body: Callable[[], int], *, interrupted: str = "") -> int:
+    """Run a command's body; its user errors become one line on stderr and exit status 2.
+
+    ``ValueError`` (bad options, bad files: every error class of the package that a user can cause
+    derives from it) and ``OSError`` (missing or unreadable files, a full disk, a read-only
+    folder) print ``<prog>: error: <message>`` with no traceback and return 2; Ctrl-C or SIGTERM
+    (:func:`sigterm_as_interrupt`) prints ``interrupted`` and returns 130. Anything else is a bug
+    and keeps its traceback.
+    """
+    try:
+        with sigterm_as_interrupt():
+            return body()
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""), file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: error: {user_error_message(exc)}", file=sys.stderr)
+        return 2

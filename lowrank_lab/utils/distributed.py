@@ -24,6 +24,8 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from lowrank_lab.utils.files import atomic_path
+
 #: Ranks that finish early wait at the final barrier for the slowest; a 70B run can be hours.
 BARRIER_TIMEOUT = timedelta(hours=12)
 
@@ -152,7 +154,6 @@ def merge_csv_parts(
     merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if not merged.empty:
         merged = order(merged.drop_duplicates(subset=list(key), keep="last")).reset_index(drop=True)
-    tmp = path.with_name(path.name + ".tmp")
-    merged.to_csv(tmp, index=False, lineterminator="\r\n")  # as RowWriter (the csv module) ends rows
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        merged.to_csv(tmp, index=False, lineterminator="\r\n")  # as RowWriter (the csv module) ends rows
     return merged

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from lowrank_lab.utils.files import atomic_write_text
+
 _PACKAGES = ("lowrank_lab", "torch", "numpy", "scipy", "pandas", "transformers", "safetensors", "peft")
 
 
@@ -101,12 +103,10 @@ def run_metadata(
 
 
 def write_run_json(path: str | Path, meta: dict[str, Any], wall_seconds: float | None = None) -> Path:
-    """Write ``meta`` (plus ``wall_seconds``) atomically: a crash never leaves half a JSON file."""
+    """Write ``meta`` (plus ``wall_seconds``) atomically: a crash never leaves half a JSON file, and a
+    symbolic link at ``path`` is refused (:func:`lowrank_lab.utils.files.atomic_write_text`)."""
     path = Path(path)
     record = dict(meta)
     if wall_seconds is not None:
         record["wall_seconds"] = round(float(wall_seconds), 3)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")

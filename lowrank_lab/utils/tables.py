@@ -3,44 +3,33 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-
-class OutputDirError(ValueError):
-    """An output directory cannot be created or written."""
-
-
-def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
-    """Create ``path`` if needed and prove it is writable, before any expensive work starts."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        # A unique probe: distributed ranks check the same directory at the same moment.
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputDirError(
-            f"{option} {str(path)!r} is not a writable directory ({exc.strerror or exc}); "
-            f"pass a different {option}"
-        ) from None
-    return path
+from lowrank_lab.utils.files import (  # noqa: F401 - ensure_writable_dir/OutputDirError are used from here
+    OutputDirError,
+    atomic_write_text,
+    ensure_writable_dir,
+    open_append,
+    read_text_nofollow,
+)
 
 
 class RowWriter:
     """Append rows to a CSV file one at a time, flushed and fsynced, so an interrupted run leaves a
     valid file (every complete line is a complete row).
 
-    With ``resume=True`` an existing file is kept: its rows are read, a torn last line (from a kill
-    mid-write) is dropped, and :meth:`done` tells whether a key was already written. Without it the
-    file is started afresh.
+    With ``resume=True`` an existing file is kept: its header is checked against ``columns`` first
+    (a file of another layout is refused before anything in it changes), a torn last line (from a
+    kill mid-write) is dropped, and :meth:`done` tells whether a key was already written. Without it
+    the file is started afresh. A symbolic link at ``path`` is refused, never written through
+    (:mod:`lowrank_lab.utils.files`).
     """
 
     def __init__(
@@ -53,30 +42,33 @@ class RowWriter:
         if unknown:
             raise ValueError(f"key columns {unknown} are not among the columns {self.columns}")
         self._done: set[tuple[str, ...]] = set()
-        if resume and self.path.exists() and self.path.stat().st_size > 0:
-            self._load_existing()
-            self._fh = open(self.path, "a", newline="")
+        if resume and (self.path.is_symlink() or self.path.exists()) and self._load_existing():
+            self._fh = open_append(self.path)
         else:
-            self._fh = open(self.path, "w", newline="")
-            csv.writer(self._fh).writerow(self.columns)
-            self._sync()
+            header = io.StringIO(newline="")
+            csv.writer(header).writerow(self.columns)
+            atomic_write_text(self.path, header.getvalue())
+            self._fh = open_append(self.path)
         self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="raise")
 
-    def _load_existing(self) -> None:
-        text = self.path.read_text()
-        if not text.endswith("\n"):  # torn last line from an interrupted write
-            text = text[: text.rfind("\n") + 1]
-            self.path.write_text(text)
-        self._done = read_keys(self.path, self.key_columns, columns=self.columns)
+    def _load_existing(self) -> bool:
+        """Read the rows of the file being resumed; False when it holds not even a header."""
+        text = read_text_nofollow(self.path)
+        if "\n" not in text:  # empty, or a header torn mid-write: nothing to keep
+            return False
+        self._done = keys_of_text(text, self.key_columns, columns=self.columns, path=self.path)
+        if not text.endswith("\n"):  # torn last line from an interrupted write; header checked above
+            atomic_write_text(self.path, text[: text.rfind("\n") + 1])
+        return True
 
     def _key(self, row: Mapping[str, Any]) -> tuple[str, ...]:
-        return tuple(_fmt(row[k]) for k in self.key_columns)
+        return tuple(key_text(row[k]) for k in self.key_columns)
 
     def done(self, key: Mapping[str, Any] | Sequence[Any]) -> bool:
         """Whether a row with these key values is already in the file."""
         if isinstance(key, Mapping):
             return self._key(key) in self._done
-        return tuple(_fmt(k) for k in key) in self._done
+        return tuple(key_text(k) for k in key) in self._done
 
     @property
     def n_done(self) -> int:
@@ -122,22 +114,33 @@ def read_keys(
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return set()
-    lines = path.read_text().splitlines(keepends=True)
+    return keys_of_text(read_text_nofollow(path), key_columns, columns=columns, path=path)
+
+
+def keys_of_text(
+    text: str,
+    key_columns: Sequence[str],
+    *,
+    columns: Sequence[str] | None = None,
+    path: str | Path = "the file",
+) -> set[tuple[str, ...]]:
+    """:func:`read_keys` on the text of a CSV file (a torn last line is not a row)."""
+    lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines = lines[:-1]  # a torn last row is not a row
     if not lines:
         return set()
-    header = next(csv.reader([lines[0]]))
+    header = next(csv.reader([lines[0]]), [])
     if columns is not None and header != list(columns):
         raise ValueError(
             f"cannot resume {path}: its columns {header} differ from {list(columns)}; "
             "use a new --out or delete the file"
         )
-    return {tuple(_fmt(r[k]) for k in key_columns) for r in csv.DictReader(lines)}
+    return {tuple(key_text(r[k]) for k in key_columns) for r in csv.DictReader(lines)}
 
 
-def _fmt(value: Any) -> str:
-    # Keys compare as text, as they come back from the CSV file.
+def key_text(value: Any) -> str:
+    """A key value as the text a CSV file gives back (``3.0`` -> ``"3"``, None -> ``""``)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return "" if value is None else str(value)

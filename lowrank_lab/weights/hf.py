@@ -17,6 +17,8 @@ in the directory — the order ``transformers.PreTrainedModel.from_pretrained`` 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,11 +59,33 @@ def read_config(directory: Path) -> dict[str, Any]:
             "the .bin file itself; for a hub model pass its id (e.g. meta-llama/Llama-2-7b-hf)."
         )
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text()
+    except OSError as exc:  # exists but cannot be read: say so, not "invalid JSON"
+        raise CorruptCheckpointError(
+            f"cannot read {path}: {exc.strerror or exc}; check its permissions"
+        ) from exc
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptCheckpointError(
             f"{path} is not valid JSON ({exc}); restore it from the original checkpoint"
         ) from exc
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why an existing file cannot be read (permissions, not a file), or None (readable or absent:
+    absence is reported as a missing shard)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
 
 
 def _read_index(path: Path) -> dict[str, str]:
@@ -146,6 +170,14 @@ class HFCheckpointSource(WeightSource):
             index_path = d / index_name
             if index_path.is_file():
                 weight_map = _read_index(index_path)
+                unreadable = {f: why for f in sorted(set(weight_map.values())) if (why := _unreadable(d / f))}
+                if unreadable:
+                    name, why = next(iter(unreadable.items()))
+                    raise CorruptCheckpointError(
+                        f"{index_path} names shard {name}, which cannot be read ({why})"
+                        + (f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else "")
+                        + "; check its permissions or copy it again"
+                    )
                 missing = sorted({f for f in weight_map.values() if not (d / f).is_file()})
                 if missing:
                     raise MissingShardError(

@@ -471,3 +471,63 @@ def convert_to_hf(checkpoint: Llama2cCheckpoint | str | Path, out_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# A llama2.c checkpoint seen in Hugging Face Llama layout
+
+
+class Llama2cAsHF:
+    """A llama2.c weight source seen as the ``LlamaForCausalLM`` it converts to.
+
+    llama2.c rotates interleaved row pairs of wq/wk, Hugging Face's Llama rotates halves, so the
+    conversion (:func:`lowrank_lab.weights.llama2c.permute_rotary`, as ``hf_state_dict`` and
+    ``load_hf_model`` apply it) permutes the rows of wq and wk. A row permutation P permutes the
+    left singular vectors (``PW = (PU) Σ Vᵀ``), so comparing a fine-tune of the converted model with
+    the native checkpoint would pair rows that are not the same output: every q/k vector would look
+    like an intruder. This view hands out the converted matrices under their HF tensor names
+    (``model.layers.<i>.self_attn.q_proj.weight``), keeping the canonical module names (wq...).
+    """
+
+    def __init__(self, source) -> None:
+        from lowrank_lab.weights import hf_module_suffixes
+
+        self.source = source
+        self.name = getattr(source, "name", "llama2c")
+        self.family = source.family
+        self.spec = source.spec
+        suffixes = hf_module_suffixes(source.family)
+        self._native = {}
+        self._targets = []
+        for info in source.targets():
+            hf = type(info)(
+                f"model.layers.{info.layer}.{suffixes[info.module]}.weight",
+                info.layer,
+                info.module,
+                info.shape,
+            )
+            self._native[hf.tensor] = info
+            self._targets.append(hf)
+
+    def targets(self):
+        return list(self._targets)
+
+    def load(self, info):
+        from lowrank_lab.weights import WeightMatrix
+
+        wm = self.source.load(self._native[info.tensor])
+        W = wm.weight
+        if info.module == "wq":
+            W = permute_rotary(W, self.spec.num_heads)
+        elif info.module == "wk":
+            W = permute_rotary(W, self.spec.num_kv_heads)
+        return WeightMatrix(info, W, wm.synthetic, wm.singular_values)
+
+
+def hf_layout(source):
+    """``source`` in Hugging Face layout: :class:`Llama2cAsHF` for llama2.c, else itself."""
+    if getattr(source, "family", None) == "llama2c" and not isinstance(source, Llama2cAsHF):
+        return Llama2cAsHF(source)
+    return source
+
+

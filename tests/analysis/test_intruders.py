@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lowrank_lab.adapters import io as adapter_io
 from lowrank_lab.analysis import intruders as I
 
 
@@ -396,9 +397,9 @@ def peft_counts(peft_model, **kw) -> dict[str, int]:
 
 
 def merged_counts(base_state: dict, adapter_dir, **kw) -> dict[str, int]:
-    deltas, _ = I.read_peft_lora(adapter_dir)
+    deltas, _ = adapter_io.read_peft_lora(adapter_dir)
     tensors = [k for k, v in base_state.items() if k.endswith(".weight") and v.ndim == 2]
-    matched = I.match_modules(list(deltas), tensors)
+    matched = adapter_io.match_modules(list(deltas), tensors)
     assert set(matched) == set(deltas), "every PEFT module must find its base tensor"
     out = {}
     for mod, tensor in matched.items():
@@ -440,7 +441,7 @@ def test_peft_delta_equals_peft_get_delta_weight(tmp_path):
     base = tiny_bert(seed=5)
     peft_model = peft_lora_on(base, seed=6, use_rslora=True)
     peft_model.save_pretrained(tmp_path / "adapter")
-    deltas, config = I.read_peft_lora(tmp_path / "adapter")
+    deltas, config = adapter_io.read_peft_lora(tmp_path / "adapter")
     assert config["use_rslora"] is True
     for name, mod in peft_model.named_modules():
         if hasattr(mod, "get_delta_weight") and "default" in getattr(mod, "lora_A", {}):
@@ -452,25 +453,26 @@ def test_missing_peft_files_are_named(tmp_path):
     base = tiny_bert(seed=0)
     peft_lora_on(base).save_pretrained(tmp_path / "adapter")
     (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
-    with pytest.raises(I.AdapterFilesError, match="adapter_model.safetensors"):
-        I.read_peft_lora(tmp_path / "adapter")
+    with pytest.raises(adapter_io.AdapterFilesError, match="adapter_model.safetensors"):
+        adapter_io.read_peft_lora(tmp_path / "adapter")
     (tmp_path / "adapter" / "adapter_config.json").unlink()
-    with pytest.raises(I.AdapterFilesError, match="adapter_config.json and adapter_model.safetensors"):
-        I.read_peft_lora(tmp_path / "adapter")
+    both = "adapter_config.json and adapter_model.safetensors"
+    with pytest.raises(adapter_io.AdapterFilesError, match=both):
+        adapter_io.read_peft_lora(tmp_path / "adapter")
 
 
 def test_dora_adapter_is_refused_with_advice(tmp_path):
     base = tiny_bert(seed=0)
     peft_lora_on(base, use_dora=True).save_pretrained(tmp_path / "adapter")
-    with pytest.raises(I.AdapterFormatError, match="DoRA.*merge_and_unload"):
-        I.read_peft_lora(tmp_path / "adapter")
+    with pytest.raises(adapter_io.AdapterFormatError, match="DoRA.*merge_and_unload"):
+        adapter_io.read_peft_lora(tmp_path / "adapter")
 
 
 def test_match_modules_handles_head_prefixes():
     tensors = ["encoder.layer.0.attention.self.query.weight", "encoder.layer.1.attention.self.query.weight"]
-    got = I.match_modules(["bert.encoder.layer.1.attention.self.query", "classifier"], tensors)
+    got = adapter_io.match_modules(["bert.encoder.layer.1.attention.self.query", "classifier"], tensors)
     assert got == {"bert.encoder.layer.1.attention.self.query": tensors[1]}
-    got = I.match_modules(["layer.0.attention.self.query"], ["bert." + t for t in tensors])
+    got = adapter_io.match_modules(["layer.0.attention.self.query"], ["bert." + t for t in tensors])
     assert got == {"layer.0.attention.self.query": "bert." + tensors[0]}
 
 

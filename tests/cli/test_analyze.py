@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import lowrank_lab.analysis.factorization as fz
-from lowrank_lab.analyze import run
+from lowrank_lab.analyze import main
 from lowrank_lab.linalg import FACTORIZATIONS
 
 # The output contract of issue 5, spelled out here on purpose (not imported from the code under test).
@@ -41,7 +41,7 @@ def no_figures(monkeypatch):
 
 def analyze(tmp_path: Path, *extra: str, name: str = "out") -> Path:
     out = tmp_path / name
-    assert run([*FAST, "--out", str(out), "--figures", str(tmp_path / f"{name}-fig"), *extra]) == 0
+    assert main([*FAST, "--out", str(out), "--figures", str(tmp_path / f"{name}-fig"), *extra]) == 0
     return out
 
 
@@ -133,15 +133,15 @@ def test_resume_after_interrupt_mid_write(tmp_path, monkeypatch, no_figures):
 
 def test_resume_refuses_different_options(tmp_path, capsys, no_figures):
     analyze(tmp_path, "--targets", "query")
-    with pytest.raises(SystemExit) as exc:
-        analyze(tmp_path, "--targets", "query", "--resume", "--seed", "1")
-    assert exc.value.code == 2
+    out = tmp_path / "out"
+    argv = [*FAST, "--targets", "query", "--resume", "--seed", "1", "--out", str(out)]
+    assert main([*argv, "--figures", str(tmp_path / "out-fig")]) == 2
     assert "cannot --resume" in capsys.readouterr().err
 
 
 def test_rank_above_matrix_size_is_noted_not_fatal(tmp_path, no_figures):
     out = tmp_path / "big"
-    assert run(["--layers", "0", "--targets", "query", "--methods", "svd", "--ranks", "4,400",
+    assert main(["--layers", "0", "--targets", "query", "--methods", "svd", "--ranks", "4,400",
                 "--repeats", "1", "--warmup", "0", "--out", str(out), "--figures", str(tmp_path / "f")]) == 0
     assert len(pd.read_csv(out / "factorization.csv")) == 1
     skipped = pd.read_csv(out / "skipped.csv")
@@ -160,9 +160,7 @@ def test_rank_above_matrix_size_is_noted_not_fatal(tmp_path, no_figures):
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, args, message):
-    with pytest.raises(SystemExit) as exc:
-        run([*args, "--out", str(tmp_path / "o"), "--figures", str(tmp_path / "f")])
-    assert exc.value.code == 2
+    assert main([*args, "--out", str(tmp_path / "o"), "--figures", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o" / "factorization.csv").exists()
@@ -172,9 +170,7 @@ def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setattr("lowrank_lab.analyze.open_source", lambda *a, **k: pytest.fail("work started"))
-    with pytest.raises(SystemExit) as exc:
-        run(["--out", str(blocker / "sub")])
-    assert exc.value.code == 2
+    assert main(["--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "a-file" in err and len(err.strip().splitlines()) == 1
 
@@ -188,11 +184,12 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
 
 def test_help_explains_every_option_with_an_example(capsys):
     with pytest.raises(SystemExit) as exc:
-        run(["--help"])
+        main(["--help"])
     assert exc.value.code == 0
     usage = capsys.readouterr().out
     options = ["--model", "--synthetic", "--ranks", "--methods", "--targets", "--layers", "--device",
-               "--dtype", "--seed", "--out", "--figures", "--resume", "--repeats", "--warmup", "--threads"]
+               "--dtype", "--seed", "--out", "--figures", "--resume", "--retry-skipped", "--repeats",
+               "--warmup", "--threads"]
     for option in options:
         assert option in usage
     assert usage.count("Example:") == len(options) and "examples:" in usage

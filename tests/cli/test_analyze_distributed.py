@@ -68,3 +68,21 @@ def test_resume_after_an_interrupted_distributed_run_computes_only_missing_rows(
     assert "16 new factorization rows" in proc.stdout
     pd.testing.assert_frame_equal(_frame(out / "factorization.csv"), _frame(single / "factorization.csv"))
     assert not (out / "parts").exists()
+
+
+def test_every_rank_stops_with_exit_2_when_out_is_in_use(tmp_path) -> None:
+    # The ranks of one job share rank 0's lock; when rank 0 cannot take it, no rank starts work
+    # (and none waits forever at a barrier).
+    from lowrank_lab.utils.lock import OutputLock
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    with OutputLock(out, command="a test holding --out"):
+        proc = subprocess.run([*launch_command("lowrank_lab.analyze", 2), *ARGS, "--out", str(out),
+                               "--figures", str(out / "fig")], capture_output=True, text=True, env=env,
+                              timeout=300)
+    assert proc.returncode != 0
+    assert f"in use by pid {os.getpid()}" in proc.stderr and "(a test holding --out)" in proc.stderr
+    assert "rank 0 could not prepare" in proc.stderr  # what rank 1 says
+    assert not (out / "factorization.csv").exists() and not (out / "parts").exists()

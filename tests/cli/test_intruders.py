@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lowrank_lab import intruders as cli
+from lowrank_lab.analysis import intruder_tables
 from lowrank_lab.analysis import intruders as ix
 
 QUERY0 = "encoder.layer.0.attention.self.query.weight"
@@ -105,7 +106,7 @@ def test_planted_intruder_found_and_every_output_written(tmp_path, models):
     )
     assert code == 0
     df = pd.read_csv(out / "intruders.csv")
-    assert list(df.columns) == list(ix.ROW_COLUMNS)
+    assert list(df.columns) == list(intruder_tables.ROW_COLUMNS)
     assert df.tensor.nunique() == 12  # 2 layers × 6 module types
     assert len(df) == 12 * 10 and sorted(df["rank"].unique()) == list(range(1, 11))
     per = df.groupby("tensor").intruder.sum()
@@ -340,7 +341,7 @@ def test_real_minilm_with_peft_lora_matches_peft_detection(tmp_path, layers):
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert len(err.splitlines()) == 1 and err.startswith("python -m lowrank_lab.intruders: error: ")
     return err
 
 
@@ -403,7 +404,8 @@ def test_module_entry_point_runs(tmp_path, models):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("python -m lowrank_lab.intruders: error: ")
 
 
 @pytest.mark.data

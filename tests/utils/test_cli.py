@@ -56,9 +56,9 @@ def test_unit_interval_is_half_open_and_names_the_option():
 @pytest.mark.parametrize(
     ("main", "argv", "message"),
     [
-        (analyze.run, ["--repeats", "0"], "argument --repeats: must be > 0"),
-        (analyze.run, ["--threads", "-1"], "argument --threads: must be > 0"),
-        (analyze.run, ["--warmup", "-1"], "argument --warmup: must be >= 0"),
+        (analyze.main, ["--repeats", "0"], "argument --repeats: must be > 0"),
+        (analyze.main, ["--threads", "-1"], "argument --threads: must be > 0"),
+        (analyze.main, ["--warmup", "-1"], "argument --warmup: must be >= 0"),
         (intruders.main, ["--base", "minilm", "--top-k", "0"], "argument --top-k: must be > 0"),
         (finetune.main, ["--task", "sst2", "--steps", "0"], "argument --steps: must be > 0"),
         (finetune.main, ["--task", "sst2", "--eval-every", "-1"], "argument --eval-every: must be >= 0"),

@@ -1,0 +1,136 @@
+"""Writing into an output folder safely: atomic replacement, no symbolic links followed.
+
+Every generated file (CSV, JSON, markdown, ``.npy``, PNG) is written to a uniquely named temporary
+file beside its destination and moved into place with ``os.replace``, so a crash, a full disk or a
+concurrent reader never sees half a file, and two writers never share a temporary name. A
+destination that is a symbolic link is refused rather than followed: a link planted in ``--out``
+would otherwise let a run overwrite its target (``os.replace`` itself replaces the link, not the
+target, but a program that *appends* or *truncates* would write through it). Appends open with
+``O_NOFOLLOW`` for the same reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+class OutputDirError(ValueError):
+    """An output directory or file cannot be created or written (one line, exit status 2)."""
+
+
+class SymlinkError(OutputDirError):
+    """A destination in an output folder is a symbolic link; it is not written through."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Permissions of a new file as ``open`` would give it (``mkstemp`` makes 0600).
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def refuse_symlink(path: str | Path, option: str = "--out") -> Path:
+    """Raise :class:`SymlinkError` when ``path`` is a symbolic link (dangling or not); return it."""
+    path = Path(path)
+    if path.is_symlink():
+        raise SymlinkError(
+            f"{path} is a symbolic link (to {os.readlink(path)!r}); lowrank_lab does not write through "
+            f"links in {option}: remove the link or pass another {option}"
+        )
+    return path
+
+
+def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
+    """Create ``path`` if needed and prove it is writable, before any expensive work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # A unique probe: distributed ranks check the same directory at the same moment.
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputDirError(
+            f"{option} {str(path)!r} is not a writable directory ({exc.strerror or exc}); "
+            f"pass a different {option}"
+        ) from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, option: str = "--out") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; moved onto ``path`` when the block ends.
+
+    The temporary name is unique (``mkstemp``) and keeps the suffix, so writers that choose a format
+    by it (matplotlib, ``np.save``) behave as with the real name. On an exception the temporary file
+    is removed and ``path`` is left as it was.
+    """
+    path = refuse_symlink(path, option)
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    except OSError as exc:  # name the file meant, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        os.chmod(tmp, _FILE_MODE)
+        yield tmp
+        with open(tmp, "rb") as fh:  # durable before it takes the real name
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename in (str(tmp), tmp):  # a full disk or I/O error on the temporary file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str, option: str = "--out") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path, option) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def open_append(path: str | Path, option: str = "--out") -> IO[str]:
+    """``open(path, "a", newline="")`` that refuses a symbolic link (``O_NOFOLLOW``)."""
+    path = refuse_symlink(path, option)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE | 0o600)
+    except OSError as exc:
+        if path.is_symlink():  # created between the check and the open
+            refuse_symlink(path, option)
+        raise exc
+    return os.fdopen(fd, "a", newline="")
+
+
+def read_text_nofollow(path: str | Path, option: str = "--out") -> str:
+    """The text of ``path``, refusing a symbolic link (a resumed file is read before it is changed)."""
+    path = refuse_symlink(path, option)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, newline="") as fh:
+        return fh.read()
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the file and the cause of an ``OSError`` (full disk, read-only folder...)."""
+    what = exc.strerror or " ".join(str(exc).split())
+    if exc.filename is None:
+        return what
+    hint = {
+        errno.ENOSPC: "free some space or pass another --out",
+        errno.EROFS: "pass an --out on a writable file system",
+        errno.EACCES: "check its permissions",
+        errno.EPERM: "check its permissions",
+    }.get(exc.errno)
+    return f"{exc.filename}: {what}" + (f"; {hint}" if hint else "")

@@ -1,0 +1,314 @@
+"""The resumable, distributed per-matrix sweep behind ``analyze`` and ``intruders``.
+
+Both commands do the same thing around different mathematics: walk a list of items (weight
+matrices) one at a time, turn each into rows of a few CSV tables, and keep those files valid
+whatever happens. :class:`Sweep` owns that part, once:
+
+* **the lock** — :class:`~lowrank_lab.utils.lock.OutputLock` on the output folder, taken by rank 0
+  and shared by the other ranks of a ``torchrun`` job (they learn through one all-reduce whether
+  rank 0 got it, so a refused job stops on every rank);
+* **resume** — with ``resume`` the rows already written are kept and every table's header is
+  checked before anything changes; the items whose rows are all there are not even read
+  (``finished``); without it the tables and any part files are removed first;
+* **the split** — a distributed run hands each rank a cost-balanced share of the unfinished items
+  (:func:`~lowrank_lab.utils.distributed.balanced_partition`, longest-processing-time first);
+* **part files** — each rank appends to ``parts/<table>.rank<N>.csv``, so an interrupted rank
+  loses nothing and a later ``--resume`` (of any world size) sees everything finished;
+* **merge and row order** — rank 0 folds the parts into the tables a single process writes, in
+  the same row order (``order``), byte for byte;
+* **bad matrices** — a work function that raises :class:`SkipItem` gets its item recorded by the
+  caller's ``on_skip`` rows (skipped.csv) and the sweep goes on; :attr:`Sweep.skipped` lists them.
+
+A command is then: parse its options, build a :class:`Sweep` with its tables, call :meth:`Sweep.run`
+with a per-item function, and write its report from the merged files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lowrank_lab.utils.distributed import (
+    DistContext,
+    balanced_partition,
+    existing_parts,
+    merge_csv_parts,
+    part_path,
+)
+from lowrank_lab.utils.files import atomic_write_text, refuse_symlink
+from lowrank_lab.utils.lock import OutputLock, OutputLockedError
+from lowrank_lab.utils.tables import RowWriter, key_text, read_keys
+
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One CSV file of a sweep: its path, columns (in order) and the columns that key a row."""
+
+    path: Path
+    columns: Sequence[str]
+    key: Sequence[str]
+
+
+class SkipItem(Exception):
+    """Raised by a work function for an item that cannot be computed (NaN weights, ...).
+
+    The sweep records it (the caller's ``on_skip`` rows) and goes on with the next item.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = " ".join(str(reason).split())
+
+
+class Sweep:
+    """A resumable sweep over items, writing rows into ``tables`` inside ``out``.
+
+    Parameters
+    ----------
+    out : Path
+        The output folder (exists and is writable).
+    tables : mapping
+        ``name -> Table``; every table lives directly in ``out``.
+    order : callable
+        ``DataFrame -> DataFrame`` sorting rows of any table into single-process order (used when
+        part files are merged).
+    ctx : DistContext
+        This process's place in a (possibly one-process) run.
+    resume : bool
+        Keep rows already written (``--resume``).
+    command : str
+        Shown by a refused second process.
+    retry_tables : sequence of str
+        Tables emptied (header kept) before a resumed run starts, so the items they list are
+        computed again (``--retry-skipped`` empties skipped.csv).
+    check_resume : callable, optional
+        Run by rank 0 under the lock before a resumed run changes anything; raises ValueError when
+        the files were made with other settings (its message reaches every rank's exit status).
+    on_open : callable, optional
+        Run by rank 0 under the lock once the tables are ready (the caller's own files: a folder
+        to check, a first run.json); an error there stops every rank like a refused lock.
+
+    Use as a context manager: entering takes the lock and prepares the tables, leaving closes the
+    writers and releases the lock (also on an exception or Ctrl-C, keeping every finished row).
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        tables: Mapping[str, Table],
+        *,
+        order: Callable[[pd.DataFrame], pd.DataFrame],
+        ctx: DistContext | None = None,
+        resume: bool = False,
+        command: str = "",
+        retry_tables: Sequence[str] = (),
+        check_resume: Callable[[], None] | None = None,
+        on_open: Callable[[], None] | None = None,
+    ) -> None:
+        self.out = Path(out)
+        self.tables = dict(tables)
+        self.order = order
+        self.ctx = ctx or DistContext()
+        self.resume = resume
+        self.retry_tables = tuple(retry_tables)
+        self.check_resume = check_resume
+        self.on_open = on_open
+        self.lock = OutputLock(self.out, command=command)
+        self.writers: dict[str, RowWriter] = {}
+        self.finished: dict[str, set[tuple[str, ...]]] = {}
+        self.counts: dict[str, int] = dict.fromkeys(self.tables, 0)
+        #: ``(label, reason)`` of every item skipped by this process.
+        self.skipped: list[tuple[str, str]] = []
+
+    # -- setting up -------------------------------------------------------------------------------
+    def __enter__(self) -> Sweep:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.out / "parts"
+
+    def open(self) -> None:
+        ctx = self.ctx
+        error: Exception | None = None
+        if ctx.is_main:
+            try:
+                self.lock.acquire()
+                note = self.lock.note()
+                if note:
+                    print(note, file=sys.stderr)
+                self._prepare()
+                if self.on_open is not None:
+                    self.on_open()
+            except (OSError, ValueError) as exc:
+                error = exc
+        # One collective either way: every rank learns whether rank 0 holds the folder.
+        (failed,) = ctx.sum([1 if error is not None else 0])
+        if error is not None:
+            self.lock.release()
+            raise error
+        if failed:
+            raise OutputLockedError(f"rank 0 could not prepare {self.out}; see its message")
+        if ctx.enabled:
+            # What earlier runs finished is read-only; each rank appends to its own part files.
+            self.finished = {n: read_keys(t.path, t.key) for n, t in self.tables.items()}
+            self.parts_dir.mkdir(exist_ok=True)
+            self.writers = {n: RowWriter(part_path(t.path, ctx.rank), t.columns, t.key)
+                            for n, t in self.tables.items()}
+        else:
+            self.finished = {n: set() for n in self.tables}
+            self.writers = {n: RowWriter(t.path, t.columns, t.key, resume=self.resume)
+                            for n, t in self.tables.items()}
+
+    def _prepare(self) -> None:
+        """Rank 0, before any rank starts. Resumed: check every header, then fold in the parts an
+        interrupted distributed run left. Fresh: remove the tables and their parts."""
+        for t in self.tables.values():
+            refuse_symlink(t.path)
+            for p in existing_parts(t.path):
+                refuse_symlink(p)
+        if self.resume:
+            if self.check_resume is not None:
+                self.check_resume()
+            for t in self.tables.values():  # raises on another layout, before anything changes
+                read_keys(t.path, t.key, columns=t.columns)
+                for p in existing_parts(t.path):
+                    read_keys(p, t.key, columns=t.columns)
+            self._merge()
+            for name in self.retry_tables:
+                t = self.tables[name]
+                if t.path.exists():
+                    atomic_write_text(t.path, ",".join(t.columns) + "\r\n")
+            return
+        for t in self.tables.values():
+            for p in existing_parts(t.path):
+                p.unlink()
+            t.path.unlink(missing_ok=True)
+        self._remove_parts_dir()
+
+    # -- the rows -----------------------------------------------------------------------------------
+    def done(self, table: str, key: Sequence[Any]) -> bool:
+        """Whether a row with ``key`` is in ``table`` (written by this run or an earlier one)."""
+        return self.writers[table].done(key) or tuple(key_text(k) for k in key) in self.finished[table]
+
+    def write(self, table: str, row: Row) -> None:
+        """Append one row to ``table`` unless a row with its key is already there."""
+        writer = self.writers[table]
+        key = [row[k] for k in writer.key_columns]
+        if self.done(table, key):
+            return
+        writer.write(row)
+        self.counts[table] += 1
+
+    # -- the work -------------------------------------------------------------------------------------
+    def share(
+        self, items: Sequence[Any], *, finished: Callable[[Any], bool], cost: Callable[[Any], float]
+    ) -> list[Any]:
+        """This rank's unfinished items: all of them alone, a cost-balanced share under torchrun."""
+        todo = [item for item in items if not finished(item)]
+        if not self.ctx.enabled:
+            return todo
+        split = balanced_partition([cost(item) for item in todo], self.ctx.world_size)
+        return [todo[j] for j in split[self.ctx.rank]]
+
+    def run(
+        self,
+        items: Sequence[Any],
+        work: Callable[[Any], Iterable[tuple[str, Row]]],
+        *,
+        finished: Callable[[Any], bool],
+        cost: Callable[[Any], float],
+        label: Callable[[Any], str] = str,
+        on_skip: Callable[[Any, str], Iterable[tuple[str, Row]]] | None = None,
+        desc: str = "",
+    ) -> list[Any]:
+        """Run ``work`` on this rank's share of ``items``, writing the ``(table, row)`` pairs it yields.
+
+        ``work`` may raise :class:`SkipItem`: the rows of ``on_skip(item, reason)`` are written and
+        the sweep continues. Returns the items this process worked on.
+        """
+        from tqdm.auto import tqdm
+
+        mine = self.share(items, finished=finished, cost=cost)
+        ctx = self.ctx
+        bar_desc = f"{desc} [rank {ctx.rank}/{ctx.world_size}]" if ctx.enabled else desc
+        with tqdm(mine, desc=bar_desc, unit="matrix", disable=None, position=ctx.rank) as bar:
+            for item in bar:
+                bar.set_postfix_str(label(item)[-40:], refresh=False)
+                try:
+                    for table, row in work(item):
+                        self.write(table, row)
+                except SkipItem as exc:
+                    self.skipped.append((label(item), exc.reason))
+                    for table, row in (on_skip(item, exc.reason) if on_skip else ()):
+                        self.write(table, row)
+        return mine
+
+    # -- the end -----------------------------------------------------------------------------------
+    def finish(self, extra: Sequence[int] = ()) -> tuple[dict[str, int], list[int]]:
+        """Close the writers, wait for every rank, merge the parts (rank 0).
+
+        Returns the row counts of the whole run per table and the element-wise sum of ``extra``
+        over ranks (counters of the caller's own, e.g. cache hits), plus the skipped-item count
+        under ``"skipped_items"``.
+        """
+        self._close_writers()
+        ctx = self.ctx
+        ctx.barrier()  # every part file is complete
+        names = list(self.tables)
+        totals = ctx.sum([self.counts[n] for n in names] + [len(self.skipped)] + list(extra))
+        counts = dict(zip(names, totals[: len(names)], strict=True))
+        counts["skipped_items"] = totals[len(names)]
+        if ctx.is_main and ctx.enabled:
+            self._merge()
+        return counts, totals[len(names) + 1:]
+
+    def close(self) -> None:
+        """Close the writers and release the lock (idempotent)."""
+        self._close_writers()
+        if self.ctx.is_main:
+            with contextlib.suppress(OSError):
+                self._remove_parts_dir()
+        self.lock.release()
+
+    def _close_writers(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+    def _merge(self) -> None:
+        """Fold every rank's part files into the tables in single-process row order; remove them."""
+        for t in self.tables.values():
+            parts = existing_parts(t.path)
+            if parts:
+                merge_csv_parts(t.path, parts, order=self.order, key=t.key)
+                for p in parts:
+                    p.unlink()
+        self._remove_parts_dir()
+
+    def _remove_parts_dir(self) -> None:
+        if self.parts_dir.is_dir() and not self.parts_dir.is_symlink() and not any(self.parts_dir.iterdir()):
+            self.parts_dir.rmdir()
+
+
+
+
+def warn_skipped(prog: str, out: Path, count: int, examples: Sequence[tuple[str, str]], *, verb: str) -> None:
+    """The warning line of a run that skipped ``count`` items (exit status stays 0): how many, where
+    the reasons are, how to retry, and the first one with its reason when this process saw it."""
+    if not count:
+        return
+    example = f"; first: {examples[0][0]}: {examples[0][1]}" if examples else ""
+    print(f"{prog}: warning: {count} matrices could not be {verb} and were skipped (reasons in "
+          f"{out}/skipped.csv; --resume --retry-skipped tries them again){example}", file=sys.stderr)

@@ -1,0 +1,169 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Convergence of the adapter methods (NLoRA's convergence figure, at small scale)
+#
+# NLoRA's paper plots training loss against steps for LoRA, PiSSA and NLoRA and claims NLoRA
+# converges faster and ends lower; PiSSA claims the same over LoRA. Here the curves come from the
+# fine-tuning harness (`python -m lowrank_lab.finetune`, issue 7): same data order, seed and schedule for
+# every method, learning rates per method family as the papers use them (stated in each study's
+# summary.md).
+#
+# Sources, in order: the committed studies `reports/finetune/{sst2,rte,gsm8k}` (issue 7's confirmation
+# study) when present; otherwise a study run here — SST-2 with MiniLM (small mode: three methods, a
+# few steps on the query/value maps; full size: six methods, 300 steps, one seed). GLUE and GSM8K
+# come from ../shared/data; without it this notebook says so and stops.
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import display
+
+from lowrank_lab import notebook_support as nbs
+
+NOTEBOOK = "notebooks/05_convergence.ipynb"
+SMALL = nbs.start(NOTEBOOK)  # small or full size, BLAS threads, pandas display, where outputs go
+
+# %%
+from lowrank_lab.training import get_task
+from lowrank_lab.training.study import find_intruders
+from lowrank_lab.training.summary import (
+    claims,
+    load_records,
+    loss_threshold,
+    method_rows,
+    method_table,
+    moving_average,
+    smoothing_window,
+)
+
+studies = {}
+for task in ["sst2", "rte", "gsm8k"]:
+    found = nbs.saved_result(f"finetune/{task}", marker="summary.md")
+    if found is not None:
+        studies[task] = found
+if studies:
+    print("reading the saved studies:", {k: str(v) for k, v in studies.items()})
+elif nbs.shared_data() is None:
+    print("../shared/data not found and no saved study under reports/finetune: nothing to show "
+          "(set LOWRANK_LAB_SHARED_DATA, or run python -m lowrank_lab.finetune first)")
+else:
+    common = ["--task", "sst2", "--model", "minilm", "--data-dir", str(nbs.shared_data()), "--no-save-merged",
+              "--no-progress", "--rank", "8"]
+    studies["sst2"] = nbs.cli_outputs(
+        "finetune", name="05_finetune_sst2",
+        small_argv=[*common, "--methods", "lora,pissa,nlora", "--seeds", "0", "--steps", "10",
+                    "--batch-size", "8", "--max-length", "32", "--eval-samples", "32", "--eval-every", "5",
+                    "--targets", "query,value"],
+        full_argv=[*common, "--methods", "lora,slora,pissa,nlora,inttune,full", "--seeds", "0",
+                   "--steps", "300", "--eval-samples", "256", "--eval-every", "50"],
+    )
+records = {task: load_records(sorted(d.glob("runs/*/run.json"))) for task, d in studies.items()}
+COLORS = plt.get_cmap("tab20")  # the full study has 15 methods: tab10 would repeat colours
+for task, recs in records.items():
+    print(f"{task}: {len(recs)} runs,", pd.Series([r["status"] for r in recs]).value_counts().to_dict())
+
+# %% [markdown]
+# ## Loss curves per method (mean over seeds, band = min–max over seeds)
+#
+# Smoothed with the harness's own trailing window (`lowrank_lab.training.summary.smoothing_window`:
+# 5 % of the steps), the same curves as the studies' `figures/loss_curves.png`, side by side.
+
+# %%
+if records:
+    fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 4.2), squeeze=False,
+                         layout="constrained")
+    for ax, (task, recs) in zip(axes[0], records.items(), strict=True):
+        methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
+        window = smoothing_window(max((len(r["train_loss"]) for r in recs), default=1))
+        for k, m in enumerate(methods):
+            curves = [r["train_loss"] for r in recs if r["config"]["method"] == m and r["train_loss"]]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            sm = np.array([moving_average(c[:n], window) for c in curves])      # (seeds, n)
+            x = np.arange(1, n + 1)
+            ax.plot(x, sm.mean(0), color=COLORS(k % 20), ls=["-", "--"][k // 10 % 2],
+                    label=f"{m} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+            if len(curves) > 1:
+                ax.fill_between(x, sm.min(0), sm.max(0), color=COLORS(k % 20), alpha=0.2, lw=0)
+        cfg = recs[0]["config"]
+        ax.set_title(f"{task}, {cfg['model']}, r = {cfg['rank']}, batch {cfg['batch_size']}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"training loss (moving average, {window} steps)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    print(nbs.save_figure(fig, "05_loss_curves"))
+    plt.show()
+
+# %%
+if records:
+    fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 4.0), squeeze=False,
+                         layout="constrained")
+    for ax, (task, recs) in zip(axes[0], records.items(), strict=True):
+        spec = get_task(task)
+        methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
+        for k, m in enumerate(methods):
+            evals = [r["eval"] for r in recs if r["config"]["method"] == m and r.get("eval")]
+            if not evals:
+                continue
+            steps = sorted(set.intersection(*[{e["step"] for e in ev} for ev in evals]))
+            vals = np.array([[next(e["metric"] for e in ev if e["step"] == s) for s in steps]
+                             for ev in evals])  # (seeds, evaluations)
+            ax.errorbar(steps, vals.mean(0), yerr=vals.std(0) if len(evals) > 1 else None, marker="o", ms=3,
+                        color=COLORS(k % 20), capsize=2, label=m)
+        ax.set_title(f"{task}: held-out {spec.metric} during training")
+        ax.set_xlabel("step")
+        ax.set_ylabel(spec.metric)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    print(nbs.save_figure(fig, "05_eval_curves"))
+    plt.show()
+
+# %% [markdown]
+# ## Per method: final metric, loss AUC, steps to a loss threshold — and the papers' claims
+#
+# `method_rows` / `method_table` / `claims` are the harness's own aggregation (the tables of each
+# study's summary.md): mean ± sd over seeds; "steps to threshold" counts steps until the smoothed loss
+# first reaches LoRA's mean final loss; each claim is confirmed or contradicted only when the difference
+# exceeds two standard errors.
+
+# %%
+tables, verdicts = [], []
+for task, recs in records.items():
+    spec = get_task(task)
+    methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
+    threshold, why = loss_threshold(recs, methods)
+    rows = method_rows(recs, methods, spec, threshold)
+    tables.append(method_table(rows, spec).assign(task=task))
+    # the intruder claim reads the counts the intruders CLI wrote into <study>/intruders/<run>/
+    verdicts += [{"task": task, **c} for c in claims(rows, spec, find_intruders(studies[task], recs))]
+if tables:
+    table = pd.concat(tables, ignore_index=True)
+    table = table[["task", *[c for c in table.columns if c != "task"]]]
+    nbs.save_table(table, "05_convergence_table", source=NOTEBOOK,
+                   title="Fine-tuning studies: metric, loss AUC and steps to threshold per method")
+    display(table)
+    claim_table = pd.DataFrame(verdicts)
+    nbs.save_table(claim_table, "05_claims", source=NOTEBOOK, title="Paper claims at this scale")
+    with pd.option_context("display.max_colwidth", 120):
+        display(claim_table)
+
+# %% [markdown]
+# In small mode these are a handful of steps on two of the six linear maps: the table and verdicts
+# exercise the pipeline and mean nothing about the claims (they come out "inconclusive" for that
+# reason). The committed studies under `reports/finetune/` are the evidence.
