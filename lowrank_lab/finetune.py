@@ -24,7 +24,7 @@ from lowrank_lab.training.config import (
 )
 from lowrank_lab.training.loop import Interrupted
 from lowrank_lab.training.selection import parse_grid
-from lowrank_lab.training.study import rebuild_merged, run_study, summarize_existing
+from lowrank_lab.training.study import measure_forgetting, rebuild_merged, run_study, summarize_existing
 from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, HubDataset, TaskSpec, default_data_dir, get_task
 from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, sigterm_as_interrupt
 
@@ -308,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
         "'replaces'; runs.csv and summary.md are rebuilt), so record and weights stay one run",
     )
     p.add_argument(
+        "--forgetting",
+        nargs="?",
+        const="stsb",
+        default=None,
+        choices=["stsb"],
+        help="measure forgetting of the finished runs in --out that have merged/ weights: the drop of the "
+        "STS-B dev Spearman correlation of the encoder's mean-pooled cosine similarities (the "
+        "sentence encoder's own skill), into forgetting.csv; needs the STS-B data in --data-dir",
+    )
+    p.add_argument(
         "--summary-only",
         action="store_true",
         help="only rebuild summary.md, curves.csv and figures from the runs already in --out",
@@ -401,6 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for msg in res["failed"].values():
                 print(f"error: {msg}", file=sys.stderr)
             return 1 if res["failed"] else 0
+        if args.forgetting is not None:
+            path = measure_forgetting(out, spec, data_dir=_data_source(args, spec))
+            summarize_existing(out, [], spec, threshold_override=args.loss_threshold)
+            print(f"wrote {path}")
+            return 0
         if args.summary_only:
             path = summarize_existing(
                 out,
