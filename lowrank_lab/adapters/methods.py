@@ -416,10 +416,11 @@ def init_nlora_pinv(
 ) -> AdapterInit:
     """NLoRA with the textbook Nyström core: ``M = W[:r, :r]⁺`` (:func:`lowrank_lab.linalg.nystrom_pinv`).
 
-    ``B = W[:, :r]``, ``A = W[:r, :]``; base W, SLoRA structure (A, M, B train). At init the adapter
-    adds the CUR–Nyström approximation ``s·W[:, :r]·W[:r, :r]⁺·W[:r, :]`` of W itself, so the output
-    changes (roughly doubling the part of W in the chosen rows and columns), as in ``nlora``;
-    what differs is only the core — the comparison this variant exists for.
+    ``B = W[:, :r]``, ``A = W[:r, :]``, SLoRA structure (A, M, B train). Registered twice: as
+    ``nlora-pinv`` the base becomes the residual ``W − s·B·M·A`` (as PiSSA does with its SVD
+    factors; issue 15), so the output is unchanged at init; as ``nlora-pinv-additive`` the base
+    stays W and the adapter adds the CUR–Nyström approximation of W itself, as NLoRA's released
+    code adds its factors, which roughly doubles the part of W in the chosen rows and columns.
 
     Parameters
     ----------
@@ -446,9 +447,10 @@ def init_nlora_sketch(
     """NLoRA with the sketched, stabilised generalised Nyström (Nakatsukasa 2020, arXiv 2009.11392).
 
     :func:`lowrank_lab.linalg.nystrom_sketch`: ``B = W X V``, ``M = diag(1/s_k)`` (stored as a
-    dense r × r core so it trains like SLoRA's), ``A = Uᵀ Qᵀ Yᵀ W``; base W, A, M and B train.
-    At init the adapter adds a near-optimal rank-r approximation of W (the output changes, as in
-    ``nlora``).
+    dense r × r core so it trains like SLoRA's), ``A = Uᵀ Qᵀ Yᵀ W``; A, M and B train. As
+    ``nlora-sketch`` the base becomes the residual ``W − s·B·M·A`` (issue 15), as PiSSA's does;
+    as ``nlora-sketch-additive`` the base stays W and the adapter adds a near-optimal rank-r
+    approximation of W on top of it (the output changes, as in ``nlora``).
 
     Parameters
     ----------
@@ -629,26 +631,50 @@ ADAPTERS: dict[str, AdapterMethod] = {
         ),
         _method(
             "nlora-pinv",
-            summary="B = W[:, :r], M = W[:r, :r]⁺, A = W[:r, :] (textbook CUR–Nyström); base W",
-            paper="Guo et al. 2025 (the paper's figure); Williams & Seeger 2001",
+            summary="B = W[:, :r], M = W[:r, :r]⁺, A = W[:r, :] (textbook CUR–Nyström); base W − s·B·M·A",
+            paper="Guo et al. 2025 (the paper's figure); Williams & Seeger 2001; residual as PiSSA",
+            init=init_nlora_pinv,
+            factorization="nystrom-pinv",
+            core="dense",
+            trains=_AMB,
+            residual=True,
+            output_at_init="unchanged (residual base)",
+            closed_form="r·(m+n) + r²",
+        ),
+        _method(
+            "nlora-sketch",
+            summary="B, M, A of the sketched, stabilised generalised Nyström; base W − s·B·M·A",
+            paper="Nakatsukasa 2020, arXiv 2009.11392, in NLoRA's three-matrix form; residual as PiSSA",
+            init=init_nlora_sketch,
+            factorization="nystrom",
+            core="dense",
+            trains=_AMB,
+            residual=True,
+            output_at_init="unchanged (residual base)",
+            closed_form="r·(m+n) + r²",
+        ),
+        _method(
+            "nlora-pinv-additive",
+            summary="nlora-pinv's factors added on top of W (base W): the pre-issue-15 form, labelled",
+            paper="Guo et al. 2025 (the paper's figure) with NLoRA's released additive form",
             init=init_nlora_pinv,
             factorization="nystrom-pinv",
             core="dense",
             trains=_AMB,
             residual=False,
-            output_at_init="changes (ΔW = the Nyström approximation of W)",
+            output_at_init="changes (ΔW = the Nyström approximation of W, added to W: about 2W there)",
             closed_form="r·(m+n) + r²",
         ),
         _method(
-            "nlora-sketch",
-            summary="B, M, A of the sketched, stabilised generalised Nyström; base W",
-            paper="Nakatsukasa 2020, arXiv 2009.11392, in NLoRA's three-matrix form",
+            "nlora-sketch-additive",
+            summary="nlora-sketch's factors added on top of W (base W): the pre-issue-15 form, labelled",
+            paper="Nakatsukasa 2020 with NLoRA's released additive form",
             init=init_nlora_sketch,
             factorization="nystrom",
             core="dense",
             trains=_AMB,
             residual=False,
-            output_at_init="changes (ΔW ≈ the best rank-r approximation of W)",
+            output_at_init="changes (ΔW ≈ the best rank-r approximation of W, added to W)",
             closed_form="r·(m+n) + r²",
         ),
         _method(

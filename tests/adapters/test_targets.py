@@ -122,7 +122,8 @@ def test_bad_rank_alpha_and_calibration_are_refused(tiny):
 def test_registry_rows_are_complete():
     assert list(ADAPTERS) == [
         "lora", "pissa", "pissa-fast", "milora", "olora", "lora-xs", "lora-sb", "slora",
-        "nlora", "nlora-pinv", "nlora-sketch", "inttune", "loldu", "full",
+        "nlora", "nlora-pinv", "nlora-sketch", "nlora-pinv-additive", "nlora-sketch-additive", "inttune",
+        "loldu", "full",
     ]  # fmt: skip
     from lowrank_lab.linalg import FACTORIZATIONS
 
@@ -130,7 +131,8 @@ def test_registry_rows_are_complete():
         assert m.paper and m.summary and m.output_at_init and m.closed_form
         assert m.factorization is None or m.factorization in FACTORIZATIONS
     residual = {m.name for m in ADAPTERS.values() if m.residual}
-    assert residual == {"pissa", "pissa-fast", "milora", "olora", "loldu"}
+    # issue 15: the textbook Nyström inits are residual like PiSSA; their additive forms keep base W
+    assert residual == {"pissa", "pissa-fast", "milora", "olora", "loldu", "nlora-pinv", "nlora-sketch"}
 
 
 LLAMA_7B_LAYER = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
