@@ -153,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         "native: the architecture's own transformers head, BERT's pooler), e.g. --pooling cls",
     )
     p.add_argument(
+        "--eval",
+        dest="eval_mode",
+        default="loss",
+        choices=["loss", "generate"],
+        help="what a run is judged on: loss = the task's metric (default; GSM8K: teacher-forced answer "
+        "loss); generate = GSM8K only, greedy generation after training scored by exact match of the "
+        "final number after '####' (the papers' metric; slow on big models)",
+    )
+    p.add_argument(
         "--val-samples",
         type=nonnegative_int,
         default=None,
@@ -449,7 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             pooling=args.pooling,
             val_samples=args.val_samples,
             epochs=args.epochs,
+            eval_mode=args.eval_mode,
         )
+        if args.eval_mode == "generate" and spec.kind != "causal-lm":
+            raise ValueError(f"--eval generate scores a causal LM's answers; task {spec.name} is {spec.kind}")
         grid = parse_grid(args.lr_grid)
         with sigterm_as_interrupt():
             result = run_study(

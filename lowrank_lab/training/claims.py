@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +223,8 @@ def _lm_gate(runs_a, runs_b, baselines: Mapping[str, Any], a: str, b: str) -> tu
     if bigram is None:
         return False, "no bigram baseline (baselines.json) to gate against"
     means = {}
-    for name, runs in ((a, runs_a), (b, runs_b)):
-        vals = [float(r["final_metric"]) for r in runs]
+    for name, runs in ((a, runs_a), (b, runs_b)):  # the answer loss on dev, whatever the metric
+        vals = [float((r.get("dev") or {}).get("loss", r["final_metric"])) for r in runs]
         means[name] = sum(vals) / len(vals) if vals else math.inf
     worse = [f"{m} {v:.3f}" for m, v in means.items() if not v < bigram]
     shown = ", ".join(f"{m} {v:.3f}" for m, v in means.items())
@@ -250,6 +250,8 @@ def claim_rows(
     Spearman drop (None: those claims are "not testable: not measured")."""
     baselines = dict(baselines or {})
     intruders = dict(intruders or {})
+    if records and all(r.get("metric") == "exact_match" for r in records if usable(r)):
+        spec = replace(spec, metric="exact_match", higher_is_better=True)  # finetune --eval generate
     by_method: dict[str, list[Mapping[str, Any]]] = {}
     label = method_labeller(records)
     for rec in records:

@@ -45,7 +45,7 @@ trains (the LM head is pre-trained and tied to the embedding).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from lowrank_lab.adapters import ADAPTERS
@@ -159,6 +159,9 @@ class RunConfig:
     # 0: none, and the dev set is scored during training as before issue 15); see batching.
     val_samples: int | None = None
     epochs: float | None = None  # provenance: the --epochs that set ``steps`` (None: --steps)
+    # "loss": the task's metric; "generate" (causal LM): greedy generation scored by exact match of
+    # the final number after the dev pass (training.generate), the metric GSM8K papers report.
+    eval_mode: str = "loss"
 
     def resolved_lr(self, task_kind: str) -> float:
         return float(self.lr) if self.lr is not None else default_lr(self.method, task_kind)
@@ -207,9 +210,13 @@ class RunConfig:
         "extra",
         "pooling",
         "val_samples",
+        "eval_mode",
     )
 
     def differences(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-        """Identity fields whose value in ``other`` (a stored config) differs from this one."""
+        """Identity fields whose value in ``other`` (a stored config) differs from this one. A field
+        that a stored config lacks (written before the field existed) counts as its default."""
         mine = self.to_dict()
-        return {k: (other.get(k), mine[k]) for k in self.IDENTITY if other.get(k) != mine[k]}
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        stored = {k: other.get(k, defaults.get(k)) for k in self.IDENTITY}
+        return {k: (stored[k], mine[k]) for k in self.IDENTITY if stored[k] != mine[k]}

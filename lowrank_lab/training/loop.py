@@ -530,6 +530,13 @@ def train_run(
             "n": len(dev_idx),
             "seconds": round(sw.seconds, 4),
         }
+        if cfg.eval_mode == "generate":
+            from .generate import exact_match
+
+            with Stopwatch(device) as sw:
+                record["dev"]["exact_match"] = exact_match(model, dev, dev_idx, device=device)
+            record["dev"]["generate_seconds"] = round(sw.seconds, 4)
+            record["metric"] = "exact_match"
 
     if record["status"] == "finished" and cfg.save_merged and run_dir is not None:
         with Stopwatch(device) as sw:
@@ -547,7 +554,8 @@ def train_run(
     if validation:  # validation during training, dev (if scored) at the end
         record["val_metric"] = evals[-1]["metric"] if done else None
         record["val_collapsed"] = bool(evals[-1].get("collapsed", False)) if done else None
-        record["final_metric"] = record["dev"]["metric"] if "dev" in record else None
+        dev_metric = "exact_match" if record.get("metric") == "exact_match" else "metric"
+        record["final_metric"] = record["dev"][dev_metric] if "dev" in record else None
         record["collapsed"] = bool(record["dev"]["collapsed"]) if "dev" in record else None
     else:
         record["final_metric"] = evals[-1]["metric"] if done else None

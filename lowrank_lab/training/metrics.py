@@ -111,4 +111,5 @@ METRIC_LABELS = {
     "matthews": "Matthews corr.",
     "spearman": "Spearman corr.",
     "answer_loss": "answer loss (nats/token)",
+    "exact_match": "exact match of the final number (greedy generation)",
 }

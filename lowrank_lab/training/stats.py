@@ -41,6 +41,7 @@ MIN_EFFECT = {
     "spearman": 0.02,
     "pearson": 0.02,
     "answer_loss": 0.02,
+    "exact_match": 0.01,  # one point of GSM8K accuracy, as for accuracy
     "loss_auc": 0.02,
     "intruders": 1.0,  # one intruder dimension, summed over the model's matrices
 }
