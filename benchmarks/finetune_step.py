@@ -47,15 +47,7 @@ import torch  # noqa: E402
 
 from lowrank_lab.training.batching import Encoder, batch_order, eval_subset  # noqa: E402
 from lowrank_lab.training.config import RunConfig  # noqa: E402
-from lowrank_lab.training.loop import (  # noqa: E402
-    _forward,
-    _lr_lambda,
-    _to,
-    evaluate,
-    prepare_model,
-    task_loss,
-    train_run,
-)
+from lowrank_lab.training.loop import Trainer, evaluate, train_run  # noqa: E402
 from lowrank_lab.training.models import head_parameters, load_model, load_tokenizer  # noqa: E402
 from lowrank_lab.training.tasks import default_data_dir, get_task, load_examples  # noqa: E402
 from lowrank_lab.utils.provenance import git_commit  # noqa: E402
@@ -66,30 +58,14 @@ BUDGET_SECONDS = 240.0  # issue 7: ≤ 4 minutes for one 300-step run
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _optimizer(model: torch.nn.Module, lr: float, steps: int):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, 0.06))
-    return params, opt, sched
-
-
-def _step_timer(model, spec, train, order, device, lr, steps):
-    params, opt, sched = _optimizer(model, lr, steps)
-    it = iter(range(order.shape[0]))
-    model.train()
-
-    def step() -> float:
-        i = next(it)
-        batch = _to(train.collate(order[i].tolist()), device)
-        loss = task_loss(spec, _forward(model, batch), batch["target"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    return step
+def _trainer(cfg: RunConfig, spec, train, model: torch.nn.Module | None = None) -> Trainer:
+    """The harness's own :class:`~lowrank_lab.training.loop.Trainer`, set up and started without
+    the step-0 evaluation: its :meth:`~Trainer.step` is exactly what a run executes per step (the
+    divergence checks, clipping, AdamW, schedule, RNG and memory bookkeeping). ``model`` (PEFT's)
+    replaces building and injecting ours, so both are trained by the same step."""
+    trainer = Trainer(cfg, spec, train, train, lambda: load_model("minilm", spec), model=model).setup()
+    trainer.start(evaluate=False)
+    return trainer
 
 
 def _peft_lora(spec, rank: int, seed: int):
@@ -122,25 +98,18 @@ def _config(method: str, spec, args) -> RunConfig:
     )
 
 
-def measure(method: str, spec, train, eval_, order, eval_idx, args, device) -> dict:
-    cfg = _config(method, spec, args)
+def measure(method: str, spec, train, eval_, eval_idx, args, device) -> dict:
+    cfg = _config("lora" if method == "peft-lora" else method, spec, args)
     with Stopwatch(device) as load_sw:
         if method == "peft-lora":
-            model = _peft_lora(spec, args.rank, 0)
+            trainer = _trainer(cfg, spec, train, _peft_lora(spec, args.rank, 0))
             init_s = float("nan")
         else:
-            model, info = prepare_model(
-                cfg, spec, lambda: load_model("minilm", spec), calibration=None, device=device
-            )
-            init_s = info["init_seconds"]
-    lr = (
-        cfg.resolved_lr(spec.kind)
-        if method != "peft-lora"
-        else RunConfig(spec.name, "lora").resolved_lr(spec.kind)
-    )
+            trainer = _trainer(cfg, spec, train)
+            init_s = trainer.record["init_seconds"]
+    model, step = trainer.model, trainer.step
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head = sum(p.numel() for _, p in head_parameters(model))
-    step = _step_timer(model, spec, train, order, device, lr, args.steps)
     step()
     step()  # warm-up: first calls allocate optimizer state and caches
     cpu0 = time.process_time()
@@ -189,15 +158,12 @@ def measure(method: str, spec, train, eval_, order, eval_idx, args, device) -> d
     }
 
 
-def paired_lora_ratio(spec, train, order, args, device) -> dict:
+def paired_lora_ratio(spec, train, args, device) -> dict:
     """Our LoRA step time over PEFT's, paired: one step of each per round, order alternating."""
     cfg = _config("lora", spec, args)
-    ours, _ = prepare_model(cfg, spec, lambda: load_model("minilm", spec), calibration=None, device=device)
-    theirs = _peft_lora(spec, args.rank, 0)
-    lr = cfg.resolved_lr(spec.kind)
     steps = {
-        "ours": _step_timer(ours, spec, train, order, device, lr, args.steps),
-        "peft": _step_timer(theirs, spec, train, order, device, lr, args.steps),
+        "ours": _trainer(cfg, spec, train).step,
+        "peft": _trainer(cfg, spec, train, _peft_lora(spec, args.rank, 0)).step,
     }
     for step in steps.values():
         step()
@@ -287,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer("minilm", spec)
     train = Encoder(spec, tok, args.max_length, load_examples(spec, data_dir, "train"))
     eval_ = Encoder(spec, tok, args.max_length, load_examples(spec, data_dir, "eval"))
-    order = batch_order(len(train), args.measure + 2, args.batch_size, seed=0)
+    # tokenise the timed batches (seed 0's first steps, what every trainer takes) outside the timing
+    train.prepare(batch_order(len(train), 2 * args.measure + 4, args.batch_size, seed=0).flatten().tolist())
     eval_idx = eval_subset(len(eval_), 64 if args.small else 0)
     load_before = os.getloadavg()
     rows = []
@@ -295,12 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         print(f"timing {m} ...", file=sys.stderr)
-        rows.append(measure(m, spec, train, eval_, order, eval_idx, args, device))
+        rows.append(measure(m, spec, train, eval_, eval_idx, args, device))
     paired = None
     if {"lora", "peft-lora"} <= set(methods):
         print("pairing lora and peft-lora steps ...", file=sys.stderr)
-        paired = paired_lora_ratio(spec, train, batch_order(len(train), 2 + args.measure, args.batch_size, 0),
-                                   args, device)
+        paired = paired_lora_ratio(spec, train, args, device)
     whole = [m.strip() for m in (args.whole_run if args.whole_run is not None else
              ("" if args.small else "lora")).split(",") if m.strip()]
     runs = []

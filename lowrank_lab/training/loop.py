@@ -344,232 +344,334 @@ def train_run(
         :func:`~lowrank_lab.training.study.run_study` adds ``config``, ``meta`` (command,
         versions, device, git commit) and ``wall_seconds`` when it writes ``run.json``.
     """
-    device = torch.device(cfg.device)
-    t_start = time.perf_counter()
-    lr = cfg.resolved_lr(spec.kind)
-    head_lr = cfg.resolved_head_lr()
-    order = batch_order(len(train), cfg.steps, cfg.batch_size, cfg.seed)  # (steps, B)
-    n_eval = spec.default_eval_samples if cfg.eval_samples is None else cfg.eval_samples
-    validation = dev is not None if validation is None else validation
-    eval_idx = list(range(len(eval_))) if validation else eval_subset(len(eval_), n_eval)
-    dev_idx = eval_subset(len(dev), n_eval) if dev is not None else []
-    meter = MemoryMeter(device)
+    trainer = Trainer(
+        cfg,
+        spec,
+        train,
+        eval_,
+        model_factory,
+        dev=dev,
+        validation=validation,
+        run_dir=run_dir,
+        step_callback=step_callback,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    return trainer.fit(resume=resume)
 
-    def calibration(model: nn.Module) -> torch.Tensor:
-        # LoRA-SB's approximate first update uses ~50 training examples (REFERENCE.md): the run's
-        # first 48 examples in its own order, so calibration depends on the seed only.
-        batch = _to(train.collate(order.flatten()[: min(48, order.numel())].tolist()), device)
-        return task_loss(spec, _forward(model, batch), batch["target"])
 
-    model, info = prepare_model(cfg, spec, model_factory, calibration=calibration, device=device)
-    meter.sample()
+class Trainer:
+    """One fine-tuning run in parts: :meth:`setup` (model, adapter, optimizer), :meth:`load` (a
+    checkpoint), :meth:`start` (the step-0 evaluation and the clocks), :meth:`step` (one optimizer
+    step), :meth:`evaluate`, :meth:`save` (a checkpoint), and :meth:`fit`, which runs them in order
+    and returns the record. :func:`train_run` (the CLI and the study) is ``Trainer(...).fit()``;
+    benchmarks/finetune_step.py times :meth:`step` itself, so the benchmark measures the very step
+    the runs take. Parameters are those of :func:`train_run`; ``model`` replaces building and
+    injecting one (a benchmark's PEFT model: trained by the same step).
+    """
 
-    head_ids = {id(p) for _, p in head_parameters(model)}
-    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
-    groups = [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
-    if not groups:
-        raise ValueError(
-            f"method {cfg.method!r} left no trainable parameter; check --targets {cfg.targets!r}"
+    def __init__(
+        self,
+        cfg: RunConfig,
+        spec: TaskSpec,
+        train: Encoder,
+        eval_: Encoder,
+        model_factory: Callable[[], nn.Module],
+        *,
+        dev: Encoder | None = None,
+        validation: bool | None = None,
+        run_dir: str | Path | None = None,
+        step_callback: Callable[[int, float], None] | None = None,
+        checkpoint_seconds: float = 0.0,
+        model: nn.Module | None = None,
+    ) -> None:
+        self.cfg, self.spec, self.train_enc, self.eval_enc, self.dev_enc = cfg, spec, train, eval_, dev
+        self.model_factory, self.given_model = model_factory, model
+        self.step_callback, self.checkpoint_seconds = step_callback, checkpoint_seconds
+        self.ckpt_dir = Path(run_dir) if run_dir is not None else None
+        self.device = torch.device(cfg.device)
+        self.lr = cfg.resolved_lr(spec.kind)
+        self.head_lr = cfg.resolved_head_lr()
+        self.order = batch_order(len(train), cfg.steps, cfg.batch_size, cfg.seed)  # (steps, B)
+        n_eval = spec.default_eval_samples if cfg.eval_samples is None else cfg.eval_samples
+        self.validation = dev is not None if validation is None else validation
+        self.eval_idx = list(range(len(eval_))) if self.validation else eval_subset(len(eval_), n_eval)
+        self.dev_idx = eval_subset(len(dev), n_eval) if dev is not None else []
+        self.first_loss: float | None = None
+        self.next_step = 1
+        self.updating = False
+
+    # -- parts -------------------------------------------------------------------------------
+
+    def setup(self) -> Trainer:
+        """Seed, build the model with its adapter (or take the given one), the AdamW optimizer with
+        its body and head groups, and the schedule; start the record."""
+        cfg, spec, device = self.cfg, self.spec, self.device
+        self.t_start = time.perf_counter()
+        self.meter = MemoryMeter(device)
+
+        def calibration(model: nn.Module) -> torch.Tensor:
+            # LoRA-SB's approximate first update uses ~50 training examples (REFERENCE.md): the run's
+            # first 48 examples in its own order, so calibration depends on the seed only.
+            first = self.order.flatten()[: min(48, self.order.numel())].tolist()
+            batch = _to(self.train_enc.collate(first), device)
+            return task_loss(spec, _forward(model, batch), batch["target"])
+
+        if self.given_model is None:
+            model, info = prepare_model(cfg, spec, self.model_factory, calibration=calibration, device=device)
+        else:
+            model, info = self.given_model.to(device), {}
+        self.model = model
+        self.meter.sample()
+
+        head_ids = {id(p) for _, p in head_parameters(model)}
+        body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        head = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
+        groups = [{"params": body, "lr": self.lr}, {"params": head, "lr": self.head_lr}]
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise ValueError(
+                f"method {cfg.method!r} left no trainable parameter; check --targets {cfg.targets!r}"
+            )
+        self.params = body + head
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.steps, cfg.warmup_ratio))
+        self.record: dict[str, Any] = {
+            "status": "running",
+            "message": "",
+            "lr": self.lr,
+            "head_lr": self.head_lr,
+            "train_loss": [],
+            "eval": [],
+            "resumed_at": [],
+            **info,
+        }
+        self.eval_seconds = 0.0
+        # Seconds spent before this session's training clock starts: earlier sessions of this run (train,
+        # eval, run) and, for eval, also the evaluations of this session that precede the first step.
+        self.before = {"train": 0.0, "eval": 0.0, "run": 0.0}
+        return self
+
+    def load(self) -> bool:
+        """Continue from ``run_dir``'s checkpoint if there is one (the evaluation an interruption cut
+        short is redone); False when there is none."""
+        if self.ckpt_dir is None or read_checkpoint_meta(self.ckpt_dir) is None:
+            return False
+        restored = load_checkpoint(self.ckpt_dir, self.device)
+        self.first_loss, self.next_step = _restore(
+            restored, self.cfg, self.named, self.opt, self.sched, self.record, self.meter, self.ckpt_dir
         )
-    params = body + head
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.steps, cfg.warmup_ratio))
-    ckpt_dir = Path(run_dir) if run_dir is not None else None
-    restored = None
-    if resume and ckpt_dir is not None and read_checkpoint_meta(ckpt_dir) is not None:
-        restored = load_checkpoint(ckpt_dir, device)
+        self.before.update(restored["seconds"])
+        self.eval_seconds = self.before["eval"]
+        done = self.next_step - 1
+        if done > 0 and self._eval_due(done) and self.record["eval"][-1]["step"] != done:
+            self.evaluate("eval", done)  # the interruption came during this evaluation
+            self.before["eval"] = self.eval_seconds  # it ran before the training clock starts: not step time
+        set_rng_state(restored["rng"], self.device)
+        return True
 
-    record: dict[str, Any] = {
-        "status": "running",
-        "message": "",
-        "lr": lr,
-        "head_lr": head_lr,
-        "train_loss": [],
-        "eval": [],
-        "resumed_at": [],
-        **info,
-    }
-    eval_seconds = 0.0
-    # Seconds spent before this session's training clock starts: earlier sessions of this run (train,
-    # eval, run) and, for eval, also the evaluations of this session that precede the first step.
-    before = {"train": 0.0, "eval": 0.0, "run": 0.0}
+    def start(self, *, fresh: bool = True, evaluate: bool = True) -> None:
+        """Before the first step of this session: for a fresh run the step-0 evaluation and the
+        dropout seed (the same stream for every method of a seed); then the training clock."""
+        if fresh:
+            if evaluate:
+                self.evaluate("eval", 0)
+            self.before["eval"] = self.eval_seconds  # before the training clock starts: not step time
+            torch.manual_seed(self.cfg.seed)
+        self.model.train()
+        self.rng_committed = rng_state(self.device)  # as it stands after the last finished step
+        synchronize(self.device)
+        self.t_train = time.perf_counter()
+        self.last_save = self.t_train
 
-    def run_eval(step: int) -> None:
-        nonlocal eval_seconds
-        with Stopwatch(device) as sw:
-            res = evaluate(model, spec, eval_, eval_idx, batch_size=cfg.eval_batch_size, device=device)
-        eval_seconds += sw.seconds
-        record["eval"].append({"step": step, **res, "seconds": round(sw.seconds, 4)})
-        meter.sample()
+    def step(self, step: int | None = None) -> float:
+        """One optimizer step on the batch of ``step`` (default: the next); returns its loss.
 
-    def eval_due(step: int) -> bool:
-        return (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.steps
+        Raises :class:`Diverged` on a non-finite or exploding loss or a non-finite gradient norm.
+        """
+        cfg, device = self.cfg, self.device
+        step = self.next_step if step is None else step
+        batch = _to(self.train_enc.collate(self.order[(step - 1) % len(self.order)].tolist()), device)
+        loss = task_loss(self.spec, _forward(self.model, batch), batch["target"])
+        value = float(loss.detach())
+        if self.first_loss is None:
+            self.first_loss = value
+        limit = cfg.explode_factor * max(self.first_loss, 1e-3)
+        if not math.isfinite(value) or value > limit:
+            what = (
+                "is not finite"
+                if not math.isfinite(value)
+                else f"exceeds {cfg.explode_factor:g} × the first loss {self.first_loss:.4g}"
+            )
+            raise Diverged(
+                f"{cfg.method} (seed {cfg.seed}) stopped at step {step}: training loss {value:.4g} {what}; "
+                f"lower --lr (was {self.lr:g}) or check the adapter init",
+                step,
+            )
+        loss.backward()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+        if not math.isfinite(gnorm):
+            raise Diverged(
+                f"{cfg.method} (seed {cfg.seed}) stopped at step {step}: gradient norm is {gnorm}; "
+                f"lower --lr (was {self.lr:g}) or check the adapter init",
+                step,
+            )
+        self.updating = True  # from here to the append, parameters and record disagree
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.record["train_loss"].append(value)
+        self.updating = False
+        self.rng_committed = rng_state(device)
+        self.meter.sample()
+        self.next_step = step + 1
+        return value
 
-    first_loss = None
-    start = 1
-    if restored is not None:
-        first_loss, start = _restore(restored, cfg, named, opt, sched, record, meter, ckpt_dir)
-        before.update(restored["seconds"])
-        eval_seconds = before["eval"]
-        if start > 1 and eval_due(start - 1) and record["eval"][-1]["step"] != start - 1:
-            run_eval(start - 1)  # the interruption came during this evaluation
-            before["eval"] = eval_seconds  # it ran before the training clock starts: not step time
-        set_rng_state(restored["rng"], device)
-        del restored
-    else:
-        run_eval(0)
-        before["eval"] = eval_seconds  # before the training clock starts: not step time
-        torch.manual_seed(cfg.seed)  # dropout masks: same stream for every method of this seed
-    model.train()
-    rng_committed = rng_state(device)  # as it stands after the last finished step
-    updating = False
-    synchronize(device)
-    t_train = time.perf_counter()
-    last_save = t_train
-
-    def seconds_so_far() -> dict[str, float]:
-        session = time.perf_counter() - t_train - (eval_seconds - before["eval"])
-        return {
-            "train": before["train"] + session,
-            "eval": eval_seconds,
-            "run": before["run"] + time.perf_counter() - t_start,
-        }
-
-    def save() -> Path:
-        assert ckpt_dir is not None
-        step = len(record["train_loss"])
-        state = {
-            "config": cfg.to_dict(),
-            "step": step,
-            "params": {n: p.detach() for n, p in named},
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": rng_committed,
-            "first_loss": first_loss,
-            "train_loss": record["train_loss"],
-            "eval": record["eval"],
-            "resumed_at": record["resumed_at"],
-            "seconds": seconds_so_far(),
-            "peak_memory": meter.peak,
-        }
-        meta = {"config": cfg.to_dict(), "lr": lr, "head_lr": head_lr, "step": step}
-        return save_checkpoint(ckpt_dir, state, meta)
-
-    try:
-        for step in range(start, cfg.steps + 1):
-            batch = _to(train.collate(order[step - 1].tolist()), device)
-            loss = task_loss(spec, _forward(model, batch), batch["target"])
-            value = float(loss.detach())
-            if first_loss is None:
-                first_loss = value
-            limit = cfg.explode_factor * max(first_loss, 1e-3)
-            if not math.isfinite(value) or value > limit:
-                what = (
-                    "is not finite"
-                    if not math.isfinite(value)
-                    else f"exceeds {cfg.explode_factor:g} × the first loss {first_loss:.4g}"
-                )
-                raise Diverged(
-                    f"{cfg.method} (seed {cfg.seed}) stopped at step {step}: "
-                    f"training loss {value:.4g} {what}; "
-                    f"lower --lr (was {lr:g}) or check the adapter init",
-                    step,
-                )
-            loss.backward()
-            gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            if not math.isfinite(gnorm):
-                raise Diverged(
-                    f"{cfg.method} (seed {cfg.seed}) stopped at step {step}: gradient norm is {gnorm}; "
-                    f"lower --lr (was {lr:g}) or check the adapter init",
-                    step,
-                )
-            updating = True  # from here to the append, parameters and record disagree
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            record["train_loss"].append(value)
-            updating = False
-            rng_committed = rng_state(device)
-            meter.sample()
-            if step_callback is not None:
-                step_callback(step, value)
-            if eval_due(step):
-                run_eval(step)
-            now = time.perf_counter()
-            if ckpt_dir is not None and 0 < checkpoint_seconds <= now - last_save and step < cfg.steps:
-                save()
-                last_save = time.perf_counter()
-        record["status"] = "finished"
-    except Diverged as exc:
-        record["status"] = "diverged"
-        record["message"] = str(exc)
-        record["diverged_step"] = exc.step
-    except KeyboardInterrupt:
-        done = len(record["train_loss"])
-        where = f"{cfg.method} (seed {cfg.seed}) interrupted after step {done} of {cfg.steps}"
-        if ckpt_dir is None or done == 0:
-            raise Interrupted(f"{where}; nothing was saved (no run directory or no step yet)") from None
-        if updating:
-            kept = read_checkpoint_meta(ckpt_dir)
-            at = f"the checkpoint of step {kept['step']}" if kept else "step 0 (no checkpoint yet)"
-            raise Interrupted(f"{where}, inside an optimizer update; --resume restarts from {at}") from None
-        path = save()
-        raise Interrupted(f"{where}; saved {path}; rerun with --resume to continue from there") from None
-    synchronize(device)
-    train_seconds = seconds_so_far()["train"]
-
-    if record["status"] == "finished" and dev is not None:
-        with Stopwatch(device) as sw:
-            res = evaluate(model, spec, dev, dev_idx, batch_size=cfg.eval_batch_size, device=device)
-        eval_seconds += sw.seconds
-        record["dev"] = {
-            "step": len(record["train_loss"]),
+    def evaluate(self, split: str = "eval", step: int | None = None) -> dict[str, float]:
+        """Score the split scored during training (``"eval"``: appended to the record's curve at
+        ``step``) or the dev set (``"dev"``: the record's ``dev``, with exact match under
+        ``--eval generate``)."""
+        enc, idx = (self.eval_enc, self.eval_idx) if split == "eval" else (self.dev_enc, self.dev_idx)
+        if enc is None:
+            raise ValueError(f"this run has no {split} split to evaluate")
+        with Stopwatch(self.device) as sw:
+            res = evaluate(
+                self.model, self.spec, enc, idx, batch_size=self.cfg.eval_batch_size, device=self.device
+            )
+        self.eval_seconds += sw.seconds
+        if split == "eval":
+            self.record["eval"].append({"step": step, **res, "seconds": round(sw.seconds, 4)})
+            self.meter.sample()
+            return res
+        self.record["dev"] = {
+            "step": len(self.record["train_loss"]),
             **res,
-            "n": len(dev_idx),
+            "n": len(idx),
             "seconds": round(sw.seconds, 4),
         }
-        if cfg.eval_mode == "generate":
+        if self.cfg.eval_mode == "generate":
             from .generate import exact_match
 
-            with Stopwatch(device) as sw:
-                record["dev"]["exact_match"] = exact_match(model, dev, dev_idx, device=device)
-            record["dev"]["generate_seconds"] = round(sw.seconds, 4)
-            record["metric"] = "exact_match"
+            with Stopwatch(self.device) as sw:
+                self.record["dev"]["exact_match"] = exact_match(self.model, enc, idx, device=self.device)
+            self.record["dev"]["generate_seconds"] = round(sw.seconds, 4)
+            self.record["metric"] = "exact_match"
+        return res
 
-    if record["status"] == "finished" and cfg.save_merged and run_dir is not None:
-        with Stopwatch(device) as sw:
-            if cfg.method != HEAD_ONLY:
-                from lowrank_lab.adapters import merge
+    def _eval_due(self, step: int) -> bool:
+        every = self.cfg.eval_every
+        return (every > 0 and step % every == 0) or step == self.cfg.steps
 
-                model = merge(model) or model
-            model.save_pretrained(Path(run_dir) / "merged")
-        record["merged_dir"] = "merged"
-        record["save_seconds"] = round(sw.seconds, 3)
+    def _seconds_so_far(self) -> dict[str, float]:
+        session = time.perf_counter() - self.t_train - (self.eval_seconds - self.before["eval"])
+        return {
+            "train": self.before["train"] + session,
+            "eval": self.eval_seconds,
+            "run": self.before["run"] + time.perf_counter() - self.t_start,
+        }
 
-    evals = record["eval"]
-    record["initial_metric"] = evals[0]["metric"] if evals else None
-    done = record["status"] == "finished" and len(evals) > 1
-    if validation:  # validation during training, dev (if scored) at the end
-        record["val_metric"] = evals[-1]["metric"] if done else None
-        record["val_collapsed"] = bool(evals[-1].get("collapsed", False)) if done else None
-        dev_metric = "exact_match" if record.get("metric") == "exact_match" else "metric"
-        record["final_metric"] = record["dev"][dev_metric] if "dev" in record else None
-        record["collapsed"] = bool(record["dev"]["collapsed"]) if "dev" in record else None
-    else:
-        record["final_metric"] = evals[-1]["metric"] if done else None
-        record["collapsed"] = bool(evals[-1].get("collapsed", False)) if done else None
-    record["steps_done"] = len(record["train_loss"])
-    record["eval_n"] = len(eval_idx)
-    record["train_seconds"] = round(train_seconds, 3)
-    record["eval_seconds"] = round(eval_seconds, 3)
-    record["seconds_per_step"] = round(train_seconds / max(1, record["steps_done"]), 5)
-    record["peak_memory_mb"] = round(meter.peak_mb(), 1)
-    record["memory_kind"] = meter.kind
-    record["memory_start_mb"] = round(meter.start / 2**20, 1)  # RSS: the process before this run
-    record["run_seconds"] = round(before["run"] + time.perf_counter() - t_start, 3)
-    return record
+    def save(self) -> Path:
+        """Write ``run_dir/checkpoint.pt`` of the last finished step (:mod:`.checkpoint`)."""
+        assert self.ckpt_dir is not None
+        step = len(self.record["train_loss"])
+        state = {
+            "config": self.cfg.to_dict(),
+            "step": step,
+            "params": {n: p.detach() for n, p in self.named},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": self.rng_committed,
+            "first_loss": self.first_loss,
+            "train_loss": self.record["train_loss"],
+            "eval": self.record["eval"],
+            "resumed_at": self.record["resumed_at"],
+            "seconds": self._seconds_so_far(),
+            "peak_memory": self.meter.peak,
+        }
+        meta = {"config": self.cfg.to_dict(), "lr": self.lr, "head_lr": self.head_lr, "step": step}
+        return save_checkpoint(self.ckpt_dir, state, meta)
+
+    # -- the whole run ---------------------------------------------------------------------------
+
+    def fit(self, *, resume: bool = False) -> dict[str, Any]:
+        """Run every step with its evaluations and checkpoints; return the record (see
+        :func:`train_run`)."""
+        cfg, record = self.cfg, None
+        self.setup()
+        record = self.record
+        restored = resume and self.load()
+        self.start(fresh=not restored)
+        try:
+            for step in range(self.next_step, cfg.steps + 1):
+                value = self.step(step)
+                if self.step_callback is not None:
+                    self.step_callback(step, value)
+                if self._eval_due(step):
+                    self.evaluate("eval", step)
+                now = time.perf_counter()
+                periodic = 0 < self.checkpoint_seconds <= now - self.last_save
+                if self.ckpt_dir is not None and periodic and step < cfg.steps:
+                    self.save()
+                    self.last_save = time.perf_counter()
+            record["status"] = "finished"
+        except Diverged as exc:
+            record["status"] = "diverged"
+            record["message"] = str(exc)
+            record["diverged_step"] = exc.step
+        except KeyboardInterrupt:
+            done = len(record["train_loss"])
+            where = f"{cfg.method} (seed {cfg.seed}) interrupted after step {done} of {cfg.steps}"
+            if self.ckpt_dir is None or done == 0:
+                raise Interrupted(f"{where}; nothing was saved (no run directory or no step yet)") from None
+            if self.updating:
+                kept = read_checkpoint_meta(self.ckpt_dir)
+                at = f"the checkpoint of step {kept['step']}" if kept else "step 0 (no checkpoint yet)"
+                raise Interrupted(
+                    f"{where}, inside an optimizer update; --resume restarts from {at}"
+                ) from None
+            path = self.save()
+            raise Interrupted(f"{where}; saved {path}; rerun with --resume to continue from there") from None
+        synchronize(self.device)
+        train_seconds = self._seconds_so_far()["train"]
+
+        if record["status"] == "finished" and self.dev_enc is not None:
+            self.evaluate("dev")
+
+        model = self.model
+        if record["status"] == "finished" and cfg.save_merged and self.ckpt_dir is not None:
+            with Stopwatch(self.device) as sw:
+                if cfg.method != HEAD_ONLY:
+                    from lowrank_lab.adapters import merge
+
+                    model = merge(model) or model
+                model.save_pretrained(self.ckpt_dir / "merged")
+            record["merged_dir"] = "merged"
+            record["save_seconds"] = round(sw.seconds, 3)
+        return self._finish(train_seconds)
+
+    def _finish(self, train_seconds: float) -> dict[str, Any]:
+        record, evals = self.record, self.record["eval"]
+        record["initial_metric"] = evals[0]["metric"] if evals else None
+        done = record["status"] == "finished" and len(evals) > 1
+        if self.validation:  # validation during training, dev (if scored) at the end
+            record["val_metric"] = evals[-1]["metric"] if done else None
+            record["val_collapsed"] = bool(evals[-1].get("collapsed", False)) if done else None
+            dev_metric = "exact_match" if record.get("metric") == "exact_match" else "metric"
+            record["final_metric"] = record["dev"][dev_metric] if "dev" in record else None
+            record["collapsed"] = bool(record["dev"]["collapsed"]) if "dev" in record else None
+        else:
+            record["final_metric"] = evals[-1]["metric"] if done else None
+            record["collapsed"] = bool(evals[-1].get("collapsed", False)) if done else None
+        record["steps_done"] = len(record["train_loss"])
+        record["eval_n"] = len(self.eval_idx)
+        record["train_seconds"] = round(train_seconds, 3)
+        record["eval_seconds"] = round(self.eval_seconds, 3)
+        record["seconds_per_step"] = round(train_seconds / max(1, record["steps_done"]), 5)
+        record["peak_memory_mb"] = round(self.meter.peak_mb(), 1)
+        record["memory_kind"] = self.meter.kind
+        record["memory_start_mb"] = round(self.meter.start / 2**20, 1)  # RSS: the process before this run
+        record["run_seconds"] = round(self.before["run"] + time.perf_counter() - self.t_start, 3)
+        return record
 
 
 def _restore(
