@@ -10,7 +10,10 @@ Protocol (what :func:`~lowrank_lab.training.study.run_study` does with ``lr_grid
 2. then every other method at every rate of its grid, with the chosen head rate;
 3. each on the selection seed, scored on the validation split (:func:`~.batching.validation_split`)
    at the last step; the best finished, non-collapsed run gives the method's rate;
-4. the study's seeds then run at the chosen rates and are judged on the dev set, which no
+4. a best rate at either end of the grid means the grid missed the optimum: the grid is extended
+   one step further in that direction (the ratio of its two outermost rates), up to
+   :data:`MAX_EXTENSIONS` times (:func:`extension`);
+5. the study's seeds then run at the chosen rates and are judged on the dev set, which no
    selection run reads.
 
 Default grids (:func:`default_grid`): five rates, the centre rate times 0.1, 0.3, 1, 3 and 10 (a
@@ -116,6 +119,29 @@ def grid_for(method: str, task: str, task_kind: str, grid: Mapping[str, Sequence
         if key in grid:
             return list(grid[key])
     return default_grid(paper_rate(method, task, task_kind))
+
+
+#: Extra rates a selection may add beyond an edge of the grid where its best rate sits.
+MAX_EXTENSIONS = 2
+
+
+def extension(
+    scores: Mapping[float, float | None], best: float | None, *, higher_is_better: bool
+) -> float | None:
+    """The rate to try next when ``best`` is the largest (or smallest) rate of ``scores`` (rate ->
+    validation metric, None where the run was not usable) and strictly better than its neighbour:
+    one grid step beyond it (the ratio of the two outermost rates on that side). None when ``best``
+    is inside the grid, ties its neighbour (a plateau: nothing to gain further out) or is None."""
+    r = sorted(scores)
+    if best is None or len(r) < 2 or best not in (r[0], r[-1]):
+        return None
+    edge, inner = (r[-1], r[-2]) if best == r[-1] else (r[0], r[1])
+    v_edge, v_inner = scores[edge], scores[inner]
+    if v_edge is None:
+        return None
+    if v_inner is not None and (v_edge <= v_inner if higher_is_better else v_edge >= v_inner):
+        return None
+    return float(f"{edge * edge / inner:.3g}")
 
 
 @dataclass(frozen=True)

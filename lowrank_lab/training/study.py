@@ -43,7 +43,7 @@ from .claims import BASELINES, claim_rows, read_baselines
 from .config import HEAD_ONLY, RunConfig, method_labeller
 from .loop import train_run
 from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
-from .selection import Choice, choose, grid_for
+from .selection import MAX_EXTENSIONS, Choice, choose, extension, grid_for
 from .summary import (
     curves_frame,
     final_loss,
@@ -408,17 +408,35 @@ def _select_rates(
     rows: list[dict[str, Any]] = []
     head_lr = base.resolved_head_lr()
     choices: dict[str, Choice] = {}
+    def select(method: str, rates: list[float], make: Callable[[float], RunConfig], which: str) -> Choice:
+        # the grid, then one step beyond an edge that holds the best rate (selection.extension)
+        cfgs: list[RunConfig] = []
+        recs: list[dict[str, Any]] = []
+        todo = list(rates)
+        for _ in range(MAX_EXTENSIONS + 1):
+            new = [make(r) for r in todo]
+            got, _ = runner.run(
+                new, lambda c: selection_dir(out, c), f"{spec.name} select {method} rate", score_dev=False
+            )
+            cfgs, recs = cfgs + new, recs + got
+            tagged = _tagged(cfgs, recs, which)
+            best = choose(method, tagged, higher_is_better=spec.higher_is_better).lr
+            scores = {t["selection_lr"]: (t["val_metric"] if _usable_selection(t) else None) for t in tagged}
+            nxt = extension(scores, best, higher_is_better=spec.higher_is_better)
+            if nxt is None:
+                break
+            todo = [nxt]
+        return _choice(method, cfgs, recs, spec, rows, which)
+
     if spec.kind != "causal-lm" and base.head_lr is None:
         # A new head trains: its rate first, with the head-only control (a --head-lr given with
         # --lr-grid is taken as already selected, e.g. by the study's rank-8 runs).
-        cfgs = [
-            replace(base, method=HEAD_ONLY, seed=seed, head_lr=r, save_merged=False)
-            for r in grid_for(HEAD_ONLY, spec.name, spec.kind, grid)
-        ]
-        recs, _ = runner.run(
-            cfgs, lambda c: selection_dir(out, c), f"{spec.name} select head rate", score_dev=False
+        choice = select(
+            HEAD_ONLY,
+            grid_for(HEAD_ONLY, spec.name, spec.kind, grid),
+            lambda r: replace(base, method=HEAD_ONLY, seed=seed, head_lr=r, save_merged=False),
+            "head_lr",
         )
-        choice = _choice(HEAD_ONLY, cfgs, recs, spec, rows, "head_lr")
         choices[HEAD_ONLY] = choice
         if choice.lr is None:
             write_selection(out, rows, choices)
@@ -432,14 +450,12 @@ def _select_rates(
     for method in methods:
         if method == HEAD_ONLY:
             continue
-        cfgs = [
-            replace(base, method=method, seed=seed, lr=r, head_lr=head_lr, save_merged=False)
-            for r in grid_for(method, spec.name, spec.kind, grid)
-        ]
-        recs, _ = runner.run(
-            cfgs, lambda c: selection_dir(out, c), f"{spec.name} select {method} rate", score_dev=False
+        choices[method] = select(
+            method,
+            grid_for(method, spec.name, spec.kind, grid),
+            lambda r, m=method: replace(base, method=m, seed=seed, lr=r, head_lr=head_lr, save_merged=False),
+            "lr",
         )
-        choices[method] = _choice(method, cfgs, recs, spec, rows, "lr")
     write_selection(out, rows, choices)
     return choices, head_lr
 
@@ -452,10 +468,9 @@ def _choice(
     rows: list[dict[str, Any]],
     which: str,
 ) -> Choice:
-    tagged = []
+    tagged = _tagged(cfgs, recs, which)
     for cfg, rec in zip(cfgs, recs, strict=True):
         rate = float(getattr(cfg, which))
-        tagged.append({**rec, "selection_lr": rate})
         rows.append(
             {
                 "method": method,
@@ -473,6 +488,15 @@ def _choice(
         if row["method"] == method:
             row["chosen"] = choice.lr is not None and row["lr"] == choice.lr
     return choice
+
+
+def _usable_selection(rec: dict[str, Any]) -> bool:
+    ok = rec.get("status") == "finished" and not rec.get("val_collapsed")
+    return ok and rec.get("val_metric") is not None
+
+
+def _tagged(cfgs: Sequence[RunConfig], recs: Sequence[dict[str, Any]], which: str) -> list[dict[str, Any]]:
+    return [{**rec, "selection_lr": float(getattr(c, which))} for c, rec in zip(cfgs, recs, strict=True)]
 
 
 def write_selection(out: Path, rows: list[dict[str, Any]], choices: dict[str, Choice]) -> Path:

@@ -120,7 +120,7 @@ def test_selected_rates_are_in_run_json_selection_csv_and_the_figure(
     )
     chosen = res["selection"]
     sel = pd.read_csv(out / "selection.csv")
-    assert len(sel) == 4 and sel["chosen"].sum() == 2
+    assert len(sel) >= 4 and sel["chosen"].sum() == 2  # the grid, plus any step beyond an edge
     for rec in res["records"]:
         method = rec["config"]["method"]
         assert rec["head_lr"] == chosen["head"].lr
@@ -141,3 +141,30 @@ def test_a_head_that_trains_at_no_rate_stops_the_study_with_its_table(
              base={"steps": 4, "val_samples": 12})
     sel = pd.read_csv(tmp_path / "h" / "selection.csv")
     assert list(sel["collapsed"]) == [True, True] and not sel["chosen"].any()
+
+
+def test_extension_steps_beyond_an_edge_that_strictly_holds_the_best_rate():
+    from lowrank_lab.training.selection import extension
+
+    up = {1e-4: 0.7, 3e-4: 0.8, 1e-3: 0.85}
+    assert extension(up, 1e-3, higher_is_better=True) == pytest.approx(1e-3 * 1e-3 / 3e-4, rel=2e-3)
+    down = {1e-4: 0.9, 3e-4: 0.8, 1e-3: None}
+    assert extension(down, 1e-4, higher_is_better=True) == pytest.approx(1e-4 * 1e-4 / 3e-4, rel=2e-3)
+    assert extension(up, 3e-4, higher_is_better=True) is None  # inside: the grid holds the optimum
+    assert extension({1e-4: 0.7, 1e-3: 0.7}, 1e-4, higher_is_better=True) is None  # a plateau
+    assert extension({1e-4: 2.0, 1e-3: 2.5}, 1e-4, higher_is_better=False) == pytest.approx(1e-5)  # a loss
+    assert extension(up, None, higher_is_better=True) is None  # nothing usable: nothing to extend
+
+
+def test_a_best_rate_at_the_grid_edge_extends_the_grid(glue_dir, bert_tokenizer, tiny_pooled, tmp_path):
+    from lowrank_lab.training.selection import MAX_EXTENSIONS
+
+    out = tmp_path / "e"
+    # the head of the tiny pooled model trains at 0.1 and stays constant at 0.03 in 12 steps
+    # (see test_selection_never_reads_the_dev_set): the best rate sits at the grid's top edge
+    _run(glue_dir, out, bert_tokenizer, tiny_pooled(2), methods=("head",), lr_grid={"head": [3e-2, 1e-1]},
+         base={"steps": 12, "val_samples": 12, "eval_every": 4})
+    sel = pd.read_csv(out / "selection.csv")
+    rates = sorted(sel["lr"])
+    assert rates[:2] == [3e-2, 1e-1] and 2 < len(rates) <= 2 + MAX_EXTENSIONS
+    assert rates[2] == pytest.approx(0.333)  # one grid step (x 10/3) beyond 0.1
