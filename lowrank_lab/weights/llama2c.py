@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, WeightsError
-from .registry import _LLAMA2C_NATIVE, ModelSpec
+from .families import FAMILIES
+from .registry import ModelSpec
 from .source import TargetInfo, WeightMatrix, WeightSource
 
 _HEADER = struct.Struct("<7i")
@@ -88,16 +89,16 @@ class Llama2cConfig:
 
     def spec(self, name: str) -> ModelSpec:
         return ModelSpec(
-            name,
-            None,
-            "llama2c",
-            self.dim,
-            self.hidden_dim,
-            self.n_layers,
-            self.n_heads,
-            self.n_kv_heads,
-            self.vocab_size,
-            self.shared_classifier,
+            name=name,
+            hub_id=None,
+            family="llama2c",
+            hidden_size=self.dim,
+            intermediate_size=self.hidden_dim,
+            num_layers=self.n_layers,
+            num_heads=self.n_heads,
+            num_kv_heads=self.n_kv_heads,
+            vocab_size=self.vocab_size,
+            tied_embeddings=self.shared_classifier,
             max_position_embeddings=self.seq_len,
             norm_eps=1e-5,
             notes="llama2.c checkpoint",
@@ -208,17 +209,13 @@ class Llama2cCheckpoint:
             "norm.weight": self.array("norm"),
             "output.weight": self.array("output"),
         }
-        per_layer = {"attention_norm": "attention_norm", "ffn_norm": "ffn_norm", **_LLAMA2C_NATIVE}
+        native = {m.name: m.native for m in FAMILIES["llama2c"].modules}
+        per_layer = {"attention_norm": "attention_norm", "ffn_norm": "ffn_norm", **native}
         for key, prefix in per_layer.items():
             stacked = self.array(key)
             for i in range(c.n_layers):
                 sd[f"layers.{i}.{prefix}.weight"] = stacked[i]
         return sd
-
-
-def _native_name(layer: int, module: str) -> str:
-    group = "feed_forward" if module in ("w1", "w2", "w3") else "attention"
-    return f"layers.{layer}.{group}.{module}.weight"
 
 
 class Llama2cSource(WeightSource):
@@ -234,6 +231,8 @@ class Llama2cSource(WeightSource):
         layers=None,
         dtype=None,
         device=None,
+        experts=None,
+        split_fused: bool = False,
     ) -> None:
         self.checkpoint = Llama2cCheckpoint(path)
         header_spec = self.checkpoint.config.spec(name or (spec.name if spec else Path(path).stem))
@@ -252,14 +251,15 @@ class Llama2cSource(WeightSource):
             layers=layers,
             dtype=dtype,
             device=device,
+            experts=experts,
+            split_fused=split_fused,
         )
 
     def _list_targets(self) -> list[TargetInfo]:
-        shapes = self.spec.target_shapes()
         return [
-            TargetInfo(_native_name(layer, m), layer, m, shapes[m])
+            TargetInfo(self.spec.hf_tensor_name(layer, m.name), layer, m.name, m.shape(self.spec), m.role)
             for layer in range(self.spec.num_layers)
-            for m in self.spec.modules
+            for m in self.family_info.modules
         ]
 
     def _read(self, info: TargetInfo) -> WeightMatrix:

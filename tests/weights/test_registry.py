@@ -188,7 +188,7 @@ def test_select_modules_errors_list_valid_names():
     with pytest.raises(ValueError, match="ambiguous"):
         select_modules("gpt2", "c_proj")
     with pytest.raises(ValueError, match="unknown model family"):
-        select_modules("t5", None)
+        select_modules("acme", None)
 
 
 def test_parse_layers():
@@ -219,4 +219,4 @@ def test_spec_validation():
     with pytest.raises(ValueError, match="num_kv_heads"):
         ModelSpec("bad", None, "llama", 64, 128, 2, 8, 3, 100, False)
     with pytest.raises(ValueError, match="unknown family"):
-        ModelSpec("bad", None, "t5", 64, 128, 2, 8, 8, 100, False)
+        ModelSpec("bad", None, "acme", 64, 128, 2, 8, 8, 100, False)
