@@ -124,7 +124,8 @@ class Module:
     layout : str
         How the parts lie in the rows: ``"blocks"`` (one after the other: Phi-3, GPT-2, Falcon with
         multi-query attention), ``"heads"`` (GPT-NeoX: per head, its q, k, v rows), ``"groups"``
-        (Falcon's new decoder architecture: per KV group, its query heads then one k and one v).
+        (per KV group, its query heads then one k and one v), ``"falcon"`` (``"groups"`` in Falcon's
+        new decoder architecture, ``"blocks"`` otherwise).
     experts : str
         ``""`` (a dense matrix), ``"stacked"`` (one 3-D tensor ``(experts, out, in)``, the
         ``transformers`` 5 layout) or ``"linear"`` (one Linear per expert, ``{e}`` in ``path``).
@@ -160,21 +161,24 @@ class Module:
     def part_rows(self, spec) -> list[tuple[Part, list[int] | slice]]:
         """Each part with the rows of the fused ``(out, in)`` matrix it owns (a slice when contiguous)."""
         sizes = [p.rows(spec) for p in self.parts]
-        if self.layout == "blocks":
+        layout = self.layout
+        if layout == "falcon":  # FalconAttention._split_heads: grouped in the new architecture only
+            layout = "groups" if spec.new_decoder_architecture else "blocks"
+        if layout == "blocks":
             out, start = [], 0
             for p, n in zip(self.parts, sizes, strict=True):
                 out.append((p, slice(start, start + n)))
                 start += n
             return out
         hd = spec.attention_head_dim
-        if self.layout == "heads":  # GPT-NeoX: view (heads, 3, head_dim)
+        if layout == "heads":  # GPT-NeoX: view (heads, 3, head_dim)
             rows: dict[str, list[int]] = {p.name: [] for p in self.parts}
             for h in range(spec.num_heads):
                 for j, p in enumerate(self.parts):
                     base = (3 * h + j) * hd
                     rows[p.name].extend(range(base, base + hd))
             return [(p, rows[p.name]) for p in self.parts]
-        if self.layout == "groups":  # Falcon new arch: (kv, q_per_kv + 2, head_dim)
+        if layout == "groups":  # Falcon new arch: (kv, q_per_kv + 2, head_dim)
             per = spec.num_heads // spec.num_kv_heads
             rows = {"q": [], "k": [], "v": []}
             for g in range(spec.num_kv_heads):
@@ -527,6 +531,7 @@ FAMILIES: dict[str, Family] = {
                     QKV,
                     bias="attention_bias",
                     parts=QKV_PARTS,
+                    layout="falcon",
                 ),
                 _m("dense", "self_attention.dense", "o", O, bias="attention_bias"),
                 _m("dense_h_to_4h", "mlp.dense_h_to_4h", "up", UP, bias="attention_bias"),
