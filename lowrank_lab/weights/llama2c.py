@@ -16,8 +16,11 @@ in ``transformers`` (and of llama2.c's own ``export.py --hf``).
 
 from __future__ import annotations
 
+import io
 import math
+import pickletools
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +108,56 @@ class Llama2cConfig:
         )
 
 
+def _pytorch_kind(path: Path) -> str | None:
+    """``"zip archive"`` or ``"pickle stream"`` when ``path`` is laid out as a ``torch.save`` file, else None.
+
+    A zip archive has its end-of-central-directory record (:func:`zipfile.is_zipfile`); a pickle
+    stream opens with the PROTO opcode (0x80, protocol 2-5) followed by valid opcodes. A llama2.c
+    header never parses as both: its second byte is the high byte of ``dim``.
+    """
+    if zipfile.is_zipfile(path):
+        return "zip archive"
+    with path.open("rb") as f:
+        head = f.read(64)
+    if len(head) < 3 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+        return None
+    try:
+        ops = pickletools.genops(io.BytesIO(head))
+        for _ in range(3):  # PROTO and the two opcodes after it must all be valid
+            next(ops)
+    except StopIteration:
+        return "pickle stream"
+    except (ValueError, EOFError, struct.error):
+        return None
+    return "pickle stream"
+
+
+def _size_mismatch(path: Path, size: int, config: Llama2cConfig, header: str) -> str:
+    """Which numbers disagree: the file's length against the one the header implies."""
+    expected = config.file_size()
+    diff = size - expected
+    floats = (expected - _HEADER.size) // 4
+    classifier = 4 * config.vocab_size * config.dim
+    if diff == classifier and config.shared_classifier:
+        why = (
+            f"the extra {diff} bytes are exactly one [vocab_size, dim] classifier, so vocab_size should be "
+            f"negative (-{config.vocab_size}, classifier not shared)"
+        )
+    elif diff == -classifier and not config.shared_classifier:
+        why = (
+            f"the missing {-diff} bytes are exactly one [vocab_size, dim] classifier, so vocab_size should "
+            f"be positive ({config.vocab_size}, classifier shared)"
+        )
+    elif diff < 0:
+        why = f"the file is truncated ({-diff} bytes short); download it again"
+    else:
+        why = f"the file is {diff} bytes longer than a version-0 export; download it again"
+    return (
+        f"{path} is {size} bytes, but its header ({header}) needs {expected} bytes "
+        f"({_HEADER.size} of header + 4 x {floats} float32 values): {why}"
+    )
+
+
 class Llama2cCheckpoint:
     """A llama2.c ``.bin`` file, read array by array (``seek`` + read; nothing kept in memory).
 
@@ -129,17 +182,16 @@ class Llama2cCheckpoint:
                 f"{self.path} is {size} bytes, too short for a llama2.c header (28 bytes); the file is "
                 "truncated"
             )
-        if raw[:4] == b"PK\x03\x04" or raw[:1] == b"\x80":  # zip (torch.save) or a bare pickle
-            raise CorruptCheckpointError(
-                f"{self.path} is a PyTorch checkpoint (torch.save), not a llama2.c .bin; for a Hugging Face "
-                "model pass the directory holding it and its config.json"
-            )
         if struct.unpack("<I", raw[:4])[0] == _MAGIC_V1:
             raise CorruptCheckpointError(
                 f"{self.path} is a llama2.c version-1/2 export (magic 'ak42'); lowrank_lab reads the legacy "
                 "version-0 format: re-export with `python export.py out.bin --version 0 --checkpoint ckpt.pt`"
             )
         dim, hidden, layers, heads, kv_heads, vocab, seq_len = _HEADER.unpack(raw)
+        header = (
+            f"dim={dim}, hidden_dim={hidden}, n_layers={layers}, n_heads={heads}, n_kv_heads={kv_heads}, "
+            f"vocab_size={vocab}, seq_len={seq_len}"
+        )
         sane = (
             dim > 0
             and hidden > 0
@@ -152,23 +204,29 @@ class Llama2cCheckpoint:
             and heads % kv_heads == 0
             and (dim // heads) % 2 == 0
         )
-        if not sane:
+        config = (
+            Llama2cConfig(dim, hidden, layers, heads, kv_heads, abs(vocab), seq_len, vocab > 0)
+            if sane
+            else None
+        )
+        # A header whose sizes add up to the file's length is a llama2.c file, whatever its first byte
+        # (dim 128, 384, 640, ... starts with 0x80, the first byte of a pickle). Only a file that is not
+        # one is told apart by its structure: a zip archive (torch.save) or a pickle stream (legacy).
+        if config is None or size != config.file_size():
+            kind = _pytorch_kind(self.path)
+            if kind is not None:
+                raise CorruptCheckpointError(
+                    f"{self.path} is a PyTorch checkpoint ({kind}), not a llama2.c .bin; for a Hugging Face "
+                    "model pass the directory holding it and its config.json"
+                )
+        if config is None:
             raise CorruptCheckpointError(
-                f"{self.path}: header (dim={dim}, hidden_dim={hidden}, n_layers={layers}, n_heads={heads}, "
-                f"n_kv_heads={kv_heads}, vocab_size={vocab}, seq_len={seq_len}) is not a llama2.c "
-                "checkpoint header"
+                f"{self.path}: header ({header}) is not a llama2.c checkpoint header"
             )
-        self.config = Llama2cConfig(dim, hidden, layers, heads, kv_heads, abs(vocab), seq_len, vocab > 0)
-        expected = self.config.file_size()
+        self.config = config
+        expected = config.file_size()
         if size != expected:
-            raise CorruptCheckpointError(
-                f"{self.path} is {size} bytes, but its header (dim={dim}, hidden_dim={hidden}, "
-                f"n_layers={layers}, "
-                f"n_heads={heads}, n_kv_heads={kv_heads}, vocab_size={vocab}, seq_len={seq_len}) needs "
-                f"{expected} "
-                f"bytes: the file is {'truncated' if size < expected else 'longer than a version-0 export'}; "
-                "download it again"
-            )
+            raise CorruptCheckpointError(_size_mismatch(self.path, size, config, header))
         self._offsets: dict[str, tuple[int, tuple[int, ...]]] = {}
         offset = _HEADER.size
         for name, shape in self.config.layout():
