@@ -32,8 +32,6 @@ from .families import num_parameters as _family_parameters
 #: Canonical module names of each family, in block order (a view of the family tables).
 FAMILY_MODULES: dict[str, tuple[str, ...]] = {name: f.module_names for name, f in FAMILIES.items()}
 
-#: Families whose target weights are stored ``(in, out)`` (GPT-2's ``Conv1D``).
-TRANSPOSED_FAMILIES = frozenset(n for n, f in FAMILIES.items() if any(m.transposed for m in f.modules))
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,7 @@ from lowrank_lab import intruders as cli
 SMALL = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, vocab_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _plant(W: torch.Tensor, strength: float = 5.0, bottom: int = 8) -> torch.Tensor:
