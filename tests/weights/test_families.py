@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -311,3 +312,22 @@ def test_synthetic_registry_entries_of_new_families():
     )
     mats = {wm.info.part: wm.weight for wm in small}
     assert torch.equal(torch.cat([mats["q"], mats["k"], mats["v"]]), mats[""])
+
+
+@pytest.mark.parametrize("key", sorted(CONFIGS))
+def test_analyze_has_one_row_per_block_weight(saved, key, tmp_path, monkeypatch):
+    # The command a user runs: one spectra row per target matrix the source lists, nothing refused.
+    from lowrank_lab.analyze import run
+
+    monkeypatch.setattr("lowrank_lab.analyze.make_figures", lambda *a, **k: [])
+    path, model = saved(key)
+    out = tmp_path / "out"
+    argv = ["--model", str(path), "--ranks", "1", "--methods", "svd", "--device", "cpu", "--repeats", "1"]
+    assert run([*argv, "--warmup", "0", "--out", str(out), "--figures", str(tmp_path / "fig")]) == 0
+    spectra = pd.read_csv(out / "spectra.csv")
+    # MoE checkpoints saved by transformers hold one Linear per expert: gate and up apart, so one more
+    # matrix per expert and layer than the model's fused gate_up tensor.
+    moe = key in ("mixtral", "qwen2_moe", "qwen3_moe")
+    extra = 2 * open_source(path).spec.num_experts if moe else 0
+    assert len(spectra) == _expected_count(model) + extra
+    assert "generic" not in set(spectra.role)
