@@ -211,6 +211,10 @@ class Family:
         discovery takes whichever layout the checkpoint's tensor names match best.
     blocks : tuple of str
         Names of the block lists (``layers``, ``h``, ``block``), followed by the block index.
+    prefix : str
+        The block list's full name in a checkpoint saved from the usual head class (names synthetic
+        tensors and the tensor a missing-weight error expects); ``{stack}`` for T5's two stacks.
+        Real checkpoints may put any prefix before the block list (``bert.``, none for ``AutoModel``).
     kind : str
         ``"decoder"`` (counted and fine-tuned as a causal LM), ``"encoder"`` (``AutoModel``) or
         ``"seq2seq"`` (T5: ``AutoModelForSeq2SeqLM``).
@@ -238,6 +242,7 @@ class Family:
     modules: tuple[Module, ...]
     alt_modules: tuple[tuple[Module, ...], ...] = ()
     blocks: tuple[str, ...] = ("layers",)
+    prefix: str = "model.layers"
     kind: str = "decoder"
     norm: str = "rms"
     norms_per_block: int = 2
@@ -265,8 +270,8 @@ class Family:
         return tuple(dict.fromkeys(m.stack for m in self.modules if m.stack))
 
     def block_prefix(self, stack: str = "") -> str:
-        """Where the blocks sit in a checkpoint saved from the usual head class."""
-        return _BLOCK_PREFIX.get((self.name, stack), _BLOCK_PREFIX.get(self.name, "model.layers"))
+        """Where the blocks sit in a checkpoint saved from the usual head class (``model.layers``)."""
+        return self.prefix.format(stack=stack)
 
 
 # -- the tables -------------------------------------------------------------------------------------
@@ -335,6 +340,7 @@ _DEBERTA = (
 )
 _ENCODER_KW = dict(
     blocks=("layer",),
+    prefix="encoder.layer",
     kind="encoder",
     norm="layer",
     tied_default=True,
@@ -382,18 +388,6 @@ def _t5_modules() -> tuple[Module, ...]:
 
 SQUARE_T5 = {"q": Q, "k": Q, "v": Q, "o": O}  # T5: inner = num_heads * d_kv for q, k and v alike
 
-_BLOCK_PREFIX = {
-    "bert": "encoder.layer",
-    "roberta": "encoder.layer",
-    "deberta": "encoder.layer",
-    "gpt2": "h",
-    "llama2c": "layers",
-    "gpt_neox": "gpt_neox.layers",
-    "falcon": "transformer.h",
-    "opt": "model.decoder.layers",
-    ("t5", "encoder"): "encoder.block",
-    ("t5", "decoder"): "decoder.block",
-}
 
 _MISTRAL_NOTE = "modeling_mistral.py: Llama's names and shapes, sliding-window attention"
 
@@ -499,6 +493,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="gpt_neox",
+            prefix="gpt_neox.layers",
             model_types=("gpt_neox",),
             modules=(
                 _m(
@@ -522,6 +517,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="falcon",
+            prefix="transformer.h",
             model_types=("falcon",),
             modules=(
                 _m(
@@ -550,6 +546,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="opt",
+            prefix="model.decoder.layers",
             model_types=("opt",),
             modules=(
                 _m("q_proj", "self_attn.q_proj", "q", SQUARE, bias="always"),
@@ -569,6 +566,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="gpt2",
+            prefix="h",
             model_types=("gpt2",),
             modules=tuple(
                 _m(n, n, r, s, bias="always", transposed=True, **kw)
@@ -621,6 +619,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="t5",
+            prefix="{stack}.block",
             model_types=("t5",),
             modules=_t5_modules(),
             blocks=("block",),
@@ -643,6 +642,7 @@ FAMILIES: dict[str, Family] = {
         Family(name="generic", model_types=(), modules=(), notes="every 2-D weight of the repeated blocks"),
         Family(
             name="llama2c",
+            prefix="layers",
             model_types=(),
             modules=_LLAMA2C,
             tied_default=True,
@@ -734,7 +734,7 @@ def match(name: str, family: Family | str, layout: int = 0) -> Match | None:
     """
     fam = get_family(family) if isinstance(family, str) else family
     split = split_block_name(name)
-    if split is None:
+    if split is None or _BLOCK_RE.match(name).group("blocks") not in fam.blocks:
         return None
     prefix, layer, rest = split
     stack = ""
