@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 #: Every role a target matrix can have.
@@ -228,9 +228,9 @@ class Family:
         ``tie_word_embeddings`` when ``config.json`` does not say (the config class's default).
     norm_eps_key, norm_eps_default
         Where ``config.json`` keeps the normalisation epsilon and the config class's default.
-    config_keys : dict
-        ``config.json`` names of spec fields where they differ from the Llama names
-        (GPT-2 ``n_embd``, T5 ``d_ff``), used both ways.
+    intermediate_key : str
+        Where ``config.json`` keeps the MLP width (Falcon ``ffn_hidden_size``, OPT ``ffn_dim``;
+        GPT-2 and T5 are read by their own branches of ``spec_from_hf_config``).
     arch : str
         ``architectures[0]`` written into a config (what ``from_pretrained`` instantiates).
     notes : str
@@ -250,7 +250,7 @@ class Family:
     tied_default: bool = False
     norm_eps_key: str = "rms_norm_eps"
     norm_eps_default: float = 1e-6
-    config_keys: dict[str, str] = field(default_factory=dict)
+    intermediate_key: str = "intermediate_size"
     arch: str = ""
     notes: str = ""
 
@@ -540,7 +540,7 @@ FAMILIES: dict[str, Family] = {
             norm_eps_key="layer_norm_epsilon",
             norm_eps_default=1e-5,
             arch="FalconForCausalLM",
-            config_keys={"intermediate_size": "ffn_hidden_size"},
+            intermediate_key="ffn_hidden_size",
             notes="Falcon: fused query_key_value; [q; k; v] with multi-query attention, per KV group "
             "(queries, k, v) in the new decoder architecture (Falcon-40B/180B)",
         ),
@@ -561,7 +561,7 @@ FAMILIES: dict[str, Family] = {
             norm_eps_key="layer_norm_eps",
             norm_eps_default=1e-5,
             arch="OPTForCausalLM",
-            config_keys={"intermediate_size": "ffn_dim"},
+            intermediate_key="ffn_dim",
             notes="OPT: learned positions (offset 2), biases everywhere",
         ),
         Family(
@@ -588,12 +588,6 @@ FAMILIES: dict[str, Family] = {
             norm_eps_key="layer_norm_epsilon",
             norm_eps_default=1e-5,
             arch="GPT2LMHeadModel",
-            config_keys={
-                "hidden_size": "n_embd",
-                "intermediate_size": "n_inner",
-                "num_layers": "n_layer",
-                "num_heads": "n_head",
-            },
             notes="GPT-2: Conv1D weights stored (in, out); c_attn is [q; k; v]",
         ),
         Family(
@@ -629,13 +623,6 @@ FAMILIES: dict[str, Family] = {
             norm_eps_key="layer_norm_epsilon",
             norm_eps_default=1e-6,
             arch="T5ForConditionalGeneration",
-            config_keys={
-                "hidden_size": "d_model",
-                "intermediate_size": "d_ff",
-                "num_layers": "num_layers",
-                "num_heads": "num_heads",
-                "head_dim": "d_kv",
-            },
             notes="T5: encoder self-attention and FFN; decoder self-, cross-attention and FFN",
         ),
         # A model type without a table: its modules are found in the checkpoint (role "generic").

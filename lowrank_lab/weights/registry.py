@@ -233,7 +233,9 @@ class ModelSpec:
 
         llama2c gives the ``LlamaForCausalLM`` config of the converted checkpoint.
         """
-        return _hf_config_dict(self, self.num_layers if num_layers is None else int(num_layers))
+        if num_layers is None:
+            return _hf_config_dict(self, self.num_layers, self.num_decoder_layers or self.num_layers)
+        return _hf_config_dict(self, int(num_layers), int(num_layers))
 
     def to_hf_config(self, num_layers: int | None = None):
         """The ``transformers`` config object of :meth:`hf_config_dict` (imports ``transformers``)."""
@@ -243,7 +245,7 @@ class ModelSpec:
         return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 
 
-def _hf_config_dict(s: ModelSpec, L: int) -> dict[str, Any]:
+def _hf_config_dict(s: ModelSpec, L: int, decoder_layers: int) -> dict[str, Any]:
     fam = s.family_info
     family = "llama" if s.family == "llama2c" else s.family
     model_type = s.model_type or (FAMILIES[family].model_types[0])
@@ -292,7 +294,7 @@ def _hf_config_dict(s: ModelSpec, L: int) -> dict[str, Any]:
             "d_ff": s.intermediate_size,
             "d_kv": s.attention_head_dim,
             "num_layers": L,
-            "num_decoder_layers": L if s.num_decoder_layers else L,
+            "num_decoder_layers": decoder_layers,
             "num_heads": s.num_heads,
             "vocab_size": s.vocab_size,
             "relative_attention_num_buckets": s.relative_attention_buckets,
@@ -842,7 +844,7 @@ def spec_from_hf_config(
         )
     h = need("hidden_size")
     heads = need("num_attention_heads")
-    inter_key = fam.config_keys.get("intermediate_size", "intermediate_size")
+    inter_key = fam.intermediate_key
     common = dict(
         hidden_size=h,
         intermediate_size=int(_first(config, inter_key, "intermediate_size", default=0) or 4 * h),
