@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UnsupportedArchitectureError
+
 #: Every role a target matrix can have.
 ROLES = (
     "q",
@@ -220,8 +222,8 @@ class Family:
         ``"seq2seq"`` (T5: ``AutoModelForSeq2SeqLM``).
     norm : str
         ``"rms"`` (a weight vector per norm) or ``"layer"`` (weight and bias).
-    norms_per_block : int
-        Normalisation layers in one block (Gemma-2: 4).
+    norms_per_block : int or callable
+        Normalisation layers in one block (Gemma-2: 4; Falcon's depend on its layout).
     qk_norm : bool
         Per-head RMSNorm of queries and keys (Qwen3, Gemma-3): ``2 * head_dim`` weights a block.
     tied_default : bool
@@ -233,6 +235,13 @@ class Family:
         GPT-2 and T5 are read by their own branches of ``spec_from_hf_config``).
     arch : str
         ``architectures[0]`` written into a config (what ``from_pretrained`` instantiates).
+    read : tuple of callables
+        ``config.json`` → :class:`~lowrank_lab.weights.registry.ModelSpec` numbers, applied in
+        order (``(config, family, where, numbers so far) -> dict``); default Llama's names.
+    write : tuple of callables
+        The way back, ``(spec, family, layers, decoder layers) -> dict`` of ``config.json`` keys.
+    count : callable
+        ``(spec, family) -> int``, the parameter count in closed form; default a causal LM.
     notes : str
         Where the table comes from.
     """
@@ -245,14 +254,29 @@ class Family:
     prefix: str = "model.layers"
     kind: str = "decoder"
     norm: str = "rms"
-    norms_per_block: int = 2
+    norms_per_block: int | Callable[[Any], int] = 2
     qk_norm: bool = False
     tied_default: bool = False
     norm_eps_key: str = "rms_norm_eps"
     norm_eps_default: float = 1e-6
     intermediate_key: str = "intermediate_size"
     arch: str = ""
+    read: tuple[Callable, ...] | None = None
+    write: tuple[Callable, ...] | None = None
+    count: Callable | None = None
     notes: str = ""
+
+    @property
+    def readers(self) -> tuple[Callable, ...]:
+        return (_read_decoder,) if self.read is None else self.read
+
+    @property
+    def writers(self) -> tuple[Callable, ...]:
+        return (_write_decoder,) if self.write is None else self.write
+
+    @property
+    def counter(self) -> Callable:
+        return _count_decoder if self.count is None else self.count
 
     @property
     def module_names(self) -> tuple[str, ...]:
@@ -272,6 +296,389 @@ class Family:
     def block_prefix(self, stack: str = "") -> str:
         """Where the blocks sit in a checkpoint saved from the usual head class (``model.layers``)."""
         return self.prefix.format(stack=stack)
+
+
+# -- parameter count --------------------------------------------------------------------------------
+def target_parameters(spec, module: Module) -> int:
+    """Weight entries of one module in one block (all experts of an expert module)."""
+    out, inp = module.shape(spec)
+    return out * inp * (spec.num_experts if module.experts else 1)
+
+
+def _bias_parameters(spec, module: Module) -> int:
+    if not module.has_bias(spec):
+        return 0
+    return module.shape(spec)[0] * (spec.num_experts if module.experts else 1)
+
+
+def block_parameters(spec, family: Family, stack: str = "", norms: int | None = None) -> int:
+    """Parameters of one block: target weights and biases, norms, q/k norms."""
+    mods = [m for m in family.modules if m.stack == stack]
+    total = sum(target_parameters(spec, m) + _bias_parameters(spec, m) for m in mods)
+    if norms is None:
+        norms = family.norms_per_block(spec) if callable(family.norms_per_block) else family.norms_per_block
+    total += norms * spec.hidden_size * (2 if family.norm == "layer" else 1)
+    if family.qk_norm:
+        total += 2 * spec.attention_head_dim
+    return total
+
+
+def _falcon_norms(spec) -> int:
+    # FalconDecoderLayer: ln_attn and ln_mlp in the new architecture; one input_layernorm when
+    # attention and MLP run in parallel (Falcon-7B); else input and post-attention norms.
+    return 2 if spec.new_decoder_architecture or not spec.parallel_attn else 1
+
+
+def _count_decoder(spec, family: Family) -> int:
+    """Causal LM: embeddings (and learned positions: OPT), blocks, final norm, untied head."""
+    h, V = spec.hidden_size, spec.vocab_size
+    final_norm = h * (2 if family.norm == "layer" else 1)
+    head = 0 if spec.tied_embeddings else V * h
+    return (
+        V * h
+        + spec.learned_positions * h
+        + spec.num_layers * block_parameters(spec, family)
+        + final_norm
+        + head
+    )
+
+
+def _count_encoder(spec, family: Family) -> int:
+    """``AutoModel`` of BERT/RoBERTa/DeBERTa: embeddings with their LayerNorm, blocks, DeBERTa's
+    relative-position embeddings and their LayerNorm, BERT's pooler."""
+    h = spec.hidden_size
+    embeddings = (spec.vocab_size + spec.learned_positions + spec.type_vocab_size) * h + 2 * h
+    total = embeddings + spec.num_layers * block_parameters(spec, family)
+    if spec.relative_positions:
+        total += spec.relative_positions * h + 2 * h
+    if spec.pooler:
+        total += h * h + h
+    return total
+
+
+def _count_gpt2(spec, family: Family) -> int:
+    """``GPT2Model``: token and learned position embeddings, blocks, final LayerNorm (the head is tied)."""
+    h = spec.hidden_size
+    return (
+        (spec.vocab_size + spec.learned_positions) * h
+        + spec.num_layers * block_parameters(spec, family)
+        + 2 * h
+    )
+
+
+def _count_t5(spec, family: Family) -> int:
+    """``T5ForConditionalGeneration``: shared embedding, encoder blocks (2 norms each), decoder blocks
+    (3 norms), a relative-position bias in the first block of each stack, two final norms."""
+    h, V = spec.hidden_size, spec.vocab_size
+    encoder = spec.num_layers * block_parameters(spec, family, "encoder", norms=2)
+    decoder = (spec.num_decoder_layers or spec.num_layers) * block_parameters(
+        spec, family, "decoder", norms=3
+    )
+    relative = 2 * spec.relative_attention_buckets * spec.num_heads
+    return V * h + encoder + decoder + relative + 2 * h + (0 if spec.tied_embeddings else V * h)
+
+
+def _count_none(spec, family: Family) -> int:
+    raise ValueError(
+        f"{spec.name}: its model type has no family table, so its parameter count has no closed form "
+        "here; add a Family to lowrank_lab.weights.families"
+    )
+
+
+# -- config.json → spec numbers (each returns ModelSpec keyword arguments) -------------------------
+def _first(config, *keys, default=None):
+    for k in keys:
+        if config.get(k) is not None:
+            return config[k]
+    return default
+
+
+def _need(config, where: str, *keys: str) -> int:
+    value = _first(config, *keys)
+    if value is None:
+        raise UnsupportedArchitectureError(
+            f"{where}: no {' or '.join(keys)}; cannot tell the shapes of this model"
+        )
+    return int(value)
+
+
+def _unsupported(where: str, family: Family, what: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(f"{where}: {what} is not described by the {family.name} table")
+
+
+def _read_decoder(c, fam: Family, where: str, numbers: dict) -> dict:
+    """Llama's ``config.json`` names, with the family's defaults (``LlamaConfig``, ``Qwen2Config``...)."""
+    h, heads = _need(c, where, "hidden_size"), _need(c, where, "num_attention_heads")
+    head_dim = c.get("head_dim")
+    rope = c.get("rope_parameters") or {}
+    return dict(
+        hidden_size=h,
+        intermediate_size=int(_first(c, fam.intermediate_key, "intermediate_size", default=0) or 4 * h),
+        num_layers=_need(c, where, "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=int(_first(c, "num_key_value_heads", default=heads)),
+        vocab_size=_need(c, where, "vocab_size"),
+        tied_embeddings=bool(c.get("tie_word_embeddings", fam.tied_default)),
+        max_position_embeddings=int(c.get("max_position_embeddings") or 2048),
+        head_dim=None if head_dim in (None, h // heads) else int(head_dim),
+        rope_theta=float(c.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        norm_eps=float(c.get(fam.norm_eps_key, fam.norm_eps_default)),
+    )
+
+
+def _read_llama_biases(c, fam, where, numbers) -> dict:
+    return dict(attention_bias=bool(c.get("attention_bias", False)), mlp_bias=bool(c.get("mlp_bias", False)))
+
+
+def _read_mixtral(c, fam, where, numbers) -> dict:
+    # Mixtral's experts are as wide as its intermediate_size; there is no dense MLP.
+    return dict(
+        num_experts=_need(c, where, "num_local_experts", "num_experts"),
+        expert_intermediate_size=numbers["intermediate_size"],
+    )
+
+
+def _read_qwen_moe(c, fam, where, numbers) -> dict:
+    if c.get("mlp_only_layers") or int(c.get("decoder_sparse_step", 1)) != 1:
+        raise _unsupported(
+            where, fam, "mlp_only_layers / decoder_sparse_step (dense blocks between sparse ones)"
+        )
+    return dict(
+        num_experts=_need(c, where, "num_experts", "num_local_experts"),
+        expert_intermediate_size=_need(c, where, "moe_intermediate_size"),
+    )
+
+
+def _read_shared_expert(c, fam, where, numbers) -> dict:
+    return dict(shared_expert_intermediate_size=_need(c, where, "shared_expert_intermediate_size"))
+
+
+def _read_falcon(c, fam, where, numbers) -> dict:
+    # FalconConfig: grouped KV heads in the new decoder architecture, else one (multi-query) or all.
+    new = bool(c.get("new_decoder_architecture", False))
+    if new and c.get("num_ln_in_parallel_attn") not in (None, 2):
+        raise _unsupported(where, fam, "num_ln_in_parallel_attn other than 2")
+    heads = numbers["num_heads"]
+    kv = (
+        int(_first(c, "num_kv_heads", default=heads)) if new else (1 if c.get("multi_query", True) else heads)
+    )
+    return dict(
+        num_kv_heads=kv,
+        new_decoder_architecture=new,
+        parallel_attn=bool(c.get("parallel_attn", True)),
+        attention_bias=bool(c.get("bias", False)),
+    )
+
+
+def _read_opt(c, fam, where, numbers) -> dict:
+    if int(c.get("word_embed_proj_dim") or numbers["hidden_size"]) != numbers["hidden_size"] or not c.get(
+        "do_layer_norm_before", True
+    ):
+        raise _unsupported(
+            where, fam, "word_embed_proj_dim != hidden_size or do_layer_norm_before=false (OPT-350m)"
+        )
+    return dict(learned_positions=int(c.get("max_position_embeddings", 2048)) + 2)  # OPT's offset of 2
+
+
+def _read_encoder(c, fam, where, numbers) -> dict:
+    """BERT/RoBERTa (``BertConfig`` defaults: 2 token types, a pooler, learned positions)."""
+    h, heads = _need(c, where, "hidden_size"), _need(c, where, "num_attention_heads")
+    max_pos = int(c.get("max_position_embeddings", 512))
+    return dict(
+        hidden_size=h,
+        intermediate_size=int(c.get("intermediate_size") or 4 * h),
+        num_layers=_need(c, where, "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=heads,
+        vocab_size=_need(c, where, "vocab_size"),
+        tied_embeddings=bool(c.get("tie_word_embeddings", True)),
+        max_position_embeddings=max_pos,
+        learned_positions=max_pos,
+        type_vocab_size=int(c.get("type_vocab_size", 2)),
+        pooler=True,
+        norm_eps=float(c.get(fam.norm_eps_key, fam.norm_eps_default)),
+    )
+
+
+def _read_deberta(c, fam, where, numbers) -> dict:
+    """DeBERTa-v2/v3 (``DebertaV2Config``): relative positions, no pooler in ``AutoModel``."""
+    max_pos = numbers["max_position_embeddings"]
+    relative = 0
+    if c.get("relative_attention", False):
+        buckets = int(c.get("position_buckets", -1))
+        max_rel = int(c.get("max_relative_positions", -1))
+        relative = 2 * (buckets if buckets > 0 else (max_rel if max_rel > 0 else max_pos))
+    return dict(
+        learned_positions=max_pos if c.get("position_biased_input", True) else 0,
+        type_vocab_size=int(c.get("type_vocab_size", 0)),
+        relative_positions=relative,
+        pooler=False,
+    )
+
+
+def _read_gpt2(c, fam, where, numbers) -> dict:
+    h = _need(c, where, "n_embd", "hidden_size")
+    heads = _need(c, where, "n_head", "num_attention_heads")
+    positions = _need(c, where, "n_positions", "max_position_embeddings")
+    return dict(
+        hidden_size=h,
+        intermediate_size=int(c.get("n_inner") or 4 * h),
+        num_layers=_need(c, where, "n_layer", "num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=heads,
+        vocab_size=_need(c, where, "vocab_size"),
+        tied_embeddings=True,
+        max_position_embeddings=positions,
+        learned_positions=positions,
+        norm_eps=float(c.get("layer_norm_epsilon", 1e-5)),
+    )
+
+
+def _read_t5(c, fam, where, numbers) -> dict:
+    if c.get("feed_forward_proj", "relu") not in ("relu", "gelu"):
+        raise _unsupported(
+            where, fam, f"feed_forward_proj={c.get('feed_forward_proj')!r} (gated wi_0/wi_1 FFN)"
+        )
+    heads, layers = _need(c, where, "num_heads"), _need(c, where, "num_layers")
+    return dict(
+        hidden_size=_need(c, where, "d_model"),
+        intermediate_size=_need(c, where, "d_ff"),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        vocab_size=_need(c, where, "vocab_size"),
+        tied_embeddings=bool(c.get("tie_word_embeddings", True)),
+        head_dim=_need(c, where, "d_kv"),
+        num_decoder_layers=int(c.get("num_decoder_layers") or layers),
+        relative_attention_buckets=int(c.get("relative_attention_num_buckets", 32)),
+        norm_eps=float(c.get("layer_norm_epsilon", 1e-6)),
+    )
+
+
+# -- spec numbers → config.json (each returns keys to add; L, Ld: encoder and decoder depth) -------
+def _write_decoder(s, fam: Family, L: int, Ld: int) -> dict:
+    cfg = {
+        "hidden_size": s.hidden_size,
+        "intermediate_size": s.intermediate_size,
+        "num_hidden_layers": L,
+        "num_attention_heads": s.num_heads,
+        "num_key_value_heads": s.num_kv_heads,
+        "vocab_size": s.vocab_size,
+        "tie_word_embeddings": s.tied_embeddings,
+        "max_position_embeddings": s.max_position_embeddings or 2048,
+        fam.norm_eps_key: s.norm_eps,
+        "rope_theta": s.rope_theta,
+    }
+    if s.head_dim is not None:
+        cfg["head_dim"] = s.head_dim
+    return cfg
+
+
+def _write_llama(s, fam, L, Ld) -> dict:
+    return dict(hidden_act="silu", bos_token_id=1, eos_token_id=2)
+
+
+def _write_llama_biases(s, fam, L, Ld) -> dict:
+    return dict(attention_bias=s.attention_bias, mlp_bias=s.mlp_bias)
+
+
+def _write_llama2c(s, fam, L, Ld) -> dict:
+    return dict(model_type="llama", architectures=["LlamaForCausalLM"])  # what it converts to
+
+
+def _write_mixtral(s, fam, L, Ld) -> dict:
+    return dict(num_local_experts=s.num_experts, intermediate_size=s.expert_intermediate_size)
+
+
+def _write_qwen_moe(s, fam, L, Ld) -> dict:
+    return dict(
+        num_experts=s.num_experts,
+        moe_intermediate_size=s.expert_intermediate_size,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+    )
+
+
+def _write_shared_expert(s, fam, L, Ld) -> dict:
+    return dict(shared_expert_intermediate_size=s.shared_expert_intermediate_size)
+
+
+def _write_opt(s, fam, L, Ld) -> dict:
+    return dict(
+        ffn_dim=s.intermediate_size,
+        word_embed_proj_dim=s.hidden_size,
+        enable_bias=True,
+        do_layer_norm_before=True,
+        max_position_embeddings=s.learned_positions - 2,
+    )
+
+
+def _write_falcon(s, fam, L, Ld) -> dict:
+    return dict(
+        ffn_hidden_size=s.intermediate_size,
+        num_kv_heads=s.num_kv_heads,
+        new_decoder_architecture=s.new_decoder_architecture,
+        multi_query=not s.new_decoder_architecture and s.num_kv_heads == 1,
+        parallel_attn=s.parallel_attn,
+        bias=s.attention_bias,
+    )
+
+
+def _write_encoder(s, fam, L, Ld) -> dict:
+    return {
+        "hidden_size": s.hidden_size,
+        "intermediate_size": s.intermediate_size,
+        "num_hidden_layers": L,
+        "num_attention_heads": s.num_heads,
+        "vocab_size": s.vocab_size,
+        "max_position_embeddings": s.max_position_embeddings or 512,
+        "type_vocab_size": s.type_vocab_size,
+        "hidden_act": "gelu",
+        "layer_norm_eps": s.norm_eps,
+    }
+
+
+def _write_roberta(s, fam, L, Ld) -> dict:
+    return dict(pad_token_id=1, bos_token_id=0, eos_token_id=2)
+
+
+def _write_deberta(s, fam, L, Ld) -> dict:
+    return dict(
+        relative_attention=s.relative_positions > 0,
+        position_buckets=s.relative_positions // 2 if s.relative_positions else -1,
+        max_relative_positions=-1,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=s.learned_positions > 0,
+    )
+
+
+def _write_gpt2(s, fam, L, Ld) -> dict:
+    return {
+        "n_embd": s.hidden_size,
+        "n_inner": s.intermediate_size,
+        "n_layer": L,
+        "n_head": s.num_heads,
+        "vocab_size": s.vocab_size,
+        "n_positions": s.learned_positions or s.max_position_embeddings or 1024,
+    }
+
+
+def _write_t5(s, fam, L, Ld) -> dict:
+    return {
+        "d_model": s.hidden_size,
+        "d_ff": s.intermediate_size,
+        "d_kv": s.attention_head_dim,
+        "num_layers": L,
+        "num_decoder_layers": Ld,
+        "num_heads": s.num_heads,
+        "vocab_size": s.vocab_size,
+        "relative_attention_num_buckets": s.relative_attention_buckets,
+        "tie_word_embeddings": s.tied_embeddings,
+        "feed_forward_proj": "relu",
+        "layer_norm_epsilon": s.norm_eps,
+    }
 
 
 # -- the tables -------------------------------------------------------------------------------------
@@ -339,6 +746,9 @@ _DEBERTA = (
     *_ENCODER[3:],
 )
 _ENCODER_KW = dict(
+    read=(_read_encoder,),
+    write=(_write_encoder,),
+    count=_count_encoder,
     blocks=("layer",),
     prefix="encoder.layer",
     kind="encoder",
@@ -396,6 +806,8 @@ FAMILIES: dict[str, Family] = {
     for f in [
         Family(
             name="llama",
+            read=(_read_decoder, _read_llama_biases),
+            write=(_write_decoder, _write_llama, _write_llama_biases),
             model_types=("llama",),
             modules=_LLAMA,
             arch="LlamaForCausalLM",
@@ -404,6 +816,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="mistral",
+            write=(_write_decoder, _write_llama),
             model_types=("mistral",),
             modules=_LLAMA,
             arch="MistralForCausalLM",
@@ -411,6 +824,8 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="mixtral",
+            read=(_read_decoder, _read_mixtral),
+            write=(_write_decoder, _write_mixtral),
             model_types=("mixtral",),
             modules=(*_ATTN, *_stacked_experts()),
             alt_modules=((*_ATTN, *_linear_experts("block_sparse_moe", "gate", ("w1", "w3", "w2"))),),
@@ -428,6 +843,8 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="qwen2_moe",
+            read=(_read_decoder, _read_qwen_moe, _read_shared_expert),
+            write=(_write_decoder, _write_qwen_moe, _write_shared_expert),
             model_types=("qwen2_moe",),
             modules=(*_QWEN2_ATTN, *_stacked_experts(), *_SHARED_EXPERT),
             alt_modules=((*_QWEN2_ATTN, *_linear_experts(), *_SHARED_EXPERT),),
@@ -444,6 +861,8 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="qwen3_moe",
+            read=(_read_decoder, _read_qwen_moe),
+            write=(_write_decoder, _write_qwen_moe),
             model_types=("qwen3_moe",),
             modules=(*_ATTN, *_stacked_experts()),
             alt_modules=((*_ATTN, *_linear_experts()),),
@@ -517,6 +936,8 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="falcon",
+            read=(_read_decoder, _read_falcon),
+            write=(_write_decoder, _write_falcon),
             prefix="transformer.h",
             model_types=("falcon",),
             modules=(
@@ -535,7 +956,7 @@ FAMILIES: dict[str, Family] = {
             ),
             blocks=("h",),
             norm="layer",
-            norms_per_block=1,
+            norms_per_block=_falcon_norms,
             tied_default=True,
             norm_eps_key="layer_norm_epsilon",
             norm_eps_default=1e-5,
@@ -546,6 +967,8 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="opt",
+            read=(_read_decoder, _read_opt),
+            write=(_write_decoder, _write_opt),
             prefix="model.decoder.layers",
             model_types=("opt",),
             modules=(
@@ -566,6 +989,9 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="gpt2",
+            read=(_read_gpt2,),
+            write=(_write_gpt2,),
+            count=_count_gpt2,
             prefix="h",
             model_types=("gpt2",),
             modules=tuple(
@@ -601,18 +1027,26 @@ FAMILIES: dict[str, Family] = {
             name="roberta",
             model_types=("roberta", "xlm-roberta"),
             modules=_ENCODER,
-            **{**_ENCODER_KW, "norm_eps_default": 1e-12},
+            **{**_ENCODER_KW, "write": (_write_encoder, _write_roberta)},
             notes="RoBERTa and XLM-RoBERTa: BERT's names",
         ),
         Family(
             name="deberta",
             model_types=("deberta-v2",),
             modules=_DEBERTA,
-            **{**_ENCODER_KW, "norm_eps_default": 1e-7},
+            **{
+                **_ENCODER_KW,
+                "read": (_read_encoder, _read_deberta),
+                "write": (_write_encoder, _write_deberta),
+                "norm_eps_default": 1e-7,
+            },
             notes="DeBERTa-v2/v3: query_proj, key_proj, value_proj",
         ),
         Family(
             name="t5",
+            read=(_read_t5,),
+            write=(_write_t5,),
+            count=_count_t5,
             prefix="{stack}.block",
             model_types=("t5",),
             modules=_t5_modules(),
@@ -626,9 +1060,17 @@ FAMILIES: dict[str, Family] = {
             notes="T5: encoder self-attention and FFN; decoder self-, cross-attention and FFN",
         ),
         # A model type without a table: its modules are found in the checkpoint (role "generic").
-        Family(name="generic", model_types=(), modules=(), notes="every 2-D weight of the repeated blocks"),
+        Family(
+            name="generic",
+            model_types=(),
+            modules=(),
+            read=(),
+            count=_count_none,
+            notes="every 2-D weight of the repeated blocks",
+        ),
         Family(
             name="llama2c",
+            write=(_write_decoder, _write_llama, _write_llama2c),
             prefix="layers",
             model_types=(),
             modules=_LLAMA2C,
@@ -796,68 +1238,6 @@ def select(family: Family | str, targets=None, *, modules: tuple[Module, ...] | 
     return [m for m in pool if m.name in chosen]
 
 
-# -- parameter count --------------------------------------------------------------------------------
-def target_parameters(spec, module: Module) -> int:
-    """Weight entries of one module in one block (all experts of an expert module)."""
-    out, inp = module.shape(spec)
-    return out * inp * (spec.num_experts if module.experts else 1)
-
-
-def _bias_parameters(spec, module: Module) -> int:
-    if not module.has_bias(spec):
-        return 0
-    return module.shape(spec)[0] * (spec.num_experts if module.experts else 1)
-
-
-def block_parameters(spec, family: Family, stack: str = "") -> int:
-    """Parameters of one block: target weights and biases, norms, q/k norms."""
-    mods = [m for m in family.modules if m.stack == stack]
-    total = sum(target_parameters(spec, m) + _bias_parameters(spec, m) for m in mods)
-    per_norm = spec.hidden_size * (2 if family.norm == "layer" else 1)
-    norms = family.norms_per_block
-    if family.name == "falcon":
-        # FalconDecoderLayer: ln_attn and ln_mlp in the new architecture; one input_layernorm when
-        # attention and MLP run in parallel (Falcon-7B); else input and post-attention norms.
-        norms = 2 if spec.new_decoder_architecture or not spec.parallel_attn else 1
-    if family.name == "t5":
-        norms = 2 if stack == "encoder" else 3
-    total += norms * per_norm
-    if family.qk_norm:
-        total += 2 * spec.attention_head_dim
-    return total
-
-
 def num_parameters(spec, family: Family) -> int:
     """Parameter count of the base model in closed form (see :meth:`ModelSpec.num_parameters`)."""
-    h, V, L = spec.hidden_size, spec.vocab_size, spec.num_layers
-    name = family.name
-    if name == GENERIC:
-        raise ValueError(
-            f"{spec.name}: its model type has no family table, so its parameter count has no closed form "
-            "here; add a Family to lowrank_lab.weights.families"
-        )
-    if name in ("bert", "roberta", "deberta"):
-        block = block_parameters(spec, family)
-        embeddings = (V + spec.learned_positions + spec.type_vocab_size) * h + 2 * h
-        total = embeddings + L * block
-        if name == "deberta" and spec.relative_positions:
-            total += spec.relative_positions * h + 2 * h  # rel_embeddings + their LayerNorm
-        if spec.pooler:
-            total += h * h + h
-        return total
-    if name == "gpt2":  # GPT2Model: learned positions, final LayerNorm; the LM head is tied
-        return V * h + spec.learned_positions * h + L * block_parameters(spec, family) + 2 * h
-    if name == "t5":
-        Ld = spec.num_decoder_layers or L
-        rel = spec.relative_attention_buckets * spec.num_heads  # in block 0 of each stack
-        total = (
-            V * h
-            + L * block_parameters(spec, family, "encoder")
-            + Ld * block_parameters(spec, family, "decoder")
-        )
-        total += 2 * rel + 2 * h  # two final norms
-        return total + (0 if spec.tied_embeddings else V * h)
-    final_norm = h * (2 if family.norm == "layer" else 1)
-    positions = spec.learned_positions * h  # OPT: max_position_embeddings + 2 rows
-    head = 0 if spec.tied_embeddings else V * h
-    return V * h + positions + L * block_parameters(spec, family) + final_norm + head
+    return family.counter(spec, family)

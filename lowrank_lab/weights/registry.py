@@ -33,7 +33,6 @@ from .families import num_parameters as _family_parameters
 FAMILY_MODULES: dict[str, tuple[str, ...]] = {name: f.module_names for name, f in FAMILIES.items()}
 
 
-
 @dataclass(frozen=True)
 class ModelSpec:
     """Architecture of a model: everything a shape or parameter count needs, and no weights.
@@ -246,106 +245,13 @@ class ModelSpec:
 
 
 def _hf_config_dict(s: ModelSpec, L: int, decoder_layers: int) -> dict[str, Any]:
+    """``config.json`` keys of ``s``: its model type and class, then what the family's writers add."""
     fam = s.family_info
-    family = "llama" if s.family == "llama2c" else s.family
-    model_type = s.model_type or (FAMILIES[family].model_types[0])
-    if family == "gpt2":
-        return {
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "n_embd": s.hidden_size,
-            "n_inner": s.intermediate_size,
-            "n_layer": L,
-            "n_head": s.num_heads,
-            "vocab_size": s.vocab_size,
-            "n_positions": s.learned_positions or s.max_position_embeddings or 1024,
-        }
-    if family in ("bert", "roberta", "deberta"):
-        cfg = {
-            "model_type": model_type,
-            "hidden_size": s.hidden_size,
-            "intermediate_size": s.intermediate_size,
-            "num_hidden_layers": L,
-            "num_attention_heads": s.num_heads,
-            "vocab_size": s.vocab_size,
-            "max_position_embeddings": s.max_position_embeddings or 512,
-            "type_vocab_size": s.type_vocab_size,
-            "hidden_act": "gelu",
-            "layer_norm_eps": s.norm_eps,
-        }
-        if family == "roberta":
-            cfg.update(pad_token_id=1, bos_token_id=0, eos_token_id=2)
-        if family == "deberta":
-            cfg.update(
-                relative_attention=s.relative_positions > 0,
-                position_buckets=s.relative_positions // 2 if s.relative_positions else -1,
-                max_relative_positions=-1,
-                norm_rel_ebd="layer_norm",
-                share_att_key=True,
-                pos_att_type=["p2c", "c2p"],
-                position_biased_input=s.learned_positions > 0,
-            )
-        return cfg
-    if family == "t5":
-        return {
-            "model_type": "t5",
-            "architectures": [fam.arch],
-            "d_model": s.hidden_size,
-            "d_ff": s.intermediate_size,
-            "d_kv": s.attention_head_dim,
-            "num_layers": L,
-            "num_decoder_layers": decoder_layers,
-            "num_heads": s.num_heads,
-            "vocab_size": s.vocab_size,
-            "relative_attention_num_buckets": s.relative_attention_buckets,
-            "tie_word_embeddings": s.tied_embeddings,
-            "feed_forward_proj": "relu",
-            "layer_norm_epsilon": s.norm_eps,
-        }
-    cfg = {
-        "model_type": model_type,
-        "architectures": [FAMILIES[family].arch],
-        "hidden_size": s.hidden_size,
-        "intermediate_size": s.intermediate_size,
-        "num_hidden_layers": L,
-        "num_attention_heads": s.num_heads,
-        "num_key_value_heads": s.num_kv_heads,
-        "vocab_size": s.vocab_size,
-        "tie_word_embeddings": s.tied_embeddings,
-        "max_position_embeddings": s.max_position_embeddings or 2048,
-        FAMILIES[family].norm_eps_key: s.norm_eps,
-        "rope_theta": s.rope_theta,
-    }
-    if family in ("llama", "mistral"):
-        cfg.update(hidden_act="silu", bos_token_id=1, eos_token_id=2)
-    if family == "llama":
-        cfg.update(attention_bias=s.attention_bias, mlp_bias=s.mlp_bias)
-    if s.head_dim is not None:
-        cfg["head_dim"] = s.head_dim
-    if family == "mixtral":
-        cfg.update(num_local_experts=s.num_experts, intermediate_size=s.expert_intermediate_size)
-    if family in ("qwen2_moe", "qwen3_moe"):
-        cfg.update(num_experts=s.num_experts, moe_intermediate_size=s.expert_intermediate_size)
-        cfg.update(decoder_sparse_step=1, mlp_only_layers=[])
-    if family == "qwen2_moe":
-        cfg["shared_expert_intermediate_size"] = s.shared_expert_intermediate_size
-    if family == "opt":
-        cfg.update(
-            ffn_dim=s.intermediate_size,
-            word_embed_proj_dim=s.hidden_size,
-            enable_bias=True,
-            do_layer_norm_before=True,
-            max_position_embeddings=s.learned_positions - 2,
-        )
-    if family == "falcon":
-        cfg.update(
-            ffn_hidden_size=s.intermediate_size,
-            num_kv_heads=s.num_kv_heads,
-            new_decoder_architecture=s.new_decoder_architecture,
-            multi_query=not s.new_decoder_architecture and s.num_kv_heads == 1,
-            parallel_attn=s.parallel_attn,
-            bias=s.attention_bias,
-        )
+    cfg: dict[str, Any] = {"model_type": s.model_type or (fam.model_types[0] if fam.model_types else "")}
+    if fam.arch:
+        cfg["architectures"] = [fam.arch]
+    for write in fam.writers:
+        cfg.update(write(s, fam, L, decoder_layers))
     return cfg
 
 
@@ -772,175 +678,22 @@ def family_from_model_type(model_type: str | None, *, where: str = "config.json"
     )
 
 
-def _first(config: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if config.get(k) is not None:
-            return config[k]
-    return default
-
-
 def spec_from_hf_config(
     config: Mapping[str, Any], *, name: str, hub_id: str | None = None, where: str = "config.json"
 ) -> ModelSpec:
     """A :class:`ModelSpec` from a Hugging Face ``config.json`` dictionary.
 
-    Defaults for absent keys are those of the ``transformers`` config classes (``LlamaConfig``,
-    ``FalconConfig``, ``T5Config``...). Raises :class:`UnsupportedArchitectureError` for a
+    The family's readers (:attr:`~lowrank_lab.weights.families.Family.read`) take the numbers, with
+    the defaults of the ``transformers`` config classes (``LlamaConfig``, ``FalconConfig``,
+    ``T5Config``...) for absent keys. Raises :class:`UnsupportedArchitectureError` for a
     ``model_type`` without a table, or a variant the table does not describe (gated-FFN T5,
     OPT-350m's projected embeddings, Qwen-MoE with dense layers between sparse ones).
     """
     family = family_from_model_type(config.get("model_type"), where=where)
     fam = FAMILIES[family]
-
-    def need(*keys: str) -> int:
-        value = _first(config, *keys)
-        if value is None:
-            raise UnsupportedArchitectureError(
-                f"{where}: no {' or '.join(keys)}; cannot tell the shapes of this model"
-            )
-        return int(value)
-
-    def unsupported(what: str):
-        return UnsupportedArchitectureError(f"{where}: {what} is not described by the {family} table")
-
-    if family == "gpt2":
-        h = need("n_embd", "hidden_size")
-        positions = need("n_positions", "max_position_embeddings")
-        return ModelSpec(
-            name=name,
-            hub_id=hub_id,
-            family=family,
-            hidden_size=h,
-            intermediate_size=int(config.get("n_inner") or 4 * h),
-            num_layers=need("n_layer", "num_hidden_layers"),
-            num_heads=need("n_head", "num_attention_heads"),
-            num_kv_heads=need("n_head", "num_attention_heads"),
-            vocab_size=need("vocab_size"),
-            tied_embeddings=True,
-            max_position_embeddings=positions,
-            learned_positions=positions,
-            norm_eps=float(config.get("layer_norm_epsilon", 1e-5)),
-        )
-    if family == "t5":
-        if config.get("feed_forward_proj", "relu") not in ("relu", "gelu"):
-            raise unsupported(f"feed_forward_proj={config.get('feed_forward_proj')!r} (gated wi_0/wi_1 FFN)")
-        heads = need("num_heads")
-        layers = need("num_layers")
-        return ModelSpec(
-            name=name,
-            hub_id=hub_id,
-            family=family,
-            hidden_size=need("d_model"),
-            intermediate_size=need("d_ff"),
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=heads,
-            vocab_size=need("vocab_size"),
-            tied_embeddings=bool(config.get("tie_word_embeddings", True)),
-            head_dim=need("d_kv"),
-            num_decoder_layers=int(config.get("num_decoder_layers") or layers),
-            relative_attention_buckets=int(config.get("relative_attention_num_buckets", 32)),
-            norm_eps=float(config.get("layer_norm_epsilon", 1e-6)),
-        )
-    h = need("hidden_size")
-    heads = need("num_attention_heads")
-    inter_key = fam.intermediate_key
-    common = dict(
-        hidden_size=h,
-        intermediate_size=int(_first(config, inter_key, "intermediate_size", default=0) or 4 * h),
-        num_layers=need("num_hidden_layers"),
-        num_heads=heads,
-        vocab_size=need("vocab_size"),
-        model_type=str(config.get("model_type")) if len(fam.model_types) > 1 else "",
-    )
-    if family in ("bert", "roberta", "deberta"):
-        max_pos = int(config.get("max_position_embeddings", 512))
-        if family == "deberta":
-            relative = 0
-            if config.get("relative_attention", False):
-                buckets = int(config.get("position_buckets", -1))
-                max_rel = int(config.get("max_relative_positions", -1))
-                relative = 2 * (buckets if buckets > 0 else (max_rel if max_rel > 0 else max_pos))
-            biased = bool(config.get("position_biased_input", True))
-            return ModelSpec(
-                name=name,
-                hub_id=hub_id,
-                family=family,
-                **common,
-                num_kv_heads=heads,
-                tied_embeddings=bool(config.get("tie_word_embeddings", True)),
-                max_position_embeddings=max_pos,
-                learned_positions=max_pos if biased else 0,
-                type_vocab_size=int(config.get("type_vocab_size", 0)),
-                relative_positions=relative,
-                pooler=False,
-                norm_eps=float(config.get("layer_norm_eps", 1e-7)),
-            )
-        return ModelSpec(
-            name=name,
-            hub_id=hub_id,
-            family=family,
-            **common,
-            num_kv_heads=heads,
-            tied_embeddings=bool(config.get("tie_word_embeddings", True)),
-            max_position_embeddings=max_pos,
-            learned_positions=max_pos,
-            type_vocab_size=int(config.get("type_vocab_size", 2)),
-            pooler=True,
-            norm_eps=float(config.get("layer_norm_eps", 1e-12)),
-        )
-
-    # Decoders: Llama's names, with the differences each family's config class has.
-    kv = int(_first(config, "num_key_value_heads", default=heads))
-    extra: dict[str, Any] = {}
-    if family == "falcon":
-        new = bool(config.get("new_decoder_architecture", False))
-        if new:
-            kv = int(_first(config, "num_kv_heads", default=heads))
-        else:
-            kv = 1 if config.get("multi_query", True) else heads
-        extra.update(
-            new_decoder_architecture=new,
-            parallel_attn=bool(config.get("parallel_attn", True)),
-            attention_bias=bool(config.get("bias", False)),
-        )
-        if new and config.get("num_ln_in_parallel_attn") not in (None, 2):
-            raise unsupported("num_ln_in_parallel_attn other than 2")
-    if family == "opt":
-        if int(config.get("word_embed_proj_dim") or h) != h or not config.get("do_layer_norm_before", True):
-            raise unsupported("word_embed_proj_dim != hidden_size or do_layer_norm_before=false (OPT-350m)")
-        extra["learned_positions"] = int(config.get("max_position_embeddings", 2048)) + 2
-    if family == "llama":
-        extra.update(
-            attention_bias=bool(config.get("attention_bias", False)),
-            mlp_bias=bool(config.get("mlp_bias", False)),
-        )
-    if family == "mixtral":
-        extra.update(
-            num_experts=need("num_local_experts", "num_experts"),
-            expert_intermediate_size=common["intermediate_size"],
-        )
-    if family in ("qwen2_moe", "qwen3_moe"):
-        if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1:
-            raise unsupported("mlp_only_layers / decoder_sparse_step (dense blocks between sparse ones)")
-        extra.update(
-            num_experts=need("num_experts", "num_local_experts"),
-            expert_intermediate_size=need("moe_intermediate_size"),
-        )
-    if family == "qwen2_moe":
-        extra["shared_expert_intermediate_size"] = need("shared_expert_intermediate_size")
-    rope = config.get("rope_parameters") or {}
-    head_dim = config.get("head_dim")
-    return ModelSpec(
-        name=name,
-        hub_id=hub_id,
-        family=family,
-        **common,
-        num_kv_heads=kv,
-        tied_embeddings=bool(config.get("tie_word_embeddings", fam.tied_default)),
-        max_position_embeddings=int(config.get("max_position_embeddings") or 2048),
-        head_dim=None if head_dim in (None, h // heads) else int(head_dim),
-        rope_theta=float(config.get("rope_theta", rope.get("rope_theta", 10000.0))),
-        norm_eps=float(config.get(fam.norm_eps_key, fam.norm_eps_default)),
-        **extra,
-    )
+    numbers: dict[str, Any] = {}
+    for read in fam.readers:
+        numbers.update(read(config, fam, where, numbers))
+    if len(fam.model_types) > 1:  # roberta reads xlm-roberta too: keep which one it was
+        numbers["model_type"] = str(config.get("model_type"))
+    return ModelSpec(name=name, hub_id=hub_id, family=family, **numbers)
