@@ -7,9 +7,10 @@ plus older layouts), the role of each matrix, how fused projections are laid out
 shape of each from the architecture numbers, and what the rest of the model holds so that the
 parameter count follows in closed form. Adding a family means adding one record here.
 
-The description is pure data plus small shape functions of a spec; it imports neither ``torch``
-nor ``transformers`` and knows nothing of files (the weight sources read headers and call
-:func:`match` on each tensor name).
+The description is data plus small functions of a spec (shapes, ``config.json`` read and written,
+parameter count) named in each record; it imports neither ``torch`` nor ``transformers`` and knows
+nothing of files (the weight sources read headers and call :func:`match` on each tensor name;
+``adapters.inject`` calls :func:`match` and :func:`select` on module names).
 
 Roles (:data:`ROLES`): attention ``q k v o``, fused ``qkv``; MLP ``gate up down``, fused
 ``gate_up``; MoE ``router`` and the experts' ``expert_gate expert_up expert_down expert_gate_up``;
