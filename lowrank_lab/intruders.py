@@ -292,6 +292,8 @@ def run(args: argparse.Namespace) -> dict:
     # Headers only so far: every mismatch is reported before the first SVD.
     source_options = {"experts": args.experts, "split_fused": args.split_fused}
     opened = open_source(args.base, **source_options)
+    for note in getattr(opened, "notes", []):
+        print(f"note: {note}", file=sys.stderr)
     tuned = ix.open_tuned(
         args.tuned, base=args.base, base_source=opened, adapter=args.adapter, source_options=source_options
     )

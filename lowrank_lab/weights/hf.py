@@ -6,7 +6,7 @@ RSS) never covers more than the tensor being read; ``.bin`` files are opened wit
 ``torch.load(mmap=True, weights_only=True)`` (no pickle code runs, no full read) and the one
 tensor is copied out. Iterating a checkpoint therefore holds about one target matrix in memory,
 plus its cast copy when a ``dtype`` is asked for: benchmarks/weights_memory.py measured +91 MiB
-(bf16) and +264 MiB (cast to float32) over the post-import RSS on a 4-shard llama-7b-shaped
+(bf16) and +263 MiB (cast to float32) over the post-import RSS on a 4-shard llama-7b-shaped
 checkpoint whose largest target matrix is 86 MiB, where ``from_pretrained`` took +925 MiB.
 
 Which files: ``model.safetensors.index.json`` (its ``weight_map``), else ``model.safetensors``,
