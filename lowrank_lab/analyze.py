@@ -35,6 +35,7 @@ from lowrank_lab.analysis.factorization import (
     SKIPPED_KEY,
     AnalysisConfig,
     analyze_matrix,
+    matrix_ident,
 )
 from lowrank_lab.analysis.figures import plot_error_ratio, plot_init_time, plot_spectra
 from lowrank_lab.analysis.report import write_summary
@@ -122,8 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets", default=None,
         help="comma-separated module types to analyse, in the model family's canonical names "
              "(llama: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; bert: query,key,value,"
-             "attention-output,intermediate,output; llama2.c: wq,wk,wv,wo,w1,w2,w3), or all-linear. "
+             "attention-output,intermediate,output; llama2.c: wq,wk,wv,wo,w1,w2,w3), roles (q, k, v, o, "
+             "qkv, gate, up, down, gate_up, router, expert_down, cross_q, ...), or all-linear. "
              "Default: every projection. Example: --targets q_proj,v_proj",
+    )
+    p.add_argument(
+        "--experts", default=None,
+        help="mixture-of-experts models (Mixtral, Qwen-MoE): all (default; each expert of each block is "
+             "one matrix, its index in the expert column), none (routers and shared experts only), or "
+             "indices and ranges. Example: --experts 0-1",
+    )
+    p.add_argument(
+        "--split-fused", action="store_true",
+        help="besides each fused projection (Phi-3 qkv_proj and gate_up_proj, GPT-NeoX/Falcon "
+             "query_key_value, GPT-2 c_attn), analysed as the one matrix an adapter sees, also analyse "
+             "its parts (q, k, v at their grouped-query sizes; gate, up). Example: --split-fused",
     )
     p.add_argument(
         "--layers", default=None,
@@ -277,10 +291,14 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
         torch.set_num_threads(args.threads)
     ctx = init_from_env(device)  # a process group under torchrun, else a one-process context
     device = ctx.device(device)
-    src_kwargs: dict[str, Any] = {"targets": args.targets, "layers": args.layers}
+    src_kwargs: dict[str, Any] = {"targets": args.targets, "layers": args.layers,
+                                  "experts": args.experts, "split_fused": args.split_fused}
     if args.synthetic:
         src_kwargs.update(synthetic=True, seed=args.seed)
     src = open_source(args.model, **src_kwargs)
+    if ctx.is_main:
+        for note in getattr(src, "notes", []):  # e.g. generic discovery of a model type without a table
+            print(f"{PROG}: note: {note}", file=sys.stderr)
     infos = src.targets()
     if not infos:
         raise UsageError(f"no target matrices selected in {args.model!r} (--targets {args.targets}, "
@@ -294,6 +312,7 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
     config = {
         "model": src.name, "synthetic": bool(src.synthetic), "dtype": args.dtype, "seed": args.seed,
         "ranks": ranks, "methods": methods, "targets": args.targets, "layers": args.layers,
+        "experts": args.experts, "split_fused": args.split_fused,
         "device": str(device), "repeats": args.repeats, "warmup": args.warmup,
     }
     analysis = AnalysisConfig(
@@ -370,7 +389,7 @@ class MatrixWork:
 
     def skip_rows(self, info: Any, reason: str):
         m, n = (int(d) for d in info.shape)
-        row = {"tensor": info.tensor, "layer": info.layer, "module": info.module, "m": m, "n": n,
+        row = {**matrix_ident(info), "m": m, "n": n,
                "method": "", "rank": "", "reason": f"matrix skipped: {reason}"}
         yield "skipped", row
 

@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--targets",
         default=None,
-        help="target modules (default: all linear maps of every block), e.g. --targets query,value",
+        help="target modules: canonical names, roles (q, k, v, o, qkv, gate, up, down, gate_up) or "
+        "module-name suffixes (default: all linear maps of every block), e.g. --targets query,value or "
+        "--targets q,v",
     )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(

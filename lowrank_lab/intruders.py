@@ -136,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--layers", metavar="SPEC", help="layers to analyse, e.g. 0-3,7 (default all)")
     p.add_argument(
+        "--experts",
+        metavar="SPEC",
+        help="mixture-of-experts models: all (default; each expert is one matrix, its index in the expert "
+        "column), none, or indices such as 0-3",
+    )
+    p.add_argument(
+        "--split-fused",
+        action="store_true",
+        help="also compare the parts of fused projections (Phi-3 qkv_proj as q, k, v; gate_up_proj as "
+        "gate, up)",
+    )
+    p.add_argument(
         "--out", default="intruders_out", metavar="DIR", help="output directory (default intruders_out)"
     )
     p.add_argument(
@@ -381,8 +393,14 @@ def run(args: argparse.Namespace) -> dict:
     )
 
     # Headers only so far: every mismatch is reported before the first SVD.
-    opened = open_source(args.base)
-    tuned = open_tuned(args.tuned, base=args.base, base_source=opened, adapter=args.adapter)
+    source_options = {"experts": args.experts, "split_fused": args.split_fused}
+    opened = open_source(args.base, **source_options)
+    if ctx.is_main:
+        for note in getattr(opened, "notes", []):  # e.g. generic discovery of a model type without a table
+            print(f"{PROG}: note: {note}", file=sys.stderr)
+    tuned = open_tuned(
+        args.tuned, base=args.base, base_source=opened, adapter=args.adapter, source_options=source_options
+    )
     base_all = tuned.base  # the base in the tuned weights' layout (llama2.c may be seen as HF Llama)
     pairs = pair_targets(
         base_all.targets(),
@@ -393,9 +411,9 @@ def run(args: argparse.Namespace) -> dict:
         tuned_family=tuned.family,
     )
     if args.targets is not None or args.layers is not None:
-        chosen = open_source(args.base, targets=args.targets, layers=args.layers).targets()
-        keep = {(i.layer, i.module) for i in chosen}
-        pairs = [p for p in pairs if (p.base.layer, p.base.module) in keep]
+        chosen = open_source(args.base, targets=args.targets, layers=args.layers, **source_options).targets()
+        keep = {(i.layer, i.module, i.expert) for i in chosen}
+        pairs = [p for p in pairs if (p.base.layer, p.base.module, getattr(p.base, "expert", None)) in keep]
     if not pairs:
         raise ValueError(
             f"no target matrices selected in {args.base!r} (--targets {args.targets}, --layers {args.layers})"

@@ -1,8 +1,11 @@
 """``python -m lowrank_lab.params``: trainable parameters of every adapter method, from shapes alone.
 
 Reads the architecture from the model registry (:func:`lowrank_lab.weights.get_spec`: target
-shapes per block, number of blocks, base parameter count) and the closed forms from the adapter
-registry (:data:`lowrank_lab.adapters.ADAPTERS`); no weights are read, so llama-70b costs nothing.
+shapes per block, number of blocks, base parameter count), or from the ``config.json`` of a local
+directory (nothing else need be there), and the closed forms from the adapter registry
+(:data:`lowrank_lab.adapters.ADAPTERS`); no weights are read, so llama-70b costs nothing. Every
+family of :mod:`lowrank_lab.weights.families` is counted: each expert of a mixture-of-experts block
+is one target matrix (Mixtral: 8 a block), a fused projection is one matrix as an adapter sees it.
 Prints a markdown table (or CSV with ``--csv``), one row per (method, rank), long format.
 """
 
@@ -38,6 +41,9 @@ examples:
   # only the three-matrix methods on all-MiniLM-L6-v2, written to a file
   {PROG} --model minilm --rank 8 --methods slora,nlora,inttune,lora-xs --out minilm.md
 
+  # any Hugging Face model from its config.json alone (a folder holding just that file is enough)
+  {PROG} --model ./Qwen2.5-7B --rank 16 --targets q,v
+
 known models: {", ".join(MODELS)}
 methods: {", ".join(ADAPTERS)}
 """
@@ -69,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default="llama-7b",
-        help="registry name or its hub id (default llama-7b), e.g. minilm, llama-13b, "
-        "meta-llama/Llama-2-7b-hf; or a local Hugging Face directory (only its config.json is read)",
+        help="registry name or its hub id (default llama-7b), e.g. minilm, llama-13b, qwen2.5-7b, "
+        "mixtral-8x7b, meta-llama/Llama-2-7b-hf; or a local Hugging Face directory (only its config.json "
+        "is read, so a folder holding just config.json is enough)",
     )
     parser.add_argument(
         "--rank",
@@ -81,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--targets",
         default=None,
-        help="target modules: canonical names or HF suffixes separated by commas, or all-linear "
-        "(default: every linear module of a block, e.g. the seven projections of a Llama)",
+        help="target modules: canonical names, roles (q, k, v, o, gate, up, down, qkv, gate_up, "
+        "router, expert_down...) or HF suffixes separated by commas, or all-linear "
+        "(default: every target matrix of a block, e.g. the seven projections of a Llama)",
     )
     parser.add_argument(
         "--methods",
@@ -113,9 +121,11 @@ def parameter_table(
     """The table the CLI prints, as a DataFrame (one row per method and rank)."""
     spec = _spec(model)
     modules = select_modules(spec.family, targets)
-    shapes = spec.target_shapes()
-    block = [shapes[m] for m in modules]
-    smallest = min(min(shape) for shape in block)
+    # Every target matrix of the model: per block (T5's decoder may be deeper), per expert.
+    matrices = [
+        shape for name, shape in spec.target_matrices(modules) for _ in range(spec.module_layers(name))
+    ]
+    smallest = min(min(shape) for shape in matrices)
     too_big = [r for r in ranks if r > smallest]
     if too_big:  # what finetune's injection refuses (a rank-r factor of an m x n matrix needs r <= min(m, n))
         raise ValueError(
@@ -127,7 +137,7 @@ def parameter_table(
     for name in methods or list(ADAPTERS):
         am = get_adapter(name)
         for r in ranks:
-            trainable = closed_form_trainable(am, block, r, repeat=spec.num_layers)
+            trainable = closed_form_trainable(am, matrices, r)
             rows.append({
                 "model": spec.name,
                 "method": am.name,

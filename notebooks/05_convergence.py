@@ -40,9 +40,9 @@ SMALL = nbs.start(NOTEBOOK)  # small or full size, BLAS threads, pandas display,
 
 # %%
 from lowrank_lab.training import get_task
-from lowrank_lab.training.study import find_intruders
+from lowrank_lab.training.claims import claim_rows, read_baselines
+from lowrank_lab.training.study import intruder_counts_by_run, read_forgetting
 from lowrank_lab.training.summary import (
-    claims,
     load_records,
     loss_threshold,
     method_rows,
@@ -137,10 +137,10 @@ if records:
 # %% [markdown]
 # ## Per method: final metric, loss AUC, steps to a loss threshold — and the papers' claims
 #
-# `method_rows` / `method_table` / `claims` are the harness's own aggregation (the tables of each
+# `method_rows` / `method_table` / `claim_rows` are the harness's own aggregation (the tables of each
 # study's summary.md): mean ± sd over seeds; "steps to threshold" counts steps until the smoothed loss
-# first reaches LoRA's mean final loss; each claim is confirmed or contradicted only when the difference
-# exceeds two standard errors.
+# first reaches LoRA's mean final loss; each claim is tested on per-seed paired differences, after the
+# task's gates, Holm-adjusted across the claims of a study (`lowrank_lab.training.claims`).
 
 # %%
 tables, verdicts = [], []
@@ -151,7 +151,10 @@ for task, recs in records.items():
     rows = method_rows(recs, methods, spec, threshold)
     tables.append(method_table(rows, spec).assign(task=task))
     # the intruder claim reads the counts the intruders CLI wrote into <study>/intruders/<run>/
-    verdicts += [{"task": task, **c} for c in claims(rows, spec, find_intruders(studies[task], recs))]
+    found = claim_rows(spec, recs, baselines=read_baselines(studies[task]),
+                       intruders=intruder_counts_by_run(studies[task]),
+                       forgetting=read_forgetting(studies[task]) or None)
+    verdicts += [{"task": task, **c} for c in found]
 if tables:
     table = pd.concat(tables, ignore_index=True)
     table = table[["task", *[c for c in table.columns if c != "task"]]]
@@ -165,5 +168,5 @@ if tables:
 
 # %% [markdown]
 # In small mode these are a handful of steps on two of the six linear maps: the table and verdicts
-# exercise the pipeline and mean nothing about the claims (they come out "inconclusive" for that
+# exercise the pipeline and mean nothing about the claims (one seed: they come out "not testable" for that
 # reason). The committed studies under `reports/finetune/` are the evidence.

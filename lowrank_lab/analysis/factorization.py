@@ -32,14 +32,16 @@ from .spectra import spectral_stats
 
 #: Columns of factorization.csv, in order (the output contract of issue 5).
 FACTORIZATION_COLUMNS = [
-    "model", "tensor", "layer", "module", "m", "n", "method", "rank",
+    "model", "tensor", "layer", "module", "role", "fused", "expert", "m", "n", "method", "rank",
     "rel_err_fro", "opt_rel_err_fro", "err_ratio", "rel_err_spec", "init_seconds",
     "device", "dtype", "seed", "synthetic",
 ]
 FACTORIZATION_KEY = ["tensor", "method", "rank"]
 
 #: Columns of skipped.csv: (matrix, method, rank) combinations that produced no factorization row.
-SKIPPED_COLUMNS = ["tensor", "layer", "module", "m", "n", "method", "rank", "reason"]
+SKIPPED_COLUMNS = [
+    "tensor", "layer", "module", "role", "fused", "expert", "m", "n", "method", "rank", "reason",
+]
 SKIPPED_KEY = ["tensor", "method", "rank"]
 
 #: Matrices with more entries than this are timed once with no warm-up on the CPU (see :func:`timing_plan`).
@@ -161,7 +163,8 @@ def factorization_rows(
     S : Tensor
         All its singular values, for the Eckart–Young optimum (:func:`lowrank_lab.linalg.optimal_error`).
     ident : dict
-        ``tensor``, ``layer`` and ``module`` of the matrix.
+        ``tensor``, ``layer``, ``module``, ``role``, ``fused`` and ``expert`` of the matrix
+        (:func:`matrix_ident`).
     done : callable, optional
         ``done((tensor, method, rank)) -> bool``; rows already written (``--resume``) are not redone.
 
@@ -215,6 +218,22 @@ def factorization_rows(
             del timing  # free the factors before the next method
 
 
+def matrix_ident(info: Any) -> dict[str, Any]:
+    """The columns that name a matrix in every table: tensor, layer, module, role, fused, expert.
+
+    ``role``, ``fused`` and ``expert`` come from :class:`lowrank_lab.weights.TargetInfo` (the family
+    tables of :mod:`lowrank_lab.weights.families`); ``expert`` is empty for a dense matrix.
+    """
+    return {
+        "tensor": info.tensor,
+        "layer": info.layer,
+        "module": info.module,
+        "role": getattr(info, "role", ""),
+        "fused": bool(getattr(info, "fused", False)),
+        "expert": getattr(info, "expert", None),
+    }
+
+
 def analyze_matrix(
     weight: Any,
     config: AnalysisConfig,
@@ -243,7 +262,7 @@ def analyze_matrix(
         Singular values saved by an earlier run of this matrix, used instead of an SVD.
     """
     W = weight.weight.to(device=config.device, dtype=config.dtype or weight.weight.dtype)
-    ident = {"tensor": weight.info.tensor, "layer": weight.info.layer, "module": weight.info.module}
+    ident = matrix_ident(weight.info)
     shape = (int(W.shape[0]), int(W.shape[1]))
     if singular_values_cache is not None:
         S = torch.as_tensor(np.asarray(singular_values_cache, dtype=np.float64))

@@ -181,7 +181,7 @@ def energy_column(rank: int) -> str:
 
 #: Columns of spectra.csv before the per-rank energy columns (see :func:`spectra_columns`).
 SPECTRA_BASE_COLUMNS = [
-    "tensor", "layer", "module", "m", "n",
+    "tensor", "layer", "module", "role", "fused", "expert", "m", "n",
     "fro_norm", "spec_norm", "stable_rank", "effective_rank", "numerical_rank",
     "alpha", "alpha_sigma", "alpha_ks_d", "alpha_xmin", "alpha_n_tail",
 ]

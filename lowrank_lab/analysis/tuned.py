@@ -61,6 +61,14 @@ class TunedWeights:
         return self.source.targets()
 
     def weight(self, info) -> torch.Tensor:
+        part = getattr(info, "part", "")
+        parent = info.tensor[: -len(f"[{part}]")] if part else None
+        if parent in self.overlay and info.tensor not in self.overlay:
+            # A part of a fused matrix (--split-fused): the update is to the whole; apply it, then slice.
+            whole = next(t for t in self.source.targets() if t.tensor == parent)
+            rows = self.source.part_rows(info)
+            W = self.overlay[parent](self.source.load(whole).weight)
+            return W[rows] if isinstance(rows, slice) else W[torch.as_tensor(rows)]
         W = self.source.load(info).weight
         fn = self.overlay.get(info.tensor)
         return W if fn is None else fn(W)
@@ -180,8 +188,12 @@ def open_tuned(
     base: str | Path,
     base_source,
     adapter: str | Path | None = None,
+    source_options: dict | None = None,
 ) -> TunedWeights:
     """The fine-tuned weights, however they were saved.
+
+    ``source_options`` (``experts``, ``split_fused``) are passed to ``open_source`` for a tuned
+    checkpoint, so that it lists the same matrices as the base.
 
     * ``tuned`` a checkpoint (HF directory, ``model.safetensors``, anything ``open_source`` reads);
     * ``tuned`` a fine-tuning run directory holding ``merged/`` (written by lowrank_lab.training);
@@ -213,7 +225,7 @@ def open_tuned(
             inner = hf_base
             desc["tuned"] = "base + adapter"
         else:
-            inner = open_source(str(path))
+            inner = open_source(str(path), **(source_options or {}))
             desc["tuned"] = str(path)
             desc["tuned_kind"] = kind
             if adapter_path is not None:
@@ -288,12 +300,16 @@ def pair_targets(
     """
 
     def keyer(family):
+        # Experts and fused parts share (layer, module): their index and part name tell them apart.
+        def extra(info):
+            return (getattr(info, "expert", None), getattr(info, "part", ""))
+
         if family is None:
-            return lambda info: (info.layer, info.module)
+            return lambda info: (info.layer, info.module, *extra(info))
         from lowrank_lab.weights import hf_module_suffixes
 
         suffixes = hf_module_suffixes(family)
-        return lambda info: (info.layer, suffixes.get(info.module, info.module))
+        return lambda info: (info.layer, suffixes.get(info.module, info.module), *extra(info))
 
     base_key, tuned_key = keyer(base_family), keyer(tuned_family)
     by_key = {}

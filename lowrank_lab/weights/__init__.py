@@ -9,7 +9,9 @@
 
 Sources: local Hugging Face directories (sharded safetensors, ``.bin`` fallback), hub ids in the
 local cache, llama2.c ``.bin`` files, the packaged all-MiniLM-L6-v2 (``minilm``), and synthetic
-stand-ins with registry shapes. Depends on :mod:`lowrank_lab.linalg` only for the device policy;
+stand-ins with registry shapes. What each architecture's blocks hold (names, roles, fused layouts,
+experts, shapes, parameter count) is one :class:`~lowrank_lab.weights.families.Family` record of
+:data:`FAMILIES`. Depends on :mod:`lowrank_lab.linalg` only for the device policy;
 ``transformers`` is imported only where a model object is built.
 """
 
@@ -25,6 +27,7 @@ from .errors import (
     UnsupportedArchitectureError,
     WeightsError,
 )
+from .families import FAMILIES, ROLES, Family
 from .registry import (
     FAMILY_MODULES,
     MODELS,
@@ -38,14 +41,17 @@ from .registry import (
 from .source import TargetInfo, WeightMatrix, WeightSource
 
 __all__ = [
+    "FAMILIES",
     "FAMILY_MODULES",
     "MODELS",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "Family",
     "MissingShardError",
     "MissingTensorError",
     "ModelSpec",
     "NotInCacheError",
+    "ROLES",
     "ShapeMismatchError",
     "TargetInfo",
     "UnknownModelError",

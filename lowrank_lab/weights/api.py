@@ -110,6 +110,8 @@ def open_source(
     device: torch.device | str | None = None,
     std: float = DEFAULT_STD,
     download: bool | None = None,
+    experts: str | list[int] | None = None,
+    split_fused: bool = False,
 ) -> WeightSource:
     """Open a model's target matrices for one-at-a-time reading.
 
@@ -133,6 +135,12 @@ def open_source(
     download : bool, optional
         For hub ids absent from the cache: None downloads when ``HF_HUB_OFFLINE`` is unset,
         False never does.
+    experts : str or list, optional
+        Mixture-of-experts models: ``"all"``/None (each expert of each block is one matrix),
+        ``"none"`` (routers and shared experts only) or indices such as ``"0-3,7"``.
+    split_fused : bool
+        Also list the parts of fused projections (Phi-3 ``qkv_proj`` as q, k, v at their GQA
+        sizes, ``gate_up_proj`` as gate and up) after the fused matrix an adapter sees.
 
     Returns
     -------
@@ -144,7 +152,9 @@ def open_source(
     UnknownModelError, CheckpointNotFoundError, NotInCacheError, CorruptCheckpointError, ...
         All subclasses of ValueError, each naming what is wrong and what to do.
     """
-    common = dict(targets=targets, layers=layers, dtype=dtype, device=device)
+    common = dict(
+        targets=targets, layers=layers, dtype=dtype, device=device, experts=experts, split_fused=split_fused
+    )
     if isinstance(model, ModelSpec):
         if not synthetic:
             model = model.name

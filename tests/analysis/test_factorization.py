@@ -43,7 +43,7 @@ def weight(W, *, s=None, tensor="layers.0.q_proj", module="q_proj", layer=0):
 
 
 def rows_of(W, S, config, **kw):
-    ident = {"tensor": "t", "layer": 0, "module": "q_proj"}
+    ident = {"tensor": "t", "layer": 0, "module": "q_proj", "role": "q", "fused": False, "expert": None}
     out = list(factorization_rows(W, S, ident=ident, config=config, synthetic=False, **kw))
     return [r for k, r in out if k == "factorization"], [r for k, r in out if k == "skipped"]
 

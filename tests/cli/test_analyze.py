@@ -17,12 +17,14 @@ from lowrank_lab.linalg import FACTORIZATIONS
 
 # The output contract of issue 5, spelled out here on purpose (not imported from the code under test).
 FACTORIZATION_COLUMNS = [
-    "model", "tensor", "layer", "module", "m", "n", "method", "rank", "rel_err_fro", "opt_rel_err_fro",
-    "err_ratio", "rel_err_spec", "init_seconds", "device", "dtype", "seed", "synthetic",
+    "model", "tensor", "layer", "module", "role", "fused", "expert", "m", "n", "method", "rank",
+    "rel_err_fro", "opt_rel_err_fro", "err_ratio", "rel_err_spec", "init_seconds", "device", "dtype", "seed",
+    "synthetic",
 ]
 SPECTRA_COLUMNS = [
-    "tensor", "layer", "module", "m", "n", "fro_norm", "spec_norm", "stable_rank", "effective_rank",
-    "numerical_rank", "alpha", "alpha_sigma", "alpha_ks_d", "alpha_xmin", "alpha_n_tail",
+    "tensor", "layer", "module", "role", "fused", "expert", "m", "n", "fro_norm", "spec_norm",
+    "stable_rank", "effective_rank", "numerical_rank", "alpha", "alpha_sigma", "alpha_ks_d", "alpha_xmin",
+    "alpha_n_tail",
     "energy_r4", "energy_r8",
 ]
 MINILM_MODULES = ["query", "key", "value", "attention-output", "intermediate", "output"]
@@ -189,7 +191,7 @@ def test_help_explains_every_option_with_an_example(capsys):
     usage = capsys.readouterr().out
     options = ["--model", "--synthetic", "--ranks", "--methods", "--targets", "--layers", "--device",
                "--dtype", "--seed", "--out", "--figures", "--resume", "--retry-skipped", "--repeats",
-               "--warmup", "--threads"]
+               "--warmup", "--threads", "--experts", "--split-fused"]
     for option in options:
         assert option in usage
     assert usage.count("Example:") == len(options) and "examples:" in usage

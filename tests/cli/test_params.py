@@ -104,3 +104,91 @@ def test_runs_as_a_module(tmp_path):
         cwd=tmp_path,
     )
     assert "| loldu | 4 | 144 |" in done.stdout
+
+
+# config.json of the hub checkpoints, as published (only the keys the counts read, and model_type).
+BARE_CONFIGS = {
+    "Qwen2.5-7B": {
+        "model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    },
+    "Meta-Llama-3-8B": {
+        "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+        "tie_word_embeddings": False,
+    },
+    "gemma-2-9b": {
+        "model_type": "gemma2", "hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
+        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000,
+    },
+    "Mixtral-8x7B-v0.1": {
+        "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8, "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    },
+}  # fmt: skip
+
+
+def _by_hand(name: str) -> tuple[int, int]:
+    """(base parameters, LoRA r = 8 on every target matrix), written out term by term."""
+    if name == "Qwen2.5-7B":  # h 3584, 28 heads x 128, 4 KV heads (512 rows), q/k/v biased, untied head
+        h, inter, layers, vocab = 3584, 18944, 28, 152064
+        attention = (h * h + h) + 2 * (512 * h + 512) + h * h
+        block = attention + 3 * h * inter + 2 * h
+        lora = 8 * ((h + h) + 2 * (512 + h) + (h + h) + 2 * (inter + h) + (h + inter))
+        return 2 * vocab * h + layers * block + h, layers * lora
+    if name == "Meta-Llama-3-8B":  # 8 KV heads x 128 = 1024 rows of k and v
+        h, inter, layers, vocab = 4096, 14336, 32, 128256
+        block = 2 * h * h + 2 * 1024 * h + 3 * h * inter + 2 * h
+        lora = 8 * (2 * (h + h) + 2 * (1024 + h) + 2 * (inter + h) + (h + inter))
+        return 2 * vocab * h + layers * block + h, layers * lora
+    if name == "gemma-2-9b":  # 16 heads x 256 = 4096 query rows; 8 KV heads = 2048; 4 norms; tied head
+        h, inter, layers, vocab = 3584, 14336, 42, 256000
+        block = 4096 * h + 2 * 2048 * h + h * 4096 + 3 * h * inter + 4 * h
+        lora = 8 * ((4096 + h) + 2 * (2048 + h) + (h + 4096) + 2 * (inter + h) + (h + inter))
+        return vocab * h + layers * block + h, layers * lora
+    # Mixtral: attention as Llama-3's; a router (8 x 4096) and 8 experts of gate, up, down each.
+    h, inter, layers, vocab, experts = 4096, 14336, 32, 32000, 8
+    block = 2 * h * h + 2 * 1024 * h + experts * h + experts * 3 * h * inter + 2 * h
+    # Each expert: its fused gate_up (2 x 14336 rows, as transformers 5 holds it) and its down projection.
+    per_expert = (2 * inter + h) + (h + inter)
+    lora = 8 * (2 * (h + h) + 2 * (1024 + h) + (experts + h) + experts * per_expert)
+    return 2 * vocab * h + layers * block + h, layers * lora
+
+
+@pytest.mark.parametrize("name", list(BARE_CONFIGS))
+def test_a_folder_with_only_config_json_is_enough(tmp_path, name):
+    import json
+
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(BARE_CONFIGS[name]))
+    base, lora = _by_hand(name)
+    published = {
+        "Qwen2.5-7B": 7_615_616_512,
+        "Meta-Llama-3-8B": 8_030_261_248,
+        "gemma-2-9b": 9_241_705_984,
+        "Mixtral-8x7B-v0.1": 46_702_792_704,
+    }
+    assert base == published[name]  # the hand count is the model card's figure
+    table = parameter_table(str(folder), [8], None, ["lora"])
+    assert table.base_parameters.item() == base and table.trainable.item() == lora
+    assert table.model.item() == name
+
+
+def test_registry_entries_of_the_new_families():
+    table = parameter_table("qwen2.5-7b", [8], "q,v", ["lora"])
+    assert table.targets.item() == "q_proj,v_proj"  # roles resolve to the family's modules
+    assert table.trainable.item() == 28 * 8 * ((3584 + 3584) + (512 + 3584))
+    # Phi-3-mini: the fused qkv_proj (9216 x 3072) is one matrix, as an adapter sees it.
+    phi = parameter_table("phi-3-mini", [8], "qkv_proj", ["lora"])
+    assert phi.trainable.item() == 32 * 8 * (9216 + 3072)
+    assert phi.base_parameters.item() == 3_821_079_552
+
+
+def test_a_role_inside_a_fused_matrix_says_so(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "phi-3-mini", "--targets", "q"])
+    assert exc.value.code == 2
+    assert "part of the fused qkv_proj" in capsys.readouterr().err

@@ -107,10 +107,20 @@ def test_config_with_more_layers_than_weights(llama_copy):
     assert "model.layers.11.self_attn.q_proj.weight" in str(err.value)
 
 
-def test_missing_config(llama_copy):
+def test_missing_config_reads_every_block_weight_with_a_note(llama_copy, tmp_path):
     (llama_copy / "config.json").unlink()
+    src = open_source(llama_copy)
+    assert src.family == "generic" and len(src.notes) == 1 and "no config.json" in src.notes[0]
+    # The seven projections of each of the 11 layers, under their Hugging Face names.
+    assert len(src) == 11 * 7 and {i.role for i in src.targets()} == {"generic"}
+    # No table, so no block order: modules come in name order.
+    assert [i.module for i in src.targets()[:7]] == sorted(
+        ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"] + [f"self_attn.{x}_proj" for x in "qkvo"]
+    )
+    empty = tmp_path / "nothing"
+    empty.mkdir()
     with pytest.raises(CheckpointNotFoundError, match="no config.json"):
-        open_source(llama_copy)
+        open_source(empty)
 
 
 def test_bad_config_json(llama_copy):
@@ -119,12 +129,43 @@ def test_bad_config_json(llama_copy):
         open_source(llama_copy)
 
 
-def test_unsupported_model_type(llama_copy):
+def test_model_type_without_a_table_is_analysed_generically(llama_copy):
     cfg_path = llama_copy / "config.json"
-    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "model_type": "t5"}))
-    with pytest.raises(UnsupportedArchitectureError, match="'t5'") as err:
-        open_source(llama_copy)
-    assert "llama" in str(err.value)  # lists what is supported
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "model_type": "acme"}))
+    src = open_source(llama_copy)
+    assert src.family == "generic" and "'acme'" in src.notes[0] and "generic" in src.notes[0]
+    assert "llama" in src.notes[0]  # lists the model types that have tables
+    shapes = {i.module: i.shape for i in src.targets()}
+    assert len(src) == 77 and shapes["self_attn.k_proj"] == (8, 16) and shapes["mlp.down_proj"] == (16, 24)
+
+
+def test_no_block_weights_names_what_was_found(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp_path / "flat"
+    d.mkdir()
+    save_file(
+        {"embed.weight": torch.zeros(4, 2), "norm.weight": torch.zeros(2)}, str(d / "model.safetensors")
+    )
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        open_source(d)
+    msg = str(err.value)
+    assert "no 2-D weight inside a repeated block" in msg and "Found 2 tensors" in msg
+    assert "1 of rank 1, 1 of rank 2" in msg and "embed.weight" in msg
+
+
+def test_shard_outside_the_checkpoint_is_refused(llama_copy, tmp_path):
+    index_path = llama_copy / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(_first_shard(llama_copy).read_bytes())
+    for bad in ("../elsewhere.safetensors", str(outside)):
+        index["weight_map"]["model.layers.0.self_attn.q_proj.weight"] = bad
+        index_path.write_text(json.dumps(index))
+        with pytest.raises(CorruptCheckpointError, match="inside") as err:
+            open_source(llama_copy)
+        assert bad in str(err.value) and "model.layers.0.self_attn.q_proj.weight" in str(err.value)
 
 
 def test_no_weight_files(tmp_path, tiny_llama):

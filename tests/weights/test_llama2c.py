@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 import torch
 
-from lowrank_lab.weights import load_hf_model, open_source
+from lowrank_lab.weights import CorruptCheckpointError, load_hf_model, open_source
 from lowrank_lab.weights.llama2c import (
     Llama2cCheckpoint,
     Llama2cTokenizer,
@@ -155,3 +157,39 @@ def test_stories260k_tokenizer_round_trip(stories260k):
     hs = ck.config.head_size
     angle = torch.arange(512.0)[:, None] / (10000.0 ** (torch.arange(0, hs, 2).float() / hs))[None, :]
     torch.testing.assert_close(ck.array("freq_cis_real"), angle.cos(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dim", [64, 128, 288, 384])
+def test_format_is_told_by_structure_not_by_the_first_byte(tmp_path, dim):
+    # dim 128 and 384 are 0x80 modulo 256: the file starts with the byte a pickle starts with.
+    path = tmp_path / f"d{dim}.bin"
+    arrays = write_random_llama2c(
+        path, dim=dim, hidden=dim + 16, n_layers=1, n_heads=4, n_kv_heads=2, vocab=8
+    )
+    assert (path.read_bytes()[0] == 0x80) == (dim % 256 == 128)
+    ckpt = Llama2cCheckpoint(path)
+    assert ckpt.config.dim == dim
+    assert torch.equal(ckpt.layer_weight("wk", 0), arrays["wk"][0])
+    assert [i.shape for i in open_source(path).targets()][:2] == [(dim, dim), (dim // 2, dim)]
+
+
+def test_pytorch_files_are_recognised_as_such(tmp_path):
+    for name, zipped in (("zip.bin", True), ("legacy.bin", False)):
+        path = tmp_path / name
+        torch.save({"w": torch.zeros(4, 4)}, path, _use_new_zipfile_serialization=zipped)
+        with pytest.raises(CorruptCheckpointError, match="PyTorch checkpoint") as err:
+            Llama2cCheckpoint(path)
+        assert ("zip archive" if zipped else "pickle stream") in str(err.value)
+
+
+def test_a_size_mismatch_says_which_numbers_disagree(tmp_path):
+    path = tmp_path / "m.bin"
+    write_random_llama2c(path, dim=32, vocab=40, shared=False)  # header says -40: its own classifier
+    data = bytearray(path.read_bytes())
+    data[20:24] = struct.pack("<i", 40)  # ... but the header now claims a shared one
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError) as err:
+        Llama2cCheckpoint(path)
+    msg = str(err.value)
+    assert f"is {len(data)} bytes" in msg and "vocab_size=40" in msg
+    assert f"extra {4 * 40 * 32} bytes are exactly one [vocab_size, dim] classifier" in msg and "-40" in msg

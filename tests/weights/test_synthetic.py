@@ -20,7 +20,8 @@ def test_targets_have_registry_shapes(name):
     spec = get_spec(name)
     src = open_source(name, synthetic=True)
     infos = src.targets()
-    assert len(infos) == spec.num_layers * len(spec.modules)
+    # One matrix per module and block, and per expert of a mixture-of-experts module.
+    assert len(infos) == spec.num_layers * len(spec.target_matrices())
     shapes = spec.target_shapes()
     assert all(i.shape == shapes[i.module] for i in infos)
     assert src.synthetic and src.origin == "synthetic"
