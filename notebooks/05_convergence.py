@@ -18,14 +18,16 @@
 #
 # NLoRA's paper plots training loss against steps for LoRA, PiSSA and NLoRA and claims NLoRA
 # converges faster and ends lower; PiSSA claims the same over LoRA. Here the curves come from the
-# fine-tuning harness (`python -m lowrank_lab.finetune`, issue 7): same data order, seed and schedule for
-# every method, learning rates per method family as the papers use them (stated in each study's
-# summary.md).
+# fine-tuning harness (`python -m lowrank_lab.finetune`): same data order, head init and schedule for
+# every method within a seed, each method's learning rate selected on a validation split carved from
+# the training data (`--lr-grid`), the claims judged on the dev set by `python -m lowrank_lab.claims`.
 #
-# Sources, in order: the committed studies `reports/finetune/{sst2,rte,gsm8k}` (issue 7's confirmation
-# study) when present; otherwise a study run here — SST-2 with MiniLM (small mode: three methods, a
-# few steps on the query/value maps; full size: six methods, 300 steps, one seed). GLUE and GSM8K
-# come from ../shared/data; without it this notebook says so and stops.
+# Sources, in order: issue 15's study `reports/study/{sst2,stsb,gsm8k}` (benchmarks/claims_study.sh)
+# when a task of it is finished; else issue 7's earlier study `reports/finetune/{sst2,rte,gsm8k}`
+# (300 steps, borrowed rates, the BERT pooler: kept to show what changed, not as evidence); else a study
+# run here — SST-2 with MiniLM (small mode: three methods, a few steps on the query/value maps; full
+# size: six methods, 300 steps, one seed). GLUE and GSM8K come from ../shared/data; without it this
+# notebook says so and stops. The claims table is `reports/claims.csv` when it exists.
 
 # %%
 import matplotlib.pyplot as plt
@@ -41,6 +43,7 @@ SMALL = nbs.start(NOTEBOOK)  # small or full size, BLAS threads, pandas display,
 # %%
 from lowrank_lab.training import get_task
 from lowrank_lab.training.claims import claim_rows, read_baselines
+from lowrank_lab.training.config import method_labeller
 from lowrank_lab.training.study import intruder_counts_by_run, read_forgetting
 from lowrank_lab.training.summary import (
     load_records,
@@ -52,10 +55,15 @@ from lowrank_lab.training.summary import (
 )
 
 studies = {}
-for task in ["sst2", "rte", "gsm8k"]:
-    found = nbs.saved_result(f"finetune/{task}", marker="summary.md")
+for task in ["sst2", "stsb", "gsm8k"]:  # issue 15's study
+    found = nbs.saved_result(f"study/{task}", marker="summary.md")
     if found is not None:
         studies[task] = found
+if not studies:  # issue 7's study, superseded: the protocol it lacked is what issue 15 added
+    for task in ["sst2", "rte", "gsm8k"]:
+        found = nbs.saved_result(f"finetune/{task}", marker="summary.md")
+        if found is not None:
+            studies[task] = found
 if studies:
     print("reading the saved studies:", {k: str(v) for k, v in studies.items()})
 elif nbs.shared_data() is None:
@@ -88,7 +96,7 @@ if records:
     fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 4.2), squeeze=False,
                          layout="constrained")
     for ax, (task, recs) in zip(axes[0], records.items(), strict=True):
-        methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
+        methods = list(dict.fromkeys(map(method_labeller(recs), recs)))  # lora@64: another rank
         window = smoothing_window(max((len(r["train_loss"]) for r in recs), default=1))
         for k, m in enumerate(methods):
             curves = [r["train_loss"] for r in recs if r["config"]["method"] == m and r["train_loss"]]
@@ -116,7 +124,7 @@ if records:
                          layout="constrained")
     for ax, (task, recs) in zip(axes[0], records.items(), strict=True):
         spec = get_task(task)
-        methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
+        methods = list(dict.fromkeys(map(method_labeller(recs), recs)))  # lora@64: another rank
         for k, m in enumerate(methods):
             evals = [r["eval"] for r in recs if r["config"]["method"] == m and r.get("eval")]
             if not evals:
@@ -146,7 +154,7 @@ if records:
 tables, verdicts = [], []
 for task, recs in records.items():
     spec = get_task(task)
-    methods = list(dict.fromkeys(r["config"]["method"] for r in recs))
+    methods = list(dict.fromkeys(map(method_labeller(recs), recs)))  # lora@64: another rank
     threshold, why = loss_threshold(recs, methods)
     rows = method_rows(recs, methods, spec, threshold)
     tables.append(method_table(rows, spec).assign(task=task))
@@ -154,14 +162,21 @@ for task, recs in records.items():
     found = claim_rows(spec, recs, baselines=read_baselines(studies[task]),
                        intruders=intruder_counts_by_run(studies[task]),
                        forgetting=read_forgetting(studies[task]) or None)
-    verdicts += [{"task": task, **c} for c in found]
+    verdicts += list(found)
 if tables:
     table = pd.concat(tables, ignore_index=True)
     table = table[["task", *[c for c in table.columns if c != "task"]]]
     nbs.save_table(table, "05_convergence_table", source=NOTEBOOK,
                    title="Fine-tuning studies: metric, loss AUC and steps to threshold per method")
     display(table)
-    claim_table = pd.DataFrame(verdicts)
+    saved = nbs.saved_result("claims.csv")
+    if saved is not None:  # python -m lowrank_lab.claims over the committed study folders
+        print("claims from", saved)
+        claim_table = pd.read_csv(saved)
+    else:
+        claim_table = pd.DataFrame(verdicts)
+    claim_table = claim_table[["task", "claim", "paper_number", "n_seeds", "effect", "ci_low", "ci_high",
+                               "p_holm", "verdict", "claim_holds", "gate_reason"]]
     nbs.save_table(claim_table, "05_claims", source=NOTEBOOK, title="Paper claims at this scale")
     with pd.option_context("display.max_colwidth", 120):
         display(claim_table)
@@ -169,4 +184,27 @@ if tables:
 # %% [markdown]
 # In small mode these are a handful of steps on two of the six linear maps: the table and verdicts
 # exercise the pipeline and mean nothing about the claims (one seed: they come out "not testable" for that
-# reason). The committed studies under `reports/finetune/` are the evidence.
+# reason). The committed study under `reports/study/` and `reports/claims.md` are the evidence.
+
+# %% [markdown]
+# ## Learning rate against the validation metric (the selection behind every run above)
+
+# %%
+for task, folder in studies.items():
+    sel_path = folder / "selection.csv"
+    if not sel_path.is_file():
+        continue
+    sel = pd.read_csv(sel_path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (method, rows) in enumerate(sel.groupby(["method", "rank"], sort=False)):
+        rows = rows.sort_values("lr")
+        ok = rows[(rows["status"] == "finished") & ~rows["collapsed"].astype(bool)]
+        ax.plot(ok["lr"], ok["val_metric"], "o-", color=COLORS(i % 20), label=f"{method[0]} r{method[1]}")
+        chosen = rows[rows["chosen"].astype(bool)]
+        ax.plot(chosen["lr"], chosen["val_metric"], "o", mfc="none", mec=COLORS(i % 20), ms=11)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel="validation metric", title=f"{task}: selection (ringed: chosen)")
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=7, ncol=2)
+    nbs.save_figure(fig, f"05_lr_selection_{task}")
+    plt.show()
