@@ -26,7 +26,7 @@ OUT="${STUDY_OUT:-reports/study}"
 THREADS="${STUDY_THREADS:-1}"
 SEEDS="${STUDY_SEEDS:-0,1,2,3,4}"
 METHODS="${STUDY_METHODS:-lora,full,head,pissa,milora,nlora,slora,inttune,lora-xs,lora-sb,loldu}"
-GSM8K_METHODS="${STUDY_GSM8K_METHODS:-lora,full,pissa,milora,nlora,inttune}"
+GSM8K_METHODS="${STUDY_GSM8K_METHODS:-lora,full}"  # the gate first: add the claim methods only if these beat the bigram
 STAGES="${STUDY_STAGE:-sst2 ranks stsb gsm8k intruders forgetting claims}"
 COMMON=(--model minilm --batch-size 16 --lr-grid --data-dir "$DATA" --resume --threads "$THREADS" --no-progress)
 
