@@ -123,6 +123,7 @@ def test_registry_rows_are_complete():
     assert list(ADAPTERS) == [
         "lora", "pissa", "pissa-fast", "milora", "olora", "lora-xs", "lora-sb", "slora",
         "nlora", "nlora-pinv", "nlora-sketch", "inttune", "loldu", "full",
+        "gaussian", "orthogonal", "mica", "eva", "corda-ipm", "corda-kpm", "lora-ga", "lora-one", "loftq",
     ]  # fmt: skip
     from lowrank_lab.linalg import FACTORIZATIONS
 
@@ -130,7 +131,21 @@ def test_registry_rows_are_complete():
         assert m.paper and m.summary and m.output_at_init and m.closed_form
         assert m.factorization is None or m.factorization in FACTORIZATIONS
     residual = {m.name for m in ADAPTERS.values() if m.residual}
-    assert residual == {"pissa", "pissa-fast", "milora", "olora", "loldu"}
+    assert residual == {
+        "pissa",
+        "pissa-fast",
+        "milora",
+        "olora",
+        "loldu",
+        "corda-ipm",
+        "corda-kpm",
+        "lora-ga",
+    }
+    data_driven = {m.name: m.calibration for m in ADAPTERS.values() if m.needs_calibration}
+    assert data_driven == {
+        "lora-sb": "gradient", "lora-ga": "gradient", "lora-one": "gradient",
+        "eva": "activations", "corda-ipm": "corda", "corda-kpm": "corda",
+    }  # fmt: skip
 
 
 LLAMA_7B_LAYER = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
