@@ -118,12 +118,15 @@ def calibration_gradients(
         for i, fn in enumerate(fns):
             with torch.enable_grad():
                 loss = fn(model)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or loss.grad_fn is None:
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise CalibrationError(
-                    f"{_who(method)}: loss #{i} must be a scalar tensor that depends on the model's weights "
-                    f"(not computed under torch.no_grad), got {type(loss).__name__} "
+                    f"{_who(method)}: loss #{i} must be a scalar tensor, got {type(loss).__name__} "
                     f"{tuple(getattr(loss, 'shape', ()))}"
-                    + ("" if loss is None or getattr(loss, "grad_fn", 1) is not None else " with no gradient")
+                )
+            if loss.grad_fn is None:
+                raise CalibrationError(
+                    f"{_who(method)}: loss #{i} yields no gradient: it was computed under torch.no_grad or "
+                    "from frozen parameters only, not through the target weights"
                 )
             grads = torch.autograd.grad(loss.reshape(()), weights, allow_unused=True)
             for name, acc, g in zip(names, total, grads, strict=True):
