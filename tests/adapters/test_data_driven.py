@@ -212,7 +212,8 @@ def test_calibration_without_a_gradient_names_the_method(tiny, ids):
         inject(tiny.llama(), "lora-ga", rank=2, calibration=no_grad_loss)
     with pytest.raises(
         CalibrationError,
-        match="lora-one calibration: the calibration loss does not depend on the target 'model.layers.0.self_attn.k_proj'",
+        match="lora-one calibration: the calibration loss does not depend on the target "
+        "'model.layers.0.self_attn.k_proj'",
     ):
         inject(
             tiny.llama(),
