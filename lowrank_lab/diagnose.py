@@ -358,8 +358,8 @@ def _summary(out, args, diag, per_method, angles, compared, study, argv, to_mark
         f"Command: `python -m lowrank_lab.diagnose {' '.join(argv)}`",
         "",
         "alignment = ‖U_rᵀ ΔW V_r‖_F / ‖ΔW‖_F with U_r, V_r the top-r singular vectors of the full "
-        "fine-tuning gradient at the pre-trained weights and ΔW the change of the effective weight after one step; "
-        "mean over the matrices.",
+        "fine-tuning gradient at the pre-trained weights and ΔW the change of the effective weight after "
+        "one step; mean over the matrices.",
         "",
         to_markdown(per_method.reset_index()),
         "",
