@@ -111,7 +111,7 @@ def calibration_gradients(
     modules = [model.get_submodule(n) for n in names]
     weights = [m.weight for m in modules]
     saved = [w.requires_grad for w in weights]
-    total = [torch.zeros(w.shape, dtype=torch.float32, device=w.device) for w in weights]
+    total: list[torch.Tensor | None] = [None] * len(weights)
     try:
         for w in weights:
             w.requires_grad_(True)
@@ -129,14 +129,17 @@ def calibration_gradients(
                     "from frozen parameters only, not through the target weights"
                 )
             grads = torch.autograd.grad(loss.reshape(()), weights, allow_unused=True)
-            for name, acc, g in zip(names, total, grads, strict=True):
+            for k, (name, acc, g) in enumerate(zip(names, total, grads, strict=True)):
                 if g is None:
                     raise CalibrationError(
                         f"{_who(method)}: the calibration loss does not depend on the target {name!r}; "
                         "it yields no gradient for it (leave it out of targets, "
                         "or use a loss of the model's output)"
                     )
-                acc.add_(g.float())
+                if acc is None:  # the first gradient becomes the accumulator (no zeros pass)
+                    total[k] = g.float() if g.dtype != torch.float32 else g
+                else:
+                    acc.add_(g)
     finally:
         for w, flag in zip(weights, saved, strict=True):
             w.requires_grad_(flag)
@@ -209,7 +212,7 @@ def activation_statistics(
     *,
     kind: str = ACTIVATIONS,
     method: str | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, ActivationStats]:
     """Stream the calibration callables through ``model`` and accumulate each target's input statistics.
 
@@ -219,9 +222,10 @@ def activation_statistics(
         ``"activations"``: Σx and Σxxᵀ over unmasked tokens (EVA's mean-centred PCA).
         ``"corda"``: Σ over calls of ``X̃ᵀX̃``, ``X̃ = X/|max X|`` (CorDA; PEFT assumes batch size 1
         and keeps pad tokens — here pad tokens are dropped, which matters only for padded batches).
-    dtype : torch.dtype, default float64
-        Accumulator dtype: the centred scatter ``Σxxᵀ − Nμμᵀ`` cancels, float64 keeps it exact to
-        ~1e-12 relative where float32 loses digits over thousands of tokens.
+    dtype : torch.dtype, optional
+        Accumulator dtype. Default float64 for ``"activations"`` (the centred scatter ``Σxxᵀ − Nμμᵀ``
+        cancels: float64 keeps it exact to ~1e-12 relative where float32 loses digits over
+        thousands of tokens) and float32 for ``"corda"`` (no centring; PEFT's own precision).
 
     Raises
     ------
@@ -231,6 +235,8 @@ def activation_statistics(
     if kind not in (ACTIVATIONS, CORDA):
         raise ValueError(f"kind must be {ACTIVATIONS!r} or {CORDA!r}, got {kind!r}")
     fns = _loss_fns(calibration, method)
+    if dtype is None:
+        dtype = torch.float64 if kind == ACTIVATIONS else torch.float32
     stats = {n: ActivationStats(kind=kind) for n in names}
     state: dict[str, Any] = {"mask": None, "seen": {}}
 
@@ -303,6 +309,7 @@ def activation_statistics(
                 total=src.total,
                 scatter=src.scatter,
                 shared_with=st.shared_with,
+                extra=src.extra,  # one cache: decompositions of a shared input are computed once
             )
         elif st.tokens == 0:
             raise CalibrationError(

@@ -121,7 +121,7 @@ def test_corda_factors_reconstruct_w_through_the_covariance(tiny, ids, mode):
     stats = activation_statistics(base, resolve_targets(base), _fns(tiny, ids), kind="corda")
     for name, layer in lowrank_modules(model).items():
         W = base.get_submodule(name).weight.detach().double()
-        C = stats[name].covariance()
+        C = stats[name].covariance().double()
         Cd = C + 0.01 * torch.diagonal(C).mean() * torch.eye(C.shape[0])  # δ = 0.01 suffices here
         U, S, Vh = torch.linalg.svd(W @ Cd, full_matrices=False)
         sl = slice(0, r) if mode == "ipm" else slice(S.shape[0] - r, None)
