@@ -39,6 +39,13 @@ from lowrank_lab.analysis.factorization import (
     analyze_matrix,
 )
 from lowrank_lab.analysis.figures import plot_error_ratio, plot_init_time, plot_spectra
+from lowrank_lab.analysis.quantization import (
+    QUANT_COLUMNS,
+    QUANT_KEY,
+    QUANT_METHODS,
+    append_quantization_summary,
+    quantization_rows,
+)
 from lowrank_lab.analysis.report import write_summary
 from lowrank_lab.analysis.spectra import spectra_columns
 from lowrank_lab.linalg import FACTORIZATIONS, get_factorization, resolve_device
@@ -182,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=nonnegative_int, default=None,
         help="untimed warm-up calls before the timed repeats. Default: see --repeats. Example: --warmup 2",
     )
+    p.add_argument(
+        "--quant", choices=["none", "nf4"], default="none",
+        help="nf4: also write quantization.csv, per matrix and rank the NF4 (block 64) error of W "
+             "(QLoRA) and of each residual init's W_res plus its adapter (PiSSA's QPiSSA claim, LoftQ), "
+             "and add a table to summary.md. Example: --quant nf4",
+    )
     return p
 
 
@@ -315,6 +328,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             writers = {name: RowWriter(path, cols, key, resume=args.resume)
                        for name, (path, cols, key) in tables.items()}
         fact_w, spec_w, skip_w = writers["factorization"], writers["spectra"], writers["skipped"]
+        quant_w = None
+        if args.quant == "nf4":
+            if ctx.enabled:
+                raise UsageError("--quant nf4 runs in one process; run it without torchrun")
+            quant_w = RowWriter(out / "quantization.csv", QUANT_COLUMNS, QUANT_KEY, resume=args.resume)
     except (ValueError, FileNotFoundError) as exc:  # UsageError, registry, weights and I/O errors
         parser.exit(2, f"{PROG}: error: {exc}\n")
 
@@ -353,7 +371,13 @@ def run(argv: Sequence[str] | None = None) -> int:
             for info in bar:
                 keys = [(info.tensor, m, r) for m in methods for r in ranks]
                 spectra_done = spectra_finished(info.tensor)
-                if spectra_done and all(done(k) for k in keys):
+                quant_done = quant_w is None or all(
+                    quant_w.done((info.tensor, m, r))
+                    for m in QUANT_METHODS
+                    for r in ranks
+                    if r <= min(info.shape)
+                )
+                if spectra_done and all(done(k) for k in keys) and quant_done:
                     continue  # finished in an earlier run: not even read
                 bar.set_postfix_str(info.tensor, refresh=False)
                 cache = load_singular_values(sv_dir, info.tensor) if spectra_done else None
@@ -370,6 +394,11 @@ def run(argv: Sequence[str] | None = None) -> int:
                     else:
                         skip_w.write(row)
                     counts[table] = counts.get(table, 0) + 1
+                if quant_w is not None:
+                    ident = {"tensor": info.tensor, "layer": info.layer, "module": info.module}
+                    for row in quantization_rows(weight.weight, ranks, ident=ident, seed=args.seed):
+                        if not quant_w.done((row["tensor"], row["method"], row["rank"])):
+                            quant_w.write(row)
                 del weight
     except KeyboardInterrupt:
         for w in (fact_w, spec_w, skip_w):
@@ -378,8 +407,9 @@ def run(argv: Sequence[str] | None = None) -> int:
               "Rerun the same command with --resume to finish.", file=sys.stderr)
         return 130
     finally:
-        for w in (fact_w, spec_w, skip_w):
-            w.close()
+        for w in (fact_w, spec_w, skip_w, quant_w):
+            if w is not None:
+                w.close()
 
     ctx.barrier()  # all parts complete
     totals = ctx.sum([counts["factorization"], counts["spectra"], counts["skipped"]])
@@ -396,6 +426,8 @@ def run(argv: Sequence[str] | None = None) -> int:
                 loop_cpu_seconds=round(time.process_time() - cpu_loop, 3))
     write_run_json(out / "run.json", meta, wall_seconds=wall)
     write_summary(out, ranks=ranks, meta={**meta, "wall_seconds": wall}, model=src.name)
+    if quant_w is not None:
+        append_quantization_summary(out)
     make_figures(out, figures, model=src.name)
     ctx.shutdown()
     print(f"{PROG}: {len(infos)} matrices, {counts['factorization']} new factorization rows "
