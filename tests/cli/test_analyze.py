@@ -192,7 +192,8 @@ def test_help_explains_every_option_with_an_example(capsys):
     assert exc.value.code == 0
     usage = capsys.readouterr().out
     options = ["--model", "--synthetic", "--ranks", "--methods", "--targets", "--layers", "--device",
-               "--dtype", "--seed", "--out", "--figures", "--resume", "--repeats", "--warmup", "--threads"]
+               "--dtype", "--seed", "--out", "--figures", "--resume", "--repeats", "--warmup", "--threads",
+               "--quant"]
     for option in options:
         assert option in usage
     assert usage.count("Example:") == len(options) and "examples:" in usage
