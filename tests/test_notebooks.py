@@ -47,7 +47,7 @@ def _snapshot(*dirs: Path) -> dict[str, float]:
 
 def test_there_are_notebooks():
     names = [p.stem[:2] for p in NOTEBOOKS]
-    assert names == ["01", "02", "03", "04", "05", "06"], names
+    assert names == ["01", "02", "03", "04", "05", "06", "07"], names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -63,6 +63,19 @@ def test_notebooks_match_their_source():
     proc = subprocess.run([sys.executable, str(NOTEBOOK_DIR / "build_notebooks.py"), "--check"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("py", sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py")), ids=lambda p: p.stem)
+def test_percent_notebooks_match_their_ipynb(py: Path):
+    # Notebooks written as jupytext percent files (# %% cells) are the source; the .ipynb beside each
+    # is generated with `jupytext --to ipynb` and must hold the same cells.
+    jupytext = pytest.importorskip("jupytext")
+    source = jupytext.read(py)
+    committed = nbformat.read(py.with_suffix(".ipynb"), as_version=4)
+    cells = [(c.cell_type, c.source) for c in source.cells]
+    assert cells == [(c.cell_type, c.source) for c in committed.cells], (
+        f"{py.name} and its .ipynb differ: run jupytext --to ipynb {py.name}"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
