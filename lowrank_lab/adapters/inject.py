@@ -144,6 +144,7 @@ def inject(
     progress: bool | None = None,
     scaling_rule: str = "lora",
     dora: bool = False,
+    calibration_group: int | None = None,
     **options: Any,
 ) -> InjectionReport:
     """Wrap the target modules of ``model`` in :class:`LowRankLinear` layers initialised by ``method``.
@@ -188,6 +189,12 @@ def inject(
     dora : bool, default False
         Weight-decomposed adaptation on top of the method's init (DoRA, arXiv 2402.09353; PEFT
         ``use_dora``): adds a trainable magnitude vector (m per matrix); see :class:`LowRankLinear`.
+    calibration_group : int, optional
+        Calibrate and initialise the targets this many at a time, so that at most this many
+        gradients (or input covariances) are held: 1 means one layer's gradient at a time, at the
+        cost of one pass over the calibration data per group. Only for inits that leave the model's
+        output unchanged (lora-ga, eva, corda-*): each group is calibrated on the model with the
+        earlier groups already injected, which computes the same function. Default: all at once.
     **options
         Method options (e.g. ``n_iter=2, oversample=10`` for pissa-fast); an unknown option raises
         and lists the valid ones. Weights keep their dtype: factorizations run in the dtype policy's
@@ -214,6 +221,22 @@ def inject(
         raise CalibrationError(
             f"calibration is only used by data-driven inits ({data_driven}), not by {am.name!r}"
         )
+    if calibration_group is not None:
+        if (
+            isinstance(calibration_group, bool)
+            or not isinstance(calibration_group, int)
+            or calibration_group < 1
+        ):
+            raise AdapterOptionError(
+                f"calibration_group must be a positive integer, got {calibration_group!r}"
+            )
+        if not am.needs_calibration:
+            raise AdapterOptionError(f"calibration_group applies to data-driven inits, not to {am.name!r}")
+        if not am.output_at_init.startswith("unchanged"):
+            raise AdapterOptionError(
+                f"calibration_group: {am.name} changes the model's output at init, so later groups would be "
+                "calibrated on a different model; calibrate all targets at once (calibration_group=None)"
+            )
     names = resolve_targets(model, targets)
     shapes = [tuple(weight_matrix(model.get_submodule(n)).shape) for n in names]
     if am.rank_bounded:  # checked before the model is touched
@@ -246,15 +269,18 @@ def inject(
         setattr(model, FULL_TARGETS_ATTR, list(names))
     else:
         data: dict[str, Any] = {}
-        if am.needs_calibration:
-            t0 = time.perf_counter()
-            data = calibrate(model, names, calibration, kind=am.calibration, method=am.name)
-            report.calibration_seconds = time.perf_counter() - t0
+        group = len(names) if calibration_group is None else calibration_group
         key = "grad" if am.calibration == "gradient" else "stats"
         gen = make_generator(generator)
-        for name in tqdm(
-            names, desc=f"{am.name} r={rank}", disable=(None if progress is None else not progress)
+        for i, name in enumerate(
+            tqdm(names, desc=f"{am.name} r={rank}", disable=(None if progress is None else not progress))
         ):
+            if am.needs_calibration and name not in data:
+                t0 = time.perf_counter()
+                data = calibrate(
+                    model, names[i : i + group], calibration, kind=am.calibration, method=am.name
+                )
+                report.calibration_seconds += time.perf_counter() - t0
             module = model.get_submodule(name)
             W = weight_matrix(module).detach()
             device = W.device

@@ -265,3 +265,41 @@ def test_dora_keeps_the_output_counts_its_magnitude_and_merges(tiny, ids, method
     unmerge(model)
     for n, layer in lowrank_modules(model).items():
         assert torch.equal(layer.base.weight, before[n])
+
+
+@pytest.mark.parametrize("method", ["lora-ga", "eva", "corda-ipm"])
+def test_calibrating_one_layer_at_a_time_gives_the_same_adapters(tiny, ids, method):
+    # One gradient (or covariance) held at a time: each group is calibrated on the model with the
+    # earlier groups injected, which computes the same function for these output-preserving inits.
+    whole, grouped = tiny.llama(), tiny.llama()
+    a = inject(whole, method, rank=3, calibration=_fns(tiny, ids))
+    b = inject(grouped, method, rank=3, calibration=_fns(tiny, ids), calibration_group=1)
+    assert a.trainable == b.trainable and b.calibration_seconds > 0
+    for (name, x), y in zip(lowrank_modules(whole).items(), lowrank_modules(grouped).values(), strict=True):
+        scale = float(x.delta_weight(torch.float64).norm()) + float(x.A.norm())
+        assert float((x.A - y.A).abs().max()) <= 1e-4 * scale, name
+        assert float((x.B - y.B).abs().max()) <= 1e-4 * (float(x.B.norm()) + 1e-12), name
+
+
+def test_calibration_group_is_refused_where_the_output_changes(tiny, ids):
+    with pytest.raises(AdapterOptionError, match="lora-one changes the model's output at init"):
+        inject(tiny.llama(), "lora-one", rank=2, calibration=_fns(tiny, ids), calibration_group=1)
+    with pytest.raises(AdapterOptionError, match="applies to data-driven inits"):
+        inject(tiny.llama(), "pissa", rank=2, calibration_group=1)
+
+
+@pytest.mark.parametrize("method", ["corda-ipm", "lora-one", "eva"])
+def test_data_driven_adapters_export_to_peft_with_rslora_scaling(tiny, ids, tmp_path, method):
+    peft = pytest.importorskip("peft")
+    from lowrank_lab.adapters import export_peft
+
+    tiny.llama().save_pretrained(tmp_path / "base")
+    model = tiny.llama()
+    inject(model, method, rank=4, alpha=8, scaling_rule="rslora", calibration=_fns(tiny, ids))
+    with torch.no_grad():  # a "trained" adapter
+        for layer in lowrank_modules(model).values():
+            layer.B.add_(0.05)
+    ours = tiny.run(model, ids)
+    export_peft(model, tmp_path / "peft", base_model_name_or_path=str(tmp_path / "base"))
+    theirs = tiny.run(peft.PeftModel.from_pretrained(tiny.llama(), str(tmp_path / "peft")).eval(), ids)
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4 * float(ours.abs().max()))
