@@ -203,11 +203,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     first = {k: v.to(device) for k, v in enc.collate(order[0].tolist()).items()}  # the run's first batch
     inputs = {k: v for k, v in first.items() if k != "target"}
 
-    def _forward(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    def logits_of(model: torch.nn.Module) -> torch.Tensor:  # on the first batch
         return model(**inputs).logits
 
     def step_loss(model: torch.nn.Module) -> torch.Tensor:
-        return task_loss(spec, _forward(model, first), first["target"])
+        return task_loss(spec, logits_of(model), first["target"])
 
     def factory() -> torch.nn.Module:
         return load_model(model_name, spec)
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     names = resolve_targets(base, args.targets)
     W0 = {n: base.get_submodule(n).weight.detach().float().clone() for n in names}
     with torch.no_grad():
-        ref_logits = _forward(base, first).float()
+        ref_logits = logits_of(base).float()
     G = calibration_gradients(base, names, [step_loss], reduce="sum", method="diagnose")
     subspaces_G = {n: step0.top_subspaces(G[n], min(args.rank, *G[n].shape)) for n in names}
     del base
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         init_seconds = float(info.get("init_seconds", float("nan")))
         model.eval()  # the init was made as finetune makes it (train mode); now measure without dropout
         with torch.no_grad():
-            logits = _forward(model, first).float()
+            logits = logits_of(model).float()
         output_change = float((logits - ref_logits).norm() / ref_logits.norm())
         W_init = step0.effective_weights(model, names)
         if method in ANGLE_METHODS:
