@@ -588,8 +588,11 @@ def init_eva(
     activations over the calibration tokens (attention mask applied), ``B = 0``; the base stays W
     and ΔW = 0 at init. Components are the leading eigenvectors of the exact centred scatter
     ``Σ(x − μ)(x − μ)ᵀ`` streamed by :func:`~lowrank_lab.adapters.calibration.activation_statistics`
-    — the limit PEFT's incremental PCA (``svd_lowrank`` q = 2k, niter 4, cycled until every
-    component's cosine to its previous value is ≥ τ = 0.99) converges to. Signs as scikit-learn's
+    — the PCA that PEFT's incremental PCA approximates (``svd_lowrank`` q = 2k, niter 4 per batch,
+    keeping only k components between batches, the data cycled until every component's cosine to
+    its previous value is ≥ τ = 0.99). On one batch the two agree (tests/adapters/test_peft_parity.py);
+    streamed over many small batches PEFT's truncation drifts (first-component cosine 0.94 over
+    eight 16-token batches of a tiny model). Signs as scikit-learn's
     ``svd_flip(u_based_decision=False)``: each row's largest entry is positive.
 
     Parameters
