@@ -14,6 +14,7 @@ it exists) it also asks whether step-0 alignment predicts which method's loss fa
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         "when it exists; 'none' to skip)",
     )
     p.add_argument("--out", required=True, help="output directory, e.g. reports/diagnose/sst2")
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="measure nothing: rebuild summary.md and the figures from --out's diagnostics.csv and "
+        "angles.csv (e.g. against another --study)",
+    )
     p.add_argument("--threads", type=positive(int), default=None, help="torch intra-op threads")
     return p
 
@@ -160,13 +167,23 @@ def _study_table(study: Path, per_method: pd.DataFrame) -> tuple[pd.DataFrame, d
         .agg(["mean", "count"])
         .rename(columns={"mean": "loss_auc", "count": "seeds"})
     )
-    joined = per_method.join(auc, how="inner").dropna(subset=["alignment", "loss_auc"])
-    if len(joined) < 3:
-        return joined, {"n": len(joined)}
-    from scipy import stats
+    from lowrank_lab.training.config import method_family
 
-    res = stats.spearmanr(joined["alignment"], joined["loss_auc"])
-    return joined, {"n": len(joined), "rho": float(res.statistic), "p": float(res.pvalue)}
+    joined = per_method.join(auc, how="inner").dropna(subset=["alignment", "loss_auc"])
+    joined["family"] = [method_family(m) for m in joined.index]
+    stat: dict = {"n": len(joined)}
+    if len(joined) >= 3:
+        from scipy import stats
+
+        res = stats.spearmanr(joined["alignment"], joined["loss_auc"])
+        stat.update(rho=float(res.statistic), p=float(res.pvalue))
+        # Within the factor-training family the studies use one learning rate and similar parameter
+        # counts, so the init is the main difference left.
+        fam = joined[joined["family"] == "lora"]
+        if len(fam) >= 3:
+            res = stats.spearmanr(fam["alignment"], fam["loss_auc"])
+            stat.update(family_n=len(fam), family_rho=float(res.statistic), family_p=float(res.pvalue))
+    return joined, stat
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> Path:
@@ -178,7 +195,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     from lowrank_lab.training.models import load_model, load_tokenizer
     from lowrank_lab.training.tasks import default_data_dir, get_task, load_examples
     from lowrank_lab.utils.provenance import run_metadata, write_run_json
-    from lowrank_lab.utils.tables import ensure_writable_dir, to_markdown
+    from lowrank_lab.utils.tables import ensure_writable_dir
 
     t0 = time.perf_counter()
     spec = get_task(args.task)
@@ -292,18 +309,42 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         _angle_rows(subspaces), columns=["method_a", "method_b", "tensor", "mean_cos2", "min_cos"]
     )
     angles.to_csv(out / "angles.csv", index=False)
+    report(out, args, diag, angles, spec.name, argv)
+    meta = run_metadata(["-m", "lowrank_lab.diagnose", *argv], seed=args.seed, device=device)
+    write_run_json(out / "run.json", meta, time.perf_counter() - t0)
+    return out
+
+
+def report(
+    out: Path, args: argparse.Namespace, diag: pd.DataFrame, angles: pd.DataFrame, task: str, argv
+) -> None:
+    """summary.md and the figures, from the diagnostics and angle tables."""
+    from lowrank_lab.utils.tables import to_markdown
 
     per_method = diag.groupby("method", sort=False)[
         ["alignment", "cos_neg_grad", "update_norm", "weight_change", "output_change", "init_seconds"]
     ].mean()
-    study = (
-        None if (args.study or "").lower() == "none" else Path(args.study or f"reports/finetune/{spec.name}")
-    )
+    study = None if (args.study or "").lower() == "none" else Path(args.study or f"reports/finetune/{task}")
     compared = _study_table(study, per_method) if study is not None else None
     _figures(out, diag, angles, compared)
     _summary(out, args, diag, per_method, angles, compared, study, argv, to_markdown)
-    meta = run_metadata(["-m", "lowrank_lab.diagnose", *argv], seed=args.seed, device=device)
-    write_run_json(out / "run.json", meta, time.perf_counter() - t0)
+
+
+def summary_only(args: argparse.Namespace, argv: list[str]) -> Path:
+    """``--summary-only``: rebuild summary.md and figures from the tables already in ``--out``."""
+    out = Path(args.out)
+    if not (out / "diagnostics.csv").is_file():
+        raise FileNotFoundError(
+            f"--summary-only: {out}/diagnostics.csv not found; run diagnose into --out first"
+        )
+    diag = pd.read_csv(out / "diagnostics.csv")
+    angles = pd.read_csv(out / "angles.csv") if (out / "angles.csv").is_file() else pd.DataFrame()
+    if "rank" in diag and len(diag):
+        args.rank = int(diag["rank"].iloc[0])
+        args.optimizer = str(diag["optimizer"].iloc[0])
+    if (out / "run.json").is_file():  # the summary names the command that measured, not this one
+        argv = json.loads((out / "run.json").read_text()).get("argv", ["-m", "lowrank_lab.diagnose"])[2:]
+    report(out, args, diag, angles, args.task, argv)
     return out
 
 
@@ -374,7 +415,10 @@ def _summary(out, args, diag, per_method, angles, compared, study, argv, to_mark
     else:
         joined, stat = compared
         lines += [f"Study: `{study}` (mean loss AUC over finished seeds; lower = loss falls faster).", ""]
-        lines += [to_markdown(joined.reset_index()[["method", "alignment", "loss_auc", "seeds"]]), ""]
+        lines += [
+            to_markdown(joined.reset_index()[["method", "family", "alignment", "loss_auc", "seeds"]]),
+            "",
+        ]
         if "rho" in stat:
             verdict = (
                 "higher alignment goes with faster convergence"
@@ -387,6 +431,14 @@ def _summary(out, args, diag, per_method, angles, compared, study, argv, to_mark
                 "methods train at 10x) and trainable parameters.",
                 "",
             ]
+            if "family_rho" in stat:
+                lines += [
+                    f"Within the `lora` family alone (factors train at one learning rate): Spearman ρ = "
+                    f"{stat['family_rho']:.3f}, p = {stat['family_p']:.3g}, n = {stat['family_n']}. "
+                    "Methods that change the output at init (NLoRA's variants; `output_change`) start from a "
+                    "higher loss whatever their alignment.",
+                    "",
+                ]
         else:
             lines += [f"Only {stat['n']} methods in common: too few for a rank correlation.", ""]
     (out / "summary.md").write_text("\n".join(lines))
@@ -407,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     try:
         with sigterm_as_interrupt():
-            out = run(args, argv_list)
+            out = summary_only(args, argv_list) if args.summary_only else run(args, argv_list)
     except KeyboardInterrupt:
         print("\ninterrupted; nothing written beyond what is in --out", file=sys.stderr)
         return 130

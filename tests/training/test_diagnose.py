@@ -90,3 +90,19 @@ def test_bad_input_is_one_line_and_status_2(tiny_task, glue_dir, tmp_path, capsy
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "rank=100 is out of range" in err and err.count("\n") == 1
+
+
+def test_summary_only_rebuilds_from_the_tables(tiny_task, glue_dir, tmp_path):
+    out = tmp_path / "d"
+    assert main(_args(glue_dir, out, "lora,pissa")) == 0
+    (out / "summary.md").unlink()
+    study = tmp_path / "study"
+    study.mkdir()
+    pd.DataFrame(
+        {"method": ["lora", "pissa", "x"], "status": ["finished"] * 3, "loss_auc": [0.5, 0.4, 0.3]}
+    ).to_csv(study / "runs.csv", index=False)
+    assert main(["--task", "sst2", "--out", str(out), "--summary-only", "--study", str(study)]) == 0
+    text = (out / "summary.md").read_text()
+    assert "--methods lora,pissa" in text  # the measuring command, from run.json
+    assert "Only 2 methods in common" in text
+    assert main(["--task", "sst2", "--out", str(tmp_path / "none"), "--summary-only"]) == 2
