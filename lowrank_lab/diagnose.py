@@ -180,7 +180,7 @@ def _study_table(study: Path, per_method: pd.DataFrame) -> tuple[pd.DataFrame, d
         # Within the factor-training family the studies use one learning rate and similar parameter
         # counts, so the init is the main difference left.
         fam = joined[joined["family"] == "lora"]
-        if len(fam) >= 3:
+        if len(fam) >= 5:  # below 5 a rank correlation's p-value says nothing (n = 3: p = 0 or 1/3)
             res = stats.spearmanr(fam["alignment"], fam["loss_auc"])
             stat.update(family_n=len(fam), family_rho=float(res.statistic), family_p=float(res.pvalue))
     return joined, stat
@@ -466,7 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {out}/diagnostics.csv, angles.csv, summary.md")
+    print(
+        f"wrote {out}/summary.md"
+        if args.summary_only
+        else f"wrote {out}/diagnostics.csv, angles.csv, summary.md"
+    )
     return 0
 
 
