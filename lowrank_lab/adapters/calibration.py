@@ -265,7 +265,9 @@ def activation_statistics(
                     "not in a later one"
                 )
             rows = _rows(x, state["mask"])
-            if not bool(torch.isfinite(rows.sum(dtype=torch.float32))) or not bool(
+            # A finite float64 sum proves every entry finite (one reduction, no mask); only a
+            # non-finite sum pays for the elementwise check.
+            if not bool(torch.isfinite(rows.sum(dtype=torch.float64))) and not bool(
                 torch.isfinite(rows).all()
             ):
                 raise CalibrationError(
@@ -279,7 +281,8 @@ def activation_statistics(
             st.calls += 1
             st.tokens += X.shape[0]
             if kind == CORDA:
-                X = X / X.max().abs()
+                # CorDA's hook scales by |max X| (not max |X|), as PEFT; guarded against max X = 0.
+                X = X / X.max().abs().clamp_min(torch.finfo(X.dtype).tiny)
                 st.scatter = X.T @ X if st.scatter is None else st.scatter.addmm_(X.T, X)
             else:
                 s = X.sum(0)
