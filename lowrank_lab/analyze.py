@@ -38,6 +38,13 @@ from lowrank_lab.analysis.factorization import (
     matrix_ident,
 )
 from lowrank_lab.analysis.figures import plot_error_ratio, plot_init_time, plot_spectra
+from lowrank_lab.analysis.quantization import (
+    QUANT_COLUMNS,
+    QUANT_KEY,
+    QUANT_METHODS,
+    append_quantization_summary,
+    quantization_rows,
+)
 from lowrank_lab.analysis.report import write_summary
 from lowrank_lab.analysis.spectra import spectra_columns
 from lowrank_lab.linalg import FACTORIZATIONS, get_factorization, resolve_device, unfactorizable_reason
@@ -194,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=nonnegative_int, default=None,
         help="untimed warm-up calls before the timed repeats. Default: see --repeats. Example: --warmup 2",
     )
+    p.add_argument(
+        "--quant", choices=["none", "nf4"], default="none",
+        help="nf4: also write quantization.csv, per matrix and rank the NF4 (block 64) error of W "
+             "(QLoRA) and of each residual init's W_res plus its adapter (PiSSA's QPiSSA claim, LoftQ), "
+             "and add a table to summary.md. Example: --quant nf4",
+    )
     return p
 
 
@@ -328,12 +341,13 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
         ensure_writable_dir(refuse_symlink(sv_dir), "--out")
         write_run_json(out / "run.json", meta)
 
-    sweep = Sweep(out, _tables(out, ranks), order=_row_order(infos, methods, ranks), ctx=ctx,
+    quant = args.quant == "nf4"
+    sweep = Sweep(out, _tables(out, ranks, quant=quant), order=_row_order(infos, methods, ranks), ctx=ctx,
                   resume=args.resume, command=meta["command"] or PROG,
                   retry_tables=("skipped",) if args.retry_skipped else (),
                   check_resume=lambda: _check_resume(out, config), on_open=on_open)
     with sweep:
-        work = MatrixWork(src, analysis, sweep, sv_dir)
+        work = MatrixWork(src, analysis, sweep, sv_dir, quant_seed=args.seed if quant else None)
         t_loop, cpu_loop = time.perf_counter(), time.process_time()
         sweep.run(
             infos, work, finished=work.finished, label=lambda info: info.tensor, on_skip=work.skip_rows,
@@ -351,6 +365,8 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
                     loop_cpu_seconds=round(time.process_time() - cpu_loop, 3))
         write_run_json(out / "run.json", meta, wall_seconds=wall)
         write_summary(out, ranks=ranks, meta={**meta, "wall_seconds": wall}, model=src.name)
+        if quant:
+            append_quantization_summary(out)
         make_figures(out, figures, model=src.name)
     ctx.shutdown()
     print(f"{PROG}: {len(infos)} matrices, {counts['factorization']} new factorization rows "
@@ -369,8 +385,17 @@ class MatrixWork:
     written yet, saving the singular values on the way.
     """
 
-    def __init__(self, src: Any, config: AnalysisConfig, sweep: Sweep, sv_dir: Path) -> None:
+    def __init__(
+        self, src: Any, config: AnalysisConfig, sweep: Sweep, sv_dir: Path, *, quant_seed: int | None = None
+    ) -> None:
         self.src, self.config, self.sweep, self.sv_dir = src, config, sweep, sv_dir
+        self.quant_seed = quant_seed  # --quant nf4: also the NF4 rows (None: not asked)
+
+    def quant_keys(self, info: Any) -> list[tuple[str, str, int]]:
+        if self.quant_seed is None:
+            return []
+        small = min(int(d) for d in info.shape)
+        return [(info.tensor, m, r) for m in QUANT_METHODS for r in self.config.ranks if r <= small]
 
     def keys(self, info: Any) -> list[tuple[str, str, int]]:
         return [(info.tensor, m, r) for m in self.config.methods for r in self.config.ranks]
@@ -385,7 +410,8 @@ class MatrixWork:
         """All its rows are written, or the whole matrix was skipped by an earlier run."""
         if self.sweep.done("skipped", _matrix_skip_key(info)):
             return True
-        return self.spectra_done(info) and all(self.key_done(k) for k in self.keys(info))
+        quant_done = all(self.sweep.done("quantization", k) for k in self.quant_keys(info))
+        return self.spectra_done(info) and all(self.key_done(k) for k in self.keys(info)) and quant_done
 
     def skip_rows(self, info: Any, reason: str):
         m, n = (int(d) for d in info.shape)
@@ -410,6 +436,11 @@ class MatrixWork:
                     yield table, row
         except (RuntimeError, torch.linalg.LinAlgError) as exc:  # an SVD that did not converge
             raise SkipItem(f"its spectrum could not be computed: {exc}") from None
+        if self.quant_seed is not None:
+            ident = {"tensor": info.tensor, "layer": info.layer, "module": info.module}
+            for row in quantization_rows(weight.weight, self.config.ranks, ident=ident, seed=self.quant_seed):
+                if not self.sweep.done("quantization", (row["tensor"], row["method"], row["rank"])):
+                    yield "quantization", row
 
 
 def _matrix_skip_key(info: Any) -> tuple[str, str, str]:
@@ -427,13 +458,16 @@ def matrix_cost(shape: tuple[int, int], ranks: Sequence[int], n_methods: int, *,
     return float(m * n * (n_methods * sum(ranks) + (min(m, n) if needs_svd else 0)))
 
 
-def _tables(out: Path, ranks: Sequence[int]) -> dict[str, Table]:
-    """The three row files of a run."""
-    return {
+def _tables(out: Path, ranks: Sequence[int], *, quant: bool = False) -> dict[str, Table]:
+    """The row files of a run: three, and quantization.csv with ``--quant nf4``."""
+    tables = {
         "factorization": Table(out / "factorization.csv", FACTORIZATION_COLUMNS, FACTORIZATION_KEY),
         "spectra": Table(out / "spectra.csv", spectra_columns(ranks), ["tensor"]),
         "skipped": Table(out / "skipped.csv", SKIPPED_COLUMNS, SKIPPED_KEY),
     }
+    if quant:
+        tables["quantization"] = Table(out / "quantization.csv", QUANT_COLUMNS, QUANT_KEY)
+    return tables
 
 
 def _row_order(infos: Sequence[Any], methods: Sequence[str], ranks: Sequence[int]):

@@ -49,7 +49,8 @@ examples:
 
 tasks: {", ".join(f"{k} ({v.metric})" for k, v in TASKS.items())}
 methods: every name of lowrank_lab.adapters.ADAPTERS (lora, pissa, pissa-fast, milora, olora,
-  lora-xs, lora-sb, slora, nlora, nlora-pinv, nlora-sketch, inttune, loldu, full) plus '{HEAD_ONLY}'
+  lora-xs, lora-sb, slora, nlora, nlora-pinv, nlora-sketch, inttune, loldu, full, gaussian, orthogonal,
+  mica, eva, corda-ipm, corda-kpm, lora-ga, lora-one, loftq) plus '{HEAD_ONLY}'
   (no adapter: only the task head trains — the control that shows what the head alone reaches).
 default learning rates (--lr overrides): {", ".join(f"{f}/{k}: {v:g}" for (f, k), v in DEFAULT_LR.items())};
   the GLUE task head: {DEFAULT_HEAD_LR:g} for every method (--head-lr)
@@ -275,6 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
         "pip install datasets): alone, the task's own dataset (nyu-mll/glue:<task>, openai/gsm8k:main); "
         "or a name, e.g. --dataset nyu-mll/glue:rte",
     )
+    p.add_argument(
+        "--scaling",
+        choices=["lora", "rslora"],
+        default="lora",
+        help="adapter scaling s: lora = alpha/r (default), rslora = alpha/sqrt(r) (Kalajdzievski 2023; "
+        "LoRA-One's recipe), e.g. --scaling rslora",
+    )
+    p.add_argument(
+        "--dora",
+        action="store_true",
+        help="weight-decomposed adapters (DoRA, arXiv 2402.09353) on top of each method's init: a trainable "
+        "magnitude per output row; not applied to full and head",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="training examples (the run's first N, never dev data) that data-driven inits (lora-sb, "
+        "lora-ga, lora-one, eva, corda-ipm, corda-kpm) calibrate on, in batches of 48 (default 48, "
+        "LoRA-SB's ~50), e.g. --calibration-samples 256 for CorDA",
+    )
     p.add_argument("--out", default=None, help="study directory (default reports/finetune/<task>)")
     p.add_argument(
         "--resume",
@@ -345,6 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no tqdm bars (they hide themselves off a terminal)"
     )
     return p
+
+
+def _extra(args: argparse.Namespace) -> dict[str, object]:
+    # --scaling/--dora/--calibration-samples ride in RunConfig.extra (passed to inject), only when
+    # not the default, so the configs of earlier runs still match on --resume.
+    extra = dict(args.adapter_option)
+    if args.scaling != "lora":
+        extra["scaling_rule"] = args.scaling
+    if args.dora:
+        extra["dora"] = True
+    if args.calibration_samples is not None:
+        extra["calibration_samples"] = args.calibration_samples
+    return extra
 
 
 def _resolve_device(text: str) -> str:
@@ -456,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             explode_factor=args.explode_factor,
             device=_resolve_device(args.device),
             save_merged=not args.no_save_merged,
-            extra=dict(args.adapter_option),
+            extra=_extra(args),
             pooling=args.pooling,
             val_samples=args.val_samples,
             epochs=args.epochs,

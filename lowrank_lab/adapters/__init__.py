@@ -8,7 +8,14 @@ it bit-exactly; :func:`export_peft` writes a PEFT LoRA directory. Factorizations
 :mod:`lowrank_lab.linalg`.
 """
 
-from .calibration import CalibrationError, calibration_gradients
+from .calibration import (
+    ActivationStats,
+    CalibrationError,
+    activation_statistics,
+    batch_losses,
+    calibrate,
+    calibration_gradients,
+)
 from .inject import (
     InjectedModule,
     InjectionReport,
@@ -41,6 +48,7 @@ from .targets import TargetError, family_suffixes, model_family, resolve_targets
 
 __all__ = [
     "ADAPTERS",
+    "ActivationStats",
     "AdapterExportError",
     "AdapterFileError",
     "AdapterInit",
@@ -52,6 +60,9 @@ __all__ = [
     "LowRankLinear",
     "TargetError",
     "UnknownAdapterError",
+    "activation_statistics",
+    "batch_losses",
+    "calibrate",
     "calibration_gradients",
     "closed_form_trainable",
     "export_peft",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,9 +16,16 @@ from tqdm.auto import tqdm
 from lowrank_lab.linalg import make_generator
 from lowrank_lab.utils.timing import Stopwatch
 
-from .calibration import Calibration, CalibrationError, calibration_gradients
+from .calibration import Calibration, CalibrationError, calibrate
 from .layer import LowRankLinear, weight_matrix
-from .methods import AdapterMethod, AdapterOptionError, closed_form_trainable, get_adapter, initialize
+from .methods import (
+    ADAPTERS,
+    AdapterMethod,
+    AdapterOptionError,
+    closed_form_trainable,
+    get_adapter,
+    initialize,
+)
 from .targets import resolve_targets
 
 # inject(model, "full") wraps nothing: the names of the unfrozen targets are kept on the model
@@ -56,6 +64,8 @@ class InjectionReport:
     calibration_seconds: float = 0.0
     wall_seconds: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
+    scaling_rule: str = "lora"
+    dora: bool = False
 
     @property
     def init_seconds(self) -> float:
@@ -86,6 +96,18 @@ class InjectionReport:
             f"{self.trainable:,} trainable ({pct:.3f}% of {self.base_parameters:,}), "
             f"init {self.init_seconds:.3f} s"
         )
+
+
+SCALING_RULES = ("lora", "rslora")
+
+
+def scaling_factor(alpha: float, rank: int, rule: str = "lora") -> float:
+    """``s = alpha / r`` (LoRA, Hu et al. 2021) or ``alpha / √r`` (rsLoRA, arXiv 2312.03732)."""
+    if rule == "lora":
+        return alpha / rank
+    if rule == "rslora":
+        return alpha / math.sqrt(rank)
+    raise AdapterOptionError(f"scaling must be one of {', '.join(SCALING_RULES)}, got {rule!r}")
 
 
 def lowrank_modules(model: nn.Module) -> dict[str, LowRankLinear]:
@@ -120,6 +142,9 @@ def inject(
     dropout: float = 0.0,
     keep_init: bool = True,
     progress: bool | None = None,
+    scaling_rule: str = "lora",
+    dora: bool = False,
+    calibration_group: int | None = None,
     **options: Any,
 ) -> InjectionReport:
     """Wrap the target modules of ``model`` in :class:`LowRankLinear` layers initialised by ``method``.
@@ -148,8 +173,9 @@ def inject(
         sketches of pissa-fast and nlora-sketch), consumed in module order: the same seed gives
         the same adapter.
     calibration : callable or list of callables, optional
-        LoRA-SB only: ``loss_fn(model) -> scalar loss`` on a calibration batch (or one callable per
-        sample, gradients summed); see :mod:`lowrank_lab.adapters.calibration`.
+        Data-driven inits only (registry ``calibration`` set: lora-sb, lora-ga, lora-one, eva,
+        corda-ipm, corda-kpm): ``loss_fn(model) -> scalar loss`` on a calibration batch of the
+        task's training data, or one callable per batch; see :mod:`lowrank_lab.adapters.calibration`.
     dropout : float, default 0.0
         Adapter-input dropout (PiSSA/NLoRA scripts: 0).
     keep_init : bool, default True
@@ -157,6 +183,18 @@ def inject(
         relative to the original base); False saves one adapter-sized copy.
     progress : bool, optional
         tqdm bar over modules; None shows it only on a terminal.
+    scaling_rule : {"lora", "rslora"}, default "lora"
+        ``s = alpha / r`` (LoRA) or ``s = alpha / √r`` (rsLoRA, Kalajdzievski 2023, arXiv 2312.03732;
+        PEFT ``use_rslora``), so that learning does not stall as r grows.
+    dora : bool, default False
+        Weight-decomposed adaptation on top of the method's init (DoRA, arXiv 2402.09353; PEFT
+        ``use_dora``): adds a trainable magnitude vector (m per matrix); see :class:`LowRankLinear`.
+    calibration_group : int, optional
+        Calibrate and initialise the targets this many at a time, so that at most this many
+        gradients (or input covariances) are held: 1 means one layer's gradient at a time, at the
+        cost of one pass over the calibration data per group. Only for inits that leave the model's
+        output unchanged (lora-ga, eva, corda-*): each group is calibrated on the model with the
+        earlier groups already injected, which computes the same function. Default: all at once.
     **options
         Method options (e.g. ``n_iter=2, oversample=10`` for pissa-fast); an unknown option raises
         and lists the valid ones. Weights keep their dtype: factorizations run in the dtype policy's
@@ -175,12 +213,33 @@ def inject(
     alpha = float(rank if alpha is None else alpha)
     if alpha == 0:
         raise AdapterOptionError("alpha must be non-zero (s = alpha / rank multiplies the adapter)")
-    scaling = alpha / rank
+    scaling = scaling_factor(alpha, rank, scaling_rule)
+    if dora and am.name == "full":
+        raise AdapterOptionError("dora decomposes a low-rank adapter; it does not apply to full fine-tuning")
     if calibration is not None and not am.needs_calibration:
-        raise CalibrationError(f"calibration is only used by data-driven inits (lora-sb), not by {am.name!r}")
+        data_driven = ", ".join(n for n, m in ADAPTERS.items() if m.needs_calibration)
+        raise CalibrationError(
+            f"calibration is only used by data-driven inits ({data_driven}), not by {am.name!r}"
+        )
+    if calibration_group is not None:
+        if (
+            isinstance(calibration_group, bool)
+            or not isinstance(calibration_group, int)
+            or calibration_group < 1
+        ):
+            raise AdapterOptionError(
+                f"calibration_group must be a positive integer, got {calibration_group!r}"
+            )
+        if not am.needs_calibration:
+            raise AdapterOptionError(f"calibration_group applies to data-driven inits, not to {am.name!r}")
+        if not am.output_at_init.startswith("unchanged"):
+            raise AdapterOptionError(
+                f"calibration_group: {am.name} changes the model's output at init, so later groups would be "
+                "calibrated on a different model; calibrate all targets at once (calibration_group=None)"
+            )
     names = resolve_targets(model, targets)
     shapes = [tuple(weight_matrix(model.get_submodule(n)).shape) for n in names]
-    if am.factorization is not None or am.core is not None:  # checked before the model is touched
+    if am.rank_bounded:  # checked before the model is touched
         for n, (m_, n_) in zip(names, shapes, strict=True):
             if rank > min(m_, n_):
                 raise AdapterOptionError(
@@ -192,7 +251,14 @@ def inject(
         p.requires_grad_(False)
 
     report = InjectionReport(
-        method=am.name, rank=rank, alpha=alpha, scaling=scaling, base_parameters=base_parameters, options=opts
+        method=am.name,
+        rank=rank,
+        alpha=alpha,
+        scaling=scaling,
+        base_parameters=base_parameters,
+        options=opts,
+        scaling_rule=scaling_rule,
+        dora=dora,
     )
 
     if am.name == "full":
@@ -202,22 +268,26 @@ def inject(
             report.modules.append(InjectedModule(n, shape, 0.0, w.numel()))
         setattr(model, FULL_TARGETS_ATTR, list(names))
     else:
-        grads: dict[str, torch.Tensor] = {}
-        if am.needs_calibration:
-            t0 = time.perf_counter()
-            grads = calibration_gradients(model, names, calibration)
-            report.calibration_seconds = time.perf_counter() - t0
+        data: dict[str, Any] = {}
+        group = len(names) if calibration_group is None else calibration_group
+        key = "grad" if am.calibration == "gradient" else "stats"
         gen = make_generator(generator)
-        for name in tqdm(
-            names, desc=f"{am.name} r={rank}", disable=(None if progress is None else not progress)
+        for i, name in enumerate(
+            tqdm(names, desc=f"{am.name} r={rank}", disable=(None if progress is None else not progress))
         ):
+            if am.needs_calibration and name not in data:
+                t0 = time.perf_counter()
+                data = calibrate(
+                    model, names[i : i + group], calibration, kind=am.calibration, method=am.name
+                )
+                report.calibration_seconds += time.perf_counter() - t0
             module = model.get_submodule(name)
             W = weight_matrix(module).detach()
             device = W.device
             with Stopwatch(device) as sw:
                 try:
                     fac = initialize(
-                        am, W, rank, scaling=scaling, generator=gen, grad=grads.get(name), **opts
+                        am, W, rank, scaling=scaling, generator=gen, **{key: data.get(name)}, **opts
                     )
                 except (ValueError, TypeError) as exc:
                     raise type(exc)(f"{am.name} init of {name!r} ({tuple(W.shape)}): {exc}") from None
@@ -232,12 +302,15 @@ def inject(
                     residual=am.residual,
                     keep_init=keep_init,
                     dropout=dropout,
+                    base_weight=fac.base,
+                    dora=dora,
                 )
+            data.pop(name, None)  # one gradient or covariance less held while the rest initialise
             layer.init_seconds = sw.seconds
             model.set_submodule(name, layer)
             report.modules.append(InjectedModule(name, tuple(W.shape), sw.seconds, layer.trainable_count()))
     report.trainable = trainable_parameters(model)
-    report.closed_form = closed_form_trainable(am, shapes, rank)
+    report.closed_form = closed_form_trainable(am, shapes, rank, dora=dora)
     report.wall_seconds = time.perf_counter() - t_start
     return report
 

@@ -77,6 +77,12 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
                 )
             if layer.merged:
                 raise AdapterFileError(f"module {name!r} is merged; call unmerge(model) before save_adapter")
+            if layer.dora or layer.replaced_base:
+                what = "a DoRA magnitude" if layer.dora else "a replaced (quantised) base weight"
+                raise AdapterFileError(
+                    f"module {name!r} carries {what}, which save_adapter does not write yet; "
+                    "save the merged model instead (merge(model) then save_pretrained)"
+                )
             parts = {"A": layer.A, "B": layer.B, "M": layer.M}
             if layer.residual:
                 if layer.A0 is None:
@@ -268,6 +274,11 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
             raise AdapterExportError(f"module {name!r} holds a different method/rank/alpha from the others")
         if layer.merged:
             raise AdapterExportError(f"module {name!r} is merged; call unmerge(model) before export_peft")
+        if layer.dora or layer.replaced_base:
+            raise AdapterExportError(
+                f"module {name!r} carries {'a DoRA magnitude' if layer.dora else 'a replaced base weight'}, "
+                "which a plain PEFT LoRA adapter cannot hold"
+            )
         acc = torch.float64 if layer.A.dtype == torch.float64 else torch.float32
 
         def fold(A: torch.Tensor, M: torch.Tensor | None, acc: torch.dtype = acc) -> torch.Tensor:

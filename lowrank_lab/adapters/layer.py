@@ -79,6 +79,15 @@ class LowRankLinear(nn.Module):
         Dropout on the adapter's input (PiSSA and NLoRA train with 0).
     init_seconds : float
         Wall time of this matrix's initialisation, for reports.
+    base_weight : Tensor (m, n), optional
+        A new frozen base weight that replaces W before anything else (LoftQ's dequantised NF4
+        weight). Not combined with ``residual``.
+    dora : bool, default False
+        Weight-decomposed adaptation (DoRA, Liu et al. 2024, arXiv 2402.09353; PEFT ``use_dora``):
+        the layer computes ``mag ⊙ (W + s·B·[M]·A) / ‖W + s·B·[M]·A‖_row`` with a trainable
+        magnitude vector ``mag`` (m,) initialised to the row norms of the adapted weight after the
+        init, so the output is what it would be without DoRA at init. As in DoRA's Sec. 4.3 and
+        PEFT, the norm is detached from the graph (treated as a constant in backward).
     """
 
     def __init__(
@@ -96,6 +105,8 @@ class LowRankLinear(nn.Module):
         keep_init: bool = True,
         dropout: float = 0.0,
         init_seconds: float = float("nan"),
+        base_weight: torch.Tensor | None = None,
+        dora: bool = False,
     ) -> None:
         super().__init__()
         if not is_adaptable(base):
@@ -140,6 +151,15 @@ class LowRankLinear(nn.Module):
             self.M = nn.Parameter(M.detach().to(**like), requires_grad="M" in trainable)
         for p in base.parameters():
             p.requires_grad_(False)
+        if base_weight is not None:
+            if residual:
+                raise ValueError("base_weight replaces the base; it cannot be combined with residual")
+            if tuple(base_weight.shape) != (m, n):
+                raise ValueError(f"base_weight must be ({m}, {n}), got {tuple(base_weight.shape)}")
+            with torch.no_grad():
+                new = base_weight.detach().to(**like)
+                base.weight.data = (new.T if self.fan_in_fan_out else new).contiguous()
+        self.replaced_base = base_weight is not None
 
         for name in ("A0", "M0", "B0"):
             self.register_buffer(name, None, persistent=False)
@@ -151,6 +171,14 @@ class LowRankLinear(nn.Module):
             if keep_init:
                 self.A0, self.B0 = A0.clone(), B0.clone()
                 self.M0 = None if M0 is None else M0.clone()
+        self.dora = bool(dora)
+        self.register_buffer("premerge_weight", None, persistent=False)
+        if self.dora:
+            # DoRA's magnitude starts as the row norms of the adapted weight (PEFT computes it after
+            # the LoRA init, so residual inits and LoRA-One start from their own W + s·B·A).
+            self.magnitude = nn.Parameter(self._adapted_row_norm().detach().to(W.dtype), requires_grad=True)
+        else:
+            self.register_parameter("magnitude", None)
 
     # -- base weight -------------------------------------------------------------------------------
 
@@ -197,6 +225,16 @@ class LowRankLinear(nn.Module):
         acc = dtype or _accumulate_dtype(self.A.dtype)
         return low_rank_product(self.B, self.M, self.A, scaling=self.scaling, dtype=acc)
 
+    def _adapted_row_norm(self) -> torch.Tensor:
+        # ‖W + s·B·[M]·A‖ of each output row, in float32 at least, differentiable in A, M, B (DoRA
+        # detaches it where it is used).
+        acc = _accumulate_dtype(self.A.dtype)
+        W = weight_matrix(self.base).to(acc)
+        B = self.B.to(acc)
+        if self.M is not None:
+            B = B * self.M.to(acc) if self.M.ndim == 1 else B @ self.M.to(acc)
+        return torch.linalg.vector_norm(W + self.scaling * (B @ self.A.to(acc)), dim=1)
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base(x, *args, **kwargs)
         if self.merged:
@@ -205,20 +243,40 @@ class LowRankLinear(nn.Module):
         if self.M is not None:
             h = h * self.M if self.M.ndim == 1 else nn.functional.linear(h, self.M)  # (..., r)
         h = nn.functional.linear(h, self.B)  # (..., m)
-        return out + (h * self.scaling).to(out.dtype)
+        if not self.dora:
+            return out + (h * self.scaling).to(out.dtype)
+        # DoRA: mag/‖W + sBA‖ ⊙ (W x + s·BA x) + bias, with the norm detached (DoRA Sec. 4.3).
+        factor = (self.magnitude / self._adapted_row_norm().detach()).to(out.dtype)  # (m,)
+        bias = self.base.bias
+        plain = out if bias is None else out - bias
+        return out + (factor - 1) * plain + factor * (h * self.scaling).to(out.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
         """Fold ``s·B·[M]·A`` into the base weight (forward then uses the base alone)."""
         if not self.merged:
-            self._add_product_to_base(self.B, self.M, self.A, +1.0)
+            if self.dora:
+                # W ← mag/‖W + sBA‖ ⊙ (W + sBA); the original is kept for unmerge (not recoverable
+                # from the merged weight alone).
+                self.premerge_weight = self.base.weight.detach().clone()
+                factor = (self.magnitude.float() / self._adapted_row_norm().float())[:, None]
+                self._add_product_to_base(self.B, self.M, self.A, +1.0)
+                w = self.base.weight
+                scaled = weight_matrix(self.base).float() * factor
+                w.data = (scaled.T if self.fan_in_fan_out else scaled).to(w.dtype).contiguous()
+            else:
+                self._add_product_to_base(self.B, self.M, self.A, +1.0)
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Undo :meth:`merge`: the base weight comes back to dtype roundoff (‖ΔW‖·eps)."""
         if self.merged:
-            self._add_product_to_base(self.B, self.M, self.A, -1.0)
+            if self.dora:
+                self.base.weight.data = self.premerge_weight
+                self.premerge_weight = None
+            else:
+                self._add_product_to_base(self.B, self.M, self.A, -1.0)
             self.merged = False
 
     def trainable_count(self) -> int:
@@ -230,4 +288,6 @@ class LowRankLinear(nn.Module):
             f"method={self.method!r}, in={self.in_features}, out={self.out_features}, rank={self.rank}, "
             f"core={core}, scaling={self.scaling:g}, residual={self.residual}, "
             f"trainable={sorted(self.trainable_parts)}, merged={self.merged}"
+            + (", dora=True" if self.dora else "")
+            + (", replaced_base=True" if self.replaced_base else "")
         )

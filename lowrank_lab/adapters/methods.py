@@ -51,13 +51,15 @@ class AdapterInit:
     """Initial factors of one matrix, in the dtype and on the device of ``W``.
 
     ``B`` (m, r), ``M`` None | (r,) | (r, r), ``A`` (r, n); ``info`` holds method extras
-    (e.g. the sketch size of a randomized SVD).
+    (e.g. the sketch size of a randomized SVD). ``base``: a new frozen base weight (m, n) that
+    replaces W (LoftQ's dequantised Q), None for every other method.
     """
 
     B: torch.Tensor
     A: torch.Tensor
     M: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    base: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,10 @@ class AdapterMethod:
     options : dict
         Options the init accepts, with their defaults: read from the init's signature by
         :func:`init_options` (each documented in the init's docstring), never written twice.
-    needs_calibration : bool
-        The init needs gradients of a calibration loss (LoRA-SB).
+    calibration : {None, "gradient", "activations", "corda"}
+        What the init needs from the task's data (:mod:`.calibration`): the mean gradient of the
+        task loss w.r.t. W (LoRA-SB, LoRA-GA, LoRA-One), the running mean/scatter of the layer's
+        inputs (EVA), or CorDA's per-call normalised covariance; None for data-free inits.
     peft_exportable : bool
         Can be written as a plain PEFT LoRA adapter (see :func:`~lowrank_lab.adapters.export_peft`).
     """
@@ -105,8 +109,18 @@ class AdapterMethod:
     output_at_init: str
     closed_form: str
     options: dict[str, Any] = field(default_factory=dict)
-    needs_calibration: bool = False
+    calibration: str | None = None
     peft_exportable: bool = True
+
+    @property
+    def needs_calibration(self) -> bool:
+        """The init needs calibration data (gradients or activation statistics)."""
+        return self.calibration is not None
+
+    @property
+    def rank_bounded(self) -> bool:
+        """The init factors W, its gradient or its inputs, so ``rank <= min(m, n)`` is enforced."""
+        return self.factorization is not None or self.core is not None or self.calibration is not None
 
     def trainable_count(self, m: int, n: int, rank: int) -> int:
         """Trainable parameters of one (m × n) target at rank r, from the declared trainable parts."""
@@ -486,6 +500,410 @@ def init_loldu(
 
 
 # --------------------------------------------------------------------------------------------------
+# initialisations beyond PiSSA and OLoRA (REFERENCE.md, "Initialisations beyond PiSSA and OLoRA")
+
+
+def init_gaussian(
+    W: torch.Tensor, rank: int, *, scaling: float, generator: torch.Generator, **_: Any
+) -> AdapterInit:
+    """Gaussian LoRA (PEFT ``init_lora_weights="gaussian"``): ``A ~ N(0, (1/r)²)``, ``B = 0``.
+
+    The standard deviation 1/r is PEFT's ``nn.init.normal_(lora_A, std=1 / r)``; ΔW = 0 exactly at init.
+    """
+    m, n = W.shape
+    A = gaussian((rank, n), generator=generator, dtype=torch.float32, device=generator.device) / rank
+    return _finish(W, torch.zeros(m, rank), A)
+
+
+def init_orthogonal(
+    W: torch.Tensor, rank: int, *, scaling: float, generator: torch.Generator, **_: Any
+) -> AdapterInit:
+    """Orthogonal LoRA (PEFT ``init_lora_weights="orthogonal"``, after datta0's "rethink LoRA init").
+
+    ``Q`` = QR of an r × r Gaussian; ``A = (G₁·Q[0::2])ᵀ / 10`` with ``G₁ ~ N(0, 1)`` of shape n × r/2,
+    ``B = G₂ᵀ·Q[1::2] / 10`` with ``G₂`` of shape r/2 × m. Both factors are non-zero yet
+    ``B·A = G₂ᵀ·Q[1::2]·Q[0::2]ᵀ·G₁ᵀ / 100 = 0`` because Q's odd and even rows are orthogonal, so the
+    output is unchanged at init (to rounding). The 1/10 is PEFT's. r must be even. Draws come from
+    ``generator`` (PEFT uses the global RNG, in the same order: Q's matrix, G₁, G₂).
+    """
+    if rank % 2:
+        raise AdapterOptionError(
+            f"orthogonal init needs an even rank (Q's rows are split in pairs), got {rank}"
+        )
+    m, n = W.shape
+    kw = {"generator": generator, "dtype": torch.float32, "device": generator.device}
+    Q, _ = torch.linalg.qr(gaussian((rank, rank), **kw))
+    A = (gaussian((n, rank // 2), **kw) @ Q[0::2]).T / 10.0
+    B = gaussian((rank // 2, m), **kw).T @ Q[1::2] / 10.0
+    return _finish(W, B, A)
+
+
+def init_mica(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    reference: bool = False,
+    driver: str | None = None,
+    **_: Any,
+) -> AdapterInit:
+    """MiCA, minor component adaptation (arXiv 2604.01694; PEFT ``init_lora_weights="mica"``).
+
+    Frozen ``B = U[:, −r:]``, the left singular vectors of the r smallest singular values of W
+    (fp32 SVD, :func:`~lowrank_lab.linalg.truncated_svd` with ``which="smallest"``); ``A = 0``
+    trains (r·n parameters). ΔW = 0 at init and the base stays W.
+    """
+    F = truncated_svd(W, rank, which="smallest", reference=reference, driver=driver, out_dtype=_work_dtype(W))
+    return _finish(W, F.left, torch.zeros(rank, W.shape[1]))
+
+
+def _need_stats(name: str, stats: Any, kind: str, W: torch.Tensor) -> Any:
+    if stats is None:
+        raise AdapterOptionError(
+            f"{name} needs the calibration statistics of each target's inputs; pass calibration=loss_fn "
+            "(or a list of them, one per training batch) to inject()"
+        )
+    if stats.kind != kind:
+        raise AdapterOptionError(f"{name} needs {kind!r} statistics, got {stats.kind!r}")
+    if stats.scatter.shape[0] != W.shape[1]:
+        raise AdapterOptionError(
+            f"{name}: input statistics are {tuple(stats.scatter.shape)} "
+            f"but the weight takes {W.shape[1]} inputs"
+        )
+    return stats
+
+
+def init_eva(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    stats: Any = None,
+    whiten: bool = False,
+    rho: float = 1.0,
+    reference: bool = False,
+    **_: Any,
+) -> AdapterInit:
+    """EVA, explained-variance adaptation (Paischer et al. 2024, arXiv 2410.07170; PEFT ``"eva"``).
+
+    ``A`` = the top r principal components (rows, r × n) of the layer's **mean-centred** input
+    activations over the calibration tokens (attention mask applied), ``B = 0``; the base stays W
+    and ΔW = 0 at init. Components are the leading eigenvectors of the exact centred scatter
+    ``Σ(x − μ)(x − μ)ᵀ`` streamed by :func:`~lowrank_lab.adapters.calibration.activation_statistics`
+    — the PCA that PEFT's incremental PCA approximates (``svd_lowrank`` q = 2k, niter 4 per batch,
+    keeping only k components between batches, the data cycled until every component's cosine to
+    its previous value is ≥ τ = 0.99). On one batch the two agree (tests/adapters/test_peft_parity.py);
+    streamed over many small batches PEFT's truncation drifts (first-component cosine 0.94 over
+    eight 16-token batches of a tiny model). Signs as scikit-learn's
+    ``svd_flip(u_based_decision=False)``: each row's largest entry is positive.
+
+    Parameters
+    ----------
+    whiten : bool, default False
+        Divide each component by √(its singular value) (PEFT ``EvaConfig.whiten``, default False).
+    rho : float, default 1.0
+        Only 1.0 is supported. PEFT's default ρ = 2 computes round(ρ·r) components per layer and
+        redistributes the ranks globally by explained variance (r′ ∈ [0, ρr]); the authors ran
+        ρ ∈ {1, 2}. With ρ = 1 every layer keeps r — no redistribution, so every method here
+        has the same rank and parameter count (``adjust_scaling_factors`` is then a no-op).
+    reference : bool, default False
+        Eigendecomposition in float64 (default float32; the scatter is always centred in float64).
+    """
+    if rho != 1.0:
+        raise AdapterOptionError(
+            f"eva option rho={rho} is not supported: only rho=1 (no rank redistribution across layers; the "
+            "authors' ρ ∈ {1, 2}). PEFT's default rho=2 gives each layer its own rank."
+        )
+    st = _need_stats("eva", stats, "activations", W)
+    if st.tokens <= rank:
+        raise AdapterOptionError(
+            f"eva needs more calibration tokens than the rank ({rank}); this layer saw {st.tokens}: "
+            "give more calibration samples"
+        )
+    dt = torch.float64 if reference else torch.float32
+    if ("eigh", dt) not in st.extra:  # targets reading the same input (q, k, v) share one decomposition
+        # The centring cancels in float64 (calibration.py); the eigensolver then runs in float32,
+        # 2x faster than float64 at n = 1536 and accurate to ~1e-6 in the leading components.
+        st.extra[("eigh", dt)] = torch.linalg.eigh(st.centred_scatter().to(dt))  # (n, n)
+    evals, evecs = (t.double() for t in st.extra[("eigh", dt)])
+    n = evecs.shape[0]
+    order = torch.arange(n - 1, n - 1 - rank, -1)
+    comps = evecs[:, order].T  # (r, n), leading component first
+    big = comps.abs().argmax(dim=1)
+    comps = comps * torch.sign(comps[torch.arange(rank), big])[:, None]
+    sv = evals[order].clamp_min(0).sqrt()  # singular values of the centred token matrix
+    if whiten:
+        comps = comps / sv.clamp_min(torch.finfo(torch.float64).tiny).sqrt()[:, None]
+    A = comps.to(device=W.device, dtype=_work_dtype(W))
+    return _finish(W, torch.zeros(W.shape[0], rank), A, tokens=st.tokens, singular_values=sv.tolist())
+
+
+def _damped_inverse(C: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    # CorDA's damping (PEFT collect_eigens_for_layer): C_d = C + δ·mean(diag C)·I, δ from 0.01
+    # doubling until ‖C_d·C_d⁻¹ − I‖_F < 0.05. C_d is symmetric positive definite, so its inverse
+    # comes from the Cholesky factor (about half the flops of PEFT's LU-based inv, the same matrix
+    # to rounding); a failed factorisation counts as a failed check.
+    eye = torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+    damp, mean_diag = 0.01, torch.diagonal(C).mean()
+    for _ in range(64):
+        Cd = C + (damp * mean_diag) * eye
+        L, info = torch.linalg.cholesky_ex(Cd)
+        if int(info) == 0:
+            Cinv = torch.cholesky_inverse(L)
+            if float(torch.dist(Cd @ Cinv, eye)) < 0.05:
+                return Cd, Cinv, damp
+        damp *= 2
+    raise AdapterOptionError(  # pragma: no cover - only a covariance with NaN gets here
+        f"{name}: the input covariance could not be damped into an invertible matrix"
+    )
+
+
+def _corda(
+    W: torch.Tensor, rank: int, scaling: float, stats: Any, which: str, name: str, reference: bool
+) -> AdapterInit:
+    # CorDA (PEFT corda.py collect_eigens_for_layer): damp C until its inverse is accurate, SVD of
+    # W·C_d, V = (Vh·C_d⁻¹)ᵀ so that W = U·S·Vᵀ exactly with V not orthonormal.
+    st = _need_stats(name, stats, "corda", W)
+    dt = torch.float64 if reference else torch.float32  # PEFT works in float32
+    key = ("corda", dt, str(W.device))
+    if key not in st.extra:  # targets reading the same input (q, k, v) share the damped inverse
+        st.extra[key] = _damped_inverse(st.covariance().to(device=W.device, dtype=dt), name)
+    Cd, Cinv, damp = st.extra[key]
+    U, S, Vh = torch.linalg.svd(W.to(dt) @ Cd, full_matrices=False)
+    sl = slice(0, rank) if which == "largest" else slice(S.shape[0] - rank, S.shape[0])
+    root = torch.sqrt(S[sl] / scaling)
+    A = root[:, None] * (Vh[sl] @ Cinv)
+    B = U[:, sl] * root
+    return _finish(W, B, A, damping=damp, tokens=st.tokens)
+
+
+def init_corda_ipm(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    stats: Any = None,
+    reference: bool = False,
+    **_: Any,
+) -> AdapterInit:
+    """CorDA, instruction-previewed mode (Yang et al. 2024, arXiv 2406.05223; PEFT ``"corda"``, ``ipm``).
+
+    With C the covariance of the layer's inputs on task data (CorDA's hook: per call
+    ``X̃ = X/|max X|``, ``C = mean over calls of X̃ᵀX̃``), damped as ``C + δ·mean(diag C)·I`` with δ
+    from 0.01 doubling until ``‖C_d C_d⁻¹ − I‖_F < 0.05``: ``W·C_d = U S Vhᵀ``, ``V = (Vh·C_d⁻¹)ᵀ``;
+    keep the **top** r: ``A = diag(√(S/s))·Vᵀ``, ``B = U·diag(√(S/s))``; the base becomes
+    ``W − s·B·A`` (residual, output unchanged).
+
+    Parameters
+    ----------
+    reference : bool, default False
+        Damping, inverse and SVD in float64 (PEFT: float32).
+    """
+    return _corda(W, rank, scaling, stats, "largest", "corda-ipm", reference)
+
+
+def init_corda_kpm(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    stats: Any = None,
+    reference: bool = False,
+    **_: Any,
+) -> AdapterInit:
+    """CorDA, knowledge-preserved mode (arXiv 2406.05223; PEFT ``corda_method="kpm"``).
+
+    As :func:`init_corda_ipm` but keeps the **bottom** r triplets of ``W·C_d``: the directions the
+    calibration data (in the paper, questions of the knowledge to keep: NQ, TriviaQA) excites least
+    train, the rest stays frozen in the residual.
+    """
+    return _corda(W, rank, scaling, stats, "smallest", "corda-kpm", reference)
+
+
+def _need_grad(name: str, grad: torch.Tensor | None, W: torch.Tensor) -> torch.Tensor:
+    if grad is None:
+        raise AdapterOptionError(
+            f"{name} needs the calibration gradient of each target; pass calibration=loss_fn to inject()"
+        )
+    if tuple(grad.shape) != tuple(W.shape):
+        raise AdapterOptionError(
+            f"{name} gradient has shape {tuple(grad.shape)} but the weight is {tuple(W.shape)}"
+        )
+    return grad.to(device=W.device, dtype=torch.float32)
+
+
+LORA_GA_DIRECTIONS = ("ArB2r", "A2rBr", "ArBr", "random")
+LORA_GA_SCALES = ("stable", "weight_svd", "gd_scale", "unit")
+
+
+def init_lora_ga(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    grad: torch.Tensor | None = None,
+    direction: str = "ArB2r",
+    scale: str = "stable",
+    stable_gamma: float = 16.0,
+    n_iter: int = 4,
+    **_: Any,
+) -> AdapterInit:
+    """LoRA-GA, gradient approximation (Wang et al. 2024, arXiv 2407.05000; PEFT ``"lora_ga"``, PR #2926).
+
+    G = the mean gradient of the task loss w.r.t. W over the calibration batches. Its rank-2r SVD
+    from a randomized sketch of ``q = min(4r, min(m, n))`` columns and ``n_iter`` power iterations
+    (PEFT: ``torch.svd_lowrank(G, q, niter=4)``, unseeded; here :func:`~lowrank_lab.linalg.randomized_svd`
+    on ``generator``) gives ``A`` and ``B`` by ``direction``; ``B`` is rescaled by ``scale``; the base
+    becomes ``W − s·B·A`` (residual: output unchanged; the first step moves along G's subspace).
+
+    Parameters
+    ----------
+    direction : {"ArB2r", "A2rBr", "ArBr", "random"}, default "ArB2r"
+        PEFT's ``LoraGAConfig.direction``: ArB2r takes ``A = Vhᵀ[:r]``, ``B = U[:, r:2r]·diag(S[r:2r])``;
+        A2rBr the reverse halves; ArBr odd rows for A and even columns for B; random r of 2r.
+    scale : {"stable", "weight_svd", "gd_scale", "unit"}, default "stable"
+        ``stable``: ``B ×= m^¼/√γ`` (PEFT; the authors' code scales both A and B and puts no singular
+        values in B — REFERENCE.md); ``weight_svd``: ``B ×= σ₁(W)/S_B[0]``; ``gd_scale``: A, B ÷ s;
+        ``unit``: none.
+    stable_gamma : float, default 16
+        γ of the stable scale (PEFT ``stable_gamma``).
+    n_iter : int, default 4
+        Power iterations of the sketch (PEFT's niter).
+    """
+    if direction not in LORA_GA_DIRECTIONS:
+        raise AdapterOptionError(f"lora-ga direction must be one of {LORA_GA_DIRECTIONS}, got {direction!r}")
+    if scale not in LORA_GA_SCALES:
+        raise AdapterOptionError(f"lora-ga scale must be one of {LORA_GA_SCALES}, got {scale!r}")
+    G = _need_grad("lora-ga", grad, W)
+    m, n = W.shape
+    if 2 * rank > min(m, n):
+        raise AdapterOptionError(
+            f"lora-ga needs 2*rank <= min(m, n) = {min(m, n)} (A and B take different halves of G's top 2r "
+            f"singular vectors), got rank={rank}"
+        )
+    q = min(4 * rank, min(m, n))
+    # LU re-normalisation between power iterations (same span as PEFT's QR, cheaper; rsvd.py).
+    F = randomized_svd(
+        G, 2 * rank, generator=generator, oversample=q - 2 * rank, n_iter=n_iter, normalizer="lu"
+    )
+    U, S, Vh = F.left, F.core, F.right  # (m, 2r), (2r,), (2r, n)
+    r = rank
+    if direction == "ArB2r":
+        ia, ib = torch.arange(0, r), torch.arange(r, 2 * r)
+    elif direction == "A2rBr":
+        ia, ib = torch.arange(r, 2 * r), torch.arange(0, r)
+    elif direction == "ArBr":
+        ia, ib = torch.arange(1, 2 * r, 2), torch.arange(0, 2 * r, 2)
+    else:
+        ia = torch.randperm(2 * r, generator=generator, device=generator.device)[:r].cpu()
+        ib = ia
+    A, B, S_B = Vh[ia], U[:, ib] * S[ib], S[ib]
+    if scale == "stable":
+        B = B * (m**0.25 / stable_gamma**0.5)
+    elif scale == "weight_svd":
+        top = float(torch.linalg.matrix_norm(W.float(), ord=2))
+        if float(S_B[0]) > 0:
+            B = B * (top / float(S_B[0]))
+    elif scale == "gd_scale":
+        A, B = A / scaling, B / scaling
+    return _finish(W, B, A)
+
+
+def init_lora_one(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    grad: torch.Tensor | None = None,
+    gamma: float = 128.0,
+    reference: bool = False,
+    **_: Any,
+) -> AdapterInit:
+    """LoRA-One (Zhang et al. 2025, arXiv 2502.01235; YuanheZ/LoRA-One; not in PEFT).
+
+    With ``−G = U S Vᵀ`` (G the mean calibration gradient; the code's ``svd_lowrank(−G, q=512,
+    niter=16)``, here the exact :func:`~lowrank_lab.linalg.truncated_svd`, its limit):
+    ``B = U_r·√S_r / √(σ₁γ)``, ``A = √S_r·V_rᵀ / √(σ₁γ)``. **The base is not modified**: at init the
+    model is already one rank-r gradient step of size ``s/(γσ₁)`` along −G away from W (the code is
+    authoritative where the README swaps A/B).
+
+    Parameters
+    ----------
+    gamma : float, default 128
+        γ of the released code. Its recipe also uses rsLoRA scaling, α = 16, r = 8 (``--scaling rslora``).
+    """
+    G = _need_grad("lora-one", grad, W)
+    F = truncated_svd(-G, rank, reference=reference, out_dtype=torch.float32)
+    denom = math.sqrt(float(F.core[0]) * gamma)
+    if denom == 0:
+        raise AdapterOptionError("lora-one: the calibration gradient of this layer is zero")
+    root = torch.sqrt(F.core)
+    return _finish(W, F.left * root / denom, root[:, None] * F.right / denom)
+
+
+def init_loftq(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    bits: int = 4,
+    iters: int = 1,
+    block: int = 64,
+    divide_by_scaling: bool = False,
+    reference: bool = False,
+    **_: Any,
+) -> AdapterInit:
+    """LoftQ (Li et al. 2023, arXiv 2310.08659; PEFT ``init_lora_weights="loftq"``, ``LoftQConfig``).
+
+    Alternate ``Q = deq(quant(W − L·R))`` and ``L, R = U_r√S_r, √S_r Vh_r`` of ``svd(W − Q)``, from
+    L = R = 0, ``iters`` times; the frozen base **becomes deq(Q)** (the quantised weight, as a model
+    loaded in 4 bits computes with) and ``B = L``, ``A = R``. Quantisers from
+    :mod:`lowrank_lab.linalg.quant`: NF4 blocks of 64 without double quantisation (bitsandbytes'
+    ``Params4bit`` as LoftQ calls it), or row-wise absmax int8.
+
+    Parameters
+    ----------
+    bits : {4, 8}, default 4
+        PEFT ``loftq_bits``.
+    iters : int, default 1
+        PEFT ``loftq_iter`` default; the authors' example uses 5.
+    block : int, default 64
+        NF4 block size.
+    divide_by_scaling : bool, default False
+        PEFT puts ``L`` in B with no division by s, so ``W ≈ deq(Q) + s·B·A`` holds only when s = 1
+        (PEFT #1982). True divides B by s, making the init exact for every alpha.
+    reference : bool
+        SVDs in float64.
+    """
+    from lowrank_lab.linalg.quant import int8_rowwise_roundtrip, nf4_roundtrip
+
+    if bits not in (4, 8):
+        raise AdapterOptionError(f"loftq bits must be 4 (NF4) or 8 (int8), got {bits}")
+    if iters < 1:
+        raise AdapterOptionError(f"loftq iters must be >= 1, got {iters}")
+    Wf = W.to(compute_dtype(W.dtype, reference=reference))
+    res = Wf
+    for i in range(iters):
+        Q = nf4_roundtrip(res, block=block) if bits == 4 else int8_rowwise_roundtrip(res)
+        F = truncated_svd(Wf - Q, rank, reference=reference)
+        L, R = _split_sqrt(F.left, F.core, F.right, 1.0)
+        if i + 1 < iters:
+            res = Wf - L @ R
+    if divide_by_scaling:
+        L = L / scaling
+    out = _finish(W, L, R)
+    out.base = Q.to(W.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # the registry
 
 _AB = frozenset({"A", "B"})
@@ -494,15 +912,16 @@ _M = frozenset({"M"})
 
 
 #: Keyword arguments every init receives from :func:`initialize` itself: not user options.
-_CALL_ARGUMENTS = frozenset({"scaling", "generator", "grad"})
+_CALL_ARGUMENTS = frozenset({"scaling", "generator", "grad", "stats"})
 
 
 def init_options(init: Callable[..., AdapterInit] | None) -> dict[str, Any]:
     """The options of an init function and their defaults, read from its signature.
 
     Every keyword-only parameter with a default, except those :func:`initialize` passes itself
-    (``scaling``, ``generator``, ``grad``). The signature is the one place a default is written
-    (and documented, in the init's docstring), so the registry cannot disagree with it.
+    (``scaling``, ``generator``, and the calibration data ``grad`` / ``stats``). The signature is the
+    one place a default is written (and documented, in the init's docstring), so the registry cannot
+    disagree with it.
     """
     if init is None:
         return {}
@@ -603,7 +1022,7 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="changes: W + [−η·sign(G)]_r (one rank-r sign-gradient step)",
             closed_form="r²",
-            needs_calibration=True,
+            calibration="gradient",
         ),
         _method(
             "slora",
@@ -714,6 +1133,121 @@ ADAPTERS: dict[str, AdapterMethod] = {
             closed_form="m·n",
             peft_exportable=False,
         ),
+        _method(
+            "gaussian",
+            summary="A ~ N(0, (1/r)²), B = 0",
+            paper="PEFT init_lora_weights='gaussian'",
+            init=init_gaussian,
+            factorization=None,
+            core=None,
+            trains=_AB,
+            residual=False,
+            output_at_init="unchanged (ΔW = 0: B = 0)",
+            closed_form="r·(m+n)",
+        ),
+        _method(
+            "orthogonal",
+            summary="A, B Gaussian times the even/odd rows of an orthogonal Q (÷10), so B·A = 0",
+            paper="PEFT init_lora_weights='orthogonal' (datta0, 'rethink LoRA init')",
+            init=init_orthogonal,
+            factorization=None,
+            core=None,
+            trains=_AB,
+            residual=False,
+            output_at_init="unchanged to rounding (B·A = 0 by orthogonality)",
+            closed_form="r·(m+n)",
+        ),
+        _method(
+            "mica",
+            summary="frozen B = U[:, −r:] (r smallest singular directions), A = 0 trains",
+            paper="MiCA, arXiv 2604.01694; PEFT init_lora_weights='mica'",
+            init=init_mica,
+            factorization="svd",
+            core=None,
+            trains=frozenset({"A"}),
+            residual=False,
+            output_at_init="unchanged (ΔW = 0: A = 0)",
+            closed_form="r·n",
+        ),
+        _method(
+            "eva",
+            summary="A = top-r principal components of the layer's centred inputs on task data, B = 0",
+            paper="Paischer et al. 2024, arXiv 2410.07170; ml-jku/EVA; PEFT init_lora_weights='eva' (rho=1)",
+            init=init_eva,
+            factorization=None,
+            core=None,
+            trains=_AB,
+            residual=False,
+            output_at_init="unchanged (ΔW = 0: B = 0)",
+            closed_form="r·(m+n)",
+            calibration="activations",
+        ),
+        _method(
+            "corda-ipm",
+            summary="top r of SVD(W·C) with C the input covariance, V = (Vh·C⁻¹)ᵀ; base W − s·BA",
+            paper="Yang et al. 2024, arXiv 2406.05223; iboing/CorDA; PEFT init_lora_weights='corda' (ipm)",
+            init=init_corda_ipm,
+            factorization="svd",
+            core=None,
+            trains=_AB,
+            residual=True,
+            output_at_init="unchanged (residual base)",
+            closed_form="r·(m+n)",
+            calibration="corda",
+        ),
+        _method(
+            "corda-kpm",
+            summary="bottom r of SVD(W·C) with C the input covariance, V = (Vh·C⁻¹)ᵀ; base W − s·BA",
+            paper="Yang et al. 2024, arXiv 2406.05223; PEFT CordaConfig(corda_method='kpm')",
+            init=init_corda_kpm,
+            factorization="svd",
+            core=None,
+            trains=_AB,
+            residual=True,
+            output_at_init="unchanged (residual base)",
+            closed_form="r·(m+n)",
+            calibration="corda",
+        ),
+        _method(
+            "lora-ga",
+            summary="A = Vhᵀ[:r], B = U[:, r:2r]·S[r:2r]·m^¼/√γ from the rank-2r SVD of the task gradient; "
+            "base W − s·BA",
+            paper="Wang et al. 2024, arXiv 2407.05000; PEFT init_lora_weights='lora_ga' (PR #2926)",
+            init=init_lora_ga,
+            factorization="rsvd",
+            core=None,
+            trains=_AB,
+            residual=True,
+            output_at_init="unchanged (residual base)",
+            closed_form="r·(m+n)",
+            calibration="gradient",
+        ),
+        _method(
+            "lora-one",
+            summary="B, A = U_r√S_r, √S_r·V_rᵀ of −G, each ÷ √(σ₁γ); base W (one gradient step at init)",
+            paper="Zhang et al. 2025, arXiv 2502.01235; YuanheZ/LoRA-One (not in PEFT)",
+            init=init_lora_one,
+            factorization="svd",
+            core=None,
+            trains=_AB,
+            residual=False,
+            output_at_init="changes: W + s/(γσ₁)·[−G]_r (one rank-r gradient step)",
+            closed_form="r·(m+n)",
+            calibration="gradient",
+        ),
+        _method(
+            "loftq",
+            summary="alternate Q = NF4(W − BA), B, A = SVD_r(W − Q); base becomes deq(Q)",
+            paper="Li et al. 2023, arXiv 2310.08659; PEFT init_lora_weights='loftq' (LoftQConfig)",
+            init=init_loftq,
+            factorization="svd",
+            core=None,
+            trains=_AB,
+            residual=False,
+            output_at_init="≈ unchanged: deq(Q) + s·B·A ≈ W (quantisation error left; exact only if s = 1)",
+            closed_form="r·(m+n)",
+            peft_exportable=False,
+        ),
     ]
 }
 
@@ -738,6 +1272,7 @@ def closed_form_trainable(
     rank: int,
     *,
     repeat: int = 1,
+    dora: bool = False,
 ) -> int:
     """Trainable parameters of ``method`` at ``rank`` on targets of the given ``(m, n)`` shapes.
 
@@ -750,6 +1285,8 @@ def closed_form_trainable(
     rank : int
     repeat : int, default 1
         Multiplier, e.g. the number of layers when ``shapes`` describes one layer.
+    dora : bool, default False
+        Add DoRA's trainable magnitude, m per matrix (arXiv 2402.09353).
 
     Examples
     --------
@@ -763,7 +1300,8 @@ def closed_form_trainable(
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise AdapterOptionError(f"rank must be a positive integer, got {rank!r}")
     items = shapes.values() if isinstance(shapes, Mapping) else shapes
-    return repeat * sum(am.trainable_count(int(m), int(n), rank) for m, n in items)
+    extra = (lambda m: int(m)) if dora and am.name != "full" else (lambda m: 0)
+    return repeat * sum(am.trainable_count(int(m), int(n), rank) + extra(m) for m, n in items)
 
 
 def initialize(
@@ -780,7 +1318,10 @@ def initialize(
     if am.init is None:
         raise AdapterOptionError(f"adapter method {am.name!r} has no low-rank factors to initialise")
     grad = options.pop("grad", None)
+    stats = options.pop("stats", None)
     opts = am.check_options(options)
-    if am.factorization is not None or am.core is not None:
+    if am.rank_bounded:
         validate_rank(rank, W.shape)
-    return am.init(W, rank, scaling=scaling, generator=make_generator(generator), grad=grad, **opts)
+    return am.init(
+        W, rank, scaling=scaling, generator=make_generator(generator), grad=grad, stats=stats, **opts
+    )

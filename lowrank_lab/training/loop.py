@@ -193,12 +193,36 @@ def _lr_lambda(steps: int, warmup_ratio: float) -> Callable[[int], float]:
     return f
 
 
+# Data-driven inits calibrate on the run's first training examples (never dev data), in batches of
+# 48: LoRA-SB's ~50 samples (REFERENCE.md), so the default (48 samples) is one batch, as before.
+CALIBRATION_SAMPLES = 48
+CALIBRATION_BATCH = 48
+
+
+def calibration_losses(
+    cfg: RunConfig, spec: TaskSpec, train: Encoder, order: torch.Tensor, device: torch.device
+) -> list[Callable[[nn.Module], torch.Tensor]]:
+    """One task-loss callable per calibration batch: the first ``cfg.extra["calibration_samples"]``
+    (default 48) training examples in the run's own order, so calibration depends on the seed only."""
+    from lowrank_lab.adapters import batch_losses
+
+    n = int(cfg.extra.get("calibration_samples", CALIBRATION_SAMPLES))
+    first = order.flatten()[: min(n, order.numel())].tolist()
+    chunks = [first[i : i + CALIBRATION_BATCH] for i in range(0, len(first), CALIBRATION_BATCH)]
+
+    def loss(model: nn.Module, idx: list[int]) -> torch.Tensor:
+        batch = _to(train.collate(idx), device)
+        return task_loss(spec, _forward(model, batch), batch["target"])
+
+    return batch_losses(chunks, loss)
+
+
 def prepare_model(
     cfg: RunConfig,
     spec: TaskSpec,
     model_factory: Callable[[], nn.Module],
     *,
-    calibration: Callable[[nn.Module], torch.Tensor] | None,
+    calibration: Callable[[nn.Module], torch.Tensor] | list | None,
     device: torch.device,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the base model (head drawn from the seeded global RNG), inject ``cfg.method`` and make
@@ -214,6 +238,10 @@ def prepare_model(
             from lowrank_lab.adapters import get_adapter, inject
 
             kwargs: dict[str, Any] = dict(cfg.extra)
+            kwargs.pop("calibration_samples", None)  # read by calibration_losses
+            if cfg.method == "full":  # a study-wide --dora/--scaling does not apply to full fine-tuning
+                kwargs.pop("dora", None)
+                kwargs.pop("scaling_rule", None)
             if getattr(get_adapter(cfg.method), "needs_calibration", False):
                 kwargs["calibration"] = calibration
             report = inject(
@@ -409,13 +437,9 @@ class Trainer:
         self.t_start = time.perf_counter()
         self.meter = MemoryMeter(device)
 
-        def calibration(model: nn.Module) -> torch.Tensor:
-            # LoRA-SB's approximate first update uses ~50 training examples (REFERENCE.md): the run's
-            # first 48 examples in its own order, so calibration depends on the seed only.
-            first = self.order.flatten()[: min(48, self.order.numel())].tolist()
-            batch = _to(self.train_enc.collate(first), device)
-            return task_loss(spec, _forward(model, batch), batch["target"])
-
+        # Data-driven inits (LoRA-SB, EVA, CorDA, LoRA-GA, ...) calibrate on the run's own first
+        # training examples (calibration_losses): never the validation or dev data.
+        calibration = calibration_losses(cfg, spec, self.train_enc, self.order, device)
         if self.given_model is None:
             model, info = prepare_model(cfg, spec, self.model_factory, calibration=calibration, device=device)
         else:

@@ -19,7 +19,7 @@ def test_registry_options_are_the_init_signature_defaults(name):
     assert am.options == init_options(am.init)
     for option, default in am.options.items():
         assert params[option].kind is inspect.Parameter.KEYWORD_ONLY and params[option].default == default
-    assert not {"scaling", "generator", "grad"} & set(am.options)  # passed by initialize itself
+    assert not {"scaling", "generator", "grad", "stats"} & set(am.options)  # passed by initialize itself
 
 
 def test_known_defaults_survive_the_derivation():

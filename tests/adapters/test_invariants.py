@@ -12,7 +12,7 @@ import torch
 
 from lowrank_lab.adapters import ADAPTERS, inject, lowrank_modules, merge, trainable_parameters, unmerge
 
-RESIDUAL = ["pissa", "pissa-fast", "milora", "olora", "loldu"]
+RESIDUAL = ["pissa", "pissa-fast", "milora", "olora", "loldu", "corda-ipm", "corda-kpm", "lora-ga"]
 # Relative tolerance on the output change at init, per dtype. float32: the residual base is W − s·BA
 # rounded once (≈ 6e-8 relative per entry), amplified by two layers; bf16: rounding of W_res and of
 # the bf16 activations themselves (2^-8 ≈ 4e-3 per op; the un-adapted bf16 model is no closer).
@@ -47,7 +47,7 @@ def test_residual_inits_leave_the_output_unchanged(tiny, ids, family, method, dt
     assert _rel(tiny.run(model, ids), ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("method", ["lora", "slora"])
+@pytest.mark.parametrize("method", ["lora", "slora", "gaussian", "eva"])
 def test_zero_init_methods_add_exactly_nothing(tiny, ids, family, method):
     model = tiny.make(family)
     ref = tiny.run(tiny.make(family), ids)

@@ -124,6 +124,7 @@ def test_registry_rows_are_complete():
         "lora", "pissa", "pissa-fast", "milora", "olora", "lora-xs", "lora-sb", "slora",
         "nlora", "nlora-pinv", "nlora-sketch", "nlora-pinv-additive", "nlora-sketch-additive", "inttune",
         "loldu", "full",
+        "gaussian", "orthogonal", "mica", "eva", "corda-ipm", "corda-kpm", "lora-ga", "lora-one", "loftq",
     ]  # fmt: skip
     from lowrank_lab.linalg import FACTORIZATIONS
 
@@ -132,7 +133,23 @@ def test_registry_rows_are_complete():
         assert m.factorization is None or m.factorization in FACTORIZATIONS
     residual = {m.name for m in ADAPTERS.values() if m.residual}
     # issue 15: the textbook Nyström inits are residual like PiSSA; their additive forms keep base W
-    assert residual == {"pissa", "pissa-fast", "milora", "olora", "loldu", "nlora-pinv", "nlora-sketch"}
+    assert residual == {
+        "nlora-pinv",
+        "nlora-sketch",
+        "pissa",
+        "pissa-fast",
+        "milora",
+        "olora",
+        "loldu",
+        "corda-ipm",
+        "corda-kpm",
+        "lora-ga",
+    }
+    data_driven = {m.name: m.calibration for m in ADAPTERS.values() if m.needs_calibration}
+    assert data_driven == {
+        "lora-sb": "gradient", "lora-ga": "gradient", "lora-one": "gradient",
+        "eva": "activations", "corda-ipm": "corda", "corda-kpm": "corda",
+    }  # fmt: skip
 
 
 LLAMA_7B_LAYER = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]

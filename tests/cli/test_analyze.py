@@ -191,7 +191,7 @@ def test_help_explains_every_option_with_an_example(capsys):
     usage = capsys.readouterr().out
     options = ["--model", "--synthetic", "--ranks", "--methods", "--targets", "--layers", "--device",
                "--dtype", "--seed", "--out", "--figures", "--resume", "--retry-skipped", "--repeats",
-               "--warmup", "--threads", "--experts", "--split-fused"]
+               "--warmup", "--threads", "--experts", "--split-fused", "--quant"]
     for option in options:
         assert option in usage
     assert usage.count("Example:") == len(options) and "examples:" in usage
