@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lowrank_lab.analysis.quantization import quantization_rows, quantized_weight
-from lowrank_lab.analyze import run
+from lowrank_lab.analyze import main as run
 from lowrank_lab.linalg.quant import nf4_roundtrip
 
 
