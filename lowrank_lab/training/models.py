@@ -65,10 +65,11 @@ class ModelLoadError(ValueError):
 
 
 class PooledOutput:
-    """What :class:`PooledClassifier` returns: ``logits`` (B, num_labels), as a transformers output."""
+    """What :class:`PooledClassifier` returns, as a transformers output: ``logits`` (B, num_labels)
+    and, when labels were given, ``loss``."""
 
-    def __init__(self, logits: torch.Tensor) -> None:
-        self.logits = logits
+    def __init__(self, logits: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        self.logits, self.loss = logits, loss
 
 
 class PooledClassifier(nn.Module):
@@ -118,8 +119,23 @@ class PooledClassifier(nn.Module):
             return h.masked_fill(mask == 0, torch.finfo(h.dtype).min).amax(dim=1)
         return (h * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs: Any):
-        return PooledOutput(self.classifier(self.dropout(self.pool(input_ids, attention_mask, **inputs))))
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **inputs: Any,
+    ):
+        """Logits of a batch; with ``labels`` also the loss ``BertForSequenceClassification`` would
+        give (mean squared error for one output, as STS-B; cross-entropy otherwise)."""
+        logits = self.classifier(self.dropout(self.pool(input_ids, attention_mask, **inputs)))  # (B, C)
+        loss = None
+        if labels is not None:
+            if logits.shape[-1] == 1:
+                loss = nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = nn.functional.cross_entropy(logits.float(), labels)
+        return PooledOutput(logits, loss)
 
     def save_pretrained(self, path: str | Path, **kwargs: Any) -> None:
         from safetensors.torch import save_file

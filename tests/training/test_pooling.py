@@ -99,3 +99,16 @@ def test_minilm_defaults_to_mean_and_native_means_the_transformers_head():
         resolve_pooling("minilm", "avg")
     with pytest.raises(ValueError, match="pooling 'avg' is not one of"):
         PooledClassifier(torch.nn.Linear(1, 1), 2, "avg")
+
+
+def test_labels_give_the_loss_transformers_heads_give(tiny_pooled, bert_tokenizer):
+    torch.manual_seed(0)
+    batch = _batch(bert_tokenizer, ["good", "bad film"])
+    clf = tiny_pooled(3, "mean")().eval()
+    out = clf(**batch, labels=torch.tensor([0, 2]))
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 2])))
+    reg = tiny_pooled(1, "mean")().eval()
+    scores = torch.tensor([1.5, 4.0])
+    out = reg(**batch, labels=scores)
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), scores))
+    assert reg(**batch).loss is None
