@@ -244,6 +244,8 @@ class LowRankLinear(nn.Module):
             h = h * self.M if self.M.ndim == 1 else nn.functional.linear(h, self.M)  # (..., r)
         h = nn.functional.linear(h, self.B)  # (..., m)
         if not self.dora:
+            if h.dtype == out.dtype:  # one fused pass over (..., m) instead of a product, then a sum
+                return out.add(h, alpha=self.scaling)
             return out + (h * self.scaling).to(out.dtype)
         # DoRA: mag/‖W + sBA‖ ⊙ (W x + s·BA x) + bias, with the norm detached (DoRA Sec. 4.3).
         factor = (self.magnitude / self._adapted_row_norm().detach()).to(out.dtype)  # (m,)
