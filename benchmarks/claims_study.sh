@@ -27,7 +27,9 @@ THREADS="${STUDY_THREADS:-1}"
 SEEDS="${STUDY_SEEDS:-0,1,2,3,4}"
 METHODS="${STUDY_METHODS:-lora,full,head,pissa,milora,nlora,slora,inttune,lora-xs,lora-sb,loldu}"
 GSM8K_METHODS="${STUDY_GSM8K_METHODS:-lora,full}"  # the gate first: add the claim methods only if these beat the bigram
-STAGES="${STUDY_STAGE:-sst2 ranks stsb gsm8k intruders forgetting claims}"
+# intruders and forgetting read runs/<run>/merged/ (~90 MB each, never committed): they follow the
+# training stages at once, so they run in the session whose machine still holds those weights
+STAGES="${STUDY_STAGE:-sst2 ranks intruders forgetting stsb gsm8k claims}"
 COMMON=(--model minilm --batch-size 16 --lr-grid --data-dir "$DATA" --resume --threads "$THREADS" --no-progress)
 
 chosen_head_lr() {  # the head rate the rank-8 SST-2 selection chose (selection.csv)
@@ -64,6 +66,16 @@ for stage in $STAGES; do
         --steps 600 --eval-every 120 --batch-size 16 --max-length 512 --eval-samples 256 --lr-grid \
         --seeds "$SEEDS" --data-dir "$DATA" --out "$OUT/gsm8k" --resume --threads "$THREADS" --no-progress ;;
     intruders)  # LoRA r = 1, 8, 64 and full fine-tuning, seeds 0-2: every matrix, the epsilon sweep
+      lost=()  # finished runs whose merged/ weights went with an earlier machine: replayed first
+      for run in "$OUT"/sst2/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2}; do
+        name=$(basename "$run")
+        [ -d "$run/merged" ] || [ -f "$OUT/sst2/intruders/$name/run.json" ] && continue
+        grep -q '"status": "finished"' "$run/run.json" 2>/dev/null && lost+=("$name")
+      done
+      if [ ${#lost[@]} -gt 0 ]; then
+        python -m lowrank_lab.finetune --task sst2 --out "$OUT/sst2" --data-dir "$DATA" --threads "$THREADS" \
+          --rebuild-merged "$(IFS=,; echo "${lost[*]}")" --replace-different --no-progress
+      fi
       for run in "$OUT"/sst2/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2}; do
         name=$(basename "$run")
         [ -f "$OUT/sst2/intruders/$name/run.json" ] && continue
