@@ -22,9 +22,10 @@ from lowrank_lab.training.config import (
     LR_SOURCES,
     RunConfig,
 )
+from lowrank_lab.training.forgetting import measure_forgetting
 from lowrank_lab.training.loop import Interrupted
 from lowrank_lab.training.selection import parse_grid
-from lowrank_lab.training.study import measure_forgetting, rebuild_merged, run_study, summarize_existing
+from lowrank_lab.training.study import rebuild_merged, run_study, summarize_existing
 from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, HubDataset, TaskSpec, default_data_dir, get_task
 from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, sigterm_as_interrupt
 

@@ -402,7 +402,8 @@ def study_claims(
 ) -> list[dict[str, Any]]:
     """:func:`claim_rows` of one study folder (its runs, baselines.json, intruder counts and
     forgetting.csv)."""
-    from .study import intruder_counts_by_run, read_forgetting
+    from .forgetting import read_forgetting
+    from .study import intruder_counts_by_run
     from .summary import load_records
 
     out = Path(out)

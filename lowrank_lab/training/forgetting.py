@@ -10,15 +10,22 @@ protocol" proposes this measure). No task head and no training is involved: only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from lowrank_lab.utils.files import write_frame
+
+from .config import RunConfig
 from .metrics import spearman
-from .tasks import Example
+from .models import load_tokenizer
+from .summary import load_records
+from .tasks import Example, TaskSpec, get_task, load_examples
 
 #: Token budget per sentence when embedding STS-B (its sentences are short: the longest dev pair
 #: member is well under 128 MiniLM tokens).
@@ -59,3 +66,85 @@ def load_encoder(path: str | Path) -> nn.Module:
     from transformers import AutoModel
 
     return AutoModel.from_pretrained(str(path), local_files_only=True).float()
+
+
+def measure_forgetting(
+    out: str | Path,
+    spec: TaskSpec,
+    *,
+    data_dir: str | Path | Any,
+    runs: Sequence[str] = (),
+    say: Callable[[str], None] | None = None,
+) -> Path:
+    """Add to ``out/forgetting.csv`` the STS-B forgetting (:mod:`.forgetting`) of every finished run
+    with ``merged/`` weights not measured yet (or of ``runs``); returns the file's path.
+
+    Columns: run, method, rank, seed, base_spearman (the pre-trained encoder's), tuned_spearman,
+    drop (= base − tuned: positive means the run forgot part of the encoder's own skill).
+    """
+    import pandas as pd
+
+    from .forgetting import load_encoder, sts_spearman
+
+    say = say or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    out = Path(out)
+    path = out / FORGETTING_CSV
+    done = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FORGETTING_COLUMNS)
+    found = load_records(sorted(out.glob("runs/*/run.json")))
+    records = {RunConfig.from_dict(r["config"]).run_name(): r for r in found}
+    unknown = sorted(set(runs) - set(records))
+    if unknown:
+        raise ValueError(f"--forgetting: no run {', '.join(unknown)} under {out / 'runs'}")
+    todo = [
+        n
+        for n in (runs or sorted(records))
+        if records[n].get("status") == "finished"
+        and (out / "runs" / n / "merged").is_dir()
+        and n not in set(done["run"].astype(str))
+    ]
+    if not todo:
+        say(f"forgetting: nothing to measure in {out} (finished runs with merged/ all done)")
+        return path
+    pairs = load_examples("stsb", data_dir, "eval")
+    model = records[todo[0]]["config"]["model"]
+    from lowrank_lab.weights import load_hf_model
+
+    tok = load_tokenizer(model, get_task("stsb"))
+    base = sts_spearman(load_hf_model(model, head="base").float(), tok, pairs)
+    rows = []
+    for name in tqdm(todo, desc="forgetting (STS-B)", unit="run", file=sys.stderr):
+        tuned = sts_spearman(load_encoder(out / "runs" / name / "merged"), tok, pairs)
+        cfg = records[name]["config"]
+        rows.append(
+            {
+                "run": name,
+                "method": cfg["method"],
+                "rank": cfg["rank"],
+                "seed": cfg["seed"],
+                "base_spearman": base,
+                "tuned_spearman": tuned,
+                "drop": base - tuned,
+            }
+        )
+    frame = pd.concat([done, pd.DataFrame(rows, columns=FORGETTING_COLUMNS)], ignore_index=True)
+    write_frame(frame, path)
+    say(f"forgetting: base encoder {base:.4f}; measured {len(rows)} runs into {path}")
+    return path
+
+
+FORGETTING_COLUMNS = ["run", "method", "rank", "seed", "base_spearman", "tuned_spearman", "drop"]
+
+
+FORGETTING_CSV = "forgetting.csv"
+
+
+def read_forgetting(out: Path) -> dict[str, float]:
+    """Run name -> forgetting (the drop of the STS-B dev Spearman correlation of the encoder's
+    mean-pooled cosine similarities, base minus tuned) from ``out/forgetting.csv``."""
+    import pandas as pd
+
+    path = Path(out) / FORGETTING_CSV
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path)
+    return {str(r.run): float(r.drop) for r in frame.itertuples() if pd.notna(r.drop)}

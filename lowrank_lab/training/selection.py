@@ -26,11 +26,15 @@ on :data:`HEAD_GRID_CENTRE`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from .config import HEAD_ONLY, default_lr, method_family
+from lowrank_lab.utils.files import write_frame
+
+from .config import HEAD_ONLY, RunConfig, default_lr, method_family
+from .tasks import TaskSpec
 
 #: Multipliers of a family's published rate in the default grid.
 GRID_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -182,3 +186,173 @@ def choose(method: str, records: Sequence[Mapping[str, Any]], *, higher_is_bette
     if len(rates) > 1 and best[1] in (rates[0], rates[-1]):
         edge = " (at the edge of the grid: widen it)"
     return Choice(method, best[1], best[0], f"best validation metric of {len(eligible)} usable rates{edge}")
+
+
+# -- the selection stage of a study ----------------------------------------------------------
+
+
+def selection_dir(out: Path, cfg: RunConfig) -> Path:
+    """``out/select/<run>-lr<rate>``: one selection run of ``cfg`` at its rate (head rate for the
+    head-only control)."""
+    rate = cfg.head_lr if cfg.method == HEAD_ONLY else cfg.lr
+    return Path(out) / "select" / f"{cfg.run_name()}-lr{rate:.3g}"
+
+
+def select_rates(
+    runner: Any,
+    base: RunConfig,
+    methods: Sequence[str],
+    grid: dict[str, list[float]],
+    seed: int,
+    out: Path,
+) -> tuple[dict[str, Choice], float]:
+    """The selection protocol of this module's docstring, on ``runner`` (the study's run loop:
+    ``runner.run(configs, dir_of, desc, score_dev=False)`` and ``runner.spec``); returns each
+    method's choice and the head rate. Writes ``selection.csv`` and ``figures/lr_selection.png``."""
+    spec = runner.spec
+    rows: list[dict[str, Any]] = []
+    head_lr = base.resolved_head_lr()
+    choices: dict[str, Choice] = {}
+    def select(method: str, rates: list[float], make: Callable[[float], RunConfig], which: str) -> Choice:
+        # the grid, then one step beyond an edge that holds the best rate (selection.extension)
+        cfgs: list[RunConfig] = []
+        recs: list[dict[str, Any]] = []
+        todo = list(rates)
+        for _ in range(MAX_EXTENSIONS + 1):
+            new = [make(r) for r in todo]
+            got, _ = runner.run(
+                new, lambda c: selection_dir(out, c), f"{spec.name} select {method} rate", score_dev=False
+            )
+            cfgs, recs = cfgs + new, recs + got
+            tagged = _tagged(cfgs, recs, which)
+            best = choose(method, tagged, higher_is_better=spec.higher_is_better).lr
+            scores = {t["selection_lr"]: (t["val_metric"] if _usable_selection(t) else None) for t in tagged}
+            nxt = extension(scores, best, higher_is_better=spec.higher_is_better)
+            if nxt is None:
+                break
+            todo = [nxt]
+        return _choice(method, cfgs, recs, spec, rows, which)
+
+    if spec.kind != "causal-lm" and base.head_lr is None:
+        # A new head trains: its rate first, with the head-only control (a --head-lr given with
+        # --lr-grid is taken as already selected, e.g. by the study's rank-8 runs).
+        choice = select(
+            HEAD_ONLY,
+            grid_for(HEAD_ONLY, spec.name, spec.kind, grid),
+            lambda r: replace(base, method=HEAD_ONLY, seed=seed, head_lr=r, save_merged=False),
+            "head_lr",
+        )
+        choices[HEAD_ONLY] = choice
+        if choice.lr is None:
+            write_selection(out, rows, choices)
+            raise ValueError(
+                f"no head learning rate trains the head-only control ({choice.reason}); see "
+                f"{Path(out) / 'selection.csv'} and widen the head grid, e.g. --lr-grid head=1e-3,1e-2,1e-1"
+            )
+        head_lr = choice.lr
+    else:
+        choices[HEAD_ONLY] = Choice(HEAD_ONLY, head_lr, None, "given (--head-lr), not selected here")
+    for method in methods:
+        if method == HEAD_ONLY:
+            continue
+        choices[method] = select(
+            method,
+            grid_for(method, spec.name, spec.kind, grid),
+            lambda r, m=method: replace(base, method=m, seed=seed, lr=r, head_lr=head_lr, save_merged=False),
+            "lr",
+        )
+    write_selection(out, rows, choices)
+    return choices, head_lr
+
+
+def _choice(
+    method: str,
+    cfgs: Sequence[RunConfig],
+    recs: Sequence[dict[str, Any]],
+    spec: TaskSpec,
+    rows: list[dict[str, Any]],
+    which: str,
+) -> Choice:
+    tagged = _tagged(cfgs, recs, which)
+    for cfg, rec in zip(cfgs, recs, strict=True):
+        rate = float(getattr(cfg, which))
+        rows.append(
+            {
+                "method": method,
+                "rank": cfg.rank,
+                "rate_of": which,
+                "lr": rate,
+                "val_metric": rec.get("val_metric"),
+                "status": rec.get("status"),
+                "collapsed": rec.get("val_collapsed"),
+                "steps_done": rec.get("steps_done"),
+            }
+        )
+    choice = choose(method, tagged, higher_is_better=spec.higher_is_better)
+    for row in rows:
+        if row["method"] == method:
+            row["chosen"] = choice.lr is not None and row["lr"] == choice.lr
+    return choice
+
+
+def _usable_selection(rec: dict[str, Any]) -> bool:
+    ok = rec.get("status") == "finished" and not rec.get("val_collapsed")
+    return ok and rec.get("val_metric") is not None
+
+
+def _tagged(cfgs: Sequence[RunConfig], recs: Sequence[dict[str, Any]], which: str) -> list[dict[str, Any]]:
+    return [{**rec, "selection_lr": float(getattr(c, which))} for c, rec in zip(cfgs, recs, strict=True)]
+
+
+def write_selection(out: Path, rows: list[dict[str, Any]], choices: dict[str, Choice]) -> Path:
+    """``selection.csv`` (one row per method and rate) and ``figures/lr_selection.png``."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=SELECTION_COLUMNS)
+    path = Path(out) / "selection.csv"
+    if path.is_file():  # another call's selections (other methods or ranks) stay
+        old = pd.read_csv(path)
+        if list(old.columns) == SELECTION_COLUMNS:
+            key = ["method", "rank", "rate_of", "lr"]
+            seen = set(map(tuple, frame[key].astype(str).values))
+            keep = old[[tuple(k) not in seen for k in old[key].astype(str).values]]
+            frame = pd.concat([keep, frame], ignore_index=True)
+    write_frame(frame, path)
+    if not frame.empty:
+        from .figures import lr_selection  # matplotlib only where a figure is drawn
+
+        lr_selection(frame, Path(out) / "figures" / "lr_selection.png")
+    return path
+
+
+SELECTION_COLUMNS = [
+    "method",
+    "rank",
+    "rate_of",
+    "lr",
+    "val_metric",
+    "status",
+    "collapsed",
+    "steps_done",
+    "chosen",
+]
+
+
+def selection_line(out: Path) -> str | None:
+    """The chosen rate per method from ``selection.csv`` (None without one), for summary.md."""
+    import pandas as pd
+
+    path = Path(out) / "selection.csv"
+    if not path.is_file():
+        return None
+    sel = pd.read_csv(path)
+    chosen = sel[sel["chosen"].fillna(False).astype(bool)]
+    picked = ", ".join(
+        f"{r.method}{'' if r.rank == 8 else f' r{r.rank}'} {r.lr:g}" for r in chosen.itertuples()
+    )
+    none = sorted(set(sel["method"]) - set(chosen["method"]))
+    text = (
+        f"selected per method on the validation split (selection.csv, figures/lr_selection.png; "
+        f"{sel.groupby(['method', 'rank']).size().max()} rates each): {picked}"
+    )
+    return text + (f"; no usable rate: {', '.join(none)}" if none else "")

@@ -41,9 +41,10 @@ from .batching import Encoder, batch_order, default_validation_size, eval_subset
 from .checkpoint import CHECKPOINT_META, read_checkpoint_meta, remove_checkpoint
 from .claims import BASELINES, claim_rows, read_baselines
 from .config import HEAD_ONLY, RunConfig, method_labeller
+from .forgetting import read_forgetting
 from .loop import train_run
 from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
-from .selection import MAX_EXTENSIONS, Choice, choose, extension, grid_for
+from .selection import select_rates, selection_line
 from .summary import (
     curves_frame,
     final_loss,
@@ -208,7 +209,7 @@ def run_study(
 
     result: dict[str, Any] = {}
     if lr_grid is not None:
-        choices, head_lr = _select_rates(runner, base, methods, lr_grid, selection_seed, out)
+        choices, head_lr = select_rates(runner, base, methods, lr_grid, selection_seed, out)
         result["selection"] = choices
         usable = [m for m in methods if choices[m].lr is not None]
         for m in methods:
@@ -388,164 +389,6 @@ class _Runner:
         return records, failed
 
 
-def selection_dir(out: Path, cfg: RunConfig) -> Path:
-    """``out/select/<run>-lr<rate>``: one selection run of ``cfg`` at its rate (head rate for the
-    head-only control)."""
-    rate = cfg.head_lr if cfg.method == HEAD_ONLY else cfg.lr
-    return Path(out) / "select" / f"{cfg.run_name()}-lr{rate:.3g}"
-
-
-def _select_rates(
-    runner: _Runner,
-    base: RunConfig,
-    methods: Sequence[str],
-    grid: dict[str, list[float]],
-    seed: int,
-    out: Path,
-) -> tuple[dict[str, Choice], float]:
-    """Selection stages 1-3 of :mod:`.selection`; returns each method's choice and the head rate."""
-    spec = runner.spec
-    rows: list[dict[str, Any]] = []
-    head_lr = base.resolved_head_lr()
-    choices: dict[str, Choice] = {}
-    def select(method: str, rates: list[float], make: Callable[[float], RunConfig], which: str) -> Choice:
-        # the grid, then one step beyond an edge that holds the best rate (selection.extension)
-        cfgs: list[RunConfig] = []
-        recs: list[dict[str, Any]] = []
-        todo = list(rates)
-        for _ in range(MAX_EXTENSIONS + 1):
-            new = [make(r) for r in todo]
-            got, _ = runner.run(
-                new, lambda c: selection_dir(out, c), f"{spec.name} select {method} rate", score_dev=False
-            )
-            cfgs, recs = cfgs + new, recs + got
-            tagged = _tagged(cfgs, recs, which)
-            best = choose(method, tagged, higher_is_better=spec.higher_is_better).lr
-            scores = {t["selection_lr"]: (t["val_metric"] if _usable_selection(t) else None) for t in tagged}
-            nxt = extension(scores, best, higher_is_better=spec.higher_is_better)
-            if nxt is None:
-                break
-            todo = [nxt]
-        return _choice(method, cfgs, recs, spec, rows, which)
-
-    if spec.kind != "causal-lm" and base.head_lr is None:
-        # A new head trains: its rate first, with the head-only control (a --head-lr given with
-        # --lr-grid is taken as already selected, e.g. by the study's rank-8 runs).
-        choice = select(
-            HEAD_ONLY,
-            grid_for(HEAD_ONLY, spec.name, spec.kind, grid),
-            lambda r: replace(base, method=HEAD_ONLY, seed=seed, head_lr=r, save_merged=False),
-            "head_lr",
-        )
-        choices[HEAD_ONLY] = choice
-        if choice.lr is None:
-            write_selection(out, rows, choices)
-            raise ValueError(
-                f"no head learning rate trains the head-only control ({choice.reason}); see "
-                f"{Path(out) / 'selection.csv'} and widen the head grid, e.g. --lr-grid head=1e-3,1e-2,1e-1"
-            )
-        head_lr = choice.lr
-    else:
-        choices[HEAD_ONLY] = Choice(HEAD_ONLY, head_lr, None, "given (--head-lr), not selected here")
-    for method in methods:
-        if method == HEAD_ONLY:
-            continue
-        choices[method] = select(
-            method,
-            grid_for(method, spec.name, spec.kind, grid),
-            lambda r, m=method: replace(base, method=m, seed=seed, lr=r, head_lr=head_lr, save_merged=False),
-            "lr",
-        )
-    write_selection(out, rows, choices)
-    return choices, head_lr
-
-
-def _choice(
-    method: str,
-    cfgs: Sequence[RunConfig],
-    recs: Sequence[dict[str, Any]],
-    spec: TaskSpec,
-    rows: list[dict[str, Any]],
-    which: str,
-) -> Choice:
-    tagged = _tagged(cfgs, recs, which)
-    for cfg, rec in zip(cfgs, recs, strict=True):
-        rate = float(getattr(cfg, which))
-        rows.append(
-            {
-                "method": method,
-                "rank": cfg.rank,
-                "rate_of": which,
-                "lr": rate,
-                "val_metric": rec.get("val_metric"),
-                "status": rec.get("status"),
-                "collapsed": rec.get("val_collapsed"),
-                "steps_done": rec.get("steps_done"),
-            }
-        )
-    choice = choose(method, tagged, higher_is_better=spec.higher_is_better)
-    for row in rows:
-        if row["method"] == method:
-            row["chosen"] = choice.lr is not None and row["lr"] == choice.lr
-    return choice
-
-
-def _usable_selection(rec: dict[str, Any]) -> bool:
-    ok = rec.get("status") == "finished" and not rec.get("val_collapsed")
-    return ok and rec.get("val_metric") is not None
-
-
-def _tagged(cfgs: Sequence[RunConfig], recs: Sequence[dict[str, Any]], which: str) -> list[dict[str, Any]]:
-    return [{**rec, "selection_lr": float(getattr(c, which))} for c, rec in zip(cfgs, recs, strict=True)]
-
-
-def write_selection(out: Path, rows: list[dict[str, Any]], choices: dict[str, Choice]) -> Path:
-    """``selection.csv`` (one row per method and rate) and ``figures/lr_selection.png``."""
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=SELECTION_COLUMNS)
-    path = Path(out) / "selection.csv"
-    if path.is_file():  # another call's selections (other methods or ranks) stay
-        old = pd.read_csv(path)
-        if list(old.columns) == SELECTION_COLUMNS:
-            key = ["method", "rank", "rate_of", "lr"]
-            seen = set(map(tuple, frame[key].astype(str).values))
-            keep = old[[tuple(k) not in seen for k in old[key].astype(str).values]]
-            frame = pd.concat([keep, frame], ignore_index=True)
-    _write_frame(frame, path)
-    if not frame.empty:
-        figs.lr_selection(frame, Path(out) / "figures" / "lr_selection.png")
-    return path
-
-
-def _write_frame(frame: Any, path: Path) -> None:
-    """``frame.to_csv(path)`` through a uniquely named temporary file beside it, renamed into place."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-SELECTION_COLUMNS = [
-    "method",
-    "rank",
-    "rate_of",
-    "lr",
-    "val_metric",
-    "status",
-    "collapsed",
-    "steps_done",
-    "chosen",
-]
-
-
 def _check_same_settings(cfg: RunConfig, spec: TaskSpec, stored: dict[str, Any], where: Path) -> None:
     """StudyResumeError unless ``stored`` (a run.json or checkpoint.json) has ``cfg``'s settings."""
     diff = cfg.differences(stored.get("config", {}))
@@ -688,113 +531,11 @@ def intruder_counts(out: Path, records: list[dict[str, Any]]) -> dict[str, list[
     return counts
 
 
-def selection_line(out: Path) -> str | None:
-    """The chosen rate per method from ``selection.csv`` (None without one), for summary.md."""
-    import pandas as pd
-
-    path = Path(out) / "selection.csv"
-    if not path.is_file():
-        return None
-    sel = pd.read_csv(path)
-    chosen = sel[sel["chosen"].fillna(False).astype(bool)]
-    picked = ", ".join(
-        f"{r.method}{'' if r.rank == 8 else f' r{r.rank}'} {r.lr:g}" for r in chosen.itertuples()
-    )
-    none = sorted(set(sel["method"]) - set(chosen["method"]))
-    text = (
-        f"selected per method on the validation split (selection.csv, figures/lr_selection.png; "
-        f"{sel.groupby(['method', 'rank']).size().max()} rates each): {picked}"
-    )
-    return text + (f"; no usable rate: {', '.join(none)}" if none else "")
-
-
-def measure_forgetting(
-    out: str | Path,
-    spec: TaskSpec,
-    *,
-    data_dir: str | Path | Any,
-    runs: Sequence[str] = (),
-    say: Callable[[str], None] | None = None,
-) -> Path:
-    """Add to ``out/forgetting.csv`` the STS-B forgetting (:mod:`.forgetting`) of every finished run
-    with ``merged/`` weights not measured yet (or of ``runs``); returns the file's path.
-
-    Columns: run, method, rank, seed, base_spearman (the pre-trained encoder's), tuned_spearman,
-    drop (= base − tuned: positive means the run forgot part of the encoder's own skill).
-    """
-    import pandas as pd
-
-    from .forgetting import load_encoder, sts_spearman
-
-    say = say or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    out = Path(out)
-    path = out / FORGETTING_CSV
-    done = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FORGETTING_COLUMNS)
-    found = load_records(sorted(out.glob("runs/*/run.json")))
-    records = {RunConfig.from_dict(r["config"]).run_name(): r for r in found}
-    unknown = sorted(set(runs) - set(records))
-    if unknown:
-        raise ValueError(f"--forgetting: no run {', '.join(unknown)} under {out / 'runs'}")
-    todo = [
-        n
-        for n in (runs or sorted(records))
-        if records[n].get("status") == "finished"
-        and (out / "runs" / n / "merged").is_dir()
-        and n not in set(done["run"].astype(str))
-    ]
-    if not todo:
-        say(f"forgetting: nothing to measure in {out} (finished runs with merged/ all done)")
-        return path
-    pairs = load_examples("stsb", data_dir, "eval")
-    model = records[todo[0]]["config"]["model"]
-    from lowrank_lab.weights import load_hf_model
-
-    tok = load_tokenizer(model, get_task("stsb"))
-    base = sts_spearman(load_hf_model(model, head="base").float(), tok, pairs)
-    rows = []
-    for name in tqdm(todo, desc="forgetting (STS-B)", unit="run", file=sys.stderr):
-        tuned = sts_spearman(load_encoder(out / "runs" / name / "merged"), tok, pairs)
-        cfg = records[name]["config"]
-        rows.append(
-            {
-                "run": name,
-                "method": cfg["method"],
-                "rank": cfg["rank"],
-                "seed": cfg["seed"],
-                "base_spearman": base,
-                "tuned_spearman": tuned,
-                "drop": base - tuned,
-            }
-        )
-    frame = pd.concat([done, pd.DataFrame(rows, columns=FORGETTING_COLUMNS)], ignore_index=True)
-    _write_frame(frame, path)
-    say(f"forgetting: base encoder {base:.4f}; measured {len(rows)} runs into {path}")
-    return path
-
-
-FORGETTING_COLUMNS = ["run", "method", "rank", "seed", "base_spearman", "tuned_spearman", "drop"]
-
-
 def write_baselines(out: Path, data: StudyData) -> Path:
     """``out/baselines.json``: :meth:`StudyData.baselines`, which the claims' gates read."""
     path = Path(out) / BASELINES
     write_run_json(path, data.baselines())
     return path
-
-
-FORGETTING_CSV = "forgetting.csv"
-
-
-def read_forgetting(out: Path) -> dict[str, float]:
-    """Run name -> forgetting (the drop of the STS-B dev Spearman correlation of the encoder's
-    mean-pooled cosine similarities, base minus tuned) from ``out/forgetting.csv``."""
-    import pandas as pd
-
-    path = Path(out) / FORGETTING_CSV
-    if not path.is_file():
-        return {}
-    frame = pd.read_csv(path)
-    return {str(r.run): float(r.drop) for r in frame.itertuples() if pd.notna(r.drop)}
 
 
 def write_study_outputs(

@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 class OutputDirError(ValueError):
@@ -99,6 +99,14 @@ def atomic_write_text(path: str | Path, text: str, option: str = "--out") -> Pat
     """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path, option) as tmp:
         tmp.write_text(text)
+    return Path(path)
+
+
+def write_frame(frame: Any, path: str | Path, option: str = "--out") -> Path:
+    """``frame.to_csv(path, index=False)`` atomically (see :func:`atomic_path`): a pandas table that
+    is rewritten whole (a study's selection.csv, forgetting.csv)."""
+    with atomic_path(path, option) as tmp:
+        frame.to_csv(tmp, index=False)
     return Path(path)
 
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from lowrank_lab.finetune import main as finetune_main
-from lowrank_lab.training.forgetting import embed, sts_spearman
-from lowrank_lab.training.study import measure_forgetting
+from lowrank_lab.training.forgetting import embed, measure_forgetting, sts_spearman
 from lowrank_lab.training.tasks import get_task, load_examples
 
 
