@@ -8,6 +8,7 @@ import pytest
 
 from lowrank_lab.claims import main as claims_main
 from lowrank_lab.training.claims import CLAIMS, COLUMNS, GATE_MARGIN, claim_rows, usable
+from lowrank_lab.training.stats import VERDICTS
 from lowrank_lab.training.tasks import get_task
 
 SST2 = get_task("sst2")
@@ -157,3 +158,24 @@ def test_forgetting_claim_is_a_spearman_correlation_across_runs():
 def test_claims_cli_writes_csv_and_md_and_names_a_bad_folder(tmp_path, capsys):
     assert claims_main(["--studies", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "no runs/ folder; pass a finetune --out folder" in capsys.readouterr().err
+
+
+def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled, tmp_path, capsys):
+    from .test_study import _run
+
+    study = tmp_path / "study"
+    _run(glue_dir, study, bert_tokenizer, tiny_pooled(2), methods=("lora", "full", "head", "pissa"),
+         seeds=(0, 1), base={"steps": 4, "val_samples": 12, "eval_every": 2})
+    argv = ["--studies", str(study), "--out", str(tmp_path / "r"), "--data-dir", str(glue_dir)]
+    assert claims_main(argv) == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "r" / "claims.csv")
+    assert list(table.columns) == COLUMNS and set(table["task"]) == {"sst2"}
+    assert set(table["verdict"]) <= set(VERDICTS)
+    pissa = table[table["method_b"].eq("lora") & table["method_a"].eq("pissa")]
+    assert len(pissa) == 2 and set(pissa["n_seeds"]) <= {0, 2}  # final metric and convergence
+    md = (tmp_path / "r" / "claims.md").read_text()
+    assert md.startswith("# Claims at this scale") and "## sst2" in md and "Gates:" in md
+    assert (study / "baselines.json").is_file()  # written by the study (the CLI makes it when missing)
+    assert "wrote" in capsys.readouterr().out

@@ -168,3 +168,11 @@ def test_a_best_rate_at_the_grid_edge_extends_the_grid(glue_dir, bert_tokenizer,
     rates = sorted(sel["lr"])
     assert rates[:2] == [3e-2, 1e-1] and 2 < len(rates) <= 2 + MAX_EXTENSIONS
     assert rates[2] == pytest.approx(0.333)  # one grid step (x 10/3) beyond 0.1
+
+
+def test_epochs_set_the_steps_from_the_training_split(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
+    # 60 SST-2 fixture rows, 12 held out for validation: 48 train; 1.5 epochs of batch 4 = 18 steps
+    res = _run(glue_dir, tmp_path / "ep", bert_tokenizer, tiny_bert(2), methods=("lora",),
+               base={"epochs": 1.5, "val_samples": 12, "eval_every": 0})
+    rec = res["records"][0]
+    assert rec["config"]["steps"] == 18 and rec["config"]["epochs"] == 1.5 and rec["steps_done"] == 18
