@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from lowrank_lab.adapters import ADAPTERS
 from lowrank_lab.training.config import (
     DEFAULT_HEAD_LR,
     DEFAULT_LR,
@@ -30,9 +32,17 @@ from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, HubDataset, TaskSpec
 from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, sigterm_as_interrupt
 
 DEFAULT_METHODS = "lora,pissa,nlora,inttune,full"
+# the registry names the methods once; the help lists them from it
+_METHOD_LIST = "\n  ".join(textwrap.wrap(", ".join(ADAPTERS), 90, break_on_hyphens=False))
 
 EPILOG = f"""
 examples:
+  # issue 15's protocol: each method's rate selected on a validation split carved from the training
+  # data (five rates, 0.1x-10x the published one; the head's first), then 5 paired seeds judged on dev
+  python -m lowrank_lab.finetune --task sst2 --methods lora,full,head,pissa --steps 600 --eval-every 120 \
+      --lr-grid --seeds 0,1,2,3,4 --out reports/study/sst2 --resume
+  # every run of the study: the encoder's STS-B skill lost (forgetting.csv), for the intruders claim
+  python -m lowrank_lab.finetune --task sst2 --out reports/study/sst2 --forgetting
   # issue 7's study: SST-2 with MiniLM, five methods, three seeds
   python -m lowrank_lab.finetune --task sst2 --model minilm --methods lora,pissa,nlora,inttune,full \\
       --rank 8 --steps 300 --seeds 0,1,2 --data-dir ../shared/data --out reports/finetune/sst2
@@ -49,16 +59,17 @@ examples:
   python -m lowrank_lab.finetune --task sst2 --out reports/finetune/sst2 --summary-only
 
 tasks: {", ".join(f"{k} ({v.metric})" for k, v in TASKS.items())}
-methods: every name of lowrank_lab.adapters.ADAPTERS (lora, pissa, pissa-fast, milora, olora,
-  lora-xs, lora-sb, slora, nlora, nlora-pinv, nlora-sketch, inttune, loldu, full, gaussian, orthogonal,
-  mica, eva, corda-ipm, corda-kpm, lora-ga, lora-one, loftq) plus '{HEAD_ONLY}'
+methods: every name of lowrank_lab.adapters.ADAPTERS ({_METHOD_LIST}) plus '{HEAD_ONLY}'
   (no adapter: only the task head trains — the control that shows what the head alone reaches).
 default learning rates (--lr overrides): {", ".join(f"{f}/{k}: {v:g}" for (f, k), v in DEFAULT_LR.items())};
   the GLUE task head: {DEFAULT_HEAD_LR:g} for every method (--head-lr)
   sources — {"; ".join(f"{k}: {v}" for k, v in LR_SOURCES.items())}
-outputs in --out: runs/<run>/run.json (config, per-step loss, evals, wall time, peak memory,
-  trainable params, init time), runs/<run>/merged/ (merged model, safetensors, for
-  `python -m lowrank_lab.intruders`), runs.csv, curves.csv (long format), summary.md, figures/*.png.
+default learning rates apply without --lr-grid; with it each method's rate is selected (selection.csv).
+outputs in --out: runs/<run>/run.json (config, per-step loss, validation evals, dev at the end, wall
+  time, peak memory, trainable params, init time), runs/<run>/merged/ (merged model, safetensors, for
+  `python -m lowrank_lab.intruders`), runs.csv, curves.csv (long format), baselines.json, summary.md,
+  figures/*.png; with --lr-grid also select/<run>-lr<rate>/ and selection.csv.
+one claims table over study folders: python -m lowrank_lab.claims --studies DIR [DIR ...] --out reports
 """
 
 
