@@ -531,6 +531,22 @@ def intruder_counts(out: Path, records: list[dict[str, Any]]) -> dict[str, list[
     return counts
 
 
+def baseline_line(baselines: dict[str, Any]) -> str:
+    """summary.md's line on the reference predictors a method must beat (baselines.json)."""
+    if "bigram" in baselines:
+        return (
+            f"Reference predictors on the same {baselines.get('dev_n')} eval examples, fitted on "
+            f"{baselines.get('ngram_fit_answers')} training answers: unigram {baselines['unigram']:.3f} and "
+            f"interpolated bigram {baselines['bigram']:.3f} nats/token (lambda "
+            f"{baselines.get('bigram_lambda')}, chosen on the validation split); a GSM8K claim is testable "
+            "only for methods below the bigram."
+        )
+    return (
+        f"Constant predictor (the training set's majority class, or 0 correlation) on the "
+        f"{baselines.get('dev_n')} dev examples: {baselines.get('constant_predictor', float('nan')):.4f}."
+    )
+
+
 def write_baselines(out: Path, data: StudyData) -> Path:
     """``out/baselines.json``: :meth:`StudyData.baselines`, which the claims' gates read."""
     path = Path(out) / BASELINES
@@ -551,6 +567,8 @@ def write_study_outputs(
     """Write curves.csv, the figures and summary.md from ``records``."""
     out = Path(out)
     curves_frame(records).to_csv(out / "curves.csv", index=False)
+    baselines = read_baselines(out)
+    notes = [*([baseline_line(baselines)] if baselines else []), *notes]
     title = f"Fine-tuning study: {spec.name}"
     fig_paths = []
     have = [r for r in records if r.get("train_loss")]
