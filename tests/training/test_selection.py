@@ -57,6 +57,8 @@ def test_bad_grid_value_exits_2_naming_it(capsys, tmp_path):
     code = finetune_main(["--task", "sst2", "--lr-grid", "lora=1e-4,-2", "--out", str(tmp_path / "o")])
     assert code == 2
     assert "learning rate '-2' must be positive" in capsys.readouterr().err
+    assert finetune_main(["--task", "sst2", "--lr-grid", "--lr", "1e-4", "--out", str(tmp_path / "o")]) == 2
+    assert "--lr sets one rate for every method, --lr-grid selects one" in capsys.readouterr().err
 
 
 def _rec(lr, val, status="finished", collapsed=False):
