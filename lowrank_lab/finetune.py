@@ -514,7 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--eval generate scores a causal LM's answers; task {spec.name} is {spec.kind}")
         grid = parse_grid(args.lr_grid)
         if grid is not None and args.lr is not None:
-            raise ValueError("--lr sets one rate for every method, --lr-grid selects one per method: give one")
+            raise ValueError(
+                "--lr sets one rate for every method, --lr-grid selects one per method: give one"
+            )
         with sigterm_as_interrupt():
             result = run_study(
                 base,
