@@ -620,13 +620,11 @@ def write_study_outputs(
 def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, **kw: Any) -> Path:
     """Rebuild summary.md and figures from the run.json files already under ``out/runs``."""
     out = Path(out)
-    recs = load_records(sorted((out / "runs").glob("*/run.json")))
-    recs = [
-        r
-        for r in recs
-        if r["config"]["task"] == spec.name
-        and (not methods or r["config"]["method"] in methods or method_labeller(recs)(r) in methods)
-    ]
+    found_records = load_records(sorted((out / "runs").glob("*/run.json")))
+    recs = [r for r in found_records if r["config"]["task"] == spec.name]
+    label = method_labeller(recs)  # once: it scans every record for the study's rank
+    if methods:
+        recs = [r for r in recs if r["config"]["method"] in methods or label(r) in methods]
     if not recs:
         raise FileNotFoundError(f"no run records for task {spec.name} under {out / 'runs'}")
     if not methods:
