@@ -190,14 +190,14 @@ def whole_run(method: str, spec, train, eval_, args, device) -> dict:
     cpu = time.process_time() - cpu0
     return {
         "method": method,
-        "steps": rec["steps_done"],
-        "status": rec["status"],
+        "steps": rec.steps_done,
+        "status": rec.status,
         "run wall s (load to merged saved)": wall,
         "run CPU s": cpu,
-        "train s": rec["train_seconds"],
-        "eval s": rec["eval_seconds"],
-        "s / step": rec["seconds_per_step"],
-        "final accuracy": rec["final_metric"],
+        "train s": rec.train_seconds,
+        "eval s": rec.eval_seconds,
+        "s / step": rec.seconds_per_step,
+        "final accuracy": rec.final_metric,
         f"≤ {BUDGET_SECONDS:.0f} s": "yes" if wall <= BUDGET_SECONDS else "NO",
     }
 

@@ -56,15 +56,14 @@ def _ensure_baselines(study: Path, data_dir: str | Path) -> None:
     """Write ``baselines.json`` of a study made before it existed, from its first record's config."""
     if (study / BASELINES).is_file():
         return
-    from lowrank_lab.training.config import RunConfig
+    from lowrank_lab.training.record import study_records
     from lowrank_lab.training.study import StudyData, write_baselines
-    from lowrank_lab.training.summary import load_records
     from lowrank_lab.training.tasks import get_task
 
-    recs = load_records(sorted((study / "runs").glob("*/run.json")))
+    recs = study_records(study)
     if not recs:
         return
-    cfg = RunConfig.from_dict(recs[0]["config"])
+    cfg = recs[0].config
     write_baselines(study, StudyData.load(get_task(cfg.task), cfg, data_dir))
 
 

@@ -542,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     recs = result["records"]
-    n_div = sum(r["status"] == "diverged" for r in recs)
+    n_div = sum(r.status == "diverged" for r in recs)
     print(f"{len(recs)} runs ({n_div} diverged, {result['failed']} failed); summary: {result['summary']}")
     return 1 if result["failed"] else 0
 

@@ -195,7 +195,7 @@ plt.show()
 # 300 steps on every linear map. Needs ../shared/data (GLUE SST-2); skipped without it.
 
 # %%
-from lowrank_lab.training.summary import load_records
+from lowrank_lab.training.record import study_records
 
 if nbs.shared_data() is None:
     print("../shared/data not found: the training comparison is skipped (set LOWRANK_LAB_SHARED_DATA)")
@@ -210,12 +210,12 @@ else:
                     "--eval-samples", "32", "--eval-every", "0", "--targets", "query,value"],
         full_argv=[*common, "--rank", "8", "--steps", "300", "--eval-samples", "256"],
     )
-    records = load_records(sorted(study.glob("runs/*/run.json")))
-    runs = pd.DataFrame([{"method": r["config"]["method"], "status": r["status"],
-                          "first_loss": r["train_loss"][0] if r["train_loss"] else None,
-                          "final_loss": r["train_loss"][-1] if r["train_loss"] else None,
-                          "initial_metric": r.get("initial_metric"), "final_metric": r.get("final_metric"),
-                          "trainable_params": r.get("trainable_params")} for r in records])
+    records = study_records(study)  # RunRecord: one per runs/<run>/run.json
+    runs = pd.DataFrame([{"method": r.method, "status": r.status,
+                          "first_loss": r.train_loss[0] if r.train_loss else None,
+                          "final_loss": r.train_loss[-1] if r.train_loss else None,
+                          "initial_metric": r.initial_metric, "final_metric": r.final_metric,
+                          "trainable_params": r.trainable_params} for r in records])
     nbs.save_table(runs, "03_training", source=NOTEBOOK,
                    title="SST-2 with MiniLM: Nyström variants vs LoRA/PiSSA")
     display(runs)
@@ -224,11 +224,11 @@ else:
 if records:
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     for r in records:
-        loss = np.asarray(r["train_loss"], dtype=float)
+        loss = np.asarray(r.train_loss, dtype=float)
         if loss.size:
             w = max(1, loss.size // 20)   # light smoothing for display only
             ax.plot(np.arange(1, loss.size + 1)[w - 1:], np.convolve(loss, np.ones(w) / w, "valid"),
-                    label=f'{r["config"]["method"]} ({r["status"]})')
+                    label=f"{r.method} ({r.status})")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss" + (f" (moving average of {w})" if w > 1 else ""))
     ax.set_title("SST-2, MiniLM, r = 8: training loss per init")

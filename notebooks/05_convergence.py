@@ -45,9 +45,9 @@ from lowrank_lab.training import get_task
 from lowrank_lab.training.claims import claim_rows, read_baselines
 from lowrank_lab.training.config import method_labeller
 from lowrank_lab.training.forgetting import read_forgetting
+from lowrank_lab.training.record import study_records
 from lowrank_lab.training.study import intruder_counts_by_run
 from lowrank_lab.training.summary import (
-    load_records,
     loss_threshold,
     method_rows,
     method_table,
@@ -81,10 +81,10 @@ else:
         full_argv=[*common, "--methods", "lora,slora,pissa,nlora,inttune,full", "--seeds", "0",
                    "--steps", "300", "--eval-samples", "256", "--eval-every", "50"],
     )
-records = {task: load_records(sorted(d.glob("runs/*/run.json"))) for task, d in studies.items()}
+records = {task: study_records(d) for task, d in studies.items()}  # RunRecord per runs/<run>/run.json
 COLORS = plt.get_cmap("tab20")  # the full study has 15 methods: tab10 would repeat colours
 for task, recs in records.items():
-    print(f"{task}: {len(recs)} runs,", pd.Series([r["status"] for r in recs]).value_counts().to_dict())
+    print(f"{task}: {len(recs)} runs,", pd.Series([r.status for r in recs]).value_counts().to_dict())
 
 # %% [markdown]
 # ## Loss curves per method (mean over seeds, band = min–max over seeds)
@@ -97,10 +97,11 @@ if records:
     fig, axes = plt.subplots(1, len(records), figsize=(6.5 * len(records), 4.2), squeeze=False,
                          layout="constrained")
     for ax, (task, recs) in zip(axes[0], records.items(), strict=True):
-        methods = list(dict.fromkeys(map(method_labeller(recs), recs)))  # lora@64: another rank
-        window = smoothing_window(max((len(r["train_loss"]) for r in recs), default=1))
+        label = method_labeller(recs)
+        methods = list(dict.fromkeys(map(label, recs)))  # lora@64: another rank
+        window = smoothing_window(max((len(r.train_loss) for r in recs), default=1))
         for k, m in enumerate(methods):
-            curves = [r["train_loss"] for r in recs if r["config"]["method"] == m and r["train_loss"]]
+            curves = [r.train_loss for r in recs if label(r) == m and r.train_loss]
             if not curves:
                 continue
             n = min(len(c) for c in curves)
@@ -110,8 +111,8 @@ if records:
                     label=f"{m} ({len(curves)} seed{'s' * (len(curves) > 1)})")
             if len(curves) > 1:
                 ax.fill_between(x, sm.min(0), sm.max(0), color=COLORS(k % 20), alpha=0.2, lw=0)
-        cfg = recs[0]["config"]
-        ax.set_title(f"{task}, {cfg['model']}, r = {cfg['rank']}, batch {cfg['batch_size']}")
+        cfg = recs[0].config
+        ax.set_title(f"{task}, {cfg.model}, r = {cfg.rank}, batch {cfg.batch_size}")
         ax.set_xlabel("step")
         ax.set_ylabel(f"training loss (moving average, {window} steps)")
         ax.grid(True, alpha=0.3)
@@ -125,14 +126,14 @@ if records:
                          layout="constrained")
     for ax, (task, recs) in zip(axes[0], records.items(), strict=True):
         spec = get_task(task)
-        methods = list(dict.fromkeys(map(method_labeller(recs), recs)))  # lora@64: another rank
+        label = method_labeller(recs)
+        methods = list(dict.fromkeys(map(label, recs)))  # lora@64: another rank
         for k, m in enumerate(methods):
-            evals = [r["eval"] for r in recs if r["config"]["method"] == m and r.get("eval")]
+            evals = [{e.step: e.metric for e in r.evals} for r in recs if label(r) == m and r.evals]
             if not evals:
                 continue
-            steps = sorted(set.intersection(*[{e["step"] for e in ev} for ev in evals]))
-            vals = np.array([[next(e["metric"] for e in ev if e["step"] == s) for s in steps]
-                             for ev in evals])  # (seeds, evaluations)
+            steps = sorted(set.intersection(*[set(ev) for ev in evals]))
+            vals = np.array([[ev[s] for s in steps] for ev in evals])  # (seeds, evaluations)
             ax.errorbar(steps, vals.mean(0), yerr=vals.std(0) if len(evals) > 1 else None, marker="o", ms=3,
                         color=COLORS(k % 20), capsize=2, label=m)
         ax.set_title(f"{task}: held-out {spec.metric} during training")

@@ -85,7 +85,7 @@ else:
 print(len(run_dirs), "fine-tuned models:", list(run_dirs))
 
 # %%
-import json
+from lowrank_lab.training.record import RunRecord
 
 rows, sweeps, intruder_dirs = [], [], {}
 for label, d in run_dirs.items():
@@ -97,8 +97,8 @@ for label, d in run_dirs.items():
         "intruders", name=f"06_intruders_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}",
         small_argv=["--base", "minilm", "--tuned", str(d), "--sweep", *targets],
         full_argv=["--base", "minilm", "--tuned", str(d), "--sweep"], saved=saved, marker="sweep.csv")
-    cfg = json.loads((d / "run.json").read_text())["config"]
-    info = {"run": label, "method": cfg["method"], "rank": cfg["rank"] if cfg["method"] != "full" else None,
+    cfg = RunRecord.read(d).config  # the fine-tuned run's record, runs/<run>/run.json
+    info = {"run": label, "method": cfg.method, "rank": cfg.rank if cfg.method != "full" else None,
             "study": in_study}
     per = pd.read_csv(out / "intruders.csv")
     per_matrix = per.groupby(["tensor", "module", "side"], sort=False)["intruder"].sum().reset_index()

@@ -4,13 +4,15 @@ time and memory (issue 7). The command line is ``python -m lowrank_lab.finetune`
 Components (each usable on its own): :mod:`.tasks` (GLUE/GSM8K readers, the task registry),
 :mod:`.batching` (deterministic order, tokenisation, padding), :mod:`.metrics`, :mod:`.config`
 (run settings and per-family learning rates with their sources), :mod:`.loop` (one run),
-:mod:`.study` (methods × seeds, records, resume), :mod:`.summary` and :mod:`.figures`.
+:mod:`.record` (the run record, run.json), :mod:`.study` (methods × seeds, records, resume),
+:mod:`.summary` and :mod:`.figures`.
 """
 
 from .batching import Encoder, batch_order, eval_subset
 from .config import DEFAULT_LR, HEAD_ONLY, LR_SOURCES, RunConfig, default_lr, method_family
 from .loop import Diverged, evaluate, task_loss, train_run
 from .metrics import METRICS, accuracy, average_ranks, matthews_corrcoef, spearman
+from .record import DevScore, EvalPoint, RunRecord, load_records, study_records
 from .study import StudyResumeError, run_study, summarize_existing
 from .tasks import (
     TASKS,
@@ -30,11 +32,14 @@ __all__ = [
     "LR_SOURCES",
     "METRICS",
     "TASKS",
+    "DevScore",
     "Diverged",
     "Encoder",
+    "EvalPoint",
     "Example",
     "HubDataset",
     "RunConfig",
+    "RunRecord",
     "StudyResumeError",
     "TaskDataError",
     "TaskFormatError",
@@ -48,10 +53,12 @@ __all__ = [
     "evaluate",
     "get_task",
     "load_examples",
+    "load_records",
     "matthews_corrcoef",
     "method_family",
     "run_study",
     "spearman",
+    "study_records",
     "summarize_existing",
     "task_loss",
     "train_run",

@@ -17,7 +17,7 @@ Gates decide first whether a task can test anything at this scale (:func:`task_g
   the paper's GSM8K claims.
 
 Runs are usable when finished and not collapsed (a constant predictor on dev, or a non-finite
-metric, :func:`usable`); collapsed runs are listed, never averaged in.
+metric, :attr:`~.record.RunRecord.usable`); collapsed runs are listed, never averaged in.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import method_labeller
+from .record import RunRecord, study_records
 from .stats import MIN_EFFECT, Paired, holm, paired, verdict
 from .tasks import TaskSpec, get_task
 
@@ -139,39 +140,22 @@ FORGETTING_CLAIM = Claim(
 )
 
 
-def usable(rec: Mapping[str, Any]) -> bool:
-    """Finished, with a finite final metric, and not collapsed to a constant predictor."""
-    value = rec.get("final_metric")
-    return (
-        rec.get("status") == "finished"
-        and value is not None
-        and math.isfinite(float(value))
-        and not rec.get("collapsed")
-    )
-
-
 def _signed(spec: TaskSpec, value: float) -> float:
     return value if spec.higher_is_better else -value
 
 
 def measure_of(
-    rec: Mapping[str, Any], measure: str, spec: TaskSpec, intruders: Mapping[str, float]
+    rec: RunRecord, measure: str, spec: TaskSpec, intruders: Mapping[str, float]
 ) -> float | None:
     """A run's value on ``measure``, signed so that larger is better for the claim's ``a``."""
     if measure == "final":
-        return _signed(spec, float(rec["final_metric"]))
+        return _signed(spec, float(rec.final_metric))  # type: ignore[arg-type]
     if measure == "loss_auc":
-        losses = rec.get("train_loss") or []
+        losses = rec.train_loss
         return -(sum(losses) / len(losses)) if losses else None  # lower loss = better
     if measure == "intruders":
-        return intruders.get(run_name(rec))  # more intruders = the claim's direction
+        return intruders.get(rec.run_name)  # more intruders = the claim's direction
     raise ValueError(f"unknown measure {measure!r}")
-
-
-def run_name(rec: Mapping[str, Any]) -> str:
-    from .config import RunConfig
-
-    return RunConfig.from_dict(rec["config"]).run_name()
 
 
 def min_effect(spec: TaskSpec, measure: str) -> float:
@@ -191,14 +175,14 @@ def read_baselines(out: str | Path) -> dict[str, Any]:
 
 
 def task_gate(
-    spec: TaskSpec, by_method: Mapping[str, list[Mapping[str, Any]]], baselines: Mapping[str, Any]
+    spec: TaskSpec, by_method: Mapping[str, list[RunRecord]], baselines: Mapping[str, Any]
 ) -> tuple[bool, str]:
     """(testable, reason) for a classification/regression task; see the module docstring."""
     if spec.kind == "causal-lm":
         return True, "per claim: both methods must beat the bigram"
 
     def mean(method: str) -> float | None:
-        vals = [float(r["final_metric"]) for r in by_method.get(method, []) if usable(r)]
+        vals = [float(r.final_metric) for r in by_method.get(method, []) if r.usable]  # type: ignore[arg-type]
         return sum(vals) / len(vals) if vals else None
 
     constant = baselines.get("constant_predictor")
@@ -218,13 +202,15 @@ def task_gate(
     return ok, f"{verdict_text} (margin {GATE_MARGIN:g} needed): " + "; ".join(parts)
 
 
-def _lm_gate(runs_a, runs_b, baselines: Mapping[str, Any], a: str, b: str) -> tuple[bool, str]:
+def _lm_gate(
+    runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord], baselines: Mapping[str, Any], a: str, b: str
+) -> tuple[bool, str]:
     bigram = baselines.get("bigram")
     if bigram is None:
         return False, "no bigram baseline (baselines.json) to gate against"
     means = {}
     for name, runs in ((a, runs_a), (b, runs_b)):  # the answer loss on dev, whatever the metric
-        vals = [float((r.get("dev") or {}).get("loss", r["final_metric"])) for r in runs]
+        vals = [float(r.dev_loss) for r in runs if r.dev_loss is not None]
         means[name] = sum(vals) / len(vals) if vals else math.inf
     worse = [f"{m} {v:.3f}" for m, v in means.items() if not v < bigram]
     shown = ", ".join(f"{m} {v:.3f}" for m, v in means.items())
@@ -239,7 +225,7 @@ def _lm_gate(runs_a, runs_b, baselines: Mapping[str, Any], a: str, b: str) -> tu
 
 def claim_rows(
     spec: TaskSpec,
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[RunRecord],
     *,
     baselines: Mapping[str, Any] | None = None,
     intruders: Mapping[str, float] | None = None,
@@ -250,9 +236,9 @@ def claim_rows(
     Spearman drop (None: those claims are "not testable: not measured")."""
     baselines = dict(baselines or {})
     intruders = dict(intruders or {})
-    if records and all(r.get("metric") == "exact_match" for r in records if usable(r)):
+    if records and all(r.final_metric_name == "exact_match" for r in records if r.usable):
         spec = replace(spec, metric="exact_match", higher_is_better=True)  # finetune --eval generate
-    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    by_method: dict[str, list[RunRecord]] = {}
     label = method_labeller(records)
     for rec in records:
         by_method.setdefault(label(rec), []).append(rec)
@@ -264,17 +250,15 @@ def claim_rows(
         if claim.tasks is not None and spec.name not in claim.tasks:
             continue
         row = _base_row(spec, claim)
-        runs_a = {r["config"]["seed"]: r for r in by_method.get(claim.a, [])}
-        runs_b = {r["config"]["seed"]: r for r in by_method.get(claim.b, [])}
-        good_a = {s: r for s, r in runs_a.items() if usable(r)}
-        good_b = {s: r for s, r in runs_b.items() if usable(r)}
-        collapsed = sorted(
-            run_name(r) for r in [*runs_a.values(), *runs_b.values()] if r.get("collapsed")
-        )
+        runs_a = {r.seed: r for r in by_method.get(claim.a, [])}
+        runs_b = {r.seed: r for r in by_method.get(claim.b, [])}
+        good_a = {s: r for s, r in runs_a.items() if r.usable}
+        good_b = {s: r for s, r in runs_b.items() if r.usable}
+        collapsed = sorted(r.run_name for r in [*runs_a.values(), *runs_b.values()] if r.collapsed)
         seeds = sorted(set(good_a) & set(good_b))
         if claim.measure == "intruders":
-            seeds = [s for s in seeds if {run_name(good_a[s]), run_name(good_b[s])} <= intruders.keys()]
-        row["runs"] = "; ".join(run_name(good_a[s]) + " vs " + run_name(good_b[s]) for s in seeds)
+            seeds = [s for s in seeds if {good_a[s].run_name, good_b[s].run_name} <= intruders.keys()]
+        row["runs"] = "; ".join(good_a[s].run_name + " vs " + good_b[s].run_name for s in seeds)
         if collapsed:
             row["runs"] += ("; " if row["runs"] else "") + "collapsed, left out: " + ", ".join(collapsed)
         if spec.kind == "causal-lm":
@@ -398,20 +382,19 @@ def _forgetting_row(spec: TaskSpec, intruders: Mapping[str, float], forgetting: 
 
 
 def study_claims(
-    out: str | Path, records: Sequence[Mapping[str, Any]] | None = None
+    out: str | Path, records: Sequence[RunRecord] | None = None
 ) -> list[dict[str, Any]]:
     """:func:`claim_rows` of one study folder (its runs, baselines.json, intruder counts and
     forgetting.csv)."""
     from .forgetting import read_forgetting
     from .study import intruder_counts_by_run
-    from .summary import load_records
 
     out = Path(out)
     if records is None:
-        records = load_records(sorted((out / "runs").glob("*/run.json")))
+        records = study_records(out)
     if not records:
         raise FileNotFoundError(f"no run records under {out / 'runs'}")
-    spec = get_task(records[0]["config"]["task"])
+    spec = get_task(records[0].task)
     forgetting = read_forgetting(out)
     return claim_rows(
         spec,

@@ -46,9 +46,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lowrank_lab.adapters import ADAPTERS
+
+if TYPE_CHECKING:
+    from .record import RunRecord
 
 #: A control run by this harness (not an adapter): no adapter, only the task head trains (a
 #: linear probe of the frozen model). Its metric is what the head alone achieves, so the gain of
@@ -90,28 +93,26 @@ def method_family(method: str) -> str:
     return "lora"
 
 
-def study_rank(records: Iterable[dict[str, Any]]) -> int | None:
+def study_rank(records: Iterable[RunRecord]) -> int | None:
     """The rank most of a study's adapter runs use (ties: the smaller), the one plain method names
     refer to; None without adapter runs."""
     counts: dict[int, int] = {}
     for rec in records:
-        cfg = rec["config"]
-        if cfg["method"] not in ("full", HEAD_ONLY):
-            counts[int(cfg["rank"])] = counts.get(int(cfg["rank"]), 0) + 1
+        if rec.method not in ("full", HEAD_ONLY):
+            counts[rec.rank] = counts.get(rec.rank, 0) + 1
     return min(counts, key=lambda r: (-counts[r], r)) if counts else None
 
 
-def method_labeller(records: Iterable[dict[str, Any]]) -> Callable[[dict[str, Any]], str]:
+def method_labeller(records: Iterable[RunRecord]) -> Callable[[RunRecord], str]:
     """How tables, figures and claims name a run's method within a study: ``lora`` at the study's
     rank (:func:`study_rank`), ``lora@64`` at another; ``full`` and the head-only control carry no rank."""
     rank = study_rank(records)
 
-    def label(rec: dict[str, Any]) -> str:
-        cfg = rec["config"]
-        method = cfg["method"]
-        if method in ("full", HEAD_ONLY) or rank is None or int(cfg["rank"]) == rank:
+    def label(rec: RunRecord) -> str:
+        method = rec.method
+        if method in ("full", HEAD_ONLY) or rank is None or rec.rank == rank:
             return method
-        return f"{method}@{int(cfg['rank'])}"
+        return f"{method}@{rec.rank}"
 
     return label
 

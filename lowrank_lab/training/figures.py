@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from .config import method_labeller  # noqa: E402
 from .metrics import METRIC_LABELS  # noqa: E402
+from .record import RunRecord  # noqa: E402
 from .summary import moving_average, smoothing_window  # noqa: E402
 from .tasks import TaskSpec  # noqa: E402
 
@@ -25,14 +26,14 @@ def _colors(methods: Sequence[str]) -> dict[str, Any]:
 
 
 def loss_curves(
-    records: list[dict[str, Any]], methods: Sequence[str], path: str | Path, *, title: str
+    records: list[RunRecord], methods: Sequence[str], path: str | Path, *, title: str
 ) -> Path:
     """Smoothed training loss per method: the mean over seeds as a line, min–max over seeds as a band."""
     colors = _colors(methods)
     label = method_labeller(records)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for m in methods:
-        curves = [r["train_loss"] for r in records if label(r) == m and r["train_loss"]]
+        curves = [r.train_loss for r in records if label(r) == m and r.train_loss]
         if not curves:
             continue
         n = min(len(c) for c in curves)  # a diverged seed shortens the common span
@@ -53,20 +54,20 @@ def loss_curves(
 
 
 def eval_curves(
-    records: list[dict[str, Any]], methods: Sequence[str], spec: TaskSpec, path: str | Path, *, title: str
+    records: list[RunRecord], methods: Sequence[str], spec: TaskSpec, path: str | Path, *, title: str
 ) -> Path:
     """Eval metric at each evaluation step: mean over seeds with a min–max band."""
     colors = _colors(methods)
     label = method_labeller(records)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for m in methods:
-        evals = [r["eval"] for r in records if label(r) == m and r.get("eval")]
+        evals = [{e.step: e.metric for e in r.evals} for r in records if label(r) == m and r.evals]
         if not evals:
             continue
-        steps = sorted(set.intersection(*[{e["step"] for e in ev} for ev in evals]))
+        steps = sorted(set.intersection(*[set(ev) for ev in evals]))
         if not steps:
             continue
-        vals = np.array([[next(e["metric"] for e in ev if e["step"] == s) for s in steps] for ev in evals])
+        vals = np.array([[ev[s] for s in steps] for ev in evals])
         ax.plot(steps, vals.mean(0), marker="o", ms=3, color=colors[m], label=m)
         if len(evals) > 1:
             ax.fill_between(steps, vals.min(0), vals.max(0), color=colors[m], alpha=0.2, linewidth=0)
@@ -103,8 +104,8 @@ def metric_vs_params(rows: list[dict[str, Any]], spec: TaskSpec, path: str | Pat
     return _save(fig, path)
 
 
-def _max_steps(records: list[dict[str, Any]]) -> int:
-    return max((len(r["train_loss"]) for r in records), default=1)
+def _max_steps(records: list[RunRecord]) -> int:
+    return max((len(r.train_loss) for r in records), default=1)
 
 
 def _save(fig, path: str | Path) -> Path:

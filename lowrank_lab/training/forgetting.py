@@ -21,10 +21,9 @@ from tqdm.auto import tqdm
 
 from lowrank_lab.utils.files import write_frame
 
-from .config import RunConfig
 from .metrics import spearman
 from .models import load_tokenizer
-from .summary import load_records
+from .record import study_records
 from .tasks import Example, TaskSpec, get_task, load_examples
 
 #: Token budget per sentence when embedding STS-B (its sentences are short: the longest dev pair
@@ -90,15 +89,14 @@ def measure_forgetting(
     out = Path(out)
     path = out / FORGETTING_CSV
     done = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FORGETTING_COLUMNS)
-    found = load_records(sorted(out.glob("runs/*/run.json")))
-    records = {RunConfig.from_dict(r["config"]).run_name(): r for r in found}
+    records = {r.run_name: r for r in study_records(out)}
     unknown = sorted(set(runs) - set(records))
     if unknown:
         raise ValueError(f"--forgetting: no run {', '.join(unknown)} under {out / 'runs'}")
     todo = [
         n
         for n in (runs or sorted(records))
-        if records[n].get("status") == "finished"
+        if records[n].finished
         and (out / "runs" / n / "merged").is_dir()
         and n not in set(done["run"].astype(str))
     ]
@@ -106,7 +104,7 @@ def measure_forgetting(
         say(f"forgetting: nothing to measure in {out} (finished runs with merged/ all done)")
         return path
     pairs = load_examples("stsb", data_dir, "eval")
-    model = records[todo[0]]["config"]["model"]
+    model = records[todo[0]].config.model
     from lowrank_lab.weights import load_hf_model
 
     tok = load_tokenizer(model, get_task("stsb"))
@@ -114,13 +112,13 @@ def measure_forgetting(
     rows = []
     for name in tqdm(todo, desc="forgetting (STS-B)", unit="run", file=sys.stderr):
         tuned = sts_spearman(load_encoder(out / "runs" / name / "merged"), tok, pairs)
-        cfg = records[name]["config"]
+        rec = records[name]
         rows.append(
             {
                 "run": name,
-                "method": cfg["method"],
-                "rank": cfg["rank"],
-                "seed": cfg["seed"],
+                "method": rec.method,
+                "rank": rec.rank,
+                "seed": rec.seed,
                 "base_spearman": base,
                 "tuned_spearman": tuned,
                 "drop": base - tuned,

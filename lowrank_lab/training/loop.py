@@ -50,6 +50,7 @@ from .checkpoint import (
 from .config import HEAD_ONLY, RunConfig
 from .metrics import METRICS
 from .models import count_parameters, head_parameters
+from .record import DevScore, EvalPoint, RunRecord
 from .tasks import TaskSpec
 
 
@@ -317,8 +318,8 @@ def train_run(
     step_callback: Callable[[int, float], None] | None = None,
     checkpoint_seconds: float = 0.0,
     resume: bool = False,
-) -> dict[str, Any]:
-    """Train one (method, seed) run and return its record.
+) -> RunRecord:
+    """Train one (method, seed) run and return its record (:class:`~.record.RunRecord`).
 
     Parameters
     ----------
@@ -350,18 +351,18 @@ def train_run(
 
     Returns
     -------
-    dict
+    RunRecord
         ``status`` ("finished" | "diverged"), ``message`` (why it stopped), ``train_loss`` (one
-        float per step done), ``eval`` (``{"step", "metric", "loss", "seconds"}`` at step 0 =
-        before training, every ``eval_every`` steps and at the last step), ``initial_metric``,
-        ``final_metric`` (None unless finished), ``eval_n``; ``lr``, ``head_lr``;
-        ``trainable_params`` = ``adapter_params`` + ``head_params``, ``base_params``, ``injection``
-        (the adapter's InjectionReport totals); ``init_seconds`` (inject, CUDA-synchronised),
-        ``train_seconds`` (steps only), ``eval_seconds``, ``seconds_per_step``, ``run_seconds``;
-        ``peak_memory_mb`` with ``memory_kind`` ("rss": the whole process, sampled every step;
-        "cuda_max_allocated") and ``memory_start_mb``; ``merged_dir`` when weights were saved;
-        ``resumed_at`` (the steps a checkpoint restored the run at; times and peak memory add up
-        over those sessions).
+        float per step done), ``evals`` (at step 0 = before training, every ``eval_every`` steps
+        and at the last step), ``dev`` (after the last step, with a ``dev`` split),
+        ``initial_metric``, ``val_metric``, ``final_metric`` (None unless finished), ``collapsed``,
+        ``eval_n``; ``lr``, ``head_lr``; ``trainable_params`` = ``adapter_params`` +
+        ``head_params``, ``base_params``, ``injection`` (the adapter's InjectionReport totals);
+        ``init_seconds`` (inject, CUDA-synchronised), ``train_seconds`` (steps only),
+        ``eval_seconds``, ``seconds_per_step``, ``run_seconds``; ``peak_memory_mb`` with
+        ``memory_kind`` ("rss": the whole process, sampled every step; "cuda_max_allocated") and
+        ``memory_start_mb``; ``merged_dir`` when weights were saved; ``resumed_at`` (the steps a
+        checkpoint restored the run at; times and peak memory add up over those sessions).
 
     Raises
     ------
@@ -369,8 +370,8 @@ def train_run(
         On KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) after saving a checkpoint of
         the last finished step, unless the interruption came inside an optimizer update, where
         the last periodic checkpoint stands.
-        :func:`~lowrank_lab.training.study.run_study` adds ``config``, ``meta`` (command,
-        versions, device, git commit) and ``wall_seconds`` when it writes ``run.json``.
+        :func:`~lowrank_lab.training.study.run_study` adds ``meta`` (command, versions, device,
+        git commit) and ``wall_seconds`` when it writes ``run.json``.
     """
     trainer = Trainer(
         cfg,
@@ -460,16 +461,9 @@ class Trainer:
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg.steps, cfg.warmup_ratio))
-        self.record: dict[str, Any] = {
-            "status": "running",
-            "message": "",
-            "lr": self.lr,
-            "head_lr": self.head_lr,
-            "train_loss": [],
-            "eval": [],
-            "resumed_at": [],
-            **info,
-        }
+        self.record = RunRecord(
+            config=cfg, status="running", lr=self.lr, head_lr=self.head_lr, resumed_at=[], **info
+        )
         self.eval_seconds = 0.0
         # Seconds spent before this session's training clock starts: earlier sessions of this run (train,
         # eval, run) and, for eval, also the evaluations of this session that precede the first step.
@@ -488,7 +482,7 @@ class Trainer:
         self.before.update(restored["seconds"])
         self.eval_seconds = self.before["eval"]
         done = self.next_step - 1
-        if done > 0 and self._eval_due(done) and self.record["eval"][-1]["step"] != done:
+        if done > 0 and self._eval_due(done) and self.record.evals[-1].step != done:
             self.evaluate("eval", done)  # the interruption came during this evaluation
             self.before["eval"] = self.eval_seconds  # it ran before the training clock starts: not step time
         set_rng_state(restored["rng"], self.device)
@@ -544,7 +538,7 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        self.record["train_loss"].append(value)
+        self.record.train_loss.append(value)
         self.updating = False
         self.rng_committed = rng_state(device)
         self.meter.sample()
@@ -564,22 +558,18 @@ class Trainer:
             )
         self.eval_seconds += sw.seconds
         if split == "eval":
-            self.record["eval"].append({"step": step, **res, "seconds": round(sw.seconds, 4)})
+            self.record.evals.append(EvalPoint(step=step, **res, seconds=round(sw.seconds, 4)))
             self.meter.sample()
             return res
-        self.record["dev"] = {
-            "step": len(self.record["train_loss"]),
-            **res,
-            "n": len(idx),
-            "seconds": round(sw.seconds, 4),
-        }
+        dev = DevScore(step=len(self.record.train_loss), **res, n=len(idx), seconds=round(sw.seconds, 4))
+        self.record.dev = dev
         if self.cfg.eval_mode == "generate":
             from .generate import exact_match
 
             with Stopwatch(self.device) as sw:
-                self.record["dev"]["exact_match"] = exact_match(self.model, enc, idx, device=self.device)
-            self.record["dev"]["generate_seconds"] = round(sw.seconds, 4)
-            self.record["metric"] = "exact_match"
+                dev.exact_match = exact_match(self.model, enc, idx, device=self.device)
+            dev.generate_seconds = round(sw.seconds, 4)
+            self.record.final_metric_name = "exact_match"
         return res
 
     def _eval_due(self, step: int) -> bool:
@@ -597,7 +587,7 @@ class Trainer:
     def save(self) -> Path:
         """Write ``run_dir/checkpoint.pt`` of the last finished step (:mod:`.checkpoint`)."""
         assert self.ckpt_dir is not None
-        step = len(self.record["train_loss"])
+        step = len(self.record.train_loss)
         state = {
             "config": self.cfg.to_dict(),
             "step": step,
@@ -606,9 +596,9 @@ class Trainer:
             "scheduler": self.sched.state_dict(),
             "rng": self.rng_committed,
             "first_loss": self.first_loss,
-            "train_loss": self.record["train_loss"],
-            "eval": self.record["eval"],
-            "resumed_at": self.record["resumed_at"],
+            "train_loss": self.record.train_loss,
+            "eval": [e.to_dict() for e in self.record.evals],
+            "resumed_at": self.record.resumed_at,
             "seconds": self._seconds_so_far(),
             "peak_memory": self.meter.peak,
         }
@@ -617,7 +607,7 @@ class Trainer:
 
     # -- the whole run ---------------------------------------------------------------------------
 
-    def fit(self, *, resume: bool = False) -> dict[str, Any]:
+    def fit(self, *, resume: bool = False) -> RunRecord:
         """Run every step with its evaluations and checkpoints; return the record (see
         :func:`train_run`)."""
         cfg, record = self.cfg, None
@@ -637,13 +627,13 @@ class Trainer:
                 if self.ckpt_dir is not None and periodic and step < cfg.steps:
                     self.save()
                     self.last_save = time.perf_counter()
-            record["status"] = "finished"
+            record.status = "finished"
         except Diverged as exc:
-            record["status"] = "diverged"
-            record["message"] = str(exc)
-            record["diverged_step"] = exc.step
+            record.status = "diverged"
+            record.message = str(exc)
+            record.diverged_step = exc.step
         except KeyboardInterrupt:
-            done = len(record["train_loss"])
+            done = len(record.train_loss)
             where = f"{cfg.method} (seed {cfg.seed}) interrupted after step {done} of {cfg.steps}"
             if self.ckpt_dir is None or done == 0:
                 raise Interrupted(f"{where}; nothing was saved (no run directory or no step yet)") from None
@@ -658,43 +648,45 @@ class Trainer:
         synchronize(self.device)
         train_seconds = self._seconds_so_far()["train"]
 
-        if record["status"] == "finished" and self.dev_enc is not None:
+        if record.finished and self.dev_enc is not None:
             self.evaluate("dev")
 
         model = self.model
-        if record["status"] == "finished" and cfg.save_merged and self.ckpt_dir is not None:
+        if record.finished and cfg.save_merged and self.ckpt_dir is not None:
             with Stopwatch(self.device) as sw:
                 if cfg.method != HEAD_ONLY:
                     from lowrank_lab.adapters import merge
 
                     model = merge(model) or model
                 model.save_pretrained(self.ckpt_dir / "merged")
-            record["merged_dir"] = "merged"
-            record["save_seconds"] = round(sw.seconds, 3)
+            record.merged_dir = "merged"
+            record.save_seconds = round(sw.seconds, 3)
         return self._finish(train_seconds)
 
-    def _finish(self, train_seconds: float) -> dict[str, Any]:
-        record, evals = self.record, self.record["eval"]
-        record["initial_metric"] = evals[0]["metric"] if evals else None
-        done = record["status"] == "finished" and len(evals) > 1
+    def _finish(self, train_seconds: float) -> RunRecord:
+        record, evals = self.record, self.record.evals
+        record.initial_metric = evals[0].metric if evals else None
+        done = record.finished and len(evals) > 1
         if self.validation:  # validation during training, dev (if scored) at the end
-            record["val_metric"] = evals[-1]["metric"] if done else None
-            record["val_collapsed"] = bool(evals[-1].get("collapsed", False)) if done else None
-            dev_metric = "exact_match" if record.get("metric") == "exact_match" else "metric"
-            record["final_metric"] = record["dev"][dev_metric] if "dev" in record else None
-            record["collapsed"] = bool(record["dev"]["collapsed"]) if "dev" in record else None
+            record.val_metric = evals[-1].metric if done else None
+            record.val_collapsed = bool(evals[-1].collapsed) if done else None
+            dev = record.dev
+            if dev is not None:
+                generated = record.final_metric_name == "exact_match"
+                record.final_metric = dev.exact_match if generated else dev.metric
+                record.collapsed = bool(dev.collapsed)
         else:
-            record["final_metric"] = evals[-1]["metric"] if done else None
-            record["collapsed"] = bool(evals[-1].get("collapsed", False)) if done else None
-        record["steps_done"] = len(record["train_loss"])
-        record["eval_n"] = len(self.eval_idx)
-        record["train_seconds"] = round(train_seconds, 3)
-        record["eval_seconds"] = round(self.eval_seconds, 3)
-        record["seconds_per_step"] = round(train_seconds / max(1, record["steps_done"]), 5)
-        record["peak_memory_mb"] = round(self.meter.peak_mb(), 1)
-        record["memory_kind"] = self.meter.kind
-        record["memory_start_mb"] = round(self.meter.start / 2**20, 1)  # RSS: the process before this run
-        record["run_seconds"] = round(self.before["run"] + time.perf_counter() - self.t_start, 3)
+            record.final_metric = evals[-1].metric if done else None
+            record.collapsed = bool(evals[-1].collapsed) if done else None
+        record.steps_done = len(record.train_loss)
+        record.eval_n = len(self.eval_idx)
+        record.train_seconds = round(train_seconds, 3)
+        record.eval_seconds = round(self.eval_seconds, 3)
+        record.seconds_per_step = round(train_seconds / max(1, record.steps_done), 5)
+        record.peak_memory_mb = round(self.meter.peak_mb(), 1)
+        record.memory_kind = self.meter.kind
+        record.memory_start_mb = round(self.meter.start / 2**20, 1)  # RSS: the process before this run
+        record.run_seconds = round(self.before["run"] + time.perf_counter() - self.t_start, 3)
         return record
 
 
@@ -704,7 +696,7 @@ def _restore(
     named: list[tuple[str, nn.Parameter]],
     opt: torch.optim.Optimizer,
     sched: torch.optim.lr_scheduler.LRScheduler,
-    record: dict[str, Any],
+    record: RunRecord,
     meter: MemoryMeter,
     ckpt_dir: Path | None,
 ) -> tuple[float | None, int]:
@@ -724,8 +716,8 @@ def _restore(
             p.copy_(state["params"][n])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    record["train_loss"] = list(state["train_loss"])
-    record["eval"] = list(state["eval"])
-    record["resumed_at"] = [*state["resumed_at"], int(state["step"])]
+    record.train_loss = list(state["train_loss"])
+    record.evals = [EvalPoint.from_dict(e) for e in state["eval"]]
+    record.resumed_at = [*state["resumed_at"], int(state["step"])]
     meter.peak = max(meter.peak, int(state["peak_memory"]))
     return state["first_loss"], int(state["step"]) + 1

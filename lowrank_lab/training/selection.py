@@ -34,6 +34,7 @@ from typing import Any
 from lowrank_lab.utils.files import write_frame
 
 from .config import HEAD_ONLY, RunConfig, default_lr, method_family
+from .record import RunRecord
 from .tasks import TaskSpec
 
 #: Multipliers of a family's published rate in the default grid.
@@ -159,31 +160,35 @@ class Choice:
     reason: str
 
 
-def choose(method: str, records: Sequence[Mapping[str, Any]], *, higher_is_better: bool) -> Choice:
-    """The rate whose selection run has the best validation metric at its last step.
+def selectable(rec: RunRecord) -> bool:
+    """A selection run that can be chosen: finished, not collapsed on the validation split, with a
+    finite validation metric."""
+    value = rec.val_metric
+    return rec.finished and not rec.val_collapsed and value is not None and math.isfinite(value)
 
-    Runs that did not finish, collapsed to a constant predictor or have no finite validation
-    metric are not eligible; a tie keeps the smaller rate (the more conservative update). The
-    metric read is ``val_metric`` (the last evaluation on the validation split), never the dev set.
+
+def choose(
+    method: str, rates: Sequence[float], records: Sequence[RunRecord], *, higher_is_better: bool
+) -> Choice:
+    """The rate whose selection run (``records[i]`` was made at ``rates[i]``) has the best
+    validation metric at its last step.
+
+    Runs that are not :func:`selectable` are not eligible; a tie keeps the smaller rate (the more
+    conservative update). The metric read is ``val_metric`` (the last evaluation on the validation
+    split), never the dev set.
     """
-    eligible = []
-    for rec in records:
-        value = rec.get("val_metric")
-        usable = rec.get("status") == "finished" and not rec.get("val_collapsed")
-        if not usable or value is None or not math.isfinite(value):
-            continue
-        eligible.append((float(value), float(rec["selection_lr"])))
+    trials = list(zip(map(float, rates), records, strict=True))
+    eligible = [(float(rec.val_metric), rate) for rate, rec in trials if selectable(rec)]  # type: ignore[arg-type]
     if not eligible:
         states = ", ".join(
-            f"{rec.get('selection_lr'):.3g}: {'collapsed' if rec.get('val_collapsed') else rec.get('status')}"
-            for rec in records
+            f"{rate:.3g}: {'collapsed' if rec.val_collapsed else rec.status}" for rate, rec in trials
         )
         return Choice(method, None, None, f"no usable rate ({states or 'no runs'})")
     sign = 1.0 if higher_is_better else -1.0
     best = max(eligible, key=lambda vl: (sign * vl[0], -vl[1]))
     edge = ""
-    rates = sorted(float(rec["selection_lr"]) for rec in records)
-    if len(rates) > 1 and best[1] in (rates[0], rates[-1]):
+    ordered = sorted(rate for rate, _ in trials)
+    if len(ordered) > 1 and best[1] in (ordered[0], ordered[-1]):
         edge = " (at the edge of the grid: widen it)"
     return Choice(method, best[1], best[0], f"best validation metric of {len(eligible)} usable rates{edge}")
 
@@ -216,7 +221,7 @@ def select_rates(
     def select(method: str, rates: list[float], make: Callable[[float], RunConfig], which: str) -> Choice:
         # the grid, then one step beyond an edge that holds the best rate (selection.extension)
         cfgs: list[RunConfig] = []
-        recs: list[dict[str, Any]] = []
+        recs: list[RunRecord] = []
         todo = list(rates)
         for _ in range(MAX_EXTENSIONS + 1):
             new = [make(r) for r in todo]
@@ -224,9 +229,10 @@ def select_rates(
                 new, lambda c: selection_dir(out, c), f"{spec.name} select {method} rate", score_dev=False
             )
             cfgs, recs = cfgs + new, recs + got
-            tagged = _tagged(cfgs, recs, which)
-            best = choose(method, tagged, higher_is_better=spec.higher_is_better).lr
-            scores = {t["selection_lr"]: (t["val_metric"] if _usable_selection(t) else None) for t in tagged}
+            rates_done = [float(getattr(c, which)) for c in cfgs]
+            best = choose(method, rates_done, recs, higher_is_better=spec.higher_is_better).lr
+            trials = zip(rates_done, recs, strict=True)
+            scores = {r: (rec.val_metric if selectable(rec) else None) for r, rec in trials}
             nxt = extension(scores, best, higher_is_better=spec.higher_is_better)
             if nxt is None:
                 break
@@ -268,12 +274,12 @@ def select_rates(
 def _choice(
     method: str,
     cfgs: Sequence[RunConfig],
-    recs: Sequence[dict[str, Any]],
+    recs: Sequence[RunRecord],
     spec: TaskSpec,
     rows: list[dict[str, Any]],
     which: str,
 ) -> Choice:
-    tagged = _tagged(cfgs, recs, which)
+    rates = [float(getattr(cfg, which)) for cfg in cfgs]
     for cfg, rec in zip(cfgs, recs, strict=True):
         rate = float(getattr(cfg, which))
         rows.append(
@@ -282,26 +288,17 @@ def _choice(
                 "rank": cfg.rank,
                 "rate_of": which,
                 "lr": rate,
-                "val_metric": rec.get("val_metric"),
-                "status": rec.get("status"),
-                "collapsed": rec.get("val_collapsed"),
-                "steps_done": rec.get("steps_done"),
+                "val_metric": rec.val_metric,
+                "status": rec.status,
+                "collapsed": rec.val_collapsed,
+                "steps_done": rec.steps_done,
             }
         )
-    choice = choose(method, tagged, higher_is_better=spec.higher_is_better)
+    choice = choose(method, rates, recs, higher_is_better=spec.higher_is_better)
     for row in rows:
         if row["method"] == method:
             row["chosen"] = choice.lr is not None and row["lr"] == choice.lr
     return choice
-
-
-def _usable_selection(rec: dict[str, Any]) -> bool:
-    ok = rec.get("status") == "finished" and not rec.get("val_collapsed")
-    return ok and rec.get("val_metric") is not None
-
-
-def _tagged(cfgs: Sequence[RunConfig], recs: Sequence[dict[str, Any]], which: str) -> list[dict[str, Any]]:
-    return [{**rec, "selection_lr": float(getattr(c, which))} for c, rec in zip(cfgs, recs, strict=True)]
 
 
 def write_selection(out: Path, rows: list[dict[str, Any]], choices: dict[str, Choice]) -> Path:

@@ -19,7 +19,6 @@ interrupted continues from its ``runs/<run>/checkpoint.pt`` (see :mod:`.checkpoi
 from __future__ import annotations
 
 import gc
-import json
 import math
 import shlex
 import sys
@@ -44,11 +43,11 @@ from .config import HEAD_ONLY, RunConfig, method_labeller
 from .forgetting import read_forgetting
 from .loop import train_run
 from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
+from .record import RunRecord, study_records
 from .selection import select_rates, selection_line
 from .summary import (
     curves_frame,
     final_loss,
-    load_records,
     loss_auc,
     loss_threshold,
     method_rows,
@@ -81,7 +80,6 @@ RUN_COLUMNS = [
     "message",
 ]
 RUN_KEY = ["method", "rank", "seed"]
-SCHEMA = "lowrank_lab.finetune.run/1"
 
 
 class StudyResumeError(ValueError):
@@ -92,41 +90,31 @@ def run_dir_for(out: Path, cfg: RunConfig) -> Path:
     return out / "runs" / cfg.run_name()
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:  # written atomically, so only a foreign file can be torn
-        return None
-
-
-def _csv_row(rec: dict[str, Any], out: Path) -> dict[str, Any]:
-    c = rec["config"]
+def _csv_row(rec: RunRecord, out: Path) -> dict[str, Any]:
+    c = rec.config
     return {
-        "task": c["task"],
-        "model": c["model"],
-        "method": c["method"],
-        "rank": c["rank"],
-        "seed": c["seed"],
-        "status": rec["status"],
-        "lr": rec.get("lr"),
-        "initial_metric": rec.get("initial_metric"),
-        "final_metric": rec.get("final_metric"),
-        "final_train_loss": final_loss(rec["train_loss"]) if rec.get("train_loss") else None,
-        "loss_auc": loss_auc(rec["train_loss"]) if rec.get("train_loss") else None,
-        "steps_done": rec.get("steps_done"),
-        "trainable_params": rec.get("trainable_params"),
-        "adapter_params": rec.get("adapter_params"),
-        "init_seconds": rec.get("init_seconds"),
-        "train_seconds": rec.get("train_seconds"),
-        "eval_seconds": rec.get("eval_seconds"),
-        "seconds_per_step": rec.get("seconds_per_step"),
-        "peak_memory_mb": rec.get("peak_memory_mb"),
-        "memory_kind": rec.get("memory_kind"),
-        "run_dir": str(run_dir_for(out, RunConfig.from_dict(c)).relative_to(out)),
-        "message": rec.get("message", ""),
+        "task": c.task,
+        "model": c.model,
+        "method": c.method,
+        "rank": c.rank,
+        "seed": c.seed,
+        "status": rec.status,
+        "lr": rec.lr,
+        "initial_metric": rec.initial_metric,
+        "final_metric": rec.final_metric,
+        "final_train_loss": final_loss(rec.train_loss) if rec.train_loss else None,
+        "loss_auc": loss_auc(rec.train_loss) if rec.train_loss else None,
+        "steps_done": rec.steps_done,
+        "trainable_params": rec.trainable_params,
+        "adapter_params": rec.adapter_params,
+        "init_seconds": rec.init_seconds,
+        "train_seconds": rec.train_seconds,
+        "eval_seconds": rec.eval_seconds,
+        "seconds_per_step": rec.seconds_per_step,
+        "peak_memory_mb": rec.peak_memory_mb,
+        "memory_kind": rec.memory_kind,
+        "run_dir": str(run_dir_for(out, c).relative_to(out)),
+        "message": rec.message,
     }
 
 
@@ -328,26 +316,29 @@ class _Runner:
         writer: RowWriter | None = None,
         *,
         score_dev: bool = True,
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[RunRecord], int]:
         """Records of ``configs`` (in order) and the number that failed. ``score_dev=False``
         (selection runs) never evaluates the dev set."""
         spec, say = self.spec, self.say
         # Check resumable runs before any work: a mismatch must not surface after hours of training.
-        done: dict[Path, dict[str, Any]] = {}
+        done: dict[Path, RunRecord] = {}
         if self.resume:
             for cfg in configs:
                 rdir = dir_of(cfg)
-                rec = read_record(rdir)
-                if rec is not None and rec.get("status") in ("finished", "diverged"):
-                    _check_same_settings(cfg, spec, rec, rdir)
+                rec = RunRecord.read(rdir)
+                if rec is not None and rec.status in ("finished", "diverged"):
+                    _check_same_settings(cfg, spec, rec.config.to_dict(), rec.lr, rec.head_lr, rdir)
                     done[rdir] = rec
                 elif (meta := read_checkpoint_meta(rdir)) is not None:
-                    _check_same_settings(cfg, spec, meta, rdir / CHECKPOINT_META)
+                    _check_same_settings(
+                        cfg, spec, meta.get("config", {}), meta.get("lr"), meta.get("head_lr"),
+                        rdir / CHECKPOINT_META,
+                    )
         self.data.prepare([c for c in configs if dir_of(c) not in done], self.disable)
         train_enc, eval_enc, dev_enc = self.data.encoders()
         if not score_dev:
             dev_enc = None
-        records: list[dict[str, Any]] = []
+        records: list[RunRecord] = []
         failed = 0
         bar = tqdm(configs, desc=desc, unit="run", disable=self.disable, file=sys.stderr)
         try:
@@ -356,7 +347,7 @@ class _Runner:
                 bar.set_postfix_str(rdir.name)
                 if rdir in done:
                     rec = done[rdir]
-                    say(f"skip {rdir.name}: already {rec['status']} (--resume)")
+                    say(f"skip {rdir.name}: already {rec.status} (--resume)")
                     if writer is not None and not writer.done(_csv_row(rec, rdir.parents[1])):
                         writer.write(_csv_row(rec, rdir.parents[1]))
                     records.append(rec)
@@ -376,11 +367,11 @@ class _Runner:
                     dev_enc,
                     self.data.val is not None,
                 )
-                if rec["status"] == "diverged":
-                    say(f"DIVERGED: {rec['message']} — continuing with the other runs")
-                elif rec["status"] == "failed":
+                if rec.status == "diverged":
+                    say(f"DIVERGED: {rec.message} — continuing with the other runs")
+                elif rec.status == "failed":
                     failed += 1
-                    say(f"FAILED: {rec['message']} — continuing with the other runs")
+                    say(f"FAILED: {rec.message} — continuing with the other runs")
                 if writer is not None:
                     writer.write(_csv_row(rec, rdir.parents[1]))
                 records.append(rec)
@@ -389,13 +380,22 @@ class _Runner:
         return records, failed
 
 
-def _check_same_settings(cfg: RunConfig, spec: TaskSpec, stored: dict[str, Any], where: Path) -> None:
-    """StudyResumeError unless ``stored`` (a run.json or checkpoint.json) has ``cfg``'s settings."""
-    diff = cfg.differences(stored.get("config", {}))
+def _check_same_settings(
+    cfg: RunConfig,
+    spec: TaskSpec,
+    config: dict[str, Any],
+    lr: float | None,
+    head_lr: float | None,
+    where: Path,
+) -> None:
+    """StudyResumeError unless a stored run (a run.json or checkpoint.json: its ``config`` and the
+    rates it used) has ``cfg``'s settings."""
+    diff = cfg.differences(config)
     # Defaults can change between versions: compare the rates the run actually used.
-    for key, want in (("lr", cfg.resolved_lr(spec.kind)), ("head_lr", cfg.resolved_head_lr())):
-        if stored.get(key) is not None and float(stored[key]) != want:
-            diff[f"{key} used"] = (stored[key], want)
+    used = (("lr", lr, cfg.resolved_lr(spec.kind)), ("head_lr", head_lr, cfg.resolved_head_lr()))
+    for key, stored, want in used:
+        if stored is not None and float(stored) != want:
+            diff[f"{key} used"] = (stored, want)
     if diff:
         shown = ", ".join(f"{k}: stored {a!r}, asked {b!r}" for k, (a, b) in diff.items())
         raise StudyResumeError(
@@ -418,7 +418,7 @@ def _one_run(
     say: Callable[[str], None],
     dev_enc: Encoder | None = None,
     validation: bool | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     rdir.mkdir(parents=True, exist_ok=True)
     start_at = 0
     if not resume:
@@ -432,11 +432,11 @@ def _one_run(
         cfg, spec, train_enc, eval_enc, factory, rdir, disable, resume, checkpoint_seconds, start_at, dev_enc,
         validation,
     )
-    rec = {"schema": SCHEMA, "config": cfg.to_dict(), **rec, "meta": meta}
-    write_run_json(rdir / "run.json", rec, time.perf_counter() - t0)
-    if rec["status"] in ("finished", "diverged"):
+    rec.meta = meta
+    rec.write(rdir, time.perf_counter() - t0)
+    if rec.status in ("finished", "diverged"):
         remove_checkpoint(rdir)
-    return json.loads((rdir / "run.json").read_text())
+    return rec
 
 
 def _train_with_bar(
@@ -452,7 +452,7 @@ def _train_with_bar(
     start_at: int = 0,
     dev_enc: Encoder | None = None,
     validation: bool | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """:func:`~.loop.train_run` under a step bar; an exception becomes a ``failed`` record (one broken
     method must not end a long study), an interruption propagates with its checkpoint saved."""
     gc.collect()  # the previous run's model must not count in this run's peak RSS
@@ -486,13 +486,12 @@ def _train_with_bar(
             resume=resume,
         )
     except Exception as exc:  # noqa: BLE001 - one broken method must not end a long study
-        return {
-            "status": "failed",
-            "train_loss": [],
-            "eval": [],
-            "message": f"{cfg.method} (seed {cfg.seed}) failed: {type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(),
-        }
+        return RunRecord(
+            config=cfg,
+            status="failed",
+            message=f"{cfg.method} (seed {cfg.seed}) failed: {type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
     finally:
         steps.close()
 
@@ -521,9 +520,9 @@ def intruder_counts_by_run(out: Path) -> dict[str, float]:
     return counts
 
 
-def intruder_counts(out: Path, records: list[dict[str, Any]]) -> dict[str, list[float]]:
+def intruder_counts(out: Path, records: list[RunRecord]) -> dict[str, list[float]]:
     """Intruder counts per method (one per run) from :func:`intruder_counts_by_run`."""
-    by_run = {RunConfig.from_dict(r["config"]).run_name(): r["config"]["method"] for r in records}
+    by_run = {r.run_name: r.method for r in records}
     counts: dict[str, list[float]] = {}
     for name, count in intruder_counts_by_run(out).items():
         if name in by_run:
@@ -556,7 +555,7 @@ def write_baselines(out: Path, data: StudyData) -> Path:
 
 def write_study_outputs(
     out: Path,
-    records: list[dict[str, Any]],
+    records: list[RunRecord],
     methods: Sequence[str],
     spec: TaskSpec,
     *,
@@ -571,7 +570,7 @@ def write_study_outputs(
     notes = [*([baseline_line(baselines)] if baselines else []), *notes]
     title = f"Fine-tuning study: {spec.name}"
     fig_paths = []
-    have = [r for r in records if r.get("train_loss")]
+    have = [r for r in records if r.train_loss]
     if have:
         threshold, _ = loss_threshold(records, methods, threshold_override)
         rows = method_rows(records, methods, spec, threshold)
@@ -589,7 +588,7 @@ def write_study_outputs(
                 title=f"{title}: metric vs trainable parameters",
             ),
         ]
-    commands = sorted({r["meta"]["command"] for r in records if r.get("meta", {}).get("command")})
+    commands = sorted({r.command for r in records if r.command})
     if argv is not None:
         command = "python " + " ".join(shlex.quote(str(a)) for a in argv)
     else:
@@ -620,11 +619,10 @@ def write_study_outputs(
 def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, **kw: Any) -> Path:
     """Rebuild summary.md and figures from the run.json files already under ``out/runs``."""
     out = Path(out)
-    found_records = load_records(sorted((out / "runs").glob("*/run.json")))
-    recs = [r for r in found_records if r["config"]["task"] == spec.name]
+    recs = [r for r in study_records(out) if r.task == spec.name]
     label = method_labeller(recs)  # once: it scans every record for the study's rank
     if methods:
-        recs = [r for r in recs if r["config"]["method"] in methods or label(r) in methods]
+        recs = [r for r in recs if r.method in methods or label(r) in methods]
     if not recs:
         raise FileNotFoundError(f"no run records for task {spec.name} under {out / 'runs'}")
     if not methods:
@@ -702,8 +700,8 @@ def rebuild_merged(
     disable = None if progress is None else (not progress)
     records = {}
     for path in sorted((out / "runs").glob("*/run.json")):
-        rec = read_record(path.parent)
-        if rec is not None and rec.get("config", {}).get("task") == spec.name:
+        rec = RunRecord.read(path)
+        if rec is not None and rec.task == spec.name:
             records[path.parent.name] = rec
     if runs:
         unknown = [r for r in runs if r not in records]
@@ -713,9 +711,9 @@ def rebuild_merged(
                 f"runs here: {', '.join(sorted(records)) or 'none'}"
             )
         for name in runs:
-            if records[name].get("status") != "finished":
+            if not records[name].finished:
                 raise ValueError(
-                    f"{out / 'runs' / name} is {records[name].get('status')!r}, not finished: "
+                    f"{out / 'runs' / name} is {records[name].status!r}, not finished: "
                     "only a finished run has merged weights to rebuild"
                 )
             if (out / "runs" / name / "merged").is_dir():
@@ -725,7 +723,7 @@ def rebuild_merged(
         todo = [
             n
             for n, r in records.items()
-            if r.get("status") == "finished" and not (out / "runs" / n / "merged").is_dir()
+            if r.finished and not (out / "runs" / n / "merged").is_dir()
         ]
     result: dict[str, Any] = {"rebuilt": [], "replaced": {}, "failed": {}, "summary": None}
     if not todo:
@@ -739,11 +737,11 @@ def rebuild_merged(
         for name in bar:
             bar.set_postfix_str(name)
             rec = records[name]
-            cfg = replace(RunConfig.from_dict(rec["config"]), save_merged=True)
+            cfg = replace(rec.config, save_merged=True)
             key = (cfg.model, cfg.max_length or spec.default_max_length, cfg.val_samples)
             if key not in splits:
                 splits[key] = StudyData.load(spec, cfg, data_dir, tokenizer)
-            torch.set_num_threads(int(threads or rec.get("meta", {}).get("threads") or threads_before))
+            torch.set_num_threads(int(threads or rec.meta.get("threads") or threads_before))
             factory = model_factory or (lambda cfg=cfg: load_model(cfg.model, spec, cfg.pooling))
             rdir = out / "runs" / name
             outcome, detail = _replay_one(
@@ -768,36 +766,37 @@ def rebuild_merged(
     return result
 
 
-def _replay_mismatch(rec: dict[str, Any], new: dict[str, Any]) -> str | None:
+def _replay_mismatch(rec: RunRecord, new: RunRecord) -> str | None:
     """Where a replayed run's curve or evaluations first differ from its record (None: identical)."""
-    old_loss, new_loss = rec.get("train_loss", []), new.get("train_loss", [])
+    old_loss, new_loss = rec.train_loss, new.train_loss
     step = loss_difference(rec, new)["first_different_step"]
     if step is not None:
         a, b = old_loss[step - 1], new_loss[step - 1]
         return f"training loss at step {step}: recorded {a!r}, replayed {b!r}"
     if len(old_loss) != len(new_loss):
         return f"steps: recorded {len(old_loss)}, replayed {len(new_loss)}"
-    old_eval, new_eval = rec.get("eval", []), new.get("eval", [])
-    if [e["step"] for e in old_eval] != [e["step"] for e in new_eval]:
+    old_eval, new_eval = rec.evals, new.evals
+    if [e.step for e in old_eval] != [e.step for e in new_eval]:
         return "the evaluation steps differ"
     for a, b in zip(old_eval, new_eval, strict=True):
         for key in ("metric", "loss"):
-            if a.get(key) != b.get(key):
-                return f"eval {key} at step {a['step']}: recorded {a.get(key)!r}, replayed {b.get(key)!r}"
+            was, now = getattr(a, key), getattr(b, key)
+            if was != now:
+                return f"eval {key} at step {a.step}: recorded {was!r}, replayed {now!r}"
     return None
 
 
-def loss_difference(rec: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def loss_difference(rec: RunRecord, new: RunRecord) -> dict[str, Any]:
     """How two runs' training losses differ: the first step where they do (None: at none) and the
     largest relative difference over the steps both have, ``|a − b| / |a|``."""
-    pairs = list(zip(rec.get("train_loss", []), new.get("train_loss", []), strict=False))
+    pairs = list(zip(rec.train_loss, new.train_loss, strict=False))
     first = next((i + 1 for i, (a, b) in enumerate(pairs) if a != b), None)
     rel = max((abs(a - b) / abs(a) for a, b in pairs if a != 0), default=0.0)
     return {"first_different_step": first, "max_rel_loss_difference": float(f"{rel:.3g}")}
 
 
 def _replay_one(
-    rec: dict[str, Any],
+    rec: RunRecord,
     cfg: RunConfig,
     spec: TaskSpec,
     data: StudyData,
@@ -819,35 +818,35 @@ def _replay_one(
     new = _train_with_bar(
         cfg, spec, train_enc, eval_enc, factory, rdir, disable, True, checkpoint_seconds, start_at, dev_enc
     )
-    problem = _replay_mismatch(rec, new) if new["status"] == "finished" else new["message"]
+    problem = _replay_mismatch(rec, new) if new.finished else new.message
     remove_checkpoint(rdir)
-    made = rec.get("meta", {})
+    made = rec.meta
     if problem is None:
-        rec["merged_rebuilt"] = {
+        rec.merged_rebuilt = {
             "command": meta["command"],
             "git_commit": meta["git_commit"],
             "started": meta["started"],
             "cpu": meta["cpu"],
             "threads": meta["threads"],
             "seconds": round(time.perf_counter() - t0, 3),
-            "checked": f"training loss at all {len(rec['train_loss'])} steps and "
-            f"{len(rec['eval'])} evaluations identical to the record",
+            "checked": f"training loss at all {len(rec.train_loss)} steps and "
+            f"{len(rec.evals)} evaluations identical to the record",
         }
-        write_run_json(rdir / "run.json", rec)
+        rec.write(rdir)
         return "identical", ""
-    if replace_different and new["status"] == "finished":
+    if replace_different and new.finished:
         replaces = {
             "why": f"replay for merged/ weights differs from the record ({problem})",
             **loss_difference(rec, new),
-            "final_metric": rec.get("final_metric"),
-            "final_train_loss": final_loss(rec["train_loss"]),
+            "final_metric": rec.final_metric,
+            "final_train_loss": final_loss(rec.train_loss),
             "git_commit": made.get("git_commit"),
             "started": made.get("started"),
             "platform": made.get("platform"),
             "cpu": made.get("cpu"),
         }
-        fresh = {"schema": SCHEMA, "config": cfg.to_dict(), **new, "meta": meta, "replaces": replaces}
-        write_run_json(rdir / "run.json", fresh, time.perf_counter() - t0)
+        new.meta, new.replaces = meta, replaces
+        new.write(rdir, time.perf_counter() - t0)
         return "replaced", problem
     shutil.rmtree(rdir / "merged", ignore_errors=True)  # not the recorded run's weights
     return "failed", (
@@ -865,7 +864,7 @@ def rewrite_runs_csv(out: str | Path) -> Path:
     import pandas as pd
 
     out = Path(out)
-    found = {p.parent.name: read_record(p.parent) for p in sorted((out / "runs").glob("*/run.json"))}
+    found = {p.parent.name: RunRecord.read(p) for p in sorted((out / "runs").glob("*/run.json"))}
     recs = {name: rec for name, rec in found.items() if rec is not None}
     order: list[str] = []
     path = out / "runs.csv"

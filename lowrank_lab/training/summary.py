@@ -18,7 +18,6 @@ effects, gates), the same rows ``python -m lowrank_lab.claims`` writes to report
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ import pandas as pd
 
 from lowrank_lab.utils.tables import to_markdown
 
-from .config import HEAD_ONLY, LR_SOURCES, method_family, method_labeller
+from .config import HEAD_ONLY, LR_SOURCES, RunConfig, method_family, method_labeller
 from .metrics import METRIC_LABELS
+from .record import RunRecord
 from .tasks import TaskSpec
 
 REFERENCE_METHOD = "lora"
@@ -74,22 +74,22 @@ def loss_auc(losses: Sequence[float]) -> float:
 RISING_WINDOW = 0.2
 
 
-def still_rising(rec: dict[str, Any], spec: TaskSpec) -> bool | None:
+def still_rising(rec: RunRecord, spec: TaskSpec) -> bool | None:
     """Whether ``rec``'s held-out metric (validation, or dev for records without a validation split)
     was still improving over the last :data:`RISING_WINDOW` of its steps: the last evaluation beats
     the latest one at or before 80% of the run by more than half of :data:`~.stats.MIN_EFFECT`.
     None when the run has no evaluation that early, or none in its last 20%."""
     from .stats import MIN_EFFECT
 
-    evals = rec.get("eval") or []
-    steps = rec.get("steps_done") or 0
+    evals = rec.evals
+    steps = rec.steps_done or 0
     if len(evals) < 2 or not steps:
         return None
     cut = (1 - RISING_WINDOW) * steps
-    before = [e for e in evals if e["step"] <= cut]
-    if not before or evals[-1]["step"] <= cut:  # nothing evaluated on one side of the cut
+    before = [e for e in evals if e.step <= cut]
+    if not before or evals[-1].step <= cut:  # nothing evaluated on one side of the cut
         return None
-    gain = evals[-1]["metric"] - before[-1]["metric"]
+    gain = evals[-1].metric - before[-1].metric
     if not spec.higher_is_better:
         gain = -gain
     return gain > 0.5 * MIN_EFFECT.get(spec.metric, 0.0)
@@ -104,27 +104,6 @@ def steps_to_threshold(losses: Sequence[float], threshold: float, window: int | 
         if v <= threshold:
             return i + 1
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# loading
-
-
-def load_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Read run.json files (missing ones are skipped)."""
-    out = []
-    for p in paths:
-        p = Path(p)
-        if p.is_file():
-            out.append(json.loads(p.read_text()))
-    return out
-
-
-
-
-
-def _finished(r: dict[str, Any]) -> bool:
-    return r.get("status") == "finished"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,57 +137,57 @@ def stat(values: Iterable[float | None]) -> Stat:
 
 
 def loss_threshold(
-    records: list[dict[str, Any]], methods: Sequence[str], override: float | None = None
+    records: list[RunRecord], methods: Sequence[str], override: float | None = None
 ) -> tuple[float, str]:
     """The loss level for "steps to threshold" and a phrase saying where it comes from."""
     if override is not None:
         return float(override), "given with --loss-threshold"
     label = method_labeller(records)
     for ref in [REFERENCE_METHOD, *methods]:
-        s = stat(final_loss(r["train_loss"]) for r in records if label(r) == ref and _finished(r))
+        s = stat(final_loss(r.train_loss) for r in records if label(r) == ref and r.finished)
         if s.n:
             return s.mean, f"the mean final training loss of {ref}"
     return float("nan"), "no finished run"
 
 
 def method_rows(
-    records: list[dict[str, Any]], methods: Sequence[str], spec: TaskSpec, threshold: float
+    records: list[RunRecord], methods: Sequence[str], spec: TaskSpec, threshold: float
 ) -> list[dict[str, Any]]:
     """One dict per method with the aggregated numbers (Stat objects and plain values)."""
     rows = []
     label = method_labeller(records)
     for m in methods:
         runs = [r for r in records if label(r) == m]
-        fin = [r for r in runs if _finished(r)]
-        steps_hit = [steps_to_threshold(r["train_loss"], threshold) for r in fin]
-        first = runs[0] if runs else {}
+        fin = [r for r in runs if r.finished]
+        steps_hit = [steps_to_threshold(r.train_loss, threshold) for r in fin]
+        first = runs[0] if runs else None
         rows.append(
             {
                 "method": m,
                 "family": method_family(m.split("@")[0]) if m != HEAD_ONLY else HEAD_ONLY,
                 "runs": len(runs),
                 "finished": len(fin),
-                "diverged": sum(r.get("status") == "diverged" for r in runs),
-                "failed": sum(r.get("status") == "failed" for r in runs),
-                "lr": first.get("head_lr") if m == HEAD_ONLY else first.get("lr"),
-                "trainable_params": first.get("trainable_params"),
-                "adapter_params": first.get("adapter_params"),
-                "base_params": first.get("base_params"),
-                "metric": stat(r["final_metric"] for r in fin),
-                "initial_metric": stat(r.get("initial_metric") for r in runs),
-                "final_loss": stat(final_loss(r["train_loss"]) for r in fin),
-                "auc": stat(loss_auc(r["train_loss"]) for r in fin),
+                "diverged": sum(r.status == "diverged" for r in runs),
+                "failed": sum(r.status == "failed" for r in runs),
+                "lr": None if first is None else first.head_lr if m == HEAD_ONLY else first.lr,
+                "trainable_params": None if first is None else first.trainable_params,
+                "adapter_params": None if first is None else first.adapter_params,
+                "base_params": None if first is None else first.base_params,
+                "metric": stat(r.final_metric for r in fin),
+                "initial_metric": stat(r.initial_metric for r in runs),
+                "final_loss": stat(final_loss(r.train_loss) for r in fin),
+                "auc": stat(loss_auc(r.train_loss) for r in fin),
                 "steps_to_threshold": stat(s for s in steps_hit if s is not None),
                 "reached": sum(s is not None for s in steps_hit),
-                "init_seconds": stat(r.get("init_seconds") for r in runs),
-                "seconds_per_step": stat(r.get("seconds_per_step") for r in fin),
-                "train_seconds": stat(r.get("train_seconds") for r in fin),
-                "peak_memory_mb": stat(r.get("peak_memory_mb") for r in fin),
-                "eval_n": first.get("eval_n"),
-                "val_metric": stat(r.get("val_metric") for r in fin),
+                "init_seconds": stat(r.init_seconds for r in runs),
+                "seconds_per_step": stat(r.seconds_per_step for r in fin),
+                "train_seconds": stat(r.train_seconds for r in fin),
+                "peak_memory_mb": stat(r.peak_memory_mb for r in fin),
+                "eval_n": None if first is None else first.eval_n,
+                "val_metric": stat(r.val_metric for r in fin),
                 "rising": sum(bool(still_rising(r, spec)) for r in fin),
-                "collapsed": sum(bool(r.get("collapsed")) for r in fin),
-                "messages": [r.get("message") for r in runs if r.get("message")],
+                "collapsed": sum(bool(r.collapsed) for r in fin),
+                "messages": [r.message for r in runs if r.message],
             }
         )
     return rows
@@ -246,7 +225,7 @@ def method_table(rows: list[dict[str, Any]], spec: TaskSpec) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def machines_line(records: Sequence[dict[str, Any]]) -> str:
+def machines_line(records: Sequence[RunRecord]) -> str:
     """Where the runs were made: each (device, torch, CPU) with its number of runs, and the commits.
 
     A study extended over several sessions mixes machines; the CPU type matters because float32
@@ -254,7 +233,7 @@ def machines_line(records: Sequence[dict[str, Any]]) -> str:
     combos: dict[str, int] = {}
     commits: list[str] = []
     for r in records:
-        m = r.get("meta", {})
+        m = r.meta
         key = f"{m.get('device')}, torch {m.get('versions', {}).get('torch')}, " + (
             m.get("cpu") or "CPU model not recorded"
         )
@@ -267,27 +246,25 @@ def machines_line(records: Sequence[dict[str, Any]]) -> str:
     return f"{where}; commit{'s' if len(made) != 1 else ''} {', '.join(made) or 'not recorded'}"
 
 
-def replaced_lines(records: Sequence[dict[str, Any]], *, last_bits: float = 1e-5) -> list[str]:
+def replaced_lines(records: Sequence[RunRecord], *, last_bits: float = 1e-5) -> list[str]:
     """A note on runs whose record a replay replaced (``finetune --rebuild-merged --replace-different``):
     which, from which steps their losses differ, by how much (runs within ``last_bits`` relative
     differ only by float32 rounding; larger ones are named), and how far their final metric moved."""
-    done = [r for r in records if r.get("replaces")]
-    if not done:
+    replaced = [(r, r.replaces) for r in records if r.replaces]
+    if not replaced:
         return []
 
-    def name(r: dict[str, Any]) -> str:
-        return f"{r['config']['method']} seed {r['config']['seed']}"
+    def name(r: RunRecord) -> str:
+        return f"{r.method} seed {r.seed}"
 
     steps = sorted(
-        int(r["replaces"]["first_different_step"])
-        for r in done
-        if r["replaces"].get("first_different_step") is not None
+        int(was["first_different_step"]) for _, was in replaced if was.get("first_different_step") is not None
     )
     parted = ""
     if steps:
         span = f" {steps[0]}" if steps[0] == steps[-1] else f"s {steps[0]}–{steps[-1]}"
         parted = f" from step{span} on"
-    rel = {name(r): r["replaces"].get("max_rel_loss_difference") for r in done}
+    rel = {name(r): was.get("max_rel_loss_difference") for r, was in replaced}
     known = {k: v for k, v in rel.items() if v is not None}
     small = [v for v in known.values() if v <= last_bits]
     big = {k: v for k, v in known.items() if v > last_bits}
@@ -298,9 +275,9 @@ def replaced_lines(records: Sequence[dict[str, Any]], *, last_bits: float = 1e-5
         parts.append("by more in " + ", ".join(f"{k} ({v:.1e})" for k, v in big.items()))
     size = (", " + "; ".join(parts)) if parts else ""
     deltas = [
-        abs(r["final_metric"] - r["replaces"]["final_metric"])
-        for r in done
-        if r.get("final_metric") is not None and r["replaces"].get("final_metric") is not None
+        abs(r.final_metric - was["final_metric"])
+        for r, was in replaced
+        if r.final_metric is not None and was.get("final_metric") is not None
     ]
     change = (
         f". Their final metric moved by {sum(deltas) / len(deltas):.4f} on average (max {max(deltas):.4f}) "
@@ -309,7 +286,7 @@ def replaced_lines(records: Sequence[dict[str, Any]], *, last_bits: float = 1e-5
         else ""
     )
     return [
-        f"- {len(done)} run{'s' if len(done) != 1 else ''} trained again for their merged weights "
+        f"- {len(replaced)} run{'s' if len(replaced) != 1 else ''} trained again for their merged weights "
         f"(`finetune --rebuild-merged --replace-different`; {', '.join(rel)}). On another CPU than the "
         f"first records', their training losses differ{parted}{size}, so the replays replace those "
         f"records{change}."
@@ -317,7 +294,7 @@ def replaced_lines(records: Sequence[dict[str, Any]], *, last_bits: float = 1e-5
 
 
 def render_summary(
-    records: list[dict[str, Any]],
+    records: list[RunRecord],
     methods: Sequence[str],
     spec: TaskSpec,
     *,
@@ -333,18 +310,18 @@ def render_summary(
     threshold, why = loss_threshold(records, methods, threshold_override)
     rows = method_rows(records, methods, spec, threshold)
     table = method_table(rows, spec)
-    cfg = records[0]["config"] if records else {}
-    seeds = sorted({r["config"]["seed"] for r in records})
+    cfg = records[0].config if records else RunConfig(task=spec.name, method=REFERENCE_METHOD)
+    seeds = sorted({r.seed for r in records})
     label = METRIC_LABELS[spec.metric]
     lines = [f"# {title}", ""]
     lines += [f"- Command: `{command}`" if command else "- Command: (not recorded)"]
     lines += [
-        f"- Task: {spec.description}; model `{cfg.get('model')}`; rank {cfg.get('rank')}, alpha "
-        f"{cfg.get('alpha') if cfg.get('alpha') is not None else 'default (= rank)'}, targets "
-        f"{cfg.get('targets') or 'all linear targets of the family'}",
-        f"- Schedule (same for every method): {cfg.get('steps')} steps, batch {cfg.get('batch_size')}, "
-        f"max length {cfg.get('max_length') or spec.default_max_length}, AdamW, warm-up "
-        f"{cfg.get('warmup_ratio')} then linear decay, grad-norm clip {cfg.get('max_grad_norm')}, "
+        f"- Task: {spec.description}; model `{cfg.model}`; rank {cfg.rank}, alpha "
+        f"{cfg.alpha if cfg.alpha is not None else 'default (= rank)'}, targets "
+        f"{cfg.targets or 'all linear targets of the family'}",
+        f"- Schedule (same for every method): {cfg.steps} steps, batch {cfg.batch_size}, "
+        f"max length {cfg.max_length or spec.default_max_length}, AdamW, warm-up "
+        f"{cfg.warmup_ratio} then linear decay, grad-norm clip {cfg.max_grad_norm}, "
         f"seeds {', '.join(map(str, seeds))} (paired: one data order, head init and dropout stream per "
         f"seed); {_held_out(records, rows, cfg)}",
         f"- Head: {_pooling_line(cfg)}",
@@ -355,7 +332,7 @@ def render_summary(
             else ["- Learning rates per family: " + "; ".join(f"{k}: {v}" for k, v in LR_SOURCES.items())]
         ),
         "- The task head (`classifier`) trains with every method (PEFT's `modules_to_save`) at one rate, "
-        f"{records[0].get('head_lr') if records else '?'}; 'trainable' counts it. `full` trains every "
+        f"{records[0].head_lr if records else '?'}; 'trainable' counts it. `full` trains every "
         "linear map of the blocks plus the head (embeddings, LayerNorms and the pooler stay frozen).",
         *replaced_lines(records),
         "",
@@ -401,10 +378,10 @@ def render_summary(
     return "\n".join(lines)
 
 
-def _held_out(records: Sequence[dict[str, Any]], rows: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
+def _held_out(records: Sequence[RunRecord], rows: list[dict[str, Any]], cfg: RunConfig) -> str:
     n = rows[0]["eval_n"] if rows else "?"
-    dev = next((r["dev"]["n"] for r in records if r.get("dev")), None)
-    every = cfg.get("eval_every")
+    dev = next((r.dev.n for r in records if r.dev is not None), None)
+    every = cfg.eval_every
     if dev is None:  # records made before issue 15: dev scored during training
         return f"eval every {every} steps on {n} dev examples (no validation split)"
     return (
@@ -413,8 +390,8 @@ def _held_out(records: Sequence[dict[str, Any]], rows: list[dict[str, Any]], cfg
     )
 
 
-def _pooling_line(cfg: dict[str, Any]) -> str:
-    pooling = cfg.get("pooling", "native")
+def _pooling_line(cfg: RunConfig) -> str:
+    pooling = cfg.pooling
     if pooling in (None, "native"):
         return "the architecture's own transformers classification head (for BERT: the pooler)"
     return f"{pooling} pooling of the last hidden states, then dropout and one linear map"
@@ -430,15 +407,15 @@ def _interval(c: dict[str, Any]) -> str:
     return f"{_num(c['effect'])} [{_num(c['ci_low'])}, {_num(c['ci_high'])}]"
 
 
-def curves_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+def curves_frame(records: list[RunRecord]) -> pd.DataFrame:
     """Long format: method, seed, step, series (train_loss | eval_metric | eval_loss), value."""
     rows = []
     label = method_labeller(records)
     for r in records:
-        m, s = label(r), r["config"]["seed"]
-        for i, v in enumerate(r["train_loss"], start=1):
+        m, s = label(r), r.seed
+        for i, v in enumerate(r.train_loss, start=1):
             rows.append((m, s, i, "train_loss", v))
-        for e in r.get("eval", []):
-            rows.append((m, s, e["step"], "eval_metric", e["metric"]))
-            rows.append((m, s, e["step"], "eval_loss", e["loss"]))
+        for e in r.evals:
+            rows.append((m, s, e.step, "eval_metric", e.metric))
+            rows.append((m, s, e.step, "eval_loss", e.loss))
     return pd.DataFrame(rows, columns=["method", "seed", "step", "series", "value"])

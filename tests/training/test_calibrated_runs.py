@@ -29,10 +29,10 @@ def _cfg(method, **kw):
 def test_data_driven_inits_train_from_the_runs_training_batches(glue_dir, bert_tokenizer, tiny_bert, method):
     spec, tr, ev = _setup(glue_dir, bert_tokenizer)
     rec = train_run(_cfg(method, extra={"calibration_samples": 8}), spec, tr, ev, tiny_bert(2))
-    assert rec["status"] == "finished" and len(rec["train_loss"]) == 2
-    assert rec["injection"]["calibration_seconds"] > 0
+    assert rec.status == "finished" and len(rec.train_loss) == 2
+    assert rec.injection["calibration_seconds"] > 0
     again = train_run(_cfg(method, extra={"calibration_samples": 8}), spec, tr, ev, tiny_bert(2))
-    assert again["train_loss"] == rec["train_loss"]  # deterministic for a seed
+    assert again.train_loss == rec.train_loss  # deterministic for a seed
 
 
 def test_calibration_uses_the_first_training_examples_in_batches_of_48(glue_dir, bert_tokenizer):
@@ -59,11 +59,11 @@ def test_rslora_and_dora_reach_the_adapters(glue_dir, bert_tokenizer, tiny_bert)
     rec = train_run(
         _cfg("pissa", alpha=4, extra={"scaling_rule": "rslora", "dora": True}), spec, tr, ev, tiny_bert(2)
     )
-    assert rec["injection"]["scaling"] == pytest.approx(4 / 2**0.5)
+    assert rec.injection["scaling"] == pytest.approx(4 / 2**0.5)
     plain = train_run(_cfg("pissa", alpha=4), spec, tr, ev, tiny_bert(2))
     n_targets = 2 * 6
     # DoRA adds one magnitude per output row of every target: 32·4 + 64 + 32 per BERT layer
-    assert rec["adapter_params"] - plain["adapter_params"] == 2 * (32 * 4 + 64 + 32)
-    assert n_targets == rec["injection"]["n_modules"]
+    assert rec.adapter_params - plain.adapter_params == 2 * (32 * 4 + 64 + 32)
+    assert n_targets == rec.injection["n_modules"]
     full = train_run(_cfg("full", extra={"dora": True, "scaling_rule": "rslora"}), spec, tr, ev, tiny_bert(2))
-    assert full["status"] == "finished"  # the study-wide options do not apply to full fine-tuning
+    assert full.status == "finished"  # the study-wide options do not apply to full fine-tuning

@@ -44,10 +44,10 @@ def _ctrl_c_after(stop, cfg, spec, tr, ev, make, run_dir, **kw) -> Interrupted:
 
 
 def _same_run(a: dict, b: dict) -> None:
-    assert a["status"] == b["status"] == "finished"
-    assert a["train_loss"] == b["train_loss"]  # bit-identical
-    assert [(e["step"], e["metric"], e["loss"]) for e in a["eval"]] == [
-        (e["step"], e["metric"], e["loss"]) for e in b["eval"]
+    assert a.status == b.status == "finished"
+    assert a.train_loss == b.train_loss  # bit-identical
+    assert [(e.step, e.metric, e.loss) for e in a.evals] == [
+        (e.step, e.metric, e.loss) for e in b.evals
     ]
 
 
@@ -64,8 +64,8 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_curve(
     assert meta is not None and meta["step"] == stop and meta["config"]["method"] == method
     resumed = train_run(_cfg(method), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
     _same_run(resumed, whole)
-    assert resumed["resumed_at"] == [stop] and whole["resumed_at"] == []
-    assert resumed["train_seconds"] > 0 and resumed["steps_done"] == 6
+    assert resumed.resumed_at == [stop] and whole.resumed_at == []
+    assert resumed.train_seconds > 0 and resumed.steps_done == 6
 
 
 def test_a_crash_resumes_from_the_last_periodic_checkpoint(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
@@ -85,7 +85,7 @@ def test_a_crash_resumes_from_the_last_periodic_checkpoint(glue_dir, bert_tokeni
     assert read_checkpoint_meta(tmp_path)["step"] == 4  # step 5's save never happened
     resumed = train_run(_cfg(), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
     _same_run(resumed, whole)
-    assert resumed["resumed_at"] == [4]
+    assert resumed.resumed_at == [4]
 
 
 def test_two_interruptions_add_up(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
@@ -95,14 +95,14 @@ def test_two_interruptions_add_up(glue_dir, bert_tokenizer, tiny_bert, tmp_path)
         _ctrl_c_after(stop, _cfg(), spec, tr, ev, tiny_bert(2), tmp_path, resume=resume)
     resumed = train_run(_cfg(), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
     _same_run(resumed, whole)
-    assert resumed["resumed_at"] == [2, 5]
+    assert resumed.resumed_at == [2, 5]
 
 
 def test_without_resume_a_checkpoint_is_ignored(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     _ctrl_c_after(3, _cfg(), spec, tr, ev, tiny_bert(2), tmp_path)
     rec = train_run(_cfg(), spec, tr, ev, tiny_bert(2), run_dir=tmp_path)
-    assert rec["resumed_at"] == [] and rec["steps_done"] == 6
+    assert rec.resumed_at == [] and rec.steps_done == 6
 
 
 def test_interrupt_inside_an_update_saves_nothing_and_says_where_resume_starts(
@@ -151,7 +151,7 @@ def test_study_resume_continues_an_interrupted_run_and_cleans_up(
     rec = _study(glue_dir, out, bert_tokenizer, tiny_bert(2), resume=True, val_samples=0)["records"][0]
     fresh = fresh["records"][0]
     _same_run(rec, fresh)
-    assert rec["resumed_at"] == [3]
+    assert rec.resumed_at == [3]
     assert not (rdir / CHECKPOINT).exists() and not (rdir / CHECKPOINT_META).exists()
     assert json.loads((rdir / "run.json").read_text())["resumed_at"] == [3]
 
@@ -165,7 +165,7 @@ def test_study_resume_refuses_a_checkpoint_with_other_settings(glue_dir, bert_to
         _study(glue_dir, out, bert_tokenizer, tiny_bert(2), resume=True)
     # without --resume the run starts over and the stale checkpoint goes
     rec = _study(glue_dir, out, bert_tokenizer, tiny_bert(2), resume=False)["records"][0]
-    assert rec["resumed_at"] == [] and not (rdir / CHECKPOINT).exists()
+    assert rec.resumed_at == [] and not (rdir / CHECKPOINT).exists()
 
 
 # --- SIGTERM and the command line -----------------------------------------------------------------
@@ -213,5 +213,5 @@ def test_cuda_run_resumes_with_its_cuda_rng(glue_dir, bert_tokenizer, tiny_bert,
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["rng"]["cuda"] is not None and state["params"]
     resumed = train_run(_cfg(device="cuda"), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
-    assert resumed["resumed_at"] == [3] and resumed["memory_kind"] == "cuda_max_allocated"
-    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
+    assert resumed.resumed_at == [3] and resumed.memory_kind == "cuda_max_allocated"
+    assert resumed.train_loss == pytest.approx(whole.train_loss, rel=1e-4)

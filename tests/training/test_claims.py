@@ -7,7 +7,9 @@ import math
 import pytest
 
 from lowrank_lab.claims import main as claims_main
-from lowrank_lab.training.claims import CLAIMS, COLUMNS, GATE_MARGIN, claim_rows, usable
+from lowrank_lab.training.claims import CLAIMS, COLUMNS, GATE_MARGIN, claim_rows
+from lowrank_lab.training.config import RunConfig
+from lowrank_lab.training.record import RunRecord
 from lowrank_lab.training.stats import VERDICTS
 from lowrank_lab.training.tasks import get_task
 
@@ -16,13 +18,13 @@ GSM8K = get_task("gsm8k")
 
 
 def _rec(method, seed, metric, *, rank=8, loss=0.5, collapsed=False, status="finished", task="sst2"):
-    return {
-        "config": {"task": task, "method": method, "seed": seed, "rank": rank, "model": "m"},
-        "status": status,
-        "final_metric": metric,
-        "collapsed": collapsed,
-        "train_loss": [loss] * 10,
-    }
+    return RunRecord(
+        config=RunConfig(task=task, method=method, seed=seed, rank=rank, model="m"),
+        status=status,
+        final_metric=metric,
+        collapsed=collapsed,
+        train_loss=[loss] * 10,
+    )
 
 
 def _study(**means):
@@ -98,12 +100,13 @@ def test_gate_needs_the_constant_predictor_and_the_control():
 def test_collapsed_runs_are_left_out_and_listed():
     recs = _study(**BASE, pissa=0.90)
     for r in recs:
-        if r["config"]["method"] == "pissa" and r["config"]["seed"] in (1, 3):
-            r["final_metric"], r["collapsed"] = 0.509, True
+        if r.method == "pissa" and r.seed in (1, 3):
+            r.final_metric, r.collapsed = 0.509, True
     r = _row(claim_rows(SST2, recs, baselines=BASELINES), "pissa>lora")
     assert r["n_seeds"] == 3 and "collapsed, left out: pissa-r8-seed1, pissa-r8-seed3" in r["runs"]
-    assert not usable({"status": "finished", "final_metric": math.nan})
-    assert not usable({"status": "diverged", "final_metric": 0.9})
+    assert not _rec("lora", 0, math.nan).usable
+    assert not _rec("lora", 0, 0.9, status="diverged").usable
+    assert not _rec("lora", 0, None).usable and _rec("lora", 0, 0.9).usable
 
 
 def test_holm_adjusts_across_the_claims_of_a_study():

@@ -35,10 +35,10 @@ def test_same_seed_same_curve_other_seed_other_curve(glue_dir, bert_tokenizer, t
     a = train_run(_cfg(), spec, tr, ev, tiny_bert(2))
     b = train_run(_cfg(), spec, tr, ev, tiny_bert(2))
     c = train_run(_cfg(seed=1), spec, tr, ev, tiny_bert(2))
-    assert a["status"] == "finished" and len(a["train_loss"]) == 4
-    assert a["train_loss"] == b["train_loss"]  # bit-identical on the CPU
-    assert [e["metric"] for e in a["eval"]] == [e["metric"] for e in b["eval"]]
-    assert a["train_loss"] != c["train_loss"]
+    assert a.status == "finished" and len(a.train_loss) == 4
+    assert a.train_loss == b.train_loss  # bit-identical on the CPU
+    assert [e.metric for e in a.evals] == [e.metric for e in b.evals]
+    assert a.train_loss != c.train_loss
 
 
 def test_every_method_sees_the_same_first_batch(glue_dir, bert_tokenizer, tiny_bert):
@@ -46,7 +46,7 @@ def test_every_method_sees_the_same_first_batch(glue_dir, bert_tokenizer, tiny_b
     # base model's function at step 1, so with the same head and batch their first losses agree.
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     first = {
-        m: train_run(_cfg(m, steps=1, eval_every=0), spec, tr, ev, tiny_bert(2))["train_loss"][0]
+        m: train_run(_cfg(m, steps=1, eval_every=0), spec, tr, ev, tiny_bert(2)).train_loss[0]
         for m in ("lora", "pissa", "full", "head")
     }
     assert first["pissa"] == pytest.approx(first["lora"], abs=1e-5)
@@ -56,20 +56,20 @@ def test_every_method_sees_the_same_first_batch(glue_dir, bert_tokenizer, tiny_b
 def test_record_fields_and_eval_schedule(glue_dir, bert_tokenizer, tiny_bert):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     rec = train_run(_cfg(steps=5, eval_every=2), spec, tr, ev, tiny_bert(2))
-    assert [e["step"] for e in rec["eval"]] == [0, 2, 4, 5]
-    assert rec["eval_n"] == 20
-    assert rec["trainable_params"] == rec["adapter_params"] + rec["head_params"]
-    assert rec["head_params"] == 32 * 2 + 2
+    assert [e.step for e in rec.evals] == [0, 2, 4, 5]
+    assert rec.eval_n == 20
+    assert rec.trainable_params == rec.adapter_params + rec.head_params
+    assert rec.head_params == 32 * 2 + 2
     # LoRA at r = 2 on the six linear maps of 2 BERT layers: r·(m + n) each.
     per_layer = 2 * (3 * (32 + 32) + (32 + 32) + (32 + 64) + (64 + 32))
-    assert rec["adapter_params"] == 2 * per_layer
-    assert rec["lr"] == default_lr("lora", "classification") == 4e-4
-    assert rec["head_lr"] == 4e-4  # one head rate for every method
-    assert train_run(_cfg("full", steps=1), spec, tr, ev, tiny_bert(2))["head_lr"] == 4e-4
-    assert rec["peak_memory_mb"] > 0 and rec["memory_kind"] == "rss"
-    assert rec["init_seconds"] >= 0 and rec["seconds_per_step"] > 0
+    assert rec.adapter_params == 2 * per_layer
+    assert rec.lr == default_lr("lora", "classification") == 4e-4
+    assert rec.head_lr == 4e-4  # one head rate for every method
+    assert train_run(_cfg("full", steps=1), spec, tr, ev, tiny_bert(2)).head_lr == 4e-4
+    assert rec.peak_memory_mb > 0 and rec.memory_kind == "rss"
+    assert rec.init_seconds >= 0 and rec.seconds_per_step > 0
     assert (
-        rec["initial_metric"] == rec["eval"][0]["metric"] and rec["final_metric"] == rec["eval"][-1]["metric"]
+        rec.initial_metric == rec.evals[0].metric and rec.final_metric == rec.evals[-1].metric
     )
 
 
@@ -87,15 +87,15 @@ def test_train_seconds_count_the_steps_and_no_evaluation(glue_dir, bert_tokenize
     monkeypatch.setattr(loop, "evaluate", slow)
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     rec = train_run(_cfg(steps=4, eval_every=2), spec, tr, ev, tiny_bert(2))
-    assert [e["step"] for e in rec["eval"]] == [0, 2, 4] and rec["eval_seconds"] >= 3 * 0.4
-    assert 0 < rec["train_seconds"] < 0.4  # four tiny steps, none of the three 0.4 s evaluations
-    assert rec["train_seconds"] + rec["eval_seconds"] <= rec["run_seconds"]
+    assert [e.step for e in rec.evals] == [0, 2, 4] and rec.eval_seconds >= 3 * 0.4
+    assert 0 < rec.train_seconds < 0.4  # four tiny steps, none of the three 0.4 s evaluations
+    assert rec.train_seconds + rec.eval_seconds <= rec.run_seconds
 
 
 def test_head_only_trains_just_the_head(glue_dir, bert_tokenizer, tiny_bert):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     rec = train_run(_cfg("head"), spec, tr, ev, tiny_bert(2))
-    assert rec["trainable_params"] == rec["head_params"] == 66 and rec["adapter_params"] == 0
+    assert rec.trainable_params == rec.head_params == 66 and rec.adapter_params == 0
 
 
 def test_nan_loss_stops_the_run_naming_method_and_step(glue_dir, bert_tokenizer, tiny_bert):
@@ -109,9 +109,9 @@ def test_nan_loss_stops_the_run_naming_method_and_step(glue_dir, bert_tokenizer,
         return m
 
     rec = train_run(_cfg("lora"), spec, tr, ev, poisoned)
-    assert rec["status"] == "diverged" and rec["diverged_step"] == 1
-    assert rec["message"].startswith("lora (seed 0) stopped at step 1: training loss nan is not finite")
-    assert rec["final_metric"] is None and rec["train_loss"] == []
+    assert rec.status == "diverged" and rec.diverged_step == 1
+    assert rec.message.startswith("lora (seed 0) stopped at step 1: training loss nan is not finite")
+    assert rec.final_metric is None and rec.train_loss == []
 
 
 def test_exploding_loss_stops_the_run(glue_dir, bert_tokenizer, tiny_bert):
@@ -119,16 +119,16 @@ def test_exploding_loss_stops_the_run(glue_dir, bert_tokenizer, tiny_bert):
     rec = train_run(
         _cfg("full", lr=50.0, head_lr=50.0, steps=30, explode_factor=1.5), spec, tr, ev, tiny_bert(2)
     )
-    assert rec["status"] == "diverged"
-    assert f"stopped at step {rec['diverged_step']}" in rec["message"]
-    assert "full (seed 0)" in rec["message"] and "lower --lr (was 50)" in rec["message"]
-    assert len(rec["train_loss"]) == rec["diverged_step"] - 1
+    assert rec.status == "diverged"
+    assert f"stopped at step {rec.diverged_step}" in rec.message
+    assert "full (seed 0)" in rec.message and "lower --lr (was 50)" in rec.message
+    assert len(rec.train_loss) == rec.diverged_step - 1
 
 
 def test_merged_weights_are_saved_and_differ_from_base(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     rec = train_run(_cfg("lora", save_merged=True, lr=1e-2), spec, tr, ev, tiny_bert(2), run_dir=tmp_path)
-    assert rec["merged_dir"] == "merged"
+    assert rec.merged_dir == "merged"
     sd = load_file(tmp_path / "merged" / "model.safetensors")
     key = "bert.encoder.layer.0.attention.self.query.weight"
     assert key in sd and not any(".A" in k or "lora" in k for k in sd)  # a plain HF model again
@@ -141,18 +141,18 @@ def test_merged_weights_are_saved_and_differ_from_base(glue_dir, bert_tokenizer,
 def test_regression_task_reports_spearman(glue_dir, bert_tokenizer, tiny_bert):
     spec, tr, ev = _encoders("stsb", glue_dir, bert_tokenizer)
     rec = train_run(_cfg("lora", task="stsb"), spec, tr, ev, tiny_bert(1))
-    assert rec["status"] == "finished"
-    assert -1.0 <= rec["final_metric"] <= 1.0
+    assert rec.status == "finished"
+    assert -1.0 <= rec.final_metric <= 1.0
 
 
 def test_causal_lm_answer_loss(glue_dir, char_tokenizer, tiny_llama):
     spec, tr, ev = _encoders("gsm8k", glue_dir, char_tokenizer, max_length=128)
     rec = train_run(_cfg("lora", task="gsm8k", lr=1e-2), spec, tr, ev, tiny_llama)
-    assert rec["status"] == "finished" and rec["head_params"] == 0
-    e0, e1 = rec["eval"][0], rec["eval"][-1]
-    assert e0["metric"] == e0["loss"] and math.isfinite(e0["metric"])
-    assert e0["metric"] == pytest.approx(math.log(64), rel=0.1)  # random init ≈ uniform over 64 tokens
-    assert e1["metric"] < e0["metric"]
+    assert rec.status == "finished" and rec.head_params == 0
+    e0, e1 = rec.evals[0], rec.evals[-1]
+    assert e0.metric == e0.loss and math.isfinite(e0.metric)
+    assert e0.metric == pytest.approx(math.log(64), rel=0.1)  # random init ≈ uniform over 64 tokens
+    assert e1.metric < e0.metric
 
 
 def test_method_families():
@@ -178,17 +178,17 @@ def test_real_stories260k_on_gsm8k(shared_data, stories260k):
         ev,
         lambda: load_model("stories260K", spec),
     )
-    assert rec["status"] == "finished" and rec["head_params"] == 0
-    assert rec["injection"]["n_modules"] == 35  # wq wk wv wo w1 w2 w3 in each of 5 layers
-    assert rec["base_params"] == 260_032
+    assert rec.status == "finished" and rec.head_params == 0
+    assert rec.injection["n_modules"] == 35  # wq wk wv wo w1 w2 w3 in each of 5 layers
+    assert rec.base_params == 260_032
     # A TinyStories model on grade-school maths: far from its training text, yet a finite loss
     # of a few nats per answer token (uniform over 512 tokens would be ln 512 = 6.2).
-    assert 1.0 < rec["initial_metric"] < 12.0
+    assert 1.0 < rec.initial_metric < 12.0
 
 
 @pytest.mark.gpu
 def test_cuda_run_records_cuda_memory(glue_dir, bert_tokenizer, tiny_bert):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer)
     rec = train_run(_cfg("lora", device="cuda"), spec, tr, ev, tiny_bert(2))
-    assert rec["status"] == "finished" and rec["memory_kind"] == "cuda_max_allocated"
-    assert rec["peak_memory_mb"] > 0
+    assert rec.status == "finished" and rec.memory_kind == "cuda_max_allocated"
+    assert rec.peak_memory_mb > 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
 
 from lowrank_lab.finetune import main as finetune_main
 from lowrank_lab.training.batching import default_validation_size, validation_split
+from lowrank_lab.training.config import RunConfig
+from lowrank_lab.training.record import RunRecord
 from lowrank_lab.training.selection import GridError, choose, default_grid, grid_for, parse_grid
 
 from .test_study import _run
@@ -62,22 +65,30 @@ def test_bad_grid_value_exits_2_naming_it(capsys, tmp_path):
 
 
 def _rec(lr, val, status="finished", collapsed=False):
-    return {"selection_lr": lr, "val_metric": val, "status": status, "val_collapsed": collapsed}
+    """(rate, the selection run's record at that rate)."""
+    cfg = RunConfig(task="sst2", method="lora", seed=100, lr=lr)
+    return lr, RunRecord(config=cfg, status=status, val_metric=val, val_collapsed=collapsed)
+
+
+def _choose(method, trials, **kw):
+    return choose(method, [lr for lr, _ in trials], [rec for _, rec in trials], **kw)
 
 
 def test_choose_takes_the_best_usable_rate_and_says_when_it_is_at_the_edge():
     recs = [_rec(1e-4, 0.80), _rec(1e-3, 0.86), _rec(1e-2, 0.90, collapsed=True), _rec(3e-2, 0.5, "diverged")]
-    c = choose("lora", recs, higher_is_better=True)
+    c = _choose("lora", recs, higher_is_better=True)
     assert c.lr == 1e-3 and c.val_metric == 0.86 and "2 usable rates" in c.reason
-    edge = choose("lora", [_rec(1e-4, 0.9), _rec(1e-3, 0.8)], higher_is_better=True)
+    edge = _choose("lora", [_rec(1e-4, 0.9), _rec(1e-3, 0.8)], higher_is_better=True)
     assert edge.lr == 1e-4 and "edge of the grid" in edge.reason
-    assert choose("x", [_rec(1e-4, 3.0), _rec(1e-3, 2.5)], higher_is_better=False).lr == 1e-3  # a loss
-    assert choose("x", [_rec(1e-4, 0.7), _rec(1e-3, 0.7)], higher_is_better=True).lr == 1e-4  # tie: smaller
+    assert _choose("x", [_rec(1e-4, 3.0), _rec(1e-3, 2.5)], higher_is_better=False).lr == 1e-3  # a loss
+    assert _choose("x", [_rec(1e-4, 0.7), _rec(1e-3, 0.7)], higher_is_better=True).lr == 1e-4  # tie: smaller
+    nan_first = [_rec(1e-4, math.nan), _rec(1e-3, 0.6)]
+    assert _choose("x", nan_first, higher_is_better=True).lr == 1e-3  # a non-finite metric is not eligible
 
 
 def test_a_method_collapsed_at_every_rate_gets_no_rate():
     recs = [_rec(1e-4, 0.5, collapsed=True), _rec(1e-3, 0.5, "diverged")]
-    c = choose("nlora-pinv", recs, higher_is_better=True)
+    c = _choose("nlora-pinv", recs, higher_is_better=True)
     assert c.lr is None and "no usable rate" in c.reason and "collapsed" in c.reason
 
 
@@ -102,8 +113,8 @@ def test_selection_never_reads_the_dev_set(glue_dir, bert_tokenizer, tiny_pooled
     # selection runs never scored dev; the final runs did, and there the flipped labels show
     for path in (tmp_path / "a" / "select").glob("*/run.json"):
         assert "dev" not in json.loads(path.read_text())
-    fa = {r["config"]["method"]: r["final_metric"] for r in first["records"]}
-    fb = {r["config"]["method"]: r["final_metric"] for r in second["records"]}
+    fa = {r.config.method: r.final_metric for r in first["records"]}
+    fb = {r.config.method: r.final_metric for r in second["records"]}
     assert fa["lora"] == pytest.approx(1 - fb["lora"])
 
 
@@ -124,11 +135,11 @@ def test_selected_rates_are_in_run_json_selection_csv_and_the_figure(
     sel = pd.read_csv(out / "selection.csv")
     assert len(sel) >= 4 and sel["chosen"].sum() == 2  # the grid, plus any step beyond an edge
     for rec in res["records"]:
-        method = rec["config"]["method"]
-        assert rec["head_lr"] == chosen["head"].lr
+        method = rec.config.method
+        assert rec.head_lr == chosen["head"].lr
         if method == "lora":
-            assert rec["lr"] == chosen["lora"].lr
-        assert rec["config"]["seed"] in (0, 1)  # the verdict seeds, never the selection seed 100
+            assert rec.lr == chosen["lora"].lr
+        assert rec.config.seed in (0, 1)  # the verdict seeds, never the selection seed 100
     assert sorted(p.name for p in (out / "select").iterdir())[0] == "head-r2-seed100-lr0.003"
     assert res["selection"]["head"].lr is not None
     assert (out / "figures" / "lr_selection.png").stat().st_size > 0
@@ -177,4 +188,4 @@ def test_epochs_set_the_steps_from_the_training_split(glue_dir, bert_tokenizer, 
     res = _run(glue_dir, tmp_path / "ep", bert_tokenizer, tiny_bert(2), methods=("lora",),
                base={"epochs": 1.5, "val_samples": 12, "eval_every": 0})
     rec = res["records"][0]
-    assert rec["config"]["steps"] == 18 and rec["config"]["epochs"] == 1.5 and rec["steps_done"] == 18
+    assert rec.config.steps == 18 and rec.config.epochs == 1.5 and rec.steps_done == 18

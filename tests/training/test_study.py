@@ -11,6 +11,7 @@ from transformers import AutoConfig
 from lowrank_lab.training import config as config_mod
 from lowrank_lab.training import study as study_mod
 from lowrank_lab.training.config import RunConfig
+from lowrank_lab.training.record import study_records
 from lowrank_lab.training.study import (
     StudyResumeError,
     intruder_counts,
@@ -44,7 +45,7 @@ def _run(glue_dir, out, tok, factory, methods=("lora", "head"), seeds=(0,), **kw
 def test_study_writes_records_csv_summary_figures(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     out = tmp_path / "study"
     res = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora", "head"), seeds=(0, 1))
-    assert [(r["config"]["seed"], r["config"]["method"]) for r in res["records"]] == [
+    assert [(r.config.seed, r.config.method) for r in res["records"]] == [
         (0, "lora"),
         (0, "head"),
         (1, "lora"),
@@ -84,7 +85,7 @@ def test_divergence_stops_one_run_and_the_study_goes_on(
         tokenizer=bert_tokenizer,
         log=messages.append,
     )
-    status = {r["config"]["method"]: r["status"] for r in res["records"]}
+    status = {r.config.method: r.status for r in res["records"]}
     assert status == {"lora": "diverged", "full": "finished"}
     assert any(m.startswith("DIVERGED: lora (seed 0) stopped at step") for m in messages)
     assert "## Runs that stopped" in (tmp_path / "s" / "summary.md").read_text()
@@ -104,7 +105,7 @@ def test_failed_run_is_recorded_and_the_study_goes_on(glue_dir, tmp_path, bert_t
     )
     assert res["failed"] == 1
     rec = res["records"][0]
-    assert rec["status"] == "failed" and rec["message"].startswith("lora (seed 0) failed: AdapterOptionError")
+    assert rec.status == "failed" and rec.message.startswith("lora (seed 0) failed: AdapterOptionError")
 
 
 def test_resume_skips_finished_runs_and_rejects_other_settings(
@@ -118,7 +119,7 @@ def test_resume_skips_finished_runs_and_rejects_other_settings(
 
     monkeypatch.setattr(study_mod, "train_run", boom)
     again = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
-    assert again["records"][0]["train_loss"] == first["records"][0]["train_loss"]
+    assert again["records"][0].train_loss == first["records"][0].train_loss
     assert len(pd.read_csv(out / "runs.csv")) == 1
     with pytest.raises(
         StudyResumeError, match=r"lora-r2-seed0 was made with other settings \(steps: stored 3, asked 5\)"
@@ -137,7 +138,7 @@ def test_a_study_extended_with_resume_summarises_every_run_in_the_folder(
     out = tmp_path / "grow"
     _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",))
     res = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("head",), seeds=(0, 1), resume=True)
-    assert [r["config"]["method"] for r in res["records"]] == ["head", "head"]  # this call's runs
+    assert [r.config.method for r in res["records"]] == ["head", "head"]  # this call's runs
     text = (out / "summary.md").read_text()
     assert "| lora |" in text and "| head |" in text  # the earlier call's lora run is still summarised
     assert set(pd.read_csv(out / "curves.csv")["method"]) == {"lora", "head"}
@@ -153,7 +154,7 @@ def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer
         pd.DataFrame({"side": ["left", "left", "left", "right"], "intruder": flags}).to_csv(
             out / "intruders" / run / "intruders.csv", index=False
         )
-    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/run.json"))]
+    records = study_records(out)
     assert intruder_counts(out, records) == {"full": [0.0], "lora": [2.0]}  # right side not counted
     path = summarize_existing(out, [], study_mod.get_task("sst2"))
     text = path.read_text()
@@ -182,7 +183,7 @@ def test_any_hugging_face_model_directory_is_a_model(glue_dir, tmp_path, bert_to
         log=lambda m: None,
     )
     (rec,) = res["records"]
-    assert rec["status"] == "finished", rec.get("message")
-    assert rec["config"]["model"] == str(model_dir) and len(rec["train_loss"]) == 3
+    assert rec.status == "finished", rec.message
+    assert rec.config.model == str(model_dir) and len(rec.train_loss) == 3
     merged = AutoConfig.from_pretrained(tmp_path / "s" / "runs" / "lora-r2-seed0" / "merged")
     assert merged.hidden_size == 32 and merged.num_labels == (1 if task == "stsb" else 2)

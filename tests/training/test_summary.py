@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+from lowrank_lab.training.config import RunConfig
+from lowrank_lab.training.record import EvalPoint, RunRecord
 from lowrank_lab.training.summary import (
     final_loss,
     loss_auc,
@@ -31,8 +34,8 @@ def test_moving_average_and_curve_stats():
 
 def test_still_rising_compares_the_end_with_80_percent_of_the_run():
     def rec(values, steps=100):
-        evals = [{"step": 20 * i, "metric": v} for i, v in enumerate(values)]
-        return {"eval": evals, "steps_done": steps}
+        evals = [EvalPoint(step=20 * i, metric=v, loss=0.5) for i, v in enumerate(values)]
+        return RunRecord(config=RunConfig(task="sst2", method="lora"), evals=evals, steps_done=steps)
 
     assert still_rising(rec([0.5, 0.7, 0.8, 0.84, 0.85, 0.86]), SST2) is True  # +0.02 over steps 80-100
     assert still_rising(rec([0.5, 0.7, 0.8, 0.84, 0.86, 0.864]), SST2) is False  # +0.004 < 0.005
@@ -49,7 +52,8 @@ def test_stat_mean_and_sample_sd():
 
 
 def _rec(method, seed, metric, losses, *, adapter=1000, head=10, initial=0.5, status="finished"):
-    return {
+    """A record as run.json holds it, read through RunRecord.from_dict (the one reader)."""
+    return RunRecord.from_dict({
         "config": {
             "method": method,
             "seed": seed,
@@ -74,7 +78,7 @@ def _rec(method, seed, metric, losses, *, adapter=1000, head=10, initial=0.5, st
         "lr": 4e-4,
         "eval_n": 800,
         "message": "" if status == "finished" else f"{method} stopped at step 3",
-    }
+    })
 
 
 def _study(nlora_acc, lora_acc, inttune_acc=(0.80, 0.81, 0.79)):
@@ -103,7 +107,7 @@ def test_render_summary_lists_stopped_runs_and_claims():
 def test_machine_line_names_every_machine_and_commit():
     a = {"device": "cpu (1 threads, x86_64)", "versions": {"torch": "2.13.0+cpu"}, "git_commit": "a" * 40}
     b = {**a, "cpu": "AMD EPYC (avx2)", "git_commit": "b" * 40 + "-dirty"}
-    recs = [{**_rec("lora", s, 0.8, [0.5]), "meta": m} for s, m in enumerate([a, a, b])]
+    recs = [replace(_rec("lora", s, 0.8, [0.5]), meta=m) for s, m in enumerate([a, a, b])]
     assert machines_line(recs) == (
         "cpu (1 threads, x86_64), torch 2.13.0+cpu, CPU model not recorded (2 runs); "
         "cpu (1 threads, x86_64), torch 2.13.0+cpu, AMD EPYC (avx2) (1 run); commits aaaaaaa, bbbbbbb-dirty"
@@ -115,9 +119,9 @@ def test_machine_line_names_every_machine_and_commit():
 def test_replaced_records_are_said_with_their_old_metric():
     recs = [_rec("lora", 0, 0.80, [0.5]), _rec("head", 1, 0.60, [0.5]), _rec("nlora", 2, 0.7, [0.5])]
     assert replaced_lines(recs) == []
-    recs[0]["replaces"] = {"final_metric": 0.79, "first_different_step": 6, "max_rel_loss_difference": 2e-7}
-    recs[1]["replaces"] = {"final_metric": 0.63, "first_different_step": 1, "max_rel_loss_difference": 4e-7}
-    recs[2]["replaces"] = {"final_metric": 0.70, "first_different_step": 2, "max_rel_loss_difference": 0.15}
+    recs[0].replaces = {"final_metric": 0.79, "first_different_step": 6, "max_rel_loss_difference": 2e-7}
+    recs[1].replaces = {"final_metric": 0.63, "first_different_step": 1, "max_rel_loss_difference": 4e-7}
+    recs[2].replaces = {"final_metric": 0.70, "first_different_step": 2, "max_rel_loss_difference": 0.15}
     (line,) = replaced_lines(recs)
     assert line.startswith("- 3 runs trained again for their merged weights (`finetune --rebuild-merged")
     assert "lora seed 0, head seed 1, nlora seed 2)" in line and "differ from steps 1–6 on" in line
@@ -126,6 +130,6 @@ def test_replaced_records_are_said_with_their_old_metric():
     assert "final metric moved by 0.0133 on average (max 0.0300)" in line
     assert line in render_summary(recs, ["lora", "head", "nlora"], SST2, title="T", command=None)
     for r in recs[1:]:
-        del r["replaces"]
+        r.replaces = None
     (one,) = replaced_lines(recs)
     assert one.startswith("- 1 run trained again") and "differ from step 6 on, by at most 2.0e-07" in one
