@@ -17,7 +17,16 @@
 #         STUDY_STAGE=sst2 bash benchmarks/claims_study.sh      # one stage: sst2, ranks, stsb, gsm8k,
 #                                                               #   intruders, forgetting, claims
 #         STUDY_THREADS=1 ...                                   # torch threads per run (default 1)
-# On 2 cores, two single-threaded stages side by side (e.g. sst2 and stsb) use the machine best.
+#         STUDY_METHODS=pissa STUDY_STAGE=sst2 ...              # some methods only (a second stream)
+# On 2 cores, two single-threaded streams side by side use the machine best: two stages, or one
+# stage split by STUDY_METHODS (runs are per directory; selection.csv and forgetting.csv are merged
+# under a lock). A stream must not list a method another stream lists (both would train its runs).
+#
+# Selection grids: LoRA, PiSSA, full fine-tuning and the head get the default five rates (0.1x to
+# 10x the published rate, a 100x span). The other claim methods get the three middle ones (0.3x, 1x,
+# 3x: a 10x span around the paper's rate), still extended past an edge that holds the best rate, to
+# fit the compute plan (reports/README.md); on LoRA's five SST-2 rates the middle three choose the
+# same rate as all five. STUDY_GRID replaces these grids (repeatable --lr-grid values).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +40,18 @@ GSM8K_METHODS="${STUDY_GSM8K_METHODS:-lora,full}"  # the gate first: add the cla
 # training stages at once, so they run in the session whose machine still holds those weights
 STAGES="${STUDY_STAGE:-sst2 ranks intruders forgetting stsb gsm8k claims}"
 COMMON=(--model minilm --batch-size 16 --lr-grid --data-dir "$DATA" --resume --threads "$THREADS" --no-progress)
+narrow() {  # the three-rate grids of the non-reference claim methods around the LoRA-family rate $1
+  local lo mid hi
+  read -r lo mid hi < <(python -c "r=$1; print(*(float(f'{r*f:.3g}') for f in (0.3, 1, 3)))")
+  for m in milora nlora slora; do printf -- '--lr-grid\n%s=%s,%s,%s\n' "$m" "$lo" "$mid" "$hi"; done
+  printf -- '--lr-grid\ncore=1.2e-3,4e-3,1.2e-2\n'  # the core family's 4e-3 (LoRA-XS) x 0.3, 1, 3
+}
+if [ -n "${STUDY_GRID:-}" ]; then
+  read -r -a SST2_GRID <<< "$STUDY_GRID"; STSB_GRID=("${SST2_GRID[@]}")
+else
+  mapfile -t SST2_GRID < <(narrow 5e-4)  # LoRA paper, Table 9: 5e-4 on SST-2, 4e-4 on STS-B
+  mapfile -t STSB_GRID < <(narrow 4e-4)
+fi
 
 chosen_head_lr() {  # the head rate the rank-8 SST-2 selection chose (selection.csv)
   python - "$OUT/sst2/selection.csv" <<'EOF'
@@ -50,17 +71,18 @@ for stage in $STAGES; do
   case "$stage" in
     sst2)  # 600 steps = 9,600 examples (0.15 epoch): LoRA and full pass 0.85 dev accuracy by then
       python -m lowrank_lab.finetune --task sst2 --methods "$METHODS" --rank 8 --steps 600 \
-        --eval-every 120 --max-length 64 --seeds "$SEEDS" --out "$OUT/sst2" "${COMMON[@]}" ;;
-    ranks)  # LoRA at r = 1 and 64 for the intruder/forgetting claims, at the head rate chosen above
+        --eval-every 120 --max-length 64 --seeds "$SEEDS" --out "$OUT/sst2" "${COMMON[@]}" "${SST2_GRID[@]}" ;;
+    ranks)  # LoRA at r = 1 and 64 for the intruder/forgetting claims, at the head rate chosen above;
+      # three rates around the paper's (as the other non-reference runs), extended past an edge
       head_lr=$(chosen_head_lr)
       for r in 1 64; do
         python -m lowrank_lab.finetune --task sst2 --methods lora --rank "$r" --steps 600 \
           --eval-every 120 --max-length 64 --seeds 0,1,2 --head-lr "$head_lr" --out "$OUT/sst2" \
-          "${COMMON[@]}"
+          "${COMMON[@]}" --lr-grid lora=1.5e-4,5e-4,1.5e-3
       done ;;
     stsb)  # 400 steps = 6,400 pairs, 1.2 epochs of the 5,175 left after the validation split
       python -m lowrank_lab.finetune --task stsb --methods "$METHODS" --rank 8 --steps 400 \
-        --eval-every 80 --max-length 128 --seeds "$SEEDS" --out "$OUT/stsb" "${COMMON[@]}" ;;
+        --eval-every 80 --max-length 128 --seeds "$SEEDS" --out "$OUT/stsb" "${COMMON[@]}" "${STSB_GRID[@]}" ;;
     gsm8k)
       python -m lowrank_lab.finetune --task gsm8k --model stories260K --methods "$GSM8K_METHODS" --rank 8 \
         --steps 600 --eval-every 120 --batch-size 16 --max-length 512 --eval-samples 256 --lr-grid \

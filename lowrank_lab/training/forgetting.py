@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lowrank_lab.utils.files import write_frame
+from lowrank_lab.utils.files import update_lock, write_frame
 
 from .metrics import spearman
 from .models import load_tokenizer
@@ -124,8 +124,11 @@ def measure_forgetting(
                 "drop": base - tuned,
             }
         )
-    frame = pd.concat([done, pd.DataFrame(rows, columns=FORGETTING_COLUMNS)], ignore_index=True)
-    write_frame(frame, path)
+    new = pd.DataFrame(rows, columns=FORGETTING_COLUMNS)
+    with update_lock(path):  # rows another process added while these were measured stay
+        now = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FORGETTING_COLUMNS)
+        kept = now[~now["run"].astype(str).isin(new["run"])]
+        write_frame(pd.concat([kept, new], ignore_index=True) if len(kept) else new, path)
     say(f"forgetting: base encoder {base:.4f}; measured {len(rows)} runs into {path}")
     return path
 

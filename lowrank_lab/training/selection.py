@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lowrank_lab.utils.files import write_frame
+from lowrank_lab.utils.files import update_lock, write_frame
 
 from .config import HEAD_ONLY, RunConfig, default_lr, method_family
 from .record import RunRecord
@@ -306,15 +306,15 @@ def write_selection(out: Path, rows: list[dict[str, Any]], choices: dict[str, Ch
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=SELECTION_COLUMNS)
-    path = Path(out) / "selection.csv"
-    if path.is_file():  # another call's selections (other methods or ranks) stay
-        old = pd.read_csv(path)
-        if list(old.columns) == SELECTION_COLUMNS:
-            key = ["method", "rank", "rate_of", "lr"]
-            seen = set(map(tuple, frame[key].astype(str).values))
-            keep = old[[tuple(k) not in seen for k in old[key].astype(str).values]]
-            frame = pd.concat([keep, frame], ignore_index=True)
-    write_frame(frame, path)
+    with update_lock(Path(out) / "selection.csv") as path:  # a study's other streams update it too
+        if path.is_file():  # another call's selections (other methods or ranks) stay
+            old = pd.read_csv(path)
+            if list(old.columns) == SELECTION_COLUMNS:
+                key = ["method", "rank", "rate_of", "lr"]
+                seen = set(map(tuple, frame[key].astype(str).values))
+                keep = old[[tuple(k) not in seen for k in old[key].astype(str).values]]
+                frame = pd.concat([keep, frame], ignore_index=True)
+        write_frame(frame, path)
     if not frame.empty:
         from .figures import lr_selection  # matplotlib only where a figure is drawn
 

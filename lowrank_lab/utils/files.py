@@ -110,6 +110,25 @@ def write_frame(frame: Any, path: str | Path, option: str = "--out") -> Path:
     return Path(path)
 
 
+@contextlib.contextmanager
+def update_lock(path: str | Path, option: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``<path>.lock`` while a table is read, merged with new rows and
+    rewritten (:func:`write_frame`): two processes updating one table (two streams of a study on one
+    ``--out``, each with its own methods) then keep each other's rows, where a read-modify-write
+    without it would let the later writer drop the rows the other added in between. Yields ``path``.
+    The kernel drops the lock with its process, so a killed writer never leaves it held."""
+    import fcntl
+
+    path = refuse_symlink(path, option)
+    lock = refuse_symlink(path.with_name(f".{path.name}.lock"), option)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE | 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def open_append(path: str | Path, option: str = "--out") -> IO[str]:
     """``open(path, "a", newline="")`` that refuses a symbolic link (``O_NOFOLLOW``)."""
     path = refuse_symlink(path, option)

@@ -189,3 +189,29 @@ def test_epochs_set_the_steps_from_the_training_split(glue_dir, bert_tokenizer, 
                base={"epochs": 1.5, "val_samples": 12, "eval_every": 0})
     rec = res["records"][0]
     assert rec.config.steps == 18 and rec.config.epochs == 1.5 and rec.steps_done == 18
+
+
+def _add_selection_rows(out, method, n):
+    from lowrank_lab.training.selection import Choice, write_selection
+
+    for i in range(n):  # one read-merge-write per row: as many chances to collide as possible
+        rows = [{"method": method, "rank": 8, "rate_of": "lr", "lr": 10.0 ** -(i + 1), "val_metric": 0.5,
+                 "status": "finished", "collapsed": False, "steps_done": 1}]
+        write_selection(out, rows, {method: Choice(method, None, None, "test")})
+
+
+def test_two_processes_updating_selection_csv_keep_each_others_rows(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from lowrank_lab.training import figures
+
+    monkeypatch.setattr(figures, "lr_selection", lambda frame, path: path)  # the table, not the figure
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_add_selection_rows, args=(tmp_path, m, 15)) for m in ("pissa", "milora")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    sel = pd.read_csv(tmp_path / "selection.csv")
+    assert sel.groupby("method").size().to_dict() == {"milora": 15, "pissa": 15}
