@@ -83,10 +83,21 @@ for stage in $STAGES; do
     stsb)  # 400 steps = 6,400 pairs, 1.2 epochs of the 5,175 left after the validation split
       python -m lowrank_lab.finetune --task stsb --methods "$METHODS" --rank 8 --steps 400 \
         --eval-every 80 --max-length 128 --seeds "$SEEDS" --out "$OUT/stsb" "${COMMON[@]}" "${STSB_GRID[@]}" ;;
-    gsm8k)
-      python -m lowrank_lab.finetune --task gsm8k --model stories260K --methods "$GSM8K_METHODS" --rank 8 \
-        --steps 600 --eval-every 120 --batch-size 16 --max-length 512 --eval-samples 256 --lr-grid \
-        --seeds "$SEEDS" --data-dir "$DATA" --out "$OUT/gsm8k" --resume --threads "$THREADS" --no-progress ;;
+    gsm8k)  # the bigram gate at selection first: seeds only when a method beats it on validation
+      gsm=(python -m lowrank_lab.finetune --task gsm8k --model stories260K --methods "$GSM8K_METHODS"
+        --rank 8 --steps 600 --eval-every 120 --batch-size 16 --max-length 512 --eval-samples 256
+        --lr-grid --data-dir "$DATA" --out "$OUT/gsm8k" --resume --threads "$THREADS" --no-progress)
+      "${gsm[@]}" --select-only
+      if python - "$OUT/gsm8k" <<'EOF'
+import sys
+
+from lowrank_lab.training.claims import read_baselines, selection_gate
+
+gate = selection_gate(sys.argv[1], read_baselines(sys.argv[1]))
+print(f"GSM8K gate at selection: {gate}")
+sys.exit(0 if gate is None or gate[0] else 1)
+EOF
+      then "${gsm[@]}" --seeds "$SEEDS"; fi ;;
     intruders)  # LoRA r = 1, 8, 64 and full fine-tuning, seeds 0-2: every matrix, the epsilon sweep
       lost=()  # finished runs whose merged/ weights went with an earlier machine: replayed first
       for run in "$OUT"/sst2/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2}; do

@@ -22,6 +22,7 @@ import pandas as pd
 from lowrank_lab.training.claims import BASELINES, COLUMNS, GATE_MARGIN, study_claims
 from lowrank_lab.training.stats import MIN_EFFECT
 from lowrank_lab.training.tasks import DATA_DIR_ENV, default_data_dir
+from lowrank_lab.utils.files import atomic_write_text, write_frame
 from lowrank_lab.utils.tables import to_markdown
 
 EPILOG = """
@@ -128,16 +129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         studies = [Path(s) for s in args.studies]
         for study in studies:
-            if not (study / "runs").is_dir():
-                raise FileNotFoundError(f"--studies {study}: no runs/ folder; pass a finetune --out folder")
+            if not (study / "runs").is_dir() and not (study / "selection.csv").is_file():
+                raise FileNotFoundError(
+                    f"--studies {study}: no runs/ folder or selection.csv; pass a finetune --out folder"
+                )
             _ensure_baselines(study, args.data_dir or default_data_dir())
             rows.extend(study_claims(study))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame(rows, columns=COLUMNS)
-        frame.to_csv(out / "claims.csv", index=False)
+        write_frame(frame, out / "claims.csv")
         command = "python -m lowrank_lab.claims " + " ".join(argv_list)
-        (out / "claims.md").write_text(render(frame, studies, command))
+        atomic_write_text(out / "claims.md", render(frame, studies, command))
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

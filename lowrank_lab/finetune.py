@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-grid --lr-grid full=1e-5,3e-5,1e-4",
     )
     p.add_argument(
+        "--select-only",
+        action="store_true",
+        help="with --lr-grid: run the selection stage only (selection.csv, figures/lr_selection.png), "
+        "no seeds; a later call with the same grid and --resume skips those runs and trains the seeds",
+    )
+    p.add_argument(
         "--selection-seed",
         type=nonnegative_int,
         default=100,
@@ -517,11 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(
                 "--lr sets one rate for every method, --lr-grid selects one per method: give one"
             )
+        if args.select_only and grid is None:
+            raise ValueError("--select-only runs the learning-rate selection: add --lr-grid")
         with sigterm_as_interrupt():
             result = run_study(
                 base,
                 methods,
-                args.seeds,
+                [] if args.select_only else args.seeds,
                 data_dir=_data_source(args, spec),
                 out=out,
                 resume=args.resume,
@@ -543,6 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     recs = result["records"]
     n_div = sum(r.status == "diverged" for r in recs)
+    if args.select_only:
+        chosen = ", ".join(f"{m} {c.lr:g}" if c.lr else f"{m} none" for m, c in result["selection"].items())
+        print(f"selection only: {chosen}; {Path(out) / 'selection.csv'}")
+        return 1 if result["failed"] else 0
     print(f"{len(recs)} runs ({n_div} diverged, {result['failed']} failed); summary: {result['summary']}")
     return 1 if result["failed"] else 0
 

@@ -67,13 +67,17 @@ def ngram_losses(
             s -= math.log(q)
         return s / max(1, len(pairs))
 
-    held = _answer_pairs(val, range(len(val))) if val is not None and len(val) else fit
+    has_val = val is not None and len(val) > 0
+    held = _answer_pairs(val, range(len(val))) if has_val else fit
     lam = min(LAMBDAS, key=lambda x: loss(held, x))
     scored = _answer_pairs(dev, dev_idx)
     return {
         "unigram": loss(scored, None),
         "bigram": loss(scored, lam),
         "bigram_lambda": lam,
+        # the same bigram on the validation answers, where selection runs are scored (the gate a
+        # study can apply before it spends its seeds: claims.selection_gate)
+        "bigram_validation": loss(held, lam) if has_val else None,
         "ngram_fit_answers": min(NGRAM_TRAIN, len(train)),
         "scored_tokens": len(scored),
     }

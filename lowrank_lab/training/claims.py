@@ -223,6 +223,32 @@ def _lm_gate(
     return True, f"answer loss {shown} below the bigram {bigram:.3f}"
 
 
+def selection_gate(out: str | Path, baselines: Mapping[str, Any]) -> tuple[bool, str] | None:
+    """The bigram gate of a language-modelling study at its learning-rate selection: whether any
+    method, at the rate chosen for it, ends below the interpolated bigram on the validation answers
+    (``baselines.json``'s ``bigram_validation``: same examples, same nats per answer token). A study
+    whose selection fails it spends no seeds (benchmarks/claims_study.sh, GSM8K). None without a
+    ``selection.csv`` or that baseline."""
+    import pandas as pd
+
+    path, bigram = Path(out) / "selection.csv", baselines.get("bigram_validation")
+    if bigram is None or not path.is_file():
+        return None
+    sel = pd.read_csv(path)
+    best = sel[sel["chosen"].fillna(False).astype(bool) & sel["rate_of"].eq("lr")]
+    if best.empty:
+        return False, f"no rate chosen in {path}: no method trained without collapsing"
+    shown = ", ".join(f"{r.method} {r.val_metric:.3f} at {r.lr:g}" for r in best.itertuples())
+    ok = bool((best["val_metric"] < bigram).any())
+    if ok:
+        return True, f"selection: validation answer loss {shown} nats/token; bigram {bigram:.3f}"
+    return False, (
+        f"at the selected rates the validation answer loss ({shown} nats/token) is not below the "
+        f"bigram's {bigram:.3f} on the same answers: the model has not learned the answers at this scale, "
+        "so no seeds were run"
+    )
+
+
 def claim_rows(
     spec: TaskSpec,
     records: Sequence[RunRecord],
@@ -230,10 +256,12 @@ def claim_rows(
     baselines: Mapping[str, Any] | None = None,
     intruders: Mapping[str, float] | None = None,
     forgetting: Mapping[str, float] | None = None,
+    study_gate: tuple[bool, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per claim that applies to ``spec`` (columns :data:`COLUMNS`), Holm-adjusted across
     them. ``intruders`` and ``forgetting`` map run names to the run's intruder count and STS-B
-    Spearman drop (None: those claims are "not testable: not measured")."""
+    Spearman drop (None: those claims are "not testable: not measured"). A failed ``study_gate``
+    (:func:`selection_gate`) makes every claim not testable, with its reason."""
     baselines = dict(baselines or {})
     intruders = dict(intruders or {})
     if records and all(r.final_metric_name == "exact_match" for r in records if r.usable):
@@ -267,7 +295,9 @@ def claim_rows(
             )
         else:
             gate_ok, reason = task_ok, task_reason
-        if len(seeds) < 2:
+        if study_gate is not None and not study_gate[0]:
+            gate_ok, reason = study_gate
+        elif len(seeds) < 2:
             have = f"{len(seeds)} seed(s) with usable runs of both {claim.a} and {claim.b}"
             if claim.measure == "intruders":
                 have += " and intruder counts"
@@ -392,14 +422,19 @@ def study_claims(
     out = Path(out)
     if records is None:
         records = study_records(out)
-    if not records:
+    baselines = read_baselines(out)
+    if records:
+        spec = get_task(records[0].task)
+    elif baselines.get("task") and (out / "selection.csv").is_file():
+        spec = get_task(baselines["task"])  # selection only (finetune --select-only): no runs yet
+    else:
         raise FileNotFoundError(f"no run records under {out / 'runs'}")
-    spec = get_task(records[0].task)
     forgetting = read_forgetting(out)
     return claim_rows(
         spec,
         records,
-        baselines=read_baselines(out),
+        baselines=baselines,
         intruders=intruder_counts_by_run(out),
         forgetting=forgetting or None,
+        study_gate=selection_gate(out, baselines) if spec.kind == "causal-lm" else None,
     )

@@ -175,7 +175,8 @@ def run_study(
 
     Returns
     -------
-    dict with ``records`` (list), ``summary`` (path), ``failed`` (count of failed runs) and, with
+    dict with ``records`` (list), ``summary`` (path; None when there is no run yet: selection only),
+    ``failed`` (count of failed runs) and, with
     ``lr_grid``, ``selection`` (the :class:`~.selection.Choice` per method).
     """
     spec: TaskSpec = get_task(base.task)
@@ -219,7 +220,9 @@ def run_study(
     finally:
         writer.close()
 
-    if resume or lr_grid is not None:
+    if not configs and not any((out / "runs").glob("*/run.json")):
+        summary = None  # selection only (no seeds), and no run of an earlier call to summarise
+    elif resume or lr_grid is not None:
         # A study extended with --resume (more methods or seeds than an earlier call) holds runs this
         # call did not list: the summary covers every run in the folder, as --summary-only does.
         summary = summarize_existing(out, [], spec, threshold_override=loss_threshold_override, notes=notes)

@@ -40,3 +40,6 @@ def test_ngram_answer_losses(char_tokenizer):
     assert out["unigram"] == pytest.approx(want)
     assert out["scored_tokens"] == len(scored)
     assert out["bigram"] < out["unigram"]  # "ab ab" is predictable from the previous character
+    assert out["bigram_validation"] is None  # no validation split
+    with_val = ngram_losses(train, dev, dev, [0], vocab_size=char_tokenizer.vocab_size)
+    assert with_val["bigram_validation"] == pytest.approx(with_val["bigram"])  # val = dev here: same answers

@@ -160,7 +160,7 @@ def test_forgetting_claim_is_a_spearman_correlation_across_runs():
 
 def test_claims_cli_writes_csv_and_md_and_names_a_bad_folder(tmp_path, capsys):
     assert claims_main(["--studies", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
-    assert "no runs/ folder; pass a finetune --out folder" in capsys.readouterr().err
+    assert "no runs/ folder or selection.csv; pass a finetune --out folder" in capsys.readouterr().err
 
 
 def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled, tmp_path, capsys):
@@ -182,3 +182,24 @@ def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled
     assert md.startswith("# Claims at this scale") and "## sst2" in md and "Gates:" in md
     assert (study / "baselines.json").is_file()  # written by the study (the CLI makes it when missing)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_language_modelling_study_gated_at_selection(tmp_path):
+    import pandas as pd
+
+    from lowrank_lab.training.claims import selection_gate, study_claims
+
+    cols = ["method", "rank", "rate_of", "lr", "val_metric", "status", "collapsed", "steps_done", "chosen"]
+    rows = [["lora", 8, "lr", 2e-4, 3.30, "finished", False, 600, True],
+            ["lora", 8, "lr", 6e-4, 3.10, "finished", False, 600, False],  # better, but not chosen
+            ["full", 8, "lr", 2e-5, 3.25, "finished", False, 600, True]]
+    pd.DataFrame(rows, columns=cols).to_csv(tmp_path / "selection.csv", index=False)
+    base = {"task": "gsm8k", "bigram": 3.0, "bigram_validation": 3.2, "unigram": 4.4}
+    (tmp_path / "baselines.json").write_text(__import__("json").dumps(base))
+    ok, reason = selection_gate(tmp_path, base)
+    assert not ok and "lora 3.300 at 0.0002, full 3.250 at 2e-05" in reason and "bigram's 3.200" in reason
+    rows_out = study_claims(tmp_path)  # selection only: no runs/, every claim gated with that reason
+    assert rows_out and {r["verdict"] for r in rows_out} == {"not testable"}
+    assert all(r["gate_reason"] == reason for r in rows_out)
+    assert selection_gate(tmp_path, {**base, "bigram_validation": 3.26})[0]  # full's 3.25 is below
+    assert selection_gate(tmp_path, {"bigram": 3.0}) is None  # a study made before the baseline existed

@@ -215,3 +215,26 @@ def test_two_processes_updating_selection_csv_keep_each_others_rows(tmp_path, mo
     assert [p.exitcode for p in procs] == [0, 0]
     sel = pd.read_csv(tmp_path / "selection.csv")
     assert sel.groupby("method").size().to_dict() == {"milora": 15, "pissa": 15}
+
+
+def test_selection_alone_then_the_seeds_reuse_its_runs(glue_dir, bert_tokenizer, tiny_pooled, tmp_path):
+    out = tmp_path / "s"
+    kw = {"lr_grid": {"lora": [1e-3, 1e-2], "head": [3e-3, 1e-1]},
+          "base": {"steps": 12, "val_samples": 12, "eval_every": 4}}
+    alone = _run(glue_dir, out, bert_tokenizer, tiny_pooled(2), seeds=(), **kw)  # finetune --select-only
+    assert alone["records"] == [] and alone["summary"] is None and not (out / "runs").exists()
+    sel = pd.read_csv(out / "selection.csv")
+    assert set(sel["method"]) == {"head", "lora"} and sel["chosen"].sum() == 2
+    made = {p: p.stat().st_mtime_ns for p in (out / "select").glob("*/run.json")}
+    assert len(made) >= 4  # two head rates, two LoRA rates (and an extension past an edge, if one)
+
+    seeds = _run(glue_dir, out, bert_tokenizer, tiny_pooled(2), seeds=(0,), resume=True, **kw)
+    assert {p: p.stat().st_mtime_ns for p in made} == made  # the selection runs were not redone
+    chosen = {m: c.lr for m, c in alone["selection"].items()}
+    assert {m: c.lr for m, c in seeds["selection"].items()} == chosen
+    assert [r.method for r in seeds["records"]] == ["lora", "head"] and seeds["summary"].is_file()
+
+
+def test_select_only_needs_a_grid(capsys, tmp_path):
+    assert finetune_main(["--task", "sst2", "--select-only", "--out", str(tmp_path / "o")]) == 2
+    assert "--select-only runs the learning-rate selection: add --lr-grid" in capsys.readouterr().err
