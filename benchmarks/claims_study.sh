@@ -27,6 +27,8 @@
 # 3x: a 10x span around the paper's rate), still extended past an edge that holds the best rate, to
 # fit the compute plan (reports/README.md); on LoRA's five SST-2 rates the middle three choose the
 # same rate as all five. STUDY_GRID replaces these grids (repeatable --lr-grid values).
+# Every GLUE call selects the head's rate first unless it is chosen already: start a second stream
+# once the first has finished the head's selection runs (or give it --head-lr).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,10 +96,12 @@ import sys
 from lowrank_lab.training.claims import read_baselines, selection_gate
 
 gate = selection_gate(sys.argv[1], read_baselines(sys.argv[1]))
-print(f"GSM8K gate at selection: {gate}")
-sys.exit(0 if gate is None or gate[0] else 1)
+if gate is None:
+    sys.exit(f"{sys.argv[1]}: no selection.csv or no bigram_validation in baselines.json: cannot gate")
+print(f"GSM8K gate at selection: {'pass' if gate[0] else 'fail'}: {gate[1]}")
+sys.exit(0 if gate[0] else 1)
 EOF
-      then "${gsm[@]}" --seeds "$SEEDS"; fi ;;
+      then "${gsm[@]}" --seeds "$SEEDS"; else echo "GSM8K: no seeds trained (the gate above)" >&2; fi ;;
     intruders)  # LoRA r = 1, 8, 64 and full fine-tuning, seeds 0-2: every matrix, the epsilon sweep
       lost=()  # finished runs whose merged/ weights went with an earlier machine: replayed first
       for run in "$OUT"/sst2/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2}; do

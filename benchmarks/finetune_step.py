@@ -106,7 +106,7 @@ def measure(method: str, spec, train, eval_, eval_idx, args, device) -> dict:
             init_s = float("nan")
         else:
             trainer = _trainer(cfg, spec, train)
-            init_s = trainer.record["init_seconds"]
+            init_s = trainer.record.init_seconds
     model, step = trainer.model, trainer.step
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     head = sum(p.numel() for _, p in head_parameters(model))

@@ -552,7 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     recs = result["records"]
     n_div = sum(r.status == "diverged" for r in recs)
     if args.select_only:
-        chosen = ", ".join(f"{m} {c.lr:g}" if c.lr else f"{m} none" for m, c in result["selection"].items())
+        picks = [(m, c) for m, c in result["selection"].items() if m in methods]
+        chosen = ", ".join(f"{m} {c.lr:g}" if c.lr else f"{m} none ({c.reason})" for m, c in picks)
         print(f"selection only: {chosen}; {Path(out) / 'selection.csv'}")
         return 1 if result["failed"] else 0
     print(f"{len(recs)} runs ({n_div} diverged, {result['failed']} failed); summary: {result['summary']}")

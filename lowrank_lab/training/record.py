@@ -89,21 +89,25 @@ class DevScore:
     seconds: float = 0.0
     exact_match: float | None = None  # --eval generate: greedy generation, final number (GSM8K)
     generate_seconds: float | None = None
+    unknown: dict[str, Any] = field(default_factory=dict)  # keys a later version wrote
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DevScore:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        names = {f.name for f in fields(cls)} - {"unknown"}
+        known = {k: v for k, v in d.items() if k in names}
+        return cls(**known, unknown={k: v for k, v in d.items() if k not in names})
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {k: v for k, v in out.items() if v is not None or k not in ("exact_match", "generate_seconds")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "unknown"}
+        out = {k: v for k, v in out.items() if v is not None or k not in ("exact_match", "generate_seconds")}
+        return {**out, **self.unknown}
 
 
 # JSON key -> attribute, where they differ ("eval" is a builtin; "metric" says which dev number
 # final_metric is).
 _KEY_TO_ATTR = {"eval": "evals", "metric": "final_metric_name"}
 _ATTR_TO_KEY = {v: k for k, v in _KEY_TO_ATTR.items()}
+_NOT_KEYS = frozenset({"unknown", "stored_config"})  # attributes that are not keys of the file
 
 
 @dataclass
@@ -151,24 +155,29 @@ class RunRecord:
     wall_seconds: float | None = None
     schema: str = SCHEMA
     unknown: dict[str, Any] = field(default_factory=dict)  # keys a later version wrote
+    #: The ``config`` object as the file holds it (None for a record made in memory): what
+    #: ``--resume`` compares (a field the file lacks counts as today's default, as for a
+    #: checkpoint), and where config keys a later version added are kept for a rewrite.
+    stored_config: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     # -- reading and writing -------------------------------------------------------------------
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunRecord:
         """The record of a parsed run.json (any version of schema 1)."""
-        if "config" not in d:
-            raise ValueError("not a run record: it has no 'config'")
-        attrs = {f.name for f in fields(cls)} - {"unknown"}
+        if not isinstance(d.get("config"), dict):
+            raise ValueError("not a run record: it has no 'config' object")
+        # the file's key names only: an attribute name used as a key ("evals") is a foreign key
+        keys = ({f.name for f in fields(cls)} - set(_ATTR_TO_KEY) - _NOT_KEYS) | set(_KEY_TO_ATTR)
         kw: dict[str, Any] = {}
         unknown: dict[str, Any] = {}
         for key, value in d.items():
-            attr = _KEY_TO_ATTR.get(key, key)
-            if attr in attrs:
-                kw[attr] = value
+            if key in keys:
+                kw[_KEY_TO_ATTR.get(key, key)] = value
             else:
                 unknown[key] = value
         kw["config"] = RunConfig.from_dict(d["config"])
+        kw["stored_config"] = dict(d["config"])
         kw["evals"] = [EvalPoint.from_dict(e) for e in d.get("eval") or []]
         kw["train_loss"] = list(d.get("train_loss") or [])
         if d.get("dev") is not None:
@@ -179,14 +188,14 @@ class RunRecord:
         """The run.json object: keys in the documented order, None left out (but :data:`ALWAYS`)."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "unknown":
+            if f.name in _NOT_KEYS:
                 continue
             key = _ATTR_TO_KEY.get(f.name, f.name)
             value = getattr(self, f.name)
             if value is None and key not in ALWAYS:
                 continue
-            if f.name == "config":
-                value = value.to_dict()
+            if f.name == "config":  # keys of the stored config this version does not know stay
+                value = {**(self.stored_config or {}), **value.to_dict()}
             elif f.name == "evals":
                 value = [e.to_dict() for e in value]
             elif f.name == "dev":
@@ -210,7 +219,7 @@ class RunRecord:
             return None
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, ValueError, TypeError):
+        except (ValueError, TypeError, KeyError, AttributeError):  # JSONDecodeError is a ValueError
             return None
 
     def write(self, path: str | Path, wall_seconds: float | None = None) -> Path:

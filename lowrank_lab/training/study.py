@@ -189,7 +189,8 @@ def run_study(
         base = replace(base, pooling=resolve_pooling(base.model, None) or NATIVE)
     data = StudyData.load(spec, base, data_dir, tokenizer)  # bad data fails before --out is made
     out = ensure_writable_dir(out)
-    if not (out / BASELINES).is_file():
+    stale = spec.kind == "causal-lm" and "bigram_validation" not in read_baselines(out)
+    if not (out / BASELINES).is_file() or stale:  # (made before the validation bigram existed)
         write_baselines(out, data)
     if base.epochs is not None:
         base = replace(base, steps=max(1, math.ceil(base.epochs * len(data.train) / base.batch_size)))
@@ -214,11 +215,14 @@ def run_study(
     else:
         configs = [replace(base, method=m, seed=int(s)) for s in seeds for m in methods]
 
-    writer = RowWriter(out / "runs.csv", RUN_COLUMNS, RUN_KEY, resume=resume)
-    try:
-        records, failed = runner.run(configs, lambda c: run_dir_for(out, c), f"{spec.name} runs", writer)
-    finally:
-        writer.close()
+    if configs:
+        writer = RowWriter(out / "runs.csv", RUN_COLUMNS, RUN_KEY, resume=resume)
+        try:
+            records, failed = runner.run(configs, lambda c: run_dir_for(out, c), f"{spec.name} runs", writer)
+        finally:
+            writer.close()
+    else:  # selection only (no seeds): runs.csv, and the runs of an earlier call, stay as they are
+        records, failed = [], 0
 
     if not configs and not any((out / "runs").glob("*/run.json")):
         summary = None  # selection only (no seeds), and no run of an earlier call to summarise
@@ -329,8 +333,14 @@ class _Runner:
             for cfg in configs:
                 rdir = dir_of(cfg)
                 rec = RunRecord.read(rdir)
+                if rec is None and (rdir / "run.json").is_file():
+                    raise StudyResumeError(
+                        f"--resume: {rdir / 'run.json'} is not a run record this version can read; "
+                        "move it away (or rerun without --resume to overwrite it)"
+                    )
                 if rec is not None and rec.status in ("finished", "diverged"):
-                    _check_same_settings(cfg, spec, rec.config.to_dict(), rec.lr, rec.head_lr, rdir)
+                    stored = rec.stored_config or rec.config.to_dict()
+                    _check_same_settings(cfg, spec, stored, rec.lr, rec.head_lr, rdir)
                     done[rdir] = rec
                 elif (meta := read_checkpoint_meta(rdir)) is not None:
                     _check_same_settings(

@@ -102,3 +102,27 @@ def test_unknown_keys_survive_a_rewrite_and_foreign_files_are_not_records(tmp_pa
     assert [r.method for r in found] == ["full"]
     with pytest.raises(ValueError, match="not a run record"):
         RunRecord.from_dict({"status": "finished"})
+
+
+def test_later_keys_in_config_and_dev_survive_and_attribute_names_are_not_keys(tmp_path):
+    raw = {"schema": SCHEMA, "config": {"task": "sst2", "method": "lora", "a_later_option": 3},
+           "status": "finished", "final_metric": 0.8, "collapsed": False,
+           "dev": {"step": 2, "metric": 0.8, "loss": 0.4, "collapsed": False, "n": 10, "seconds": 0.1,
+                   "calibration": "later"},
+           "evals": "a foreign key spelled like an attribute"}
+    rec = RunRecord.from_dict(raw)
+    assert rec.evals == [] and rec.unknown == {"evals": "a foreign key spelled like an attribute"}
+    assert rec.dev.unknown == {"calibration": "later"}
+    back = rec.to_dict()
+    assert back["config"]["a_later_option"] == 3 and back["dev"]["calibration"] == "later"
+    assert back["evals"] == raw["evals"] and back["eval"] == []
+
+
+def test_broken_records_read_as_none(tmp_path):
+    cases = {"null-config": {"config": None, "status": "finished"},
+             "eval-without-step": {"config": {"task": "sst2", "method": "lora"}, "eval": [{"metric": 0.5}]},
+             "list": [1, 2]}
+    for name, raw in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps(raw))
+        assert RunRecord.read(tmp_path / name) is None, name

@@ -233,6 +233,9 @@ def test_selection_alone_then_the_seeds_reuse_its_runs(glue_dir, bert_tokenizer,
     chosen = {m: c.lr for m, c in alone["selection"].items()}
     assert {m: c.lr for m, c in seeds["selection"].items()} == chosen
     assert [r.method for r in seeds["records"]] == ["lora", "head"] and seeds["summary"].is_file()
+    runs_csv = (out / "runs.csv").read_text()
+    again = _run(glue_dir, out, bert_tokenizer, tiny_pooled(2), seeds=(), **kw)  # --select-only, no --resume
+    assert again["records"] == [] and (out / "runs.csv").read_text() == runs_csv  # the seeds' rows stay
 
 
 def test_select_only_needs_a_grid(capsys, tmp_path):

@@ -130,6 +130,11 @@ def test_resume_skips_finished_runs_and_rejects_other_settings(
     monkeypatch.setattr(config_mod, "DEFAULT_HEAD_LR", 1e-3)
     with pytest.raises(StudyResumeError, match=r"head_lr used: stored 0.0004, asked 0.001"):
         _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
+    monkeypatch.undo()
+    # a run.json that is not a record this version reads: refused, never silently trained over
+    (out / "runs" / "lora-r2-seed0" / "run.json").write_text('{"config": null}')
+    with pytest.raises(StudyResumeError, match=r"lora-r2-seed0/run.json is not a run record this version"):
+        _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
 
 
 def test_a_study_extended_with_resume_summarises_every_run_in_the_folder(
