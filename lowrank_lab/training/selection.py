@@ -343,13 +343,22 @@ def selection_line(out: Path) -> str | None:
     if not path.is_file():
         return None
     sel = pd.read_csv(path)
+    if sel.empty:
+        return None
+    tried = sel.groupby(["method", "rank"], sort=False).size()
+    study_rank = sel["rank"].mode().min()  # the rank plain method names refer to (config.study_rank)
+
+    def name(method: str, rank: int) -> str:
+        return method if rank == study_rank or method in ("full", HEAD_ONLY) else f"{method}@{rank}"
+
     chosen = sel[sel["chosen"].fillna(False).astype(bool)]
     picked = ", ".join(
-        f"{r.method}{'' if r.rank == 8 else f' r{r.rank}'} {r.lr:g}" for r in chosen.itertuples()
+        f"{name(r.method, r.rank)} {r.lr:g} (of {tried[(r.method, r.rank)]})" for r in chosen.itertuples()
     )
-    none = sorted(set(sel["method"]) - set(chosen["method"]))
+    have = set(zip(chosen["method"], chosen["rank"], strict=True))
+    none = [name(m, r) for m, r in tried.index if (m, r) not in have]
     text = (
-        f"selected per method on the validation split (selection.csv, figures/lr_selection.png; "
-        f"{sel.groupby(['method', 'rank']).size().max()} rates each): {picked}"
+        "selected per method on the validation split (selection.csv, figures/lr_selection.png), "
+        f"chosen rate (of the rates tried): {picked}"
     )
     return text + (f"; no usable rate: {', '.join(none)}" if none else "")

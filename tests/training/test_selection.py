@@ -241,3 +241,20 @@ def test_selection_alone_then_the_seeds_reuse_its_runs(glue_dir, bert_tokenizer,
 def test_select_only_needs_a_grid(capsys, tmp_path):
     assert finetune_main(["--task", "sst2", "--select-only", "--out", str(tmp_path / "o")]) == 2
     assert "--select-only runs the learning-rate selection: add --lr-grid" in capsys.readouterr().err
+
+
+def test_summary_line_names_each_choice_with_its_number_of_rates_and_the_methods_without_one(tmp_path):
+    from lowrank_lab.training.selection import SELECTION_COLUMNS, selection_line
+
+    def rows(method, rank, rates, chosen):
+        return [[method, rank, "lr", r, 0.8, "finished", False, 10, r == chosen] for r in rates]
+
+    table = (rows("lora", 8, [5e-5, 1.5e-4, 5e-4, 1.5e-3, 5e-3], 1.5e-3)
+             + rows("pissa", 8, [5e-4, 1.5e-3], 5e-4)
+             + rows("lora", 1, [1.5e-4, 5e-4, 1.5e-3], 5e-4)
+             + rows("nlora-pinv", 8, [5e-4, 1.5e-3], None))
+    pd.DataFrame(table, columns=SELECTION_COLUMNS).to_csv(tmp_path / "selection.csv", index=False)
+    line = selection_line(tmp_path)
+    assert "lora 0.0015 (of 5), pissa 0.0005 (of 2), lora@1 0.0005 (of 3)" in line
+    assert line.endswith("; no usable rate: nlora-pinv")
+    assert selection_line(tmp_path / "none") is None
