@@ -83,8 +83,6 @@ def measure_forgetting(
     """
     import pandas as pd
 
-    from .forgetting import load_encoder, sts_spearman
-
     say = say or (lambda msg: tqdm.write(msg, file=sys.stderr))
     out = Path(out)
     path = out / FORGETTING_CSV
@@ -113,27 +111,34 @@ def measure_forgetting(
     for name in tqdm(todo, desc="forgetting (STS-B)", unit="run", file=sys.stderr):
         tuned = sts_spearman(load_encoder(out / "runs" / name / "merged"), tok, pairs)
         rec = records[name]
-        rows.append(
-            {
-                "run": name,
-                "method": rec.method,
-                "rank": rec.rank,
-                "seed": rec.seed,
-                "base_spearman": base,
-                "tuned_spearman": tuned,
-                "drop": base - tuned,
-            }
-        )
-    new = pd.DataFrame(rows, columns=FORGETTING_COLUMNS)
-    with update_lock(path):  # rows another process added while these were measured stay
-        now = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FORGETTING_COLUMNS)
-        kept = now[~now["run"].astype(str).isin(new["run"])]
-        write_frame(pd.concat([kept, new], ignore_index=True) if len(kept) else new, path)
+        row = {
+            "run": name,
+            "method": rec.method,
+            "rank": rec.rank,
+            "seed": rec.seed,
+            "base_spearman": base,
+            "tuned_spearman": tuned,
+            "drop": base - tuned,
+        }
+        rows.append(row)
+        _add_rows(path, [row])  # each run as it is measured: an interruption keeps what was done
     say(f"forgetting: base encoder {base:.4f}; measured {len(rows)} runs into {path}")
     return path
 
 
 FORGETTING_COLUMNS = ["run", "method", "rank", "seed", "base_spearman", "tuned_spearman", "drop"]
+
+
+def _add_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Merge ``rows`` into ``forgetting.csv`` (a run measured again replaces its row), under the
+    table's lock: rows another process added meanwhile stay."""
+    import pandas as pd
+
+    new = pd.DataFrame(rows, columns=FORGETTING_COLUMNS)
+    with update_lock(path):
+        now = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FORGETTING_COLUMNS)
+        kept = now[~now["run"].astype(str).isin(new["run"])]
+        write_frame(pd.concat([kept, new], ignore_index=True) if len(kept) else new, path)
 
 
 FORGETTING_CSV = "forgetting.csv"

@@ -71,3 +71,28 @@ class _Saver:
 
     def save_pretrained(self, path):
         path.mkdir(parents=True)
+
+
+def test_an_interrupted_measurement_keeps_the_runs_it_finished(glue_dir, tmp_path, monkeypatch):
+    from lowrank_lab.training import forgetting
+    from lowrank_lab.weights import load_hf_model
+
+    out = tmp_path / "study"
+    base = load_hf_model("minilm", head="base").float()
+    for name, method, seed in (("full-seed0", "full", 0), ("lora-r8-seed0", "lora", 0)):
+        _fake_run(out, name, method, seed, base)
+    real, calls = forgetting.sts_spearman, []
+
+    def second_interrupts(*a, **k):  # the base encoder, the first run, then Ctrl-C
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(forgetting, "sts_spearman", second_interrupts)
+    with pytest.raises(KeyboardInterrupt):
+        measure_forgetting(out, get_task("sst2"), data_dir=glue_dir, say=lambda m: None)
+    assert list(pd.read_csv(out / "forgetting.csv")["run"]) == ["full-seed0"]
+    monkeypatch.setattr(forgetting, "sts_spearman", real)
+    measure_forgetting(out, get_task("sst2"), data_dir=glue_dir, say=lambda m: None)  # the rest only
+    assert sorted(pd.read_csv(out / "forgetting.csv")["run"]) == ["full-seed0", "lora-r8-seed0"]
