@@ -5,7 +5,7 @@
 #   claim methods plus full fine-tuning and the head-only control; each method's learning rate (and
 #   first the head's) selected on a validation split carved from the training data, over five rates
 #   from 0.1x to 10x the published one, on seed 100; then 5 paired seeds (0-4) at the chosen rates,
-#   judged on the GLUE dev set that no selection run reads. LoRA at r = 1 and 64 (3 seeds) adds the
+#   judged on the GLUE dev set that no selection run reads. LoRA at r = 1 and 64 (5 seeds) adds the
 #   rank axis of the intruder and forgetting claims. GSM8K with stories260K runs under the n-gram gate.
 #   reports/README.md holds the compute plan (CPU-hours per stage, measured per-step times).
 #
@@ -79,7 +79,7 @@ for stage in $STAGES; do
       head_lr=$(chosen_head_lr)
       for r in 1 64; do
         python -m lowrank_lab.finetune --task sst2 --methods lora --rank "$r" --steps 600 \
-          --eval-every 120 --max-length 64 --seeds 0,1,2 --head-lr "$head_lr" --out "$OUT/sst2" \
+          --eval-every 120 --max-length 64 --seeds "$SEEDS" --head-lr "$head_lr" --out "$OUT/sst2" \
           "${COMMON[@]}" --lr-grid lora=1.5e-4,5e-4,1.5e-3
       done ;;
     stsb)  # 400 steps = 6,400 pairs, 1.2 epochs of the 5,175 left after the validation split
@@ -102,9 +102,9 @@ print(f"GSM8K gate at selection: {'pass' if gate[0] else 'fail'}: {gate[1]}")
 sys.exit(0 if gate[0] else 1)
 EOF
       then "${gsm[@]}" --seeds "$SEEDS"; else echo "GSM8K: no seeds trained (the gate above)" >&2; fi ;;
-    intruders)  # LoRA r = 1, 8, 64 and full fine-tuning, seeds 0-2: every matrix, the epsilon sweep
+    intruders)  # LoRA r = 1, 8, 64 and full fine-tuning, seeds 0-4: every matrix, the epsilon sweep
       lost=()  # finished runs whose merged/ weights went with an earlier machine: replayed first
-      for run in "$OUT"/sst2/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2}; do
+      for run in "$OUT"/sst2/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2,3,4}; do
         name=$(basename "$run")
         [ -d "$run/merged" ] || [ -f "$OUT/sst2/intruders/$name/run.json" ] && continue
         grep -q '"status": "finished"' "$run/run.json" 2>/dev/null && lost+=("$name")
@@ -113,7 +113,7 @@ EOF
         python -m lowrank_lab.finetune --task sst2 --out "$OUT/sst2" --data-dir "$DATA" --threads "$THREADS" \
           --rebuild-merged "$(IFS=,; echo "${lost[*]}")" --replace-different --no-progress
       fi
-      for run in "$OUT"/sst2/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2}; do
+      for run in "$OUT"/sst2/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2,3,4}; do
         name=$(basename "$run")
         [ -f "$OUT/sst2/intruders/$name/run.json" ] && continue
         [ -d "$run/merged" ] || { echo "skip $name: no merged/ weights (not trained yet?)" >&2; continue; }

@@ -86,8 +86,9 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
         + ", ".join(f"`{s}`" for s in studies),
         "- Effect = mean over seeds of the per-seed difference a − b, signed so that positive means "
         "the claim's direction (lower loss, more intruders); 95% interval from the t distribution with "
-        "n − 1 degrees of freedom over the paired seeds; p two-sided paired t (TOST against ±δ for "
-        "equivalence), Holm-Bonferroni adjusted across the claims of each task.",
+        "n − 1 degrees of freedom over the paired seeds; p: two-sided paired t for a difference, and "
+        "TOST against ±δ for equivalence, each Holm-Bonferroni adjusted across the claims of each "
+        "task (confirmed and contradicted read the first, equivalent the second).",
         "- Minimum effect δ: " + ", ".join(f"{k} {v:g}" for k, v in MIN_EFFECT.items()) + ".",
         "- Verdicts: confirmed (interval above 0 and effect ≥ δ), equivalent (interval inside ±δ), "
         "contradicted (interval below 0), each only when its Holm-adjusted p < 0.05; else inconclusive. "
@@ -111,7 +112,10 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
                     for e, lo, hi in zip(rows["effect"], rows["ci_low"], rows["ci_high"], strict=True)
                 ],
                 "δ": rows["min_effect"].map(lambda v: _fmt(v, "g")),
-                "p Holm": rows["p_holm"].map(lambda v: _fmt(v, ".3g")),
+                "p Holm: difference / TOST": [
+                    f"{_fmt(a, '.3g')} / {_fmt(b, '.3g')}"
+                    for a, b in zip(rows["p_holm"], rows["p_tost_holm"], strict=True)
+                ],
                 "verdict": rows["verdict"],
                 "holds": rows["claim_holds"],
             }

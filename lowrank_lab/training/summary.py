@@ -354,7 +354,10 @@ def render_summary(
                 "claim": [c["claim"] for c in claim_table],
                 "n": [c["n_seeds"] for c in claim_table],
                 "effect [95% CI]": [_interval(c) for c in claim_table],
-                "p Holm": [_num(c.get("p_holm"), ".3g") for c in claim_table],
+                "p Holm: difference / TOST": [
+                    f"{_num(c.get('p_holm'), '.3g')} / {_num(c.get('p_tost_holm'), '.3g')}"
+                    for c in claim_table
+                ],
                 "verdict": [c["verdict"] for c in claim_table],
                 "gate": [c["gate_reason"] if c["gate"] != "pass" else "pass" for c in claim_table],
             }
