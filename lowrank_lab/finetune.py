@@ -550,12 +550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     recs = result["records"]
-    n_div = sum(r.status == "diverged" for r in recs)
     if args.select_only:
         picks = [(m, c) for m, c in result["selection"].items() if m in methods]
         chosen = ", ".join(f"{m} {c.lr:g}" if c.lr else f"{m} none ({c.reason})" for m, c in picks)
         print(f"selection only: {chosen}; {Path(out) / 'selection.csv'}")
         return 1 if result["failed"] else 0
+    n_div = sum(r.status == "diverged" for r in recs)
     print(f"{len(recs)} runs ({n_div} diverged, {result['failed']} failed); summary: {result['summary']}")
     return 1 if result["failed"] else 0
 

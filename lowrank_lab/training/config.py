@@ -93,28 +93,33 @@ def method_family(method: str) -> str:
     return "lora"
 
 
-def study_rank(records: Iterable[RunRecord]) -> int | None:
-    """The rank most of a study's adapter runs use (ties: the smaller), the one plain method names
-    refer to; None without adapter runs."""
+def common_rank(runs: Iterable[tuple[str, int]]) -> int | None:
+    """The rank most adapter runs among ``(method, rank)`` pairs use (ties: the smaller), the one
+    plain method names refer to; None without adapter runs."""
     counts: dict[int, int] = {}
-    for rec in records:
-        if rec.method not in ("full", HEAD_ONLY):
-            counts[rec.rank] = counts.get(rec.rank, 0) + 1
+    for method, rank in runs:
+        if method not in ("full", HEAD_ONLY):
+            counts[int(rank)] = counts.get(int(rank), 0) + 1
     return min(counts, key=lambda r: (-counts[r], r)) if counts else None
 
 
+def method_label(method: str, rank: int, study_rank: int | None) -> str:
+    """How tables, figures and claims name a method within a study: ``lora`` at the study's rank,
+    ``lora@64`` at another; ``full`` and the head-only control carry no rank."""
+    if method in ("full", HEAD_ONLY) or study_rank is None or int(rank) == study_rank:
+        return method
+    return f"{method}@{int(rank)}"
+
+
+def study_rank(records: Iterable[RunRecord]) -> int | None:
+    """:func:`common_rank` of a study's run records."""
+    return common_rank((rec.method, rec.rank) for rec in records)
+
+
 def method_labeller(records: Iterable[RunRecord]) -> Callable[[RunRecord], str]:
-    """How tables, figures and claims name a run's method within a study: ``lora`` at the study's
-    rank (:func:`study_rank`), ``lora@64`` at another; ``full`` and the head-only control carry no rank."""
+    """:func:`method_label` of each run record, at the rank of ``records`` (:func:`study_rank`)."""
     rank = study_rank(records)
-
-    def label(rec: RunRecord) -> str:
-        method = rec.method
-        if method in ("full", HEAD_ONLY) or rank is None or rec.rank == rank:
-            return method
-        return f"{method}@{rec.rank}"
-
-    return label
+    return lambda rec: method_label(rec.method, rec.rank, rank)
 
 
 def default_lr(method: str, task_kind: str) -> float:

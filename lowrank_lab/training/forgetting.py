@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lowrank_lab.utils.files import update_lock, write_frame
+from lowrank_lab.utils.tables import update_table
 
 from .metrics import spearman
 from .models import load_tokenizer
@@ -121,24 +121,14 @@ def measure_forgetting(
             "drop": base - tuned,
         }
         rows.append(row)
-        _add_rows(path, [row])  # each run as it is measured: an interruption keeps what was done
+        # each run as it is measured: an interruption keeps what was done; a run measured again
+        # replaces its row, and rows another process added meanwhile stay
+        update_table(path, pd.DataFrame([row], columns=FORGETTING_COLUMNS), ["run"])
     say(f"forgetting: base encoder {base:.4f}; measured {len(rows)} runs into {path}")
     return path
 
 
 FORGETTING_COLUMNS = ["run", "method", "rank", "seed", "base_spearman", "tuned_spearman", "drop"]
-
-
-def _add_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Merge ``rows`` into ``forgetting.csv`` (a run measured again replaces its row), under the
-    table's lock: rows another process added meanwhile stay."""
-    import pandas as pd
-
-    new = pd.DataFrame(rows, columns=FORGETTING_COLUMNS)
-    with update_lock(path):
-        now = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=FORGETTING_COLUMNS)
-        kept = now[~now["run"].astype(str).isin(new["run"])]
-        write_frame(pd.concat([kept, new], ignore_index=True) if len(kept) else new, path)
 
 
 FORGETTING_CSV = "forgetting.csv"

@@ -212,9 +212,7 @@ class RunRecord:
     def read(cls, path: str | Path) -> RunRecord | None:
         """The record in ``path`` (a run.json, or a run directory); None when there is none, or the
         file is not a run record (written atomically, so only a foreign file can be torn)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE
+        path = _file(path)
         if not path.is_file():
             return None
         try:
@@ -225,9 +223,7 @@ class RunRecord:
     def write(self, path: str | Path, wall_seconds: float | None = None) -> Path:
         """Write the record atomically to ``path`` (a run.json, or a run directory), with
         ``wall_seconds`` when given."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / FILE
+        path = _file(path)
         if wall_seconds is not None:
             self.wall_seconds = round(float(wall_seconds), 3)
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
@@ -275,6 +271,12 @@ class RunRecord:
     @property
     def command(self) -> str | None:
         return self.meta.get("command")
+
+
+def _file(path: str | Path) -> Path:
+    """``path`` itself, or its run.json when it is a run directory."""
+    path = Path(path)
+    return path / FILE if path.is_dir() else path
 
 
 def load_records(paths: Iterable[str | Path]) -> list[RunRecord]:

@@ -31,11 +31,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lowrank_lab.utils.files import update_lock, write_frame
+from lowrank_lab.utils.tables import update_table
 
-from .config import HEAD_ONLY, RunConfig, default_lr, method_family
+from .config import HEAD_ONLY, RunConfig, common_rank, default_lr, method_family, method_label
 from .record import RunRecord
-from .tasks import TaskSpec
 
 #: Multipliers of a family's published rate in the default grid.
 GRID_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -229,15 +228,16 @@ def select_rates(
                 new, lambda c: selection_dir(out, c), f"{spec.name} select {method} rate", score_dev=False
             )
             cfgs, recs = cfgs + new, recs + got
-            rates_done = [float(getattr(c, which)) for c in cfgs]
-            best = choose(method, rates_done, recs, higher_is_better=spec.higher_is_better).lr
-            trials = zip(rates_done, recs, strict=True)
+            tried = [float(getattr(c, which)) for c in cfgs]
+            choice = choose(method, tried, recs, higher_is_better=spec.higher_is_better)
+            trials = zip(tried, recs, strict=True)
             scores = {r: (rec.val_metric if selectable(rec) else None) for r, rec in trials}
-            nxt = extension(scores, best, higher_is_better=spec.higher_is_better)
+            nxt = extension(scores, choice.lr, higher_is_better=spec.higher_is_better)
             if nxt is None:
                 break
             todo = [nxt]
-        return _choice(method, cfgs, recs, spec, rows, which)
+        rows.extend(_rows(method, which, cfgs, tried, recs, choice))
+        return choice
 
     if spec.kind != "causal-lm" and base.head_lr is None:
         # A new head trains: its rate first, with the head-only control (a --head-lr given with
@@ -271,50 +271,38 @@ def select_rates(
     return choices, head_lr
 
 
-def _choice(
+def _rows(
     method: str,
-    cfgs: Sequence[RunConfig],
-    recs: Sequence[RunRecord],
-    spec: TaskSpec,
-    rows: list[dict[str, Any]],
     which: str,
-) -> Choice:
-    rates = [float(getattr(cfg, which)) for cfg in cfgs]
-    for cfg, rec in zip(cfgs, recs, strict=True):
-        rate = float(getattr(cfg, which))
-        rows.append(
-            {
-                "method": method,
-                "rank": cfg.rank,
-                "rate_of": which,
-                "lr": rate,
-                "val_metric": rec.val_metric,
-                "status": rec.status,
-                "collapsed": rec.val_collapsed,
-                "steps_done": rec.steps_done,
-            }
-        )
-    choice = choose(method, rates, recs, higher_is_better=spec.higher_is_better)
-    for row in rows:
-        if row["method"] == method:
-            row["chosen"] = choice.lr is not None and row["lr"] == choice.lr
-    return choice
+    cfgs: Sequence[RunConfig],
+    rates: Sequence[float],
+    recs: Sequence[RunRecord],
+    choice: Choice,
+) -> list[dict[str, Any]]:
+    """selection.csv's rows of one method: each rate tried, its validation result, the chosen one."""
+    return [
+        {
+            "method": method,
+            "rank": cfg.rank,
+            "rate_of": which,
+            "lr": rate,
+            "val_metric": rec.val_metric,
+            "status": rec.status,
+            "collapsed": rec.val_collapsed,
+            "steps_done": rec.steps_done,
+            "chosen": choice.lr is not None and rate == choice.lr,
+        }
+        for cfg, rate, rec in zip(cfgs, rates, recs, strict=True)
+    ]
 
 
 def write_selection(out: Path, rows: list[dict[str, Any]], choices: dict[str, Choice]) -> Path:
     """``selection.csv`` (one row per method and rate) and ``figures/lr_selection.png``."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=SELECTION_COLUMNS)
-    with update_lock(Path(out) / "selection.csv") as path:  # a study's other streams update it too
-        if path.is_file():  # another call's selections (other methods or ranks) stay
-            old = pd.read_csv(path)
-            if list(old.columns) == SELECTION_COLUMNS:
-                key = ["method", "rank", "rate_of", "lr"]
-                seen = set(map(tuple, frame[key].astype(str).values))
-                keep = old[[tuple(k) not in seen for k in old[key].astype(str).values]]
-                frame = pd.concat([keep, frame], ignore_index=True)
-        write_frame(frame, path)
+    path = Path(out) / "selection.csv"
+    # another call's selections (other methods or ranks, or another stream's) stay
+    frame = update_table(path, pd.DataFrame(rows, columns=SELECTION_COLUMNS), SELECTION_KEY)
     if not frame.empty:
         from .figures import lr_selection  # matplotlib only where a figure is drawn
 
@@ -333,6 +321,7 @@ SELECTION_COLUMNS = [
     "steps_done",
     "chosen",
 ]
+SELECTION_KEY = ["method", "rank", "rate_of", "lr"]
 
 
 def selection_line(out: Path) -> str | None:
@@ -346,17 +335,14 @@ def selection_line(out: Path) -> str | None:
     if sel.empty:
         return None
     tried = sel.groupby(["method", "rank"], sort=False).size()
-    study_rank = sel["rank"].mode().min()  # the rank plain method names refer to (config.study_rank)
-
-    def name(method: str, rank: int) -> str:
-        return method if rank == study_rank or method in ("full", HEAD_ONLY) else f"{method}@{rank}"
-
+    rank = common_rank(zip(sel["method"], sel["rank"], strict=True))
     chosen = sel[sel["chosen"].fillna(False).astype(bool)]
     picked = ", ".join(
-        f"{name(r.method, r.rank)} {r.lr:g} (of {tried[(r.method, r.rank)]})" for r in chosen.itertuples()
+        f"{method_label(r.method, r.rank, rank)} {r.lr:g} (of {tried[(r.method, r.rank)]})"
+        for r in chosen.itertuples()
     )
     have = set(zip(chosen["method"], chosen["rank"], strict=True))
-    none = [name(m, r) for m, r in tried.index if (m, r) not in have]
+    none = [method_label(m, r, rank) for m, r in tried.index if (m, r) not in have]
     text = (
         "selected per method on the validation split (selection.csv, figures/lr_selection.png), "
         f"chosen rate (of the rates tried): {picked}"

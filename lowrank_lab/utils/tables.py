@@ -18,6 +18,8 @@ from lowrank_lab.utils.files import (  # noqa: F401 - ensure_writable_dir/Output
     ensure_writable_dir,
     open_append,
     read_text_nofollow,
+    update_lock,
+    write_frame,
 )
 
 
@@ -137,6 +139,25 @@ def keys_of_text(
             "use a new --out or delete the file"
         )
     return {tuple(key_text(r[k]) for k in key_columns) for r in csv.DictReader(lines)}
+
+
+def update_table(path: str | Path, new: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
+    """Merge the rows of ``new`` into the CSV table at ``path`` and return the table written: the
+    file's rows whose ``key`` (compared as text) is not among ``new``'s stay, first, then ``new``'s;
+    a file with other columns is replaced. Read, merge and the atomic rewrite happen under
+    :func:`~lowrank_lab.utils.files.update_lock`, so processes updating one table (the streams of a
+    study: selection.csv, forgetting.csv) keep each other's rows."""
+    with update_lock(path) as path:
+        frame = new
+        if path.is_file():
+            old = pd.read_csv(path)
+            if list(old.columns) == list(new.columns):
+                seen = set(map(tuple, new[list(key)].astype(str).values))
+                keep = old[[tuple(k) not in seen for k in old[list(key)].astype(str).values]]
+                if len(keep):
+                    frame = pd.concat([keep, new], ignore_index=True)
+        write_frame(frame, path)
+    return frame
 
 
 def key_text(value: Any) -> str:
