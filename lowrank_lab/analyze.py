@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for the PNG figures. Default: figures/<model>. Example: --figures /tmp/figs",
     )
     p.add_argument(
+        "--no-figures", action="store_true",
+        help="skip the PNG figures (drawing them takes longer than a small sweep; the CSV files and "
+             "summary hold the same numbers, and a later --resume run without this flag draws them). "
+             "Example: --no-figures",
+    )
+    p.add_argument(
         "--resume", action="store_true",
         help="keep the rows already in --out and compute only the missing ones (the other options "
              "must match the interrupted run's). Without it, existing files in --out are replaced. "
@@ -298,6 +304,8 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
     device = resolve_device(args.device)
     if args.out is not None:
         ensure_writable_dir(args.out, "--out")
+    if args.figures is not None and args.no_figures:
+        raise UsageError("--figures and --no-figures contradict each other: give one of them")
     if args.figures is not None:
         ensure_writable_dir(args.figures, "--figures")
     if args.threads is not None:
@@ -321,7 +329,8 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
         ranks = list(SMALL_RANKS if hidden is not None and hidden <= SMALL_HIDDEN else LARGE_RANKS)
     model_name = _safe_name(src.name)
     out = ensure_writable_dir(args.out or Path("reports") / model_name, "--out")
-    figures = ensure_writable_dir(args.figures or Path("figures") / model_name, "--figures")
+    figures = (None if args.no_figures
+               else ensure_writable_dir(args.figures or Path("figures") / model_name, "--figures"))
     config = {
         "model": src.name, "synthetic": bool(src.synthetic), "dtype": args.dtype, "seed": args.seed,
         "ranks": ranks, "methods": methods, "targets": args.targets, "layers": args.layers,
@@ -367,10 +376,12 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
         write_summary(out, ranks=ranks, meta={**meta, "wall_seconds": wall}, model=src.name)
         if quant:
             append_quantization_summary(out)
-        make_figures(out, figures, model=src.name)
+        if figures is not None:
+            make_figures(out, figures, model=src.name)
     ctx.shutdown()
+    where = f"figures in {figures}" if figures is not None else "no figures (--no-figures)"
     print(f"{PROG}: {len(infos)} matrices, {counts['factorization']} new factorization rows "
-          f"({counts['skipped']} skipped) in {wall:.1f} s -> {out}/summary.md, figures in {figures}")
+          f"({counts['skipped']} skipped) in {wall:.1f} s -> {out}/summary.md, {where}")
     warn_skipped(PROG, out, counts["skipped_items"], sweep.skipped, verb="factored")
     return 0
 

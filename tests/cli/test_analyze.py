@@ -159,6 +159,7 @@ def test_rank_above_matrix_size_is_noted_not_fatal(tmp_path, no_figures):
         (["--targets", "q_proj"], "query"),
         (["--ranks", "8,x"], "--ranks '8,x'"),
         (["--layers", "0", "--ranks", "0"], "--ranks"),
+        (["--no-figures"], "--figures and --no-figures contradict each other"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, args, message):
@@ -177,6 +178,20 @@ def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
     assert "--out" in err and "a-file" in err and len(err.strip().splitlines()) == 1
 
 
+def test_no_figures_writes_the_tables_and_no_figure(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # where the default figures/<model> would go
+    assert main([*FAST, "--out", str(tmp_path / "o"), "--no-figures"]) == 0
+    assert "no figures (--no-figures)" in capsys.readouterr().out
+    assert (tmp_path / "o" / "summary.md").is_file()
+    assert len(pd.read_csv(tmp_path / "o" / "factorization.csv")) == 24
+    assert not (tmp_path / "figures").exists() and not list(tmp_path.rglob("*.png"))
+    # as --help says: a later --resume without the flag draws them from the tables, computing nothing
+    assert main([*FAST, "--out", str(tmp_path / "o"), "--resume", "--figures", str(tmp_path / "f")]) == 0
+    assert "0 new factorization rows" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "f").glob("*.png")) == [
+        "error_ratio.png", "init_time.png", "spectra.png"]
+
+
 def test_module_entry_point_exits_2_without_traceback(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lowrank_lab.analyze", "--methods", "nope",
                           "--out", str(tmp_path)], capture_output=True, text=True)
@@ -190,8 +205,8 @@ def test_help_explains_every_option_with_an_example(capsys):
     assert exc.value.code == 0
     usage = capsys.readouterr().out
     options = ["--model", "--synthetic", "--ranks", "--methods", "--targets", "--layers", "--device",
-               "--dtype", "--seed", "--out", "--figures", "--resume", "--retry-skipped", "--repeats",
-               "--warmup", "--threads", "--experts", "--split-fused", "--quant"]
+               "--dtype", "--seed", "--out", "--figures", "--no-figures", "--resume", "--retry-skipped",
+               "--repeats", "--warmup", "--threads", "--experts", "--split-fused", "--quant"]
     for option in options:
         assert option in usage
     assert usage.count("Example:") == len(options) and "examples:" in usage
@@ -204,10 +219,10 @@ def test_sigterm_keeps_the_finished_rows_and_resume_completes(tmp_path):
     import signal
     import time
 
-    out, figs = tmp_path / "out", tmp_path / "fig"
+    out = tmp_path / "out"
     args = [sys.executable, "-m", "lowrank_lab.analyze", "--layers", "0,1,2,3,4,5", "--ranks", "4,8",
             "--methods", "svd", "--device", "cpu", "--repeats", "3", "--warmup", "0", "--threads", "1",
-            "--out", str(out), "--figures", str(figs)]
+            "--out", str(out), "--no-figures"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     csv = out / "factorization.csv"
     deadline = time.monotonic() + 120

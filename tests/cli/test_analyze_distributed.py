@@ -14,7 +14,7 @@ import pytest
 from lowrank_lab.utils.distributed import launch_command
 
 ARGS = ["--layers", "0", "--ranks", "4,8", "--methods", "svd,rsvd,ldu", "--threads", "1", "--repeats", "1",
-        "--warmup", "0"]
+        "--warmup", "0", "--no-figures"]  # figures are tested in test_analyze.py
 TIMING = ["init_seconds"]
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchr
 
 def _run(cmd: list[str], out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.run([*cmd, *ARGS, "--out", str(out), "--figures", str(out / "fig")],
+    proc = subprocess.run([*cmd, *ARGS, "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -79,8 +79,8 @@ def test_every_rank_stops_with_exit_2_when_out_is_in_use(tmp_path) -> None:
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     with OutputLock(out, command="a test holding --out"):
-        proc = subprocess.run([*launch_command("lowrank_lab.analyze", 2), *ARGS, "--out", str(out),
-                               "--figures", str(out / "fig")], capture_output=True, text=True, env=env,
+        proc = subprocess.run([*launch_command("lowrank_lab.analyze", 2), *ARGS, "--out", str(out)],
+                              capture_output=True, text=True, env=env,
                               timeout=300)
     assert proc.returncode != 0
     assert f"in use by pid {os.getpid()}" in proc.stderr and "(a test holding --out)" in proc.stderr

@@ -80,22 +80,24 @@ def _wait_for_lock(out: Path, proc: subprocess.Popen, timeout: float = 120) -> N
 # -- the lock -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("second", [["--resume"], []], ids=["resume", "fresh"])
-def test_a_second_run_on_a_busy_out_is_refused_and_no_row_is_lost_or_doubled(tmp_path, second):
-    out, figs = tmp_path / "out", tmp_path / "fig"
+def test_a_second_run_on_a_busy_out_is_refused_and_no_row_is_lost_or_doubled(tmp_path):
+    out = tmp_path / "out"
     argv = ["--layers", "0-5", "--methods", "svd,rsvd", "--ranks", "4,8", "--device", "cpu", "--repeats", "3",
-            "--warmup", "0", "--threads", "1", "--out", str(out), "--figures", str(figs)]
+            "--warmup", "0", "--threads", "1", "--out", str(out), "--no-figures"]
     first = _analyze([*argv, "--resume"])
+    others = []
     try:
         _wait_for_lock(out, first)
-        other = subprocess.run([sys.executable, "-m", "lowrank_lab.analyze", *argv, *second],
-                               capture_output=True, text=True, timeout=120)
+        for extra in (["--resume"], []):  # resuming it, and starting afresh over it
+            others.append(subprocess.run([sys.executable, "-m", "lowrank_lab.analyze", *argv, *extra],
+                                         capture_output=True, text=True, timeout=120))
         assert first.poll() is None, "the first run finished before the second started; give it more work"
     finally:
         _, err = first.communicate(timeout=600)
-    assert other.returncode == 2
-    line = _one_line(other.stderr)
-    assert f"in use by pid {first.pid} on " in line and "started" in line
+    for other in others:
+        assert other.returncode == 2
+        line = _one_line(other.stderr)
+        assert f"in use by pid {first.pid} on " in line and "started" in line
     assert first.returncode == 0, err
     fact = pd.read_csv(out / "factorization.csv")
     assert len(fact) == 36 * 2 * 2 and not fact.duplicated(["tensor", "method", "rank"]).any()
@@ -112,7 +114,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_note(tmp_path, capsy
 
     (out / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
                                              "started": "2026-01-01T00:00:00"}))
-    args = ["--model", str(bert), *FAST, "--out", str(out), "--figures", str(tmp_path / "f")]
+    args = ["--model", str(bert), *FAST, "--out", str(out), "--no-figures"]
     assert analyze.main(args) == 0
     err = capsys.readouterr().err
     assert f"took over the lock of {out} left by pid {int(dead.stdout)}" in err
@@ -135,7 +137,7 @@ def test_a_held_lock_refuses_intruders_too(tmp_path, capsys, bert):
 @pytest.mark.parametrize("name", ["summary.md", "run.json", "factorization.csv", "singular_values"])
 def test_a_planted_symlink_in_out_is_refused_and_its_target_untouched(tmp_path, capsys, bert, name):
     out = tmp_path / "out"
-    args = ["--model", str(bert), *FAST, "--out", str(out), "--figures", str(tmp_path / "f")]
+    args = ["--model", str(bert), *FAST, "--out", str(out), "--no-figures"]
     assert analyze.main(args) == 0
     capsys.readouterr()
     victim = tmp_path / "victim"
@@ -159,7 +161,7 @@ def test_a_planted_symlink_in_out_is_refused_and_its_target_untouched(tmp_path, 
 
 def test_resume_checks_a_csv_header_before_changing_the_file(tmp_path, capsys, bert):
     out = tmp_path / "out"
-    args = ["--model", str(bert), *FAST, "--out", str(out), "--figures", str(tmp_path / "f")]
+    args = ["--model", str(bert), *FAST, "--out", str(out), "--no-figures"]
     assert analyze.main(args) == 0
     capsys.readouterr()
     foreign = b"a,b,c\r\n1,2,3\r\n4,5"  # another file's layout, with a torn last line
@@ -180,7 +182,7 @@ def test_a_bad_matrix_is_skipped_with_its_reason_and_the_run_goes_on(
 ):
     model = _bert_dir(tmp_path / "bad", nan_in="layer.1.attention.self.key", scale=scale)
     out = tmp_path / "out"
-    args = ["--model", str(model), *FAST, "--out", str(out), "--figures", str(tmp_path / "f")]
+    args = ["--model", str(model), *FAST, "--out", str(out), "--no-figures"]
     assert analyze.main(args) == 0
     err = capsys.readouterr().err
     assert "warning: 1 matrices could not be factored" in err and reason in err
@@ -270,7 +272,7 @@ def test_a_full_disk_is_a_one_line_error_naming_the_file(tmp_path, capsys, monke
 
     monkeypatch.setattr(RowWriter, "write", full)
     out = tmp_path / "out"
-    args = ["--model", str(bert), *FAST, "--out", str(out), "--figures", str(tmp_path / "f")]
+    args = ["--model", str(bert), *FAST, "--out", str(out), "--no-figures"]
     assert analyze.main(args) == 2
     line = _one_line(capsys.readouterr().err)
     assert f"{out}/spectra.csv: No space left on device; free some space" in line
@@ -280,7 +282,7 @@ def test_a_full_disk_is_a_one_line_error_naming_the_file(tmp_path, capsys, monke
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_singular_values_folder_is_a_one_line_error(tmp_path, capsys, bert):
     out = tmp_path / "out"
-    args = ["--model", str(bert), *FAST, "--out", str(out), "--figures", str(tmp_path / "f")]
+    args = ["--model", str(bert), *FAST, "--out", str(out), "--no-figures"]
     assert analyze.main(args) == 0
     (out / "singular_values").chmod(0o555)
     try:
@@ -305,7 +307,7 @@ def test_a_singular_values_folder_that_refuses_writes_is_a_one_line_error(
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     out = tmp_path / "out"
-    args = ["--model", str(bert), *FAST, "--out", str(out), "--figures", str(tmp_path / "f")]
+    args = ["--model", str(bert), *FAST, "--out", str(out), "--no-figures"]
     assert analyze.main(args) == 2
     line = _one_line(capsys.readouterr().err)
     assert f"--out '{out}/singular_values' is not a writable directory (Permission denied)" in line

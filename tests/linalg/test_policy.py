@@ -13,6 +13,7 @@ from lowrank_lab.linalg import (
     make_generator,
     resolve_device,
     singular_values,
+    unfactorizable_reason,
     validate_matrix,
     validate_rank,
 )
@@ -203,3 +204,22 @@ def test_make_generator():
         torch.randn(3, generator=torch.Generator().manual_seed(7)),
     )
     assert make_generator(7).device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("scale", "reason"),
+    [(1.0, None), (0.0, "all entries are zero"), (1e30, "overflows torch.float32 when squared"),
+     (1e-25, "underflows torch.float32 when squared")],
+)
+def test_unfactorizable_reason_names_what_a_sweep_cannot_factor(scale, reason):
+    W = torch.randn(12, 8, generator=torch.Generator().manual_seed(0)) * scale
+    got = unfactorizable_reason(W)
+    assert got is None if reason is None else reason in got
+    # float16 weights are judged in float32 (their compute dtype), float64 in float64.
+    assert unfactorizable_reason(W.double()) == (None if scale != 0.0 else got)
+
+
+def test_unfactorizable_reason_counts_nan_and_inf():
+    W = torch.ones(4, 4)
+    W[0, 0], W[1, 1], W[2, 2] = float("nan"), float("inf"), float("-inf")
+    assert "1 NaN and 2 Inf" in unfactorizable_reason(W)
