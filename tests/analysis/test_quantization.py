@@ -52,7 +52,7 @@ def test_analyze_quant_nf4_writes_the_table_and_summary(tmp_path):
     out = tmp_path / "q"
     args = ["--layers", "0", "--targets", "query,output", "--methods", "svd", "--ranks", "8",
             "--repeats", "1", "--warmup", "0", "--device", "cpu", "--quant", "nf4", "--out", str(out),
-            "--figures", str(tmp_path / "f")]  # fmt: skip
+            "--no-figures"]  # fmt: skip
     assert run(args) == 0
     df = pd.read_csv(out / "quantization.csv")
     assert len(df) == 2 * 5  # two matrices × (pissa, milora, olora, loldu, loftq) at r = 8

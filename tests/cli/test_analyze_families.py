@@ -21,11 +21,6 @@ SMALL = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_atte
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def no_figures(monkeypatch):
-    monkeypatch.setattr("lowrank_lab.analyze.make_figures", lambda *a, **k: [])
-
-
 def _save(tmp_path_factory, model_type: str, **kwargs) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -50,7 +45,7 @@ def phi3(tmp_path_factory) -> Path:
 
 def _analyze(tmp_path: Path, model: Path, *extra: str) -> Path:
     out = tmp_path / "out"
-    argv = ["--model", str(model), *FAST, "--out", str(out), "--figures", str(tmp_path / "fig"), *extra]
+    argv = ["--model", str(model), *FAST, "--out", str(out), "--no-figures", *extra]
     assert main(argv) == 0
     return out
 

@@ -315,15 +315,14 @@ def test_synthetic_registry_entries_of_new_families():
 
 
 @pytest.mark.parametrize("key", sorted(CONFIGS))
-def test_analyze_has_one_row_per_block_weight(saved, key, tmp_path, monkeypatch):
+def test_analyze_has_one_row_per_block_weight(saved, key, tmp_path):
     # The command a user runs: one spectra row per target matrix the source lists, nothing refused.
     from lowrank_lab.analyze import main
 
-    monkeypatch.setattr("lowrank_lab.analyze.make_figures", lambda *a, **k: [])
     path, model = saved(key)
     out = tmp_path / "out"
     argv = ["--model", str(path), "--ranks", "1", "--methods", "svd", "--device", "cpu", "--repeats", "1"]
-    assert main([*argv, "--warmup", "0", "--out", str(out), "--figures", str(tmp_path / "fig")]) == 0
+    assert main([*argv, "--warmup", "0", "--out", str(out), "--no-figures"]) == 0
     spectra = pd.read_csv(out / "spectra.csv")
     # MoE checkpoints saved by transformers hold one Linear per expert: gate and up apart, so one more
     # matrix per expert and layer than the model's fused gate_up tensor.
