@@ -22,6 +22,7 @@ import pandas as pd
 from lowrank_lab.training.claims import BASELINES, COLUMNS, GATE_MARGIN, study_claims
 from lowrank_lab.training.stats import MIN_EFFECT
 from lowrank_lab.training.tasks import DATA_DIR_ENV, default_data_dir
+from lowrank_lab.utils.cli import user_error_message
 from lowrank_lab.utils.files import atomic_write_text, write_frame
 from lowrank_lab.utils.tables import to_markdown
 
@@ -34,10 +35,12 @@ examples:
   python -m lowrank_lab.claims --studies /tmp/my-sst2 --out /tmp/claims
 """
 
+PROG = "python -m lowrank_lab.claims"
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m lowrank_lab.claims",
+        prog=PROG,
         description="Test the papers' claims on finished fine-tuning studies: gates, seed-paired "
         "t intervals, Holm-Bonferroni, minimum effects; writes claims.csv and claims.md.",
         epilog=EPILOG,
@@ -145,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_frame(frame, out / "claims.csv")
         command = "python -m lowrank_lab.claims " + " ".join(argv_list)
         atomic_write_text(out / "claims.md", render(frame, studies, command))
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # a user's error: one line naming the folder or file
+        print(f"{PROG}: error: {user_error_message(exc)}", file=sys.stderr)
         return 2
     counts = frame["verdict"].value_counts().to_dict()
     print(f"wrote {out / 'claims.csv'} and claims.md: {len(frame)} claims, {counts}")

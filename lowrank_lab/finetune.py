@@ -29,7 +29,13 @@ from lowrank_lab.training.loop import Interrupted
 from lowrank_lab.training.selection import parse_grid
 from lowrank_lab.training.study import rebuild_merged, run_study, summarize_existing
 from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, HubDataset, TaskSpec, default_data_dir, get_task
-from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, sigterm_as_interrupt
+from lowrank_lab.utils.cli import (
+    csv_list,
+    nonnegative_int,
+    positive,
+    sigterm_as_interrupt,
+    user_error_message,
+)
 
 DEFAULT_METHODS = "lora,pissa,nlora,inttune,full"
 # the registry names the methods once; the help lists them from it
@@ -72,6 +78,8 @@ outputs in --out: runs/<run>/run.json (config, per-step loss, validation evals, 
 one claims table over study folders: python -m lowrank_lab.claims --studies DIR [DIR ...] --out reports
 """
 
+PROG = "python -m lowrank_lab.finetune"
+
 
 def _data_source(args: argparse.Namespace, spec: TaskSpec) -> Path | str | HubDataset:
     """--dataset (the task's Hub dataset when given alone), else --data-dir or the shared data."""
@@ -113,7 +121,7 @@ def _option(text: str) -> tuple[str, object]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m lowrank_lab.finetune",
+        prog=PROG,
         description="Fine-tune a model with several adapter methods and seeds on one task; record loss "
         "curves, eval metric, time, memory, trainable parameters and merged weights; summarise the "
         "papers' claims.",
@@ -474,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + (f"; summary: {res['summary']}" if res["summary"] else "")
             )
             for msg in res["failed"].values():
-                print(f"error: {msg}", file=sys.stderr)
+                print(f"{PROG}: error: {msg}", file=sys.stderr)
             return 1 if res["failed"] else 0
         if args.forgetting is not None:
             path = measure_forgetting(out, spec, data_dir=_data_source(args, spec))
@@ -546,8 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ninterrupted: {where}. Finished runs are in {out}/runs; rerun {again} to go on.",
               file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # a user's error: one line naming the option or file
+        print(f"{PROG}: error: {user_error_message(exc)}", file=sys.stderr)
         return 2
     recs = result["records"]
     if args.select_only:

@@ -71,7 +71,8 @@ def test_bad_seeds_and_rank_are_usage_errors(capsys):
 def test_missing_data_dir_is_a_clear_error(capsys, tmp_path):
     assert main(["--task", "rte", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --data-dir") and "LOWRANK_LAB_SHARED_DATA" in err
+    assert err.startswith("python -m lowrank_lab.finetune: error: --data-dir")
+    assert "LOWRANK_LAB_SHARED_DATA" in err
     assert not (tmp_path / "o").exists()  # nothing created before the inputs are known to be good
 
 
@@ -109,7 +110,7 @@ def test_dataset_offline_is_a_clear_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     assert main(["--task", "rte", "--dataset", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --dataset nyu-mll/glue:rte: cannot load")
+    assert err.startswith("python -m lowrank_lab.finetune: error: --dataset nyu-mll/glue:rte: cannot load")
     assert "offline use --data-dir" in err
     assert not (tmp_path / "o").exists()
 

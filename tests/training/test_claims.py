@@ -160,7 +160,9 @@ def test_forgetting_claim_is_a_spearman_correlation_across_runs():
 
 def test_claims_cli_writes_csv_and_md_and_names_a_bad_folder(tmp_path, capsys):
     assert claims_main(["--studies", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
-    assert "no runs/ folder or selection.csv; pass a finetune --out folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("python -m lowrank_lab.claims: error: --studies ") and len(err.splitlines()) == 1
+    assert "no runs/ folder or selection.csv; pass a finetune --out folder" in err
 
 
 def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled, tmp_path, capsys):
