@@ -207,7 +207,8 @@ else:
     study = nbs.cli_outputs(
         "finetune", name="03_finetune_sst2",
         small_argv=[*common, "--rank", "8", "--steps", "8", "--batch-size", "8", "--max-length", "32",
-                    "--eval-samples", "32", "--eval-every", "0", "--targets", "query,value"],
+                    "--eval-samples", "32", "--val-samples", "64", "--eval-every", "0",
+                    "--targets", "query,value"],
         full_argv=[*common, "--rank", "8", "--steps", "300", "--eval-samples", "256"],
     )
     records = study_records(study)  # RunRecord: one per runs/<run>/run.json

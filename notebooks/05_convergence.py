@@ -76,7 +76,8 @@ else:
     studies["sst2"] = nbs.cli_outputs(
         "finetune", name="05_finetune_sst2",
         small_argv=[*common, "--methods", "lora,pissa,nlora", "--seeds", "0", "--steps", "10",
-                    "--batch-size", "8", "--max-length", "32", "--eval-samples", "32", "--eval-every", "5",
+                    "--batch-size", "8", "--max-length", "32", "--eval-samples", "32", "--val-samples", "64",
+                    "--eval-every", "5",
                     "--targets", "query,value"],
         full_argv=[*common, "--methods", "lora,slora,pissa,nlora,inttune,full", "--seeds", "0",
                    "--steps", "300", "--eval-samples", "256", "--eval-every", "50"],

@@ -56,7 +56,7 @@ else:
     common = ["--task", "sst2", "--model", "minilm", "--data-dir", str(nbs.shared_data()), "--seeds", "0",
               "--no-progress", *targets]
     small = ["--steps", "10", "--batch-size", "8", "--max-length", "32", "--eval-samples", "32",
-             "--eval-every", "0"]
+             "--val-samples", "64", "--eval-every", "0"]
     full = ["--steps", "300", "--eval-samples", "256"]
     saved = nbs.saved_result("finetune/sst2", marker="summary.md")
     study_runs = {d.name: d for d in sorted(saved.glob("runs/*")) if (d / "merged").is_dir()} if saved else {}
