@@ -214,7 +214,8 @@ def cli_outputs(
        (``full_out`` defaults to ``notebooks/<name>``).
     3. Otherwise the CLI runs now, in this process, with ``small_argv`` or ``full_argv``,
        ``--out`` set to that folder and ``--resume`` (what an interrupted run finished is kept;
-       analyze also gets ``--figures`` at the same place under ``figures/``).
+       analyze also gets ``--figures`` at the same place under ``figures/`` at full size, and
+       ``--no-figures`` in small mode, where the notebooks draw their own from the tables).
 
     Steps 1 and 2 are skipped in fresh mode (``LOWRANK_LAB_FRESH=1``). The CLI modules are imported
     here, lazily: this glue sits above the command-line layer and only notebooks import it.
@@ -242,7 +243,7 @@ def cli_outputs(
     # every CLI refuses to resume a folder made with other settings, so nothing is mixed silently.
     argv = [*(small_argv if small_mode() else (full_argv or [])), "--out", str(out), "--resume"]
     if cli == "analyze":
-        argv += ["--figures", str(output_root() / "figures" / rel)]
+        argv += ["--no-figures"] if small_mode() else ["--figures", str(output_root() / "figures" / rel)]
     print(f"running: python -m lowrank_lab.{cli}", " ".join(argv))
     module = importlib.import_module(f"lowrank_lab.{cli}")
     run_cli(module.main, argv)
