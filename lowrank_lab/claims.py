@@ -22,7 +22,7 @@ import pandas as pd
 from lowrank_lab.training.claims import BASELINES, COLUMNS, GATE_MARGIN, study_claims
 from lowrank_lab.training.stats import MIN_EFFECT
 from lowrank_lab.training.tasks import DATA_DIR_ENV, default_data_dir
-from lowrank_lab.utils.cli import user_error_message
+from lowrank_lab.utils.cli import guarded_main
 from lowrank_lab.utils.files import atomic_write_text, write_frame
 from lowrank_lab.utils.tables import to_markdown
 
@@ -132,25 +132,25 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    try:
-        rows = []
-        studies = [Path(s) for s in args.studies]
-        for study in studies:
-            if not (study / "runs").is_dir() and not (study / "selection.csv").is_file():
-                raise FileNotFoundError(
-                    f"--studies {study}: no runs/ folder or selection.csv; pass a finetune --out folder"
-                )
-            _ensure_baselines(study, args.data_dir or default_data_dir())
-            rows.extend(study_claims(study))
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame(rows, columns=COLUMNS)
-        write_frame(frame, out / "claims.csv")
-        command = "python -m lowrank_lab.claims " + " ".join(argv_list)
-        atomic_write_text(out / "claims.md", render(frame, studies, command))
-    except (ValueError, OSError) as exc:  # a user's error: one line naming the folder or file
-        print(f"{PROG}: error: {user_error_message(exc)}", file=sys.stderr)
-        return 2
+    return guarded_main(PROG, lambda: _run(args, argv_list))
+
+
+def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
+    rows = []
+    studies = [Path(s) for s in args.studies]
+    for study in studies:
+        if not (study / "runs").is_dir() and not (study / "selection.csv").is_file():
+            raise FileNotFoundError(
+                f"--studies {study}: no runs/ folder or selection.csv; pass a finetune --out folder"
+            )
+        _ensure_baselines(study, args.data_dir or default_data_dir())
+        rows.extend(study_claims(study))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    write_frame(frame, out / "claims.csv")
+    command = "python -m lowrank_lab.claims " + " ".join(argv_list)
+    atomic_write_text(out / "claims.md", render(frame, studies, command))
     counts = frame["verdict"].value_counts().to_dict()
     print(f"wrote {out / 'claims.csv'} and claims.md: {len(frame)} claims, {counts}")
     return 0
