@@ -31,10 +31,9 @@ from lowrank_lab.training.study import rebuild_merged, run_study, summarize_exis
 from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, HubDataset, TaskSpec, default_data_dir, get_task
 from lowrank_lab.utils.cli import (
     csv_list,
+    guarded_main,
     nonnegative_int,
     positive,
-    sigterm_as_interrupt,
-    user_error_message,
 )
 
 DEFAULT_METHODS = "lora,pissa,nlora,inttune,full"
@@ -452,111 +451,122 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    out = args.out or "reports/finetune/<task>"
+    return guarded_main(
+        PROG, lambda: _run(args, argv_list), interrupted=lambda exc: _how_to_resume(args, exc)
+    )
+
+
+def _output_dir(args: argparse.Namespace) -> str:
+    """``--out``, or ``reports/finetune/<task>`` under the task's canonical name."""
+    return args.out or f"reports/finetune/{get_task(args.task).name}"
+
+
+def _how_to_resume(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
+    """Where an interrupted command stopped (a run's own message, when a run was under way) and
+    the command that goes on from there."""
+    where = str(exc) if isinstance(exc, Interrupted) else "between training steps"
     try:
-        spec = get_task(args.task)
-        methods = csv_list(args.methods)
-        _check_methods(methods)
-        out = args.out or f"reports/finetune/{spec.name}"
-        if args.summary_only and args.rebuild_merged is not None:
-            raise ValueError("--summary-only and --rebuild-merged exclude each other; give one")
-        if args.replace_different and args.rebuild_merged is None:
-            raise ValueError("--replace-different only applies to --rebuild-merged")
-        if args.rebuild_merged is not None:
-            with sigterm_as_interrupt():
-                res = rebuild_merged(
-                    out,
-                    spec,
-                    data_dir=_data_source(args, spec),
-                    runs=csv_list(args.rebuild_merged),
-                    replace_different=args.replace_different,
-                    threads=args.threads,
-                    progress=False if args.no_progress else None,
-                    argv=["-m", "lowrank_lab.finetune", *argv_list],
-                    checkpoint_seconds=args.checkpoint_every,
-                )
-            print(
-                f"merged/ rebuilt for {len(res['rebuilt']) + len(res['replaced'])} runs: "
-                f"{len(res['rebuilt'])} replays identical to their record, {len(res['replaced'])} "
-                f"replaced their record, {len(res['failed'])} failed"
-                + (f"; summary: {res['summary']}" if res["summary"] else "")
-            )
-            for msg in res["failed"].values():
-                print(f"{PROG}: error: {msg}", file=sys.stderr)
-            return 1 if res["failed"] else 0
-        if args.forgetting is not None:
-            path = measure_forgetting(out, spec, data_dir=_data_source(args, spec))
-            summarize_existing(out, [], spec, threshold_override=args.loss_threshold)
-            print(f"wrote {path}")
-            return 0
-        if args.summary_only:
-            path = summarize_existing(
-                out,
-                methods if args.methods != DEFAULT_METHODS else [],
-                spec,
-                threshold_override=args.loss_threshold,
-            )
-            print(f"wrote {path}")
-            return 0
-        base = RunConfig(
-            task=spec.name,
-            method=methods[0],
-            model=args.model or spec.default_model,
-            rank=args.rank,
-            alpha=args.alpha,
-            targets=args.targets,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            lr=args.lr,
-            head_lr=args.head_lr,
-            warmup_ratio=args.warmup_ratio,
-            weight_decay=args.weight_decay,
-            max_grad_norm=args.max_grad_norm,
-            eval_every=args.eval_every,
-            eval_samples=args.eval_samples,
-            explode_factor=args.explode_factor,
-            device=_resolve_device(args.device),
-            save_merged=not args.no_save_merged,
-            extra=_extra(args),
-            pooling=args.pooling,
-            val_samples=args.val_samples,
-            epochs=args.epochs,
-            eval_mode=args.eval_mode,
+        out = _output_dir(args)
+    except ValueError:  # an unknown task: nothing was written
+        out = args.out or "reports/finetune/<task>"
+    again = "the same command" if args.rebuild_merged is not None else "the same command with --resume"
+    return f"{where}. Finished runs are in {out}/runs; rerun {again} to go on"
+
+
+def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
+    """The command itself; :func:`main` runs it under the shared error and interrupt handling."""
+    spec = get_task(args.task)
+    methods = csv_list(args.methods)
+    _check_methods(methods)
+    out = _output_dir(args)
+    if args.summary_only and args.rebuild_merged is not None:
+        raise ValueError("--summary-only and --rebuild-merged exclude each other; give one")
+    if args.replace_different and args.rebuild_merged is None:
+        raise ValueError("--replace-different only applies to --rebuild-merged")
+    if args.rebuild_merged is not None:
+        res = rebuild_merged(
+            out,
+            spec,
+            data_dir=_data_source(args, spec),
+            runs=csv_list(args.rebuild_merged),
+            replace_different=args.replace_different,
+            threads=args.threads,
+            progress=False if args.no_progress else None,
+            argv=["-m", "lowrank_lab.finetune", *argv_list],
+            checkpoint_seconds=args.checkpoint_every,
         )
-        if args.eval_mode == "generate" and spec.kind != "causal-lm":
-            raise ValueError(f"--eval generate scores a causal LM's answers; task {spec.name} is {spec.kind}")
-        grid = parse_grid(args.lr_grid)
-        if grid is not None and args.lr is not None:
-            raise ValueError(
-                "--lr sets one rate for every method, --lr-grid selects one per method: give one"
-            )
-        if args.select_only and grid is None:
-            raise ValueError("--select-only runs the learning-rate selection: add --lr-grid")
-        with sigterm_as_interrupt():
-            result = run_study(
-                base,
-                methods,
-                [] if args.select_only else args.seeds,
-                data_dir=_data_source(args, spec),
-                out=out,
-                resume=args.resume,
-                argv=["-m", "lowrank_lab.finetune", *argv_list],
-                loss_threshold_override=args.loss_threshold,
-                progress=False if args.no_progress else None,
-                checkpoint_seconds=args.checkpoint_every,
-                lr_grid=grid,
-                selection_seed=args.selection_seed,
-            )
-    except KeyboardInterrupt as exc:
-        where = str(exc) if isinstance(exc, Interrupted) else "between training steps"
-        again = "the same command" if args.rebuild_merged is not None else "the same command with --resume"
-        print(f"\ninterrupted: {where}. Finished runs are in {out}/runs; rerun {again} to go on.",
-              file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as exc:  # a user's error: one line naming the option or file
-        print(f"{PROG}: error: {user_error_message(exc)}", file=sys.stderr)
-        return 2
+        print(
+            f"merged/ rebuilt for {len(res['rebuilt']) + len(res['replaced'])} runs: "
+            f"{len(res['rebuilt'])} replays identical to their record, {len(res['replaced'])} "
+            f"replaced their record, {len(res['failed'])} failed"
+            + (f"; summary: {res['summary']}" if res["summary"] else "")
+        )
+        for msg in res["failed"].values():
+            print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 1 if res["failed"] else 0
+    if args.forgetting is not None:
+        path = measure_forgetting(out, spec, data_dir=_data_source(args, spec))
+        summarize_existing(out, [], spec, threshold_override=args.loss_threshold)
+        print(f"wrote {path}")
+        return 0
+    if args.summary_only:
+        path = summarize_existing(
+            out,
+            methods if args.methods != DEFAULT_METHODS else [],
+            spec,
+            threshold_override=args.loss_threshold,
+        )
+        print(f"wrote {path}")
+        return 0
+    base = RunConfig(
+        task=spec.name,
+        method=methods[0],
+        model=args.model or spec.default_model,
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=args.targets,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        eval_every=args.eval_every,
+        eval_samples=args.eval_samples,
+        explode_factor=args.explode_factor,
+        device=_resolve_device(args.device),
+        save_merged=not args.no_save_merged,
+        extra=_extra(args),
+        pooling=args.pooling,
+        val_samples=args.val_samples,
+        epochs=args.epochs,
+        eval_mode=args.eval_mode,
+    )
+    if args.eval_mode == "generate" and spec.kind != "causal-lm":
+        raise ValueError(f"--eval generate scores a causal LM's answers; task {spec.name} is {spec.kind}")
+    grid = parse_grid(args.lr_grid)
+    if grid is not None and args.lr is not None:
+        raise ValueError(
+            "--lr sets one rate for every method, --lr-grid selects one per method: give one"
+        )
+    if args.select_only and grid is None:
+        raise ValueError("--select-only runs the learning-rate selection: add --lr-grid")
+    result = run_study(
+        base,
+        methods,
+        [] if args.select_only else args.seeds,
+        data_dir=_data_source(args, spec),
+        out=out,
+        resume=args.resume,
+        argv=["-m", "lowrank_lab.finetune", *argv_list],
+        loss_threshold_override=args.loss_threshold,
+        progress=False if args.no_progress else None,
+        checkpoint_seconds=args.checkpoint_every,
+        lr_grid=grid,
+        selection_seed=args.selection_seed,
+    )
     recs = result["records"]
     if args.select_only:
         picks = [(m, c) for m, c in result["selection"].items() if m in methods]

@@ -110,20 +110,27 @@ def user_error_message(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def guarded_main(prog: str, body: Callable[[], int], *, interrupted: str = "") -> int:
+def guarded_main(
+    prog: str,
+    body: Callable[[], int],
+    *,
+    interrupted: str | Callable[[KeyboardInterrupt], str] = "",
+) -> int:
     """Run a command's body; its user errors become one line on stderr and exit status 2.
 
     ``ValueError`` (bad options, bad files: every error class of the package that a user can cause
     derives from it) and ``OSError`` (missing or unreadable files, a full disk, a read-only
     folder) print ``<prog>: error: <message>`` with no traceback and return 2; Ctrl-C or SIGTERM
-    (:func:`sigterm_as_interrupt`) prints ``interrupted`` and returns 130. Anything else is a bug
+    (:func:`sigterm_as_interrupt`) prints ``interrupted`` (a string, or a function of the interrupt
+    that says where the work stopped and how to resume it) and returns 130. Anything else is a bug
     and keeps its traceback.
     """
     try:
         with sigterm_as_interrupt():
             return body()
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""), file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        how = interrupted(exc) if callable(interrupted) else interrupted
+        print(f"\n{prog}: interrupted" + (f"; {how}" if how else ""), file=sys.stderr)
         return 130
     except (ValueError, OSError) as exc:
         print(f"{prog}: error: {user_error_message(exc)}", file=sys.stderr)

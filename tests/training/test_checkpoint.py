@@ -189,7 +189,7 @@ def test_finetune_cli_exits_130_and_says_how_to_resume(monkeypatch, capsys, tmp_
     rc = finetune.main(["--task", "sst2", "--methods", "lora", "--out", str(tmp_path / "s"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 130
-    assert "interrupted: lora (seed 0) interrupted after step 7 of 300" in err
+    assert "python -m lowrank_lab.finetune: interrupted; lora (seed 0) interrupted after step 7 of 300" in err
     assert f"{tmp_path / 's'}/runs" in err and "--resume" in err
 
 

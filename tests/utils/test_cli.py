@@ -8,7 +8,7 @@ import math
 import pytest
 
 from lowrank_lab import analyze, finetune, intruders
-from lowrank_lab.utils.cli import csv_list, nonnegative_int, positive, unit_interval
+from lowrank_lab.utils.cli import csv_list, guarded_main, nonnegative_int, positive, unit_interval
 
 
 def test_csv_list_drops_blanks_and_spaces():
@@ -69,3 +69,36 @@ def test_every_cli_rejects_a_bad_number_with_status_2_naming_the_option(main, ar
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _raise(exc: BaseException):
+    def body() -> int:
+        raise exc
+
+    return body
+
+
+@pytest.mark.parametrize(
+    ("exc", "line"),
+    [
+        (ValueError("bad --rank:\n  give one > 0"), "prog: error: bad --rank: give one > 0"),
+        (PermissionError(13, "Permission denied", "/ro/out.csv"), "/ro/out.csv"),
+    ],
+)
+def test_guarded_main_turns_user_errors_into_one_line_and_exit_2(capsys, exc, line):
+    assert guarded_main("prog", _raise(exc)) == 2
+    err = capsys.readouterr().err
+    assert line in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_guarded_main_interrupt_message_is_a_string_or_a_function_of_the_interrupt(capsys):
+    assert guarded_main("prog", _raise(KeyboardInterrupt()), interrupted="rerun with --resume") == 130
+    assert capsys.readouterr().err.strip() == "prog: interrupted; rerun with --resume"
+    said = guarded_main("prog", _raise(KeyboardInterrupt("at step 7")), interrupted=lambda e: f"stopped {e}")
+    assert said == 130 and capsys.readouterr().err.strip() == "prog: interrupted; stopped at step 7"
+
+
+def test_guarded_main_keeps_the_traceback_of_a_bug():
+    with pytest.raises(ZeroDivisionError):
+        guarded_main("prog", lambda: 1 // 0)
+    assert guarded_main("prog", lambda: 0) == 0
