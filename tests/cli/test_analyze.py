@@ -35,21 +35,18 @@ FAST = ["--layers", "0", "--ranks", "4,8", "--methods", "svd,rsvd", "--device", 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture
-def no_figures(monkeypatch):
-    # Figures are checked once (test_outputs_follow_the_contract); elsewhere they only cost time.
-    monkeypatch.setattr("lowrank_lab.analyze.make_figures", lambda *a, **k: [])
-
-
-def analyze(tmp_path: Path, *extra: str, name: str = "out") -> Path:
+def analyze(tmp_path: Path, *extra: str, name: str = "out", figures: bool = False) -> Path:
+    """One analyze run into ``tmp_path/name``. Figures are drawn and checked once (full_run);
+    elsewhere they only cost time, so the other runs pass --no-figures."""
     out = tmp_path / name
-    assert main([*FAST, "--out", str(out), "--figures", str(tmp_path / f"{name}-fig"), *extra]) == 0
+    drawing = ["--figures", str(tmp_path / f"{name}-fig")] if figures else ["--no-figures"]
+    assert main([*FAST, "--out", str(out), *drawing, *extra]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory) -> Path:
-    return analyze(tmp_path_factory.mktemp("analyze"))
+    return analyze(tmp_path_factory.mktemp("analyze"), figures=True)
 
 
 def counting_factorize(monkeypatch) -> list[tuple[str, int]]:
@@ -93,7 +90,7 @@ def test_outputs_follow_the_contract(full_run: Path):
     assert len(list((full_run / "singular_values").glob("*.npy"))) == 6
 
 
-def test_resume_after_a_subset_computes_only_the_rest(tmp_path, monkeypatch, full_run, no_figures):
+def test_resume_after_a_subset_computes_only_the_rest(tmp_path, monkeypatch, full_run):
     first = analyze(tmp_path, "--targets", "query")
     before = pd.read_csv(first / "factorization.csv")
     assert len(before) == 4
@@ -113,7 +110,7 @@ def test_resume_after_a_subset_computes_only_the_rest(tmp_path, monkeypatch, ful
                                   reference[cols].sort_values(cols[:3]).reset_index(drop=True))
 
 
-def test_resume_after_interrupt_mid_write(tmp_path, monkeypatch, no_figures):
+def test_resume_after_interrupt_mid_write(tmp_path, monkeypatch):
     two = ("--targets", "query,key")
     out = analyze(tmp_path, *two)
     path = out / "factorization.csv"
@@ -133,18 +130,18 @@ def test_resume_after_interrupt_mid_write(tmp_path, monkeypatch, no_figures):
     assert calls == [] and len(pd.read_csv(path)) == 8
 
 
-def test_resume_refuses_different_options(tmp_path, capsys, no_figures):
+def test_resume_refuses_different_options(tmp_path, capsys):
     analyze(tmp_path, "--targets", "query")
     out = tmp_path / "out"
     argv = [*FAST, "--targets", "query", "--resume", "--seed", "1", "--out", str(out)]
-    assert main([*argv, "--figures", str(tmp_path / "out-fig")]) == 2
+    assert main([*argv, "--no-figures"]) == 2
     assert "cannot --resume" in capsys.readouterr().err
 
 
-def test_rank_above_matrix_size_is_noted_not_fatal(tmp_path, no_figures):
+def test_rank_above_matrix_size_is_noted_not_fatal(tmp_path):
     out = tmp_path / "big"
     assert main(["--layers", "0", "--targets", "query", "--methods", "svd", "--ranks", "4,400",
-                "--repeats", "1", "--warmup", "0", "--out", str(out), "--figures", str(tmp_path / "f")]) == 0
+                "--repeats", "1", "--warmup", "0", "--out", str(out), "--no-figures"]) == 0
     assert len(pd.read_csv(out / "factorization.csv")) == 1
     skipped = pd.read_csv(out / "skipped.csv")
     assert skipped[["method", "rank"]].values.tolist() == [["svd", 400]]
