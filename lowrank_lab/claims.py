@@ -97,8 +97,9 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
         "contradicted (interval below 0), each only when its Holm-adjusted p < 0.05; else inconclusive. "
         f"Not testable: LoRA or full fine-tuning beat neither the head-only control nor the constant "
         f"predictor by {GATE_MARGIN:g} (classification), a method not below the bigram (GSM8K), or "
-        "fewer than 2 paired seeds. `holds` reads the verdict against the claim "
-        "('matches' claims hold when equivalent).",
+        "fewer than 2 paired seeds; `holds` says \"not run\" instead when the study trained no "
+        "run of one of the claim's methods on that task (a choice of budget, not a finding). `holds` "
+        "reads the verdict against the claim ('matches' claims hold when equivalent).",
         "",
     ]
     for task, rows in frame.groupby("task", sort=False):

@@ -296,8 +296,19 @@ def claim_rows(
             )
         else:
             gate_ok, reason = task_ok, task_reason
+        not_run = [m for m, runs in ((claim.a, runs_a), (claim.b, runs_b)) if not runs]
         if study_gate is not None and not study_gate[0]:
             gate_ok, reason = study_gate
+        elif not_run:  # a budget decision, not a result at this scale: say which
+            row.update(
+                gate="fail",
+                gate_reason=f"not run: the study has no {' or '.join(not_run)} runs on {spec.name}",
+                n_seeds=0,
+                verdict="not testable",
+                claim_holds="not run",
+            )
+            rows.append(row)
+            continue
         elif len(seeds) < 2:
             have = f"{len(seeds)} seed(s) with usable runs of both {claim.a} and {claim.b}"
             if claim.measure == "intruders":

@@ -70,7 +70,9 @@ def test_each_verdict_is_reachable_from_runs():
     assert _row(rows, "milora>pissa")["claim_holds"].startswith("no")
     assert _row(rows, "slora>lora")["verdict"] == "contradicted"  # -0.01 on every seed: not inside ±δ
     assert _row(rows, "nlora>lora")["verdict"] == "inconclusive"
-    assert _row(rows, "lora-xs~lora")["verdict"] == "not testable"  # no lora-xs runs
+    xs = _row(rows, "lora-xs~lora")  # no lora-xs runs: a budget choice, said as such
+    assert xs["verdict"] == "not testable" and xs["claim_holds"] == "not run"
+    assert xs["gate_reason"] == "not run: the study has no lora-xs runs on sst2"
 
 
 def test_match_claims_hold_when_equivalent():
