@@ -42,11 +42,9 @@ SMALL = nbs.start(NOTEBOOK)  # small or full size, BLAS threads, pandas display,
 
 # %%
 from lowrank_lab.training import get_task
-from lowrank_lab.training.claims import claim_rows, read_baselines
-from lowrank_lab.training.config import method_labeller
+from lowrank_lab.training.claims import claim_rows, intruder_counts_by_run, read_baselines
 from lowrank_lab.training.forgetting import read_forgetting
-from lowrank_lab.training.record import study_records
-from lowrank_lab.training.study import intruder_counts_by_run
+from lowrank_lab.training.record import method_labeller, study_records
 from lowrank_lab.training.summary import (
     loss_threshold,
     method_rows,

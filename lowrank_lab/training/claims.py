@@ -29,8 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import method_labeller
-from .record import RunRecord, study_records
+from .record import RunRecord, method_labeller, study_records
 from .stats import MIN_EFFECT, Paired, holm, paired, verdict
 from .tasks import TaskSpec, get_task
 
@@ -73,7 +72,7 @@ class Claim:
     """One paper claim: ``a`` beats (``kind="superior"``) or matches (``"match"``) ``b`` on
     ``measure`` (``"final"``: the task metric on dev; ``"loss_auc"``: mean training loss, lower is
     faster; ``"intruders"``: intruder dimensions, summed over matrices). Methods are labels of
-    :func:`~.config.method_labeller`: ``lora`` is LoRA at the study's rank, ``lora@1`` at rank 1."""
+    :func:`~.record.method_labeller`: ``lora`` is LoRA at the study's rank, ``lora@1`` at rank 1."""
 
     key: str
     text: str
@@ -162,6 +161,30 @@ def min_effect(spec: TaskSpec, measure: str) -> float:
     """δ of :data:`~.stats.MIN_EFFECT` for the claim's measure."""
     key = spec.metric if measure == "final" else measure
     return MIN_EFFECT[key]
+
+
+def intruder_counts_by_run(out: Path) -> dict[str, float]:
+    """Intruder count of each run with ``out/intruders/<run>/intruders.csv``: the sum over matrices
+    of the left-side intruders at the file's ε (the paper's definition; ε = 0.5 by default).
+
+    Those files are what ``python -m lowrank_lab.intruders --base <model> --tuned runs/<run>
+    --out intruders/<run>`` writes (benchmarks/claims_study.sh): one row per (matrix, side, tuned
+    singular vector) with a 0/1 ``intruder`` column.
+    """
+    import pandas as pd
+
+    counts: dict[str, float] = {}
+    for path in sorted(Path(out).glob("intruders/*/intruders.csv")):
+        try:
+            df = pd.read_csv(path)
+        except (OSError, ValueError):
+            continue
+        if "intruder" not in df.columns:
+            continue
+        if "side" in df.columns:
+            df = df[df["side"] == "left"]
+        counts[path.parent.name] = float(df["intruder"].sum())
+    return counts
 
 
 def read_baselines(out: str | Path) -> dict[str, Any]:
@@ -429,7 +452,6 @@ def study_claims(
     """:func:`claim_rows` of one study folder (its runs, baselines.json, intruder counts and
     forgetting.csv)."""
     from .forgetting import read_forgetting
-    from .study import intruder_counts_by_run
 
     out = Path(out)
     if records is None:

@@ -44,14 +44,11 @@ trains (the LM head is pre-trained and tied to the embedding).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lowrank_lab.adapters import ADAPTERS
-
-if TYPE_CHECKING:
-    from .record import RunRecord
 
 #: A control run by this harness (not an adapter): no adapter, only the task head trains (a
 #: linear probe of the frozen model). Its metric is what the head alone achieves, so the gain of
@@ -109,17 +106,6 @@ def method_label(method: str, rank: int, study_rank: int | None) -> str:
     if method in ("full", HEAD_ONLY) or study_rank is None or int(rank) == study_rank:
         return method
     return f"{method}@{int(rank)}"
-
-
-def study_rank(records: Iterable[RunRecord]) -> int | None:
-    """:func:`common_rank` of a study's run records."""
-    return common_rank((rec.method, rec.rank) for rec in records)
-
-
-def method_labeller(records: Iterable[RunRecord]) -> Callable[[RunRecord], str]:
-    """:func:`method_label` of each run record, at the rank of ``records`` (:func:`study_rank`)."""
-    rank = study_rank(records)
-    return lambda rec: method_label(rec.method, rec.rank, rank)
 
 
 def default_lr(method: str, task_kind: str) -> float:

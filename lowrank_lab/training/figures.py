@@ -13,9 +13,8 @@ matplotlib.use("Agg")  # files only; no display on the study machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .config import method_labeller  # noqa: E402
 from .metrics import METRIC_LABELS  # noqa: E402
-from .record import RunRecord  # noqa: E402
+from .record import RunRecord, method_labeller  # noqa: E402
 from .summary import moving_average, smoothing_window  # noqa: E402
 from .tasks import TaskSpec  # noqa: E402
 

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from lowrank_lab.utils.files import atomic_write_text
 
-from .config import RunConfig
+from .config import RunConfig, common_rank, method_label
 
 SCHEMA = "lowrank_lab.finetune.run/1"
 FILE = "run.json"
@@ -292,3 +292,14 @@ def load_records(paths: Iterable[str | Path]) -> list[RunRecord]:
 def study_records(out: str | Path) -> list[RunRecord]:
     """Every run record of a study folder, ``out/runs/*/run.json``, by directory name."""
     return load_records(sorted(Path(out).glob(f"runs/*/{FILE}")))
+
+
+def study_rank(records: Iterable[RunRecord]) -> int | None:
+    """:func:`~.config.common_rank` of a study's run records."""
+    return common_rank((rec.method, rec.rank) for rec in records)
+
+
+def method_labeller(records: Iterable[RunRecord]) -> Callable[[RunRecord], str]:
+    """:func:`~.config.method_label` of each run record, at the rank of ``records`` (:func:`study_rank`)."""
+    rank = study_rank(records)
+    return lambda rec: method_label(rec.method, rec.rank, rank)

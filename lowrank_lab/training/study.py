@@ -38,12 +38,12 @@ from . import figures as figs
 from .baselines import constant_predictor, ngram_losses
 from .batching import Encoder, batch_order, default_validation_size, eval_subset, validation_split
 from .checkpoint import CHECKPOINT_META, read_checkpoint_meta, remove_checkpoint
-from .claims import BASELINES, claim_rows, read_baselines
-from .config import HEAD_ONLY, RunConfig, method_labeller
+from .claims import BASELINES, claim_rows, intruder_counts_by_run, read_baselines
+from .config import HEAD_ONLY, RunConfig
 from .forgetting import read_forgetting
 from .loop import train_run
 from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
-from .record import RunRecord, study_records
+from .record import RunRecord, method_labeller, study_records
 from .selection import select_rates, selection_line
 from .summary import (
     curves_frame,
@@ -507,30 +507,6 @@ def _train_with_bar(
         )
     finally:
         steps.close()
-
-
-def intruder_counts_by_run(out: Path) -> dict[str, float]:
-    """Intruder count of each run with ``out/intruders/<run>/intruders.csv``: the sum over matrices
-    of the left-side intruders at the file's ε (the paper's definition; ε = 0.5 by default).
-
-    Those files are what ``python -m lowrank_lab.intruders --base <model> --tuned runs/<run>
-    --out intruders/<run>`` writes (benchmarks/claims_study.sh): one row per (matrix, side, tuned
-    singular vector) with a 0/1 ``intruder`` column.
-    """
-    import pandas as pd
-
-    counts: dict[str, float] = {}
-    for path in sorted(Path(out).glob("intruders/*/intruders.csv")):
-        try:
-            df = pd.read_csv(path)
-        except (OSError, ValueError):
-            continue
-        if "intruder" not in df.columns:
-            continue
-        if "side" in df.columns:
-            df = df[df["side"] == "left"]
-        counts[path.parent.name] = float(df["intruder"].sum())
-    return counts
 
 
 def intruder_counts(out: Path, records: list[RunRecord]) -> dict[str, list[float]]:

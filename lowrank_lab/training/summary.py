@@ -28,9 +28,9 @@ import pandas as pd
 
 from lowrank_lab.utils.tables import to_markdown
 
-from .config import HEAD_ONLY, LR_SOURCES, RunConfig, method_family, method_labeller
+from .config import HEAD_ONLY, LR_SOURCES, RunConfig, method_family
 from .metrics import METRIC_LABELS
-from .record import RunRecord
+from .record import RunRecord, method_labeller
 from .tasks import TaskSpec
 
 REFERENCE_METHOD = "lora"
