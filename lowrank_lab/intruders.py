@@ -15,8 +15,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lowrank_lab.utils.cli import guarded_main, positive, seed, unit_interval
+
+if TYPE_CHECKING:  # the analysis modules load torch: imported where used, so --help stays fast
+    from lowrank_lab.analysis.tuned import MatrixPair, TunedWeights
 
 PROG = "python -m lowrank_lab.intruders"
 #: Columns of skipped.csv: matrices that could not be compared, with the reason.
@@ -357,13 +361,11 @@ def run(args: argparse.Namespace) -> dict:
     from lowrank_lab.analysis import intruder_tables as tables
     from lowrank_lab.analysis import intruders as ix
     from lowrank_lab.analysis.figures import plot_count_vs_epsilon, plot_similarity_matrix
-    from lowrank_lab.analysis.tuned import iter_records, open_tuned, pair_targets
     from lowrank_lab.linalg.policy import resolve_device
     from lowrank_lab.utils.distributed import init_from_env
     from lowrank_lab.utils.files import atomic_path, atomic_write_text, ensure_writable_dir
     from lowrank_lab.utils.provenance import run_metadata, write_run_json
     from lowrank_lab.utils.sweep import Sweep, Table
-    from lowrank_lab.weights import open_source
 
     t_start = time.perf_counter()
     if args.tuned is None and args.adapter is None:
@@ -392,34 +394,8 @@ def run(args: argparse.Namespace) -> dict:
         extra={"base": args.base, "tuned": args.tuned, "adapter": args.adapter, "world_size": ctx.world_size},
     )
 
-    # Headers only so far: every mismatch is reported before the first SVD.
-    source_options = {"experts": args.experts, "split_fused": args.split_fused}
-    opened = open_source(args.base, **source_options)
-    if ctx.is_main:
-        for note in getattr(opened, "notes", []):  # e.g. generic discovery of a model type without a table
-            print(f"{PROG}: note: {note}", file=sys.stderr)
-    tuned = open_tuned(
-        args.tuned, base=args.base, base_source=opened, adapter=args.adapter, source_options=source_options
-    )
+    tuned, pairs = _open_pairs(args, say=ctx.is_main)
     base_all = tuned.base  # the base in the tuned weights' layout (llama2.c may be seen as HF Llama)
-    pairs = pair_targets(
-        base_all.targets(),
-        tuned.targets(),
-        base_name=f"base {args.base!r}",
-        tuned_name=f"tuned {tuned.description.get('tuned', args.tuned)!r}",
-        base_family=base_all.family,
-        tuned_family=tuned.family,
-    )
-    if args.targets is not None or args.layers is not None:
-        chosen = open_source(args.base, targets=args.targets, layers=args.layers, **source_options).targets()
-        keep = {(i.layer, i.module, i.expert) for i in chosen}
-        pairs = [p for p in pairs if (p.base.layer, p.base.module, getattr(p.base, "expert", None)) in keep]
-    if not pairs:
-        raise ValueError(
-            f"no target matrices selected in {args.base!r} (--targets {args.targets}, --layers {args.layers})"
-        )
-    if "warning" in tuned.description:
-        print(f"warning: {tuned.description['warning']}", file=sys.stderr)
 
     k_of = {p.base.tensor: min(args.top_k, *p.base.shape) for p in pairs}
     csv_path = out / "intruders.csv"
@@ -484,22 +460,7 @@ def run(args: argparse.Namespace) -> dict:
             title = f"{args.base} → {tuned.description.get('tuned', args.tuned)}"
             figures.append(plot_count_vs_epsilon(sweep_df, out / "count_vs_epsilon.png", title=title))
         if pick is not None and not args.no_figures:
-            tensor, side = pick
-            safe = tensor.removesuffix(".weight").replace("/", "_")
-            other = None if drawn is None else drawn / f"similarity_{safe}.{side}.png"
-            if other is not None and other.exists():  # drawn by the rank that computed it
-                os.replace(other, out / f"similarity_{safe}.png")
-                figures.append(out / f"similarity_{safe}.png")
-            else:
-                if best is not None and best[1].base.tensor == tensor and best[2] == side:
-                    rec = best[3]
-                else:  # found in rows of an earlier run (--resume): recompute that one matrix
-                    pair = next(p for p in pairs if p.base.tensor == tensor)
-                    _, recs = next(
-                        iter_records(base_all, tuned, [pair], device=device, **{**kw, "side": (side,)})
-                    )
-                    rec = recs[side]
-                figures.append(plot_similarity_matrix(rec, out / f"similarity_{safe}.png", tensor=tensor))
+            figures.append(_similarity_figure(pick, out, drawn, best, pairs, tuned, device=device, kw=kw))
         if drawn is not None and drawn.is_dir():
             for f in drawn.glob("similarity_*.png"):
                 f.unlink()
@@ -547,6 +508,66 @@ def run(args: argparse.Namespace) -> dict:
         write_run_json(out / "run.json", meta, time.perf_counter() - t_start)
     ctx.shutdown()
     return result
+
+
+def _open_pairs(args: argparse.Namespace, *, say: bool) -> tuple[TunedWeights, list[MatrixPair]]:
+    """The tuned weights (with their base in the same layout) and the (base, tuned) matrix pairs
+    that ``--targets``/``--layers`` select. Headers only: every mismatch between the two checkpoints
+    is reported before the first SVD. ``say``: print the sources' notes and warnings (rank 0)."""
+    from lowrank_lab.analysis.tuned import open_tuned, pair_targets
+    from lowrank_lab.weights import open_source
+
+    source_options = {"experts": args.experts, "split_fused": args.split_fused}
+    opened = open_source(args.base, **source_options)
+    if say:
+        for note in getattr(opened, "notes", []):  # e.g. generic discovery of a model type without a table
+            print(f"{PROG}: note: {note}", file=sys.stderr)
+    tuned = open_tuned(
+        args.tuned, base=args.base, base_source=opened, adapter=args.adapter, source_options=source_options
+    )
+    pairs = pair_targets(
+        tuned.base.targets(),
+        tuned.targets(),
+        base_name=f"base {args.base!r}",
+        tuned_name=f"tuned {tuned.description.get('tuned', args.tuned)!r}",
+        base_family=tuned.base.family,
+        tuned_family=tuned.family,
+    )
+    if args.targets is not None or args.layers is not None:
+        chosen = open_source(args.base, targets=args.targets, layers=args.layers, **source_options).targets()
+        keep = {(i.layer, i.module, i.expert) for i in chosen}
+        pairs = [p for p in pairs if (p.base.layer, p.base.module, getattr(p.base, "expert", None)) in keep]
+    if not pairs:
+        raise ValueError(
+            f"no target matrices selected in {args.base!r} (--targets {args.targets}, --layers {args.layers})"
+        )
+    if say and "warning" in tuned.description:
+        print(f"warning: {tuned.description['warning']}", file=sys.stderr)
+    return tuned, pairs
+
+
+def _similarity_figure(pick, out: Path, drawn: Path | None, best, pairs, tuned, *, device, kw) -> Path:
+    """``out/similarity_<tensor>.png`` for the matrix with the most intruders (``pick``: tensor,
+    side). Under torchrun the rank that computed it drew it into ``drawn``: moved here. Else the
+    record in hand (``best``) draws it, or, when the rows came from an earlier run (--resume),
+    that one matrix is computed again."""
+    from lowrank_lab.analysis.figures import plot_similarity_matrix
+    from lowrank_lab.analysis.tuned import iter_records
+
+    tensor, side = pick
+    safe = tensor.removesuffix(".weight").replace("/", "_")
+    target = out / f"similarity_{safe}.png"
+    other = None if drawn is None else drawn / f"similarity_{safe}.{side}.png"
+    if other is not None and other.exists():
+        os.replace(other, target)
+        return target
+    if best is not None and best[1].base.tensor == tensor and best[2] == side:
+        rec = best[3]
+    else:
+        pair = next(p for p in pairs if p.base.tensor == tensor)
+        _, recs = next(iter_records(tuned.base, tuned, [pair], device=device, **{**kw, "side": (side,)}))
+        rec = recs[side]
+    return plot_similarity_matrix(rec, target, tensor=tensor)
 
 
 def pair_cost(shape, top_k: int, tuned_svd: str, *, cache) -> float:
