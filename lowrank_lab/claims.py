@@ -94,7 +94,9 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
         "task (confirmed and contradicted read the first, equivalent the second).",
         "- Minimum effect δ: " + ", ".join(f"{k} {v:g}" for k, v in MIN_EFFECT.items()) + ".",
         "- Verdicts: confirmed (interval above 0 and effect ≥ δ), equivalent (interval inside ±δ), "
-        "contradicted (interval below 0), each only when its Holm-adjusted p < 0.05; else inconclusive. "
+        "contradicted (interval below 0), each only when its Holm-adjusted p < 0.05, and in that order "
+        "(an interval below 0 but inside ±δ reads equivalent: the difference is too small to matter); "
+        "else inconclusive. "
         f"Not testable: LoRA or full fine-tuning beat neither the head-only control nor the constant "
         f"predictor by {GATE_MARGIN:g} (classification), a method not below the bigram (GSM8K), or "
         "fewer than 2 paired seeds; `holds` says \"not run\" instead when the study trained no "
