@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="skip runs already finished in --out with the same settings, and continue an interrupted "
-        "run from its last checkpoint",
+        "run from its last checkpoint. Processes can share one --out (e.g. the same command once per "
+        "core): each trains the runs no other process holds, then waits for the rest",
     )
     p.add_argument(
         "--checkpoint-every",

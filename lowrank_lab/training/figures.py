@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only; no display on the study machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lowrank_lab.utils.files import atomic_path  # noqa: E402
+
 from .metrics import METRIC_LABELS  # noqa: E402
 from .record import RunRecord, method_labeller  # noqa: E402
 from .summary import moving_average, smoothing_window  # noqa: E402
@@ -111,7 +113,8 @@ def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # a reader (or a second stream of the study) never sees half a PNG
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 

@@ -14,6 +14,13 @@ compares every method. A run's record is written atomically when it ends; with `
 finished or diverged runs with the same config are skipped (a different config is an error, so a
 resumed study never mixes settings), failed or missing runs are (re)done, and a run that was
 interrupted continues from its ``runs/<run>/checkpoint.pt`` (see :mod:`.checkpoint`).
+
+Several processes may work on one study at once (one per core, say, with the same command and
+``resume=True``; without it each process starts the study's tables afresh): a
+process locks a run's folder while it trains it (:class:`~lowrank_lab.utils.lock.OutputLock`),
+passes over runs another process holds, and at the end waits for those and takes their records,
+or trains one itself when its holder stopped without a record. No run is trained twice into the
+same files, and the tables they share (selection.csv, runs.csv, summary.md) keep every run's rows.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lowrank_lab.utils.files import atomic_write_text, write_frame
+from lowrank_lab.utils.lock import OutputLock, OutputLockedError
 from lowrank_lab.utils.provenance import run_metadata, write_run_json
 from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir
 
@@ -351,11 +360,12 @@ class _Runner:
         train_enc, eval_enc, dev_enc = self.data.encoders()
         if not score_dev:
             dev_enc = None
-        records: list[RunRecord] = []
+        by_dir: dict[Path, RunRecord] = {}
         failed = 0
-        bar = tqdm(configs, desc=desc, unit="run", disable=self.disable, file=sys.stderr)
+        later: list[RunConfig] = []  # runs another process is training: taken up at the end
+        bar = tqdm(total=len(configs), desc=desc, unit="run", disable=self.disable, file=sys.stderr)
         try:
-            for cfg in bar:
+            for cfg in configs:
                 rdir = dir_of(cfg)
                 bar.set_postfix_str(rdir.name)
                 if rdir in done:
@@ -363,34 +373,99 @@ class _Runner:
                     say(f"skip {rdir.name}: already {rec.status} (--resume)")
                     if writer is not None and not writer.done(_csv_row(rec, rdir.parents[1])):
                         writer.write(_csv_row(rec, rdir.parents[1]))
-                    records.append(rec)
+                    by_dir[rdir] = rec
+                    bar.update()
                     continue
-                rec = _one_run(
-                    cfg,
-                    spec,
-                    train_enc,
-                    eval_enc,
-                    self.factory,
-                    rdir,
-                    self.argv,
-                    self.disable,
-                    self.resume,
-                    self.checkpoint_seconds,
-                    say,
-                    dev_enc,
-                    self.data.val is not None,
-                )
-                if rec.status == "diverged":
-                    say(f"DIVERGED: {rec.message} — continuing with the other runs")
-                elif rec.status == "failed":
-                    failed += 1
-                    say(f"FAILED: {rec.message} — continuing with the other runs")
-                if writer is not None:
-                    writer.write(_csv_row(rec, rdir.parents[1]))
-                records.append(rec)
+                lock = _run_lock(rdir)
+                try:
+                    lock.acquire()
+                except OutputLockedError:
+                    say(f"later {rdir.name}: {_holder_text(lock)} is training it")
+                    later.append(cfg)
+                    continue
+                try:
+                    by_dir[rdir], bad = self._train(cfg, rdir, train_enc, eval_enc, dev_enc, writer)
+                finally:
+                    lock.release()
+                failed += bad
+                bar.update()
+            for cfg in later:  # every other run is done: wait for the other process's
+                rdir = dir_of(cfg)
+                lock = _run_lock(rdir)
+                say(f"wait for {rdir.name}: {_holder_text(lock)} is training it")
+                lock.acquire(wait=True, poll=LOCK_POLL_SECONDS)
+                try:
+                    rec = RunRecord.read(rdir)
+                    if rec is not None and rec.status in ("finished", "diverged"):
+                        try:
+                            stored = rec.stored_config or rec.config.to_dict()
+                            _check_same_settings(cfg, spec, stored, rec.lr, rec.head_lr, rdir)
+                        except StudyResumeError:
+                            if self.resume:  # as much a mismatch as at the start of a --resume
+                                raise
+                            rec = None  # a fresh study overwrites a run made with other settings
+                    if rec is not None and rec.status in ("finished", "diverged"):
+                        # the other process trained it, and wrote its runs.csv row
+                        say(f"took {rdir.name}: {rec.status} by the process that held it")
+                        by_dir[rdir] = rec
+                    else:  # it stopped without a record: this process trains it (from its checkpoint)
+                        by_dir[rdir], bad = self._train(cfg, rdir, train_enc, eval_enc, dev_enc, writer)
+                        failed += bad
+                finally:
+                    lock.release()
+                bar.update()
         finally:
             bar.close()
-        return records, failed
+        return [by_dir[dir_of(c)] for c in configs], failed
+
+    def _train(
+        self,
+        cfg: RunConfig,
+        rdir: Path,
+        train_enc: Encoder,
+        eval_enc: Encoder,
+        dev_enc: Encoder | None,
+        writer: RowWriter | None,
+    ) -> tuple[RunRecord, int]:
+        """Train one run into ``rdir`` (its lock held) and log its fate: (record, 1 if it failed)."""
+        rec = _one_run(
+            cfg,
+            self.spec,
+            train_enc,
+            eval_enc,
+            self.factory,
+            rdir,
+            self.argv,
+            self.disable,
+            self.resume,
+            self.checkpoint_seconds,
+            self.say,
+            dev_enc,
+            self.data.val is not None,
+        )
+        if rec.status == "diverged":
+            self.say(f"DIVERGED: {rec.message} — continuing with the other runs")
+        elif rec.status == "failed":
+            self.say(f"FAILED: {rec.message} — continuing with the other runs")
+        if writer is not None:
+            writer.write(_csv_row(rec, rdir.parents[1]))
+        return rec, int(rec.status == "failed")
+
+
+#: How often a process waiting for a run another process trains looks whether it is done.
+LOCK_POLL_SECONDS = 5.0
+
+
+def _run_lock(rdir: Path) -> OutputLock:
+    """The lock a process holds on a run's folder while it trains (or replays) that run: a second
+    process on the same study takes other runs meanwhile (:class:`_Runner`)."""
+    rdir.mkdir(parents=True, exist_ok=True)
+    return OutputLock(rdir, command="python -m lowrank_lab.finetune", option="run folder")
+
+
+def _holder_text(lock: OutputLock) -> str:
+    h = lock.holder()
+    return f"pid {h['pid']} on {h.get('host', '?')}" if "pid" in h else "another process"
 
 
 def _check_same_settings(
@@ -554,7 +629,7 @@ def write_study_outputs(
 ) -> Path:
     """Write curves.csv, the figures and summary.md from ``records``."""
     out = Path(out)
-    curves_frame(records).to_csv(out / "curves.csv", index=False)
+    write_frame(curves_frame(records), out / "curves.csv")  # atomic: two streams may both summarise
     baselines = read_baselines(out)
     notes = [*([baseline_line(baselines)] if baselines else []), *notes]
     title = f"Fine-tuning study: {spec.name}"
@@ -600,9 +675,7 @@ def write_study_outputs(
         selection=selection_line(out),
         notes=notes,
     )
-    path = out / "summary.md"
-    path.write_text(text)
-    return path
+    return atomic_write_text(out / "summary.md", text)
 
 
 def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, **kw: Any) -> Path:
@@ -733,10 +806,21 @@ def rebuild_merged(
             torch.set_num_threads(int(threads or rec.meta.get("threads") or threads_before))
             factory = model_factory or (lambda cfg=cfg: load_model(cfg.model, spec, cfg.pooling))
             rdir = out / "runs" / name
-            outcome, detail = _replay_one(
-                rec, cfg, spec, splits[key], factory, rdir, argv, disable, checkpoint_seconds,
-                replace_different,
-            )
+            lock = _run_lock(rdir)
+            try:
+                lock.acquire()
+            except OutputLockedError:
+                busy = f"{rdir}: {_holder_text(lock)} is using it; rebuild it when it is done"
+                result["failed"][name] = busy
+                say(f"FAILED: {result['failed'][name]}")
+                continue
+            try:
+                outcome, detail = _replay_one(
+                    rec, cfg, spec, splits[key], factory, rdir, argv, disable, checkpoint_seconds,
+                    replace_different,
+                )
+            finally:
+                lock.release()
             if outcome == "identical":
                 result["rebuilt"].append(name)
                 say(f"rebuilt {rdir / 'merged'} (replay identical to the record)")

@@ -3,7 +3,9 @@
 ``analyze`` and ``intruders`` append rows to the files of ``--out`` for minutes to hours; a second
 process on the same folder (a ``--resume`` started twice, a fresh run beside a running one) would
 append duplicate rows or delete files the first still writes to. :class:`OutputLock` makes the
-second one stop with a message naming the holder (pid, host, start time).
+second one stop with a message naming the holder (pid, host, start time). A fine-tuning study
+locks each run's folder while it trains that run (:mod:`lowrank_lab.training.study`), so processes
+working on one study share its runs instead of training one twice into the same files.
 
 Mechanism: ``<out>/.lowrank_lab.lock`` holds the holder's description as JSON and is locked with
 ``fcntl.flock`` for the life of the run. The kernel drops a flock when its process dies, so a lock
@@ -21,6 +23,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +69,29 @@ class OutputLock:
         self.took_over: dict[str, Any] | None = None
 
     # -- acquiring ------------------------------------------------------------------------------
-    def acquire(self) -> OutputLock:
-        """Take the lock or raise :class:`OutputLockedError` naming the holder."""
+    def acquire(self, *, wait: bool = False, poll: float = 5.0) -> OutputLock:
+        """Take the lock or raise :class:`OutputLockedError` naming the holder; with ``wait``, try
+        again every ``poll`` seconds until the holder lets go (or dies) instead."""
+        while True:
+            try:
+                return self._acquire_once()
+            except OutputLockedError:
+                if not wait:
+                    raise
+            time.sleep(poll)
+
+    def holder(self) -> dict[str, Any]:
+        """The description the holder wrote (pid, host, started, command); {} when none can be read."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return {}
+        try:
+            return self._read(fd)
+        finally:
+            os.close(fd)
+
+    def _acquire_once(self) -> OutputLock:
         for _ in range(5):  # retried only when a finishing holder unlinks the file under us
             refuse_symlink(self.path, self.option)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

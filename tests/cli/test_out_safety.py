@@ -131,6 +131,22 @@ def test_a_held_lock_refuses_intruders_too(tmp_path, capsys, bert):
     assert f"in use by pid {os.getpid()}" in line and "(holder)" in line
 
 
+def test_a_waiting_lock_is_taken_as_soon_as_its_holder_lets_go(tmp_path):
+    import threading
+
+    first = OutputLock(tmp_path, command="first").acquire()
+    second = OutputLock(tmp_path, command="second")
+    assert second.holder()["command"] == "first" and second.holder()["pid"] == os.getpid()
+    timer = threading.Timer(0.3, first.release)
+    timer.start()
+    t0 = time.monotonic()
+    assert second.acquire(wait=True, poll=0.02) is second and second.held
+    assert 0.25 < time.monotonic() - t0 < 5
+    assert second.holder()["command"] == "second"
+    second.release()
+    assert second.holder() == {} and not (tmp_path / LOCK_NAME).exists()
+
+
 # -- symbolic links ---------------------------------------------------------------------------------------
 
 

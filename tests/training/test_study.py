@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -18,6 +22,7 @@ from lowrank_lab.training.study import (
     run_study,
     summarize_existing,
 )
+from lowrank_lab.utils.lock import OutputLock
 
 
 def _base(**kw):
@@ -192,3 +197,60 @@ def test_any_hugging_face_model_directory_is_a_model(glue_dir, tmp_path, bert_to
     assert rec.config.model == str(model_dir) and len(rec.train_loss) == 3
     merged = AutoConfig.from_pretrained(tmp_path / "s" / "runs" / "lora-r2-seed0" / "merged")
     assert merged.hidden_size == 32 and merged.num_labels == (1 if task == "stsb" else 2)
+
+
+@pytest.mark.parametrize("other_finishes", [True, False], ids=["other-finishes", "other-dies"])
+def test_two_processes_on_one_study_share_its_runs(
+    glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch, other_finishes
+):
+    # "Another process" holds lora seed 0's folder; this study trains the head run meanwhile, then
+    # waits for lora: it takes the other's record when one is written, else trains lora itself.
+    monkeypatch.setattr(study_mod, "LOCK_POLL_SECONDS", 0.05)
+    made = _run(glue_dir, tmp_path / "made", bert_tokenizer, tiny_bert(2), methods=("lora",))
+    out = tmp_path / "shared"
+    held = out / "runs" / "lora-r2-seed0"
+    held.mkdir(parents=True)
+    other = OutputLock(held).acquire()
+    said: list[str] = []
+
+    seen: list[bool] = []
+
+    def the_other_process():
+        try:
+            deadline = time.monotonic() + 60
+            waiting = lambda: any(m.startswith("wait for lora-r2-seed0") for m in said)  # noqa: E731
+            while not waiting() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            seen.append((out / "runs" / "head-r2-seed0" / "run.json").is_file())  # trained meanwhile
+            if other_finishes:
+                shutil.copy(tmp_path / "made" / "runs" / "lora-r2-seed0" / "run.json", held / "run.json")
+        finally:
+            other.release()  # never leave the study waiting
+
+    thread = threading.Thread(target=the_other_process)
+    thread.start()
+    trained: list[str] = []
+    real = study_mod.train_run
+
+    def counted(cfg, *a, **k):
+        trained.append(cfg.method)
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(study_mod, "train_run", counted)
+    res = run_study(
+        _base(), ["lora", "head"], [0], data_dir=glue_dir, out=out, progress=False, resume=True,
+        model_factory=tiny_bert(2), tokenizer=bert_tokenizer, log=said.append,
+    )
+    thread.join(timeout=60)
+    assert seen == [True]
+    assert f"later lora-r2-seed0: pid {os.getpid()} on" in said[0]
+    assert [r.method for r in res["records"]] == ["lora", "head"]  # the order asked, not the order done
+    lora = res["records"][0]
+    assert lora.train_loss == made["records"][0].train_loss and lora.status == "finished"
+    if other_finishes:
+        assert trained == ["head"] and "took lora-r2-seed0: finished by the process that held it" in said
+        assert list(pd.read_csv(out / "runs.csv")["method"]) == ["head"]  # the other writes its own row
+    else:
+        assert trained == ["head", "lora"]
+        assert sorted(pd.read_csv(out / "runs.csv")["method"]) == ["head", "lora"]
+    assert not list(out.rglob(".lowrank_lab.lock"))  # every lock let go
