@@ -18,9 +18,10 @@
 #                                                               #   intruders, forgetting, claims
 #         STUDY_THREADS=1 ...                                   # torch threads per run (default 1)
 #         STUDY_METHODS=pissa STUDY_STAGE=sst2 ...              # some methods only (a second stream)
-# On 2 cores, two single-threaded streams side by side use the machine best: two stages, or one
-# stage split by STUDY_METHODS (runs are per directory; selection.csv and forgetting.csv are merged
-# under a lock). A stream must not list a method another stream lists (both would train its runs).
+# On 2 cores, two single-threaded streams side by side use the machine best: the same command twice
+# (a process locks each run's folder while it trains it, passes over the runs the other holds and
+# waits for them at the end), or one stage split by STUDY_METHODS. selection.csv, runs.csv and
+# forgetting.csv keep the rows of both.
 #
 # Selection grids: LoRA, PiSSA, full fine-tuning and the head get the default five rates (0.1x to
 # 10x the published rate, a 100x span). The other claim methods get the three middle ones (0.3x, 1x,
@@ -118,11 +119,24 @@ sys.exit(0 if gate[0] else 1)
 EOF
       then
         # PiSSA over three rates around LoRA's chosen one (0.3x, 1x, 3x; its paper trains both at one
-        # rate); LoRA one step (3x) past its top when it chose the top, so neither stops at an edge
-        lora_lr=$(chosen_lr gsm8k lora)
-        read -r lo mid hi < <(python -c "r=$lora_lr; print(*(float(f'{r*f:.3g}') for f in (0.3, 1, 3)))")
-        "${gsm[@]}" --methods "$GSM8K_CLAIM_METHODS" --seeds "$SEEDS" \
-          --lr-grid "lora=$(grid_past_top gsm8k lora)" --lr-grid "pissa=$lo,$mid,$hi"
+        # rate); LoRA one step (3x) past its top when it chose the top, so neither stops at an edge.
+        # Fixed once, from the gate's selection, in claim_grids.txt: every stream and every later
+        # session runs the same grids, whatever the claim runs have added to selection.csv since.
+        grids="$OUT/gsm8k/claim_grids.txt"
+        (
+          flock 9
+          if [ ! -s "$grids" ]; then
+            lora_lr=$(chosen_lr gsm8k lora)
+            read -r lo mid hi < <(python -c "r=$lora_lr; print(*(float(f'{r*f:.3g}') for f in (0.3, 1, 3)))")
+            printf 'lora=%s\npissa=%s,%s,%s\n' "$(grid_past_top gsm8k lora)" "$lo" "$mid" "$hi" > "$grids.tmp"
+            mv "$grids.tmp" "$grids"
+          fi
+        ) 9> "$OUT/gsm8k/.claim_grids.lock"
+        claim_grids=()
+        while IFS= read -r line; do
+          [[ ",$GSM8K_CLAIM_METHODS," == *",${line%%=*},"* ]] && claim_grids+=(--lr-grid "$line")
+        done < "$grids"
+        "${gsm[@]}" --methods "$GSM8K_CLAIM_METHODS" --seeds "$SEEDS" "${claim_grids[@]}"
       else echo "GSM8K: no seeds trained (the gate above)" >&2; fi ;;
     intruders)  # LoRA r = 1, 8, 64 and full fine-tuning, seeds 0-4: every matrix, the epsilon sweep
       lost=()  # finished runs whose merged/ weights went with an earlier machine: replayed first
