@@ -7,7 +7,9 @@ protocol"), so a comparison at one borrowed rate per family measures the rate, n
 Protocol (what :func:`~lowrank_lab.training.study.run_study` does with ``lr_grid``):
 
 1. the head's rate first: the head-only control at every rate of the ``head`` grid;
-2. then every other method at every rate of its grid, with the chosen head rate;
+2. then every other method at every rate of its grid, with the chosen head rate (all methods'
+   grids as one batch of runs, then each round of extensions as one: processes sharing a study
+   share every round);
 3. each on the selection seed, scored on the validation split (:func:`~.batching.validation_split`)
    at the last step; the best finished, non-collapsed run gives the method's rate;
 4. a best rate at either end of the grid means the grid missed the optimum: the grid is extended
@@ -217,38 +219,55 @@ def select_rates(
     rows: list[dict[str, Any]] = []
     head_lr = base.resolved_head_lr()
     choices: dict[str, Choice] = {}
-    def select(method: str, rates: list[float], make: Callable[[float], RunConfig], which: str) -> Choice:
-        # the grid, then one step beyond an edge that holds the best rate (selection.extension)
-        cfgs: list[RunConfig] = []
-        recs: list[RunRecord] = []
-        todo = list(rates)
+
+    def select(grids: dict[str, tuple[list[float], Callable[[float], RunConfig], str]]) -> None:
+        """Every method's grid as one batch of runs, then each round of extensions (one step beyond
+        an edge that holds the best rate: :func:`extension`) of all methods still at an edge as one
+        batch, so processes sharing the study share each round. A method's choice depends on its own
+        runs only, so the batching changes no choice."""
+        tried: dict[str, list[RunConfig]] = {m: [] for m in grids}
+        recs: dict[str, list[RunRecord]] = {m: [] for m in grids}
+        todo = {m: list(rates) for m, (rates, _, _) in grids.items()}
         for _ in range(MAX_EXTENSIONS + 1):
-            new = [make(r) for r in todo]
-            got, _ = runner.run(
-                new, lambda c: selection_dir(out, c), f"{spec.name} select {method} rate", score_dev=False
-            )
-            cfgs, recs = cfgs + new, recs + got
-            tried = [float(getattr(c, which)) for c in cfgs]
-            choice = choose(method, tried, recs, higher_is_better=spec.higher_is_better)
-            trials = zip(tried, recs, strict=True)
-            scores = {r: (rec.val_metric if selectable(rec) else None) for r, rec in trials}
-            nxt = extension(scores, choice.lr, higher_is_better=spec.higher_is_better)
-            if nxt is None:
+            batch = [(m, grids[m][1](r)) for m in grids for r in todo[m]]
+            if not batch:
                 break
-            todo = [nxt]
-        rows.extend(_rows(method, which, cfgs, tried, recs, choice))
-        return choice
+            names = ", ".join(m for m in grids if todo[m])
+            got, _ = runner.run(
+                [c for _, c in batch],
+                lambda c: selection_dir(out, c),
+                f"{spec.name} select rates: {names}",
+                score_dev=False,
+            )
+            for (m, cfg), rec in zip(batch, got, strict=True):
+                tried[m].append(cfg)
+                recs[m].append(rec)
+            for m in grids:
+                if not todo[m]:
+                    continue
+                rates = [float(getattr(c, grids[m][2])) for c in tried[m]]
+                choices[m] = choose(m, rates, recs[m], higher_is_better=spec.higher_is_better)
+                pairs = zip(rates, recs[m], strict=True)
+                scores = {r: (rec.val_metric if selectable(rec) else None) for r, rec in pairs}
+                nxt = extension(scores, choices[m].lr, higher_is_better=spec.higher_is_better)
+                todo[m] = [] if nxt is None else [nxt]
+        for m, (_, _, which) in grids.items():
+            rates = [float(getattr(c, which)) for c in tried[m]]
+            rows.extend(_rows(m, which, tried[m], rates, recs[m], choices[m]))
 
     if spec.kind != "causal-lm" and base.head_lr is None:
         # A new head trains: its rate first, with the head-only control (a --head-lr given with
         # --lr-grid is taken as already selected, e.g. by the study's rank-8 runs).
-        choice = select(
-            HEAD_ONLY,
-            grid_for(HEAD_ONLY, spec.name, spec.kind, grid),
-            lambda r: replace(base, method=HEAD_ONLY, seed=seed, head_lr=r, save_merged=False),
-            "head_lr",
+        select(
+            {
+                HEAD_ONLY: (
+                    grid_for(HEAD_ONLY, spec.name, spec.kind, grid),
+                    lambda r: replace(base, method=HEAD_ONLY, seed=seed, head_lr=r, save_merged=False),
+                    "head_lr",
+                )
+            }
         )
-        choices[HEAD_ONLY] = choice
+        choice = choices[HEAD_ONLY]
         if choice.lr is None:
             write_selection(out, rows, choices)
             raise ValueError(
@@ -258,15 +277,17 @@ def select_rates(
         head_lr = choice.lr
     else:
         choices[HEAD_ONLY] = Choice(HEAD_ONLY, head_lr, None, "given (--head-lr), not selected here")
-    for method in methods:
-        if method == HEAD_ONLY:
-            continue
-        choices[method] = select(
-            method,
-            grid_for(method, spec.name, spec.kind, grid),
-            lambda r, m=method: replace(base, method=m, seed=seed, lr=r, head_lr=head_lr, save_merged=False),
-            "lr",
-        )
+    select(
+        {
+            m: (
+                grid_for(m, spec.name, spec.kind, grid),
+                lambda r, m=m: replace(base, method=m, seed=seed, lr=r, head_lr=head_lr, save_merged=False),
+                "lr",
+            )
+            for m in methods
+            if m != HEAD_ONLY
+        }
+    )
     write_selection(out, rows, choices)
     return choices, head_lr
 

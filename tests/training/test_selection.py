@@ -12,7 +12,8 @@ from lowrank_lab.finetune import main as finetune_main
 from lowrank_lab.training.batching import default_validation_size, validation_split
 from lowrank_lab.training.config import RunConfig
 from lowrank_lab.training.record import RunRecord
-from lowrank_lab.training.selection import GridError, choose, default_grid, grid_for, parse_grid
+from lowrank_lab.training.selection import GridError, choose, default_grid, grid_for, parse_grid, select_rates
+from lowrank_lab.training.tasks import get_task
 
 from .test_study import _run
 
@@ -258,3 +259,36 @@ def test_summary_line_names_each_choice_with_its_number_of_rates_and_the_methods
     assert "lora 0.0015 (of 5), pissa 0.0005 (of 2), lora@1 0.0005 (of 3)" in line
     assert line.endswith("; no usable rate: nlora-pinv")
     assert selection_line(tmp_path / "none") is None
+
+
+def test_every_method_of_a_selection_round_is_one_batch_and_extensions_go_in_rounds(tmp_path):
+    # Validation accuracy peaks at 1e-3 for lora (inside its grid), above the grid for pissa (two
+    # extensions up: 9e-2 is at the edge until 2.7e-1 is tried) and just below it for full (one down,
+    # after which 1e-4 is inside): the batches are the rounds, each method's choice what it is alone.
+    peak = {"lora": 1e-3, "pissa": 9e-2, "full": 8e-5}
+
+    class Runner:
+        spec = get_task("sst2")
+        batches: list[list[tuple[str, float]]] = []
+
+        def run(self, configs, dir_of, desc, score_dev=True):
+            self.batches.append([(c.method, c.lr) for c in configs])
+            def record(c):
+                score = 1 - abs(math.log10(c.lr / peak[c.method])) / 10
+                return RunRecord(config=c, status="finished", val_metric=score)
+
+            return [record(c) for c in configs], 0
+
+    runner = Runner()
+    grid = {"lora": [3e-4, 1e-3, 3e-3], "pissa": [3e-3, 1e-2, 3e-2], "full": [1e-4, 3e-4, 1e-3]}
+    base = RunConfig(task="sst2", method="lora", head_lr=1e-2)
+    choices, head_lr = select_rates(runner, base, ["lora", "pissa", "full"], grid, 100, tmp_path)
+    assert head_lr == 1e-2
+    assert [len(b) for b in runner.batches] == [9, 2, 1]  # the grids; pissa up + full down; pissa up
+    assert sorted(runner.batches[1]) == [("full", pytest.approx(3.33e-5, rel=0.01)), ("pissa", 9e-2)]
+    assert runner.batches[2] == [("pissa", pytest.approx(2.7e-1))]
+    assert choices["lora"].lr == 1e-3 and choices["pissa"].lr == pytest.approx(9e-2)
+    assert choices["full"].lr == 1e-4
+    rows = pd.read_csv(tmp_path / "selection.csv")
+    assert list(dict.fromkeys(rows["method"])) == ["lora", "pissa", "full"]  # rows grouped by method
+    assert rows.groupby("method").size().to_dict() == {"lora": 3, "pissa": 5, "full": 4}
