@@ -16,6 +16,7 @@ in ``transformers`` (and of llama2.c's own ``export.py --hf``).
 
 from __future__ import annotations
 
+import heapq
 import io
 import math
 import pickletools
@@ -394,20 +395,49 @@ class Llama2cTokenizer:
             else:
                 tokens.extend(self._byte_ids[b] for b in piece)
         start = 1 if bos else 0
-        body = tokens[start:]
-        while True:  # greedy BPE: merge the best-scoring adjacent pair until none merges
-            best, best_idx, best_id = -1e10, -1, -1
-            for i in range(len(body) - 1):
-                tid = self._lookup.get(self.vocab[body[i]] + self.vocab[body[i + 1]])
-                if tid is not None and self.scores[tid] > best:
-                    best, best_idx, best_id = self.scores[tid], i, tid
-            if best_idx < 0:
-                break
-            body[best_idx : best_idx + 2] = [best_id]
-        tokens = tokens[:start] + body
+        tokens = tokens[:start] + self._merge(tokens[start:])
         if eos:
             tokens.append(self.eos_id)
         return tokens
+
+    def _merge(self, body: list[int]) -> list[int]:
+        """run.c's greedy BPE: merge the adjacent pair whose concatenation is the best-scoring
+        vocabulary entry (the leftmost of equal scores; none scoring -1e10 or less) until no pair
+        merges. run.c rescans the whole sequence for every merge, O(n²) in the text's length; here
+        the candidate pairs wait in a heap ordered by (-score, position) over a linked list of the
+        tokens, O(n log n), and a popped pair whose tokens have changed since is passed over. The
+        merges, and so the tokens, are the same (tests: against the rescanning loop)."""
+        n = len(body)
+        if n < 2:
+            return list(body)
+        vocab, scores, lookup = self.vocab, self.scores, self._lookup
+        tok = list(body)
+        nxt = [*range(1, n), -1]
+        prv = list(range(-1, n - 1))
+        alive = [True] * n
+        heap: list[tuple[float, int, int, int, int]] = []
+
+        def offer(i: int) -> None:  # the pair that starts at token i, if it merges
+            j = nxt[i]
+            tid = lookup.get(vocab[tok[i]] + vocab[tok[j]]) if j >= 0 else None
+            if tid is not None and scores[tid] > -1e10:
+                heapq.heappush(heap, (-scores[tid], i, tok[i], tok[j], tid))
+
+        for i in range(n - 1):
+            offer(i)
+        while heap:
+            _, i, left, right, tid = heapq.heappop(heap)
+            j = nxt[i]
+            if not alive[i] or j < 0 or tok[i] != left or tok[j] != right:
+                continue  # stale: one of its tokens merged with another neighbour first
+            tok[i], alive[j] = tid, False
+            nxt[i] = nxt[j]
+            if nxt[j] >= 0:
+                prv[nxt[j]] = i
+            if prv[i] >= 0:
+                offer(prv[i])
+            offer(i)
+        return [t for t, keep in zip(tok, alive, strict=True) if keep]
 
     def decode_piece(self, prev: int, token: int) -> bytes:
         if token in self._byte_of:

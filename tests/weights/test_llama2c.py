@@ -120,6 +120,56 @@ def test_tokenizer_bpe_by_scores_and_byte_fallback(tmp_path):
         assert tok.decode(tok.encode(text)) == text
 
 
+def _rescanning_merge(tok, body):
+    """run.c's encode loop as written: rescan every adjacent pair for each merge (the specification
+    that Llama2cTokenizer._merge's heap must reproduce merge for merge)."""
+    body = list(body)
+    while True:
+        best, best_idx, best_id = -1e10, -1, -1
+        for i in range(len(body) - 1):
+            tid = tok._lookup.get(tok.vocab[body[i]] + tok.vocab[body[i + 1]])
+            if tid is not None and tok.scores[tid] > best:
+                best, best_idx, best_id = tok.scores[tid], i, tid
+        if best_idx < 0:
+            return body
+        body[best_idx : best_idx + 2] = [best_id]
+
+
+def test_heap_merge_equals_the_rescanning_loop_with_ties_and_chains(tmp_path):
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    chars = "ab c"
+    pieces = [(b"<unk>", 0.0), (b"<s>", 0.0), (b"</s>", 0.0)]
+    pieces += [(f"<0x{b:02X}>".encode(), 0.0) for b in range(256)]
+    pieces += [(c.encode(), -5.0) for c in chars]
+    # every string of 2-4 of these characters, a third of them, scores drawn from 4 values: many ties
+    multi = ["".join(t) for n in (2, 3, 4) for t in itertools.product(chars, repeat=n)]
+    scored = rng.sample(multi, len(multi) // 3)
+    pieces += [(m.encode(), rng.choice([-1.0, -2.0, -3.0, -1e10])) for m in scored]
+    path = tmp_path / "tok.bin"
+    write_tokenizer(path, pieces)
+    tok = Llama2cTokenizer.from_file(path)
+    for n in [0, 1, 2, 3, 5, 8, 13, 40, 120]:
+        for _ in range(30):
+            text = "".join(rng.choice(chars + "é") for _ in range(n))
+            raw = tok.encode(text, bos=False)
+            unmerged = [tok._lookup.get(c.encode()) for c in (" " + text if text else "")]
+            if None not in unmerged:
+                assert raw == _rescanning_merge(tok, unmerged), text
+            assert tok._merge(list(raw)) == _rescanning_merge(tok, raw)
+
+
+@pytest.mark.data
+def test_stories260k_tokenizer_merges_real_text_as_run_c_does(stories260k):
+    tok = Llama2cTokenizer.from_file(stories260k.parent / "tok512.bin", vocab_size=512)
+    text = "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May."
+    pre = [tok._lookup[b" "]] + [tok._lookup.get(c.encode(), None) for c in text]
+    assert None not in pre
+    assert tok.encode(text, bos=False) == _rescanning_merge(tok, pre)
+
+
 @pytest.mark.data
 def test_stories260k_targets(stories260k):
     src = open_source(str(stories260k))
