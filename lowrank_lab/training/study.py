@@ -39,7 +39,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lowrank_lab.utils.files import atomic_write_text, write_frame
-from lowrank_lab.utils.lock import OutputLock, OutputLockedError
+from lowrank_lab.utils.lock import LOCK_NAME, OutputLock, OutputLockedError
 from lowrank_lab.utils.provenance import run_metadata, write_run_json
 from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir
 
@@ -198,6 +198,12 @@ def run_study(
         base = replace(base, pooling=resolve_pooling(base.model, None) or NATIVE)
     data = StudyData.load(spec, base, data_dir, tokenizer)  # bad data fails before --out is made
     out = ensure_writable_dir(out)
+    if not resume and (busy := _busy_run(out)) is not None:
+        # a fresh study starts runs.csv afresh: it would drop the rows of the process at work there
+        raise StudyResumeError(
+            f"--out {out}: {busy[1]} is training {busy[0].name} there now; add --resume to share the "
+            "study with it (each process takes the runs the other does not hold), or pass another --out"
+        )
     stale = spec.kind == "causal-lm" and "bigram_validation" not in read_baselines(out)
     if not (out / BASELINES).is_file() or stale:  # (made before the validation bigram existed)
         write_baselines(out, data)
@@ -461,6 +467,21 @@ def _run_lock(rdir: Path) -> OutputLock:
     process on the same study takes other runs meanwhile (:class:`_Runner`)."""
     rdir.mkdir(parents=True, exist_ok=True)
     return OutputLock(rdir, command="python -m lowrank_lab.finetune", option="run folder")
+
+
+def _busy_run(out: Path) -> tuple[Path, str] | None:
+    """A run folder of the study at ``out`` that another live process is training, with that
+    process (None: no such folder)."""
+    for rdir in sorted([*out.glob("runs/*/"), *out.glob("select/*/")]):
+        if not (rdir / LOCK_NAME).exists():
+            continue
+        lock = OutputLock(rdir, option="run folder")
+        try:
+            lock.acquire()
+        except OutputLockedError:
+            return rdir, _holder_text(lock)
+        lock.release()  # free: left by a process that is gone
+    return None
 
 
 def _holder_text(lock: OutputLock) -> str:

@@ -254,3 +254,22 @@ def test_two_processes_on_one_study_share_its_runs(
         assert trained == ["head", "lora"]
         assert sorted(pd.read_csv(out / "runs.csv")["method"]) == ["head", "lora"]
     assert not list(out.rglob(".lowrank_lab.lock"))  # every lock let go
+
+
+def test_a_fresh_study_on_a_folder_another_process_trains_in_is_refused(
+    glue_dir, tmp_path, bert_tokenizer, tiny_bert
+):
+    out = tmp_path / "busy"
+    held = out / "select" / "lora-r2-seed100-lr0.001"
+    held.mkdir(parents=True)
+    (out / "runs" / "gone-r2-seed0").mkdir(parents=True)
+    (out / "runs" / "gone-r2-seed0" / ".lowrank_lab.lock").write_text('{"pid": 1}')  # its process died
+    refusal = rf"pid {os.getpid()} on .* is training lora-r2-seed100-lr0.001 there now; add --resume to share"
+    with OutputLock(held, command="the other"):
+        with pytest.raises(StudyResumeError, match=refusal):
+            _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",))
+        assert not (out / "runs.csv").exists()
+        assert not (out / "runs" / "gone-r2-seed0" / ".lowrank_lab.lock").exists()  # a dead one's: cleared
+        # with --resume it is welcome: it trains the runs nobody holds
+        res = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
+        assert [r.status for r in res["records"]] == ["finished"]
