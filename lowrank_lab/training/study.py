@@ -342,26 +342,7 @@ class _Runner:
         """Records of ``configs`` (in order) and the number that failed. ``score_dev=False``
         (selection runs) never evaluates the dev set."""
         spec, say = self.spec, self.say
-        # Check resumable runs before any work: a mismatch must not surface after hours of training.
-        done: dict[Path, RunRecord] = {}
-        if self.resume:
-            for cfg in configs:
-                rdir = dir_of(cfg)
-                rec = RunRecord.read(rdir)
-                if rec is None and (rdir / "run.json").is_file():
-                    raise StudyResumeError(
-                        f"--resume: {rdir / 'run.json'} is not a run record this version can read; "
-                        "move it away (or rerun without --resume to overwrite it)"
-                    )
-                if rec is not None and rec.status in ("finished", "diverged"):
-                    stored = rec.stored_config or rec.config.to_dict()
-                    _check_same_settings(cfg, spec, stored, rec.lr, rec.head_lr, rdir)
-                    done[rdir] = rec
-                elif (meta := read_checkpoint_meta(rdir)) is not None:
-                    _check_same_settings(
-                        cfg, spec, meta.get("config", {}), meta.get("lr"), meta.get("head_lr"),
-                        rdir / CHECKPOINT_META,
-                    )
+        done = self._resumable(configs, dir_of) if self.resume else {}
         self.data.prepare([c for c in configs if dir_of(c) not in done], self.disable)
         train_enc, eval_enc, dev_enc = self.data.encoders()
         if not score_dev:
@@ -423,6 +404,32 @@ class _Runner:
         finally:
             bar.close()
         return [by_dir[dir_of(c)] for c in configs], failed
+
+    def _resumable(
+        self, configs: Sequence[RunConfig], dir_of: Callable[[RunConfig], Path]
+    ) -> dict[Path, RunRecord]:
+        """The finished (or diverged) runs of ``configs`` that --resume keeps, by folder. Every
+        stored run and checkpoint is checked against its config first: a mismatch must not surface
+        after hours of training."""
+        done: dict[Path, RunRecord] = {}
+        for cfg in configs:
+            rdir = dir_of(cfg)
+            rec = RunRecord.read(rdir)
+            if rec is None and (rdir / "run.json").is_file():
+                raise StudyResumeError(
+                    f"--resume: {rdir / 'run.json'} is not a run record this version can read; "
+                    "move it away (or rerun without --resume to overwrite it)"
+                )
+            if rec is not None and rec.status in ("finished", "diverged"):
+                stored = rec.stored_config or rec.config.to_dict()
+                _check_same_settings(cfg, self.spec, stored, rec.lr, rec.head_lr, rdir)
+                done[rdir] = rec
+            elif (meta := read_checkpoint_meta(rdir)) is not None:
+                _check_same_settings(
+                    cfg, self.spec, meta.get("config", {}), meta.get("lr"), meta.get("head_lr"),
+                    rdir / CHECKPOINT_META,
+                )
+        return done
 
     def _train(
         self,
