@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from lowrank_lab.utils.cli import csv_list, positive, sigterm_as_interrupt
+from lowrank_lab.utils.files import atomic_path, atomic_write_text, write_frame
 
 DEFAULT_METHODS = "lora,pissa,milora,eva,corda-ipm,lora-ga,lora-one,nlora,full"
 #: Methods whose initial subspaces are compared pairwise (issue 17): PiSSA, MiLoRA, EVA, CorDA,
@@ -304,11 +305,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         del model
 
     diag = pd.DataFrame(rows, columns=COLUMNS)
-    diag.to_csv(out / "diagnostics.csv", index=False)
+    write_frame(diag, out / "diagnostics.csv")
     angles = pd.DataFrame(
         _angle_rows(subspaces), columns=["method_a", "method_b", "tensor", "mean_cos2", "min_cos"]
     )
-    angles.to_csv(out / "angles.csv", index=False)
+    write_frame(angles, out / "angles.csv")
     report(out, args, diag, angles, spec.name, argv)
     meta = run_metadata(["-m", "lowrank_lab.diagnose", *argv], seed=args.seed, device=device)
     write_run_json(out / "run.json", meta, time.perf_counter() - t0)
@@ -348,6 +349,15 @@ def summary_only(args: argparse.Namespace, argv: list[str]) -> Path:
     return out
 
 
+def _save(fig, path: Path) -> None:
+    """A figure written whole or not at all (an interrupted report leaves the old one)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
 def _figures(out: Path, diag: pd.DataFrame, angles: pd.DataFrame, compared) -> None:
     import matplotlib
 
@@ -360,8 +370,7 @@ def _figures(out: Path, diag: pd.DataFrame, angles: pd.DataFrame, compared) -> N
     ax.set_ylabel("alignment (per matrix)")
     fig.suptitle("")
     fig.tight_layout()
-    fig.savefig(out / "alignment.png", dpi=120)
-    plt.close(fig)
+    _save(fig, out / "alignment.png")
     if len(angles):
         mean = angles.groupby(["method_a", "method_b"])["mean_cos2"].mean()
         ms = sorted(set(angles["method_a"]) | set(angles["method_b"]))
@@ -377,8 +386,7 @@ def _figures(out: Path, diag: pd.DataFrame, angles: pd.DataFrame, compared) -> N
                 ax.text(j, i, f"{M.values[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
         fig.colorbar(im, ax=ax, label="mean cos² of principal angles (A's row spaces)")
         fig.tight_layout()
-        fig.savefig(out / "angles.png", dpi=120)
-        plt.close(fig)
+        _save(fig, out / "angles.png")
     if compared is not None and len(compared[0]):
         joined, _ = compared
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -388,8 +396,7 @@ def _figures(out: Path, diag: pd.DataFrame, angles: pd.DataFrame, compared) -> N
         ax.set_xlabel("step-0 alignment (mean over matrices)")
         ax.set_ylabel("training loss AUC in the study (lower = falls faster)")
         fig.tight_layout()
-        fig.savefig(out / "alignment_vs_convergence.png", dpi=120)
-        plt.close(fig)
+        _save(fig, out / "alignment_vs_convergence.png")
 
 
 def _summary(out, args, diag, per_method, angles, compared, study, argv, to_markdown) -> None:
@@ -441,7 +448,7 @@ def _summary(out, args, diag, per_method, angles, compared, study, argv, to_mark
                 ]
         else:
             lines += [f"Only {stat['n']} methods in common: too few for a rank correlation.", ""]
-    (out / "summary.md").write_text("\n".join(lines))
+    atomic_write_text(out / "summary.md", "\n".join(lines))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
