@@ -46,6 +46,7 @@ from typing import Any  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lowrank_lab.utils.data import shared_data_dir  # noqa: E402
+from lowrank_lab.utils.files import atomic_path, atomic_write_text, write_frame  # noqa: E402
 from lowrank_lab.utils.tables import to_markdown  # noqa: E402
 
 #: The repository root (the folder holding ``lowrank_lab/``, ``notebooks/``, ``reports/``).
@@ -157,7 +158,8 @@ def mode_line() -> str:
 def save_figure(fig: Any, name: str) -> Path:
     """Save a matplotlib figure as ``figures/notebooks/<name>.png`` (fixed name every run)."""
     path = figures_dir() / f"{name}.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     return path
 
 
@@ -168,10 +170,9 @@ def save_table(df: pd.DataFrame, name: str, *, title: str, source: str, floatfmt
     also records the mode (small or full) and the time.
     """
     out = reports_dir()
-    df.to_csv(out / f"{name}.csv", index=False)
+    write_frame(df, out / f"{name}.csv")
     md = f"# {title}\n\nMade by `{source}` ({mode_line()}).\n\n{to_markdown(df, floatfmt=floatfmt)}\n"
-    (out / f"{name}.md").write_text(md)
-    return out / f"{name}.md"
+    return atomic_write_text(out / f"{name}.md", md)
 
 
 def run_cli(main_run: Any, argv: list[str]) -> None:

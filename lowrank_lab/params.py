@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from lowrank_lab.adapters import ADAPTERS, closed_form_trainable, get_adapter
+from lowrank_lab.utils.files import atomic_write_text
 from lowrank_lab.utils.tables import to_markdown
 from lowrank_lab.weights import MODELS, ModelSpec, get_spec, select_modules
 from lowrank_lab.weights.registry import spec_from_hf_config
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         try:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
+            atomic_write_text(args.out, text)
         except OSError as exc:
             parser.error(f"--out {str(args.out)!r} cannot be written ({exc.strerror or exc})")
     else:
