@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lowrank_lab import __version__
+from lowrank_lab.utils.files import atomic_path, atomic_write_text
 
 from .inject import FULL_TARGETS_ATTR, InjectedModule, InjectionReport, lowrank_modules, trainable_parameters
 from .layer import LowRankLinear, is_adaptable, is_conv1d, weight_matrix
@@ -134,8 +135,10 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
         }
     config.update(family=model_family(model), lowrank_lab_version=__version__, modules=modules)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": FORMAT})
-    (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    # the weights first, each file whole or not at all: a config beside them means they are complete
+    with atomic_path(path / WEIGHTS_NAME, option="adapter path") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    atomic_write_text(path / CONFIG_NAME, json.dumps(config, indent=2) + "\n", option="adapter path")
     return path
 
 
