@@ -161,3 +161,20 @@ def test_cli_options_exclude_each_other_and_name_the_missing_study(capsys, tmp_p
     assert "error: no run record" in capsys.readouterr().err
     assert main(["--task", "sst2", "--out", str(tmp_path), "--replace-different"]) == 2
     assert "--replace-different only applies to --rebuild-merged" in capsys.readouterr().err
+
+
+def test_a_run_another_process_holds_is_not_replayed_under_it(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
+    import os
+
+    from lowrank_lab.utils.lock import OutputLock
+
+    out = tmp_path / "s"
+    _study(glue_dir, out, bert_tokenizer, tiny_bert(2), ["lora", "head"], save_merged=False)
+    with OutputLock(out / "runs" / "lora-r2-seed0", command="another finetune"):
+        res, said = _rebuild(glue_dir, out, bert_tokenizer, tiny_bert(2))
+    assert res["rebuilt"] == ["head-r2-seed0"] and list(res["failed"]) == ["lora-r2-seed0"]
+    assert res["failed"]["lora-r2-seed0"] == (
+        f"{out / 'runs' / 'lora-r2-seed0'}: pid {os.getpid()} on {os.uname().nodename} is using it; "
+        "rebuild it when it is done"
+    )
+    assert not (out / "runs" / "lora-r2-seed0" / "merged").exists()
