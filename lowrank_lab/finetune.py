@@ -62,6 +62,8 @@ examples:
   python -m lowrank_lab.finetune --task rte --out reports/finetune/rte --rebuild-merged lora-r8-seed1
   # rebuild summary.md and the figures from the runs already in --out
   python -m lowrank_lab.finetune --task sst2 --out reports/finetune/sst2 --summary-only
+  # where a long study stands: each run finished, training (which process), interrupted (at which step)
+  python -m lowrank_lab.finetune --task stsb --out reports/study/stsb --status
 
 tasks: {", ".join(f"{k} ({v.metric})" for k, v in TASKS.items())}
 methods: every name of lowrank_lab.adapters.ADAPTERS ({_METHOD_LIST}) plus '{HEAD_ONLY}'
@@ -383,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only rebuild summary.md, curves.csv and figures from the runs already in --out",
     )
     p.add_argument(
+        "--status",
+        action="store_true",
+        help="list every selection and seed run in --out and where it stands (finished, diverged, "
+        "failed, training by which process, interrupted at which step), then exit; reads files only, "
+        "so it is safe beside running processes (as a DataFrame: "
+        "lowrank_lab.training.study.study_status(out))",
+    )
+    p.add_argument(
         "--threads",
         type=positive(int),
         default=None,
@@ -474,12 +484,31 @@ def _how_to_resume(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
     return f"{where}. Finished runs are in {out}/runs; rerun {again} to go on"
 
 
+def _print_status(out: str) -> int:
+    """``--status``: the study's runs as a table, then the count of each state."""
+    from lowrank_lab.training.study import study_status
+    from lowrank_lab.utils.tables import to_markdown
+
+    if not Path(out).is_dir():
+        raise FileNotFoundError(f"--out {out}: no such study folder")
+    table = study_status(out)
+    if table.empty:
+        print(f"{out}: no runs yet (no select/ or runs/ folders)")
+        return 0
+    print(to_markdown(table.astype(object).where(table.notna(), "–")).rstrip("\n"))
+    counts = table["state"].str.replace(r" \(.*\)$", "", regex=True).value_counts()
+    print("\n" + ", ".join(f"{n} {state}" for state, n in counts.items()) + f" ({len(table)} runs in {out})")
+    return 0
+
+
 def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
     """The command itself; :func:`main` runs it under the shared error and interrupt handling."""
     spec = get_task(args.task)
     methods = csv_list(args.methods)
     _check_methods(methods)
     out = _output_dir(args)
+    if args.status:
+        return _print_status(out)
     if args.summary_only and args.rebuild_merged is not None:
         raise ValueError("--summary-only and --rebuild-merged exclude each other; give one")
     if args.replace_different and args.rebuild_merged is None:

@@ -34,7 +34,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -63,6 +63,9 @@ from .summary import (
     render_summary,
 )
 from .tasks import TaskSpec, get_task, load_examples
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RUN_COLUMNS = [
     "task",
@@ -483,11 +486,8 @@ def _busy_run(out: Path) -> tuple[Path, str] | None:
         if not (rdir / LOCK_NAME).exists():
             continue
         lock = OutputLock(rdir, option="run folder")
-        try:
-            lock.acquire()
-        except OutputLockedError:
+        if _held(lock):
             return rdir, _holder_text(lock)
-        lock.release()  # free: left by a process that is gone
     return None
 
 
@@ -727,6 +727,59 @@ def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, 
         rank = {m: i for i, m in enumerate(order)}
         methods = sorted(found, key=lambda k: (rank.get(k.split("@")[0], len(rank)), k))
     return write_study_outputs(out, recs, methods, spec, **kw)
+
+
+#: Columns of :func:`study_status` (``finetune --status``).
+STATUS_COLUMNS = (
+    "stage", "run", "method", "seed", "lr", "state", "step", "steps", "val_metric", "dev_metric"
+)
+
+
+def study_status(out: str | Path) -> pd.DataFrame:
+    """Where every run of the study at ``out`` stands, from its folder alone: one row per
+    ``select/<run>`` (stage ``select``) and ``runs/<run>`` (stage ``seed``), columns
+    :data:`STATUS_COLUMNS`. ``state`` is the record's status (finished, diverged, failed), or
+    ``training (pid N on host)`` while a process holds the folder, ``interrupted`` for a
+    checkpoint that no process is continuing, ``started`` for a folder with neither; ``step`` is
+    the steps done (for a run in progress: at its last checkpoint). Reads files only: safe beside
+    running studies."""
+    import pandas as pd
+
+    out = Path(out)
+    rows = []
+    for stage, folder in (("select", "select"), ("seed", "runs")):
+        for rdir in sorted(p for p in (out / folder).glob("*") if p.is_dir()):
+            rec = RunRecord.read(rdir)
+            meta = read_checkpoint_meta(rdir) or {}
+            cfg = rec.config.to_dict() if rec is not None else meta.get("config", {})
+            row = dict.fromkeys(STATUS_COLUMNS)
+            row.update(stage=stage, run=rdir.name, method=cfg.get("method"), seed=cfg.get("seed"))
+            row.update(steps=cfg.get("steps"), lr=rec.lr if rec is not None else meta.get("lr"))
+            lock = OutputLock(rdir, option="run folder")
+            held = (rdir / LOCK_NAME).exists() and _held(lock)
+            if held:
+                row.update(state=f"training ({_holder_text(lock)})", step=meta.get("step"))
+            elif rec is not None and rec.status != "running":
+                row.update(state=rec.status, step=rec.steps_done, val_metric=rec.val_metric)
+                if stage == "seed":
+                    row["dev_metric"] = rec.final_metric
+            elif meta:
+                row.update(state="interrupted", step=meta.get("step"))
+            else:
+                row["state"] = "started"
+            rows.append(row)
+    return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
+
+
+def _held(lock: OutputLock) -> bool:
+    """Whether a live process holds ``lock``; a free one is taken and let go at once, which clears
+    the lock file a killed process left."""
+    try:
+        lock.acquire()
+    except OutputLockedError:
+        return True
+    lock.release()
+    return False
 
 
 def rebuild_merged(

@@ -273,3 +273,32 @@ def test_a_fresh_study_on_a_folder_another_process_trains_in_is_refused(
         # with --resume it is welcome: it trains the runs nobody holds
         res = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
         assert [r.status for r in res["records"]] == ["finished"]
+
+
+def test_status_says_where_each_run_stands(glue_dir, tmp_path, bert_tokenizer, tiny_bert, capsys):
+    from lowrank_lab import finetune
+    from lowrank_lab.training.checkpoint import save_checkpoint
+    from lowrank_lab.training.study import STATUS_COLUMNS, study_status
+
+    out = tmp_path / "st"
+    _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora", "head"))
+    (out / "runs" / "full-seed0").mkdir()  # a folder whose process stopped before its first checkpoint
+    stopped = {"step": 2, "lr": 1e-3, "config": {"method": "pissa", "seed": 0, "steps": 3}}
+    save_checkpoint(out / "runs" / "pissa-r2-seed0", {}, stopped)  # after step 2; no process goes on
+    held = out / "select" / "lora-r2-seed100-lr0.001"
+    held.mkdir(parents=True)
+    with OutputLock(held):
+        table = study_status(out)
+        assert finetune.main(["--task", "sst2", "--out", str(out), "--status"]) == 0
+    assert list(table.columns) == list(STATUS_COLUMNS)
+    state = dict(zip(table["run"], table["state"], strict=True))
+    assert state["lora-r2-seed0"] == state["head-r2-seed0"] == "finished"
+    assert state["pissa-r2-seed0"] == "interrupted" and state["full-seed0"] == "started"
+    assert state["lora-r2-seed100-lr0.001"].startswith(f"training (pid {os.getpid()} on ")
+    lora = table.set_index("run").loc["lora-r2-seed0"]
+    assert lora["stage"] == "seed" and lora["step"] == lora["steps"] == 3 and 0 <= lora["dev_metric"] <= 1
+    assert table.set_index("run").loc["pissa-r2-seed0", "step"] == 2
+    text = capsys.readouterr().out
+    assert "| stage | run | method |" in text and text.strip().endswith(f"(5 runs in {out})")
+    assert "2 finished" in text and "1 training" in text and "1 interrupted" in text and "1 started" in text
+    assert not (held / ".lowrank_lab.lock").exists()  # --status took no lock it kept
