@@ -497,7 +497,11 @@ def _print_status(out: str) -> int:
         return 0
     print(to_markdown(table.astype(object).where(table.notna(), "–")).rstrip("\n"))
     counts = table["state"].str.replace(r" \(.*\)$", "", regex=True).value_counts()
-    print("\n" + ", ".join(f"{n} {state}" for state, n in counts.items()) + f" ({len(table)} runs in {out})")
+    spent = table["cpu_hours"].sum()
+    print(
+        "\n" + ", ".join(f"{n} {state}" for state, n in counts.items()) + f" ({len(table)} runs in {out}; "
+        f"the recorded ones took {spent:.1f} CPU-hours)"
+    )
     return 0
 
 

@@ -731,7 +731,8 @@ def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, 
 
 #: Columns of :func:`study_status` (``finetune --status``).
 STATUS_COLUMNS = (
-    "stage", "run", "method", "seed", "lr", "state", "step", "steps", "val_metric", "dev_metric"
+    "stage", "run", "method", "seed", "lr", "state", "step", "steps", "val_metric", "dev_metric",
+    "cpu_hours",
 )
 
 
@@ -741,8 +742,8 @@ def study_status(out: str | Path) -> pd.DataFrame:
     :data:`STATUS_COLUMNS`. ``state`` is the record's status (finished, diverged, failed), or
     ``training (pid N on host)`` while a process holds the folder, ``interrupted`` for a
     checkpoint that no process is continuing, ``started`` for a folder with neither; ``step`` is
-    the steps done (for a run in progress: at its last checkpoint). Reads files only: safe beside
-    running studies."""
+    the steps done (for a run in progress: at its last checkpoint); ``cpu_hours`` a recorded run's
+    wall time times its torch threads. Reads files only: safe beside running studies."""
     import pandas as pd
 
     out = Path(out)
@@ -761,6 +762,8 @@ def study_status(out: str | Path) -> pd.DataFrame:
                 row.update(state=f"training ({_holder_text(lock)})", step=meta.get("step"))
             elif rec is not None and rec.status != "running":
                 row.update(state=rec.status, step=rec.steps_done, val_metric=rec.val_metric)
+                if rec.wall_seconds is not None:  # the run's wall time on its threads
+                    row["cpu_hours"] = rec.wall_seconds * int(rec.meta.get("threads") or 1) / 3600
                 if stage == "seed":
                     row["dev_metric"] = rec.final_metric
             elif meta:

@@ -299,6 +299,8 @@ def test_status_says_where_each_run_stands(glue_dir, tmp_path, bert_tokenizer, t
     assert lora["stage"] == "seed" and lora["step"] == lora["steps"] == 3 and 0 <= lora["dev_metric"] <= 1
     assert table.set_index("run").loc["pissa-r2-seed0", "step"] == 2
     text = capsys.readouterr().out
-    assert "| stage | run | method |" in text and text.strip().endswith(f"(5 runs in {out})")
+    assert "| stage | run | method |" in text
+    assert f"(5 runs in {out}; the recorded ones took 0.0 CPU-hours)" in text
+    assert (table["cpu_hours"].dropna() > 0).sum() == 2
     assert "2 finished" in text and "1 training" in text and "1 interrupted" in text and "1 started" in text
     assert not (held / ".lowrank_lab.lock").exists()  # --status took no lock it kept
