@@ -344,12 +344,12 @@ class _Runner:
     ) -> tuple[list[RunRecord], int]:
         """Records of ``configs`` (in order) and the number that failed. ``score_dev=False``
         (selection runs) never evaluates the dev set."""
-        spec, say = self.spec, self.say
+        say = self.say
+        started = time.time()  # a record written after this is another process's work of this call
         done = self._resumable(configs, dir_of) if self.resume else {}
         self.data.prepare([c for c in configs if dir_of(c) not in done], self.disable)
         train_enc, eval_enc, dev_enc = self.data.encoders()
-        if not score_dev:
-            dev_enc = None
+        encoders = (train_enc, eval_enc, dev_enc if score_dev else None)
         by_dir: dict[Path, RunRecord] = {}
         failed = 0
         later: list[RunConfig] = []  # runs another process is training: taken up at the end
@@ -374,7 +374,7 @@ class _Runner:
                     later.append(cfg)
                     continue
                 try:
-                    by_dir[rdir], bad = self._train(cfg, rdir, train_enc, eval_enc, dev_enc, writer)
+                    by_dir[rdir], bad = self._take_or_train(cfg, rdir, started, encoders, writer)
                 finally:
                     lock.release()
                 failed += bad
@@ -385,28 +385,42 @@ class _Runner:
                 say(f"wait for {rdir.name}: {_holder_text(lock)} is training it")
                 lock.acquire(wait=True, poll=LOCK_POLL_SECONDS)
                 try:
-                    rec = RunRecord.read(rdir)
-                    if rec is not None and rec.status in ("finished", "diverged"):
-                        try:
-                            stored = rec.stored_config or rec.config.to_dict()
-                            _check_same_settings(cfg, spec, stored, rec.lr, rec.head_lr, rdir)
-                        except StudyResumeError:
-                            if self.resume:  # as much a mismatch as at the start of a --resume
-                                raise
-                            rec = None  # a fresh study overwrites a run made with other settings
-                    if rec is not None and rec.status in ("finished", "diverged"):
-                        # the other process trained it, and wrote its runs.csv row
-                        say(f"took {rdir.name}: {rec.status} by the process that held it")
-                        by_dir[rdir] = rec
-                    else:  # it stopped without a record: this process trains it (from its checkpoint)
-                        by_dir[rdir], bad = self._train(cfg, rdir, train_enc, eval_enc, dev_enc, writer)
-                        failed += bad
+                    by_dir[rdir], bad = self._take_or_train(cfg, rdir, started, encoders, writer)
                 finally:
                     lock.release()
+                failed += bad
                 bar.update()
         finally:
             bar.close()
         return [by_dir[dir_of(c)] for c in configs], failed
+
+    def _take_or_train(
+        self,
+        cfg: RunConfig,
+        rdir: Path,
+        started: float,
+        encoders: tuple[Encoder, Encoder, Encoder | None],
+        writer: RowWriter | None,
+    ) -> tuple[RunRecord, int]:
+        """With the run's lock held: the record another process finished there while this call ran
+        (it wrote that run's runs.csv row), else the run trained here (from its checkpoint, if it
+        has one and ``resume``). With ``resume`` any finished record of the same settings counts;
+        without it only one written since ``started``, as an older one is what a fresh study
+        replaces. (record, 1 if it failed)."""
+        rec = RunRecord.read(rdir)
+        if rec is not None and rec.status in ("finished", "diverged"):
+            fresh = (rdir / "run.json").stat().st_mtime >= started
+            try:
+                stored = rec.stored_config or rec.config.to_dict()
+                _check_same_settings(cfg, self.spec, stored, rec.lr, rec.head_lr, rdir)
+            except StudyResumeError:
+                if self.resume:  # as much a mismatch as at the start of a --resume
+                    raise
+                fresh = False  # a fresh study overwrites a run made with other settings
+            if self.resume or fresh:
+                self.say(f"took {rdir.name}: {rec.status} by another process")
+                return rec, 0
+        return self._train(cfg, rdir, *encoders, writer)
 
     def _resumable(
         self, configs: Sequence[RunConfig], dir_of: Callable[[RunConfig], Path]

@@ -248,7 +248,7 @@ def test_two_processes_on_one_study_share_its_runs(
     lora = res["records"][0]
     assert lora.train_loss == made["records"][0].train_loss and lora.status == "finished"
     if other_finishes:
-        assert trained == ["head"] and "took lora-r2-seed0: finished by the process that held it" in said
+        assert trained == ["head"] and "took lora-r2-seed0: finished by another process" in said
         assert list(pd.read_csv(out / "runs.csv")["method"]) == ["head"]  # the other writes its own row
     else:
         assert trained == ["head", "lora"]
@@ -304,3 +304,31 @@ def test_status_says_where_each_run_stands(glue_dir, tmp_path, bert_tokenizer, t
     assert (table["cpu_hours"].dropna() > 0).sum() == 2
     assert "2 finished" in text and "1 training" in text and "1 interrupted" in text and "1 started" in text
     assert not (held / ".lowrank_lab.lock").exists()  # --status took no lock it kept
+
+
+@pytest.mark.parametrize("resume", [True, False], ids=["resume", "fresh"])
+def test_a_run_another_process_finished_meanwhile_is_taken_not_trained_again(
+    glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch, resume
+):
+    # lora has no record when this call starts; "the other process" finishes it while this one
+    # trains the head run, before this one reaches lora: lora must not be trained a second time.
+    made = _run(glue_dir, tmp_path / "made", bert_tokenizer, tiny_bert(2), methods=("lora",))
+    out = tmp_path / "shared"
+    trained: list[str] = []
+    real = study_mod.train_run
+
+    def head_then_the_other_finishes_lora(cfg, *a, **k):
+        trained.append(cfg.method)
+        rec = real(cfg, *a, **k)
+        (out / "runs" / "lora-r2-seed0").mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "made" / "runs" / "lora-r2-seed0" / "run.json", out / "runs" / "lora-r2-seed0")
+        return rec
+
+    monkeypatch.setattr(study_mod, "train_run", head_then_the_other_finishes_lora)
+    said: list[str] = []
+    res = run_study(
+        _base(), ["head", "lora"], [0], data_dir=glue_dir, out=out, progress=False, resume=resume,
+        model_factory=tiny_bert(2), tokenizer=bert_tokenizer, log=said.append,
+    )
+    assert trained == ["head"] and "took lora-r2-seed0: finished by another process" in said
+    assert res["records"][1].train_loss == made["records"][0].train_loss
