@@ -129,6 +129,13 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
         lines += [to_markdown(show), ""]
         gates = rows[["claim", "gate", "gate_reason"]].drop_duplicates(subset=["gate_reason"])
         lines += ["Gates:", ""] + [f"- {g.gate}: {g.gate_reason}" for g in gates.itertuples()] + [""]
+        notes = [n for t in rows["tuning"].dropna() for n in str(t).split("; ") if n]
+        if notes:  # each method's selected rate, once: an edge means it may be under-tuned there
+            lines += [
+                "Rates selected on the validation split (how many were tried; a choice at the edge "
+                "of the grid after its extensions is named): " + "; ".join(dict.fromkeys(notes)) + ".",
+                "",
+            ]
     return "\n".join(lines)
 
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .record import RunRecord, method_labeller, study_records
+from .config import method_label
+from .record import RunRecord, method_labeller, study_rank, study_records
 from .stats import MIN_EFFECT, Paired, holm, paired, verdict
 from .tasks import TaskSpec, get_task
 
@@ -63,6 +64,7 @@ COLUMNS = [
     "claim_holds",
     "gate",
     "gate_reason",
+    "tuning",
     "runs",
 ]
 
@@ -281,11 +283,13 @@ def claim_rows(
     intruders: Mapping[str, float] | None = None,
     forgetting: Mapping[str, float] | None = None,
     study_gate: tuple[bool, str] | None = None,
+    tuning: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per claim that applies to ``spec`` (columns :data:`COLUMNS`), Holm-adjusted across
     them. ``intruders`` and ``forgetting`` map run names to the run's intruder count and STS-B
     Spearman drop (None: those claims are "not testable: not measured"). A failed ``study_gate``
-    (:func:`selection_gate`) makes every claim not testable, with its reason."""
+    (:func:`selection_gate`) makes every claim not testable, with its reason. ``tuning`` maps a
+    method label to how its rate was chosen (:func:`tuning_notes`), shown per claim."""
     baselines = dict(baselines or {})
     intruders = dict(intruders or {})
     if records and all(r.final_metric_name == "exact_match" for r in records if r.usable):
@@ -302,6 +306,7 @@ def claim_rows(
         if claim.tasks is not None and spec.name not in claim.tasks:
             continue
         row = _base_row(spec, claim)
+        row["tuning"] = "; ".join(t for m in (claim.a, claim.b) if (t := (tuning or {}).get(m)))
         runs_a = {r.seed: r for r in by_method.get(claim.a, [])}
         runs_b = {r.seed: r for r in by_method.get(claim.b, [])}
         good_a = {s: r for s, r in runs_a.items() if r.usable}
@@ -446,6 +451,36 @@ def _forgetting_row(spec: TaskSpec, intruders: Mapping[str, float], forgetting: 
     return row
 
 
+def tuning_notes(out: str | Path, records: Sequence[RunRecord]) -> dict[str, str]:
+    """How each method's rate was chosen, from the study's ``selection.csv``, by method label
+    (``lora``, ``lora@64``): ``"lora 0.0015 (5 rates)"``, with ``", at the top edge"`` (or
+    bottom) when the chosen rate is the highest (lowest) tried even after the grid's extensions: a
+    reviewer's first question about a comparison is whether each side was tuned to an optimum
+    inside its grid. {} without a selection.csv."""
+    import pandas as pd
+
+    path = Path(out) / "selection.csv"
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path)
+    rank = study_rank(records)
+    notes: dict[str, str] = {}
+    for (method, r), rows in frame.groupby(["method", "rank"], sort=False):
+        chosen = rows.loc[rows["chosen"].astype(bool), "lr"]
+        label = method_label(str(method), int(r), rank)
+        if chosen.empty:
+            notes[label] = f"{label} no usable rate ({len(rows)} rates)"
+            continue
+        lr, tried = float(chosen.iloc[0]), sorted(rows["lr"].astype(float))
+        edge = ""
+        if len(tried) > 1 and lr in (tried[0], tried[-1]):
+            edge = ", at the top edge" if lr == tried[-1] else ", at the bottom edge"
+        what = " (head rate)" if rows["rate_of"].iloc[0] == "head_lr" else ""
+        n = f"{len(tried)} rate" + ("s" if len(tried) > 1 else "")
+        notes[label] = f"{label}{what} {lr:.3g} ({n}{edge})"
+    return notes
+
+
 def study_claims(
     out: str | Path, records: Sequence[RunRecord] | None = None
 ) -> list[dict[str, Any]]:
@@ -472,4 +507,5 @@ def study_claims(
         forgetting=forgetting or None,
         # a study that trained seeds is gated on dev by _lm_gate; one that stopped at selection here
         study_gate=selection_gate(out, baselines) if spec.kind == "causal-lm" and not records else None,
+        tuning=tuning_notes(out, records),
     )

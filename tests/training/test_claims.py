@@ -207,3 +207,32 @@ def test_language_modelling_study_gated_at_selection(tmp_path):
     assert all(r["gate_reason"] == reason for r in rows_out)
     assert selection_gate(tmp_path, {**base, "bigram_validation": 3.26})[0]  # full's 3.25 is below
     assert selection_gate(tmp_path, {"bigram": 3.0}) is None  # a study made before the baseline existed
+
+
+def test_each_claim_says_how_its_methods_rates_were_chosen(tmp_path):
+    import pandas as pd
+
+    from lowrank_lab.training.claims import tuning_notes
+    from lowrank_lab.training.selection import SELECTION_COLUMNS
+
+    pd.DataFrame(
+        [
+            ("lora", 8, "lr", lr, 0.8, "finished", False, 10, lr == 1e-3) for lr in (3e-4, 1e-3, 3e-3)
+        ] + [
+            ("pissa", 8, "lr", lr, 0.8, "finished", False, 10, lr == 3e-3) for lr in (3e-4, 1e-3, 3e-3)
+        ] + [
+            ("lora", 64, "lr", lr, 0.8, "finished", False, 10, lr == 1e-4) for lr in (1e-4, 1e-3)
+        ] + [("head", 8, "head_lr", 1e-2, 0.8, "finished", False, 10, True)],
+        columns=SELECTION_COLUMNS,
+    ).to_csv(tmp_path / "selection.csv", index=False)
+    recs = _study(**BASE, pissa=0.90)
+    notes = tuning_notes(tmp_path, recs)
+    assert notes == {
+        "lora": "lora 0.001 (3 rates)",
+        "pissa": "pissa 0.003 (3 rates, at the top edge)",
+        "lora@64": "lora@64 0.0001 (2 rates, at the bottom edge)",
+        "head": "head (head rate) 0.01 (1 rate)",
+    }
+    row = _row(claim_rows(SST2, recs, baselines=BASELINES, tuning=notes), "pissa>lora")
+    assert row["tuning"] == "pissa 0.003 (3 rates, at the top edge); lora 0.001 (3 rates)"
+    assert tuning_notes(tmp_path / "nowhere", recs) == {}
