@@ -159,8 +159,13 @@ EOF
     forgetting)
       python -m lowrank_lab.finetune --task sst2 --out "$OUT/sst2" --data-dir "$DATA" --forgetting stsb \
         --threads "$THREADS" --no-progress ;;
-    claims)
-      python -m lowrank_lab.claims --studies "$OUT"/sst2 "$OUT"/stsb "$OUT"/gsm8k --out reports ;;
+    claims)  # once the runs are done: each task's summary.md and figures, the claims table over
+      # the three tasks, and notebook 05 (which reads both) at full size
+      for task in sst2 stsb gsm8k; do
+        python -m lowrank_lab.finetune --task "$task" --out "$OUT/$task" --summary-only
+      done
+      python -m lowrank_lab.claims --studies "$OUT"/sst2 "$OUT"/stsb "$OUT"/gsm8k --out reports
+      jupyter nbconvert --to notebook --execute --output-dir "${TMPDIR:-/tmp}/nbout" notebooks/05_convergence.ipynb ;;
     *) echo "unknown STUDY_STAGE $stage (sst2, ranks, stsb, gsm8k, intruders, forgetting, claims)" >&2; exit 2 ;;
   esac
 done
