@@ -161,8 +161,10 @@ EOF
         --threads "$THREADS" --no-progress ;;
     claims)  # once the runs are done: each task's summary.md and figures, the claims table over
       # the three tasks, and notebook 05 (which reads both) at full size
-      for task in sst2 stsb gsm8k; do
-        python -m lowrank_lab.finetune --task "$task" --out "$OUT/$task" --summary-only
+      for task in sst2 stsb gsm8k; do  # (a task whose seeds have not run has no summary yet)
+        if compgen -G "$OUT/$task/runs/*/run.json" > /dev/null; then
+          python -m lowrank_lab.finetune --task "$task" --out "$OUT/$task" --summary-only
+        fi
       done
       python -m lowrank_lab.claims --studies "$OUT"/sst2 "$OUT"/stsb "$OUT"/gsm8k --out reports
       jupyter nbconvert --to notebook --execute --output-dir "${TMPDIR:-/tmp}/nbout" notebooks/05_convergence.ipynb ;;
