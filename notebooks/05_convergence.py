@@ -42,8 +42,7 @@ SMALL = nbs.start(NOTEBOOK)  # small or full size, BLAS threads, pandas display,
 
 # %%
 from lowrank_lab.training import get_task
-from lowrank_lab.training.claims import claim_rows, intruder_counts_by_run, read_baselines
-from lowrank_lab.training.forgetting import read_forgetting
+from lowrank_lab.training.claims import study_claims
 from lowrank_lab.training.record import method_labeller, study_records
 from lowrank_lab.training.summary import (
     loss_threshold,
@@ -146,7 +145,7 @@ if records:
 # %% [markdown]
 # ## Per method: final metric, loss AUC, steps to a loss threshold — and the papers' claims
 #
-# `method_rows` / `method_table` / `claim_rows` are the harness's own aggregation (the tables of each
+# `method_rows` / `method_table` / `study_claims` are the harness's own aggregation (the tables of each
 # study's summary.md): mean ± sd over seeds; "steps to threshold" counts steps until the smoothed loss
 # first reaches LoRA's mean final loss; each claim is tested on per-seed paired differences, after the
 # task's gates, Holm-adjusted across the claims of a study (`lowrank_lab.training.claims`).
@@ -159,11 +158,9 @@ for task, recs in records.items():
     threshold, why = loss_threshold(recs, methods)
     rows = method_rows(recs, methods, spec, threshold)
     tables.append(method_table(rows, spec).assign(task=task))
-    # the intruder claim reads the counts the intruders CLI wrote into <study>/intruders/<run>/
-    found = claim_rows(spec, recs, baselines=read_baselines(studies[task]),
-                       intruders=intruder_counts_by_run(studies[task]),
-                       forgetting=read_forgetting(studies[task]) or None)
-    verdicts += list(found)
+    # what `python -m lowrank_lab.claims` reads of a study folder: its runs, baselines, intruder
+    # counts (<study>/intruders/<run>/), forgetting.csv and selection.csv
+    verdicts += study_claims(studies[task], recs)
 if tables:
     table = pd.concat(tables, ignore_index=True)
     table = table[["task", *[c for c in table.columns if c != "task"]]]
@@ -177,7 +174,7 @@ if tables:
     else:
         claim_table = pd.DataFrame(verdicts)
     claim_table = claim_table[["task", "claim", "paper_number", "n_seeds", "effect", "ci_low", "ci_high",
-                               "p_holm", "verdict", "claim_holds", "gate_reason"]]
+                               "p_holm", "verdict", "claim_holds", "gate_reason", "tuning"]]
     nbs.save_table(claim_table, "05_claims", source=NOTEBOOK, title="Paper claims at this scale")
     with pd.option_context("display.max_colwidth", 120):
         display(claim_table)

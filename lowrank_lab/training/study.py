@@ -47,9 +47,8 @@ from . import figures as figs
 from .baselines import constant_predictor, ngram_losses
 from .batching import Encoder, batch_order, default_validation_size, eval_subset, validation_split
 from .checkpoint import CHECKPOINT_META, read_checkpoint_meta, remove_checkpoint
-from .claims import BASELINES, claim_rows, intruder_counts_by_run, read_baselines
+from .claims import BASELINES, intruder_counts_by_run, read_baselines, study_claims
 from .config import HEAD_ONLY, RunConfig
-from .forgetting import read_forgetting
 from .loop import train_run
 from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
 from .record import RunRecord, method_labeller, study_records
@@ -707,13 +706,7 @@ def write_study_outputs(
         command=command,
         threshold_override=threshold_override,
         figures=[str(p.relative_to(out)) for p in fig_paths],
-        claim_table=claim_rows(
-            spec,
-            records,
-            baselines=read_baselines(out),
-            intruders=intruder_counts_by_run(out),
-            forgetting=read_forgetting(out) or None,
-        ),
+        claim_table=study_claims(out, records),
         selection=selection_line(out),
         notes=notes,
     )
