@@ -181,3 +181,14 @@ def test_real_sst2_study_resume_and_summary(shared_data, tmp_path, capsys):
     assert main(["--task", "sst2", "--out", str(out), "--summary-only"]) == 0
     text = (out / "summary.md").read_text()
     assert "| lora |" in text and "| full |" in text and "PiSSA ends higher than LoRA" in text
+
+
+def test_status_of_a_missing_study_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    from lowrank_lab.finetune import main
+
+    assert main(["--task", "stsb", "--out", str(tmp_path / "nowhere"), "--status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"python -m lowrank_lab.finetune: error: --out {tmp_path / 'nowhere'}: no such study folder"
+    (tmp_path / "empty").mkdir()
+    assert main(["--task", "stsb", "--out", str(tmp_path / "empty"), "--status"]) == 0
+    assert "no runs yet" in capsys.readouterr().out
