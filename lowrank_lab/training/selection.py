@@ -253,6 +253,8 @@ def select_rates(
                 todo[m] = [] if nxt is None else [nxt]
         for m, (_, _, which) in grids.items():
             rates = [float(getattr(c, which)) for c in tried[m]]
+            if m not in choices:  # an empty grid: nothing ran, nothing to choose
+                choices[m] = choose(m, [], [], higher_is_better=spec.higher_is_better)
             rows.extend(_rows(m, which, tried[m], rates, recs[m], choices[m]))
 
     if spec.kind != "causal-lm" and base.head_lr is None:

@@ -280,9 +280,10 @@ def test_every_method_of_a_selection_round_is_one_batch_and_extensions_go_in_rou
             return [record(c) for c in configs], 0
 
     runner = Runner()
-    grid = {"lora": [3e-4, 1e-3, 3e-3], "pissa": [3e-3, 1e-2, 3e-2], "full": [1e-4, 3e-4, 1e-3]}
+    grid = {"lora": [3e-4, 1e-3, 3e-3], "pissa": [3e-3, 1e-2, 3e-2], "full": [1e-4, 3e-4, 1e-3], "milora": []}
     base = RunConfig(task="sst2", method="lora", head_lr=1e-2)
-    choices, head_lr = select_rates(runner, base, ["lora", "pissa", "full"], grid, 100, tmp_path)
+    choices, head_lr = select_rates(runner, base, ["lora", "pissa", "full", "milora"], grid, 100, tmp_path)
+    assert choices["milora"].lr is None and choices["milora"].reason == "no usable rate (no runs)"
     assert head_lr == 1e-2
     assert [len(b) for b in runner.batches] == [9, 2, 1]  # the grids; pissa up + full down; pissa up
     assert sorted(runner.batches[1]) == [("full", pytest.approx(3.33e-5, rel=0.01)), ("pissa", 9e-2)]
