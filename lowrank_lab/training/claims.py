@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import method_label
+from .config import HEAD_ONLY, method_label
 from .record import RunRecord, method_labeller, study_rank, study_records
 from .stats import MIN_EFFECT, Paired, holm, paired, verdict
 from .tasks import TaskSpec, get_task
@@ -299,6 +299,8 @@ def claim_rows(
     for rec in records:
         by_method.setdefault(label(rec), []).append(rec)
     task_ok, task_reason = task_gate(spec, by_method, baselines)
+    if (head := (tuning or {}).get(HEAD_ONLY)) is not None and spec.kind != "causal-lm":
+        task_reason += f"; {head}"  # how well tuned the control the gate reads was
 
     rows: list[dict[str, Any]] = []
     tests: list[tuple[int, Paired, Claim]] = []
@@ -475,9 +477,9 @@ def tuning_notes(out: str | Path, records: Sequence[RunRecord]) -> dict[str, str
         edge = ""
         if len(tried) > 1 and lr in (tried[0], tried[-1]):
             edge = ", at the top edge" if lr == tried[-1] else ", at the bottom edge"
-        what = " (head rate)" if rows["rate_of"].iloc[0] == "head_lr" else ""
+        who = "head-only, head rate" if rows["rate_of"].iloc[0] == "head_lr" else label
         n = f"{len(tried)} rate" + ("s" if len(tried) > 1 else "")
-        notes[label] = f"{label}{what} {lr:.3g} ({n}{edge})"
+        notes[label] = f"{who} {lr:.3g} ({n}{edge})"
     return notes
 
 

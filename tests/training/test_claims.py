@@ -231,8 +231,9 @@ def test_each_claim_says_how_its_methods_rates_were_chosen(tmp_path):
         "lora": "lora 0.001 (3 rates)",
         "pissa": "pissa 0.003 (3 rates, at the top edge)",
         "lora@64": "lora@64 0.0001 (2 rates, at the bottom edge)",
-        "head": "head (head rate) 0.01 (1 rate)",
+        "head": "head-only, head rate 0.01 (1 rate)",
     }
     row = _row(claim_rows(SST2, recs, baselines=BASELINES, tuning=notes), "pissa>lora")
     assert row["tuning"] == "pissa 0.003 (3 rates, at the top edge); lora 0.001 (3 rates)"
+    assert row["gate_reason"].endswith("; head-only, head rate 0.01 (1 rate)")  # the gate's control
     assert tuning_notes(tmp_path / "nowhere", recs) == {}
