@@ -33,7 +33,8 @@ from lowrank_lab.weights.llama2c import Llama2cTokenizer
 
 
 def rescanning_merge(tok: Llama2cTokenizer, body: list[int]) -> list[int]:
-    """run.c's loop: for every merge, scan all adjacent pairs for the best score (leftmost wins)."""
+    """run.c's loop: for every merge, scan all adjacent pairs for the best score (leftmost wins).
+    The peer timed here, and the specification tests/weights/test_llama2c.py checks the heap against."""
     body = list(body)
     while True:
         best, best_idx, best_id = -1e10, -1, -1
@@ -44,16 +45,6 @@ def rescanning_merge(tok: Llama2cTokenizer, body: list[int]) -> list[int]:
         if best_idx < 0:
             return body
         body[best_idx : best_idx + 2] = [best_id]
-
-
-def unmerged(tok: Llama2cTokenizer, text: str) -> list[int]:
-    """The tokens encode() merges: the dummy-prefix space, then each code point or its bytes."""
-    ids = [tok._lookup[b" "]] if text else []
-    for ch in text:
-        piece = ch.encode("utf-8")
-        tid = tok._lookup.get(piece)
-        ids += [tid] if tid is not None else [tok._byte_ids[b] for b in piece]
-    return ids
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     chars = tokens = 0
     load_before = os.getloadavg()[0]
     for text in texts:
-        body = unmerged(tok, text)
+        body = tok._pieces(text)
         t0 = time.perf_counter()
         a = tok._merge(body)
         t1 = time.perf_counter()

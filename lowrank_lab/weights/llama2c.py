@@ -382,11 +382,19 @@ class Llama2cTokenizer:
         return len(self.vocab)
 
     def encode(self, text: str, *, bos: bool = True, eos: bool = False) -> list[int]:
-        tokens: list[int] = [self.bos_id] if bos else []
-        if text:
-            dummy = self._lookup.get(b" ")
-            if dummy is not None:
-                tokens.append(dummy)
+        tokens = [self.bos_id] if bos else []
+        tokens += self._merge(self._pieces(text))
+        if eos:
+            tokens.append(self.eos_id)
+        return tokens
+
+    def _pieces(self, text: str) -> list[int]:
+        """The tokens run.c's ``encode`` merges: the dummy-prefix space (when the vocabulary has one
+        and the text is not empty), then one token per UTF-8 code point, or its byte tokens when the
+        code point is not in the vocabulary."""
+        tokens: list[int] = []
+        if text and (dummy := self._lookup.get(b" ")) is not None:
+            tokens.append(dummy)
         for ch in text:
             piece = ch.encode("utf-8")
             tid = self._lookup.get(piece)
@@ -394,10 +402,6 @@ class Llama2cTokenizer:
                 tokens.append(tid)
             else:
                 tokens.extend(self._byte_ids[b] for b in piece)
-        start = 1 if bos else 0
-        tokens = tokens[:start] + self._merge(tokens[start:])
-        if eos:
-            tokens.append(self.eos_id)
         return tokens
 
     def _merge(self, body: list[int]) -> list[int]:

@@ -120,22 +120,7 @@ def test_tokenizer_bpe_by_scores_and_byte_fallback(tmp_path):
         assert tok.decode(tok.encode(text)) == text
 
 
-def _rescanning_merge(tok, body):
-    """run.c's encode loop as written: rescan every adjacent pair for each merge (the specification
-    that Llama2cTokenizer._merge's heap must reproduce merge for merge)."""
-    body = list(body)
-    while True:
-        best, best_idx, best_id = -1e10, -1, -1
-        for i in range(len(body) - 1):
-            tid = tok._lookup.get(tok.vocab[body[i]] + tok.vocab[body[i + 1]])
-            if tid is not None and tok.scores[tid] > best:
-                best, best_idx, best_id = tok.scores[tid], i, tid
-        if best_idx < 0:
-            return body
-        body[best_idx : best_idx + 2] = [best_id]
-
-
-def test_heap_merge_equals_the_rescanning_loop_with_ties_and_chains(tmp_path):
+def test_heap_merge_equals_the_rescanning_loop_with_ties_and_chains(tmp_path, benchmark_script):
     import itertools
     import random
 
@@ -151,23 +136,24 @@ def test_heap_merge_equals_the_rescanning_loop_with_ties_and_chains(tmp_path):
     path = tmp_path / "tok.bin"
     write_tokenizer(path, pieces)
     tok = Llama2cTokenizer.from_file(path)
+    rescanning_merge = benchmark_script("tokenizer").rescanning_merge  # run.c's loop, as written
     for n in [0, 1, 2, 3, 5, 8, 13, 40, 120]:
         for _ in range(30):
             text = "".join(rng.choice(chars + "é") for _ in range(n))
             raw = tok.encode(text, bos=False)
             unmerged = [tok._lookup.get(c.encode()) for c in (" " + text if text else "")]
             if None not in unmerged:
-                assert raw == _rescanning_merge(tok, unmerged), text
-            assert tok._merge(list(raw)) == _rescanning_merge(tok, raw)
+                assert raw == rescanning_merge(tok, unmerged), text
+            assert tok._merge(list(raw)) == rescanning_merge(tok, raw)
 
 
 @pytest.mark.data
-def test_stories260k_tokenizer_merges_real_text_as_run_c_does(stories260k):
+def test_stories260k_tokenizer_merges_real_text_as_run_c_does(stories260k, benchmark_script):
     tok = Llama2cTokenizer.from_file(stories260k.parent / "tok512.bin", vocab_size=512)
     text = "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May."
     pre = [tok._lookup[b" "]] + [tok._lookup.get(c.encode(), None) for c in text]
     assert None not in pre
-    assert tok.encode(text, bos=False) == _rescanning_merge(tok, pre)
+    assert tok.encode(text, bos=False) == benchmark_script("tokenizer").rescanning_merge(tok, pre)
 
 
 @pytest.mark.data
