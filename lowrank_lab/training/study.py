@@ -372,21 +372,16 @@ class _Runner:
                     say(f"later {rdir.name}: {_holder_text(lock)} is training it")
                     later.append(cfg)
                     continue
-                try:
+                with lock:
                     by_dir[rdir], bad = self._take_or_train(cfg, rdir, started, encoders, writer)
-                finally:
-                    lock.release()
                 failed += bad
                 bar.update()
             for cfg in later:  # every other run is done: wait for the other process's
                 rdir = dir_of(cfg)
                 lock = _run_lock(rdir)
                 say(f"wait for {rdir.name}: {_holder_text(lock)} is training it")
-                lock.acquire(wait=True, poll=LOCK_POLL_SECONDS)
-                try:
+                with lock.acquire(wait=True, poll=LOCK_POLL_SECONDS):
                     by_dir[rdir], bad = self._take_or_train(cfg, rdir, started, encoders, writer)
-                finally:
-                    lock.release()
                 failed += bad
                 bar.update()
         finally:
@@ -905,13 +900,11 @@ def rebuild_merged(
                 result["failed"][name] = busy
                 say(f"FAILED: {result['failed'][name]}")
                 continue
-            try:
+            with lock:
                 outcome, detail = _replay_one(
                     rec, cfg, spec, splits[key], factory, rdir, argv, disable, checkpoint_seconds,
                     replace_different,
                 )
-            finally:
-                lock.release()
             if outcome == "identical":
                 result["rebuilt"].append(name)
                 say(f"rebuilt {rdir / 'merged'} (replay identical to the record)")

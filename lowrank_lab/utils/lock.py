@@ -144,7 +144,7 @@ class OutputLock:
             self._fd = None
 
     def __enter__(self) -> OutputLock:
-        return self.acquire()
+        return self if self.held else self.acquire()  # held: taken by acquire() just before
 
     def __exit__(self, *exc: object) -> None:
         self.release()
