@@ -143,6 +143,9 @@ def test_a_waiting_lock_is_taken_as_soon_as_its_holder_lets_go(tmp_path):
     assert second.acquire(wait=True, poll=0.02) is second and second.held
     assert 0.25 < time.monotonic() - t0 < 5
     assert second.holder()["command"] == "second"
+    with second:  # already held: 'with' keeps it (no second flock on the file) and lets go at the end
+        assert second.held
+    assert not second.held
     second.release()
     assert second.holder() == {} and not (tmp_path / LOCK_NAME).exists()
 
