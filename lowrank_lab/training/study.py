@@ -733,8 +733,8 @@ def summarize_existing(out: str | Path, methods: Sequence[str], spec: TaskSpec, 
 
 #: Columns of :func:`study_status` (``finetune --status``).
 STATUS_COLUMNS = (
-    "stage", "run", "method", "seed", "lr", "state", "step", "steps", "val_metric", "dev_metric",
-    "cpu_hours",
+    "stage", "run", "method", "seed", "lr", "head_lr", "state", "step", "steps", "val_metric",
+    "dev_metric", "cpu_hours",
 )
 
 
@@ -744,8 +744,10 @@ def study_status(out: str | Path) -> pd.DataFrame:
     :data:`STATUS_COLUMNS`. ``state`` is the record's status (finished, diverged, failed), or
     ``training (pid N on host)`` while a process holds the folder, ``interrupted`` for a
     checkpoint that no process is continuing, ``started`` for a folder with neither; ``step`` is
-    the steps done (for a run in progress: at its last checkpoint); ``cpu_hours`` a recorded run's
-    wall time times its torch threads. Reads files only: safe beside running studies."""
+    the steps done (for a run in progress: at its last checkpoint); ``lr`` the body's rate (empty
+    for head-only, which trains no body) and ``head_lr`` the head's, the rate head-only's selection
+    tunes; ``cpu_hours`` a recorded run's wall time times its torch threads. Reads files only: safe
+    beside running studies."""
     import pandas as pd
 
     out = Path(out)
@@ -757,7 +759,9 @@ def study_status(out: str | Path) -> pd.DataFrame:
             cfg = rec.config.to_dict() if rec is not None else meta.get("config", {})
             row = dict.fromkeys(STATUS_COLUMNS)
             row.update(stage=stage, run=rdir.name, method=cfg.get("method"), seed=cfg.get("seed"))
-            row.update(steps=cfg.get("steps"), lr=rec.lr if rec is not None else meta.get("lr"))
+            lr, head_lr = (rec.lr, rec.head_lr) if rec is not None else (meta.get("lr"), meta.get("head_lr"))
+            body_lr = None if cfg.get("method") == HEAD_ONLY else lr  # head-only trains no body
+            row.update(steps=cfg.get("steps"), lr=body_lr, head_lr=head_lr)
             lock = OutputLock(rdir, option="run folder")
             held = (rdir / LOCK_NAME).exists() and _held(lock)
             if held:

@@ -298,6 +298,8 @@ def test_status_says_where_each_run_stands(glue_dir, tmp_path, bert_tokenizer, t
     lora = table.set_index("run").loc["lora-r2-seed0"]
     assert lora["stage"] == "seed" and lora["step"] == lora["steps"] == 3 and 0 <= lora["dev_metric"] <= 1
     assert table.set_index("run").loc["pissa-r2-seed0", "step"] == 2
+    head = table.set_index("run").loc["head-r2-seed0"]  # head-only trains its head only: no body rate
+    assert pd.isna(head["lr"]) and head["head_lr"] == lora["head_lr"] > 0 and lora["lr"] > 0
     text = capsys.readouterr().out
     assert "| stage | run | method |" in text
     assert f"(5 runs in {out}; the recorded ones took 0.0 CPU-hours)" in text
