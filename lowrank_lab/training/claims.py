@@ -332,7 +332,7 @@ def claim_rows(
         elif not_run:  # a budget decision, not a result at this scale: say which
             row.update(
                 gate="fail",
-                gate_reason=f"not run: the study has no {' or '.join(not_run)} runs on {spec.name}",
+                gate_reason=f"not run on {spec.name} (no seed runs): {', '.join(not_run)}",
                 n_seeds=0,
                 verdict="not testable",
                 claim_holds="not run",

@@ -72,7 +72,7 @@ def test_each_verdict_is_reachable_from_runs():
     assert _row(rows, "nlora>lora")["verdict"] == "inconclusive"
     xs = _row(rows, "lora-xs~lora")  # no lora-xs runs: a budget choice, said as such
     assert xs["verdict"] == "not testable" and xs["claim_holds"] == "not run"
-    assert xs["gate_reason"] == "not run: the study has no lora-xs runs on sst2"
+    assert xs["gate_reason"] == "not run on sst2 (no seed runs): lora-xs"
 
 
 def test_match_claims_hold_when_equivalent():
