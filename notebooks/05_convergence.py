@@ -43,7 +43,8 @@ SMALL = nbs.start(NOTEBOOK)  # small or full size, BLAS threads, pandas display,
 # %%
 from lowrank_lab.training import get_task
 from lowrank_lab.training.claims import study_claims
-from lowrank_lab.training.record import method_labeller, study_records
+from lowrank_lab.training.config import method_label
+from lowrank_lab.training.record import method_labeller, study_rank, study_records
 from lowrank_lab.training.summary import (
     loss_threshold,
     method_rows,
@@ -80,7 +81,14 @@ else:
                    "--steps", "300", "--eval-samples", "256", "--eval-every", "50"],
     )
 records = {task: study_records(d) for task, d in studies.items()}  # RunRecord per runs/<run>/run.json
-COLORS = plt.get_cmap("tab20")  # the full study has 15 methods: tab10 would repeat colours
+# one colour per method in every figure of this notebook (tab20: the full study has 15 methods)
+LABELS = list(dict.fromkeys(m for recs in records.values() for m in map(method_labeller(recs), recs)))
+
+
+def color(label):
+    return plt.get_cmap("tab20")(LABELS.index(label) % 20) if label in LABELS else "0.5"
+
+
 for task, recs in records.items():
     print(f"{task}: {len(recs)} runs,", pd.Series([r.status for r in recs]).value_counts().to_dict())
 
@@ -98,17 +106,17 @@ if records:
         label = method_labeller(recs)
         methods = list(dict.fromkeys(map(label, recs)))  # lora@64: another rank
         window = smoothing_window(max((len(r.train_loss) for r in recs), default=1))
-        for k, m in enumerate(methods):
+        for m in methods:
             curves = [r.train_loss for r in recs if label(r) == m and r.train_loss]
             if not curves:
                 continue
             n = min(len(c) for c in curves)
             sm = np.array([moving_average(c[:n], window) for c in curves])      # (seeds, n)
             x = np.arange(1, n + 1)
-            ax.plot(x, sm.mean(0), color=COLORS(k % 20), ls=["-", "--"][k // 10 % 2],
+            ax.plot(x, sm.mean(0), color=color(m),
                     label=f"{m} ({len(curves)} seed{'s' * (len(curves) > 1)})")
             if len(curves) > 1:
-                ax.fill_between(x, sm.min(0), sm.max(0), color=COLORS(k % 20), alpha=0.2, lw=0)
+                ax.fill_between(x, sm.min(0), sm.max(0), color=color(m), alpha=0.2, lw=0)
         cfg = recs[0].config
         ax.set_title(f"{task}, {cfg.model}, r = {cfg.rank}, batch {cfg.batch_size}")
         ax.set_xlabel("step")
@@ -126,14 +134,14 @@ if records:
         spec = get_task(task)
         label = method_labeller(recs)
         methods = list(dict.fromkeys(map(label, recs)))  # lora@64: another rank
-        for k, m in enumerate(methods):
+        for m in methods:
             evals = [{e.step: e.metric for e in r.evals} for r in recs if label(r) == m and r.evals]
             if not evals:
                 continue
             steps = sorted(set.intersection(*[set(ev) for ev in evals]))
             vals = np.array([[ev[s] for s in steps] for ev in evals])  # (seeds, evaluations)
             ax.errorbar(steps, vals.mean(0), yerr=vals.std(0) if len(evals) > 1 else None, marker="o", ms=3,
-                        color=COLORS(k % 20), capsize=2, label=m)
+                        color=color(m), capsize=2, label=m)
         ax.set_title(f"{task}: held-out {spec.metric} during training")
         ax.set_xlabel("step")
         ax.set_ylabel(spec.metric)
@@ -194,12 +202,14 @@ for task, folder in studies.items():
         continue
     sel = pd.read_csv(sel_path)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (method, rows) in enumerate(sel.groupby(["method", "rank"], sort=False)):
+    main_rank = study_rank(records[task]) if records.get(task) else None
+    for (method, rank), rows in sel.groupby(["method", "rank"], sort=False):
         rows = rows.sort_values("lr")
+        label = method_label(method, rank, main_rank)
         ok = rows[(rows["status"] == "finished") & ~rows["collapsed"].astype(bool)]
-        ax.plot(ok["lr"], ok["val_metric"], "o-", color=COLORS(i % 20), label=f"{method[0]} r{method[1]}")
+        ax.plot(ok["lr"], ok["val_metric"], "o-", color=color(label), label=label)
         chosen = rows[rows["chosen"].astype(bool)]
-        ax.plot(chosen["lr"], chosen["val_metric"], "o", mfc="none", mec=COLORS(i % 20), ms=11)
+        ax.plot(chosen["lr"], chosen["val_metric"], "o", mfc="none", mec=color(label), ms=11)
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel="validation metric", title=f"{task}: selection (ringed: chosen)")
     ax.title.set_fontsize(10)
