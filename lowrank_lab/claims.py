@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -101,7 +102,10 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
         f"predictor by {GATE_MARGIN:g} (classification), a method not below the bigram (GSM8K), or "
         "fewer than 2 paired seeds; `holds` says \"not run\" instead when the study trained no "
         "run of one of the claim's methods on that task (a choice of budget, not a finding). `holds` "
-        "reads the verdict against the claim ('matches' claims hold when equivalent).",
+        "reads the verdict against the claim ('matches' claims hold when equivalent), and names a "
+        "method whose validation metric was still rising over the last 20% of its runs (gained more "
+        "than δ/2 there; runs still rising of those scored): such a verdict holds at the study's "
+        "budget, not at convergence.",
         "",
     ]
     for task, rows in frame.groupby("task", sort=False):
@@ -123,7 +127,7 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
                     for a, b in zip(rows["p_holm"], rows["p_tost_holm"], strict=True)
                 ],
                 "verdict": rows["verdict"],
-                "holds": rows["claim_holds"],
+                "holds": [_holds(row) for row in rows.itertuples()],
             }
         )
         lines += [to_markdown(show), ""]
@@ -137,6 +141,14 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
                 "",
             ]
     return "\n".join(lines)
+
+
+def _holds(row: Any) -> str:
+    """The ``holds`` cell: the claim's reading of the verdict, and the methods still rising at the
+    end of their runs (a tested claim's verdict then holds at this budget only)."""
+    rising = row.still_rising if isinstance(row.still_rising, str) else ""
+    tested = row.verdict != "not testable"
+    return f"{row.claim_holds}; still rising: {rising}" if rising and tested else str(row.claim_holds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from typing import Any
 from .config import HEAD_ONLY, method_label
 from .record import RunRecord, method_labeller, study_rank, study_records
 from .stats import MIN_EFFECT, Paired, holm, paired, verdict
+from .summary import still_rising
 from .tasks import TaskSpec, get_task
 
 #: Margin by which LoRA and full fine-tuning must beat the head-only control and the constant
@@ -65,6 +66,7 @@ COLUMNS = [
     "gate",
     "gate_reason",
     "tuning",
+    "still_rising",
     "runs",
 ]
 
@@ -311,6 +313,7 @@ def claim_rows(
         row["tuning"] = "; ".join(t for m in (claim.a, claim.b) if (t := (tuning or {}).get(m)))
         runs_a = {r.seed: r for r in by_method.get(claim.a, [])}
         runs_b = {r.seed: r for r in by_method.get(claim.b, [])}
+        row["still_rising"] = still_rising_note(spec, {claim.a: runs_a.values(), claim.b: runs_b.values()})
         good_a = {s: r for s, r in runs_a.items() if r.usable}
         good_b = {s: r for s, r in runs_b.items() if r.usable}
         collapsed = sorted(r.run_name for r in [*runs_a.values(), *runs_b.values()] if r.collapsed)
@@ -451,6 +454,19 @@ def _forgetting_row(spec: TaskSpec, intruders: Mapping[str, float], forgetting: 
         claim_holds=_holds(FORGETTING_CLAIM, v),
     )
     return row
+
+
+def still_rising_note(spec: TaskSpec, runs: Mapping[str, Iterable[RunRecord]]) -> str:
+    """``"loldu 5/5"``: per method, how many of its usable runs were still rising over the last 20%
+    of the run (:func:`~.summary.still_rising`: issue 15's plateau check), for the methods with at
+    least one; empty when every run had reached its plateau. A verdict against such a method holds
+    at the study's budget, not at convergence."""
+    parts = []
+    for method, recs in runs.items():
+        flags = [f for r in recs if r.usable and (f := still_rising(r, spec)) is not None]
+        if any(flags):
+            parts.append(f"{method} {sum(flags)}/{len(flags)}")
+    return ", ".join(parts)
 
 
 def tuning_notes(out: str | Path, records: Sequence[RunRecord]) -> dict[str, str]:

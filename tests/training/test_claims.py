@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
 from lowrank_lab.claims import main as claims_main
@@ -158,6 +159,28 @@ def test_forgetting_claim_is_a_spearman_correlation_across_runs():
     assert r["ci_low"] < rho < r["ci_high"] and r["verdict"] == "confirmed"
     few = claim_rows(SST2, _study(**BASE), baselines=BASELINES, intruders=intr, forgetting={"run0": 0.1})
     assert next(r for r in few if r["method_a"] == "intruders")["verdict"] == "not testable"
+
+
+def test_a_method_still_rising_is_named_beside_its_verdict():
+    from lowrank_lab.claims import render
+    from lowrank_lab.training.record import EvalPoint
+
+    def curve(last):  # validation accuracy at steps 0, 5, 8 and 10 of a 10-step run
+        return [EvalPoint(step=k, metric=m, loss=1.0) for k, m in ((0, 0.5), (5, 0.7), (8, 0.8), (10, last))]
+
+    recs = _study(**BASE, loldu=0.80)
+    rising = {("loldu", 0), ("loldu", 1), ("loldu", 2), *(("lora", s) for s in range(5))}
+    for r in recs:  # SST-2's δ is 0.01: a gain over 0.005 from step 8 to step 10 is "still rising"
+        r.steps_done = 10
+        r.evals = curve(0.81 if (r.method, r.seed) in rising else 0.804)
+    rows = claim_rows(SST2, recs, baselines=BASELINES)
+    loldu = _row(rows, "loldu~lora")
+    assert loldu["still_rising"] == "loldu 3/5, lora 5/5" and loldu["verdict"] == "contradicted"
+    assert _row(rows, "pissa>lora")["still_rising"] == "lora 5/5"  # pissa: not run
+    md = render(pd.DataFrame(rows, columns=COLUMNS), [], "cmd")
+    assert "| contradicted | no; still rising: loldu 3/5, lora 5/5 |" in md
+    pissa = next(line for line in md.splitlines() if line.startswith("| PiSSA ends higher than LoRA |"))
+    assert pissa.endswith("| not testable | not run |")  # an untested claim carries no budget caveat
 
 
 def test_claims_cli_writes_csv_and_md_and_names_a_bad_folder(tmp_path, capsys):
