@@ -102,10 +102,10 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
         f"predictor by {GATE_MARGIN:g} (classification), a method not below the bigram (GSM8K), or "
         "fewer than 2 paired seeds; `holds` says \"not run\" instead when the study trained no "
         "run of one of the claim's methods on that task (a choice of budget, not a finding). `holds` "
-        "reads the verdict against the claim ('matches' claims hold when equivalent), and names a "
-        "method whose validation metric was still rising over the last 20% of its runs (gained more "
-        "than δ/2 there; runs still rising of those scored): such a verdict holds at the study's "
-        "budget, not at convergence.",
+        "reads the verdict against the claim ('matches' claims hold when equivalent), then names "
+        "each method whose validation metric was still rising over the last 20% of its runs (a gain "
+        "of more than δ/2 there), as runs still rising / runs scored: such a verdict holds at the "
+        "study's budget, not at convergence.",
         "",
     ]
     for task, rows in frame.groupby("task", sort=False):
