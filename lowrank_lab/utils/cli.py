@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -122,8 +123,9 @@ def guarded_main(
     derives from it) and ``OSError`` (missing or unreadable files, a full disk, a read-only
     folder) print ``<prog>: error: <message>`` with no traceback and return 2; Ctrl-C or SIGTERM
     (:func:`sigterm_as_interrupt`) prints ``interrupted`` (a string, or a function of the interrupt
-    that says where the work stopped and how to resume it) and returns 130. Anything else is a bug
-    and keeps its traceback.
+    that says where the work stopped and how to resume it) and returns 130. A reader of stdout that
+    left (``... --status | head``) stops the command quietly with 141 (128 + SIGPIPE), as Unix tools
+    do, instead of an "error: Broken pipe". Anything else is a bug and keeps its traceback.
     """
     try:
         with sigterm_as_interrupt():
@@ -132,6 +134,11 @@ def guarded_main(
         how = interrupted(exc) if callable(interrupted) else interrupted
         print(f"\n{prog}: interrupted" + (f"; {how}" if how else ""), file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # nobody reads stdout any more: point it at /dev/null so the flush at exit cannot fail again
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ValueError, OSError) as exc:
         print(f"{prog}: error: {user_error_message(exc)}", file=sys.stderr)
         return 2

@@ -91,6 +91,20 @@ def test_guarded_main_turns_user_errors_into_one_line_and_exit_2(capsys, exc, li
     assert line in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_guarded_main_stops_quietly_when_the_reader_of_stdout_leaves():
+    import subprocess
+    import sys
+
+    code = ("import sys; from lowrank_lab.utils.cli import guarded_main\n"
+            "def body():\n    for _ in range(10**6): print('row ' * 20)\n    return 0\n"
+            "sys.exit(guarded_main('prog', body))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"row ")  # `| head -1`: read one line, then leave
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""  # no "error: Broken pipe", no traceback
+
+
 def test_guarded_main_interrupt_message_is_a_string_or_a_function_of_the_interrupt(capsys):
     assert guarded_main("prog", _raise(KeyboardInterrupt()), interrupted="rerun with --resume") == 130
     assert capsys.readouterr().err.strip() == "prog: interrupted; rerun with --resume"
