@@ -61,7 +61,7 @@ from .summary import (
     method_rows,
     render_summary,
 )
-from .tasks import TaskSpec, get_task, load_examples
+from .tasks import TASKS, TaskSpec, get_task, load_examples
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -746,8 +746,8 @@ def study_status(out: str | Path) -> pd.DataFrame:
     checkpoint that no process is continuing, ``started`` for a folder with neither; ``step`` is
     the steps done (for a run in progress: at its last checkpoint); ``lr`` the body's rate (empty
     for head-only, which trains no body) and ``head_lr`` the head's, the rate head-only's selection
-    tunes; ``cpu_hours`` a recorded run's wall time times its torch threads. Reads files only: safe
-    beside running studies."""
+    tunes (empty for a causal LM, which has no task head); ``cpu_hours`` a recorded run's wall
+    time times its torch threads. Reads files only: safe beside running studies."""
     import pandas as pd
 
     out = Path(out)
@@ -761,6 +761,8 @@ def study_status(out: str | Path) -> pd.DataFrame:
             row.update(stage=stage, run=rdir.name, method=cfg.get("method"), seed=cfg.get("seed"))
             lr, head_lr = (rec.lr, rec.head_lr) if rec is not None else (meta.get("lr"), meta.get("head_lr"))
             body_lr = None if cfg.get("method") == HEAD_ONLY else lr  # head-only trains no body
+            if cfg.get("task") in TASKS and TASKS[cfg["task"]].kind == "causal-lm":
+                head_lr = None  # a causal LM trains no task head
             row.update(steps=cfg.get("steps"), lr=body_lr, head_lr=head_lr)
             lock = OutputLock(rdir, option="run folder")
             held = (rdir / LOCK_NAME).exists() and _held(lock)

@@ -322,18 +322,17 @@ def render_summary(
         f"- Schedule (same for every method): {cfg.steps} steps, batch {cfg.batch_size}, "
         f"max length {cfg.max_length or spec.default_max_length}, AdamW, warm-up "
         f"{cfg.warmup_ratio} then linear decay, grad-norm clip {cfg.max_grad_norm}, "
-        f"seeds {', '.join(map(str, seeds))} (paired: one data order, head init and dropout stream per "
-        f"seed); {_held_out(records, rows, cfg)}",
-        f"- Head: {_pooling_line(cfg)}",
+        f"seeds {', '.join(map(str, seeds))} (paired: one data order"
+        f"{'' if spec.kind == 'causal-lm' else ', head init'} and dropout stream per seed); "
+        f"{_held_out(records, rows, cfg)}",
+        f"- Head: {_head_line(cfg, spec)}",
         f"- Machine: {machines_line(records)}",
         *(
             [f"- Learning rates: {selection}"]
             if selection
             else ["- Learning rates per family: " + "; ".join(f"{k}: {v}" for k, v in LR_SOURCES.items())]
         ),
-        "- The task head (`classifier`) trains with every method (PEFT's `modules_to_save`) at one rate, "
-        f"{records[0].head_lr if records else '?'}; 'trainable' counts it. `full` trains every "
-        "linear map of the blocks plus the head (embeddings, LayerNorms and the pooler stay frozen).",
+        _trains_line(records, spec),
         *replaced_lines(records),
         "",
         f"## {label} (mean ± sd over seeds) and convergence",
@@ -393,7 +392,25 @@ def _held_out(records: Sequence[RunRecord], rows: list[dict[str, Any]], cfg: Run
     )
 
 
-def _pooling_line(cfg: RunConfig) -> str:
+def _trains_line(records: Sequence[RunRecord], spec: TaskSpec) -> str:
+    """What trains besides the adapters: the task head of a classification or regression study,
+    nothing for a causal language model (its own output layer scores the answer tokens)."""
+    if spec.kind == "causal-lm":
+        return (
+            "- No task head: every method is scored by the model's own next-token loss on the answer "
+            "tokens. `full` trains every linear map of the blocks (the embeddings, the norms and the "
+            "output layer stay frozen)."
+        )
+    return (
+        "- The task head (`classifier`) trains with every method (PEFT's `modules_to_save`) at one rate, "
+        f"{records[0].head_lr if records else '?'}; 'trainable' counts it. `full` trains every "
+        "linear map of the blocks plus the head (embeddings, LayerNorms and the pooler stay frozen)."
+    )
+
+
+def _head_line(cfg: RunConfig, spec: TaskSpec) -> str:
+    if spec.kind == "causal-lm":
+        return "the language model's own output layer, frozen for every method"
     pooling = cfg.pooling
     if pooling in (None, "native"):
         return "the architecture's own transformers classification head (for BERT: the pooler)"

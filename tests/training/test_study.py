@@ -308,6 +308,18 @@ def test_status_says_where_each_run_stands(glue_dir, tmp_path, bert_tokenizer, t
     assert not (held / ".lowrank_lab.lock").exists()  # --status took no lock it kept
 
 
+def test_status_leaves_head_lr_empty_for_a_causal_lm_which_has_no_task_head(tmp_path):
+    from lowrank_lab.training.checkpoint import save_checkpoint
+    from lowrank_lab.training.study import study_status
+
+    for task in ("gsm8k", "sst2"):  # each stopped after step 1, as a checkpoint holds it
+        meta = {"step": 1, "lr": 1e-3, "head_lr": 4e-4, "config": {"task": task, "method": "lora", "seed": 0}}
+        save_checkpoint(tmp_path / "runs" / f"{task}-lora-seed0", {}, meta)
+    table = study_status(tmp_path).set_index("run")
+    assert pd.isna(table.loc["gsm8k-lora-seed0", "head_lr"]) and table.loc["gsm8k-lora-seed0", "lr"] == 1e-3
+    assert table.loc["sst2-lora-seed0", "head_lr"] == 4e-4
+
+
 @pytest.mark.parametrize("resume", [True, False], ids=["resume", "fresh"])
 def test_a_run_another_process_finished_meanwhile_is_taken_not_trained_again(
     glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch, resume

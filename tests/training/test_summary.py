@@ -133,3 +133,15 @@ def test_replaced_records_are_said_with_their_old_metric():
         r.replaces = None
     (one,) = replaced_lines(recs)
     assert one.startswith("- 1 run trained again") and "differ from step 6 on, by at most 2.0e-07" in one
+
+
+def test_a_causal_lm_summary_says_no_task_head_trains():
+    gsm = get_task("gsm8k")
+    rec = replace(_rec("lora", 0, 2.0, [3.0, 2.5]), head_params=0, trainable_params=1000)
+    rec.config = replace(rec.config, task="gsm8k", model="stories260K")
+    text = render_summary([rec], ["lora"], gsm, title="T", command=None)
+    assert "- Head: the language model's own output layer, frozen for every method" in text
+    assert "- No task head: every method is scored by the model's own next-token loss" in text
+    assert "classifier" not in text and "pooler" not in text and "head init" not in text
+    sst2 = render_summary([_rec("lora", 0, 0.8, [0.5])], ["lora"], SST2, title="T", command=None)
+    assert "- The task head (`classifier`) trains with every method" in sst2 and "No task head" not in sst2
