@@ -42,8 +42,9 @@ SMALL = nbs.start(NOTEBOOK)  # small or full size, BLAS threads, pandas display,
 
 # %%
 from lowrank_lab.training import get_task
-from lowrank_lab.training.claims import study_claims
+from lowrank_lab.training.claims import read_baselines, reference_levels, study_claims
 from lowrank_lab.training.config import method_label
+from lowrank_lab.training.figures import draw_references
 from lowrank_lab.training.record import method_labeller, study_rank, study_records
 from lowrank_lab.training.summary import (
     loss_threshold,
@@ -142,6 +143,9 @@ if records:
             vals = np.array([[ev[s] for s in steps] for ev in evals])  # (seeds, evaluations)
             ax.errorbar(steps, vals.mean(0), yerr=vals.std(0) if len(evals) > 1 else None, marker="o", ms=3,
                         color=color(m), capsize=2, label=m)
+        # the reference predictors scored on the same split (GSM8K: the bigram of the gate)
+        split = "validation" if any(r.dev is not None for r in recs) else "dev"
+        draw_references(ax, reference_levels(read_baselines(studies[task]), split))
         ax.set_title(f"{task}: held-out {spec.metric} during training")
         ax.set_xlabel("step")
         ax.set_ylabel(spec.metric)
@@ -210,6 +214,7 @@ for task, folder in studies.items():
         ax.plot(ok["lr"], ok["val_metric"], "o-", color=color(label), label=label)
         chosen = rows[rows["chosen"].astype(bool)]
         ax.plot(chosen["lr"], chosen["val_metric"], "o", mfc="none", mec=color(label), ms=11)
+    draw_references(ax, reference_levels(read_baselines(folder), "validation"))
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel="validation metric", title=f"{task}: selection (ringed: chosen)")
     ax.title.set_fontsize(10)

@@ -201,6 +201,24 @@ def read_baselines(out: str | Path) -> dict[str, Any]:
         return {}
 
 
+def reference_levels(baselines: Mapping[str, Any], split: str = "dev") -> dict[str, float]:
+    """The reference predictors of ``baselines.json`` that a figure draws beside the methods, by
+    label: on ``"dev"`` the unigram and bigram answer loss (language modelling) or the constant
+    predictor; on ``"validation"`` the bigram the selection gate reads (the only reference scored on
+    the validation split). Empty where ``baselines`` holds none."""
+    if split == "validation":
+        keys = {"bigram_validation": "bigram"}
+    elif split == "dev":
+        keys = {"unigram": "unigram", "bigram": "bigram", "constant_predictor": "constant predictor"}
+    else:
+        raise ValueError(f"split must be 'dev' or 'validation', not {split!r}")
+    return {
+        label: float(baselines[key])
+        for key, label in keys.items()
+        if isinstance(baselines.get(key), (int, float)) and math.isfinite(baselines[key])
+    }
+
+
 def task_gate(
     spec: TaskSpec, by_method: Mapping[str, list[RunRecord]], baselines: Mapping[str, Any]
 ) -> tuple[bool, str]:

@@ -1,9 +1,11 @@
-"""Figures of a fine-tuning study: loss curves with seed bands, eval metric over steps, and the
-final metric against the number of trainable parameters."""
+"""Figures of a fine-tuning study: loss curves with seed bands, eval metric over steps, the final
+metric against the number of trainable parameters, and the learning-rate selection. The metric
+figures draw the reference predictors a method must beat (``references``: label -> level, from
+:func:`~.claims.reference_levels`) as grey horizontal lines."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,12 @@ from .tasks import TaskSpec  # noqa: E402
 def _colors(methods: Sequence[str]) -> dict[str, Any]:
     cmap = plt.get_cmap("tab10")
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def draw_references(ax, references: Mapping[str, float] | None) -> None:
+    """Grey horizontal lines at the reference predictors' levels, labelled with their values."""
+    for i, (label, level) in enumerate((references or {}).items()):
+        ax.axhline(level, color="0.45", lw=1, ls=("--", ":", "-.")[i % 3], label=f"{label} {level:.3g}")
 
 
 def loss_curves(
@@ -55,9 +63,16 @@ def loss_curves(
 
 
 def eval_curves(
-    records: list[RunRecord], methods: Sequence[str], spec: TaskSpec, path: str | Path, *, title: str
+    records: list[RunRecord],
+    methods: Sequence[str],
+    spec: TaskSpec,
+    path: str | Path,
+    *,
+    title: str,
+    references: Mapping[str, float] | None = None,
 ) -> Path:
-    """Eval metric at each evaluation step: mean over seeds with a min–max band."""
+    """Eval metric at each evaluation step: mean over seeds with a min–max band; ``references``
+    on the same split as grey lines."""
     colors = _colors(methods)
     label = method_labeller(records)
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -72,6 +87,7 @@ def eval_curves(
         ax.plot(steps, vals.mean(0), marker="o", ms=3, color=colors[m], label=m)
         if len(evals) > 1:
             ax.fill_between(steps, vals.min(0), vals.max(0), color=colors[m], alpha=0.2, linewidth=0)
+    draw_references(ax, references)
     ax.set_xlabel("step")
     ax.set_ylabel(METRIC_LABELS[spec.metric])
     ax.set_title(title)
@@ -80,8 +96,16 @@ def eval_curves(
     return _save(fig, path)
 
 
-def metric_vs_params(rows: list[dict[str, Any]], spec: TaskSpec, path: str | Path, *, title: str) -> Path:
-    """Final metric (mean, error bar = sd over seeds) against trainable parameters (log scale)."""
+def metric_vs_params(
+    rows: list[dict[str, Any]],
+    spec: TaskSpec,
+    path: str | Path,
+    *,
+    title: str,
+    references: Mapping[str, float] | None = None,
+) -> Path:
+    """Final metric (mean, error bar = sd over seeds) against trainable parameters (log scale);
+    ``references`` on the dev split as grey lines."""
     colors = _colors([r["method"] for r in rows])
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for r in rows:
@@ -97,8 +121,11 @@ def metric_vs_params(rows: list[dict[str, Any]], spec: TaskSpec, path: str | Pat
             xytext=(5, 4),
             fontsize=8,
         )
+    draw_references(ax, references)
+    if references:
+        ax.legend(fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (adapter + task head)")
+    ax.set_xlabel("trainable parameters (adapter + task head, if any)")
     ax.set_ylabel(f"final {METRIC_LABELS[spec.metric]}")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
@@ -119,9 +146,10 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def lr_selection(frame: Any, path: str | Path) -> Path:
+def lr_selection(frame: Any, path: str | Path, *, references: Mapping[str, float] | None = None) -> Path:
     """Validation metric against learning rate, one line per method (log x), the chosen rate ringed
-    and collapsed or unfinished runs drawn as crosses at the bottom of the axis.
+    and collapsed or unfinished runs drawn as crosses at the bottom of the axis; ``references`` on
+    the validation split as grey lines (GSM8K: the bigram of the selection gate).
 
     ``frame`` is ``selection.csv`` as a pandas DataFrame (columns method, lr, val_metric, status,
     collapsed, chosen)."""
@@ -141,6 +169,7 @@ def lr_selection(frame: Any, path: str | Path) -> Path:
             ax.plot(rows["lr"][~good], [low] * int((~good).sum()), "x", color=colors[m], ms=7)
         chosen = rows[rows["chosen"].fillna(False).astype(bool)]
         ax.plot(chosen["lr"], chosen["val_metric"], "o", mfc="none", mec=colors[m], ms=11, mew=1.5)
+    draw_references(ax, references)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (head rate for the head-only control)")
     ax.set_ylabel("validation metric at the last step")

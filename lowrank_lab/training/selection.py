@@ -326,11 +326,27 @@ def write_selection(out: Path, rows: list[dict[str, Any]], choices: dict[str, Ch
     path = Path(out) / "selection.csv"
     # another call's selections (other methods or ranks, or another stream's) stay
     frame = update_table(path, pd.DataFrame(rows, columns=SELECTION_COLUMNS), SELECTION_KEY)
-    if not frame.empty:
-        from .figures import lr_selection  # matplotlib only where a figure is drawn
-
-        lr_selection(frame, Path(out) / "figures" / "lr_selection.png")
+    _draw_selection(out, frame)
     return path
+
+
+def redraw_selection_figure(out: str | Path) -> Path | None:
+    """``figures/lr_selection.png`` again from ``out/selection.csv`` (``finetune --summary-only``
+    rebuilds every figure); None where the study has no selection."""
+    import pandas as pd
+
+    path = Path(out) / "selection.csv"
+    return _draw_selection(out, pd.read_csv(path)) if path.is_file() else None
+
+
+def _draw_selection(out: str | Path, frame: Any) -> Path | None:
+    if frame.empty:
+        return None
+    from .claims import read_baselines, reference_levels
+    from .figures import lr_selection  # matplotlib only where a figure is drawn
+
+    references = reference_levels(read_baselines(out), "validation")
+    return lr_selection(frame, Path(out) / "figures" / "lr_selection.png", references=references)
 
 
 SELECTION_COLUMNS = [

@@ -47,12 +47,12 @@ from . import figures as figs
 from .baselines import constant_predictor, ngram_losses
 from .batching import Encoder, batch_order, default_validation_size, eval_subset, validation_split
 from .checkpoint import CHECKPOINT_META, read_checkpoint_meta, remove_checkpoint
-from .claims import BASELINES, intruder_counts_by_run, read_baselines, study_claims
+from .claims import BASELINES, intruder_counts_by_run, read_baselines, reference_levels, study_claims
 from .config import HEAD_ONLY, RunConfig
 from .loop import train_run
 from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
 from .record import RunRecord, method_labeller, study_records
-from .selection import select_rates, selection_line
+from .selection import redraw_selection_figure, select_rates, selection_line
 from .summary import (
     curves_frame,
     final_loss,
@@ -679,15 +679,25 @@ def write_study_outputs(
                 have, methods, out / "figures" / "loss_curves.png", title=f"{title}: training loss"
             ),
             figs.eval_curves(
-                have, methods, spec, out / "figures" / "eval_curves.png", title=f"{title}: eval"
+                have,
+                methods,
+                spec,
+                out / "figures" / "eval_curves.png",
+                title=f"{title}: eval",
+                # curves on the validation split since issue 15 (records with a dev score); before, on dev
+                references=reference_levels(
+                    baselines, "validation" if any(r.dev is not None for r in have) else "dev"
+                ),
             ),
             figs.metric_vs_params(
                 rows,
                 spec,
                 out / "figures" / "metric_vs_params.png",
                 title=f"{title}: metric vs trainable parameters",
+                references=reference_levels(baselines, "dev"),
             ),
         ]
+        redraw_selection_figure(out)
     commands = sorted({r.command for r in records if r.command})
     if argv is not None:
         command = "python " + " ".join(shlex.quote(str(a)) for a in argv)

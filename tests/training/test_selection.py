@@ -206,7 +206,7 @@ def test_two_processes_updating_selection_csv_keep_each_others_rows(tmp_path, mo
 
     from lowrank_lab.training import figures
 
-    monkeypatch.setattr(figures, "lr_selection", lambda frame, path: path)  # the table, not the figure
+    monkeypatch.setattr(figures, "lr_selection", lambda frame, path, **kw: path)  # the table, not the figure
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_add_selection_rows, args=(tmp_path, m, 15)) for m in ("pissa", "milora")]
     for p in procs:
