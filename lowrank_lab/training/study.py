@@ -756,8 +756,8 @@ def study_status(out: str | Path) -> pd.DataFrame:
     checkpoint that no process is continuing, ``started`` for a folder with neither; ``step`` is
     the steps done (for a run in progress: at its last checkpoint); ``lr`` the body's rate (empty
     for head-only, which trains no body) and ``head_lr`` the head's, the rate head-only's selection
-    tunes (empty for a causal LM, which has no task head); ``cpu_hours`` a recorded run's wall
-    time times its torch threads. Reads files only: safe beside running studies."""
+    tunes (empty for a causal LM, which has no task head); ``cpu_hours`` a recorded run's
+    :func:`run_cpu_hours`. Reads files only: safe beside running studies."""
     import pandas as pd
 
     out = Path(out)
@@ -780,8 +780,7 @@ def study_status(out: str | Path) -> pd.DataFrame:
                 row.update(state=f"training ({_holder_text(lock)})", step=meta.get("step"))
             elif rec is not None and rec.status != "running":
                 row.update(state=rec.status, step=rec.steps_done, val_metric=rec.val_metric)
-                if rec.wall_seconds is not None:  # the run's wall time on its threads
-                    row["cpu_hours"] = rec.wall_seconds * int(rec.meta.get("threads") or 1) / 3600
+                row["cpu_hours"] = run_cpu_hours(rec)
                 if stage == "seed":
                     row["dev_metric"] = rec.final_metric
             elif meta:
@@ -790,6 +789,15 @@ def study_status(out: str | Path) -> pd.DataFrame:
                 row["state"] = "started"
             rows.append(row)
     return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
+
+
+def run_cpu_hours(rec: RunRecord) -> float | None:
+    """A recorded run's compute: its time times its torch threads, in hours. The time is
+    ``run_seconds``, which a resumed run carries over from its checkpoints (every process that
+    trained it, up to its last checkpoint), or the last process's ``wall_seconds`` where that is
+    longer (it adds the interpreter's start and the record's writing); None for neither."""
+    seconds = max((t for t in (rec.run_seconds, rec.wall_seconds) if t is not None), default=None)
+    return None if seconds is None else seconds * int(rec.meta.get("threads") or 1) / 3600
 
 
 def _held(lock: OutputLock) -> bool:

@@ -15,7 +15,7 @@ from transformers import AutoConfig
 from lowrank_lab.training import config as config_mod
 from lowrank_lab.training import study as study_mod
 from lowrank_lab.training.config import RunConfig
-from lowrank_lab.training.record import study_records
+from lowrank_lab.training.record import RunRecord, study_records
 from lowrank_lab.training.study import (
     StudyResumeError,
     intruder_counts,
@@ -306,6 +306,18 @@ def test_status_says_where_each_run_stands(glue_dir, tmp_path, bert_tokenizer, t
     assert (table["cpu_hours"].dropna() > 0).sum() == 2
     assert "2 finished" in text and "1 training" in text and "1 interrupted" in text and "1 started" in text
     assert not (held / ".lowrank_lab.lock").exists()  # --status took no lock it kept
+
+
+def test_a_resumed_run_counts_the_time_of_every_process_that_trained_it():
+    from lowrank_lab.training.study import run_cpu_hours
+
+    rec = RunRecord(config=RunConfig(task="gsm8k", method="lora"), meta={"threads": 2})
+    rec.run_seconds, rec.wall_seconds = 1980.0, 1044.0  # resumed: the last process took 1044 s of it
+    assert run_cpu_hours(rec) == pytest.approx(2 * 1980 / 3600)
+    rec.run_seconds = 900.0  # one process: its wall time adds the start and the record's writing
+    assert run_cpu_hours(rec) == pytest.approx(2 * 1044 / 3600)
+    rec.run_seconds = rec.wall_seconds = None
+    assert run_cpu_hours(rec) is None
 
 
 def test_status_leaves_head_lr_empty_for_a_causal_lm_which_has_no_task_head(tmp_path):
