@@ -324,7 +324,7 @@ def render_summary(
         f"{cfg.warmup_ratio} then linear decay, grad-norm clip {cfg.max_grad_norm}, "
         f"seeds {', '.join(map(str, seeds))} (paired: one data order"
         f"{'' if spec.kind == 'causal-lm' else ', head init'} and dropout stream per seed); "
-        f"{_held_out(records, rows, cfg)}",
+        f"{_held_out(records, rows, cfg, spec)}",
         f"- Head: {_head_line(cfg, spec)}",
         f"- Machine: {machines_line(records)}",
         *(
@@ -380,14 +380,18 @@ def render_summary(
     return "\n".join(lines)
 
 
-def _held_out(records: Sequence[RunRecord], rows: list[dict[str, Any]], cfg: RunConfig) -> str:
+def _held_out(
+    records: Sequence[RunRecord], rows: list[dict[str, Any]], cfg: RunConfig, spec: TaskSpec
+) -> str:
     n = rows[0]["eval_n"] if rows else "?"
     dev = next((r.dev.n for r in records if r.dev is not None), None)
     every = cfg.eval_every
+    # the split the records call "dev": GLUE's dev set, or a test split where the task has no dev (GSM8K)
+    split = "test" if spec.hub_eval_split == "test" else "dev"
     if dev is None:  # records made before issue 15: dev scored during training
-        return f"eval every {every} steps on {n} dev examples (no validation split)"
+        return f"eval every {every} steps on {n} {split} examples (no validation split)"
     return (
-        f"validation ({n} examples carved from the training data) every {every} steps; the {dev} dev "
+        f"validation ({n} examples carved from the training data) every {every} steps; the {dev} {split} "
         "examples the claims read, once after the last step"
     )
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from lowrank_lab.training.config import RunConfig
-from lowrank_lab.training.record import EvalPoint, RunRecord
+from lowrank_lab.training.record import DevScore, EvalPoint, RunRecord
 from lowrank_lab.training.summary import (
     final_loss,
     loss_auc,
@@ -139,7 +139,9 @@ def test_a_causal_lm_summary_says_no_task_head_trains():
     gsm = get_task("gsm8k")
     rec = replace(_rec("lora", 0, 2.0, [3.0, 2.5]), head_params=0, trainable_params=1000)
     rec.config = replace(rec.config, task="gsm8k", model="stories260K")
+    rec.dev = DevScore(step=2, metric=2.0, loss=2.0, collapsed=False, n=256)
     text = render_summary([rec], ["lora"], gsm, title="T", command=None)
+    assert "the 256 test examples the claims read" in text  # GSM8K has no dev split
     assert "- Head: the language model's own output layer, frozen for every method" in text
     assert "- No task head: every method is scored by the model's own next-token loss" in text
     assert "classifier" not in text and "pooler" not in text and "head init" not in text
