@@ -47,6 +47,7 @@ from lowrank_lab.training.config import method_label
 from lowrank_lab.training.figures import draw_references
 from lowrank_lab.training.record import method_labeller, study_rank, study_records
 from lowrank_lab.training.summary import (
+    curve_split,
     loss_threshold,
     method_rows,
     method_table,
@@ -144,8 +145,7 @@ if records:
             ax.errorbar(steps, vals.mean(0), yerr=vals.std(0) if len(evals) > 1 else None, marker="o", ms=3,
                         color=color(m), capsize=2, label=m)
         # the reference predictors scored on the same split (GSM8K: the bigram of the gate)
-        split = "validation" if any(r.dev is not None for r in recs) else "dev"
-        draw_references(ax, reference_levels(read_baselines(studies[task]), split))
+        draw_references(ax, reference_levels(read_baselines(studies[task]), curve_split(recs)))
         ax.set_title(f"{task}: held-out {spec.metric} during training")
         ax.set_xlabel("step")
         ax.set_ylabel(spec.metric)

@@ -54,6 +54,7 @@ from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
 from .record import RunRecord, method_labeller, study_records
 from .selection import redraw_selection_figure, select_rates, selection_line
 from .summary import (
+    curve_split,
     curves_frame,
     final_loss,
     loss_auc,
@@ -684,10 +685,7 @@ def write_study_outputs(
                 spec,
                 out / "figures" / "eval_curves.png",
                 title=f"{title}: eval",
-                # curves on the validation split since issue 15 (records with a dev score); before, on dev
-                references=reference_levels(
-                    baselines, "validation" if any(r.dev is not None for r in have) else "dev"
-                ),
+                references=reference_levels(baselines, curve_split(have)),
             ),
             figs.metric_vs_params(
                 rows,

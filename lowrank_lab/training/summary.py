@@ -74,6 +74,12 @@ def loss_auc(losses: Sequence[float]) -> float:
 RISING_WINDOW = 0.2
 
 
+def curve_split(records: Sequence[RunRecord]) -> str:
+    """The split of the records' evaluation curves: ``"validation"`` since issue 15 (the records
+    carry a separate dev score), ``"dev"`` for earlier records, which scored dev during training."""
+    return "validation" if any(r.dev is not None for r in records) else "dev"
+
+
 def still_rising(rec: RunRecord, spec: TaskSpec) -> bool | None:
     """Whether ``rec``'s held-out metric (validation, or dev for records without a validation split)
     was still improving over the last :data:`RISING_WINDOW` of its steps: the last evaluation beats

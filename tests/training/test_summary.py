@@ -8,6 +8,7 @@ from dataclasses import replace
 from lowrank_lab.training.config import RunConfig
 from lowrank_lab.training.record import DevScore, EvalPoint, RunRecord
 from lowrank_lab.training.summary import (
+    curve_split,
     final_loss,
     loss_auc,
     machines_line,
@@ -147,3 +148,10 @@ def test_a_causal_lm_summary_says_no_task_head_trains():
     assert "classifier" not in text and "pooler" not in text and "head init" not in text
     sst2 = render_summary([_rec("lora", 0, 0.8, [0.5])], ["lora"], SST2, title="T", command=None)
     assert "- The task head (`classifier`) trains with every method" in sst2 and "No task head" not in sst2
+
+
+def test_curve_split_is_validation_once_records_carry_a_dev_score():
+    old = _rec("lora", 0, 0.8, [0.5])  # before issue 15: dev scored during training
+    assert curve_split([old]) == "dev"
+    new = replace(old, dev=DevScore(step=1, metric=0.8, loss=0.4, collapsed=False, n=872))
+    assert curve_split([old, new]) == "validation"
