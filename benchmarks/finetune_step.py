@@ -39,6 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- step time full fine-tuning / LoRA: "
             f"{by['full']['step s (median)'] / by['lora']['step s (median)']:.2f}×"
         )
-    command = "python benchmarks/finetune_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "benchmarks/finetune_step.py", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join(
         [
             "# Fine-tuning step time: one 300-step SST-2 run of MiniLM on the CPU",
