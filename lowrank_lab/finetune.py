@@ -32,6 +32,7 @@ from lowrank_lab.training.tasks import DATA_DIR_ENV, TASKS, HubDataset, TaskSpec
 from lowrank_lab.utils.cli import (
     csv_list,
     guarded_main,
+    nonnegative_float,
     nonnegative_int,
     positive,
 )
@@ -167,6 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="passes over the training split instead of --steps (steps = ceil(epochs x examples / batch); "
         "the validation split is not part of it), e.g. --epochs 3",
+    )
+    p.add_argument(
+        "--patience",
+        type=positive(int),
+        default=None,
+        help="early stopping: stop a run once this many evaluations in a row (every --eval-every steps, "
+        "on the validation split) failed to beat its best by more than --min-delta, and keep the best "
+        "evaluation's weights; --steps/--epochs is then the maximum budget (default: off, every step "
+        "runs; Hugging Face Trainer's EarlyStoppingCallback, Prechelt 1998), e.g. --patience 3",
+    )
+    p.add_argument(
+        "--min-delta",
+        type=nonnegative_float,
+        default=0.0,
+        help="early stopping: the smallest gain in the task metric that counts as an improvement "
+        "(default 0: any gain), e.g. --min-delta 0.002",
     )
     p.add_argument(
         "--pooling",
@@ -577,6 +594,8 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
         val_samples=args.val_samples,
         epochs=args.epochs,
         eval_mode=args.eval_mode,
+        patience=args.patience,
+        min_delta=args.min_delta,
     )
     if args.eval_mode == "generate" and spec.kind != "causal-lm":
         raise ValueError(f"--eval generate scores a causal LM's answers; task {spec.name} is {spec.kind}")

@@ -44,6 +44,7 @@ trains (the LM head is pre-trained and tied to the embedding).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
@@ -154,6 +155,26 @@ class RunConfig:
     # "loss": the task's metric; "generate" (causal LM): greedy generation scored by exact match of
     # the final number after the dev pass (training.generate), the metric GSM8K papers report.
     eval_mode: str = "loss"
+    # Early stopping on the split scored during training (issue 30, point 8): stop once this many
+    # evaluations in a row failed to beat the best by more than ``min_delta``, and keep the best
+    # evaluation's weights (Hugging Face Trainer's EarlyStoppingCallback with
+    # load_best_model_at_end; Prechelt 1998, "Early stopping -- but when?"). ``steps`` is then the
+    # maximum budget, and the schedule decays over it. None: train every step (as before issue 30).
+    patience: int | None = None
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.patience is not None and (isinstance(self.patience, bool) or int(self.patience) < 1):
+            raise ValueError(f"--patience must be a whole number of evaluations >= 1, got {self.patience!r}")
+        delta = self.min_delta
+        if not (isinstance(delta, (int, float)) and math.isfinite(delta)) or delta < 0:
+            raise ValueError(f"--min-delta must be a finite number >= 0, got {self.min_delta!r}")
+        if self.patience is not None and self.eval_every <= 0:
+            raise ValueError("--patience needs evaluations during training: give --eval-every N > 0")
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.patience is not None
 
     def resolved_lr(self, task_kind: str) -> float:
         return float(self.lr) if self.lr is not None else default_lr(self.method, task_kind)
@@ -203,6 +224,8 @@ class RunConfig:
         "pooling",
         "val_samples",
         "eval_mode",
+        "patience",
+        "min_delta",
     )
 
     def differences(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -428,6 +428,10 @@ class Trainer:
         self.first_loss: float | None = None
         self.next_step = 1
         self.updating = False
+        # Early stopping (cfg.patience): the best evaluation so far, its trainable weights (on the
+        # CPU) and how many evaluations since have not beaten it by cfg.min_delta.
+        self.best: dict[str, Any] | None = None
+        self.bad_evals = 0
 
     # -- parts -------------------------------------------------------------------------------
 
@@ -481,6 +485,7 @@ class Trainer:
         )
         self.before.update(restored["seconds"])
         self.eval_seconds = self.before["eval"]
+        self.best, self.bad_evals = restored.get("best"), int(restored.get("bad_evals") or 0)
         done = self.next_step - 1
         if done > 0 and self._eval_due(done) and self.record.evals[-1].step != done:
             self.evaluate("eval", done)  # the interruption came during this evaluation
@@ -560,6 +565,8 @@ class Trainer:
         if split == "eval":
             self.record.evals.append(EvalPoint(step=step, **res, seconds=round(sw.seconds, 4)))
             self.meter.sample()
+            if self.cfg.early_stopping:
+                self._track_best(int(step or 0), self.record.evals[-1])
             return res
         dev = DevScore(step=len(self.record.train_loss), **res, n=len(idx), seconds=round(sw.seconds, 4))
         self.record.dev = dev
@@ -571,6 +578,34 @@ class Trainer:
             dev.generate_seconds = round(sw.seconds, 4)
             self.record.final_metric_name = "exact_match"
         return res
+
+    def _track_best(self, step: int, point: EvalPoint) -> None:
+        """Keep the weights of the best evaluation so far; count the evaluations that did not beat
+        it by more than ``cfg.min_delta`` in the task metric's direction (a NaN never does)."""
+        value = float(point.metric)
+        if self.best is None:
+            better = math.isfinite(value)
+        else:
+            gain = value - self.best["metric"] if self.spec.higher_is_better else self.best["metric"] - value
+            better = math.isfinite(value) and gain > self.cfg.min_delta
+        if better:
+            params = {n: p.detach().to("cpu", copy=True) for n, p in self.named}
+            self.best = {"step": step, "metric": value, "collapsed": point.collapsed, "params": params}
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
+
+    def plateaued(self) -> bool:
+        """Early stopping is on and ``cfg.patience`` evaluations in a row did not beat the best."""
+        return self.cfg.early_stopping and self.bad_evals >= int(self.cfg.patience)  # type: ignore[arg-type]
+
+    def restore_best(self) -> None:
+        """Put the best evaluation's weights back (early stopping keeps them, not the last step's)."""
+        if self.best is None:
+            return
+        with torch.no_grad():
+            for n, p in self.named:
+                p.copy_(self.best["params"][n].to(p.device))
 
     def _eval_due(self, step: int) -> bool:
         every = self.cfg.eval_every
@@ -601,6 +636,8 @@ class Trainer:
             "resumed_at": self.record.resumed_at,
             "seconds": self._seconds_so_far(),
             "peak_memory": self.meter.peak,
+            "best": self.best,
+            "bad_evals": self.bad_evals,
         }
         meta = {"config": self.cfg.to_dict(), "lr": self.lr, "head_lr": self.head_lr, "step": step}
         return save_checkpoint(self.ckpt_dir, state, meta)
@@ -622,12 +659,18 @@ class Trainer:
                     self.step_callback(step, value)
                 if self._eval_due(step):
                     self.evaluate("eval", step)
+                    if self.plateaued():
+                        break
                 now = time.perf_counter()
                 periodic = 0 < self.checkpoint_seconds <= now - self.last_save
                 if self.ckpt_dir is not None and periodic and step < cfg.steps:
                     self.save()
                     self.last_save = time.perf_counter()
             record.status = "finished"
+            if cfg.early_stopping:
+                record.stop_reason = "plateau" if self.plateaued() else "budget"
+                record.best_step = self.best["step"] if self.best is not None else None
+                self.restore_best()
         except Diverged as exc:
             record.status = "diverged"
             record.message = str(exc)
@@ -667,17 +710,21 @@ class Trainer:
         record, evals = self.record, self.record.evals
         record.initial_metric = evals[0].metric if evals else None
         done = record.finished and len(evals) > 1
+        # The evaluation whose weights the run kept: the last, or the best one under early stopping.
+        kept = evals[-1] if evals else None
+        if done and self.cfg.early_stopping and self.best is not None:
+            kept = next(e for e in evals if e.step == self.best["step"])
         if self.validation:  # validation during training, dev (if scored) at the end
-            record.val_metric = evals[-1].metric if done else None
-            record.val_collapsed = bool(evals[-1].collapsed) if done else None
+            record.val_metric = kept.metric if done else None
+            record.val_collapsed = bool(kept.collapsed) if done else None
             dev = record.dev
             if dev is not None:
                 generated = record.final_metric_name == "exact_match"
                 record.final_metric = dev.exact_match if generated else dev.metric
                 record.collapsed = bool(dev.collapsed)
         else:
-            record.final_metric = evals[-1].metric if done else None
-            record.collapsed = bool(evals[-1].collapsed) if done else None
+            record.final_metric = kept.metric if done else None
+            record.collapsed = bool(kept.collapsed) if done else None
         record.steps_done = len(record.train_loss)
         record.eval_n = len(self.eval_idx)
         record.train_seconds = round(train_seconds, 3)

@@ -140,6 +140,10 @@ class RunRecord:
     final_metric: float | None = None
     collapsed: bool | None = None
     steps_done: int | None = None
+    # Early stopping (RunConfig.patience): "plateau" (stopped by patience) or "budget" (ran every
+    # step of the maximum budget), and the step whose weights the run kept (its best evaluation).
+    stop_reason: str | None = None
+    best_step: int | None = None
     eval_n: int | None = None
     train_seconds: float | None = None
     eval_seconds: float | None = None

@@ -53,6 +53,14 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """A finite number that must be >= 0."""
+    value = _convert(float, text)
+    if not 0 <= value < float("inf"):  # also rejects NaN and inf
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def seed(text: str) -> int:
     """A random seed in ``0 .. 2**63 - 1`` (:data:`MAX_SEED`); a larger one would wrap or fail in torch."""
     value = _convert(int, text)
