@@ -215,6 +215,7 @@ def _check_resume(out: Path, args, columns, expected_k: dict[str, int], sides: t
     import pandas as pd
 
     from lowrank_lab.utils.files import read_text_nofollow
+    from lowrank_lab.utils.tables import complete_rows
 
     csv = out / "intruders.csv"
     prev = out / "run.json"
@@ -233,6 +234,7 @@ def _check_resume(out: Path, args, columns, expected_k: dict[str, int], sides: t
         return
     text = read_text_nofollow(csv)
     text = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # a torn last row is redone
+    complete_rows(text, path=csv)  # a row that cannot be parsed stops here, named by its line
     try:
         old = pd.read_csv(io.StringIO(text))
     except Exception as exc:  # noqa: BLE001 - a damaged file

@@ -11,6 +11,7 @@ target, but a program that *appends* or *truncates* would write through it). App
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import os
@@ -88,7 +89,9 @@ def atomic_path(path: str | Path, option: str = "--out") -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        if exc.filename in (str(tmp), tmp):  # a full disk or I/O error on the temporary file
+        # A full disk or I/O error on the temporary file: ``write`` and ``fsync`` raise it with no
+        # file name at all ("[Errno 28] No space left on device"); name the file meant instead.
+        if exc.errno is not None and exc.filename in (None, str(tmp), tmp):
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     finally:
@@ -96,9 +99,9 @@ def atomic_path(path: str | Path, option: str = "--out") -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | Path, text: str, option: str = "--out") -> Path:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`), as UTF-8 whatever the locale."""
     with atomic_path(path, option) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -129,8 +132,65 @@ def update_lock(path: str | Path, option: str = "--out") -> Iterator[Path]:
         os.close(fd)  # releases the flock
 
 
-def open_append(path: str | Path, option: str = "--out") -> IO[str]:
-    """``open(path, "a", newline="")`` that refuses a symbolic link (``O_NOFOLLOW``)."""
+@contextlib.contextmanager
+def naming_path(path: str | Path) -> Iterator[None]:
+    """Within the block, an ``OSError`` that names no file (``write``, ``flush`` and ``fsync`` on a
+    full disk raise ``[Errno 28] No space left on device`` alone) is raised again naming ``path``,
+    so the one-line error of :func:`lowrank_lab.utils.cli.guarded_main` says which file it was."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is not None and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
+class AppendFile:
+    """A text file opened for appending whose write errors name it (:func:`naming_path`).
+
+    What :func:`open_append` returns: ``write``, ``flush``, ``fileno``, ``close`` and :meth:`sync`
+    as on a file object, enough for ``csv.writer``.
+    """
+
+    def __init__(self, fh: IO[str], path: Path) -> None:
+        self._fh = fh
+        self.path = path
+
+    def write(self, text: str) -> int:
+        with naming_path(self.path):
+            return self._fh.write(text)
+
+    def flush(self) -> None:
+        with naming_path(self.path):
+            self._fh.flush()
+
+    def sync(self) -> None:
+        """Flush and ``fsync``: on disk when this returns."""
+        with naming_path(self.path):
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._fh.closed
+
+    def close(self) -> None:
+        with naming_path(self.path):
+            self._fh.close()
+
+    def __enter__(self) -> AppendFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_append(path: str | Path, option: str = "--out") -> AppendFile:
+    """``open(path, "a", newline="", encoding="utf-8")`` that refuses a symbolic link
+    (``O_NOFOLLOW``) and names ``path`` in its write errors (:class:`AppendFile`)."""
     path = refuse_symlink(path, option)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE | 0o600)
@@ -138,15 +198,44 @@ def open_append(path: str | Path, option: str = "--out") -> IO[str]:
         if path.is_symlink():  # created between the check and the open
             refuse_symlink(path, option)
         raise exc
-    return os.fdopen(fd, "a", newline="")
+    return AppendFile(os.fdopen(fd, "a", newline="", encoding="utf-8"), path)
+
+
+class TextDecodeError(ValueError):
+    """A text file that is not UTF-8 (one line naming the file and line, exit status 2)."""
+
+
+def decode_text(raw: bytes, path: str | Path) -> str:
+    """``raw`` as UTF-8 text, a leading byte-order mark dropped (``utf-8-sig``: Windows tools and the
+    official GLUE MRPC files start with one, which would otherwise stick to the first column's name).
+
+    Undecodable bytes raise :class:`TextDecodeError` naming ``path``, the line and the byte, where
+    the codec's own message names neither file nor line.
+    """
+    body = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = body.count(b"\n", 0, exc.start) + 1
+        raise TextDecodeError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{body[exc.start]:02x}); repair the file "
+            "or save it as UTF-8"
+        ) from None
+
+
+def read_text(path: str | Path) -> str:
+    """The text of ``path`` as :func:`decode_text` reads it (UTF-8, a byte-order mark dropped, a
+    bad byte named by line); line endings are kept as they are."""
+    return decode_text(Path(path).read_bytes(), path)
 
 
 def read_text_nofollow(path: str | Path, option: str = "--out") -> str:
-    """The text of ``path``, refusing a symbolic link (a resumed file is read before it is changed)."""
+    """The text of ``path`` (:func:`decode_text`), refusing a symbolic link (a resumed file is read
+    before it is changed)."""
     path = refuse_symlink(path, option)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, newline="") as fh:
-        return fh.read()
+    with os.fdopen(fd, "rb") as fh:
+        return decode_text(fh.read(), path)
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,8 +89,7 @@ class RowWriter:
         self._sync()
 
     def _sync(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._fh.sync()  # a full disk names this file (files.AppendFile)
 
     def close(self) -> None:
         if not self._fh.closed:
@@ -126,19 +124,67 @@ def keys_of_text(
     columns: Sequence[str] | None = None,
     path: str | Path = "the file",
 ) -> set[tuple[str, ...]]:
-    """:func:`read_keys` on the text of a CSV file (a torn last line is not a row)."""
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines = lines[:-1]  # a torn last row is not a row
-    if not lines:
+    """:func:`read_keys` on the text of a CSV file (a torn last line is not a row).
+
+    Every row is checked by :func:`complete_rows`: a file that cannot be parsed, or holds a row of
+    another width, is refused (ValueError naming the file and line) instead of read in part.
+    """
+    header, rows = complete_rows(text, columns=columns, path=path)
+    if not header:
         return set()
-    header = next(csv.reader([lines[0]]), [])
-    if columns is not None and header != list(columns):
-        raise ValueError(
-            f"cannot resume {path}: its columns {header} differ from {list(columns)}; "
-            "use a new --out or delete the file"
-        )
-    return {tuple(key_text(r[k]) for k in key_columns) for r in csv.DictReader(lines)}
+    missing = [k for k in key_columns if k not in header]
+    if missing:
+        raise ValueError(f"cannot read the rows of {path}: its header lacks the key columns {missing}")
+    where = [header.index(k) for k in key_columns]
+    return {tuple(row[i] for i in where) for _, row in rows}
+
+
+def complete_rows(
+    text: str, *, columns: Sequence[str] | None = None, path: str | Path = "the file"
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the complete rows (with the line each starts on) of the text of a CSV file.
+
+    The rows this package appends (:class:`RowWriter`) end with a newline, so a last line without
+    one is a row torn by a kill mid-write and is left out. Everything else must parse: an unclosed
+    or stray quote (``csv`` strict mode) or a row with more or fewer fields than the header raises
+    ValueError naming ``path`` and the line. ``--resume`` reads its tables through here before it
+    computes or appends anything, so a damaged file stops the run instead of being read only up to
+    the damage (which made resume compute and append the unread rows again on every try). Blank
+    lines are skipped, as ``csv.DictReader`` and pandas skip them. ``columns``, when given, must
+    equal the header.
+    """
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # a torn last row is not a row (and no newline: no header)
+    if not text:
+        return [], []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[tuple[int, list[str]]] = []
+    header: list[str] | None = None
+    start = 1
+    try:
+        for record in reader:
+            if header is None:
+                header = record
+                if columns is not None and header != list(columns):
+                    raise ValueError(
+                        f"cannot resume {path}: its columns {header} differ from {list(columns)}; "
+                        "use a new --out or delete the file"
+                    )
+            elif record and len(record) != len(header):
+                raise _bad_line(path, start, f"has {len(record)} fields where the header has {len(header)}")
+            elif record:
+                rows.append((start, record))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise _bad_line(path, start, f"cannot be parsed as CSV ({exc}; an unclosed quote?)") from None
+    return header or [], rows
+
+
+def _bad_line(path: str | Path, line: int, problem: str) -> ValueError:
+    return ValueError(
+        f"cannot read the rows of {path}: line {line} {problem}; repair or delete that line, or use a "
+        "new --out"
+    )
 
 
 def update_table(path: str | Path, new: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:

@@ -1,0 +1,165 @@
+"""Issue 31, point 8: damaged inputs and failing disks give one line naming the file (and line).
+
+Library-level regression tests; the command-level ones are in tests/cli/test_bad_input_31.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from lowrank_lab.utils import files
+from lowrank_lab.utils.cli import user_error_message
+from lowrank_lab.utils.files import (
+    TextDecodeError,
+    atomic_write_text,
+    decode_text,
+    open_append,
+    read_text_nofollow,
+)
+from lowrank_lab.utils.tables import RowWriter, complete_rows, read_keys
+
+COLUMNS = ["tensor", "rank", "value"]
+GOOD = "tensor,rank,value\r\na,4,0.5\r\nb,4,0.25\r\n"
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+# -- case 1: a CSV that cannot be parsed is refused, naming file and line, before anything changes --------
+@pytest.mark.parametrize(
+    ("text", "line", "problem"),
+    [
+        # an unclosed quote swallowed every later row into one field: resume then read no keys after it
+        ('tensor,rank,value\r\na,4,0.5\r\n"b,4,0.25\r\nc,4,0.1\r\n', 3, "cannot be parsed as CSV"),
+        ("tensor,rank,value\r\na,4,0.5\r\nb,4\r\nc,4,0.1\r\n", 3, "has 2 fields where the header has 3"),
+        ("tensor,rank,value\r\na,4,0.5,9\r\n", 2, "has 4 fields where the header has 3"),
+        ('tensor,rank,value\r\na,4,0.5\r\n"b"x,4,0.25\r\n', 3, "cannot be parsed as CSV"),
+    ],
+)
+def test_resume_refuses_an_unparseable_row_naming_file_and_line(tmp_path, text, line, problem):
+    path = _write(tmp_path / "factorization.csv", text)
+    with pytest.raises(ValueError, match=f"line {line} {problem}") as info:
+        read_keys(path, ["tensor", "rank"], columns=COLUMNS)
+    assert str(path) in str(info.value)
+    with pytest.raises(ValueError, match=f"line {line} "):
+        RowWriter(path, COLUMNS, ["tensor", "rank"], resume=True)
+    assert path.read_bytes() == text.encode()  # nothing appended, nothing rewritten
+
+
+def test_complete_rows_keeps_good_files_as_they_were(tmp_path):
+    # a torn last line (a kill mid-write) is still dropped, blank lines are skipped, and a quoted comma
+    # or a quoted newline is one field
+    text = 'tensor,rank,value\r\n"a,b",4,0.5\r\n\r\n"multi\nline",8,1\r\nc,4,0.'
+    header, rows = complete_rows(text, columns=COLUMNS, path="f.csv")
+    assert header == COLUMNS
+    assert rows == [(2, ["a,b", "4", "0.5"]), (4, ["multi\nline", "8", "1"])]
+    path = _write(tmp_path / "t.csv", text)
+    with RowWriter(path, COLUMNS, ["tensor", "rank"], resume=True) as w:
+        assert w.n_done == 2 and w.done(("a,b", 4)) and w.done(("multi\nline", 8))
+    assert path.read_bytes().endswith(b"8,1\r\n")  # the torn row was cut off
+
+
+def test_a_header_of_another_layout_is_still_refused(tmp_path):
+    path = _write(tmp_path / "t.csv", "tensor,value\r\na,1\r\n")
+    with pytest.raises(ValueError, match="its columns .* differ"):
+        read_keys(path, ["tensor"], columns=COLUMNS)
+
+
+def test_a_utf8_byte_order_mark_does_not_hide_the_header(tmp_path):
+    path = _write(tmp_path / "t.csv", b"\xef\xbb\xbf" + GOOD.encode())
+    assert read_keys(path, ["tensor"], columns=COLUMNS) == {("a",), ("b",)}
+
+
+# -- case 8: undecodable bytes name the file and the line ---------------------------------------------
+def test_undecodable_bytes_on_resume_name_file_and_line(tmp_path):
+    raw = GOOD.encode() + b"c\xff\xfe,4,0.1\r\n"
+    path = _write(tmp_path / "factorization.csv", raw)
+    with pytest.raises(TextDecodeError) as info:
+        read_keys(path, ["tensor"], columns=COLUMNS)
+    message = str(info.value)
+    assert message.startswith(f"{path}: line 4 is not UTF-8 text (byte 0xff)")
+    assert "\n" not in message
+    with pytest.raises(TextDecodeError, match="line 4 "):
+        RowWriter(path, COLUMNS, ["tensor"], resume=True)
+    assert path.read_bytes() == raw
+    with pytest.raises(TextDecodeError, match="line 1 "):
+        read_text_nofollow(_write(tmp_path / "run.json", b'{"a": "\xc3"}'))
+
+
+def test_decode_text_drops_one_byte_order_mark_and_keeps_line_endings():
+    assert decode_text(b"\xef\xbb\xbfa\r\nb\n", "x") == "a\r\nb\n"
+    assert decode_text(b"a\r\n", "x") == "a\r\n"
+
+
+# -- case 7: a full disk names the file being written -------------------------------------------------
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_in_an_atomic_write_names_the_destination(tmp_path, monkeypatch):
+    dest = tmp_path / "summary.md"
+    monkeypatch.setattr(Path, "write_text", _enospc)
+    with pytest.raises(OSError) as info:
+        atomic_write_text(dest, "text")
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(dest)
+    assert user_error_message(info.value) == (
+        f"{dest}: No space left on device; free some space or pass another --out"
+    )
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone, nothing took the name
+
+
+def test_full_disk_while_fsyncing_an_atomic_write_names_the_destination(tmp_path, monkeypatch):
+    dest = tmp_path / "run.json"
+    monkeypatch.setattr(files.os, "fsync", _enospc)
+    with pytest.raises(OSError) as info:
+        atomic_write_text(dest, "{}")
+    assert info.value.filename == str(dest)
+    assert not dest.exists()
+
+
+def test_full_disk_in_an_appended_row_names_the_table(tmp_path, monkeypatch):
+    path = tmp_path / "factorization.csv"
+    writer = RowWriter(path, COLUMNS, ["tensor"])
+    monkeypatch.setattr(files.os, "fsync", _enospc)
+    with pytest.raises(OSError) as info:
+        writer.write({"tensor": "a", "rank": 4, "value": 0.5})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert user_error_message(info.value).startswith(f"{path}: No space left on device")
+    monkeypatch.undo()
+    writer.close()
+
+
+def test_full_disk_in_a_plain_append_names_the_file(tmp_path):
+    path = tmp_path / "log.csv"
+    fh = open_append(path)
+
+    class Full:
+        def write(self, text):
+            _enospc()
+
+        def flush(self):
+            _enospc()
+
+        def close(self):
+            pass
+
+    real, fh._fh = fh._fh, Full()
+    for call in (lambda: fh.write("x"), fh.flush, fh.sync):
+        with pytest.raises(OSError) as info:
+            call()
+        assert info.value.filename == str(path)
+    real.close()
+
+
+def test_an_error_that_names_its_own_file_keeps_it(tmp_path):
+    other = tmp_path / "elsewhere"
+    with pytest.raises(OSError) as info, files.naming_path(tmp_path / "meant"):
+        raise OSError(errno.EACCES, "Permission denied", str(other))
+    assert info.value.filename == str(other)
