@@ -9,8 +9,9 @@ Curve statistics (all on the per-step training loss of each run):
   steps) falls to the threshold; by default the threshold is the reference method's (LoRA's) mean
   final loss, i.e. "how many steps a method needs to get where LoRA ends".
 
-* **still rising** — the held-out metric improved by more than half the minimum effect over the
-  last 20 % of the run (:func:`still_rising`): the run had not reached its plateau.
+* **still rising** — the least-squares slope of the held-out metric over the last four evaluations
+  is above zero on its 95% interval, and early stopping did not end the run on a plateau
+  (:func:`still_rising`).
 
 Claim verdicts are those of :mod:`.claims` (seed-paired intervals, Holm-Bonferroni, minimum
 effects, gates), the same rows ``python -m lowrank_lab.claims`` writes to reports/claims.csv.
@@ -69,36 +70,61 @@ def loss_auc(losses: Sequence[float]) -> float:
     return sum(losses) / len(losses) if losses else float("nan")
 
 
-#: "Still rising": the validation metric gained more than half the metric's minimum effect over the
-#: last 20% of the run (issue 15), i.e. the run had not reached its plateau.
-RISING_WINDOW = 0.2
+#: "Still rising" (issue 30, point 8): the slope of the held-out metric over the run's last
+#: ``RISING_EVALS`` evaluations, fitted by least squares with its 95% t interval (Student t on k - 2
+#: degrees of freedom), lies above zero. Four points are the fewest that leave two degrees of freedom;
+#: one comparison of the last evaluation with an earlier one (issue 15's rule) read noise as a trend.
+RISING_EVALS = 4
+
+
+@dataclass(frozen=True)
+class Slope:
+    """Least-squares slope of a metric against steps, in metric units per 1,000 steps, signed so
+    that a positive slope is an improvement, with its 95% interval over ``n`` evaluations."""
+
+    per_1k_steps: float
+    low: float
+    high: float
+    n: int
+
+
+def late_slope(rec: RunRecord, spec: TaskSpec, k: int = RISING_EVALS) -> Slope | None:
+    """:class:`Slope` of ``rec``'s held-out metric over its last ``k`` evaluations (step 0 excluded);
+    None with fewer than three such evaluations."""
+    from scipy import stats as st
+
+    pts = [(e.step, float(e.metric)) for e in rec.evals if e.step > 0 and math.isfinite(float(e.metric))]
+    pts = pts[-k:]
+    if len(pts) < 3:
+        return None
+    sign = 1.0 if spec.higher_is_better else -1.0
+    xs = [x / 1000.0 for x, _ in pts]
+    ys = [sign * y for _, y in pts]
+    n = len(pts)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True))
+    half = float(st.t.ppf(0.975, n - 2)) * math.sqrt(resid / (n - 2) / sxx)
+    return Slope(per_1k_steps=b, low=b - half, high=b + half, n=n)
+
+
+def still_rising(rec: RunRecord, spec: TaskSpec) -> bool | None:
+    """Whether ``rec`` had not reached its plateau: never for a run that early stopping ended on a
+    plateau; otherwise the lower bound of :func:`late_slope` is above zero. None when the run has
+    too few evaluations to fit a slope."""
+    if rec.stop_reason == "plateau":
+        return False
+    slope = late_slope(rec, spec)
+    return None if slope is None else slope.low > 0
 
 
 def curve_split(records: Sequence[RunRecord]) -> str:
     """The split of the records' evaluation curves: ``"validation"`` since issue 15 (the records
     carry a separate dev score), ``"dev"`` for earlier records, which scored dev during training."""
     return "validation" if any(r.dev is not None for r in records) else "dev"
-
-
-def still_rising(rec: RunRecord, spec: TaskSpec) -> bool | None:
-    """Whether ``rec``'s held-out metric (validation, or dev for records without a validation split)
-    was still improving over the last :data:`RISING_WINDOW` of its steps: the last evaluation beats
-    the latest one at or before 80% of the run by more than half of :data:`~.stats.MIN_EFFECT`.
-    None when the run has no evaluation that early, or none in its last 20%."""
-    from .stats import MIN_EFFECT
-
-    evals = rec.evals
-    steps = rec.steps_done or 0
-    if len(evals) < 2 or not steps:
-        return None
-    cut = (1 - RISING_WINDOW) * steps
-    before = [e for e in evals if e.step <= cut]
-    if not before or evals[-1].step <= cut:  # nothing evaluated on one side of the cut
-        return None
-    gain = evals[-1].metric - before[-1].metric
-    if not spec.higher_is_better:
-        gain = -gain
-    return gain > 0.5 * MIN_EFFECT.get(spec.metric, 0.0)
 
 
 def steps_to_threshold(losses: Sequence[float], threshold: float, window: int | None = None) -> int | None:

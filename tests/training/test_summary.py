@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import pytest
+
 from lowrank_lab.training.config import RunConfig
 from lowrank_lab.training.record import DevScore, EvalPoint, RunRecord
 from lowrank_lab.training.summary import (
     curve_split,
     final_loss,
+    late_slope,
     loss_auc,
     machines_line,
     moving_average,
@@ -33,16 +36,31 @@ def test_moving_average_and_curve_stats():
     assert steps_to_threshold(losses, 0.1) is None
 
 
-def test_still_rising_compares_the_end_with_80_percent_of_the_run():
-    def rec(values, steps=100):
-        evals = [EvalPoint(step=20 * i, metric=v, loss=0.5) for i, v in enumerate(values)]
-        return RunRecord(config=RunConfig(task="sst2", method="lora"), evals=evals, steps_done=steps)
+def _curve(values, steps=None, stop_reason=None):
+    evals = [EvalPoint(step=20 * i, metric=v, loss=0.5) for i, v in enumerate(values)]
+    steps = steps or evals[-1].step
+    cfg = RunConfig(task="sst2", method="lora")
+    return RunRecord(config=cfg, evals=evals, steps_done=steps, stop_reason=stop_reason)
 
-    assert still_rising(rec([0.5, 0.7, 0.8, 0.84, 0.85, 0.86]), SST2) is True  # +0.02 over steps 80-100
-    assert still_rising(rec([0.5, 0.7, 0.8, 0.84, 0.86, 0.864]), SST2) is False  # +0.004 < 0.005
-    assert still_rising(rec([0.5, 0.9]), SST2) is None  # nothing evaluated in the last 20%: unknown
-    gsm = get_task("gsm8k")  # a loss: falling is improving
-    assert still_rising(rec([3.0, 2.8, 2.7, 2.65, 2.62, 2.5]), gsm) is True
+
+def test_late_slope_is_the_least_squares_slope_of_the_last_four_evaluations():
+    # steps 40..100 (step 0 and 20 left out): y = 0.8 + 0.5/1000 per step, exactly
+    s = late_slope(_curve([0.1, 0.2, 0.82, 0.83, 0.84, 0.85]), SST2)
+    assert s.n == 4 and s.per_1k_steps == pytest.approx(0.5)
+    assert s.low == pytest.approx(0.5) and s.high == pytest.approx(0.5)  # no residual: no width
+    # a loss: falling is improving, so the slope is positive
+    gsm = get_task("gsm8k")
+    assert late_slope(_curve([3.0, 2.9, 2.8, 2.7, 2.6]), gsm).per_1k_steps == pytest.approx(5.0)
+    assert late_slope(_curve([0.5, 0.6, 0.7]), SST2) is None  # two evaluations after step 0
+
+
+def test_still_rising_reads_the_slope_interval_and_the_stop_reason():
+    assert still_rising(_curve([0.5, 0.80, 0.82, 0.84, 0.86, 0.88]), SST2) is True
+    # noise around a level: the interval straddles zero
+    assert still_rising(_curve([0.5, 0.85, 0.86, 0.84, 0.86, 0.85]), SST2) is False
+    # a run early stopping ended on its plateau is not rising, whatever its last points
+    assert still_rising(_curve([0.5, 0.8, 0.82, 0.84, 0.86], stop_reason="plateau"), SST2) is False
+    assert still_rising(_curve([0.5, 0.9]), SST2) is None
 
 
 def test_stat_mean_and_sample_sd():
