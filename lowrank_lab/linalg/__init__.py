@@ -19,6 +19,7 @@ from .registry import FACTORIZATIONS, FactorizationMethod, factorize, get_factor
 from .result import Factorization
 from .rsvd import randomized_range_finder, randomized_svd
 from .svd import (
+    exact_svd,
     optimal_error,
     relative_errors,
     singular_values,
@@ -33,6 +34,7 @@ __all__ = [
     "Factorization",
     "FactorizationMethod",
     "compute_dtype",
+    "exact_svd",
     "factorize",
     "get_factorization",
     "ldu",

@@ -159,6 +159,21 @@ def prepare(
     return W.to(cdt), precision
 
 
+def tall_view(W: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(W, False)`` for a tall or square matrix, ``(Wᵀ, True)`` (a view, no copy) for a wide one.
+
+    Exact SVDs are taken in the tall orientation and their factors swapped back: ``W = U S Vh`` of a
+    wide ``W`` is ``(Vh')ᵀ S (U')ᵀ`` of ``Wᵀ = U' S Vh'``, with the same singular values. LAPACK's
+    ``gesdd`` as torch calls it is markedly slower on the wide side (issue 31: 384×1536 takes 1.63×
+    [1.63, 1.66] the CPU of 1536×384; 4096×11008 takes 47.3 s against 21.7 s transposed), and a
+    row-major ``W`` handed over as ``Wᵀ`` is already in the column-major layout LAPACK reads, so the
+    swap costs no copy. ``benchmarks/svd_drivers.py --transpose`` measures the difference.
+    """
+    if W.ndim == 2 and W.shape[0] < W.shape[1]:
+        return W.mT, True
+    return W, False
+
+
 def to_output(t: torch.Tensor, prec: Precision, *, method: str, factor: str) -> torch.Tensor:
     """Cast one computed factor to the output dtype, refusing to hand back an overflow.
 

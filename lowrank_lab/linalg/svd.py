@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from .policy import prepare, validate_matrix, validate_rank
+from .policy import prepare, tall_view, validate_matrix, validate_rank
 from .result import Factorization
 
 
@@ -61,7 +61,21 @@ def singular_values(W: torch.Tensor, *, reference: bool = False) -> torch.Tensor
     singular values rounded to 8 bits would make the Eckart–Young optimum meaningless.
     """
     Wc, _ = prepare(W, reference=reference)
-    return torch.linalg.svdvals(Wc)
+    return torch.linalg.svdvals(tall_view(Wc)[0])  # same values, faster on the tall side
+
+
+def exact_svd(W: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD ``W = U · diag(S) · Vh`` (``torch.linalg.svd(W, full_matrices=False)``), always taken
+    in the tall orientation.
+
+    A wide ``W`` (m < n) is factored as ``Wᵀ = U' S Vh'`` and the factors are swapped back,
+    ``U = Vh'ᵀ``, ``Vh = U'ᵀ`` (see :func:`~lowrank_lab.linalg.policy.tall_view` for why and the
+    measured cost). ``kwargs`` go to ``torch.linalg.svd`` (``driver`` on CUDA). Signs are whatever
+    LAPACK returns; fix them with :func:`svd_flip`.
+    """
+    M, transposed = tall_view(W)
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False, **kwargs)
+    return (Vh.mT, S, U.mT) if transposed else (U, S, Vh)
 
 
 def truncated_svd(
@@ -107,13 +121,13 @@ def truncated_svd(
     if which not in ("largest", "smallest"):
         raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
     kwargs = {"driver": driver} if (driver is not None and Wc.is_cuda) else {}
-    U, S, Vh = torch.linalg.svd(Wc, full_matrices=False, **kwargs)
+    U, S, Vh = exact_svd(Wc, **kwargs)  # wide matrices through their transpose
     sl = slice(0, r) if which == "largest" else slice(S.shape[0] - r, S.shape[0])
     Ur, Vr = svd_flip(U[:, sl], Vh[sl, :])
     return Factorization(
-        left=Ur.to(prec.output),
+        left=Ur.contiguous().to(prec.output),  # row-major whichever orientation the SVD ran in
         core=S[sl].to(prec.output),
-        right=Vr.to(prec.output),
+        right=Vr.contiguous().to(prec.output),
         method="svd" if which == "largest" else "svd-smallest",
         info={"singular_values": S},
     )

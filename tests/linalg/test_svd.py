@@ -7,6 +7,7 @@ import torch
 
 from lowrank_lab.linalg import (
     Factorization,
+    exact_svd,
     optimal_error,
     relative_errors,
     singular_values,
@@ -238,3 +239,38 @@ def test_relative_errors_of_a_large_float32_matrix_are_accurate():
         torch.linalg.matrix_norm(W.double() - (u @ v).double()) / torch.linalg.matrix_norm(W.double())
     )
     assert relative_errors(W, f, spectral=False)[0] == pytest.approx(expected, rel=1e-7)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("shape", [(24, 61), (61, 24), (33, 33)])
+def test_exact_svd_of_W_and_its_transpose_agree(shape, dtype, tol):
+    # A wide matrix is factored through its transpose (issue 31): U, Vh orthonormal, W rebuilt, and
+    # W and Wᵀ give the same singular values and mirrored factors whichever orientation is wide.
+    W = torch.randn(*shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    k = min(shape)
+    U, S, Vh = exact_svd(W)
+    Ut, St, Vht = exact_svd(W.T.contiguous())
+    assert U.shape == (shape[0], k) and Vh.shape == (k, shape[1]) and S.shape == (k,)
+    scale = float(S[0])
+    torch.testing.assert_close(S, St, atol=tol * scale, rtol=0)
+    torch.testing.assert_close(S, torch.linalg.svdvals(W.double()).to(dtype), atol=tol * scale, rtol=0)
+    torch.testing.assert_close(U.T @ U, _eye(k, dtype), atol=tol * 10, rtol=0)
+    torch.testing.assert_close(Vh @ Vh.T, _eye(k, dtype), atol=tol * 10, rtol=0)
+    torch.testing.assert_close((U * S) @ Vh, W, atol=tol * 10 * scale, rtol=0)
+    torch.testing.assert_close((Ut * St) @ Vht, W.T, atol=tol * 10 * scale, rtol=0)
+    sv, sv_t = singular_values(W), singular_values(W.T.contiguous())
+    torch.testing.assert_close(sv, sv_t, atol=tol * scale, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(20, 70), (70, 20)])
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_truncated_svd_of_W_and_its_transpose_mirror_each_other(shape, which):
+    # Truncations of W and Wᵀ are each other's transposes (reconstructions agree), factors are
+    # row-major and orthonormal, whichever side the SVD ran on.
+    W = torch.randn(*shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    f, ft = truncated_svd(W, 9, which=which), truncated_svd(W.T.contiguous(), 9, which=which)
+    torch.testing.assert_close(f.core, ft.core, atol=1e-12, rtol=0)
+    torch.testing.assert_close(f.reconstruct(), ft.reconstruct().T, atol=1e-12, rtol=0)
+    assert f.left.is_contiguous() and f.right.is_contiguous()
+    torch.testing.assert_close(f.left.T @ f.left, _eye(9, W.dtype), atol=1e-12, rtol=0)
+    torch.testing.assert_close(f.right @ f.right.T, _eye(9, W.dtype), atol=1e-12, rtol=0)
