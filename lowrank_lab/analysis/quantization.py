@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 from lowrank_lab.adapters import get_adapter, initialize
 from lowrank_lab.adapters.layer import low_rank_product
+from lowrank_lab.linalg.policy import tall_view
 from lowrank_lab.linalg.quant import nf4_roundtrip
 
 #: Residual inits that need no data (CorDA and LoRA-GA would need calibration), plus LoftQ.
@@ -40,7 +41,7 @@ QUANT_KEY = ["tensor", "method", "rank"]
 
 
 def _nuclear(E: torch.Tensor) -> float:
-    return float(torch.linalg.svdvals(E.double()).sum())
+    return float(torch.linalg.svdvals(tall_view(E.double())[0]).sum())  # wide: transposed, same values
 
 
 def quantized_weight(
