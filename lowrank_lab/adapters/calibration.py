@@ -1,6 +1,6 @@
 """Calibration for data-driven inits: stream task batches through the model and collect, per target,
-what the init needs — gradients of the task loss (LoRA-SB, LoRA-GA, LoRA-One) or statistics of the
-layer's input activations (EVA, CorDA).
+what the init needs — gradients of the task loss (LoRA-SB, LoRA-GA, LoRA-One), statistics of the
+layer's input activations (EVA, CorDA, LoRA-Null) or of its output activations (Astra).
 
 The calibration API is one callable ``loss_fn(model) -> scalar tensor`` that runs the model on a
 calibration batch and returns its loss, or an iterable of such callables (one per batch or sample).
@@ -16,6 +16,9 @@ The same callables serve both kinds:
   ``prepare_layer_inputs_fn_language_modeling``); the mask is read from the model call's keyword
   arguments by a pre-hook on the model. Targets that receive the same input tensor (q, k, v of one
   block) are computed once and share the result, as EVA's hashing does.
+* **outputs** (:func:`activation_statistics` with ``kind="outputs"``): the same pass, hooked on each
+  target's output (bias included) instead of its input, scaled per call as CorDA's inputs are
+  (Astra: PEFT ``preprocess_astra``'s hook).
 
 :func:`calibrate` picks the kind from the method's registry row. :func:`batch_losses` turns an
 iterable of training batches into the callables, for the fine-tuning harness.
@@ -41,7 +44,10 @@ Calibration = LossFn | Iterable[LossFn]
 GRADIENT = "gradient"
 ACTIVATIONS = "activations"
 CORDA = "corda"
-KINDS = (GRADIENT, ACTIVATIONS, CORDA)
+OUTPUTS = "outputs"
+KINDS = (GRADIENT, ACTIVATIONS, CORDA, OUTPUTS)
+#: Kinds whose rows are scaled per call by ``|max X|`` and summed as ``X̃ᵀX̃`` (CorDA's and Astra's hooks).
+_PER_CALL_SCALED = (CORDA, OUTPUTS)
 
 
 class CalibrationError(ValueError):
@@ -158,7 +164,8 @@ def calibration_gradients(
 
 @dataclass
 class ActivationStats:
-    """Running sums of one target's input rows x (n,): enough for a covariance or a PCA.
+    """Running sums of one target's input rows x (n,) — output rows (m,) for ``"outputs"``: enough for a
+    covariance or a PCA.
 
     Attributes
     ----------
@@ -170,8 +177,9 @@ class ActivationStats:
         Σx (``centred`` statistics only).
     scatter : Tensor (n, n)
         ``centred``: Σ x xᵀ over tokens. ``corda``: Σ over calls of ``X̃ᵀ X̃`` with
-        ``X̃ = X / |max(X)|`` per call (CorDA's hook, PEFT ``calib_cov_distribution``).
-    kind : {"activations", "corda"}
+        ``X̃ = X / |max(X)|`` per call (CorDA's hook, PEFT ``calib_cov_distribution``). ``outputs``:
+        the same sum over the layer's output rows (Astra's hook, PEFT ``astra.calib_cov_distribution``).
+    kind : {"activations", "corda", "outputs"}
     shared_with : str or None
         Another target whose input was the same tensor; its statistics are this one's.
     """
@@ -192,9 +200,9 @@ class ActivationStats:
         return self.scatter - self.tokens * torch.outer(mu, mu)
 
     def covariance(self) -> torch.Tensor:
-        """CorDA's C: the per-call scatter averaged over calls (float64)."""
-        if self.kind != CORDA:
-            raise ValueError("covariance needs statistics collected with kind='corda'")
+        """CorDA's (or Astra's) C: the per-call scatter averaged over calls."""
+        if self.kind not in _PER_CALL_SCALED:
+            raise ValueError("covariance needs statistics collected with kind='corda' or 'outputs'")
         return self.scatter / max(self.calls, 1)
 
 
@@ -218,22 +226,24 @@ def activation_statistics(
 
     Parameters
     ----------
-    kind : {"activations", "corda"}
+    kind : {"activations", "corda", "outputs"}
         ``"activations"``: Σx and Σxxᵀ over unmasked tokens (EVA's mean-centred PCA).
         ``"corda"``: Σ over calls of ``X̃ᵀX̃``, ``X̃ = X/|max X|`` (CorDA; PEFT assumes batch size 1
         and keeps pad tokens — here pad tokens are dropped, which matters only for padded batches).
+        ``"outputs"``: as ``"corda"`` on the layer's output ``Y`` (bias included) instead of its input
+        (Astra, PEFT ``preprocess_astra``; pad tokens dropped likewise).
     dtype : torch.dtype, optional
         Accumulator dtype. Default float64 for ``"activations"`` (the centred scatter ``Σxxᵀ − Nμμᵀ``
         cancels: float64 keeps it exact to ~1e-12 relative where float32 loses digits over
-        thousands of tokens) and float32 for ``"corda"`` (no centring; PEFT's own precision).
+        thousands of tokens) and float32 for ``"corda"``/``"outputs"`` (no centring; PEFT's own precision).
 
     Raises
     ------
     CalibrationError
         NaN or Inf in a target's input (names the layer), or a target that saw no token.
     """
-    if kind not in (ACTIVATIONS, CORDA):
-        raise ValueError(f"kind must be {ACTIVATIONS!r} or {CORDA!r}, got {kind!r}")
+    if kind not in (ACTIVATIONS, CORDA, OUTPUTS):
+        raise ValueError(f"kind must be {ACTIVATIONS!r}, {CORDA!r} or {OUTPUTS!r}, got {kind!r}")
     fns = _loss_fns(calibration, method)
     if dtype is None:
         dtype = torch.float64 if kind == ACTIVATIONS else torch.float32
@@ -246,7 +256,10 @@ def activation_statistics(
 
     def make_hook(name: str):
         def hook(module, inputs, output):
-            x = inputs[0].detach()
+            if kind == OUTPUTS:  # Astra: the layer's output (a tuple's first element, as PEFT's hook)
+                x = (output[0] if isinstance(output, (tuple, list)) else output).detach()
+            else:
+                x = inputs[0].detach()
             key = (x.data_ptr(), tuple(x.shape), x.dtype)
             first = state["seen"].get(key, (None,))[0]
             st = stats[name]
@@ -271,7 +284,8 @@ def activation_statistics(
                 torch.isfinite(rows).all()
             ):
                 raise CalibrationError(
-                    f"{_who(method)}: NaN or Inf activations at the input of {name!r} "
+                    f"{_who(method)}: NaN or Inf activations at the "
+                    f"{'output' if kind == OUTPUTS else 'input'} of {name!r} "
                     f"(batch {state['batch']}); "
                     "check the model's weights and the calibration batch"
                 )
@@ -280,8 +294,9 @@ def activation_statistics(
             X = rows.to(dtype)  # (N, n)
             st.calls += 1
             st.tokens += X.shape[0]
-            if kind == CORDA:
-                # CorDA's hook scales by |max X| (not max |X|), as PEFT; guarded against max X = 0.
+            if kind in _PER_CALL_SCALED:
+                # CorDA's (and Astra's) hook scales by |max X| (not max |X|), as PEFT; guarded against
+                # max X = 0.
                 X = X / X.max().abs().clamp_min(torch.finfo(X.dtype).tiny)
                 st.scatter = X.T @ X if st.scatter is None else st.scatter.addmm_(X.T, X)
             else:
@@ -328,11 +343,11 @@ def calibrate(
     """What ``method``'s init needs per target, by ``kind`` (the registry's ``calibration`` field).
 
     ``"gradient"``: the mean gradient of the task loss (:func:`calibration_gradients`, ``reduce="mean"``;
-    LoRA-SB only uses its sign, so the mean serves it too). ``"activations"`` / ``"corda"``:
+    LoRA-SB only uses its sign, so the mean serves it too). ``"activations"`` / ``"corda"`` / ``"outputs"``:
     :func:`activation_statistics`.
     """
     if kind == GRADIENT:
         return calibration_gradients(model, names, calibration, reduce="mean", method=method)
-    if kind in (ACTIVATIONS, CORDA):
+    if kind in (ACTIVATIONS, CORDA, OUTPUTS):
         return activation_statistics(model, names, calibration, kind=kind, method=method)
     raise ValueError(f"calibration kind must be one of {KINDS}, got {kind!r}")

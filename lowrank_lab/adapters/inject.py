@@ -174,7 +174,7 @@ def inject(
         the same adapter.
     calibration : callable or list of callables, optional
         Data-driven inits only (registry ``calibration`` set: lora-sb, lora-ga, lora-one, eva,
-        corda-ipm, corda-kpm): ``loss_fn(model) -> scalar loss`` on a calibration batch of the
+        corda-ipm, corda-kpm, astra, lora-null): ``loss_fn(model) -> scalar loss`` on a calibration batch of the
         task's training data, or one callable per batch; see :mod:`lowrank_lab.adapters.calibration`.
     dropout : float, default 0.0
         Adapter-input dropout (PiSSA/NLoRA scripts: 0).
@@ -307,12 +307,36 @@ def inject(
                 )
             data.pop(name, None)  # one gradient or covariance less held while the rest initialise
             layer.init_seconds = sw.seconds
+            layer.init_options = dict(opts)  # e.g. KaSA's β and γ, read back by kasa_loss
             model.set_submodule(name, layer)
             report.modules.append(InjectedModule(name, tuple(W.shape), sw.seconds, layer.trainable_count()))
     report.trainable = trainable_parameters(model)
     report.closed_form = closed_form_trainable(am, shapes, rank, dora=dora)
     report.wall_seconds = time.perf_counter() - t_start
     return report
+
+
+def kasa_loss(model: nn.Module) -> torch.Tensor | float:
+    """KaSA's auxiliary regulariser summed over the model's ``kasa`` layers (0.0 if there are none).
+
+    Per layer ``β·Σ M² + γ·(‖BᵀB − I‖_F + ‖AAᵀ − I‖_F)`` in float32 (KaSA, arXiv 2412.06071, Eq. 9–11;
+    PEFT 0.22's ``LoraModel._get_kasa_loss``), with the ``beta`` and ``gamma`` each layer was injected
+    with (defaults 1e-4 and 1e-3 from :func:`~lowrank_lab.adapters.methods.init_kasa`). Add it to the
+    task loss to train KaSA as its paper does; the fine-tuning harness does not (it has no hook for
+    extra losses), as PEFT leaves it to the user.
+    """
+    defaults = get_adapter("kasa").options
+    total: torch.Tensor | float = 0.0
+    for layer in lowrank_modules(model).values():
+        if layer.method != "kasa":
+            continue
+        opts = {**defaults, **getattr(layer, "init_options", {})}
+        A, B, M = layer.A.float(), layer.B.float(), layer.M.float()
+        eye = torch.eye(layer.rank, dtype=torch.float32, device=A.device)
+        l2 = (M**2).sum()
+        ortho = torch.linalg.matrix_norm(B.T @ B - eye) + torch.linalg.matrix_norm(A @ A.T - eye)
+        total = total + opts["beta"] * l2 + opts["gamma"] * ortho
+    return total
 
 
 def merge(model: nn.Module, *, unload: bool = True) -> nn.Module:

@@ -90,12 +90,20 @@ class AdapterMethod:
     options : dict
         Options the init accepts, with their defaults: read from the init's signature by
         :func:`init_options` (each documented in the init's docstring), never written twice.
-    calibration : {None, "gradient", "activations", "corda"}
+    calibration : {None, "gradient", "activations", "corda", "outputs"}
         What the init needs from the task's data (:mod:`.calibration`): the mean gradient of the
         task loss w.r.t. W (LoRA-SB, LoRA-GA, LoRA-One), the running mean/scatter of the layer's
-        inputs (EVA), or CorDA's per-call normalised covariance; None for data-free inits.
+        inputs (EVA, LoRA-Null), CorDA's per-call normalised covariance of the inputs, or the same
+        covariance of the layer's outputs (Astra); None for data-free inits.
     peft_exportable : bool
         Can be written as a plain PEFT LoRA adapter (see :func:`~lowrank_lab.adapters.export_peft`).
+    drawn : frozenset of {"A", "M", "B"}
+        Parts whose initial values are drawn from the generator (LoRA's A, SLoRA's A and M), not
+        computed from W or the data. A randomized sketch of a deterministic factorization
+        (pissa-fast, lora-ga) does not count: its factors estimate fixed ones.
+    replaces_base : bool
+        The frozen base becomes a new matrix that is not ``W − s·B·[M]·A`` (LoftQ's dequantised
+        weight, KaSA's truncated SVD); :attr:`AdapterInit.base` carries it.
     """
 
     name: str
@@ -111,6 +119,8 @@ class AdapterMethod:
     options: dict[str, Any] = field(default_factory=dict)
     calibration: str | None = None
     peft_exportable: bool = True
+    drawn: frozenset[str] = frozenset()
+    replaces_base: bool = False
 
     @property
     def needs_calibration(self) -> bool:
@@ -904,6 +914,219 @@ def init_loftq(
 
 
 # --------------------------------------------------------------------------------------------------
+# the newest initialisations (REFERENCE.md, "PEFT 0.22 and the newest inits"; issue 32)
+
+
+def _too_few_tokens(name: str, st: Any, rank: int, where: str) -> None:
+    # Fewer calibration rows than r leave directions that the data never touched (an eigenvalue 0 of
+    # multiplicity > 0 among the r kept), so the init would be decided by rounding, not by the data.
+    if st.tokens < rank:
+        raise AdapterOptionError(
+            f"{name} needs at least rank={rank} calibration tokens at each target's {where}; this layer "
+            f"saw {st.tokens}: give more calibration samples or lower the rank"
+        )
+
+
+ASTRA_WHICH = ("largest", "smallest")
+
+
+def init_astra(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    stats: Any = None,
+    which: str = "largest",
+    reference: bool = False,
+    **_: Any,
+) -> AdapterInit:
+    """Astra (arXiv 2602.19111; LyoAI/Astra; PEFT 0.22 ``init_lora_weights="astra"``, ``preprocess_astra``).
+
+    With C the covariance of the layer's **output** activations on task data (PEFT's hook: per call
+    ``Ỹ = Y/|max Y|`` over the output rows, bias included; ``C = mean over calls of ỸᵀỸ``, m × m,
+    collected by :func:`~lowrank_lab.adapters.calibration.activation_statistics` with
+    ``kind="outputs"``), ``C = V Λ Vᵀ`` (``torch.linalg.eigh``, float32 as PEFT): ``B = V_r``
+    (m × r), ``A = V_rᵀ·W`` (r × n), so ``B·A`` is the projection of W onto the kept output
+    directions; the base becomes ``W − s·B·A`` (residual, output unchanged). No division by s, as
+    PEFT's ``astra_init``. V_r's columns are in eigh's ascending order, as PEFT keeps them.
+
+    Parameters
+    ----------
+    which : {"largest", "smallest"}, default "largest"
+        Which eigenvalues of C the r directions belong to. PEFT 0.22 keeps ``V[:, -r:]`` of
+        ``torch.linalg.eigh`` (ascending), i.e. the **largest** eigenvalues, although the method's
+        name ("tail eigenvectors") and REFERENCE.md speak of the smallest; the default follows the
+        code (tests/adapters/test_new_inits.py checks parity), ``"smallest"`` takes ``V[:, :r]``.
+    reference : bool, default False
+        Eigendecomposition in float64 (PEFT: float32).
+    """
+    if which not in ASTRA_WHICH:
+        raise AdapterOptionError(f"astra option which must be one of {ASTRA_WHICH}, got {which!r}")
+    if stats is None:
+        raise AdapterOptionError(
+            "astra needs the calibration statistics of each target's outputs; pass calibration=loss_fn "
+            "(or a list of them, one per training batch) to inject()"
+        )
+    if stats.kind != "outputs":
+        raise AdapterOptionError(f"astra needs 'outputs' statistics, got {stats.kind!r}")
+    m = W.shape[0]
+    if stats.scatter.shape[0] != m:
+        raise AdapterOptionError(
+            f"astra: output statistics are {tuple(stats.scatter.shape)} but the weight has {m} outputs"
+        )
+    _too_few_tokens("astra", stats, rank, "output")
+    dt = torch.float64 if reference else torch.float32
+    _, V = torch.linalg.eigh(stats.covariance().to(device=W.device, dtype=dt))  # ascending eigenvalues
+    V = V[:, m - rank :] if which == "largest" else V[:, :rank]  # (m, r)
+    Wf = W.to(dt)
+    return _finish(W, V, V.T @ Wf, tokens=stats.tokens)
+
+
+def init_nora(
+    W: torch.Tensor, rank: int, *, scaling: float, generator: torch.Generator, **_: Any
+) -> AdapterInit:
+    """NoRA, normalised LoRA (arXiv 2608.31036; PEFT 0.22 ``init_lora_weights="nora"``, ``nora_init``).
+
+    ``A`` drawn as LoRA's (Kaiming-uniform, a = √5), then each **column** of A (r entries, one per
+    input feature) divided by its norm, clamped at 1e-6 (PEFT's ``A.norm(dim=0).clamp_min(1e-6)``);
+    ``B = 0``, so ΔW = 0 at init and the base stays W. PEFT recommends ``alpha = r`` (s = 1) without
+    rsLoRA.
+    """
+    m, n = W.shape
+    A = _kaiming_uniform((rank, n), generator)
+    A = A / torch.linalg.vector_norm(A, dim=0, keepdim=True).clamp_min(1e-6)
+    return _finish(W, torch.zeros(m, rank), A)
+
+
+def init_kasa(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    beta: float = 1e-4,
+    gamma: float = 1e-3,
+    reference: bool = False,
+    driver: str | None = None,
+    **_: Any,
+) -> AdapterInit:
+    """KaSA, knowledge-aware singular-value adaptation (Wang et al. 2024, arXiv 2412.06071;
+    juyongjiang/KaSA; PEFT 0.22 ``LoraConfig(kasa_config=KasaConfig())``).
+
+    One SVD of W (float32, :func:`~lowrank_lab.linalg.truncated_svd` with ``which="smallest"``)
+    drops its r **smallest** singular triplets from the frozen base for good: the base **becomes**
+    ``W − U_d·S_d·Vh_d``, the rank-(k − r) truncation (k = min(m, n)), so the output changes at init
+    by that tail. The adapter is ``s·B·diag(M)·A`` with ``A`` Kaiming-uniform (LoRA's), ``B = 0`` and
+    a trainable diagonal ``M ~ N(0, 1)`` (r numbers; PEFT's ``lora_diag = randn(r)``); A, M and B
+    all train, and ΔW = 0 at init because B = 0. r must be below k so that one component survives.
+
+    Parameters
+    ----------
+    beta : float, default 1e-4
+        Weight β of the singular-value penalty ``Σ M²`` (paper Eq. 9–10; PEFT ``KasaConfig.beta``,
+        the reference GLUE value).
+    gamma : float, default 1e-3
+        Weight γ of the orthogonality penalty ``‖BᵀB − I‖_F + ‖AAᵀ − I‖_F`` (paper Eq. 11; PEFT
+        ``KasaConfig.gamma``, the reference GLUE value).
+    reference : bool, default False
+        SVD in float64 (PEFT: float32).
+    driver : str, optional
+        CUDA SVD driver; see :func:`~lowrank_lab.linalg.truncated_svd`.
+
+    Notes
+    -----
+    The two penalties act only where a training loop adds them: :func:`~lowrank_lab.adapters.kasa_loss`
+    computes ``β·Σ M² + γ·(‖BᵀB − I‖_F + ‖AAᵀ − I‖_F)`` over a model's KaSA layers with the β, γ given
+    here, as PEFT's ``LoraModel._get_kasa_loss``. The fine-tuning harness has no hook for extra
+    losses and does not add it, so there, as in PEFT unless the user adds ``_get_kasa_loss``, KaSA
+    trains without its regularisers.
+    """
+    if beta < 0 or gamma < 0:
+        raise AdapterOptionError(f"kasa options beta and gamma must be >= 0, got beta={beta}, gamma={gamma}")
+    m, n = W.shape
+    if rank >= min(m, n):
+        raise AdapterOptionError(
+            f"kasa needs rank < min(m, n) = {min(m, n)} so that one singular component of the base "
+            f"survives the truncation, got rank={rank}"
+        )
+    F = truncated_svd(W, rank, which="smallest", reference=reference, driver=driver, out_dtype=torch.float32)
+    acc = torch.float64 if W.dtype == torch.float64 else torch.float32
+    dropped = (F.left * F.core).to(acc) @ F.right.to(acc)
+    A = _kaiming_uniform((rank, n), generator)
+    M = torch.randn(rank, generator=generator, dtype=torch.float32, device=generator.device)
+    out = _finish(
+        W, torch.zeros(m, rank), A, M, dropped_singular_values=F.core.tolist(), beta=beta, gamma=gamma
+    )
+    out.base = (W.to(acc) - dropped).to(W.dtype)
+    return out
+
+
+def init_lora_null(
+    W: torch.Tensor,
+    rank: int,
+    *,
+    scaling: float,
+    generator: torch.Generator,
+    stats: Any = None,
+    reference: bool = False,
+    **_: Any,
+) -> AdapterInit:
+    """LoRA-Null (Tang et al. 2025, arXiv 2503.02659): the adapter starts in the null space of the
+    calibration activations.
+
+    With X the layer's input rows on the calibration data (unmasked tokens) and ``XᵀX = U Λ Uᵀ``
+    (the uncentred scatter streamed by :func:`~lowrank_lab.adapters.calibration.activation_statistics`,
+    float64), ``N = U[:, :r]`` spans the r input directions the data excites least — the null space
+    of X when the tokens leave one. W's projection onto it, ``W·N·Nᵀ = P Σ Qᵀ`` (its exact rank-r
+    SVD, from :func:`~lowrank_lab.linalg.truncated_svd` of the m × r matrix ``W·N``), gives
+    PiSSA's split ``B = P·√(Σ/s)``, ``A = √(Σ/s)·(N·Q)ᵀ``; the base becomes ``W − s·B·A = W(I − NNᵀ)``
+    (residual: output unchanged). So ``A·x = 0`` for every calibration input x in the span the
+    data fills, and training starts by moving only what those inputs do not read (the paper's
+    knowledge preservation); MiLoRA does the same with W's own bottom singular space instead.
+
+    Parameters
+    ----------
+    reference : bool, default False
+        Eigendecomposition in float64 (default float32 from the float64 scatter, as EVA here).
+
+    Notes
+    -----
+    Followed from the paper's description (REFERENCE.md); the released code was not read. The
+    paper's variant that also freezes A ("LoRA-Null v2") is not registered.
+    """
+    st = _need_stats("lora-null", stats, "activations", W)
+    _too_few_tokens("lora-null", st, rank, "input")
+    dt = torch.float64 if reference else torch.float32
+    key = ("eigh-uncentred", dt)
+    if key not in st.extra:  # targets reading the same input (q, k, v) share one decomposition
+        st.extra[key] = torch.linalg.eigh(st.scatter.to(dt))
+    _, U = st.extra[key]
+    N = U[:, :rank].to(device=W.device, dtype=_work_dtype(W))  # (n, r), smallest eigenvalues first
+    F = truncated_svd(W.to(N.dtype) @ N, rank, reference=reference, out_dtype=_work_dtype(W))  # W·N = P Σ Qᵀ
+    B, A_null = _split_sqrt(F.left, F.core, F.right, scaling)
+    return _finish(W, B, A_null @ N.T, tokens=st.tokens)
+
+
+def init_ab(
+    W: torch.Tensor, rank: int, *, scaling: float, generator: torch.Generator, **_: Any
+) -> AdapterInit:
+    """Init[AB]: both factors non-zero, the product subtracted from the base (arXiv 2602.04998's
+    learning-rate study; Init[A]/Init[B] of Hayou et al. 2024, arXiv 2406.08447, set one factor to 0).
+
+    ``A`` (r × n) and ``B`` (m × r) each drawn as ``nn.Linear``'s default weight (Kaiming-uniform,
+    a = √5: bounds 1/√n for A, whose fan-in is n, and 1/√r for B, whose fan-in is r — the draws PEFT's
+    ``lora_A``/``lora_B`` layers get before LoRA zeroes B); the base becomes ``W − s·B·A``, so the
+    output is unchanged at init while both factors receive gradients from the first step.
+    REFERENCE.md says only "uniform"; the bounds are our reading (nn.Linear's defaults).
+    """
+    m, n = W.shape
+    A = _kaiming_uniform((rank, n), generator)
+    B = _kaiming_uniform((m, rank), generator)
+    return _finish(W, B, A)
+
+
+# --------------------------------------------------------------------------------------------------
 # the registry
 
 _AB = frozenset({"A", "B"})
@@ -950,6 +1173,7 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="unchanged (ΔW = 0: B = 0)",
             closed_form="r·(m+n)",
+            drawn=frozenset({"A"}),
         ),
         _method(
             "pissa",
@@ -1010,6 +1234,7 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="≈ unchanged (ΔW = s·U_r·M·S_r·Vh_r, M ~ N(0, 1e-5²); exactly 0 with core_std=0)",
             closed_form="r²",
+            drawn=frozenset({"M"}),
         ),
         _method(
             "lora-sb",
@@ -1035,6 +1260,7 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="unchanged (ΔW = 0: B = 0)",
             closed_form="r·(m+n) + r²",
+            drawn=frozenset({"A", "M"}),
         ),
         _method(
             "nlora",
@@ -1144,6 +1370,7 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="unchanged (ΔW = 0: B = 0)",
             closed_form="r·(m+n)",
+            drawn=frozenset({"A"}),
         ),
         _method(
             "orthogonal",
@@ -1156,6 +1383,7 @@ ADAPTERS: dict[str, AdapterMethod] = {
             residual=False,
             output_at_init="unchanged to rounding (B·A = 0 by orthogonality)",
             closed_form="r·(m+n)",
+            drawn=frozenset({"A", "B"}),
         ),
         _method(
             "mica",
@@ -1247,6 +1475,78 @@ ADAPTERS: dict[str, AdapterMethod] = {
             output_at_init="≈ unchanged: deq(Q) + s·B·A ≈ W (quantisation error left; exact only if s = 1)",
             closed_form="r·(m+n)",
             peft_exportable=False,
+            replaces_base=True,
+        ),
+        _method(
+            "astra",
+            summary="B = V_r, A = V_rᵀ·W with V_r eigenvectors of the output activations' covariance; "
+            "base W − s·BA",
+            paper="arXiv 2602.19111; LyoAI/Astra; PEFT 0.22 init_lora_weights='astra' (preprocess_astra)",
+            init=init_astra,
+            factorization=None,
+            core=None,
+            trains=_AB,
+            residual=True,
+            output_at_init="unchanged (residual base)",
+            closed_form="r·(m+n)",
+            calibration="outputs",
+        ),
+        _method(
+            "nora",
+            summary="A Kaiming-uniform with each column normalised to unit norm, B = 0",
+            paper="arXiv 2608.31036; PEFT 0.22 init_lora_weights='nora'",
+            init=init_nora,
+            factorization=None,
+            core=None,
+            trains=_AB,
+            residual=False,
+            output_at_init="unchanged (ΔW = 0: B = 0)",
+            closed_form="r·(m+n)",
+            drawn=frozenset({"A"}),
+        ),
+        _method(
+            "kasa",
+            summary="base loses its r smallest singular triplets; A Kaiming-uniform, diagonal M ~ N(0, 1), "
+            "B = 0",
+            paper="Wang et al. 2024, arXiv 2412.06071; juyongjiang/KaSA; PEFT 0.22 kasa_config",
+            init=init_kasa,
+            factorization="svd",
+            core="diag",
+            trains=_AMB,
+            residual=False,
+            output_at_init="changes: the base drops W's r smallest singular triplets (ΔW = 0: B = 0)",
+            closed_form="r·(m+n) + r",
+            peft_exportable=False,
+            drawn=frozenset({"A", "M"}),
+            replaces_base=True,
+        ),
+        _method(
+            "lora-null",
+            summary="PiSSA's split of W projected on the r least-excited input directions of the task "
+            "data; base W − s·BA",
+            paper="Tang et al. 2025, arXiv 2503.02659 (LoRA-Null; not in PEFT)",
+            init=init_lora_null,
+            factorization="svd",
+            core=None,
+            trains=_AB,
+            residual=True,
+            output_at_init="unchanged (residual base)",
+            closed_form="r·(m+n)",
+            calibration="activations",
+        ),
+        _method(
+            "init-ab",
+            summary="A and B both Kaiming-uniform (nn.Linear's defaults); base W − s·BA",
+            paper="arXiv 2602.04998 (Init[AB] of its learning-rate study); after Hayou et al. 2024, "
+            "arXiv 2406.08447",
+            init=init_ab,
+            factorization=None,
+            core=None,
+            trains=_AB,
+            residual=True,
+            output_at_init="unchanged (residual base)",
+            closed_form="r·(m+n)",
+            drawn=frozenset({"A", "B"}),
         ),
     ]
 }

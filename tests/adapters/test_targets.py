@@ -125,6 +125,7 @@ def test_registry_rows_are_complete():
         "nlora", "nlora-pinv", "nlora-sketch", "nlora-pinv-additive", "nlora-sketch-additive", "inttune",
         "loldu", "full",
         "gaussian", "orthogonal", "mica", "eva", "corda-ipm", "corda-kpm", "lora-ga", "lora-one", "loftq",
+        "astra", "nora", "kasa", "lora-null", "init-ab",
     ]  # fmt: skip
     from lowrank_lab.linalg import FACTORIZATIONS
 
@@ -144,11 +145,15 @@ def test_registry_rows_are_complete():
         "corda-ipm",
         "corda-kpm",
         "lora-ga",
+        "astra",
+        "lora-null",
+        "init-ab",
     }
     data_driven = {m.name: m.calibration for m in ADAPTERS.values() if m.needs_calibration}
     assert data_driven == {
         "lora-sb": "gradient", "lora-ga": "gradient", "lora-one": "gradient",
         "eva": "activations", "corda-ipm": "corda", "corda-kpm": "corda",
+        "astra": "outputs", "lora-null": "activations",
     }  # fmt: skip
 
 

@@ -1,0 +1,413 @@
+"""The newest initialisations (issue 32, point 2): astra, nora and kasa against PEFT 0.22 on the same
+tiny model and calibration batches; lora-null and init-ab against their papers' equations on
+constructed matrices; KaSA's regulariser against PEFT's ``_get_kasa_loss``; missing or too-short
+calibration as one-line errors.
+
+What is compared with PEFT, per method:
+
+* astra (deterministic in both: an eigendecomposition of the output covariance): B column by column
+  up to sign, the product s·B·A and the residual base — float32 tolerances;
+* nora (random A from PEFT's global RNG): the first module's A exactly (PEFT's first draw after the
+  seed is that layer's A, as ours is), then what is deterministic — every column of A of unit norm,
+  B = 0, the output at init — and the distribution of A's entries;
+* kasa (random A and diagonal, deterministic base): the truncated base exactly, B = 0, the output
+  at init, the bounds and distributions of A and of the diagonal, and the regulariser on equal factors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lowrank_lab.adapters import (
+    ActivationStats,
+    AdapterOptionError,
+    CalibrationError,
+    activation_statistics,
+    initialize,
+    inject,
+    kasa_loss,
+    lowrank_modules,
+)
+from lowrank_lab.adapters.methods import ADAPTERS
+
+peft = pytest.importorskip("peft")
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from peft.tuners.lora.config import AstraConfig, KasaConfig  # noqa: E402
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+R = 4
+NEW = ("astra", "nora", "kasa", "lora-null", "init-ab")
+
+
+def _batches(n: int = 6, length: int = 12, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, 64, (1, length), generator=g)} for _ in range(n)]
+
+
+def _loss_fns(batches):
+    def loss(model, b):
+        return model(**b, labels=b["input_ids"]).loss
+
+    return [lambda m, b=b: loss(m, b) for b in batches]
+
+
+def _peft_layers(pm):
+    out = {}
+    for name, module in pm.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            out[name.removeprefix("base_model.model.")] = module
+    return out
+
+
+def _same_columns_up_to_sign(X: torch.Tensor, Y: torch.Tensor, rtol: float) -> None:
+    X, Y = X.detach().double(), Y.detach().double()
+    signs = torch.sign((X * Y).sum(0))
+    torch.testing.assert_close(X * signs, Y, rtol=rtol, atol=rtol * float(Y.abs().max()))
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor, rel: float) -> None:
+    ours, theirs = ours.detach().double(), theirs.detach().double()
+    assert float((ours - theirs).norm()) <= rel * float(theirs.norm()), float(
+        (ours - theirs).norm() / theirs.norm()
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# the registry rows
+
+
+def test_registry_rows_of_the_new_inits():
+    rows = {n: ADAPTERS[n] for n in NEW}
+    assert {n: a.calibration for n, a in rows.items()} == {
+        "astra": "outputs", "nora": None, "kasa": None, "lora-null": "activations", "init-ab": None,
+    }  # fmt: skip
+    assert {n for n, a in rows.items() if a.residual} == {"astra", "lora-null", "init-ab"}
+    assert rows["kasa"].replaces_base and not rows["kasa"].peft_exportable and rows["kasa"].core == "diag"
+    # options from the signatures, with the published defaults (PEFT KasaConfig: beta 1e-4, gamma 1e-3)
+    assert rows["kasa"].options["beta"] == 1e-4 and rows["kasa"].options["gamma"] == 1e-3
+    assert rows["astra"].options["which"] == "largest"
+    assert rows["nora"].options == {} and rows["init-ab"].options == {}
+    # trainable parameters: r(m+n), and r more for KaSA's diagonal
+    for name in NEW:
+        extra = 5 if name == "kasa" else 0
+        assert ADAPTERS[name].trainable_count(30, 20, 5) == 5 * 50 + extra
+
+
+# --------------------------------------------------------------------------------------------------
+# astra: PEFT parity
+
+
+@pytest.mark.parametrize("alpha", [R, 2 * R])
+def test_astra_factors_and_residual_match_peft(tiny, ids, alpha):
+    from peft.tuners.lora.astra import preprocess_astra
+
+    batches = _batches()  # unpadded single sequences: PEFT's hook keeps pad tokens, ours drops them
+    theirs_base = tiny.llama()
+    cfg = LoraConfig(
+        r=R, lora_alpha=alpha, target_modules=TARGETS, init_lora_weights="astra", astra_config=AstraConfig()
+    )
+
+    @torch.no_grad()
+    def run_model():
+        for b in batches:
+            theirs_base(**b)
+
+    preprocess_astra(theirs_base, cfg, run_model=run_model)
+    theirs = get_peft_model(theirs_base, cfg)
+    ours = tiny.llama()
+    report = inject(ours, "astra", rank=R, alpha=alpha, targets=TARGETS, calibration=_loss_fns(batches))
+    s = alpha / R
+    assert report.trainable == report.closed_form
+    peft_layers = _peft_layers(theirs)
+    assert set(lowrank_modules(ours)) == set(peft_layers)
+    for name, layer in lowrank_modules(ours).items():
+        p = peft_layers[name]
+        pB, pA = p.lora_B["default"].weight, p.lora_A["default"].weight
+        # B = V_r, orthonormal columns; the same eigenvectors as PEFT's (same float32 eigh, the
+        # covariance sums differ in order only), column by column up to sign.
+        torch.testing.assert_close(layer.B.T @ layer.B, torch.eye(R), atol=1e-5, rtol=0)
+        _same_columns_up_to_sign(layer.B, pB, rtol=2e-3)
+        # A = V_rᵀ W, so s·B·A (sign-free) is s times the projection of W on the kept directions.
+        _close(layer.delta_weight(), s * (pB @ pA), 1e-3)
+        W = p.get_base_layer().weight
+        torch.testing.assert_close(layer.base.weight, W, rtol=0, atol=1e-4 * float(W.abs().max()))
+    ref = tiny.run(tiny.llama(), ids)
+    for model in (ours, theirs):
+        torch.testing.assert_close(tiny.run(model, ids), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_astra_keeps_the_top_eigenvectors_of_the_output_covariance_as_peft_does(tiny):
+    # PEFT 0.22 crops V[:, -r:] of an ascending eigh: the largest eigenvalues. which="smallest"
+    # takes the other end; both are the eigenvectors of the statistics' covariance.
+    model = tiny.llama()
+    name = "model.layers.0.self_attn.q_proj"
+    st = activation_statistics(model, [name], _loss_fns(_batches()), kind="outputs")[name]
+    W = model.get_submodule(name).weight.detach()
+    evals, evecs = torch.linalg.eigh(st.covariance().double())
+    m = W.shape[0]
+    for which, cols in (("largest", slice(m - R, m)), ("smallest", slice(0, R))):
+        fac = initialize("astra", W, R, stats=st, which=which)
+        _same_columns_up_to_sign(fac.B, evecs[:, cols], rtol=1e-3)
+        torch.testing.assert_close(fac.A, fac.B.T @ W, rtol=1e-5, atol=1e-5 * float(fac.A.abs().max()))
+    assert float(evals[-1]) > float(evals[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# nora: PEFT parity
+
+
+def test_nora_matches_peft(tiny, ids):
+    theirs = tiny.llama()  # built first: its construction reseeds and draws from the global RNG
+    torch.manual_seed(0)
+    theirs = get_peft_model(
+        theirs, LoraConfig(r=8, lora_alpha=8, target_modules=TARGETS, init_lora_weights="nora")
+    )
+    ours = tiny.llama()
+    inject(ours, "nora", rank=8, targets=TARGETS, generator=0)
+    ref = tiny.run(tiny.llama(), ids)
+    for model in (ours, theirs):
+        torch.testing.assert_close(tiny.run(model, ids), ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
+    peft_layers = _peft_layers(theirs)
+    ours_layers = lowrank_modules(ours)
+    for name, layer in ours_layers.items():
+        p = peft_layers[name]
+        for A, B in ((layer.A, layer.B), (p.lora_A["default"].weight, p.lora_B["default"].weight)):
+            assert torch.count_nonzero(B) == 0
+            torch.testing.assert_close(A.norm(dim=0), torch.ones(A.shape[1]), atol=1e-6, rtol=0)
+    # The first module's A is the first draw of both generators after seed 0 (PEFT's nn.Linear for
+    # lora_A is built first, Kaiming-uniform a=√5; its nora branch keeps that draw): equal entries.
+    first = next(iter(ours_layers))
+    torch.testing.assert_close(ours_layers[first].A, peft_layers[first].lora_A["default"].weight)
+    # The rest: same distribution of entries (two-sample Kolmogorov–Smirnov over the pooled entries).
+    from scipy import stats
+
+    ours_A = torch.cat([layer.A.detach().flatten() for layer in ours_layers.values()])
+    theirs_A = torch.cat([p.lora_A["default"].weight.detach().flatten() for p in peft_layers.values()])
+    assert stats.ks_2samp(ours_A.numpy(), theirs_A.numpy()).pvalue > 1e-3
+
+
+def test_nora_clamps_a_zero_column_at_1e_minus_6():
+    # The clamp is PEFT's: a column that is (numerically) zero is divided by 1e-6, not by 0.
+    torch.manual_seed(0)
+    fac = initialize("nora", torch.randn(6, 5), 3, generator=4)
+    assert torch.isfinite(fac.A).all()
+    torch.testing.assert_close(fac.A.norm(dim=0), torch.ones(5), atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# kasa: PEFT parity and the regulariser
+
+
+def test_kasa_matches_peft_on_the_base_and_what_is_deterministic(tiny, ids):
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=R, lora_alpha=2 * R, target_modules=TARGETS, kasa_config=KasaConfig())
+    theirs = get_peft_model(tiny.llama(), cfg)
+    ours = tiny.llama()
+    report = inject(ours, "kasa", rank=R, alpha=2 * R, targets=TARGETS, generator=0)
+    assert report.trainable == report.closed_form
+    base = tiny.llama()
+    peft_layers = _peft_layers(theirs)
+    for name, layer in lowrank_modules(ours).items():
+        p = peft_layers[name]
+        W = base.get_submodule(name).weight.detach()
+        m, n = W.shape
+        # The base lost exactly its r smallest singular triplets, in both libraries.
+        S = torch.linalg.svdvals(W.double())
+        S_res = torch.linalg.svdvals(layer.base.weight.detach().double())
+        torch.testing.assert_close(
+            S_res[: min(m, n) - R], S[: min(m, n) - R], rtol=1e-5, atol=1e-5 * float(S[0])
+        )
+        assert float(S_res[min(m, n) - R :].max()) < 1e-5 * float(S[0])
+        Wp = p.get_base_layer().weight
+        torch.testing.assert_close(layer.base.weight, Wp, rtol=0, atol=1e-5 * float(Wp.abs().max()))
+        # B = 0; A within LoRA's Kaiming bound 1/√n; a diagonal of r numbers; A, M, B all train.
+        pA, pB, pM = p.lora_A["default"].weight, p.lora_B["default"].weight, p.lora_diag["default"]
+        assert torch.count_nonzero(layer.B) == 0 and torch.count_nonzero(pB) == 0
+        for A in (layer.A, pA):
+            assert float(A.detach().abs().max()) <= 1 / math.sqrt(n) + 1e-7
+        assert layer.M.shape == pM.shape == (R,)
+        assert layer.A.requires_grad and layer.B.requires_grad and layer.M.requires_grad and pM.requires_grad
+    # Same function at init: the truncated base, no update.
+    torch.testing.assert_close(tiny.run(ours, ids), tiny.run(theirs, ids), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(tiny.run(ours, ids), tiny.run(base, ids), rtol=1e-4, atol=1e-4)
+    # Diagonals ~ N(0, 1) in both (PEFT: randn(r)): pooled over the layers, two-sample KS.
+    from scipy import stats
+
+    ours_M = torch.cat([layer.M.detach() for layer in lowrank_modules(ours).values()])
+    theirs_M = torch.cat([p.lora_diag["default"].detach() for p in peft_layers.values()])
+    assert stats.ks_2samp(ours_M.numpy(), theirs_M.numpy()).pvalue > 1e-3
+    assert stats.kstest(ours_M.numpy(), "norm").pvalue > 1e-3
+
+
+def test_kasa_loss_equals_peft_on_the_same_factors(tiny):
+    cfg = LoraConfig(r=R, lora_alpha=R, target_modules=TARGETS, kasa_config=KasaConfig(beta=0.3, gamma=0.05))
+    theirs = get_peft_model(tiny.llama(), cfg)
+    ours = tiny.llama()
+    inject(ours, "kasa", rank=R, targets=TARGETS, generator=1, beta=0.3, gamma=0.05)
+    g = torch.Generator().manual_seed(5)
+    peft_layers = _peft_layers(theirs)
+    with torch.no_grad():
+        for name, layer in lowrank_modules(ours).items():
+            p = peft_layers[name]
+            pairs = (
+                (layer.A, p.lora_A["default"].weight),
+                (layer.B, p.lora_B["default"].weight),
+                (layer.M, p.lora_diag["default"]),
+            )
+            for ours_p, theirs_p in pairs:
+                ours_p.copy_(torch.randn(ours_p.shape, generator=g))
+                theirs_p.copy_(ours_p)
+    ours_loss, theirs_loss = kasa_loss(ours), theirs._get_kasa_loss()
+    assert math.isclose(float(ours_loss), float(theirs_loss), rel_tol=1e-5)
+    ours_loss.backward()  # differentiable in A, M, B
+    assert all(layer.M.grad is not None for layer in lowrank_modules(ours).values())
+    plain = tiny.llama()
+    inject(plain, "lora", rank=R, targets=TARGETS)
+    assert kasa_loss(plain) == 0.0
+
+
+def test_kasa_needs_rank_below_the_smaller_side():
+    with pytest.raises(AdapterOptionError, match=r"kasa needs rank < min\(m, n\) = 5"):
+        initialize("kasa", torch.randn(8, 5), 5)
+
+
+# --------------------------------------------------------------------------------------------------
+# lora-null: the paper's equations on a constructed matrix
+
+
+def _stats_of(X: torch.Tensor) -> ActivationStats:
+    X = X.double()
+    return ActivationStats(kind="activations", tokens=X.shape[0], calls=1, total=X.sum(0), scatter=X.T @ X)
+
+
+@pytest.mark.parametrize("scaling", [1.0, 2.0])
+def test_lora_null_starts_in_the_null_space_of_the_calibration_inputs(scaling):
+    g = torch.Generator().manual_seed(0)
+    m, n, r, N = 24, 16, 4, 40
+    # N calibration inputs that span exactly n − r directions: their null space is r-dimensional.
+    basis = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64)).Q
+    X = torch.randn(N, n - r, generator=g, dtype=torch.float64) @ basis[:, : n - r].T  # (N, n)
+    null = basis[:, n - r :]  # (n, r)
+    W = torch.randn(m, n, generator=g, dtype=torch.float64)
+    fac = initialize("lora-null", W, r, scaling=scaling, stats=_stats_of(X), reference=True)
+    # A reads nothing of the calibration inputs: A·xᵀ = 0.
+    assert float((fac.A @ X.T).norm()) < 1e-10 * float(fac.A.norm() * X.norm())
+    # s·B·A is W's projection onto the null space, W·N·Nᵀ; the residual keeps W on the data's span.
+    delta = scaling * fac.B @ fac.A
+    torch.testing.assert_close(delta, W @ null @ null.T, rtol=0, atol=1e-10 * float(W.norm()))
+    torch.testing.assert_close((W - delta) @ X.T, W @ X.T, rtol=0, atol=1e-9 * float((W @ X.T).norm()))
+    # PiSSA's split of that projection: B's columns orthogonal, BᵀB = AAᵀ = Σ/s.
+    BtB, AAt = fac.B.T @ fac.B, fac.A @ fac.A.T
+    torch.testing.assert_close(BtB, AAt, rtol=0, atol=1e-10 * float(BtB.norm()))
+    torch.testing.assert_close(BtB, torch.diag(torch.diagonal(BtB)), rtol=0, atol=1e-10 * float(BtB.norm()))
+
+
+def test_lora_null_on_a_model_reads_nothing_of_its_calibration_tokens(tiny, ids):
+    # 8 tokens of a 32-wide hidden state leave a null space far larger than r at every input.
+    batches = _batches(n=1, length=8)
+    model = tiny.llama()
+    names = [f"model.layers.0.{p}" for p in ("self_attn.q_proj", "mlp.gate_proj")]
+    report = inject(model, "lora-null", rank=R, targets=names, calibration=_loss_fns(batches))
+    assert report.trainable == report.closed_form
+    inputs = {}
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda mod, i, o, n=n: inputs.__setitem__(n, i[0].detach())
+        )
+        for n in names
+    ]
+    with torch.no_grad():
+        model(**batches[0])
+    for h in hooks:
+        h.remove()
+    for n in names:
+        layer = model.get_submodule(n)
+        x = inputs[n].reshape(-1, inputs[n].shape[-1])
+        assert float((x @ layer.A.T).norm()) < 1e-4 * float(x.norm() * layer.A.norm())
+    ref = tiny.run(tiny.llama(), ids)
+    torch.testing.assert_close(tiny.run(model, ids), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+# --------------------------------------------------------------------------------------------------
+# init-ab: both factors non-zero, output unchanged
+
+
+@pytest.mark.parametrize("alpha", [8, 16])
+def test_init_ab_draws_both_factors_and_subtracts_their_product(tiny, ids, alpha):
+    from scipy import stats
+
+    model = tiny.llama()
+    base = tiny.llama()
+    report = inject(model, "init-ab", rank=8, alpha=alpha, targets=TARGETS, generator=0)
+    assert report.trainable == report.closed_form
+    s = alpha / 8
+    for name, layer in lowrank_modules(model).items():
+        W = base.get_submodule(name).weight.detach()
+        m, n = W.shape
+        # nn.Linear's default bounds: 1/√n for A (fan-in n), 1/√r for B (fan-in r); both non-zero.
+        assert 0 < float(layer.A.abs().max()) <= 1 / math.sqrt(n) + 1e-7
+        assert 0 < float(layer.B.abs().max()) <= 1 / math.sqrt(8) + 1e-7
+        assert (
+            stats.kstest((layer.B.detach().flatten() * math.sqrt(8)).numpy(), stats.uniform(-1, 2).cdf).pvalue
+            > 1e-3
+        )
+        # base = W − s·B·A exactly as the residual layer builds it (float32 accumulation)
+        torch.testing.assert_close(
+            layer.base.weight + s * layer.B @ layer.A, W, rtol=0, atol=1e-5 * float(W.abs().max())
+        )
+    ref = tiny.run(base, ids)
+    torch.testing.assert_close(tiny.run(model, ids), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    # Both factors get a gradient at step 0 (LoRA's A does not: its B is 0).
+    tiny.run(model, ids, grad=True).float().pow(2).mean().backward()
+    for layer in lowrank_modules(model).values():
+        assert float(layer.A.grad.abs().sum()) > 0 and float(layer.B.grad.abs().sum()) > 0
+
+
+def test_init_ab_is_the_seeds_draw():
+    W = torch.randn(12, 10)
+    a, b = initialize("init-ab", W, 3, generator=7), initialize("init-ab", W, 3, generator=7)
+    assert torch.equal(a.A, b.A) and torch.equal(a.B, b.B)
+    assert not torch.equal(a.A, initialize("init-ab", W, 3, generator=8).A)
+
+
+# --------------------------------------------------------------------------------------------------
+# bad input: missing or too-short calibration, one line naming the init
+
+
+@pytest.mark.parametrize("method", ["astra", "lora-null"])
+def test_missing_calibration_is_one_line_naming_the_init(tiny, method):
+    with pytest.raises(CalibrationError, match=rf"^{method} needs calibration=loss_fn") as err:
+        inject(tiny.llama(), method, rank=R, targets=TARGETS)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["astra", "lora-null"])
+def test_calibration_shorter_than_the_rank_is_one_line_naming_the_init(tiny, method):
+    # 3 tokens cannot decide 4 directions.
+    batches = _batches(n=1, length=3)
+    with pytest.raises(
+        AdapterOptionError, match=rf"{method} needs at least rank=4 calibration tokens"
+    ) as err:
+        inject(tiny.llama(), method, rank=R, targets=TARGETS, calibration=_loss_fns(batches))
+    msg = str(err.value)
+    assert "\n" not in msg and "model.layers.0.self_attn.q_proj" in msg and "saw 3" in msg
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("method", ["astra", "lora-null", "init-ab", "nora"])
+def test_new_inits_leave_the_output_unchanged_in_both_families(tiny, ids, family, method, dtype):
+    # Tolerances as tests/adapters/test_invariants.py: the residual base rounded once in float32,
+    # bf16 rounding of the base and of the activations (2^-8 per op) in bf16.
+    tol = {torch.float32: 1e-5, torch.bfloat16: 5e-2}[dtype]
+    ref = tiny.run(tiny.make(family, dtype), ids)
+    model = tiny.make(family, dtype)
+    kw = {"calibration": lambda m: tiny.run(m, ids, grad=True).float().pow(2).mean()}
+    inject(model, method, rank=R, **(kw if ADAPTERS[method].needs_calibration else {}))
+    for layer in lowrank_modules(model).values():
+        assert layer.A.dtype == dtype and layer.base.weight.dtype == dtype
+        assert layer.residual == ADAPTERS[method].residual
+    out = tiny.run(model, ids)
+    assert float((out.double() - ref.double()).norm() / ref.double().norm()) < tol
