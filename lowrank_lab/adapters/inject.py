@@ -174,8 +174,9 @@ def inject(
         the same adapter.
     calibration : callable or list of callables, optional
         Data-driven inits only (registry ``calibration`` set: lora-sb, lora-ga, lora-one, eva,
-        corda-ipm, corda-kpm, astra, lora-null): ``loss_fn(model) -> scalar loss`` on a calibration batch of the
-        task's training data, or one callable per batch; see :mod:`lowrank_lab.adapters.calibration`.
+        corda-ipm, corda-kpm, astra, lora-null): ``loss_fn(model) -> scalar loss`` on a calibration
+        batch of the task's training data, or one callable per batch; see
+        :mod:`lowrank_lab.adapters.calibration`.
     dropout : float, default 0.0
         Adapter-input dropout (PiSSA/NLoRA scripts: 0).
     keep_init : bool, default True
