@@ -26,13 +26,24 @@ import torch
 if TYPE_CHECKING:
     import pandas as pd
 
-from lowrank_lab.adapters import get_adapter, initialize
+from lowrank_lab.adapters import ADAPTERS, get_adapter, initialize
 from lowrank_lab.adapters.layer import low_rank_product
+from lowrank_lab.linalg import FACTORIZATIONS
 from lowrank_lab.linalg.policy import tall_view
 from lowrank_lab.linalg.quant import nf4_roundtrip
 
-#: Residual inits that need no data (CorDA and LoRA-GA would need calibration), plus LoftQ.
-QUANT_METHODS = ("pissa", "milora", "olora", "loldu", "loftq")
+#: Inits whose frozen base is a deterministic function of W alone, from the adapter registry: residual
+#: (or base-replacing, LoftQ) inits with a non-randomized factorization, no calibration data (CorDA,
+#: LoRA-GA, Astra would need it) and no random draws (Init[AB], KaSA's A).
+QUANT_METHODS = tuple(
+    name
+    for name, am in ADAPTERS.items()
+    if (am.residual or am.replaces_base)
+    and not am.needs_calibration
+    and not am.drawn
+    and am.factorization is not None
+    and not FACTORIZATIONS[am.factorization].randomized
+)
 QUANT_COLUMNS = [
     "tensor", "layer", "module", "m", "n", "quant", "method", "rank", "err_fro", "err_nuc",
     "qlora_err_fro", "qlora_err_nuc", "reduction",
@@ -56,7 +67,7 @@ def quantized_weight(
     if method == "qlora":
         return nf4_roundtrip(Wf)
     am = get_adapter(method)
-    if not (am.residual or method == "loftq"):
+    if not (am.residual or am.replaces_base):
         raise ValueError(
             f"{method!r} is not a residual init; quantisation error is defined for {QUANT_METHODS}"
         )

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lowrank_lab.analysis.quantization import quantization_rows, quantized_weight
+from lowrank_lab.analysis.quantization import QUANT_METHODS, quantization_rows, quantized_weight
 from lowrank_lab.analyze import main as run
 from lowrank_lab.linalg.quant import nf4_roundtrip
 
@@ -55,11 +55,13 @@ def test_analyze_quant_nf4_writes_the_table_and_summary(tmp_path):
             "--no-figures"]  # fmt: skip
     assert run(args) == 0
     df = pd.read_csv(out / "quantization.csv")
-    assert len(df) == 2 * 5  # two matrices × (pissa, milora, olora, loldu, loftq) at r = 8
-    assert set(df.method) == {"pissa", "milora", "olora", "loldu", "loftq"} and (df.quant == "nf4").all()
+    # two matrices × the registry's deterministic residual inits at r = 8 (issue 32: derived)
+    assert set(QUANT_METHODS) == {"pissa", "milora", "olora", "nlora-pinv", "loldu", "loftq"}
+    assert len(df) == 2 * len(QUANT_METHODS)
+    assert set(df.method) == set(QUANT_METHODS) and (df.quant == "nf4").all()
     # MiniLM's real weights: PiSSA quantises with less error than QLoRA on every matrix.
     assert (df[df.method == "pissa"].reduction > 0).all()
     assert "NF4 quantisation error at init" in (out / "summary.md").read_text()
     # --resume recomputes nothing and duplicates no row
     assert run([*args, "--resume"]) == 0
-    assert len(pd.read_csv(out / "quantization.csv")) == 10
+    assert len(pd.read_csv(out / "quantization.csv")) == 2 * len(QUANT_METHODS)
