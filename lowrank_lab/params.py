@@ -12,7 +12,6 @@ Prints a markdown table (or CSV with ``--csv``), one row per (method, rank), lon
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from lowrank_lab.adapters import ADAPTERS, closed_form_trainable, get_adapter
 from lowrank_lab.utils.files import atomic_write_text
 from lowrank_lab.utils.tables import to_markdown
 from lowrank_lab.weights import MODELS, ModelSpec, get_spec, select_modules
+from lowrank_lab.weights.hf import read_config
 from lowrank_lab.weights.registry import spec_from_hf_config
 
 PROG = "python -m lowrank_lab.params"
@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _spec(model: str) -> ModelSpec:
     # A local HF directory: the architecture from its config.json, no weights read.
     config = Path(model) / "config.json"
-    if config.is_file():
-        return spec_from_hf_config(json.loads(config.read_text()), name=Path(model).name, where=str(config))
+    if config.is_file():  # read_config: a clear error for bad JSON or JSON that is not an object
+        return spec_from_hf_config(read_config(Path(model)), name=Path(model).name, where=str(config))
     return get_spec(model)
 
 
@@ -122,11 +122,15 @@ def parameter_table(
     """The table the CLI prints, as a DataFrame (one row per method and rank)."""
     spec = _spec(model)
     modules = select_modules(spec.family, targets)
-    # Every target matrix of the model: per block (T5's decoder may be deeper), per expert.
-    matrices = [
-        shape for name, shape in spec.target_matrices(modules) for _ in range(spec.module_layers(name))
-    ]
-    smallest = min(min(shape) for shape in matrices)
+    # Every target matrix of the model as (shape, how many): per block (T5's decoder may be deeper),
+    # per expert. Counted, never listed one by one: a config.json claiming 10^9 layers or 10^8
+    # experts would otherwise build that many entries (a MemoryError, or minutes) before any check.
+    matrices = []
+    for name in modules:
+        mod = spec.family_info.module(name)
+        per_layer = spec.num_experts if mod.experts else 1
+        matrices.append((mod.shape(spec), spec.module_layers(name) * per_layer))
+    smallest = min(min(shape) for shape, _ in matrices)
     too_big = [r for r in ranks if r > smallest]
     if too_big:  # what finetune's injection refuses (a rank-r factor of an m x n matrix needs r <= min(m, n))
         raise ValueError(
@@ -138,7 +142,7 @@ def parameter_table(
     for name in methods or list(ADAPTERS):
         am = get_adapter(name)
         for r in ranks:
-            trainable = closed_form_trainable(am, matrices, r)
+            trainable = sum(closed_form_trainable(am, [shape], r, repeat=n) for shape, n in matrices)
             rows.append({
                 "model": spec.name,
                 "method": am.name,

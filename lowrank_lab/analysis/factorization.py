@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from lowrank_lab.linalg import (
+    Factorization,
     compute_dtype,
     factorize,
     get_factorization,
@@ -43,6 +44,13 @@ SKIPPED_COLUMNS = [
     "tensor", "layer", "module", "role", "fused", "expert", "m", "n", "method", "rank", "reason",
 ]
 SKIPPED_KEY = ["tensor", "method", "rank"]
+
+#: Methods whose rank-r factors are the first r columns (rows) of one rank-independent factorization
+#: of the whole matrix — the full SVD (:func:`~lowrank_lab.linalg.truncated_svd`) and the full thin QR
+#: (:func:`~lowrank_lab.linalg.thin_qr`): every rank costs that same factorization, so
+#: :func:`factorization_rows` computes and times it once per matrix and slices it for each rank
+#: (issue 31: recomputing it per rank was most of a 7B layer's time).
+NESTED_METHODS = frozenset({"svd", "qr"})
 
 #: Matrices with more entries than this are timed once with no warm-up on the CPU (see :func:`timing_plan`).
 LARGE_MATRIX_ELEMENTS = 1 << 22  # 4.2M entries, e.g. 2048 × 2048
@@ -183,6 +191,9 @@ def factorization_rows(
     repeats, warmup = timing_plan((m, n), config.device, repeats=config.repeats, warmup=config.warmup)
     base = {**ident, "m": m, "n": n}
     for method in config.methods:
+        todo = [r for r in config.ranks
+                if r <= min(m, n) and not (done is not None and done((ident["tensor"], method, r)))]
+        nested = None  # NESTED_METHODS: one timed factorization at the largest rank, sliced per rank
         for rank in config.ranks:
             key = (ident["tensor"], method, rank)
             if done is not None and done(key):
@@ -194,10 +205,19 @@ def factorization_rows(
                 }
                 continue
             try:
-                timing = time_call(
-                    lambda method=method, rank=rank: factorize(W, rank, method, generator=config.seed),
-                    device=config.device, repeats=repeats, warmup=warmup,
-                )
+                if method in NESTED_METHODS:
+                    if nested is None:
+                        top = max(todo)
+                        nested = time_call(
+                            lambda method=method, top=top: factorize(W, top, method, generator=config.seed),
+                            device=config.device, repeats=repeats, warmup=warmup,
+                        )
+                    timing = replace(nested, result=leading(nested.result, rank))
+                else:
+                    timing = time_call(
+                        lambda method=method, rank=rank: factorize(W, rank, method, generator=config.seed),
+                        device=config.device, repeats=repeats, warmup=warmup,
+                    )
                 rel_fro, rel_spec = relative_errors(W, timing.result, norms=norms)
             except (ValueError, RuntimeError) as exc:  # torch.linalg errors are RuntimeErrors
                 yield "skipped", {**base, "method": method, "rank": rank, "reason": f"failed: {exc}".strip()}
@@ -216,6 +236,20 @@ def factorization_rows(
                 "synthetic": bool(synthetic),
             }
             del timing  # free the factors before the next method
+        del nested
+
+
+def leading(fact: Factorization, rank: int) -> Factorization:
+    """The first ``rank`` columns of ``left``, entries of a diagonal ``core`` and rows of ``right``:
+    for :data:`NESTED_METHODS` exactly what the method returns when asked for ``rank`` directly
+    (the SVD's sign fix is per column, QR's blocks are leading blocks), so the numbers are the same."""
+    if rank == fact.rank:
+        return fact
+    core = fact.core
+    if core is not None:
+        core = core[:rank] if core.ndim == 1 else core[:rank, :rank]
+    return replace(fact, left=fact.left[:, :rank].contiguous(), right=fact.right[:rank].contiguous(),
+                   core=None if core is None else core.contiguous())
 
 
 def matrix_ident(info: Any) -> dict[str, Any]:

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from lowrank_lab.utils.files import TextDecodeError, decode_text
+
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -70,17 +72,27 @@ def read_config(directory: Path) -> dict[str, Any]:
             "the .bin file itself; for a hub model pass its id (e.g. meta-llama/Llama-2-7b-hf)."
         )
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:  # exists but cannot be read: say so, not "invalid JSON"
         raise CorruptCheckpointError(
             f"cannot read {path}: {exc.strerror or exc}; check its permissions"
         ) from exc
     try:
-        return json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = decode_text(raw, path)  # UTF-8, a byte-order mark allowed
+    except TextDecodeError as exc:  # names the file and line already
+        raise CorruptCheckpointError(str(exc)) from exc
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise CorruptCheckpointError(
             f"{path} is not valid JSON ({exc}); restore it from the original checkpoint"
         ) from exc
+    if not isinstance(config, dict):  # valid JSON, but every reader of it looks keys up
+        raise CorruptCheckpointError(
+            f"{path} holds a JSON {type(config).__name__}, not an object of settings "
+            '({"model_type": ..., ...}); restore it from the original checkpoint'
+        )
+    return config
 
 
 def _unreadable(path: Path) -> str | None:

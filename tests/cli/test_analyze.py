@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import lowrank_lab.analysis.factorization as fz
 from lowrank_lab.analyze import main
-from lowrank_lab.linalg import FACTORIZATIONS
+from lowrank_lab.linalg import FACTORIZATIONS, factorize
+from lowrank_lab.weights import open_source
 
 # The output contract of issue 5, spelled out here on purpose (not imported from the code under test).
 FACTORIZATION_COLUMNS = [
@@ -100,7 +102,9 @@ def test_resume_after_a_subset_computes_only_the_rest(tmp_path, monkeypatch, ful
     assert len(after) == 12 and not after.duplicated(["tensor", "method", "rank"]).any()
     # The query rows are kept as they were (same timings), and were not factorized again.
     pd.testing.assert_frame_equal(after.iloc[:4], before)
-    assert len(calls) == 2 * 2 * 2  # two new matrices x 2 methods x 2 ranks, repeats=1, warmup=0
+    # Two new matrices: rsvd at each of 2 ranks, svd once at the largest (ranks 4 and 8 are slices of
+    # one full SVD, analysis.factorization.NESTED_METHODS); repeats=1, warmup=0.
+    assert sorted(calls) == sorted([("svd", 8), ("rsvd", 4), ("rsvd", 8)] * 2)
     assert list(pd.read_csv(first / "spectra.csv")["module"]) == ["query", "key", "intermediate"]
     # Same numbers as an uninterrupted run (every row seeds its own generator).
     reference = pd.read_csv(full_run / "factorization.csv")
@@ -121,7 +125,8 @@ def test_resume_after_interrupt_mid_write(tmp_path, monkeypatch):
     analyze(tmp_path, *two, "--resume")
     fact = pd.read_csv(path)
     assert len(fact) == 8 and not fact.duplicated(["tensor", "method", "rank"]).any()
-    assert len(calls) == 8 - 3
+    # Missing: query's rsvd r8, and all four of key's rows (its svd r4 and r8 from one SVD).
+    assert sorted(calls) == sorted([("rsvd", 8), ("svd", 8), ("rsvd", 4), ("rsvd", 8)])
     assert len(pd.read_csv(out / "spectra.csv")) == 2
     # A finished run resumed again reads no matrix and factorizes nothing.
     calls.clear()
@@ -239,3 +244,23 @@ def test_sigterm_keeps_the_finished_rows_and_resume_completes(tmp_path):
     full = pd.read_csv(csv)
     assert len(full) == 6 * 6 * 2 and not full.duplicated(["tensor", "method", "rank"]).any()
     assert full.head(len(kept))[["tensor", "rank"]].equals(kept[["tensor", "rank"]])  # kept, not redone
+
+
+def test_nested_methods_are_factored_once_per_matrix_with_the_same_numbers(tmp_path, monkeypatch):
+    # svd and qr at every rank are slices of one full factorization: one call per matrix at the
+    # largest rank, and the slices are what a direct call at each rank returns.
+    calls = counting_factorize(monkeypatch)
+    out = analyze(tmp_path, "--targets", "query", "--methods", "svd,qr", "--ranks", "4,8,16")
+    assert sorted(calls) == [("qr", 16), ("svd", 16)]
+    fact = pd.read_csv(out / "factorization.csv")
+    assert len(fact) == 6
+    for method in ("svd", "qr"):
+        assert fact.loc[fact["method"] == method, "init_seconds"].nunique() == 1  # the one timed call
+    src = open_source("minilm", targets="query", layers="0")
+    W = src.load(src.targets()[0]).weight
+    top = {m: factorize(W, 16, m) for m in ("svd", "qr")}
+    for method in ("svd", "qr"):
+        sliced = fz.leading(top[method], 4)
+        direct = factorize(W, 4, method)
+        torch.testing.assert_close(sliced.reconstruct(), direct.reconstruct(), atol=0, rtol=0)
+        torch.testing.assert_close(sliced.left, direct.left, atol=0, rtol=0)
