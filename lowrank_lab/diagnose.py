@@ -24,13 +24,19 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from lowrank_lab.adapters import ADAPTERS
 from lowrank_lab.utils.cli import csv_list, positive, sigterm_as_interrupt
 from lowrank_lab.utils.files import atomic_path, atomic_write_text, write_frame
 
 DEFAULT_METHODS = "lora,pissa,milora,eva,corda-ipm,lora-ga,lora-one,nlora,full"
-#: Methods whose initial subspaces are compared pairwise (issue 17): PiSSA, MiLoRA, EVA, CorDA,
-#: LoRA-GA, NLoRA — those of --methods that are among them.
-ANGLE_METHODS = ("pissa", "milora", "eva", "corda-ipm", "corda-kpm", "lora-ga", "nlora", "lora-one", "mica")
+#: Methods whose initial subspaces are compared pairwise (issue 17) — those of --methods that are among
+#: them: every init whose A is computed from W or the task data (a factorization or calibration, and A
+#: not drawn at random), read from the adapter registry (issue 29, point 5).
+ANGLE_METHODS = tuple(
+    name
+    for name, am in ADAPTERS.items()
+    if am.init is not None and "A" not in am.drawn and (am.factorization or am.calibration)
+)
 COLUMNS = [
     "method", "tensor", "rows", "cols", "rank", "lr", "optimizer", "alignment", "cos_neg_grad",
     "update_norm", "grad_norm", "weight_change", "output_change", "init_seconds",

