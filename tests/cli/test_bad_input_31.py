@@ -200,3 +200,26 @@ def test_a_config_json_with_a_byte_order_mark_is_read(tmp_path):
     (d / "config.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(LLAMA).encode())
     table = params.parameter_table(str(d), [4], "q_proj", ["lora"])
     assert table.trainable.item() == 2 * 4 * (64 + 64)
+
+
+# -- case 2: a base-SVD cache entry rewritten as valid zeros is recomputed, the counts unchanged ----------
+def test_intruders_recomputes_a_zeroed_cache_entry_and_counts_as_without_it(berts, tmp_path, capsys):
+    import pandas as pd
+    from safetensors.torch import load_file, save_file
+
+    cache = tmp_path / "cache"
+    argv = ["--base", str(berts["base"]), "--tuned", str(berts["tuned"]), "--targets", "query",
+            "--layers", "0", "--no-figures", "--cache-dir", str(cache)]
+    assert intruders.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    entries = sorted(cache.rglob("*.safetensors"))
+    assert len(entries) == 1
+    for entry in entries:
+        save_file({k: torch.zeros_like(v) for k, v in load_file(str(entry)).items()}, str(entry))
+    capsys.readouterr()
+    assert intruders.main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert "does not match its source matrix" in capsys.readouterr().err
+    a, b = (pd.read_csv(tmp_path / d / "intruders.csv") for d in "ab")
+    assert a["intruder"].sum() > 0  # the comparison has something to count
+    exact = ["tensor", "side", "rank", "intruder", "count", "epsilon"]
+    pd.testing.assert_frame_equal(a[exact], b[exact])
+    pd.testing.assert_series_equal(a["similarity"], b["similarity"], atol=1e-5, rtol=0)

@@ -163,3 +163,64 @@ def test_an_error_that_names_its_own_file_keeps_it(tmp_path):
     with pytest.raises(OSError) as info, files.naming_path(tmp_path / "meant"):
         raise OSError(errno.EACCES, "Permission denied", str(other))
     assert info.value.filename == str(other)
+
+
+# -- case 2: the base-SVD cache is checked against its source matrix before it is trusted ---------------
+def _cache_entries(cache) -> list[Path]:
+    return sorted(cache.directory.rglob("*.safetensors"))
+
+
+def test_a_rewritten_svd_cache_entry_is_recomputed_with_a_note(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from lowrank_lab.analysis.intruders import base_bases
+    from lowrank_lab.analysis.svd_cache import SVDCache
+
+    W = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    cache = SVDCache(tmp_path / "svd")
+    fresh, hit = base_bases(W, ("left",), cache=cache)
+    assert not hit
+    (entry,) = _cache_entries(cache)
+    # valid safetensors of the right shapes, all zeros: read as-is it gave wrong counts with exit 0
+    save_file({"vectors": torch.zeros(12, 8), "singular_values": torch.zeros(8)}, str(entry))
+    capsys.readouterr()
+    again, hit = base_bases(W, ("left",), cache=cache)
+    assert not hit and cache.rejected == 1
+    assert f"note: base-SVD cache entry {entry} does not match its source matrix" in capsys.readouterr().err
+    torch.testing.assert_close(again["left"].singular_values, fresh["left"].singular_values)
+    torch.testing.assert_close(again["left"].vectors.abs(), fresh["left"].vectors.abs())
+    third, hit = base_bases(W, ("left",), cache=cache)  # the entry was rewritten: a hit again, silently
+    assert hit and cache.rejected == 1 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("tamper", ["payload", "moved"])
+def test_an_svd_cache_entry_of_another_matrix_or_changed_payload_is_not_trusted(tmp_path, capsys, tamper):
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lowrank_lab.analysis.svd_cache import SVDCache
+
+    W = torch.randn(6, 6, generator=torch.Generator().manual_seed(1))
+    V = torch.randn(6, 6, generator=torch.Generator().manual_seed(2))
+    cache = SVDCache(tmp_path / "svd")
+    key_w, key_v = cache.key(W, "left"), cache.key(V, "left")
+    U, S, _ = torch.linalg.svd(W)
+    U = U.contiguous()
+    cache.store(key_w, U, S, side="left")
+    assert cache.load(key_w, (6, 6)) is not None
+    if tamper == "payload":  # the metadata kept, one number changed
+        with safe_open(str(cache.path(key_w)), framework="pt") as fh:
+            meta = fh.metadata()
+        save_file({"vectors": U, "singular_values": S * 2}, str(cache.path(key_w)), metadata=meta)
+        key, why = key_w, "its contents changed after it was written"
+    else:  # W's entry under V's name
+        cache.path(key_v).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cache.path(key_w), cache.path(key_v))
+        key, why = key_v, "it was made from another matrix"
+    capsys.readouterr()
+    assert cache.load(key, (6, 6)) is None
+    assert f"({why}); recomputing it" in capsys.readouterr().err
