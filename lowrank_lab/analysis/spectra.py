@@ -65,6 +65,7 @@ def fit_power_law(
     *,
     thresh: float = EVALS_THRESH,
     min_evals: int = MIN_EVALS,
+    small_n: bool = False,
 ) -> PowerLawFit:
     """Fit a power law to the tail of an eigenvalue sample, choosing xmin by KS minimisation.
 
@@ -91,6 +92,10 @@ def fit_power_law(
         With fewer eigenvalues left, return a failed fit (NaN) rather than switch estimators:
         WeightWatcher uses a different bias-corrected estimator below 20 (``SMALL_N_CUTOFF``), and
         the WeightWatcher authors recommend at least 50 eigenvalues for a meaningful alpha.
+    small_n : bool, default False
+        Below ``min_evals`` eigenvalues (at least 2), use WeightWatcher 0.7.7's small-sample
+        estimator instead of failing (:func:`fit_power_law_small_n`): what its PEFT mode reports for
+        a LoRA update of rank r < 20, whose spectrum has only r eigenvalues.
 
     Returns
     -------
@@ -99,6 +104,8 @@ def fit_power_law(
     x = torch.as_tensor(evals).detach().to("cpu", torch.float64).numpy().ravel()
     x = np.sort(x[x > thresh])
     N = x.size
+    if small_n and 2 <= N < max(int(min_evals), 2):
+        return fit_power_law_small_n(x)
     if N < max(int(min_evals), 2):
         return PowerLawFit.failed(N)
     logx = np.log(x)
@@ -135,6 +142,68 @@ def fit_power_law(
         xmin=float(x[i]),
         n_tail=n_tail,
         n_evals=N,
+    )
+
+
+#: Smallest tail WeightWatcher's small-sample estimator considers (``fit_powerlaw_smallN(k_min=8)``).
+SMALL_N_MIN_TAIL = 8
+
+
+def fit_power_law_small_n(x: np.ndarray | Sequence[float]) -> PowerLawFit:
+    """WeightWatcher 0.7.7's power-law fit of fewer than 20 eigenvalues, as its code computes it.
+
+    ``WWFit.fit_powerlaw_smallN`` (``WW_powerlaw.py``): for every candidate ``xmin = λ_i`` (ascending,
+    all but the largest) whose tail holds ``n ≥ 8`` values, the bias-corrected MLE
+    ``alpha_i = 1 + (n − 1) / Σ_{j ≥ i} log(λ_j / λ_i)`` (candidates with that sum ≤ 1e-12 are
+    skipped) and, when ``alpha_i > 1``, its KS distance ``D_i = max_j |j/n − (1 − (λ_j/λ_i)^(1−alpha_i))|``
+    (``D_i = 1`` otherwise). With no candidate (fewer than 8 values) the whole sample is the tail.
+    WWFit's constructor then keeps the candidate of smallest D, whatever objective the small-sample
+    routine itself ranked them by, so that is what WeightWatcher reports; ``sigma = (alpha − 1)/√n``
+    (with fewer than 8 values WeightWatcher's own sigma is computed before alpha and reads −1/√N).
+    The WeightWatcher authors caution that alpha from so few eigenvalues is not meaningful: this is
+    for comparing with its PEFT mode, not for reading the exponent.
+
+    Parameters
+    ----------
+    x : array-like
+        Eigenvalues, already above the zero threshold, at least 2 of them.
+    """
+    x = np.sort(np.asarray(x, dtype=np.float64).ravel())
+    N = x.size
+    if N < 2:
+        return PowerLawFit.failed(N)
+    logx = np.log(x)
+    alphas = np.zeros(N - 1)
+    Ds = np.ones(N - 1)
+    found = False
+    for i in range(N - 1):
+        n = N - i
+        if n < SMALL_N_MIN_TAIL:
+            continue
+        s = float(logx[i:].sum() - n * logx[i])
+        if s <= 1e-12:
+            continue
+        alphas[i] = 1.0 + (n - 1.0) / s
+        if alphas[i] <= 1.0:
+            continue
+        fitted = 1.0 - (x[i:] / x[i]) ** (1.0 - alphas[i])
+        Ds[i] = float(np.max(np.abs(np.arange(n) / n - fitted)))
+        found = True
+    if not found:  # the whole sample as the tail
+        s = float(logx.sum() - N * logx[0])
+        if s <= 1e-12:
+            return PowerLawFit.failed(N)
+        alphas[0] = 1.0 + (N - 1.0) / s
+        fitted = 1.0 - (x / x[0]) ** (1.0 - alphas[0])
+        Ds[0] = float(np.max(np.abs(np.arange(N) / N - fitted)))
+    i = int(np.argmin(Ds))
+    alpha = float(alphas[i])
+    if not (math.isfinite(alpha) and alpha > 0):
+        return PowerLawFit.failed(N)
+    n_tail = N - i
+    return PowerLawFit(
+        alpha=alpha, sigma=(alpha - 1.0) / math.sqrt(n_tail), D=float(Ds[i]), xmin=float(x[i]),
+        n_tail=n_tail, n_evals=N,
     )
 
 
@@ -198,6 +267,7 @@ def spectral_stats(
     *,
     ranks: Sequence[int] = (),
     eps: float | None = None,
+    small_n: bool = False,
 ) -> dict[str, float | int]:
     """The spectral statistics of an ``(m, n)`` matrix from its singular values ``S``.
 
@@ -212,6 +282,9 @@ def spectral_stats(
         Machine epsilon for :func:`numerical_rank`; default that of ``S.dtype``, as NumPy does.
         Pass the epsilon of the matrix's compute dtype when ``S`` came from elsewhere (exact
         synthetic spectra are float64, but the matrix they describe is stored in float32).
+    small_n : bool, default False
+        Fit alpha to fewer than 20 eigenvalues with WeightWatcher's small-sample estimator
+        (:func:`fit_power_law_small_n`) instead of reporting NaN.
 
     Returns
     -------
@@ -226,7 +299,7 @@ def spectral_stats(
     S64 = torch.sort(S.detach().to("cpu", torch.float64), descending=True).values
     fro2 = float((S64**2).sum())
     spec = float(S64[0]) if S64.numel() else 0.0
-    fit = fit_power_law(S64**2)
+    fit = fit_power_law(S64**2, small_n=small_n)
     stats: dict[str, float | int] = {
         "fro_norm": math.sqrt(fro2),
         "spec_norm": spec,
