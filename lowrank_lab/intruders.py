@@ -50,6 +50,14 @@ examples:
   torchrun --standalone --nproc-per-node 8 -m lowrank_lab.intruders --base llama-7b --tuned ckpt/ \\
       --device cuda --cache-dir /scratch/svd-cache --resume --out out/llama
 
+  # intruder mitigation (PEFT 0.22 reduce_intruder_dimension, top 10, eps 0.5) at several lambda; for a
+  # fine-tuning run also its task metric and forgetting at each lambda (mitigation.csv, figure)
+  python -m lowrank_lab.intruders --base minilm --tuned reports/study/sst2/runs/lora-r8-seed0 \
+      --mitigate 0,0.25,0.5,0.75 --data-dir ../shared/data --out out/lora-r8-seed0
+
+  # spectra of each adapter update dW and of W + dW (WeightWatcher's PEFT mode, whole spectra)
+  python -m lowrank_lab.intruders --base minilm --adapter runs/lora-r8/peft --update-spectra
+
 outputs (in --out):
   intruders.csv   long format, one row per (tensor, side, rank) for the top-k tuned singular vectors:
                   tensor, layer, module, side, rows, cols, rank (1..k, tuned spectrum),
@@ -67,6 +75,14 @@ outputs (in --out):
                   the reason; the run goes on without them (--resume --retry-skipped tries them again)
   count_vs_epsilon.png, similarity_<tensor>.png (the matrix with most intruders)
   run.json        command, versions, device, git commit, cache hits, timings
+  mitigation.csv  (--mitigate) one row per lambda, lambda = 1 the tuned weights: run, method, rank, seed,
+                  task, metric, lambda, top_k, epsilon, matrices, mitigated_matrices, intruders,
+                  task_metric (dev, as the run scored it), task_loss, recorded_metric (the run's own),
+                  base_spearman, tuned_spearman, forgetting (STS-B Spearman drop), adapter
+  mitigation_matrices.csv, mitigated/lambda-<l>/ (a PEFT LoRA adapter per lambda < 1),
+  mitigation_tradeoff.png (task metric vs forgetting over lambda)
+  update_spectra.csv  (--update-spectra) per matrix two rows, matrix = delta (dW) and tuned (W + dW),
+                  with adapter_rank, scaling and the columns of analyze's spectra.csv
 
 Exit status 2 with a one-line message for bad input (no traceback).
 """
@@ -197,6 +213,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="keep the rows already in --out/intruders.csv and compute only the missing matrices",
+    )
+    p.add_argument(
+        "--mitigate",
+        metavar="LAMBDAS",
+        help="intruder mitigation (Shuttleworth et al. 2024; PEFT 0.22 reduce_intruder_dimension) at each "
+        "lambda in [0, 1], a comma list: the intruder components of W + dW are scaled by lambda and the "
+        "update is re-factored at the adapter's rank (--top-k and --epsilon detect them; PEFT's defaults "
+        "10 and 0.5). Writes a PEFT adapter per lambda; a fine-tuning run (--tuned runs/NAME) is also "
+        "scored at each lambda (task metric, forgetting). Example: --mitigate 0,0.25,0.5,0.75",
+    )
+    p.add_argument(
+        "--update-spectra",
+        action="store_true",
+        help="also write update_spectra.csv: the spectrum of each adapter update dW and of W + dW "
+        "(stable rank, alpha, ... as analyze's spectra.csv), as WeightWatcher's PEFT mode analyses them",
+    )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="task data for --mitigate's scores (GLUE layout, with stsb for forgetting; default "
+        "$LOWRANK_LAB_SHARED_DATA or ../shared/data)",
+    )
+    p.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="with --mitigate, write the mitigated adapters and tables without scoring a run",
     )
     p.add_argument(
         "--retry-skipped",
@@ -374,6 +416,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("give the fine-tuned weights: --tuned PATH, or --adapter PATH (merged onto --base)")
     if args.retry_skipped and not args.resume:
         raise ValueError("--retry-skipped only makes sense with --resume (a fresh run computes everything)")
+    lambdas = _mitigation_options(args)
     device = resolve_device(args.device)
     if args.threads is not None:
         import torch
@@ -381,6 +424,8 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     ctx = init_from_env(device)  # a process group under torchrun, else a one-process context
     device = ctx.device(device)
+    if ctx.enabled and (lambdas or getattr(args, "update_spectra", False)):
+        raise ValueError("--mitigate and --update-spectra run in one process; start them without torchrun")
     sides = ix.parse_side(args.side)
     # One rank probes the directories (the others use them once rank 0 holds the lock).
     out = ensure_writable_dir(args.out, option="--out") if ctx.is_main else Path(args.out)
@@ -478,6 +523,7 @@ def run(args: argparse.Namespace) -> dict:
             with atomic_path(out / "sweep.csv") as tmp:
                 sweep_df[sweep_df.module != "all"].to_csv(tmp, index=False)
         atomic_write_text(out / "summary.md", text)
+        extra_outputs = _update_and_mitigate(args, tuned, pairs, out, lambdas, cache=cache, device=device)
 
         result = {
             "matrices": int(pm.tensor.nunique()),
@@ -504,6 +550,7 @@ def run(args: argparse.Namespace) -> dict:
                 "summary.md",
                 *([] if not args.sweep else ["sweep.csv"]),
                 *[f.name for f in figures],
+                *extra_outputs,
             ],
         }
         meta.update(result)
@@ -570,6 +617,147 @@ def _similarity_figure(pick, out: Path, drawn: Path | None, best, pairs, tuned, 
         _, recs = next(iter_records(tuned.base, tuned, [pair], device=device, **{**kw, "side": (side,)}))
         rec = recs[side]
     return plot_similarity_matrix(rec, target, tensor=tensor)
+
+
+def _mitigation_options(args: argparse.Namespace) -> list[float]:
+    """The λ of --mitigate (checked: one line naming a λ outside [0, 1]); [] without it."""
+    if getattr(args, "mitigate", None) is None:
+        if getattr(args, "no_eval", False):
+            raise ValueError("--no-eval only makes sense with --mitigate")
+        return []
+    from lowrank_lab.analysis.mitigation import parse_lambdas
+
+    return parse_lambdas(args.mitigate)
+
+
+def _run_json(tuned) -> tuple[Path | None, dict | None]:
+    """The fine-tuning run folder and its run.json when --tuned is a run (its merged/ was read)."""
+    import json
+
+    if tuned.description.get("tuned_kind") != "run":
+        return None, None
+    run_dir = Path(tuned.description["tuned"]).parent
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return run_dir, None
+    try:
+        return run_dir, json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); is this a fine-tuning run folder?") from None
+
+
+def _update_and_mitigate(args, tuned, pairs, out: Path, lambdas, *, cache, device) -> list[str]:
+    """--update-spectra and --mitigate: their files in ``out``; returns their names."""
+    if not lambdas and not getattr(args, "update_spectra", False):
+        return []
+    run_dir, run_json = _run_json(tuned)
+    written: list[str] = []
+    if args.update_spectra:
+        written += _write_update_spectra(tuned, pairs, out, run_json, device=device)
+    if lambdas:
+        written += _write_mitigation(args, tuned, pairs, out, lambdas, run_dir, run_json, cache=cache,
+                                     device=device)
+    return written
+
+
+def _write_update_spectra(tuned, pairs, out: Path, run_json, *, device) -> list[str]:
+    import pandas as pd
+
+    from lowrank_lab.analysis.mitigation import iter_updates
+    from lowrank_lab.analysis.update_spectra import UPDATE_SPECTRA_COLUMNS, update_spectra_rows
+    from lowrank_lab.utils.files import write_frame
+
+    rows = []
+    for u in iter_updates(tuned, pairs, run_json=run_json, need_rank=False):
+        W0, delta = u.W0.to(device), u.delta.to(device)
+        rows += update_spectra_rows(u.pair.base, W0, delta, rank=u.rank, scaling=u.scaling, factors=u.factors)
+    write_frame(pd.DataFrame(rows, columns=UPDATE_SPECTRA_COLUMNS), out / "update_spectra.csv")
+    return ["update_spectra.csv"]
+
+
+def _write_mitigation(
+    args, tuned, pairs, out: Path, lambdas, run_dir, run_json, *, cache, device
+) -> list[str]:
+    """Mitigate every adapted matrix at each λ, write the adapters and tables, score a run."""
+    import pandas as pd
+
+    from lowrank_lab.analysis import intruder_tables as tables
+    from lowrank_lab.analysis import mitigation as mg
+    from lowrank_lab.analysis.intruders import base_bases
+    from lowrank_lab.utils.files import write_frame
+
+    lams = mg.lambdas_with_reference(lambdas)
+    peft_config = None
+    if tuned.description.get("adapter_format") == "peft":
+        from lowrank_lab.adapters.io import read_peft_lora
+
+        peft_config = read_peft_lora(tuned.description["adapter"])[1]
+    factors = {lam: {} for lam in lams if lam != 1.0}
+    weights = {lam: {} for lam in lams if lam != 1.0}  # tensor -> mitigated weight, changed ones only
+    matrix_rows, rank, scaling = [], None, 1.0
+    for u in mg.iter_updates(tuned, pairs, run_json=run_json):
+        W0, delta = u.W0.to(device), u.delta.to(device)
+        base, _ = base_bases(W0, ("left",), cache=cache, name=u.pair.base.tensor)
+        rank, scaling = u.rank, u.scaling
+        for lam in lams:
+            m = mg.mitigate_update(
+                W0, delta, rank=u.rank, scaling=u.scaling, lam=lam, top_k=args.top_k, epsilon=args.epsilon,
+                factors=u.factors, base=base, name=u.pair.base.tensor,
+            )
+            info = u.pair.base
+            matrix_rows.append({
+                "lambda": lam, "tensor": info.tensor, "layer": "" if info.layer is None else int(info.layer),
+                "module": info.module, "rows": int(W0.shape[0]), "cols": int(W0.shape[1]),
+                "adapter_rank": u.rank, "scaling": u.scaling, "intruders": m.count,
+                "intruder_ranks": " ".join(map(str, m.intruder_ranks)), "changed": int(m.changed),
+                "delta_fro": float(delta.float().norm()), "mitigated_delta_fro": float(m.delta().norm()),
+            })
+            if lam == 1.0:
+                continue
+            factors[lam][u.module] = (m.B, m.A)
+            if m.changed:
+                weights[lam][u.pair.tuned.tensor] = (W0.float() + m.delta().to(W0.device)).cpu()
+    if rank is None:
+        raise ValueError("--mitigate: no adapted matrix among the selected targets")
+    written = ["mitigation_matrices.csv", "mitigation.csv"]
+    frame_m = pd.DataFrame(matrix_rows, columns=tables.MITIGATION_MATRIX_COLUMNS)
+    write_frame(frame_m, out / "mitigation_matrices.csv")
+    for lam, f in factors.items():
+        where = out / "mitigated" / f"lambda-{lam:g}"
+        mg.write_peft_adapter(where, f, rank=rank, scaling=scaling, config=peft_config)
+    cfg = (run_json or {}).get("config") or {}
+    evaluator = None
+    if run_dir is not None and run_json is not None and not args.no_eval:
+        from lowrank_lab.training.tasks import default_data_dir
+
+        evaluator = mg.RunEvaluator(run_dir, data_dir=args.data_dir or default_data_dir(), device=device)
+    rows = []
+    for lam in lams:
+        per = frame_m[frame_m["lambda"] == lam]
+        row = {
+            "run": run_dir.name if run_dir is not None else str(tuned.description.get("tuned", args.tuned)),
+            "method": cfg.get("method", ""), "rank": rank, "seed": cfg.get("seed", ""),
+            "task": cfg.get("task", ""), "metric": "", "lambda": lam, "top_k": args.top_k,
+            "epsilon": args.epsilon, "matrices": len(per), "mitigated_matrices": int(per["changed"].sum()),
+            "intruders": int(per["intruders"].sum()),
+            "adapter": "" if lam == 1.0 else f"mitigated/lambda-{lam:g}",
+        }
+        if evaluator is not None:
+            if lam != 1.0:
+                evaluator.set_weights(weights[lam])
+            scores = evaluator.measure()
+            evaluator.restore()
+            row.update(scores, metric=evaluator.spec.metric, recorded_metric=evaluator.record.final_metric,
+                       base_spearman=evaluator.base_spearman)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=tables.MITIGATION_COLUMNS)
+    write_frame(frame, out / "mitigation.csv")
+    if evaluator is not None and not args.no_figures:
+        tables.plot_mitigation_tradeoff(frame, out / "mitigation_tradeoff.png",
+                                        title=f"{frame['run'].iloc[0]}: intruder mitigation over λ")
+        written.append("mitigation_tradeoff.png")
+    written += [f"mitigated/lambda-{lam:g}" for lam in factors]
+    return written
 
 
 def pair_cost(shape, top_k: int, tuned_svd: str, *, cache) -> float:

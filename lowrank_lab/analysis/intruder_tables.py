@@ -190,3 +190,68 @@ def summary_markdown(
     if with_sweep:
         lines.append("- `sweep.csv`")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Intruder mitigation (``intruders --mitigate``)
+# --------------------------------------------------------------------------------------------------
+
+#: Columns of mitigation.csv: one row per (run, λ). λ = 1 is the tuned model itself (the reference
+#: a mitigated row is compared with, paired by run). ``task_metric`` is the run's task metric on its
+#: dev examples (``metric`` names it; ``recorded_metric`` is what the run recorded there, which the
+#: λ = 1 row reproduces); ``forgetting`` is ``base_spearman − tuned_spearman`` of
+#: :mod:`lowrank_lab.training.forgetting` (positive: skill lost). Empty for a PEFT adapter (no task).
+MITIGATION_COLUMNS = (
+    "run", "method", "rank", "seed", "task", "metric", "lambda", "top_k", "epsilon", "matrices",
+    "mitigated_matrices", "intruders", "task_metric", "task_loss", "recorded_metric", "base_spearman",
+    "tuned_spearman", "forgetting", "adapter",
+)
+#: Columns of mitigation_matrices.csv: what each λ did to each matrix.
+MITIGATION_MATRIX_COLUMNS = (
+    "lambda", "tensor", "layer", "module", "rows", "cols", "adapter_rank", "scaling", "intruders",
+    "intruder_ranks", "changed", "delta_fro", "mitigated_delta_fro",
+)
+
+
+def collect_mitigation(paths) -> pd.DataFrame:
+    """One table from the mitigation.csv of several ``intruders --mitigate`` runs (files or folders):
+    the per-run rows a claim over a study's runs reads. Rows of one (run, λ) given twice are kept once."""
+    from pathlib import Path
+
+    frames = []
+    for p in paths:
+        p = Path(p)
+        f = p / "mitigation.csv" if p.is_dir() else p
+        if f.is_file():
+            frames.append(pd.read_csv(f))
+    if not frames:
+        return pd.DataFrame(columns=list(MITIGATION_COLUMNS))
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["run", "lambda"], keep="last")
+
+
+def plot_mitigation_tradeoff(frame: pd.DataFrame, path, *, title: str = ""):
+    """Task metric against forgetting, one point per λ (labelled), joined in λ order per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lowrank_lab.utils.files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    for run, grp in frame.sort_values("lambda").groupby("run", sort=False):
+        ax.plot(grp["forgetting"], grp["task_metric"], marker="o", label=str(run))
+        for lam, x, y in zip(grp["lambda"], grp["forgetting"], grp["task_metric"], strict=True):
+            ax.annotate(f"λ={lam:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(4, 3))
+    metric = str(frame["metric"].iloc[0]) if len(frame) else "task metric"
+    ax.set_xlabel("forgetting (STS-B Spearman drop, base − model)")
+    ax.set_ylabel(f"task {metric} (dev)")
+    ax.set_title(title or "Intruder mitigation: task metric vs forgetting over λ", fontsize=9)
+    if frame["run"].nunique() > 1:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return path
