@@ -34,11 +34,13 @@ asked for (``pip install datasets``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from lowrank_lab.utils.data import DATA_DIR_ENV, shared_data_dir
+from lowrank_lab.utils.files import TextDecodeError, read_text
 
 
 class TaskDataError(FileNotFoundError):
@@ -388,12 +390,22 @@ def _hub_label(spec: TaskSpec, label) -> int | float | None:
     return int(label)
 
 
+def _text(path: Path) -> str:
+    """The file as UTF-8 text with a leading byte-order mark dropped (the official MRPC files start
+    with one, which stuck to the first column's name: "lacks one of the columns"); a byte that is not
+    UTF-8 is a TaskFormatError naming the file and line."""
+    try:
+        return read_text(path)
+    except TextDecodeError as exc:
+        raise TaskFormatError(str(exc)) from None
+
+
 def _tsv_rows(path: Path):
     # GLUE text has bare quotes: QUOTE_NONE keeps every row a row (see module docstring).
-    with open(path, newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            if row:
-                yield lineno, row
+    fh = io.StringIO(_text(path), newline="")
+    for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+        if row:
+            yield lineno, row
 
 
 def _header_index(path: Path, header: list[str], names: tuple[str, ...]) -> list[int]:
@@ -502,17 +514,16 @@ def _read_stsb(path: Path) -> list[Example]:
 
 def _read_gsm8k(path: Path) -> list[Example]:
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                out.append(Example(rec["question"], rec["answer"], None))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise TaskFormatError(
-                    f"{path}:{lineno}: expected a JSON object with 'question' and 'answer'"
-                ) from None
+    for lineno, line in enumerate(io.StringIO(_text(path)), start=1):  # io: lines split at \n only
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out.append(Example(rec["question"], rec["answer"], None))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise TaskFormatError(
+                f"{path}:{lineno}: expected a JSON object with 'question' and 'answer'"
+            ) from None
     return out
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from lowrank_lab.utils.files import TextDecodeError, decode_text
+from lowrank_lab.utils.files import TextDecodeError, decode_text, read_text
 
 from .errors import (
     CheckpointNotFoundError,
@@ -114,11 +114,11 @@ def _unreadable(path: Path) -> str | None:
 def _read_index(path: Path) -> dict[str, str]:
     """The ``weight_map`` of a shard index; every file it names must lie inside the index's folder."""
     try:
-        index = json.loads(path.read_text())
+        index = json.loads(read_text(path))  # UTF-8, a byte-order mark allowed
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, TextDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CorruptCheckpointError(
             f"{path} is not a valid shard index (need a JSON object with a 'weight_map' of tensor → "
             f"file): {exc}"

@@ -224,3 +224,41 @@ def test_an_svd_cache_entry_of_another_matrix_or_changed_payload_is_not_trusted(
     capsys.readouterr()
     assert cache.load(key, (6, 6)) is None
     assert f"({why}); recomputing it" in capsys.readouterr().err
+
+
+# -- case 5: a GLUE TSV that starts with a UTF-8 byte-order mark (as the official MRPC files do) ----------
+MRPC = ("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+        "1\t1\t2\tThe cat sat.\tA cat was sitting.\n"
+        "0\t3\t4\tIt rained \"all\" day.\tThe sun shone.\n")
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "bom"])
+def test_glue_tsv_with_a_byte_order_mark_is_read(tmp_path, bom):
+    from lowrank_lab.training.tasks import load_examples
+
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / name).write_bytes(bom + MRPC.encode())
+    examples = load_examples("mrpc", tmp_path, "train")
+    assert [(e.text_a, e.text_b, e.label) for e in examples] == [
+        ("The cat sat.", "A cat was sitting.", 1), ('It rained "all" day.', "The sun shone.", 0)
+    ]
+
+
+def test_glue_tsv_with_undecodable_bytes_names_file_and_line(tmp_path):
+    from lowrank_lab.training.tasks import TaskFormatError, load_examples
+
+    (tmp_path / "train.tsv").write_bytes(MRPC.encode() + b"1\t5\t6\tbad \xff\tbyte\n")
+    (tmp_path / "dev.tsv").write_bytes(MRPC.encode())
+    with pytest.raises(TaskFormatError, match=r"train.tsv: line 4 is not UTF-8 text \(byte 0xff\)"):
+        load_examples("mrpc", tmp_path, "train")
+
+
+def test_gsm8k_jsonl_with_a_byte_order_mark_is_read(tmp_path):
+    from lowrank_lab.training.tasks import load_examples
+
+    line = '{"question": "1+1?", "answer": "#### 2"}\n'
+    (tmp_path / "gsm8k").mkdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        (tmp_path / "gsm8k" / name).write_bytes(b"\xef\xbb\xbf" + (line * 2).encode())
+    examples = load_examples("gsm8k", tmp_path, "train")
+    assert [(e.text_a, e.text_b) for e in examples] == [("1+1?", "#### 2")] * 2
