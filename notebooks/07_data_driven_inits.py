@@ -16,7 +16,12 @@
 #
 # EVA, CorDA, LoRA-GA and LoRA-One build the adapter from the task's own data (activations or the
 # gradient of the task loss), LoftQ from the weight's NF4 quantisation error (REFERENCE.md,
-# "Initialisations beyond PiSSA and OLoRA"). This notebook asks three questions on SST-2 with
+# "Initialisations beyond PiSSA and OLoRA"). The newest ones (REFERENCE.md, "PEFT 0.22 and the
+# newest inits"; issue 32) are here too: Astra (eigenvectors of the layer's *output* covariance on
+# task data), LoRA-Null (W projected on the input directions the task data leaves empty), and three
+# that need no data — NoRA (LoRA with unit-norm columns of A), KaSA (the base loses its r smallest
+# singular triplets, a trainable diagonal sits between A and B) and Init[AB] (both factors random,
+# their product subtracted from the base). This notebook asks three questions on SST-2 with
 # all-MiniLM-L6-v2:
 #
 # 1. **Error and time.** How far is each init's adapter from the best rank-r approximation of W (where
@@ -45,7 +50,14 @@ from scipy import stats
 
 from lowrank_lab import diagnose
 from lowrank_lab import notebook_support as nbs
-from lowrank_lab.adapters import batch_losses, inject, lowrank_modules, resolve_targets
+from lowrank_lab.adapters import (
+    ADAPTERS,
+    activation_statistics,
+    batch_losses,
+    inject,
+    lowrank_modules,
+    resolve_targets,
+)
 from lowrank_lab.linalg import optimal_error, singular_values
 from lowrank_lab.training.batching import Encoder, batch_order
 from lowrank_lab.training.models import load_model, load_tokenizer
@@ -66,8 +78,14 @@ print("figures ->", nbs.figures_dir(), "| tables ->", nbs.reports_dir())
 # The SST-2 classifier on MiniLM (seed-0 head, eval mode), calibrated on the first `N_CAL` SST-2
 # *training* sentences (never dev data), one callable per sentence. Without `../shared/data` the
 # calibration falls back to random token ids (the numbers then say nothing about the task).
-# `err_ratio` = ‖W − s·B·A‖_F / ‖W − W_r‖_F for inits whose adapter approximates W (PiSSA, CorDA);
-# EVA (B = 0), LoRA-GA and LoRA-One (gradient directions) and LoftQ (fits W minus its NF4 copy) have none.
+# `err_ratio` = ‖W − s·B·A‖_F / ‖W − W_r‖_F for inits whose adapter is a part of W (PiSSA, CorDA,
+# Astra and LoRA-Null: projections of W); EVA, NoRA and KaSA (B = 0), LoRA-GA and LoRA-One (gradient
+# directions), Init[AB] (random) and LoftQ (fits W minus its NF4 copy) have none.
+# `input_energy` = the share of the calibration inputs' energy that A's row space reads,
+# tr(Qᵀ·XᵀX·Q) / tr(XᵀX) with Q an orthonormal basis of A's rows (a random A reads about r/n of it;
+# LoRA-Null's A reads none by construction). `output_change` = ‖logits − logits_base‖ / ‖logits_base‖
+# on the calibration sentences at init: zero for residual and B = 0 inits, not for KaSA, whose base
+# changed.
 
 # %%
 spec = get_task("sst2")
@@ -90,22 +108,37 @@ def loss(model, b):
     return model(**{k: v for k, v in b.items() if k != "target"}, labels=b["target"]).loss
 
 
+def logits(model):
+    with torch.no_grad():
+        return torch.cat([model(**{k: v for k, v in b.items() if k != "target"}).logits for b in batches])
+
+
+# The calibration inputs' scatter XᵀX at every target (uncentred, float64), and the base logits.
+stats_in = activation_statistics(proto, targets, batch_losses(batches, loss))
+scatter = {n: st.scatter for n, st in stats_in.items()}
+base_logits = logits(proto)
+METHODS = ["pissa", "eva", "corda-ipm", "corda-kpm", "lora-ga", "lora-one", "loftq",
+           "astra", "lora-null", "nora", "kasa", "init-ab"]  # fmt: skip
 rows = []
-for method in ["pissa", "eva", "corda-ipm", "corda-kpm", "lora-ga", "lora-one", "loftq"]:
+for method in METHODS:
     model = copy.deepcopy(proto)
     originals = {n: model.get_submodule(n).weight.detach().double().clone() for n in targets}
-    report = inject(model, method, rank=RANK, targets=targets, calibration=batch_losses(batches, loss)
-                    if method not in ("pissa", "loftq") else None, progress=False)  # fmt: skip
-    ratios = []
+    calibration = batch_losses(batches, loss) if ADAPTERS[method].needs_calibration else None
+    report = inject(model, method, rank=RANK, targets=targets, calibration=calibration, progress=False)
+    ratios, energy = [], []
     for n, layer in lowrank_modules(model).items():
-        if method in ("pissa", "corda-ipm", "corda-kpm"):
+        if method in ("pissa", "corda-ipm", "corda-kpm", "astra", "lora-null"):
             W = originals[n]
             opt, _ = optimal_error(singular_values(W), RANK)
             ratios.append(float((W - layer.delta_weight(torch.float64)).norm() / W.norm()) / opt)
+        Q = torch.linalg.qr(layer.A.detach().double().T).Q  # (n, r): A's row space
+        energy.append(float(torch.trace(Q.T @ scatter[n] @ Q) / torch.trace(scatter[n])))
     rows.append({
         "method": method, "matrices": len(report.modules), "calibration_s": report.calibration_seconds,
         "init_s": report.init_seconds,
         "err_ratio_mean": sum(ratios) / len(ratios) if ratios else float("nan"),
+        "input_energy": sum(energy) / len(energy),
+        "output_change": float((logits(model) - base_logits).norm() / base_logits.norm()),
     })  # fmt: skip
 errors = pd.DataFrame(rows)
 nbs.save_table(errors, "07_error_and_time", title="Data-driven inits: error against the optimum and time",
@@ -124,7 +157,12 @@ nbs.save_figure(fig, "07_init_time")
 # %% [markdown]
 # CorDA-IPM keeps the directions of W·C with the largest singular values, so its adapter approximates
 # W almost as well as PiSSA's (a ratio near 1); KPM keeps the least-excited directions, far from the
-# optimum by design. The PEFT timing comparison is `python benchmarks/adapter_init.py --data-driven`
+# optimum by design, and LoRA-Null's projection on the inputs' empty directions likewise. Astra keeps
+# the output directions of *largest* second moment, as PEFT 0.22's code does (`V[:, -r:]` of an
+# ascending eigendecomposition) though its name speaks of tail eigenvectors; `which="smallest"` takes
+# the other end. EVA's A spans the inputs' principal components (mean-centred, so not all of the
+# uncentred energy measured here); LoRA-Null's A reads none of it. The PEFT timing comparison is
+# `python benchmarks/adapter_init.py --data-driven`
 # (reports/benchmarks/adapter_init_data_driven.md).
 #
 # ## 2 · The first step
@@ -146,8 +184,11 @@ else:
     argv = ["--task", "sst2", "--model", "minilm", "--data-dir", str(DATA), "--study", "none",
             "--out", str(diag_dir)]  # fmt: skip
     if SMALL:
-        argv += ["--methods", "lora,pissa,eva,lora-ga,lora-one", "--rank", "4", "--batch-size", "8",
-                 "--max-length", "32", "--calibration-samples", "8", "--targets", "query,value"]  # fmt: skip
+        argv += ["--methods", "lora,pissa,eva,lora-ga,lora-one,astra,lora-null,kasa", "--rank", "4",
+                 "--batch-size", "8", "--max-length", "32", "--calibration-samples", "8",
+                 "--targets", "query,value"]  # fmt: skip
+    else:
+        argv += ["--methods", f"{diagnose.DEFAULT_METHODS},astra,lora-null,nora,kasa,init-ab"]
     print("running: python -m lowrank_lab.diagnose", " ".join(argv))
     nbs.run_cli(diagnose.main, argv)
 if diag_dir is not None:
@@ -192,4 +233,7 @@ else:
 # Read with care: the study's methods differ in more than their init — core-only methods (LoRA-XS,
 # IntTune, LoLDU) train far fewer parameters at a 10× learning rate — so the correlation mixes the
 # init's direction with capacity and step size. The new data-driven inits are not in the committed
-# study yet; `python -m lowrank_lab.finetune --methods eva,corda-ipm,lora-ga,lora-one ...` adds them.
+# study yet; `python -m lowrank_lab.finetune --methods eva,corda-ipm,lora-ga,lora-one ...` adds them,
+# and `--methods astra,lora-null,nora,kasa,init-ab` the newest. KaSA's two regularisers (β = 1e-4,
+# γ = 1e-3) are not added by the harness, as PEFT leaves `_get_kasa_loss` to the user;
+# `lowrank_lab.adapters.kasa_loss(model)` computes them for a training loop that wants them.
