@@ -99,6 +99,13 @@ def _seeds(text: str) -> list[int]:
         ) from None
     if not seeds:
         raise argparse.ArgumentTypeError("--seeds is empty")
+    from lowrank_lab.utils.cli import MAX_SEED  # the range analyze's and intruders' --seed check
+
+    outside = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if outside:  # 2**64 failed in torch after runs.csv was written; -1 trained "head-r8-seed-1"
+        raise argparse.ArgumentTypeError(
+            f"every seed must be in 0 .. 2**63-1 ({MAX_SEED}), as analyze's --seed; got {outside[0]}"
+        )
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds repeats a seed: {text!r}")
     return seeds

@@ -223,3 +223,29 @@ def test_intruders_recomputes_a_zeroed_cache_entry_and_counts_as_without_it(bert
     exact = ["tensor", "side", "rank", "intruder", "count", "epsilon"]
     pd.testing.assert_frame_equal(a[exact], b[exact])
     pd.testing.assert_series_equal(a["similarity"], b["similarity"], atol=1e-5, rtol=0)
+
+
+# -- case 6: finetune's seeds share analyze's range and are checked before anything is written ----------
+@pytest.mark.parametrize(("option", "value", "shown"), [
+    ("--seeds", "0,18446744073709551616", "18446744073709551616"),
+    ("--seeds", "-1", "-1"),
+    ("--seeds", "1,9223372036854775808", "9223372036854775808"),
+])
+def test_finetune_refuses_a_seed_outside_analyzes_range(tmp_path, capsys, option, value, shown):
+    from lowrank_lab import finetune
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        finetune.main(["--task", "sst2", option, value, "--out", str(out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"every seed must be in 0 .. 2**63-1 (9223372036854775807), as analyze's --seed; got {shown}" in (
+        " ".join(err.split()))
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_finetune_keeps_the_largest_seed(capsys):
+    from lowrank_lab.finetune import build_parser
+
+    args = build_parser().parse_args(["--task", "sst2", "--seeds", f"0,{2**63 - 1}"])
+    assert args.seeds == [0, 2**63 - 1]
