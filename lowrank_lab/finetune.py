@@ -236,10 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
         "no seeds; a later call with the same grid and --resume skips those runs and trains the seeds",
     )
     p.add_argument(
+        "--selection-seeds",
         "--selection-seed",
-        type=nonnegative_int,
-        default=100,
-        help="seed of the --lr-grid selection runs (default 100, outside the verdict seeds)",
+        dest="selection_seed",
+        type=_seeds,
+        default=[100],
+        help="comma-separated seeds of the --lr-grid selection runs (default 100, outside the verdict "
+        "seeds); with several, each rate runs on every one and is scored by their mean validation "
+        "metric, so one lucky seed does not choose the rate, e.g. --selection-seeds 100,101",
     )
     p.add_argument(
         "--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0), e.g. --seeds 0,1,2"

@@ -168,6 +168,28 @@ def selectable(rec: RunRecord) -> bool:
     return rec.finished and not rec.val_collapsed and value is not None and math.isfinite(value)
 
 
+def pooled(records: Sequence[RunRecord]) -> RunRecord:
+    """One rate's selection runs over its selection seeds as one record: finished only if every
+    seed finished, collapsed if any collapsed, ``val_metric`` their mean (None unless every seed is
+    :func:`selectable`), with the per-seed values in ``meta["val_metrics"]``. One record is itself."""
+    if len(records) == 1:
+        return records[0]
+    first = records[0]
+    status = next((r.status for r in records if not r.finished), "finished")
+    values = [r.val_metric for r in records]
+    usable = all(selectable(r) for r in records)
+    mean = sum(float(v) for v in values) / len(values) if usable else None  # type: ignore[arg-type]
+    meta = {**first.meta, "val_metrics": values, "seeds": [r.seed for r in records]}
+    return replace(
+        first,
+        status=status,
+        val_metric=mean,
+        val_collapsed=any(bool(r.val_collapsed) for r in records),
+        steps_done=max(int(r.steps_done or 0) for r in records),
+        meta=meta,
+    )
+
+
 def choose(
     method: str, rates: Sequence[float], records: Sequence[RunRecord], *, higher_is_better: bool
 ) -> Choice:
@@ -209,12 +231,19 @@ def select_rates(
     base: RunConfig,
     methods: Sequence[str],
     grid: dict[str, list[float]],
-    seed: int,
+    seed: int | Sequence[int],
     out: Path,
 ) -> tuple[dict[str, Choice], float]:
     """The selection protocol of this module's docstring, on ``runner`` (the study's run loop:
     ``runner.run(configs, dir_of, desc, score_dev=False)`` and ``runner.spec``); returns each
-    method's choice and the head rate. Writes ``selection.csv`` and ``figures/lr_selection.png``."""
+    method's choice and the head rate. Writes ``selection.csv`` and ``figures/lr_selection.png``.
+
+    ``seed`` may be several selection seeds (issue 30, point 11): every rate then runs on each, and
+    a rate is scored by the mean of their validation metrics (:func:`pooled`), so one lucky seed
+    does not pick the rate the verdicts are judged at."""
+    seeds = (int(seed),) if isinstance(seed, int) else tuple(int(s) for s in seed)
+    if not seeds:
+        raise ValueError("--selection-seeds needs at least one seed")
     spec = runner.spec
     rows: list[dict[str, Any]] = []
     head_lr = base.resolved_head_lr()
@@ -229,19 +258,23 @@ def select_rates(
         recs: dict[str, list[RunRecord]] = {m: [] for m in grids}
         todo = {m: list(rates) for m, (rates, _, _) in grids.items()}
         for _ in range(MAX_EXTENSIONS + 1):
-            batch = [(m, grids[m][1](r)) for m in grids for r in todo[m]]
+            batch = [(m, r, replace(grids[m][1](r), seed=sd)) for m in grids for r in todo[m] for sd in seeds]
             if not batch:
                 break
             names = ", ".join(m for m in grids if todo[m])
             got, _ = runner.run(
-                [c for _, c in batch],
+                [c for _, _, c in batch],
                 lambda c: selection_dir(out, c),
                 f"{spec.name} select rates: {names}",
                 score_dev=False,
             )
-            for (m, cfg), rec in zip(batch, got, strict=True):
-                tried[m].append(cfg)
-                recs[m].append(rec)
+            by_rate: dict[tuple[str, float], list[RunRecord]] = {}
+            for (m, r, _), rec in zip(batch, got, strict=True):
+                by_rate.setdefault((m, r), []).append(rec)
+            for m in grids:
+                for r in todo[m]:
+                    tried[m].append(grids[m][1](r))
+                    recs[m].append(pooled(by_rate[(m, r)]))
             for m in grids:
                 if not todo[m]:
                     continue
@@ -264,7 +297,7 @@ def select_rates(
             {
                 HEAD_ONLY: (
                     grid_for(HEAD_ONLY, spec.name, spec.kind, grid),
-                    lambda r: replace(base, method=HEAD_ONLY, seed=seed, head_lr=r, save_merged=False),
+                    lambda r: replace(base, method=HEAD_ONLY, seed=seeds[0], head_lr=r, save_merged=False),
                     "head_lr",
                 )
             }
@@ -283,7 +316,9 @@ def select_rates(
         {
             m: (
                 grid_for(m, spec.name, spec.kind, grid),
-                lambda r, m=m: replace(base, method=m, seed=seed, lr=r, head_lr=head_lr, save_merged=False),
+                lambda r, m=m: replace(
+                    base, method=m, seed=seeds[0], lr=r, head_lr=head_lr, save_merged=False
+                ),
                 "lr",
             )
             for m in methods
@@ -314,9 +349,19 @@ def _rows(
             "collapsed": rec.val_collapsed,
             "steps_done": rec.steps_done,
             "chosen": choice.lr is not None and rate == choice.lr,
+            "seeds": ",".join(str(s) for s in rec.meta.get("seeds", [rec.seed])),
+            "val_sd": _sd(rec.meta.get("val_metrics")),
         }
         for cfg, rate, rec in zip(cfgs, rates, recs, strict=True)
     ]
+
+
+def _sd(values: Sequence[float | None] | None) -> float | None:
+    """Sample standard deviation of the selection seeds' validation metrics (None for one seed)."""
+    if not values or len(values) < 2 or any(v is None for v in values):
+        return None
+    mean = sum(values) / len(values)  # type: ignore[arg-type]
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))  # type: ignore[operator]
 
 
 def write_selection(out: Path, rows: list[dict[str, Any]], choices: dict[str, Choice]) -> Path:
@@ -359,6 +404,8 @@ SELECTION_COLUMNS = [
     "collapsed",
     "steps_done",
     "chosen",
+    "seeds",
+    "val_sd",
 ]
 SELECTION_KEY = ["method", "rank", "rate_of", "lr"]
 

@@ -117,6 +117,8 @@ def _csv_row(rec: RunRecord, out: Path) -> dict[str, Any]:
         "final_train_loss": final_loss(rec.train_loss) if rec.train_loss else None,
         "loss_auc": loss_auc(rec.train_loss) if rec.train_loss else None,
         "steps_done": rec.steps_done,
+        "stop_reason": rec.stop_reason,
+        "best_step": rec.best_step,
         "trainable_params": rec.trainable_params,
         "adapter_params": rec.adapter_params,
         "init_seconds": rec.init_seconds,
@@ -147,7 +149,7 @@ def run_study(
     notes: Sequence[str] = (),
     checkpoint_seconds: float = 120.0,
     lr_grid: dict[str, list[float]] | None = None,
-    selection_seed: int = 100,
+    selection_seed: int | Sequence[int] = 100,
 ) -> dict[str, Any]:
     """Run ``methods`` × ``seeds`` on ``base.task`` and write the study files (see module docstring).
 
@@ -181,9 +183,10 @@ def run_study(
         rates. Needs a validation split (``base.val_samples`` other than 0). Selection runs save no
         merged weights. A ``base.head_lr`` is taken as already chosen: only the methods' rates are
         selected then.
-    selection_seed : int
-        Seed of the selection runs (default 100: none of the study's usual seeds 0-9, so the runs
-        a verdict uses are not the ones a rate was chosen on).
+    selection_seed : int or sequence of int
+        Seed(s) of the selection runs (default 100: none of the study's usual seeds 0-9, so the runs
+        a verdict uses are not the ones a rate was chosen on). Several seeds score each rate by
+        their mean validation metric (:func:`~.selection.pooled`; issue 30, point 11).
 
     Returns
     -------

@@ -100,6 +100,7 @@ def _scramble_dev(glue_dir):
     dev.write_text("\n".join(flipped) + "\n")
 
 
+@pytest.mark.slow  # trains a selection, ~30 s
 def test_selection_never_reads_the_dev_set(glue_dir, bert_tokenizer, tiny_pooled, tmp_path):
     grid = {"lora": [1e-3, 1e-2], "head": [3e-3, 1e-1]}
     base = {"steps": 12, "val_samples": 12, "eval_every": 4}
@@ -119,6 +120,7 @@ def test_selection_never_reads_the_dev_set(glue_dir, bert_tokenizer, tiny_pooled
     assert fa["lora"] == pytest.approx(1 - fb["lora"])
 
 
+@pytest.mark.slow  # trains a selection, ~18 s
 def test_selected_rates_are_in_run_json_selection_csv_and_the_figure(
     glue_dir, bert_tokenizer, tiny_pooled, tmp_path
 ):
@@ -146,6 +148,7 @@ def test_selected_rates_are_in_run_json_selection_csv_and_the_figure(
     assert (out / "figures" / "lr_selection.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # trains a selection
 def test_a_head_that_trains_at_no_rate_stops_the_study_with_its_table(
     glue_dir, bert_tokenizer, tiny_bert, tmp_path
 ):
@@ -170,6 +173,7 @@ def test_extension_steps_beyond_an_edge_that_strictly_holds_the_best_rate():
     assert extension(up, None, higher_is_better=True) is None  # nothing usable: nothing to extend
 
 
+@pytest.mark.slow  # trains a selection, ~10 s
 def test_a_best_rate_at_the_grid_edge_extends_the_grid(glue_dir, bert_tokenizer, tiny_pooled, tmp_path):
     from lowrank_lab.training.selection import MAX_EXTENSIONS
 
@@ -184,6 +188,7 @@ def test_a_best_rate_at_the_grid_edge_extends_the_grid(glue_dir, bert_tokenizer,
     assert rates[2] == pytest.approx(0.333)  # one grid step (x 10/3) beyond 0.1
 
 
+@pytest.mark.slow  # trains a selection
 def test_epochs_set_the_steps_from_the_training_split(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
     # 60 SST-2 fixture rows, 12 held out for validation: 48 train; 1.5 epochs of batch 4 = 18 steps
     res = _run(glue_dir, tmp_path / "ep", bert_tokenizer, tiny_bert(2), methods=("lora",),
@@ -201,6 +206,7 @@ def _add_selection_rows(out, method, n):
         write_selection(out, rows, {method: Choice(method, None, None, "test")})
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_updating_selection_csv_keep_each_others_rows(tmp_path, monkeypatch):
     import multiprocessing
 
@@ -218,6 +224,7 @@ def test_two_processes_updating_selection_csv_keep_each_others_rows(tmp_path, mo
     assert sel.groupby("method").size().to_dict() == {"milora": 15, "pissa": 15}
 
 
+@pytest.mark.slow  # trains a selection and seeds, ~30 s
 def test_selection_alone_then_the_seeds_reuse_its_runs(glue_dir, bert_tokenizer, tiny_pooled, tmp_path):
     out = tmp_path / "s"
     kw = {"lr_grid": {"lora": [1e-3, 1e-2], "head": [3e-3, 1e-1]},
@@ -248,7 +255,7 @@ def test_summary_line_names_each_choice_with_its_number_of_rates_and_the_methods
     from lowrank_lab.training.selection import SELECTION_COLUMNS, selection_line
 
     def rows(method, rank, rates, chosen):
-        return [[method, rank, "lr", r, 0.8, "finished", False, 10, r == chosen] for r in rates]
+        return [[method, rank, "lr", r, 0.8, "finished", False, 10, r == chosen, "100", None] for r in rates]
 
     table = (rows("lora", 8, [5e-5, 1.5e-4, 5e-4, 1.5e-3, 5e-3], 1.5e-3)
              + rows("pissa", 8, [5e-4, 1.5e-3], 5e-4)
@@ -261,6 +268,7 @@ def test_summary_line_names_each_choice_with_its_number_of_rates_and_the_methods
     assert selection_line(tmp_path / "none") is None
 
 
+@pytest.mark.slow  # trains a selection
 def test_every_method_of_a_selection_round_is_one_batch_and_extensions_go_in_rounds(tmp_path):
     # Validation accuracy peaks at 1e-3 for lora (inside its grid), above the grid for pissa (two
     # extensions up: 9e-2 is at the edge until 2.7e-1 is tried) and just below it for full (one down,
@@ -293,3 +301,45 @@ def test_every_method_of_a_selection_round_is_one_batch_and_extensions_go_in_rou
     rows = pd.read_csv(tmp_path / "selection.csv")
     assert list(dict.fromkeys(rows["method"])) == ["lora", "pissa", "full"]  # rows grouped by method
     assert rows.groupby("method").size().to_dict() == {"lora": 3, "pissa": 5, "full": 4}
+
+
+def test_two_selection_seeds_score_each_rate_by_their_mean(tmp_path):
+    # seed 100 alone prefers 1e-3 (0.90 against 0.88); seed 101 makes 3e-4 the better rate on average
+    # (0.88 and 0.88 against 0.90 and 0.80): the mean of both chooses 3e-4.
+    score = {(3e-4, 100): 0.88, (3e-4, 101): 0.88, (1e-3, 100): 0.90, (1e-3, 101): 0.80,
+             (3e-3, 100): 0.70, (3e-3, 101): 0.70}  # any other rate (an extension): 0.75
+
+    class Runner:
+        spec = get_task("sst2")
+        seen: list[tuple[float, int]] = []
+
+        def run(self, configs, dir_of, desc, score_dev=True):
+            self.seen += [(c.lr, c.seed) for c in configs]
+            recs = [RunRecord(config=c, status="finished", val_metric=score.get((c.lr, c.seed), 0.75))
+                    for c in configs]
+            return recs, 0
+
+    runner = Runner()
+    base = RunConfig(task="sst2", method="lora", head_lr=1e-2)
+    choices, _ = select_rates(runner, base, ["lora"], {"lora": [3e-4, 1e-3, 3e-3]}, [100, 101], tmp_path)
+    assert choices["lora"].lr == 3e-4 and choices["lora"].val_metric == pytest.approx(0.88)
+    low = min(lr for lr, _ in runner.seen)
+    assert low < 3e-4 and {sd for lr, sd in runner.seen if lr == low} == {100, 101}  # extension: both
+    rows = pd.read_csv(tmp_path / "selection.csv").set_index("lr")
+    assert rows.loc[1e-3, "val_metric"] == pytest.approx(0.85) and rows.loc[1e-3, "seeds"] == "100,101"
+    assert rows.loc[1e-3, "val_sd"] == pytest.approx(0.0707, abs=1e-4)
+    # one seed alone would have chosen 1e-3
+    (tmp_path / "one").mkdir()
+    single, _ = select_rates(Runner(), base, ["lora"], {"lora": [3e-4, 1e-3, 3e-3]}, 100, tmp_path / "one")
+    assert single["lora"].lr == 1e-3
+
+
+def test_a_rate_is_usable_only_if_every_selection_seed_finished():
+    from lowrank_lab.training.selection import pooled
+
+    cfg = RunConfig(task="sst2", method="lora", lr=1e-3)
+    ok = RunRecord(config=cfg, status="finished", val_metric=0.9)
+    bad = RunRecord(config=RunConfig(task="sst2", method="lora", lr=1e-3, seed=1), status="diverged")
+    both = pooled([ok, bad])
+    assert both.status == "diverged" and both.val_metric is None
+    assert pooled([ok]) is ok
