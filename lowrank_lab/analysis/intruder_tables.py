@@ -255,3 +255,19 @@ def plot_mitigation_tradeoff(frame: pd.DataFrame, path, *, title: str = ""):
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
+
+
+def mitigation_effects(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run and λ < 1, the paired differences a claim judges, against the same run's λ = 1 row:
+    ``task_cost = task_metric(1) − task_metric(λ)`` (positive: the task got worse, for a metric where
+    higher is better) and ``forgetting_reduction = forgetting(1) − forgetting(λ)`` (positive: less
+    forgotten). Columns: run, method, rank, seed, task, metric, lambda, task_cost,
+    forgetting_reduction. A run without its λ = 1 row has no reference and is left out."""
+    cols = ["run", "method", "rank", "seed", "task", "metric", "lambda", "task_cost", "forgetting_reduction"]
+    ref = frame[frame["lambda"] == 1.0].set_index("run")
+    rows = frame[(frame["lambda"] != 1.0) & frame["run"].isin(ref.index)].copy()
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    rows["task_cost"] = rows["run"].map(ref["task_metric"]) - rows["task_metric"]
+    rows["forgetting_reduction"] = rows["run"].map(ref["forgetting"]) - rows["forgetting"]
+    return rows[cols].reset_index(drop=True)

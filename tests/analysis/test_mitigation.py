@@ -273,3 +273,29 @@ def test_cli_scores_a_fine_tuning_run_at_each_lambda(tmp_path):
     assert table.loc[1.0, "mitigated_matrices"] == 0
     assert (out / "mitigation_tradeoff.png").is_file()
     assert (out / "mitigated" / "lambda-0" / "adapter_model.safetensors").is_file()
+
+
+def test_collected_tables_give_paired_effects(tmp_path):
+    from lowrank_lab.analysis.intruder_tables import (
+        MITIGATION_COLUMNS,
+        collect_mitigation,
+        mitigation_effects,
+    )
+
+    def table(run, seed, rows):
+        base = {c: "" for c in MITIGATION_COLUMNS}
+        frame = pd.DataFrame([{**base, "run": run, "seed": seed, "method": "lora", "metric": "accuracy",
+                               "lambda": lam, "task_metric": acc, "forgetting": f} for lam, acc, f in rows])
+        (tmp_path / run).mkdir()
+        frame.to_csv(tmp_path / run / "mitigation.csv", index=False)
+
+    table("lora-r8-seed0", 0, [(1.0, 0.85, 0.20), (0.5, 0.84, 0.12), (0.0, 0.80, 0.05)])
+    table("lora-r8-seed1", 1, [(1.0, 0.86, 0.25), (0.5, 0.86, 0.20)])
+    table("lora-r8-seed2", 2, [(0.5, 0.80, 0.10)])  # no λ = 1 reference: no paired effect
+    frame = collect_mitigation(sorted(tmp_path.iterdir()))
+    assert len(frame) == 6
+    eff = mitigation_effects(frame).set_index(["run", "lambda"])
+    assert len(eff) == 3 and ("lora-r8-seed2", 0.5) not in eff.index
+    assert eff.loc[("lora-r8-seed0", 0.5), "task_cost"] == pytest.approx(0.01)
+    assert eff.loc[("lora-r8-seed0", 0.0), "forgetting_reduction"] == pytest.approx(0.15)
+    assert eff.loc[("lora-r8-seed1", 0.5), "task_cost"] == pytest.approx(0.0, abs=1e-12)
