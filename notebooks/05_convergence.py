@@ -159,8 +159,10 @@ if records:
 #
 # `method_rows` / `method_table` / `study_claims` are the harness's own aggregation (the tables of each
 # study's summary.md): mean ± sd over seeds; "steps to threshold" counts steps until the smoothed loss
-# first reaches LoRA's mean final loss; each claim is tested on per-seed paired differences, after the
-# task's gates, Holm-adjusted across the claims of a study (`lowrank_lab.training.claims`).
+# first reaches LoRA's mean final loss. The claims are read from `reports/claims.csv`, the table
+# `python -m lowrank_lab.claims` writes (gates against the untuned model and the base's training data,
+# per-seed paired differences, Holm per paper across tasks, the decision rule of
+# `lowrank_lab.training.stats.DECISION_RULE`); without it (a study run here) from `study_claims`.
 
 # %%
 tables, verdicts = [], []
@@ -185,10 +187,14 @@ if tables:
         claim_table = pd.read_csv(saved)
     else:
         claim_table = pd.DataFrame(verdicts)
-    claim_table = claim_table[["task", "claim", "paper_number", "n_seeds", "effect", "ci_low", "ci_high",
-                               "p_holm", "verdict", "claim_holds", "gate_reason", "tuning"]]
+    claim_table = claim_table[["task", "claim", "kind", "paper_number", "metric", "n_seeds", "effect",
+                               "ci_low", "ci_high", "p1_holm", "p2_holm", "verdict", "claim_holds",
+                               "gate_reason", "tuning"]]
     nbs.save_table(claim_table, "05_claims", source=NOTEBOOK, title="Paper claims at this scale")
     with pd.option_context("display.max_colwidth", 120):
+        # one screen first: the verdict of each claim on each task, as claims.md opens
+        display(claim_table.pivot_table(index="claim", columns="task", values="verdict", aggfunc="first",
+                                        sort=False))
         display(claim_table)
 
 # %% [markdown]

