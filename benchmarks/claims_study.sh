@@ -166,7 +166,7 @@ EOF
           python -m lowrank_lab.finetune --task "$task" --out "$OUT/$task" --summary-only
         fi
       done
-      python -m lowrank_lab.claims --studies "$OUT"/sst2 "$OUT"/stsb "$OUT"/gsm8k --out reports
+      python -m lowrank_lab.claims --studies "$OUT"/sst2 "$OUT"/stsb "$OUT"/gsm8k --out reports --readme README.md
       jupyter nbconvert --to notebook --execute --output-dir "${TMPDIR:-/tmp}/nbout" notebooks/05_convergence.ipynb ;;
     *) echo "unknown STUDY_STAGE $stage (sst2, ranks, stsb, gsm8k, intruders, forgetting, claims)" >&2; exit 2 ;;
   esac

@@ -375,8 +375,9 @@ def render_summary(
         "",
         "## Paper claims at this scale",
         "",
-        "The rules of `python -m lowrank_lab.claims` (lowrank_lab.training.claims): seed-paired t intervals, "
-        "Holm-Bonferroni across this task's claims, a minimum effect per metric, gates first.",
+        "The rules of `python -m lowrank_lab.claims` (lowrank_lab.training.stats.DECISION_RULE): gates "
+        "first, seed-paired t intervals, Holm-Bonferroni per paper (here over this task alone; "
+        "reports/claims.md holds each paper's family across its tasks), a minimum effect per measure.",
         "",
     ]
     if claim_table:
@@ -385,8 +386,8 @@ def render_summary(
                 "claim": [c["claim"] for c in claim_table],
                 "n": [c["n_seeds"] for c in claim_table],
                 "effect [95% CI]": [_interval(c) for c in claim_table],
-                "p Holm: difference / TOST": [
-                    f"{_num(c.get('p_holm'), '.3g')} / {_num(c.get('p_tost_holm'), '.3g')}"
+                "p1 / p2 (Holm)": [
+                    f"{_num(c.get('p1_holm'), '.3g')} / {_num(c.get('p2_holm'), '.3g')}"
                     for c in claim_table
                 ],
                 "verdict": [c["verdict"] for c in claim_table],
