@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -31,11 +32,13 @@ import torch
 from lowrank_lab.analysis.factorization import (
     FACTORIZATION_COLUMNS,
     FACTORIZATION_KEY,
+    NESTED_METHODS,
     SKIPPED_COLUMNS,
     SKIPPED_KEY,
     AnalysisConfig,
     analyze_matrix,
     matrix_ident,
+    timing_plan,
 )
 from lowrank_lab.analysis.figures import plot_error_ratio, plot_init_time, plot_spectra
 from lowrank_lab.analysis.quantization import (
@@ -47,13 +50,22 @@ from lowrank_lab.analysis.quantization import (
 )
 from lowrank_lab.analysis.report import write_summary
 from lowrank_lab.analysis.spectra import spectra_columns
-from lowrank_lab.linalg import FACTORIZATIONS, get_factorization, resolve_device, unfactorizable_reason
+from lowrank_lab.linalg import (
+    FACTORIZATIONS,
+    factorize,
+    get_factorization,
+    relative_errors,
+    resolve_device,
+    singular_values,
+    unfactorizable_reason,
+)
 from lowrank_lab.utils.cli import guarded_main, nonnegative_int, positive, seed
 from lowrank_lab.utils.distributed import init_from_env
 from lowrank_lab.utils.files import atomic_path, ensure_writable_dir, read_text_nofollow, refuse_symlink
 from lowrank_lab.utils.provenance import run_metadata, write_run_json
-from lowrank_lab.utils.sweep import SkipItem, Sweep, Table, warn_skipped
+from lowrank_lab.utils.sweep import SkipItem, Sweep, Table, exit_process, format_duration, warn_skipped
 from lowrank_lab.weights import open_source
+from lowrank_lab.weights.synthetic import power_law_spectrum, synthetic_matrix
 
 PROG = "python -m lowrank_lab.analyze"
 #: Models whose hidden size is at most this get the small-model default ranks.
@@ -63,11 +75,21 @@ LARGE_RANKS = (8, 64, 128)
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: Options that must agree between an interrupted run and its --resume (else the rows would mix).
 RESUME_KEYS = ("model", "synthetic", "dtype", "seed", "ranks")
+#: Default home of --out and --figures: ``runs/<model>`` and ``runs/<model>/figures``, ignored by git
+#: (.gitignore), so the main command leaves a checkout clean; the committed reports/minilm and
+#: figures/minilm are made with explicit --out/--figures (their summary names the command).
+RUNS_DIR = Path("runs")
+#: A run estimated above this many seconds says so before it starts (issue 31: "a few minutes").
+ANNOUNCE_SECONDS = 180.0
 
 EPILOG = """\
 examples:
-  # the default: every method at ranks 8,32,64 on the real all-MiniLM-L6-v2 (36 matrices, < 2 min on 2 cores)
+  # the default: every method at ranks 8,32,64 on the real all-MiniLM-L6-v2 (36 matrices, < 2 min on 2 cores),
+  # into runs/minilm and runs/minilm/figures (ignored by git)
   python -m lowrank_lab.analyze
+
+  # what a run would do and cost on this machine, computing nothing (matrices, methods, ranks, time)
+  python -m lowrank_lab.analyze --model llama-7b --synthetic --plan
 
   # a quick look at one layer, two methods
   python -m lowrank_lab.analyze --layers 0 --ranks 4,8 --methods svd,rsvd --out /tmp/minilm-l0
@@ -168,12 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out", default=None,
-        help="directory for the CSV files, summaries and run.json. Default: reports/<model>. "
-             "Example: --out /tmp/analysis",
+        help="directory for the CSV files, summaries and run.json. Default: runs/<model> (ignored by "
+             "git, so a checkout stays clean). Example: --out /tmp/analysis",
     )
     p.add_argument(
         "--figures", default=None,
-        help="directory for the PNG figures. Default: figures/<model>. Example: --figures /tmp/figs",
+        help="directory for the PNG figures. Default: runs/<model>/figures. Example: --figures /tmp/figs",
     )
     p.add_argument(
         "--no-figures", action="store_true",
@@ -206,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup", type=nonnegative_int, default=None,
         help="untimed warm-up calls before the timed repeats. Default: see --repeats. Example: --warmup 2",
+    )
+    p.add_argument(
+        "--plan", action="store_true",
+        help="print the matrices, methods and ranks a run would compute and its estimated time on this "
+             "machine (a probe of under a second times each method on a small matrix and scales by "
+             "flops), then exit without computing or writing anything. Runs estimated above 3 min "
+             "print the estimate before starting anyway. Example: --model llama-7b --synthetic --plan",
     )
     p.add_argument(
         "--quant", choices=["none", "nf4"], default="none",
@@ -302,11 +331,11 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
     if args.retry_skipped and not args.resume:
         raise UsageError("--retry-skipped only makes sense with --resume (a fresh run computes everything)")
     device = resolve_device(args.device)
-    if args.out is not None:
+    if args.out is not None and not args.plan:
         ensure_writable_dir(args.out, "--out")
     if args.figures is not None and args.no_figures:
         raise UsageError("--figures and --no-figures contradict each other: give one of them")
-    if args.figures is not None:
+    if args.figures is not None and not args.plan:
         ensure_writable_dir(args.figures, "--figures")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -328,9 +357,27 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
         hidden = getattr(src.spec, "hidden_size", None)
         ranks = list(SMALL_RANKS if hidden is not None and hidden <= SMALL_HIDDEN else LARGE_RANKS)
     model_name = _safe_name(src.name)
-    out = ensure_writable_dir(args.out or Path("reports") / model_name, "--out")
+    needs_svd = not src.synthetic
+    if args.plan:
+        if ctx.is_main:
+            model = CostModel.probe(methods, device, DTYPES[args.dtype], synthetic=bool(src.synthetic))
+            print(plan_text(src.name, infos, methods, ranks, model, synthetic=bool(src.synthetic),
+                            device=device, repeats=args.repeats, warmup=args.warmup))
+        ctx.shutdown()
+        return 0
+    model = None
+    if ctx.is_main and rough_seconds(infos, methods, ranks, needs_svd=needs_svd) > ROUGH_PROBE_SECONDS:
+        model = CostModel.probe(methods, device, DTYPES[args.dtype], synthetic=bool(src.synthetic))
+        total = sum(model.matrix_seconds(i.shape, methods, ranks, needs_svd=needs_svd, device=device,
+                                         repeats=args.repeats, warmup=args.warmup) for i in infos)
+        if total > ANNOUNCE_SECONDS:
+            print(f"{PROG}: note: estimated {format_duration(total)} on this machine for {len(infos)} "
+                  f"matrices x {len(methods)} methods x {len(ranks)} ranks (all rows; --resume skips "
+                  "finished ones; --plan shows the breakdown). Finished rows are kept as they come: "
+                  "Ctrl-C, then the same command with --resume, continues.", file=sys.stderr, flush=True)
+    out = ensure_writable_dir(args.out or RUNS_DIR / model_name, "--out")
     figures = (None if args.no_figures
-               else ensure_writable_dir(args.figures or Path("figures") / model_name, "--figures"))
+               else ensure_writable_dir(args.figures or RUNS_DIR / model_name / "figures", "--figures"))
     config = {
         "model": src.name, "synthetic": bool(src.synthetic), "dtype": args.dtype, "seed": args.seed,
         "ranks": ranks, "methods": methods, "targets": args.targets, "layers": args.layers,
@@ -358,10 +405,13 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
     with sweep:
         work = MatrixWork(src, analysis, sweep, sv_dir, quant_seed=args.seed if quant else None)
         t_loop, cpu_loop = time.perf_counter(), time.process_time()
+        seconds = None if model is None else (
+            lambda info: model.matrix_seconds(info.shape, methods, ranks, needs_svd=needs_svd, device=device,
+                                              repeats=args.repeats, warmup=args.warmup))
         sweep.run(
             infos, work, finished=work.finished, label=lambda info: info.tensor, on_skip=work.skip_rows,
-            cost=lambda info: matrix_cost(info.shape, ranks, len(methods), needs_svd=not src.synthetic),
-            desc=src.name,
+            cost=lambda info: matrix_cost(info.shape, ranks, len(methods), needs_svd=needs_svd),
+            desc=src.name, prog=PROG, seconds=seconds,
         )
         counts, _ = sweep.finish()
         if not ctx.is_main:
@@ -469,6 +519,152 @@ def matrix_cost(shape: tuple[int, int], ranks: Sequence[int], n_methods: int, *,
     return float(m * n * (n_methods * sum(ranks) + (min(m, n) if needs_svd else 0)))
 
 
+#: Shape of the probe matrix and its rank: big enough that BLAS runs as on real weights, small enough
+#: that timing every method on it takes well under a second on 2 cores.
+PROBE_SHAPE = (1536, 384)
+PROBE_RANK = 32
+#: Runs whose work, at a pessimistic 1 GFLOP/s, stays below this many seconds start without a probe.
+ROUGH_PROBE_SECONDS = 60.0
+
+
+def method_work(method: str, shape: tuple[int, int], rank: int) -> float:
+    """Work of one factorization, proportional to its flops (the probe supplies seconds per unit).
+
+    With ``M, K = max(m, n), min(m, n)``: the full SVD and thin QR (:data:`NESTED_METHODS`, one per
+    matrix whatever the rank) cost ``O(M K²)``; the randomized sketches (rsvd, nystrom, rlu) a few
+    passes over ``W`` with ``r + p`` columns, ``O(M K (r + 10))``; LDU from a panel and the CUR-style
+    Nyström variants touch ``W`` about once plus ``O((M + K) r²)``.
+    """
+    M, K = max(shape), min(shape)
+    if method in NESTED_METHODS:
+        return float(M * K * K)
+    if method in ("ldu", "nystrom-pinv", "nystrom-released"):
+        return float(M * K + (M + K) * rank * rank)
+    return float(M * K * (rank + 10))
+
+
+def error_work(shape: tuple[int, int], rank: int) -> float:
+    """Work of one row's error measurement: the residual ``W − L R`` (``m n r``) and 20 Lanczos steps
+    of two matrix-vector products each on it (``relative_errors``)."""
+    return float(shape[0] * shape[1] * (rank + 40))
+
+
+def rough_seconds(
+    infos: Sequence[Any], methods: Sequence[str], ranks: Sequence[int], *, needs_svd: bool
+) -> float:
+    """An upper-end guess with no probe (1 GFLOP/s, 4 calls per row), to decide whether to probe."""
+    total = 0.0
+    for info in infos:
+        shape = tuple(int(d) for d in info.shape)
+        total += method_work("svd", shape, 1) if needs_svd else 0.0
+        for m in methods:
+            total += sum(4 * method_work(m, shape, r) + error_work(shape, r) for r in ranks)
+    return total * 1e-9
+
+
+class CostModel:
+    """Seconds per unit of :func:`method_work` for each method (and of the error measurement, the
+    spectrum's singular values and synthetic generation), measured by a probe on this machine.
+
+    The probe times every method once (after one warm-up) on a ``PROBE_SHAPE`` synthetic matrix at
+    ``PROBE_RANK``, on the run's device and dtype, with the run's threads. Scaling a small matrix's
+    rate to a 7B one by flops is rough: BLAS runs faster on big blocks, LAPACK's SVD slower, and a
+    shared machine varies, so the estimate is good to a factor of about two (the README's examples
+    and reports/benchmarks/analyze_scale.md compare it with measured runs).
+    """
+
+    def __init__(self, rates: dict[str, float], probe_seconds: float) -> None:
+        self.rates = rates
+        self.probe_seconds = probe_seconds
+
+    @classmethod
+    def probe(cls, methods: Sequence[str], device: torch.device, dtype: torch.dtype | None, *,
+              synthetic: bool) -> CostModel:
+        from lowrank_lab.utils.timing import time_call
+
+        def fastest(fn) -> float:  # the less disturbed of 2 calls after a warm-up (a shared machine)
+            return min(time_call(fn, device=device, repeats=2, warmup=1).times)
+
+        t0 = time.perf_counter()
+        shape, r = PROBE_SHAPE, PROBE_RANK
+        sigma = power_law_spectrum(min(shape), shape=shape)
+        gen = fastest(lambda: synthetic_matrix(shape, sigma, torch.Generator().manual_seed(0)))
+        P = synthetic_matrix(shape, sigma, torch.Generator().manual_seed(0))
+        P = P.to(device=device, dtype=dtype or P.dtype)
+        norms = (float(torch.linalg.vector_norm(sigma)), float(sigma[0]))
+        rates: dict[str, float] = {"load": gen / _gen_work(shape) if synthetic else 0.0}
+        for method in methods:
+            rates[method] = fastest(lambda method=method: factorize(P, r, method, generator=0)) / method_work(
+                method, shape, r)
+        f = factorize(P, r, methods[0], generator=0)
+        rates["error"] = fastest(lambda: relative_errors(P, f, norms=norms)) / error_work(shape, r)
+        if not synthetic:  # synthetic matrices carry their singular values: no SVD for the spectrum
+            rates["svdvals"] = fastest(lambda: singular_values(P)) / method_work("svd", shape, r)
+        return cls(rates, time.perf_counter() - t0)
+
+    def matrix_seconds(
+        self, shape: Sequence[int], methods: Sequence[str], ranks: Sequence[int], *, needs_svd: bool,
+        device: torch.device, repeats: int | None = None, warmup: int | None = None,
+    ) -> float:
+        """Estimated seconds of one matrix: generation, its spectrum, every (method, rank) row."""
+        shape = (int(shape[0]), int(shape[1]))
+        calls = sum(timing_plan(shape, device, repeats=repeats, warmup=warmup))
+        valid = [r for r in ranks if r <= min(shape)]
+        t = self.rates.get("load", 0.0) * _gen_work(shape)
+        if needs_svd:
+            t += self.rates["svdvals"] * method_work("svd", shape, 1)
+        if not valid:
+            return t
+        for m in methods:
+            if m in NESTED_METHODS:
+                t += calls * self.rates[m] * method_work(m, shape, max(valid))
+            else:
+                t += sum(calls * self.rates[m] * method_work(m, shape, r) for r in valid)
+            t += sum(self.rates["error"] * error_work(shape, r) for r in valid)
+        return t
+
+
+def _gen_work(shape: tuple[int, int]) -> float:
+    # synthetic_matrix: Kronecker factors of sizes about sqrt(m) and sqrt(n) applied to an (m, n) matrix
+    return float(shape[0] * shape[1] * (math.sqrt(shape[0]) + math.sqrt(shape[1])))
+
+
+def plan_text(
+    model: str, infos: Sequence[Any], methods: Sequence[str], ranks: Sequence[int], cost: CostModel, *,
+    synthetic: bool, device: torch.device, repeats: int | None, warmup: int | None,
+) -> str:
+    """What ``--plan`` prints: matrices grouped by module and shape, methods, ranks, rows, time."""
+    groups: dict[tuple[str, tuple[int, int]], list[Any]] = {}
+    for info in infos:
+        groups.setdefault((info.module, (int(info.shape[0]), int(info.shape[1]))), []).append(info)
+    needs_svd = not synthetic
+    lines = [f"{PROG}: plan for {model}{' (synthetic)' if synthetic else ''} on {device}, "
+             f"{torch.get_num_threads()} threads"]
+    rows = skipped = 0
+    total = 0.0
+    lines.append(f"  {'module':<24} {'shape':>13} {'matrices':>8} {'estimate':>10}")
+    for (module, shape), members in groups.items():
+        each = cost.matrix_seconds(shape, methods, ranks, needs_svd=needs_svd, device=device,
+                                   repeats=repeats, warmup=warmup)
+        total += each * len(members)
+        valid = sum(r <= min(shape) for r in ranks)
+        rows += len(members) * len(methods) * valid
+        skipped += len(members) * len(methods) * (len(ranks) - valid)
+        lines.append(f"  {module:<24} {shape[0]:>6}x{shape[1]:<6} {len(members):>8} "
+                     f"{format_duration(each * len(members)):>10}")
+    lines += [
+        f"  methods: {', '.join(methods)}",
+        f"  ranks: {', '.join(str(r) for r in ranks)}",
+        f"  {len(infos)} matrices, {rows} factorization rows"
+        + (f" ({skipped} (method, rank) pairs above min(m, n), skipped)" if skipped else ""),
+        f"  estimated time: {format_duration(total)} (from a {cost.probe_seconds:.1f} s probe of every "
+        f"method on a {PROBE_SHAPE[0]}x{PROBE_SHAPE[1]} matrix, scaled by flops; good to about 2x"
+        + ("; reading the weights is not counted" if not synthetic else "") + ")",
+        "  nothing was computed or written (--plan)",
+    ]
+    return "\n".join(lines)
+
+
 def _tables(out: Path, ranks: Sequence[int], *, quant: bool = False) -> dict[str, Table]:
     """The row files of a run: three, and quantization.csv with ``--quant nf4``."""
     tables = {
@@ -512,4 +708,4 @@ def make_figures(out: Path, figures: Path, *, model: str) -> list[Path]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # sys.exit, or at once when Ctrl-C left a factorization running

@@ -17,7 +17,13 @@ whatever happens. :class:`Sweep` owns that part, once:
 * **merge and row order** — rank 0 folds the parts into the tables a single process writes, in
   the same row order (``order``), byte for byte;
 * **bad matrices** — a work function that raises :class:`SkipItem` gets its item recorded by the
-  caller's ``on_skip`` rows (skipped.csv) and the sweep goes on; :attr:`Sweep.skipped` lists them.
+  caller's ``on_skip`` rows (skipped.csv) and the sweep goes on; :attr:`Sweep.skipped` lists them;
+* **prompt interrupts** — the work runs in a worker thread and the main thread only writes the rows
+  it hands over, so Ctrl-C or SIGTERM (which Python delivers to the main thread, between bytecodes)
+  acts within a second even while one factorization runs for minutes inside LAPACK: the finished
+  rows are closed and the lock released at once, and the abandoned computation dies with the process;
+* **progress** — a tqdm bar on a terminal (the tensor name cut to fit from the left, so its informative
+  right end shows), and without one a line on stderr at least every 30 s with done, total and ETA.
 
 A command is then: parse its options, build a :class:`Sweep` with its tables, call :meth:`Sweep.run`
 with a per-item function, and write its report from the merged files.
@@ -25,8 +31,14 @@ with a per-item function, and write its report from the merged files.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
+import queue
+import shutil
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +58,9 @@ from lowrank_lab.utils.lock import OutputLock, OutputLockedError
 from lowrank_lab.utils.tables import RowWriter, key_text, read_keys
 
 Row = Mapping[str, Any]
+
+#: Seconds between progress lines when stderr is not a terminal (issue 31: at least every 30 s).
+PROGRESS_EVERY = 30.0
 
 
 @dataclass(frozen=True)
@@ -233,27 +248,86 @@ class Sweep:
         label: Callable[[Any], str] = str,
         on_skip: Callable[[Any, str], Iterable[tuple[str, Row]]] | None = None,
         desc: str = "",
+        prog: str = "",
+        seconds: Callable[[Any], float] | None = None,
+        progress_every: float | None = None,
     ) -> list[Any]:
         """Run ``work`` on this rank's share of ``items``, writing the ``(table, row)`` pairs it yields.
 
         ``work`` may raise :class:`SkipItem`: the rows of ``on_skip(item, reason)`` are written and
-        the sweep continues. Returns the items this process worked on.
+        the sweep continues. ``work`` runs in a worker thread (see the module docstring: interrupts);
+        any other exception it raises is raised here. ``seconds(item)``, when given, is an estimate of
+        each item's time (a calibrated cost model) for the ETA before the first item finishes; the ETA
+        otherwise scales the time so far by ``cost``. Progress lines, when stderr is not a terminal,
+        start with ``prog`` and come every ``progress_every`` seconds (default
+        :data:`PROGRESS_EVERY`). Returns the items this process worked on.
         """
         from tqdm.auto import tqdm
 
         mine = self.share(items, finished=finished, cost=cost)
         ctx = self.ctx
         bar_desc = f"{desc} [rank {ctx.rank}/{ctx.world_size}]" if ctx.enabled else desc
-        with tqdm(mine, desc=bar_desc, unit="matrix", disable=None, position=ctx.rank) as bar:
-            for item in bar:
-                bar.set_postfix_str(label(item)[-40:], refresh=False)
-                try:
-                    for table, row in work(item):
-                        self.write(table, row)
-                except SkipItem as exc:
-                    self.skipped.append((label(item), exc.reason))
-                    for table, row in (on_skip(item, exc.reason) if on_skip else ()):
-                        self.write(table, row)
+        costs = [float(cost(item)) for item in mine]
+        progress = Progress(
+            len(mine), costs, prog=f"{prog}{f' [rank {ctx.rank}/{ctx.world_size}]' if ctx.enabled else ''}",
+            estimate=None if seconds is None else sum(float(seconds(item)) for item in mine),
+            every=PROGRESS_EVERY if progress_every is None else progress_every,
+            enabled=bool(mine) and not _isatty(sys.stderr),
+        )
+        stop = threading.Event()
+        events: queue.SimpleQueue = queue.SimpleQueue()
+
+        def produce() -> None:
+            # The worker: computes, hands every row to the main thread, never writes a file itself.
+            try:
+                for i, item in enumerate(mine):
+                    if stop.is_set():
+                        return
+                    events.put(("start", i, label(item)))
+                    try:
+                        for table, row in work(item):
+                            if stop.is_set():
+                                return
+                            events.put(("row", i, (table, row)))
+                    except SkipItem as exc:
+                        events.put(("skip", i, exc.reason))
+                    events.put(("done", i, None))
+                events.put(("end", -1, None))
+            except BaseException as exc:  # handed to the main thread and raised there
+                events.put(("error", -1, exc))
+
+        worker = threading.Thread(target=produce, name="lowrank_lab-sweep", daemon=True)
+        with tqdm(total=len(mine), desc=bar_desc, unit="matrix", disable=None, position=ctx.rank) as bar:
+            worker.start()
+            try:
+                while True:
+                    try:
+                        kind, i, payload = events.get(timeout=0.5)  # wakes for signals and progress
+                    except queue.Empty:
+                        progress.tick()
+                        continue
+                    if kind == "row":
+                        self.write(*payload)
+                    elif kind == "start":
+                        bar.set_postfix_str(tail_label(payload, _label_width(bar_desc)), refresh=True)
+                    elif kind == "skip":
+                        self.skipped.append((label(mine[i]), payload))
+                        for table, row in (on_skip(mine[i], payload) if on_skip else ()):
+                            self.write(table, row)
+                    elif kind == "done":
+                        bar.update(1)
+                        progress.finished(i)
+                    elif kind == "error":
+                        raise payload
+                    else:  # "end"
+                        break
+                    progress.tick()
+            except BaseException as exc:
+                if worker.is_alive():  # abandoned mid-computation: see exit_process
+                    _abandon(worker, exc)
+                raise
+            finally:
+                stop.set()  # an interrupt or error: the worker stops at its next row, or dies with us
         return mine
 
     # -- the end -----------------------------------------------------------------------------------
@@ -302,6 +376,123 @@ class Sweep:
             self.parts_dir.rmdir()
 
 
+
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced stream
+        return False
+
+
+def tail_label(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters from the left, marked with ``…``: tensor names differ at
+    their right end (``...layers.31.mlp.down_proj.weight``), which a terminal cut would lose."""
+    width = max(int(width), 2)
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def _label_width(desc: str) -> int:
+    """Room for the label on one terminal line beside tqdm's own ~60 characters and the description."""
+    columns = shutil.get_terminal_size((100, 24)).columns
+    return max(16, columns - len(desc) - 62)
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min``, ``2.1 h``: the precision an estimate deserves."""
+    if seconds != seconds or seconds < 0:  # NaN
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Progress:
+    """Progress lines for a sweep whose stderr is not a terminal (a log file, a batch job).
+
+    ``tick()`` prints ``<prog>: progress: 12/224 matrices done, 5.4% of the work, 3.2 min elapsed,
+    ETA 56 min`` when ``every`` seconds have passed since the last line; ``finished(i)`` records item
+    ``i``. The ETA scales the elapsed time by the remaining share of ``costs``; before the first item
+    finishes it is ``estimate`` minus the time so far (when an estimate was given).
+    """
+
+    def __init__(
+        self, total: int, costs: Sequence[float], *, prog: str = "", estimate: float | None = None,
+        every: float = PROGRESS_EVERY, enabled: bool = True, stream: Any = None,
+    ) -> None:
+        self.total, self.costs, self.prog = total, list(costs), prog
+        self.estimate, self.every, self.enabled = estimate, float(every), enabled
+        self.stream = stream
+        self.done = 0
+        self.done_cost = 0.0
+        self.t0 = self.last = time.monotonic()
+
+    def finished(self, i: int) -> None:
+        self.done += 1
+        self.done_cost += self.costs[i] if i < len(self.costs) else 0.0
+
+    def eta(self, elapsed: float) -> float:
+        total_cost = sum(self.costs)
+        if self.done_cost > 0 and total_cost > 0:
+            return elapsed * (total_cost - self.done_cost) / self.done_cost
+        if self.estimate is not None:
+            return max(self.estimate - elapsed, 0.0)
+        return float("nan")
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        total_cost = sum(self.costs)
+        share = f", {100 * self.done_cost / total_cost:.1f}% of the work" if total_cost > 0 else ""
+        return (f"{self.prog}: progress: {self.done}/{self.total} matrices done{share}, "
+                f"{format_duration(elapsed)} elapsed, ETA {format_duration(self.eta(elapsed))}")
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= self.every:
+            self.last = now
+            print(self.line(), file=self.stream or sys.stderr, flush=True)
+
+
+#: Worker threads of sweeps the main thread left mid-computation (an interrupt, an error), and the
+#: exit status their process ends with unless :func:`exit_process` is given another.
+_ABANDONED: list[threading.Thread] = []
+_ABANDONED_STATUS = [1]
+
+
+def _abandon(worker: threading.Thread, exc: BaseException) -> None:
+    # 130 as guarded_main answers Ctrl-C/SIGTERM; 2 for the user errors it reports (a full disk).
+    status = 130 if isinstance(exc, KeyboardInterrupt) else 2 if isinstance(exc, (OSError, ValueError)) else 1
+    if not _ABANDONED:
+        atexit.register(_exit_if_abandoned)
+    _ABANDONED.append(worker)
+    _ABANDONED_STATUS[0] = status
+
+
+def _exit_if_abandoned(status: int | None = None) -> None:
+    """End the process now when a sweep worker is still computing.
+
+    A thread cannot be stopped inside LAPACK, and letting the interpreter finalise around it is
+    worse than waiting: the thread is killed when it next takes the GIL, which unwinds through
+    torch's C++ frames and aborts the process (``terminate called without an active exception``,
+    status -6) after the computation ends — minutes for a 7B matrix. Every row is already closed and
+    the lock released when this runs, so flushing the standard streams and ``os._exit`` loses nothing.
+    """
+    if any(t.is_alive() for t in _ABANDONED):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(_ABANDONED_STATUS[0] if status is None else int(status))
+
+
+def exit_process(status: int) -> None:
+    """``sys.exit(status)`` for a command's ``__main__``, ending at once (``os._exit``) when a sweep
+    worker was abandoned mid-computation (see :func:`_exit_if_abandoned`). Commands that call
+    ``sys.exit`` instead still end promptly, through an ``atexit`` hook, with 130 after an interrupt."""
+    _exit_if_abandoned(status)
+    sys.exit(status)
 
 
 def warn_skipped(prog: str, out: Path, count: int, examples: Sequence[tuple[str, str]], *, verb: str) -> None:

@@ -4,6 +4,7 @@ resume, skipped ranks, and bad inputs (exit status 2, one line, no traceback).""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,7 @@ def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
     assert "--out" in err and "a-file" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a second full analyze run
 def test_no_figures_writes_the_tables_and_no_figure(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where the default figures/<model> would go
     assert main([*FAST, "--out", str(tmp_path / "o"), "--no-figures"]) == 0
@@ -194,6 +196,7 @@ def test_no_figures_writes_the_tables_and_no_figure(tmp_path, monkeypatch, capsy
         "error_ratio.png", "init_time.png", "spectra.png"]
 
 
+@pytest.mark.slow  # subprocesses
 def test_module_entry_point_exits_2_without_traceback(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lowrank_lab.analyze", "--methods", "nope",
                           "--out", str(tmp_path)], capture_output=True, text=True)
@@ -208,12 +211,13 @@ def test_help_explains_every_option_with_an_example(capsys):
     usage = capsys.readouterr().out
     options = ["--model", "--synthetic", "--ranks", "--methods", "--targets", "--layers", "--device",
                "--dtype", "--seed", "--out", "--figures", "--no-figures", "--resume", "--retry-skipped",
-               "--repeats", "--warmup", "--threads", "--experts", "--split-fused", "--quant"]
+               "--repeats", "--warmup", "--threads", "--experts", "--split-fused", "--quant", "--plan"]
     for option in options:
         assert option in usage
     assert usage.count("Example:") == len(options) and "examples:" in usage
 
 
+@pytest.mark.slow  # a subprocess and a signal, ~22 s
 def test_sigterm_keeps_the_finished_rows_and_resume_completes(tmp_path):
     # What a batch scheduler does to a job over its time: SIGTERM. The rows already written stay,
     # the exit status is 130 as for Ctrl-C, and --resume finishes without recomputing them.
@@ -264,3 +268,55 @@ def test_nested_methods_are_factored_once_per_matrix_with_the_same_numbers(tmp_p
         direct = factorize(W, 4, method)
         torch.testing.assert_close(sliced.reconstruct(), direct.reconstruct(), atol=0, rtol=0)
         torch.testing.assert_close(sliced.left, direct.left, atol=0, rtol=0)
+
+
+def test_plan_prints_matrices_methods_ranks_and_an_estimate_without_computing(tmp_path, monkeypatch, capsys):
+    # issue 31: --plan on llama-7b's shapes answers from a short probe, reads no matrix, writes nothing.
+    import time
+
+    from lowrank_lab.weights.synthetic import SyntheticSource
+
+    monkeypatch.setattr(SyntheticSource, "_read", lambda *a, **k: pytest.fail("a matrix was generated"))
+    monkeypatch.setattr("lowrank_lab.analyze.analyze_matrix", lambda *a, **k: pytest.fail("computed"))
+    t0 = time.perf_counter()
+    assert main(["--model", "llama-7b", "--synthetic", "--ranks", "128", "--methods", "rsvd,nystrom,ldu",
+                 "--plan", "--out", str(tmp_path / "o")]) == 0
+    elapsed = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert "224 matrices, 672 factorization rows" in out
+    for module, shape in [("q_proj", "4096x4096"), ("gate_proj", "11008x4096"), ("down_proj", "4096x11008")]:
+        assert module in out and shape in out.replace(" ", "")
+    assert "methods: rsvd, nystrom, ldu" in out and "ranks: 128" in out
+    estimate = re.search(r"estimated time: ([0-9.]+) (s|min|h)", out)
+    assert estimate and float(estimate.group(1)) > 0
+    assert not (tmp_path / "o").exists()
+    assert elapsed < 60  # a probe of three methods on one small matrix, even on a loaded machine
+
+
+def test_progress_lines_without_a_terminal_say_done_total_and_eta(tmp_path, monkeypatch, capsys):
+    # stderr is not a TTY under pytest: the sweep prints progress lines (here at every event).
+    monkeypatch.setattr("lowrank_lab.utils.sweep.PROGRESS_EVERY", 0.0)
+    analyze(tmp_path, "--targets", "query,key")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "progress:" in line]
+    assert lines, "no progress line"
+    assert all(line.startswith("python -m lowrank_lab.analyze: progress: ") for line in lines)
+    assert re.search(r"2/2 matrices done, 100\.0% of the work, .* elapsed, ETA 0 s$", lines[-1])
+    assert all(re.search(r"[0-2]/2 matrices done", line) and "ETA" in line for line in lines)
+
+
+def test_tail_label_keeps_the_right_end_of_a_tensor_name():
+    from lowrank_lab.utils.sweep import tail_label
+
+    name = "synthetic:model.layers.31.mlp.down_proj.weight"
+    assert tail_label(name, 100) == name
+    cut = tail_label(name, 20)
+    assert len(cut) == 20 and cut.startswith("…") and cut.endswith("mlp.down_proj.weight"[-19:])
+
+
+def test_default_outputs_go_to_the_ignored_runs_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*FAST, "--targets", "query"]) == 0
+    assert (tmp_path / "runs" / "minilm" / "factorization.csv").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs" / "minilm" / "figures").iterdir()) == [
+        "error_ratio.png", "init_time.png", "spectra.png"]
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "figures").exists()
