@@ -320,3 +320,69 @@ def test_default_outputs_go_to_the_ignored_runs_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "runs" / "minilm" / "figures").iterdir()) == [
         "error_ratio.png", "init_time.png", "spectra.png"]
     assert not (tmp_path / "reports").exists() and not (tmp_path / "figures").exists()
+
+
+STAND_IN = '''
+import sys
+from pathlib import Path
+
+import torch
+
+import lowrank_lab.analysis.factorization as fz
+
+real, marker, calls = fz.factorize, Path(sys.argv[1]), []
+
+
+def slow(W, rank, method, **kw):
+    # The second matrix's first rsvd (its third call) stands in for a 7B SVD: one C call of tens of
+    # seconds that never returns to the interpreter, so no signal handler can run in that thread.
+    calls.append(method)
+    if calls.count("rsvd") == 3:
+        marker.write_text("started")
+        A = torch.randn(1500, 1500, dtype=torch.float64) / 40
+        torch.linalg.matrix_power(A, 2**40)
+    return real(W, rank, method, **kw)
+
+
+fz.factorize = slow
+from lowrank_lab.analyze import main  # noqa: E402
+
+sys.exit(main(sys.argv[2:]))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_during_a_long_factorization_acts_within_5_s_and_resume_completes(tmp_path, signame):
+    import os
+    import signal
+    import time
+
+    script, marker, out = tmp_path / "stand_in.py", tmp_path / "marker", tmp_path / "out"
+    script.write_text(STAND_IN)
+    marker.write_text("")
+    common = ["--layers", "0", "--targets", "query,value,key", "--ranks", "4,8", "--methods", "svd,rsvd",
+              "--device", "cpu", "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out),
+              "--no-figures"]
+    proc = subprocess.Popen([sys.executable, str(script), str(marker), *common],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and marker.read_text() != "started":
+        time.sleep(0.05)
+    assert proc.poll() is None and marker.read_text() == "started", proc.communicate()[1]
+    time.sleep(0.5)  # well inside the stand-in's C call
+    t0 = time.monotonic()
+    os.kill(proc.pid, getattr(signal, signame))
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 5.0, err
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    kept = pd.read_csv(out / "factorization.csv")
+    # query's 4 rows and key's svd rows (before its rsvd) are finished and kept
+    assert len(kept) == 6 and list(dict.fromkeys(kept["module"])) == ["query", "key"]
+    done = subprocess.run([sys.executable, "-m", "lowrank_lab.analyze", *common, "--resume"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    full = pd.read_csv(out / "factorization.csv")
+    assert len(full) == 12 and not full.duplicated(["tensor", "method", "rank"]).any()
+    pd.testing.assert_frame_equal(full.head(6), kept)  # kept as they were, not redone
