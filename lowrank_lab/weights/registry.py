@@ -646,6 +646,11 @@ def parse_layers(
                 raise ValueError(
                     f"{what} selection {layers!r}: range {item!r} runs backwards; write '{hi}-{lo}'"
                 )
+            if m.group(2) is not None and hi >= num_layers:  # before building it: '0-1000000000' is one item
+                raise ValueError(
+                    f"{what} selection {layers!r}: {item!r} out of range for a model with {num_layers} "
+                    f"{what}s; {valid}"
+                )
             out.update(range(lo, hi + 1))
     else:
         for x in layers:
@@ -661,11 +666,6 @@ def parse_layers(
 
 
 def parse_experts(experts: str | Iterable[int] | None, num_experts: int) -> list[int] | None:
-            if m.group(2) is not None and hi >= num_layers:  # checked before the range is built: '0-1000000000' is one item
-                raise ValueError(
-                    f"{what} selection {layers!r}: {item!r} out of range for a model with {num_layers} "
-                    f"{what}s; {valid}"
-                )
     """``--experts``: ``"all"``/None (every expert), ``"none"`` (``[]``), or indices such as ``"0-3,7"``.
 
     Raises
