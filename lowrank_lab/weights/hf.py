@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from lowrank_lab.utils.files import TextDecodeError, decode_text, read_text
+from lowrank_lab.utils.files import TextDecodeError, read_text
 
 from .errors import (
     CheckpointNotFoundError,
@@ -72,15 +72,16 @@ def read_config(directory: Path) -> dict[str, Any]:
             "the .bin file itself; for a hub model pass its id (e.g. meta-llama/Llama-2-7b-hf)."
         )
     try:
-        raw = path.read_bytes()
+        text = path.read_text(encoding="utf-8-sig")  # UTF-8, a byte-order mark allowed
     except OSError as exc:  # exists but cannot be read: say so, not "invalid JSON"
         raise CorruptCheckpointError(
             f"cannot read {path}: {exc.strerror or exc}; check its permissions"
         ) from exc
-    try:
-        text = decode_text(raw, path)  # UTF-8, a byte-order mark allowed
-    except TextDecodeError as exc:  # names the file and line already
-        raise CorruptCheckpointError(str(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise CorruptCheckpointError(
+            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "restore it from the original checkpoint"
+        ) from exc
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
