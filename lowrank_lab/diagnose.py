@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from lowrank_lab.adapters import ADAPTERS
-from lowrank_lab.utils.cli import csv_list, positive, sigterm_as_interrupt
+from lowrank_lab.utils.cli import csv_list, guarded_main, positive
 from lowrank_lab.utils.files import atomic_path, atomic_write_text, write_frame
 
 DEFAULT_METHODS = "lora,pissa,milora,eva,corda-ipm,lora-ga,lora-one,nlora,full"
@@ -470,21 +470,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-    try:
-        with sigterm_as_interrupt():
-            out = summary_only(args, argv_list) if args.summary_only else run(args, argv_list)
-    except KeyboardInterrupt:
-        print("\ninterrupted; nothing written beyond what is in --out", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {out}/summary.md"
-        if args.summary_only
-        else f"wrote {out}/diagnostics.csv, angles.csv, summary.md"
+
+    def body() -> int:
+        out = summary_only(args, argv_list) if args.summary_only else run(args, argv_list)
+        print(
+            f"wrote {out}/summary.md"
+            if args.summary_only
+            else f"wrote {out}/diagnostics.csv, angles.csv, summary.md"
+        )
+        return 0
+
+    # the one error path of every command: "python -m lowrank_lab.diagnose: error: ...", exit 2
+    return guarded_main(
+        "python -m lowrank_lab.diagnose", body, interrupted="nothing written beyond what is in --out"
     )
-    return 0
 
 
 if __name__ == "__main__":

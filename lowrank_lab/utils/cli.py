@@ -134,14 +134,24 @@ def guarded_main(
     that says where the work stopped and how to resume it) and returns 130. A reader of stdout that
     left (``... --status | head``) stops the command quietly with 141 (128 + SIGPIPE), as Unix tools
     do, instead of an "error: Broken pipe". Anything else is a bug and keeps its traceback.
+
+    A run that stops with 2 or 130 removes the output folders it created
+    (:func:`~lowrank_lab.utils.files.ensure_writable_dir`) if they are still empty: a failed start
+    leaves no empty ``--out`` behind; a folder holding anything is kept.
     """
+    from lowrank_lab.utils.files import created_dirs_mark, remove_created_dirs
+
+    mark = created_dirs_mark()
+    status = 1
     try:
         with sigterm_as_interrupt():
-            return body()
+            status = body()
+            return status
     except KeyboardInterrupt as exc:
         how = interrupted(exc) if callable(interrupted) else interrupted
         print(f"\n{prog}: interrupted" + (f"; {how}" if how else ""), file=sys.stderr)
-        return 130
+        status = 130
+        return status
     except BrokenPipeError:
         # nobody reads stdout any more: point it at /dev/null so the flush at exit cannot fail again
         with contextlib.suppress(OSError, ValueError):
@@ -149,4 +159,7 @@ def guarded_main(
         return 141
     except (ValueError, OSError) as exc:
         print(f"{prog}: error: {user_error_message(exc)}", file=sys.stderr)
-        return 2
+        status = 2
+        return status
+    finally:
+        remove_created_dirs(mark, keep=status not in (2, 130))

@@ -50,11 +50,24 @@ def refuse_symlink(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
+#: ``(folder, topmost folder created with it)`` for every folder :func:`ensure_writable_dir` created in
+#: this process, so a command that fails before it writes anything can take them away again
+#: (:func:`remove_created_dirs`, called by :func:`lowrank_lab.utils.cli.guarded_main`).
+_CREATED_DIRS: list[tuple[Path, Path]] = []
+
+
 def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
-    """Create ``path`` if needed and prove it is writable, before any expensive work starts."""
+    """Create ``path`` if needed and prove it is writable, before any expensive work starts.
+
+    A folder created here is remembered: :func:`remove_created_dirs` removes it again if the command
+    then fails with nothing written into it (a failed start used to leave an empty ``--out``).
+    """
     path = Path(path)
+    missing = [p for p in (path, *path.parents) if not (p.exists() or p.is_symlink())]
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if missing:
+            _CREATED_DIRS.append((path, missing[-1]))
         # A unique probe: distributed ranks check the same directory at the same moment.
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
         os.close(fd)
@@ -65,6 +78,32 @@ def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
             f"pass a different {option}"
         ) from None
     return path
+
+
+def created_dirs_mark() -> int:
+    """A mark for :func:`remove_created_dirs`: the folders created after it are the ones it removes."""
+    return len(_CREATED_DIRS)
+
+
+def remove_created_dirs(mark: int, *, keep: bool = False) -> list[Path]:
+    """Forget the folders :func:`ensure_writable_dir` created since ``mark``; unless ``keep``, first
+    remove each of them that is still empty, with the empty parents created along with it (a failed
+    start: nothing of it is worth keeping). A folder holding anything (a row, a lock another process
+    took, a file of the user's) stays, and so do its parents. Returns the folders removed."""
+    created, _CREATED_DIRS[mark:] = _CREATED_DIRS[mark:], []
+    removed: list[Path] = []
+    for leaf, top in reversed(created) if not keep else ():
+        for folder in [leaf, *leaf.parents]:
+            try:
+                if folder.is_symlink() or not folder.is_dir() or any(folder.iterdir()):
+                    break
+                folder.rmdir()
+            except OSError:
+                break
+            removed.append(folder)
+            if folder == top:
+                break
+    return removed
 
 
 @contextlib.contextmanager

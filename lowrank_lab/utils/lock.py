@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -155,11 +154,13 @@ class OutputLock:
 
     # -- the description --------------------------------------------------------------------------
     def _me(self) -> dict[str, Any]:
+        from lowrank_lab.utils.provenance import command_line  # shell-quoted, "-m lowrank_lab.<cli>"
+
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": self.command or " ".join(sys.argv),
+            "command": self.command or command_line(),
         }
 
     def _write(self, record: dict[str, Any]) -> None:

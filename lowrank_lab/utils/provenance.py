@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -76,6 +77,30 @@ def device_description(device: torch.device | str | None = None) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
 
 
+def command_argv(argv: list[str] | None = None) -> list[str]:
+    """``argv`` (default ``sys.argv``) as it was typed: ``python -m lowrank_lab.intruders`` leaves the
+    module's file path in ``sys.argv[0]`` (``/.../lowrank_lab/intruders.py``), given back here as
+    ``-m lowrank_lab.intruders``, so a recorded command replays from any folder."""
+    argv = [str(a) for a in (sys.argv if argv is None else argv)]
+    if not argv or not argv[0].endswith(".py"):
+        return argv
+    package = Path(__file__).resolve().parents[1]  # .../lowrank_lab
+    try:
+        parts = Path(argv[0]).resolve().with_suffix("").relative_to(package.parent).parts
+    except ValueError:  # a script outside the package: keep its path
+        return argv
+    if parts[-1] == "__main__":
+        parts = parts[:-1]
+    return ["-m", ".".join(parts), *argv[1:]]
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that made a run, shell-quoted (``shlex.join``): ``python -m lowrank_lab.analyze
+    --out 'my runs/a'`` pasted into a shell runs it again, where words joined by spaces split a path
+    with a space in two."""
+    return shlex.join([Path(sys.executable).name, *command_argv(argv)])
+
+
 def run_metadata(
     argv: list[str] | None = None,
     *,
@@ -86,7 +111,7 @@ def run_metadata(
     """A JSON-ready record of how a run was made; pair with :func:`write_run_json` at the end."""
     argv = list(sys.argv if argv is None else argv)
     return {
-        "command": " ".join([Path(sys.executable).name, *argv]) if argv else None,
+        "command": command_line(argv) if argv else None,
         "argv": argv,
         "versions": package_versions(),
         "python": platform.python_version(),

@@ -249,3 +249,45 @@ def test_finetune_keeps_the_largest_seed(capsys):
 
     args = build_parser().parse_args(["--task", "sst2", "--seeds", f"0,{2**63 - 1}"])
     assert args.seeds == [0, 2**63 - 1]
+
+
+# -- cosmetic: a failed start removes the --out it created, keeps one it did not -----------------------
+def test_a_failed_start_removes_the_out_folders_it_created(tmp_path, capsys):
+    out, figures = tmp_path / "new" / "deep" / "out", tmp_path / "figs"
+    assert analyze.main(["--layers", "9", "--out", str(out), "--figures", str(figures)]) == 2
+    _one_line_error(capsys, "analyze", "out of range for a model with 6 layers")
+    assert not (tmp_path / "new").exists() and not figures.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert analyze.main(["--layers", "9", "--out", str(kept), "--no-figures"]) == 2
+    assert kept.is_dir()  # not made by this run: left alone
+
+
+def test_a_failed_intruders_start_removes_its_empty_out_and_cache(berts, tmp_path, capsys):
+    argv = ["--base", str(berts["base"]), "--tuned", str(berts["tuned"]), "--layers", "5", "--no-figures",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    assert intruders.main(argv) == 2
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_diagnose_errors_carry_the_command_prefix(tmp_path, capsys):
+    from lowrank_lab import diagnose
+
+    out = tmp_path / "out"
+    argv = ["--task", "sst2", "--data-dir", str(tmp_path / "absent"), "--study", "none", "--out", str(out)]
+    assert diagnose.main(argv) == 2
+    _one_line_error(capsys, "diagnose", f"--data-dir '{tmp_path / 'absent'}' is not a directory")
+    assert not out.exists()
+
+
+# -- cosmetic: recorded commands are shell-quoted and name the module, not its file ---------------------
+def test_run_json_records_a_shell_quoted_command_that_replays(tmp_path):
+    import shlex
+
+    out = tmp_path / "my runs" / "a b"
+    assert analyze.main(["--layers", "0", "--targets", "query", "--ranks", "4", "--methods", "svd",
+                         "--repeats", "1", "--warmup", "0", "--no-figures", "--out", str(out)]) == 0
+    command = json.loads((out / "run.json").read_text())["command"]
+    words = shlex.split(command)
+    assert words[1:3] == ["-m", "lowrank_lab.analyze"]
+    assert words[words.index("--out") + 1] == str(out)

@@ -262,3 +262,50 @@ def test_gsm8k_jsonl_with_a_byte_order_mark_is_read(tmp_path):
         (tmp_path / "gsm8k" / name).write_bytes(b"\xef\xbb\xbf" + (line * 2).encode())
     examples = load_examples("gsm8k", tmp_path, "train")
     assert [(e.text_a, e.text_b) for e in examples] == [("1+1?", "#### 2")] * 2
+
+
+# -- cosmetic: commands are recorded shell-quoted, as python -m lowrank_lab.<command> -------------------
+def test_command_line_quotes_and_names_the_module(monkeypatch):
+    import shlex
+    import sys
+
+    import lowrank_lab
+    from lowrank_lab.utils.provenance import command_argv, command_line
+
+    script = str(Path(lowrank_lab.__file__).parent / "intruders.py")
+    assert command_argv([script, "--out", "a b"]) == ["-m", "lowrank_lab.intruders", "--out", "a b"]
+    main = str(Path(lowrank_lab.__file__).parent / "__main__.py")
+    assert command_argv([main, "-x"])[:2] == ["-m", "lowrank_lab"]
+    assert command_argv(["/elsewhere/tool.py", "x"]) == ["/elsewhere/tool.py", "x"]
+    line = command_line(["-m", "lowrank_lab.analyze", "--out", "my runs/a", "--targets", "q;rm"])
+    assert shlex.split(line)[1:] == ["-m", "lowrank_lab.analyze", "--out", "my runs/a", "--targets", "q;rm"]
+    monkeypatch.setattr(sys, "argv", [script, "--out", "x y"])
+    assert shlex.split(command_line())[1:] == ["-m", "lowrank_lab.intruders", "--out", "x y"]
+
+
+def test_the_lock_holder_is_recorded_as_the_module_command(tmp_path, monkeypatch):
+    import sys
+
+    import lowrank_lab
+    from lowrank_lab.utils.lock import OutputLock
+
+    script = str(Path(lowrank_lab.__file__).parent / "intruders.py")
+    monkeypatch.setattr(sys, "argv", [script, "--out", "o p"])
+    with OutputLock(tmp_path) as lock:
+        assert lock.holder()["command"].split(" ", 1)[1] == "-m lowrank_lab.intruders --out 'o p'"
+
+
+def test_remove_created_dirs_removes_only_empty_folders_it_made(tmp_path):
+    from lowrank_lab.utils.files import created_dirs_mark, ensure_writable_dir, remove_created_dirs
+
+    mark = created_dirs_mark()
+    ensure_writable_dir(tmp_path / "a" / "b")
+    ensure_writable_dir(tmp_path / "c")
+    (tmp_path / "c" / "row.csv").write_text("x\n")
+    ensure_writable_dir(tmp_path)  # existed: never removed
+    assert remove_created_dirs(mark) == [tmp_path / "a" / "b", tmp_path / "a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    mark = created_dirs_mark()
+    ensure_writable_dir(tmp_path / "d")
+    assert remove_created_dirs(mark, keep=True) == [] and (tmp_path / "d").is_dir()
+    assert remove_created_dirs(mark) == []  # forgotten once handled
