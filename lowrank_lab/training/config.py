@@ -162,6 +162,9 @@ class RunConfig:
     # maximum budget, and the schedule decays over it. None: train every step (as before issue 30).
     patience: int | None = None
     min_delta: float = 0.0
+    # The held-out examples scored after training (training.tasks.EVAL_SETS): "dev", or "dev+test"
+    # for a task with labelled test files (SST-2: 872 + 1,821 sentences; issue 30's cheap lever).
+    eval_set: str = "dev"
 
     def __post_init__(self) -> None:
         if self.patience is not None and (isinstance(self.patience, bool) or int(self.patience) < 1):
@@ -169,6 +172,8 @@ class RunConfig:
         delta = self.min_delta
         if not (isinstance(delta, (int, float)) and math.isfinite(delta)) or delta < 0:
             raise ValueError(f"--min-delta must be a finite number >= 0, got {self.min_delta!r}")
+        if self.eval_set not in ("dev", "dev+test"):
+            raise ValueError(f"--eval-set must be dev or dev+test, got {self.eval_set!r}")
         if self.patience is not None and self.eval_every <= 0:
             raise ValueError("--patience needs evaluations during training: give --eval-every N > 0")
 
@@ -226,6 +231,7 @@ class RunConfig:
         "eval_mode",
         "patience",
         "min_delta",
+        "eval_set",
     )
 
     def differences(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -62,7 +62,7 @@ from .summary import (
     method_rows,
     render_summary,
 )
-from .tasks import TASKS, TaskSpec, get_task, load_examples
+from .tasks import TASKS, TaskSpec, get_task, load_examples, load_scored
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -269,7 +269,7 @@ class StudyData:
     @classmethod
     def load(cls, spec: TaskSpec, base: RunConfig, data_dir: str | Path, tokenizer: Any = None) -> StudyData:
         train_ex = load_examples(spec, data_dir, "train")
-        eval_ex = load_examples(spec, data_dir, "eval")
+        eval_ex = load_scored(spec, data_dir, base.eval_set)
         tok = tokenizer if tokenizer is not None else load_tokenizer(base.model, spec)
         max_len = base.max_length or spec.default_max_length
         n_val = default_validation_size(len(train_ex)) if base.val_samples is None else base.val_samples

@@ -100,6 +100,9 @@ class TaskSpec:
     hub_config: str | None = None  # None: the task's name (GLUE's config names are the task names)
     hub_eval_split: str = "validation"
     hub_fields: tuple[str, str | None, str | None] = ("sentence", None, "label")
+    #: Labelled test files beside the dev set, which ``--eval-set dev+test`` adds to the scored set
+    #: (empty: the task has none; GLUE's own test labels are hidden).
+    test_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,9 @@ TASKS: dict[str, TaskSpec] = {
         max_length=64,
         train_files=(("train.tsv",), ("train_full.tsv",)),
         hub_fields=_SINGLE,
+        # SST-2's test sentences with their labels, as AutoPrompt released them (../shared/data's
+        # MANIFEST.md): 1,821 more scored sentences, where dev has 872 (issue 30's cheap lever).
+        test_files=("test-labeled.tsv",),
     ),
     "cola": _glue(
         "cola",
@@ -315,21 +321,27 @@ def load_examples(task: str | TaskSpec, data_dir: str | Path | HubDataset, split
     data_dir : path or HubDataset
         The folder holding ``glue/<task>/`` and ``gsm8k/`` (e.g. ``../shared/data``), or a folder
         that directly holds the task's files; or a Hugging Face ``datasets`` name.
-    split : {"train", "eval"}
+    split : {"train", "eval", "test"}
         ``"eval"`` is GLUE's dev set (the labelled held-out set of GLUE; ``validation`` on the Hub)
-        and GSM8K's test set.
+        and GSM8K's test set; ``"test"`` a task's labelled test files (``TaskSpec.test_files``).
 
     Returns
     -------
     list of Example, in file (or Hub row) order.
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if split not in ("train", "eval", "test"):
+        raise ValueError(f"split must be 'train', 'eval' or 'test', got {split!r}")
+    if split == "test" and not spec.test_files:
+        raise TaskDataError(f"task {spec.name} has no labelled test set here: use --eval-set dev")
     if isinstance(data_dir, HubDataset):
+        if split == "test":
+            raise TaskDataError(
+                f"--eval-set dev+test reads {spec.name}'s labelled test file: give --data-dir"
+            )
         return _load_hub(spec, data_dir, split)
     folder = task_dir(spec, data_dir)
-    alternatives = spec.train_files if split == "train" else spec.eval_files
+    alternatives = {"train": spec.train_files, "eval": spec.eval_files, "test": (spec.test_files,)}[split]
     paths = _first_existing(folder, alternatives)
     if paths is None:
         wanted = " or ".join("+".join(alt) for alt in alternatives)
@@ -339,6 +351,23 @@ def load_examples(task: str | TaskSpec, data_dir: str | Path | HubDataset, split
         out.extend(_READERS[spec.name](path))
     if not out:
         raise TaskFormatError(f"{', '.join(map(str, paths))} holds no {spec.name} examples")
+    return out
+
+
+#: What ``--eval-set`` may name: the held-out examples a study's runs are judged on.
+EVAL_SETS = ("dev", "dev+test")
+
+
+def load_scored(
+    task: str | TaskSpec, data_dir: str | Path | HubDataset, eval_set: str = "dev"
+) -> list[Example]:
+    """The examples a run is judged on: the ``"eval"`` split (``eval_set="dev"``), or it followed by
+    the task's labelled test files (``"dev+test"``: more scored examples, a narrower interval)."""
+    if eval_set not in EVAL_SETS:
+        raise ValueError(f"--eval-set must be one of {', '.join(EVAL_SETS)}, got {eval_set!r}")
+    out = load_examples(task, data_dir, "eval")
+    if eval_set == "dev+test":
+        out = out + load_examples(task, data_dir, "test")
     return out
 
 

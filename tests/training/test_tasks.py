@@ -83,7 +83,7 @@ def test_unknown_task_and_split():
         get_task("ax")
     assert get_task("STS-B").name == "stsb"
     with pytest.raises(ValueError, match="split must be"):
-        load_examples("sst2", ".", "test")
+        load_examples("sst2", ".", "dev")
 
 
 def test_default_data_dir_honours_env(monkeypatch, tmp_path):
