@@ -24,6 +24,8 @@ _MAX_LEGEND_LAYERS = 8
 _DPI = 120
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 _DASHES = ["-", "--", "-.", ":"]
+#: Marker sizes of the first and last method of the error-ratio plot (see plot_error_ratio).
+_MARKER_MAX, _MARKER_MIN = 11.0, 4.0
 
 
 def _save(fig: plt.Figure, path: str | Path, *, tight: bool = True) -> Path:
@@ -77,8 +79,8 @@ def plot_spectra(
                 np.arange(1, s.size + 1), s, color=colour[int(layer)], lw=1.2, label=f"layer {int(layer)}"
             )
         ax.set_title(f"{module} ({int(rows['m'].iloc[0])}×{int(rows['n'].iloc[0])})")
-        ax.set_xlabel("index i (descending order)")
-        ax.set_ylabel("singular value σ_i")
+        ax.set_xlabel(r"index $i$ (descending order)")
+        ax.set_ylabel(r"singular value $\sigma_i$")
         ax.grid(True, which="major", alpha=0.3)
         if len(layers) <= _MAX_LEGEND_LAYERS:
             ax.legend(fontsize=7, title="layer", title_fontsize=7, loc="lower left")
@@ -97,20 +99,25 @@ def plot_error_ratio(fact: pd.DataFrame, path: str | Path, *, model: str = "") -
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     data = fact.assign(err_ratio=pd.to_numeric(fact["err_ratio"], errors="coerce"))
     data = data.dropna(subset=["err_ratio"])
-    for k, method in enumerate(dict.fromkeys(data["method"])):
+    methods = list(dict.fromkeys(data["method"]))
+    for k, method in enumerate(methods):
         g = data[data["method"] == method].groupby("rank")["err_ratio"]
         ranks = np.array(sorted(g.groups))
         med, lo, hi = g.median().loc[ranks], g.min().loc[ranks], g.max().loc[ranks]
-        # Distinct markers and dashes: methods with near-equal ratios (qr, rlu) stay visible.
+        # Methods with equal ratios (svd and rsvd both at 1.0; qr and rlu) must not hide each other:
+        # distinct markers and dashes, hollow markers shrinking and drawn later (higher zorder) method
+        # by method, so coinciding points show as nested rings, and lines thinning the same way.
+        size = _MARKER_MAX - (_MARKER_MAX - _MARKER_MIN) * k / max(len(methods) - 1, 1)
         (line,) = ax.plot(ranks, med, marker=_MARKERS[k % len(_MARKERS)], ls=_DASHES[k % len(_DASHES)],
-                          label=method)
+                          ms=size, mfc="none", mew=1.4, lw=2.6 - 1.4 * k / max(len(methods) - 1, 1),
+                          zorder=3 + k, label=method)
         ax.fill_between(ranks, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="optimum (SVD)")
     ax.set_yscale("log")
     if not data.empty:
         ax.set_xticks(sorted(data["rank"].unique()))
     ax.set_xlabel("rank r")
-    ax.set_ylabel("error ratio  ‖W − Ŵ‖_F / ‖W − W_r‖_F")
+    ax.set_ylabel(r"error ratio  $\|W - \hat{W}\|_F \,/\, \|W - W_r\|_F$")
     suffix = f" — {model}" if model else ""
     ax.set_title(f"Error ratio vs rank per method (median, range over matrices){suffix}")
     ax.grid(True, which="both", alpha=0.3)

@@ -105,6 +105,27 @@ def provenance_line(meta: Mapping[str, Any] | None) -> str:
     return "Made by " + ", ".join(parts) + "."
 
 
+#: What a synthetic run's spectra are (issue 31): lowrank_lab.weights.synthetic gives every matrix a
+#: power-law spectrum fixed by its shape alone.
+SYNTHETIC_NOTE = (
+    "**Synthetic weights: the spectra are shape-level stand-ins.** Every matrix has the power-law "
+    "spectrum σ_k ∝ k^slope of `lowrank_lab.weights.synthetic`, scaled by its shape alone, so all "
+    "matrices of one shape (q, k, v and o of a square attention, say) have the same singular values "
+    "and the same spectral statistics (alpha, ranks, energy). They measure the factorizations' error "
+    "and time at the model's shapes, not the spectra of its trained weights."
+)
+
+
+def _is_synthetic(fact: pd.DataFrame, meta: Mapping[str, Any] | None) -> bool:
+    """Whether the run analysed synthetic weights (run.json's config, else the rows' column)."""
+    config = (meta or {}).get("config") or {}
+    if "synthetic" in config:
+        return bool(config["synthetic"])
+    if not fact.empty and "synthetic" in fact:
+        return bool(fact["synthetic"].astype(str).str.lower().eq("true").any())
+    return False
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
@@ -133,6 +154,7 @@ def write_summary(
         model = str(fact["model"].iloc[0])
     model = model or out_dir.name
 
+    synthetic = _is_synthetic(fact, meta)
     by_method = method_rank_table(fact)
     by_module = module_spectra_table(spectra, ranks)
     notes = skipped_notes(skipped)
@@ -145,6 +167,7 @@ def write_summary(
         "opt_rel_err_fro, the Frobenius error over the Eckart–Young optimum (1 = optimal); "
         "init time is the median of repeats per matrix, summed over matrices.",
         "",
+        *([SYNTHETIC_NOTE, ""] if synthetic else []),
         "## Error ratio and init time per method and rank",
         "",
         to_markdown(by_method),
@@ -169,6 +192,10 @@ def write_summary(
     tex = [f"% {prov}", r"\section*{Low-rank factorization of " + tex_escape(model) + "}", ""]
     cap_method = f"{model}: err_ratio (median, worst) and total init time per method and rank"
     cap_module = f"{model}: spectral statistics per module type (median over layers)"
+    if synthetic:
+        body = SYNTHETIC_NOTE.split("** ", 1)[1].replace("σ_k ∝ k^slope", "SIGMA")
+        tex += [r"\paragraph{Synthetic weights: the spectra are shape-level stand-ins.} "
+                + tex_escape(body).replace("SIGMA", r"$\sigma_k \propto k^{\mathrm{slope}}$"), ""]
     tex += [to_latex(by_method, caption=cap_method), to_latex(by_module, caption=cap_module)]
     if notes:
         tex.append(r"\paragraph{Skipped.}")

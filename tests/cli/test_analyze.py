@@ -386,3 +386,39 @@ def test_interrupt_during_a_long_factorization_acts_within_5_s_and_resume_comple
     full = pd.read_csv(out / "factorization.csv")
     assert len(full) == 12 and not full.duplicated(["tensor", "method", "rank"]).any()
     pd.testing.assert_frame_equal(full.head(6), kept)  # kept as they were, not redone
+
+
+def test_error_ratio_figure_renders_its_label_and_keeps_coinciding_methods_visible(tmp_path, monkeypatch):
+    # issue 31: the y label printed a literal "_F", and svd's line lay hidden under rsvd's at 1.0.
+    import matplotlib.pyplot as plt
+    from matplotlib.mathtext import MathTextParser
+
+    import lowrank_lab.analysis.figures as figures
+
+    kept = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path, **kw: kept.setdefault("fig", fig))
+    fact = pd.DataFrame({"method": ["svd", "svd", "rsvd", "rsvd"], "rank": [4, 8, 4, 8],
+                         "err_ratio": [1.0, 1.0, 1.0, 1.0]})
+    figures.plot_error_ratio(fact, tmp_path / "e.png")
+    ax = kept["fig"].axes[0]
+    label = ax.get_ylabel()
+    plain, math, after = label.split("$")  # one mathtext span; no subscript outside it
+    assert "_" not in plain + after and "_F" in math
+    MathTextParser("agg").parse(f"${math}$")  # valid mathtext: raises otherwise
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    svd, rsvd = lines["svd"], lines["rsvd"]
+    assert svd.get_marker() != rsvd.get_marker() and svd.get_linestyle() != rsvd.get_linestyle()
+    assert svd.get_markersize() > rsvd.get_markersize() and svd.get_markerfacecolor() == "none"
+    assert rsvd.get_zorder() > svd.get_zorder()  # the smaller ring drawn inside the larger one
+    plt.close(kept["fig"])
+
+
+def test_synthetic_summary_says_its_spectra_are_shape_level_stand_ins(tmp_path):
+    out = tmp_path / "syn"
+    assert main(["--model", "stories260K", "--synthetic", "--layers", "0", "--targets", "wq,wk",
+                 "--ranks", "4", "--methods", "rsvd", "--repeats", "1", "--warmup", "0", "--out", str(out),
+                 "--no-figures"]) == 0
+    assert "shape-level stand-ins" in (out / "summary.md").read_text()
+    assert "shape-level stand-ins" in (out / "summary.tex").read_text()
+    real = analyze(tmp_path, "--targets", "query", name="real")
+    assert "stand-ins" not in (real / "summary.md").read_text()
