@@ -66,6 +66,7 @@ def test_committed_with_outputs_cleared(path: Path):
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; run python notebooks/sync_notebooks.py"
 
 
+@pytest.mark.slow  # a subprocess (jupytext on every notebook)
 def test_notebooks_match_their_source():
     # The .ipynb files are generated from their percent-format .py; an edit to one but not the
     # other would make the reviewed source lie about the committed notebook.
@@ -94,6 +95,7 @@ def test_small_mode_writes_to_a_temporary_folder_by_default(monkeypatch):
     assert nbs.output_root() == REPO  # the full-size run writes the committed reports/ and figures/
 
 
+@pytest.mark.slow  # a Jupyter kernel per notebook, 7-31 s each
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_small_mode(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # The kernel is a child process: it inherits these.

@@ -204,6 +204,7 @@ def _check_randomized_on_real(layers: range):
     return certified, 2 * len(mats)
 
 
+@pytest.mark.slow  # SVDs of real MiniLM matrices
 def test_randomized_tuned_svd_gives_full_svd_counts_on_real_minilm():
     certified, n = _check_randomized_on_real(range(0, 2))
     assert certified >= n // 2, "most matrices should not need the full-SVD fallback"

@@ -48,6 +48,7 @@ def test_non_residual_inits_are_refused(W):
         quantized_weight("lora", W, 8)
 
 
+@pytest.mark.slow  # analyze twice on real MiniLM
 def test_analyze_quant_nf4_writes_the_table_and_summary(tmp_path):
     out = tmp_path / "q"
     args = ["--layers", "0", "--targets", "query,output", "--methods", "svd", "--ranks", "8",

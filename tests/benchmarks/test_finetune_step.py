@@ -3,7 +3,10 @@ one the CLI trains with (a record attribute renamed in the trainer must not brea
 
 from __future__ import annotations
 
+import pytest
 
+
+@pytest.mark.slow  # runs the benchmark on real SST-2, ~15 s
 def test_step_benchmark_small_run_writes_its_report(benchmark_script, shared_data, tmp_path):
     bench = benchmark_script("finetune_step")
     out = tmp_path / "finetune_step.md"

@@ -140,6 +140,7 @@ def _run_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full, timeout=120)
 
 
+@pytest.mark.slow  # a subprocess
 def test_script_skips_every_step_past_its_budget_and_the_report_says_so(report, tmp_path):
     out = tmp_path / "out"
     proc = _run_script("--device", "cpu", env={"OUT": str(out), "GPU_CHECK_BUDGET": "0"})
@@ -153,6 +154,7 @@ def test_script_skips_every_step_past_its_budget_and_the_report_says_so(report, 
     assert "No pytest.xml: step skipped (budget)." in text and "No rsvd.csv: step skipped (budget)." in text
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, --device cuda would run the whole check")
 def test_script_refuses_cuda_without_a_gpu_and_unknown_options(tmp_path):
     proc = _run_script("--device", "cuda", env={"OUT": str(tmp_path / "o")})

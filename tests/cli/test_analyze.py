@@ -182,6 +182,7 @@ def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow  # a second full analyze run
+@pytest.mark.slow  # a second full analyze run
 def test_no_figures_writes_the_tables_and_no_figure(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where the default figures/<model> would go
     assert main([*FAST, "--out", str(tmp_path / "o"), "--no-figures"]) == 0
@@ -196,6 +197,7 @@ def test_no_figures_writes_the_tables_and_no_figure(tmp_path, monkeypatch, capsy
         "error_ratio.png", "init_time.png", "spectra.png"]
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.slow  # subprocesses
 def test_module_entry_point_exits_2_without_traceback(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lowrank_lab.analyze", "--methods", "nope",
@@ -217,6 +219,7 @@ def test_help_explains_every_option_with_an_example(capsys):
     assert usage.count("Example:") == len(options) and "examples:" in usage
 
 
+@pytest.mark.slow  # a subprocess and a signal, ~22 s
 @pytest.mark.slow  # a subprocess and a signal, ~22 s
 def test_sigterm_keeps_the_finished_rows_and_resume_completes(tmp_path):
     # What a batch scheduler does to a job over its time: SIGTERM. The rows already written stay,

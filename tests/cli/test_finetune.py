@@ -46,6 +46,7 @@ def test_help_explains_every_option_with_examples():
     assert "LoRA-XS run_math_tuning.sh 4e-3" in text  # learning-rate sources are stated
 
 
+@pytest.mark.slow  # a subprocess
 def test_module_runs_as_script():
     out = subprocess.run(
         [sys.executable, "-m", "lowrank_lab.finetune", "--help"], capture_output=True, text=True
@@ -121,6 +122,7 @@ def test_cuda_without_cuda(capsys, tmp_path):
     assert "CUDA is not available on this machine" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains MiniLM on real SST-2
 @pytest.mark.data
 def test_real_sst2_study_resume_and_summary(shared_data, tmp_path, capsys):
     out = tmp_path / "sst2"

@@ -386,6 +386,7 @@ def test_help_has_examples():
         assert needle in text
 
 
+@pytest.mark.slow  # a subprocess
 def test_module_entry_point_runs(tmp_path, models):
     proc = subprocess.run(
         [

@@ -80,6 +80,7 @@ def _wait_for_lock(out: Path, proc: subprocess.Popen, timeout: float = 120) -> N
 # -- the lock -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two analyze processes, ~14 s
 def test_a_second_run_on_a_busy_out_is_refused_and_no_row_is_lost_or_doubled(tmp_path):
     out = tmp_path / "out"
     argv = ["--layers", "0-5", "--methods", "svd,rsvd", "--ranks", "4,8", "--device", "cpu", "--repeats", "3",
@@ -104,6 +105,7 @@ def test_a_second_run_on_a_busy_out_is_refused_and_no_row_is_lost_or_doubled(tmp
     assert not (out / LOCK_NAME).exists()  # released at the end
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_note(tmp_path, capsys, bert):
     out = tmp_path / "out"
     out.mkdir()

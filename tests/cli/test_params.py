@@ -94,6 +94,7 @@ def test_help_explains_every_option_with_examples(capsys):
         assert option in out
 
 
+@pytest.mark.slow  # a subprocess
 def test_runs_as_a_module(tmp_path):
     argv = ["--model", "minilm", "--rank", "4", "--methods", "loldu"]
     done = subprocess.run(

@@ -81,6 +81,7 @@ def _tensors(f):
     return [t for t in (f.left, f.right, f.core) if t is not None]
 
 
+@pytest.mark.slow  # hypothesis over every method
 @PROPERTY_SETTINGS
 @given(problems())
 @example(

@@ -139,6 +139,7 @@ def _study(glue_dir, out, tok, factory, resume, **base):
     return _run(glue_dir, out, tok, factory, methods=("lora",), resume=resume, base={"steps": 6, **base})
 
 
+@pytest.mark.slow  # trains a study twice
 def test_study_resume_continues_an_interrupted_run_and_cleans_up(
     glue_dir, bert_tokenizer, tiny_bert, tmp_path
 ):
@@ -156,6 +157,7 @@ def test_study_resume_continues_an_interrupted_run_and_cleans_up(
     assert json.loads((rdir / "run.json").read_text())["resumed_at"] == [3]
 
 
+@pytest.mark.slow  # trains a study
 def test_study_resume_refuses_a_checkpoint_with_other_settings(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
     spec, tr, ev = _encoders("sst2", glue_dir, bert_tokenizer, max_length=64)
     out = tmp_path / "study"

@@ -342,6 +342,7 @@ def test_claims_cli_writes_csv_and_md_and_names_a_bad_folder(tmp_path, capsys):
 
 
 @pytest.mark.slow  # trains a tiny study first (~10 s); tests/cli/test_claims.py is the quick one
+@pytest.mark.slow  # trains a tiny study first (~10 s); tests/cli/test_claims.py is the quick one
 def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled, tmp_path, capsys):
     from .test_study import _run
 

@@ -51,6 +51,7 @@ def _weights(run_dir):
     return load_file(str(run_dir / "merged" / "model.safetensors"))
 
 
+@pytest.mark.slow  # trains and replays a study
 @pytest.mark.parametrize("method", ["pissa", "full", "head"])
 def test_replay_gives_the_weights_the_run_saved(glue_dir, tmp_path, bert_tokenizer, tiny_bert, method):
     # pissa: the SVD residual base; full: every linear map; head: no adapter to merge
@@ -77,6 +78,7 @@ def test_replay_gives_the_weights_the_run_saved(glue_dir, tmp_path, bert_tokeniz
     assert _rebuild(glue_dir, lost, bert_tokenizer, tiny_bert(2))[0]["rebuilt"] == []
 
 
+@pytest.mark.slow  # trains and replays a study
 def test_a_replay_that_differs_from_its_record_keeps_nothing(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     out = tmp_path / "s"
     _study(glue_dir, out, bert_tokenizer, tiny_bert(2), ["lora", "head"], save_merged=False)
@@ -98,6 +100,7 @@ def test_a_replay_that_differs_from_its_record_keeps_nothing(glue_dir, tmp_path,
     assert "merged_rebuilt" not in json.loads(path.read_text())
 
 
+@pytest.mark.slow  # trains and replays a study
 def test_a_replay_that_differs_can_replace_its_record(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     out = tmp_path / "r"
     _study(glue_dir, out, bert_tokenizer, tiny_bert(2), ["lora", "head"], save_merged=False)
@@ -128,6 +131,7 @@ def test_a_replay_that_differs_can_replace_its_record(glue_dir, tmp_path, bert_t
     assert res["summary"] == out / "summary.md" and "| lora |" in res["summary"].read_text()
 
 
+@pytest.mark.slow  # trains and replays a study
 def test_evaluations_are_checked_too(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     out = tmp_path / "e"
     _study(glue_dir, out, bert_tokenizer, tiny_bert(2), ["lora"], save_merged=False)
@@ -139,6 +143,7 @@ def test_evaluations_are_checked_too(glue_dir, tmp_path, bert_tokenizer, tiny_be
     assert "(eval loss at step 2: recorded 0.0, replayed " in res["failed"]["lora-r2-seed0"]
 
 
+@pytest.mark.slow  # trains a study
 def test_named_runs_are_checked_before_any_work(glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch):
     out = tmp_path / "n"
     _study(glue_dir, out, bert_tokenizer, tiny_bert(2), ["lora"], save_merged=True)
@@ -163,6 +168,7 @@ def test_cli_options_exclude_each_other_and_name_the_missing_study(capsys, tmp_p
     assert "--replace-different only applies to --rebuild-merged" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains and replays a study
 def test_a_run_another_process_holds_is_not_replayed_under_it(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     import os
 

@@ -47,6 +47,7 @@ def _run(glue_dir, out, tok, factory, methods=("lora", "head"), seeds=(0,), **kw
     )
 
 
+@pytest.mark.slow  # trains a study, ~9 s
 def test_study_writes_records_csv_summary_figures(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     out = tmp_path / "study"
     res = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora", "head"), seeds=(0, 1))
@@ -73,6 +74,7 @@ def test_study_writes_records_csv_summary_figures(glue_dir, tmp_path, bert_token
         assert (out / "figures" / f"{f}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # trains a study
 def test_divergence_stops_one_run_and_the_study_goes_on(
     glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch
 ):
@@ -96,6 +98,7 @@ def test_divergence_stops_one_run_and_the_study_goes_on(
     assert "## Runs that stopped" in (tmp_path / "s" / "summary.md").read_text()
 
 
+@pytest.mark.slow  # trains a study
 def test_failed_run_is_recorded_and_the_study_goes_on(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     res = run_study(
         _base(extra={"no_such_option": 1}),
@@ -113,6 +116,7 @@ def test_failed_run_is_recorded_and_the_study_goes_on(glue_dir, tmp_path, bert_t
     assert rec.status == "failed" and rec.message.startswith("lora (seed 0) failed: AdapterOptionError")
 
 
+@pytest.mark.slow  # trains a study
 def test_resume_skips_finished_runs_and_rejects_other_settings(
     glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch
 ):
@@ -142,6 +146,7 @@ def test_resume_skips_finished_runs_and_rejects_other_settings(
         _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
 
 
+@pytest.mark.slow  # trains a study
 def test_a_study_extended_with_resume_summarises_every_run_in_the_folder(
     glue_dir, tmp_path, bert_tokenizer, tiny_bert
 ):
@@ -155,6 +160,7 @@ def test_a_study_extended_with_resume_summarises_every_run_in_the_folder(
     assert len(pd.read_csv(out / "runs.csv")) == 3
 
 
+@pytest.mark.slow  # trains a study
 def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
     out = tmp_path / "x"
     _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora", "full"))
@@ -176,6 +182,7 @@ def test_summarize_existing_and_intruder_line(glue_dir, tmp_path, bert_tokenizer
         summarize_existing(out, [], study_mod.get_task("rte"))
 
 
+@pytest.mark.slow  # trains a study
 @pytest.mark.parametrize("task", ["sst2", "stsb"])
 def test_any_hugging_face_model_directory_is_a_model(glue_dir, tmp_path, bert_tokenizer, tiny_bert, task):
     # --model DIR: what a user with bigger hardware passes (here a tiny BERT saved with its tokenizer);
@@ -199,6 +206,7 @@ def test_any_hugging_face_model_directory_is_a_model(glue_dir, tmp_path, bert_to
     assert merged.hidden_size == 32 and merged.num_labels == (1 if task == "stsb" else 2)
 
 
+@pytest.mark.slow  # two trainers, lock polling
 @pytest.mark.parametrize("other_finishes", [True, False], ids=["other-finishes", "other-dies"])
 def test_two_processes_on_one_study_share_its_runs(
     glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch, other_finishes
@@ -256,6 +264,7 @@ def test_two_processes_on_one_study_share_its_runs(
     assert not list(out.rglob(".lowrank_lab.lock"))  # every lock let go
 
 
+@pytest.mark.slow  # another process
 def test_a_fresh_study_on_a_folder_another_process_trains_in_is_refused(
     glue_dir, tmp_path, bert_tokenizer, tiny_bert
 ):
@@ -275,6 +284,7 @@ def test_a_fresh_study_on_a_folder_another_process_trains_in_is_refused(
         assert [r.status for r in res["records"]] == ["finished"]
 
 
+@pytest.mark.slow  # trains a study
 def test_status_says_where_each_run_stands(glue_dir, tmp_path, bert_tokenizer, tiny_bert, capsys):
     from lowrank_lab import finetune
     from lowrank_lab.training.checkpoint import save_checkpoint
@@ -332,6 +342,7 @@ def test_status_leaves_head_lr_empty_for_a_causal_lm_which_has_no_task_head(tmp_
     assert table.loc["sst2-lora-seed0", "head_lr"] == 4e-4
 
 
+@pytest.mark.slow  # another process
 @pytest.mark.parametrize("resume", [True, False], ids=["resume", "fresh"])
 def test_a_run_another_process_finished_meanwhile_is_taken_not_trained_again(
     glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch, resume

@@ -97,6 +97,7 @@ def test_a_second_holder_is_refused_with_the_first_ones_description(tmp_path):
     OutputLock(tmp_path).acquire().release()  # free again
 
 
+@pytest.mark.slow  # a second Python process that imports the package: 0.2-7 s by load
 def test_a_lock_held_in_another_process_is_refused(tmp_path):
     code = (f"from lowrank_lab.utils.lock import OutputLock; import sys, time; "
             f"OutputLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); sys.stdin.read()")

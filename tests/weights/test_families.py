@@ -302,6 +302,7 @@ def test_config_round_trip_and_hf_config_count(saved):
         assert spec.num_parameters() == sum(p.numel() for p in again.parameters()), key
 
 
+@pytest.mark.slow  # analyzes every new family's synthetic shapes
 def test_synthetic_registry_entries_of_new_families():
     assert len(open_source("mixtral-8x7b", synthetic=True, layers="0")) == 4 + 1 + 2 * 8
     assert len(open_source("mixtral-8x7b", synthetic=True, layers="0", experts="none")) == 5

@@ -1,0 +1,45 @@
+"""``python -m lowrank_lab.claims`` in-process on run records written to disk, with no training: the quick
+suite's test of the command end to end (tests/training/test_claims.py trains a tiny study for its own)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from lowrank_lab.claims import main
+from lowrank_lab.training.claims import COLUMNS
+from lowrank_lab.training.config import RunConfig
+from lowrank_lab.training.record import RunRecord
+from lowrank_lab.training.stats import VERDICTS
+
+MEANS = {"head": 0.78, "lora": 0.88, "full": 0.89, "pissa": 0.90}
+OFFSETS = [0.0, 0.004, -0.003, 0.002, -0.001]  # a seed's shared offset
+NOISE = [0.0, 0.003, -0.002, 0.001, -0.002]  # PiSSA's own per-seed noise: its differences vary
+
+
+def _write_study(study):
+    for method, mean in MEANS.items():
+        for seed in range(5):
+            metric = mean + OFFSETS[seed] + (NOISE[seed] if method == "pissa" else 0.0)
+            rec = RunRecord(
+                config=RunConfig(task="sst2", method=method, seed=seed, rank=8, model="m"),
+                status="finished", final_metric=metric, collapsed=False, train_loss=[0.5] * 10,
+            )  # fmt: skip
+            run = study / "runs" / rec.run_name
+            run.mkdir(parents=True)
+            rec.write(run)
+    (study / "baselines.json").write_text(json.dumps({"task": "sst2", "constant_predictor": 0.509}))
+
+
+def test_claims_over_written_run_records(tmp_path, capsys):
+    study = tmp_path / "study"
+    _write_study(study)
+    assert main(["--studies", str(study), "--out", str(tmp_path / "r")]) == 0
+    table = pd.read_csv(tmp_path / "r" / "claims.csv")
+    assert list(table.columns) == COLUMNS and set(table["task"]) == {"sst2"}
+    assert set(table["verdict"]) <= set(VERDICTS)
+    pissa = table[table["method_a"].eq("pissa") & table["method_b"].eq("lora")]
+    assert len(pissa) == 2 and set(pissa["n_seeds"]) == {5}  # final metric and convergence, 5 seeds each
+    assert (tmp_path / "r" / "claims.md").read_text().startswith("# Claims at this scale")
+    assert "wrote" in capsys.readouterr().out
