@@ -182,7 +182,6 @@ def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow  # a second full analyze run
-@pytest.mark.slow  # a second full analyze run
 def test_no_figures_writes_the_tables_and_no_figure(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where the default figures/<model> would go
     assert main([*FAST, "--out", str(tmp_path / "o"), "--no-figures"]) == 0
@@ -197,7 +196,6 @@ def test_no_figures_writes_the_tables_and_no_figure(tmp_path, monkeypatch, capsy
         "error_ratio.png", "init_time.png", "spectra.png"]
 
 
-@pytest.mark.slow  # subprocesses
 @pytest.mark.slow  # subprocesses
 def test_module_entry_point_exits_2_without_traceback(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lowrank_lab.analyze", "--methods", "nope",
@@ -219,7 +217,6 @@ def test_help_explains_every_option_with_an_example(capsys):
     assert usage.count("Example:") == len(options) and "examples:" in usage
 
 
-@pytest.mark.slow  # a subprocess and a signal, ~22 s
 @pytest.mark.slow  # a subprocess and a signal, ~22 s
 def test_sigterm_keeps_the_finished_rows_and_resume_completes(tmp_path):
     # What a batch scheduler does to a job over its time: SIGTERM. The rows already written stay,
@@ -425,3 +422,29 @@ def test_synthetic_summary_says_its_spectra_are_shape_level_stand_ins(tmp_path):
     assert "shape-level stand-ins" in (out / "summary.tex").read_text()
     real = analyze(tmp_path, "--targets", "query", name="real")
     assert "stand-ins" not in (real / "summary.md").read_text()
+
+
+@pytest.mark.slow  # a git clone and a subprocess run, ~15 s
+def test_main_command_leaves_a_fresh_clone_clean(tmp_path):
+    # issue 31: the main command wrote into the tracked reports/minilm and figures/minilm. Its
+    # defaults now go to runs/<model>, ignored by git. The run is the README's main command restricted
+    # to layer 0 and two methods (the full default, 36 matrices x 8 methods, takes 1-2 min on 2 cores
+    # and writes the same files); the clone is of the repository this test runs in, at its HEAD.
+    import os
+    import shutil
+
+    repo = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("needs git and a git checkout of lowrank_lab")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(clone)}  # the clone's own code, not the installed checkout's
+    main_command = [sys.executable, "-m", "lowrank_lab.analyze", "--layers", "0", "--methods", "svd,rsvd",
+                    "--threads", "1"]
+    run = subprocess.run(main_command, cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (clone / "runs" / "minilm" / "summary.md").is_file()
+    assert (clone / "runs" / "minilm" / "figures" / "error_ratio.png").is_file()
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
+                            capture_output=True, text=True, check=True).stdout
+    assert status == "", status
