@@ -425,7 +425,7 @@ def read_peft_lora(path: str | Path) -> tuple[dict[str, LoraDelta], dict]:
     AdapterFilesError
         ``adapter_config.json`` or the weights file is missing (both names are given).
     AdapterFormatError
-        Not a LoRA adapter, DoRA, a lora_A without its lora_B, or inconsistent shapes.
+        Not a LoRA adapter, DoRA or KaSA, a lora_A without its lora_B, or inconsistent shapes.
     """
     import json
     import math
@@ -461,6 +461,12 @@ def read_peft_lora(path: str | Path) -> tuple[dict[str, LoraDelta], dict]:
         raise AdapterFormatError(
             f"{path / PEFT_CONFIG}: DoRA adapters rescale the weight's columns and are not B·A updates; "
             "merge it with PEFT (merge_and_unload), save the model and pass it as --tuned"
+        )
+    if config.get("kasa_config"):
+        raise AdapterFormatError(
+            f"{path / PEFT_CONFIG}: KaSA adapters scale B·A by a trained diagonal (lora_diag) and apply to "
+            "an SVD-truncated base, so they are not B·A updates of the original weight; merge it with PEFT "
+            "(merge_and_unload), save the model and pass it as --tuned"
         )
     state = _load_adapter_state(weights)
 

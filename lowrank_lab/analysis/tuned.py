@@ -106,7 +106,8 @@ def _peft_overlay(adapter: Path, *, tensors: Sequence[str]) -> tuple[dict, dict]
         "modules_not_analysed": unmatched,
         "init_lora_weights": init,
     }
-    if isinstance(init, str) and init.split("_")[0].lower() in {"pissa", "olora", "corda", "eva", "loftq"}:
+    residual_inits = {"pissa", "olora", "corda", "eva", "loftq", "astra"}
+    if isinstance(init, str) and init.split("_")[0].lower() in residual_inits:
         desc["warning"] = (
             f"adapter was initialised with init_lora_weights={init!r}: unless it was saved with "
             "path_initial_model_for_weight_conversion it applies to the *residual* base, not the original"

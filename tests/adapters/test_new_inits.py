@@ -477,3 +477,32 @@ def test_diagnose_exits_2_when_the_calibration_is_shorter_than_the_rank(sst2, tm
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert f"{method} needs at least rank=8 calibration tokens" in err and "saw 4" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# PEFT adapters of the new kinds, as the analyses read them
+
+
+def test_a_peft_kasa_adapter_is_refused_by_the_lora_reader(tiny, tmp_path):
+    # KaSA's update is s·B·diag(lora_diag)·A on a truncated base: reading it as B·A would be wrong.
+    from lowrank_lab.adapters.io import AdapterFormatError, read_peft_lora
+
+    pm = get_peft_model(tiny.llama(), LoraConfig(r=R, target_modules=TARGETS, kasa_config=KasaConfig()))
+    pm.save_pretrained(tmp_path / "kasa")
+    with pytest.raises(AdapterFormatError, match=r"KaSA adapters scale B·A by a trained diagonal") as err:
+        read_peft_lora(tmp_path / "kasa")
+    assert "\n" not in str(err.value)
+
+
+def test_a_peft_astra_adapter_is_flagged_as_residual(tiny, tmp_path):
+    from peft.tuners.lora.astra import preprocess_astra
+
+    from lowrank_lab.analysis.tuned import _peft_overlay
+
+    model = tiny.llama()
+    cfg = LoraConfig(r=R, target_modules=["q_proj"], init_lora_weights="astra", astra_config=AstraConfig())
+    preprocess_astra(model, cfg, run_model=lambda: [model(**b) for b in _batches(n=2)])
+    get_peft_model(model, cfg).save_pretrained(tmp_path / "astra")
+    tensors = [f"model.layers.{i}.self_attn.q_proj.weight" for i in range(2)]
+    _, desc = _peft_overlay(tmp_path / "astra", tensors=tensors)
+    assert desc["init_lora_weights"] == "astra" and "*residual* base" in desc["warning"]
