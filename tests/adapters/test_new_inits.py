@@ -506,3 +506,27 @@ def test_a_peft_astra_adapter_is_flagged_as_residual(tiny, tmp_path):
     tensors = [f"model.layers.{i}.self_attn.q_proj.weight" for i in range(2)]
     _, desc = _peft_overlay(tmp_path / "astra", tensors=tensors)
     assert desc["init_lora_weights"] == "astra" and "*residual* base" in desc["warning"]
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_the_harness_trains_every_new_init(sst2, method):
+    # Two steps of the fine-tuning harness, calibrated on the run's own first training examples.
+    import lowrank_lab.training.models as models
+    from lowrank_lab.training.batching import Encoder
+    from lowrank_lab.training.config import RunConfig
+    from lowrank_lab.training.loop import train_run
+    from lowrank_lab.training.tasks import get_task, load_examples
+
+    spec = get_task("sst2")
+    tok = models.load_tokenizer("minilm", spec)
+    tr = Encoder(spec, tok, 16, load_examples(spec, sst2, "train"))
+    ev = Encoder(spec, tok, 16, load_examples(spec, sst2, "eval"))
+    cfg = RunConfig(
+        task="sst2", method=method, steps=2, batch_size=4, eval_every=0, rank=2, save_merged=False,
+        extra={"calibration_samples": 8},
+    )  # fmt: skip
+    factory = lambda: models.load_model("minilm", spec)  # noqa: E731 - the tiny BERT of the fixture
+    rec = train_run(cfg, spec, tr, ev, factory)
+    assert rec.status == "finished" and len(rec.train_loss) == 2
+    assert (rec.injection["calibration_seconds"] > 0) == ADAPTERS[method].needs_calibration
+    assert train_run(cfg, spec, tr, ev, factory).train_loss == rec.train_loss  # deterministic for a seed
