@@ -357,9 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive(int),
         default=None,
         metavar="N",
-        help="training examples (the run's first N, never dev data) that data-driven inits (lora-sb, "
-        "lora-ga, lora-one, eva, corda-ipm, corda-kpm) calibrate on, in batches of 48 (default 48, "
-        "LoRA-SB's ~50), e.g. --calibration-samples 256 for CorDA",
+        help="training examples (the run's first N, never dev data) that data-driven inits ("
+        + ", ".join(n for n, am in ADAPTERS.items() if am.needs_calibration)
+        + ") calibrate on, in batches of 48 (default 48, LoRA-SB's ~50), e.g. --calibration-samples 256 "
+        "for CorDA",
     )
     p.add_argument("--out", default=None, help="study directory (default reports/finetune/<task>)")
     p.add_argument(
