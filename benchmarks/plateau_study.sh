@@ -10,6 +10,13 @@
 # skipped, an interrupted run continues from its checkpoint (stop with SIGTERM, not SIGINT).
 #
 # Usage:  STUDY_STAGE=probe bash benchmarks/plateau_study.sh      # block 0: size the plan
+#         STUDY_STAGE=sst2-ref ...                                # block 1: SST-2 gate and references
+#         STUDY_STAGE=sst2-capacity ...                           # block 2: the capacity claims
+#         STUDY_STAGE=cola ...                                    # block 3: CoLA, every method
+#         STUDY_STAGE=intruders ...                               # block 4: LoRA r = 1, 64 and counts
+#         STUDY_STAGE=sst2-variants ...                           # block 5: the init variants
+#         STUDY_STAGE=claims ...                                  # the tables, once runs are done
+# Two streams on 2 cores: the same command twice (a run's folder is locked while one process trains it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +27,31 @@ STAGES="${STUDY_STAGE:-probe}"
 # SST-2: 67,349 training sentences less the 1,000 of the validation split, batch 16: 4,147 steps an
 # epoch; an evaluation every 415 steps is ten an epoch. CoLA: 8,551 less 855, 481 steps an epoch.
 SST2=(--task sst2 --model minilm --epochs 1 --eval-every 415 --max-length 64 --batch-size 16)
+COLA=(--task cola --model minilm --epochs 3 --eval-every 48 --max-length 64 --batch-size 16)
 PLATEAU=(--patience 3 --min-delta 0.002 --data-dir "$DATA" --resume --threads "$THREADS" --no-progress)
+SELECT=(--lr-grid --selection-seeds 100,101)
+SEEDS="${STUDY_SEEDS:-0,1,2,3,4}"
+# Every SST-2 run of the study is judged on dev + the labelled test file (one scored set per folder).
+SST2_OUT="$OUT/sst2"; SST2+=(--eval-set dev+test)
+COLA_OUT="$OUT/cola"
+
+chosen_lr() {  # chosen_lr STUDY_DIR METHOD RANK: the rate its selection chose (selection.csv)
+  python - "$1/selection.csv" "$2" "$3" <<'PY'
+import sys
+import pandas as pd
+sel = pd.read_csv(sys.argv[1])
+row = sel[(sel["method"] == sys.argv[2]) & (sel["rank"] == int(sys.argv[3])) & (sel["chosen"] == True)]  # noqa: E712
+if row.empty:
+    sys.exit(f"{sys.argv[1]}: no {sys.argv[2]} r={sys.argv[3]} rate chosen yet; run its block first")
+print(float(row["lr"].iloc[0]))
+PY
+}
+around() {  # around RATE: the three rates 0.3x, 1x and 3x RATE, as a comma list
+  python -c "r=$1; print(','.join(f'{r*f:.3g}' for f in (0.3, 1, 3)))"
+}
+# The claim configurations of "comparable with far fewer parameters" (reports/README.md, Plateau study):
+# LoLDU at full rank (384 = min(m, n) for every MiniLM matrix), LoRA-XS at 25, IntTune at 128.
+CAPACITY=("loldu 384 1.2e-3" "lora-xs 25 1.2e-2" "inttune 128 3.6e-2")  # method, rank, grid centre
 
 for stage in $STAGES; do
   case "$stage" in
@@ -30,6 +61,62 @@ for stage in $STAGES; do
         --seeds 0 --out "$OUT/probe-sst2" "${PLATEAU[@]}"
       python -m lowrank_lab.finetune "${SST2[@]}" --methods full --lr 2e-4 --head-lr 1e-2 \
         --seeds 0 --out "$OUT/probe-sst2" "${PLATEAU[@]}" ;;
-    *) echo "unknown stage $stage (probe)" >&2; exit 2 ;;
+    sst2-ref)  # block 1: the head's rate first (with the head-only control), then LoRA r = 8 and full
+      # fine-tuning, each over three rates on two selection seeds, then the verdict seeds
+      python -m lowrank_lab.finetune "${SST2[@]}" --methods lora,full,head --rank 8 "${SELECT[@]}" \
+        --lr-grid head=3e-3,1e-2,3e-2 --lr-grid lora=1.5e-4,5e-4,1.5e-3 --lr-grid full=2e-5,6e-5,2e-4 \
+        --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}" ;;
+    sst2-capacity)  # block 2: each claim configuration at its own rank, the head rate of block 1
+      head_lr=$(chosen_lr "$SST2_OUT" head 8)
+      for cfg in "${CAPACITY[@]}"; do
+        read -r m r centre <<< "$cfg"
+        python -m lowrank_lab.finetune "${SST2[@]}" --methods "$m" --rank "$r" --head-lr "$head_lr" \
+          "${SELECT[@]}" --lr-grid "$m=$(around "$centre")" --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}"
+      done ;;
+    cola)  # block 3: every method at r = 8, then the claim configurations, then the capacity frontier
+      python -m lowrank_lab.finetune "${COLA[@]}" --methods lora,full,head,pissa,milora,nlora,slora,lora-sb \
+        --rank 8 "${SELECT[@]}" --lr-grid head=3e-3,1e-2,3e-2 --lr-grid lora=1.2e-4,4e-4,1.2e-3 \
+        --lr-grid full=2e-5,6e-5,2e-4 --lr-grid core=1.2e-3,4e-3,1.2e-2 --seeds "$SEEDS" --out "$COLA_OUT" \
+        "${PLATEAU[@]}"
+      head_lr=$(chosen_lr "$COLA_OUT" head 8)
+      for cfg in "${CAPACITY[@]}" "lora 1 4e-4" "lora 2 4e-4" "lora 4 4e-4" "lora 16 4e-4" \
+          "lora-xs 4 1.2e-2" "lora-xs 8 1.2e-2" "lora-xs 16 1.2e-2" "lora-xs 64 1.2e-2" \
+          "inttune 8 3.6e-2" "inttune 32 3.6e-2" "loldu 8 1.2e-3" "loldu 64 1.2e-3"; do
+        read -r m r centre <<< "$cfg"
+        seeds="$SEEDS"; case "$cfg" in "${CAPACITY[0]}"|"${CAPACITY[1]}"|"${CAPACITY[2]}") ;; *) seeds=0,1,2 ;; esac
+        python -m lowrank_lab.finetune "${COLA[@]}" --methods "$m" --rank "$r" --head-lr "$head_lr" \
+          "${SELECT[@]}" --lr-grid "$m=$(around "$centre")" --seeds "$seeds" --out "$COLA_OUT" "${PLATEAU[@]}"
+      done ;;
+    intruders)  # block 4: LoRA r = 1 and r = 64 (rank-stabilised scaling alpha/sqrt(r) at 64) on SST-2,
+      # then the intruder counts (every matrix, the epsilon sweep; epsilon 0.5 decides) and forgetting
+      head_lr=$(chosen_lr "$SST2_OUT" head 8)
+      python -m lowrank_lab.finetune "${SST2[@]}" --methods lora --rank 1 --head-lr "$head_lr" "${SELECT[@]}" \
+        --lr-grid lora=5e-4,1.5e-3,4.5e-3 --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}"
+      python -m lowrank_lab.finetune "${SST2[@]}" --methods lora --rank 64 --scaling rslora --head-lr "$head_lr" \
+        "${SELECT[@]}" --lr-grid lora=5e-5,1.5e-4,5e-4 --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}"
+      for run in "$SST2_OUT"/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2,3,4}; do
+        name=$(basename "$run")
+        [ -f "$SST2_OUT/intruders/$name/run.json" ] && continue
+        [ -d "$run/merged" ] || { echo "skip $name: no merged/ weights (not trained yet?)" >&2; continue; }
+        python -m lowrank_lab.intruders --base minilm --tuned "$run" --sweep --out "$SST2_OUT/intruders/$name" \
+          --threads "$THREADS" --no-figures
+      done
+      python -m lowrank_lab.finetune --task sst2 --out "$SST2_OUT" --data-dir "$DATA" --forgetting stsb \
+        --threads "$THREADS" --no-progress ;;
+    sst2-variants)  # block 5: the init variants against LoRA, three rates around LoRA's chosen one
+      head_lr=$(chosen_lr "$SST2_OUT" head 8)
+      lora_lr=$(chosen_lr "$SST2_OUT" lora 8)
+      grids=(); for m in pissa milora nlora slora; do grids+=(--lr-grid "$m=$(around "$lora_lr")"); done
+      python -m lowrank_lab.finetune "${SST2[@]}" --methods pissa,milora,nlora,slora,lora-sb --rank 8 \
+        --head-lr "$head_lr" "${SELECT[@]}" "${grids[@]}" --lr-grid lora-sb=1.2e-3,4e-3,1.2e-2 \
+        --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}" ;;
+    claims)
+      for d in "$SST2_OUT" "$COLA_OUT"; do
+        compgen -G "$d/runs/*/run.json" > /dev/null && python -m lowrank_lab.finetune --task "$(basename "$d")" \
+          --out "$d" --summary-only
+      done
+      python -m lowrank_lab.claims --studies "$SST2_OUT" "$COLA_OUT" --out "$OUT" ;;
+    *) echo "unknown stage $stage (probe sst2-ref sst2-capacity cola intruders sst2-variants claims)" >&2
+      exit 2 ;;
   esac
 done
