@@ -58,7 +58,7 @@ BIN_SINGLE = "pytorch_model.bin"
 
 def _redownload_hint(hub_id: str | None) -> str:
     if hub_id:
-        return f"re-download it (huggingface-cli download {hub_id} --force-download)"
+        return f"re-download it (hf download {hub_id} --force-download)"
     return "re-save or re-download the checkpoint"
 
 
@@ -263,7 +263,7 @@ class HFCheckpointSource(WeightSource):
     def _fetch_hint(self, files: list[str]) -> str:
         if self.hub_id:
             include = "".join(f" --include {f}" for f in files)
-            return f"fetch it with: huggingface-cli download {self.hub_id}{include}"
+            return f"fetch it with: hf download {self.hub_id}{include}"
         return "copy the missing files into the directory, or save the model again with save_pretrained"
 
     def _header(self, file: Path) -> dict[str, tuple[int, ...]]:

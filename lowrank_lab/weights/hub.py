@@ -90,8 +90,9 @@ def cached_snapshot(repo_id: str, revision: str = "main", cache: Path | None = N
 
 
 def fetch_command(repo_id: str) -> str:
-    """The shell command that puts ``repo_id`` in the cache."""
-    return f"huggingface-cli download {repo_id}   (newer huggingface_hub: hf download {repo_id})"
+    """The shell command that puts ``repo_id`` in the cache: ``hf``, the command line of the installed
+    huggingface_hub, which ships no ``huggingface-cli`` any more."""
+    return f"hf download {repo_id}"
 
 
 def resolve_hub_id(
@@ -142,7 +143,7 @@ def resolve_hub_id(
     raise NotInCacheError(
         f"{repo_id} is not in the local Hugging Face cache: {repo_cache_dir(repo_id, cache)} {state} "
         f"(cache {cache}, from $HF_HUB_CACHE / $HF_HOME, default ~/.cache/huggingface/hub).{why} "
-        f"Fetch it with:  {fetch_command(repo_id)}  (gated models need `huggingface-cli login` first), "
+        f"Fetch it with:  {fetch_command(repo_id)}  (gated models need `hf auth login` first), "
         f"or pass a local checkpoint directory.{hint}"
     )
 
