@@ -72,6 +72,12 @@ PROG = "python -m lowrank_lab.analyze"
 SMALL_HIDDEN = 1024
 SMALL_RANKS = (8, 32, 64)
 LARGE_RANKS = (8, 64, 128)
+#: Default methods above SMALL_HIDDEN: every method but the full SVD and thin QR, whose one
+#: factorization per matrix costs O(m n min(m, n)). On one qwen2.5-7b layer they were most of the
+#: time (issue 31: a 18944x3584 SVD alone is ~45 s on a quiet 2-core machine, 213 s under load);
+#: without them the layer meets its 3-minute target (reports/benchmarks/analyze_qwen7b_layer.md).
+#: The Eckart–Young optimum needs no svd row: it comes from the singular values.
+LARGE_EXCLUDED_METHODS = ("svd", "qr")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: Options that must agree between an interrupted run and its --resume (else the rows would mix).
 RESUME_KEYS = ("model", "synthetic", "dtype", "seed", "ranks")
@@ -145,8 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--methods", default=None,
-        help=f"comma-separated factorization methods. Default: all of them ({methods}). "
-             "Example: --methods svd,rsvd,nystrom",
+        help=f"comma-separated factorization methods. Default: all of them ({methods}) when the "
+             "model's hidden size is <= 1024; above it all but svd and qr, whose full factorization "
+             "of every matrix costs O(m n min(m, n)) and made one 7B layer take over 25 min on 2 cores "
+             "(the others take about 3; err_ratio needs no svd row, the optimum comes from the "
+             "singular values). Example: --methods svd,rsvd,nystrom",
     )
     p.add_argument(
         "--targets", default=None,
@@ -353,9 +362,12 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
     if not infos:
         raise UsageError(f"no target matrices selected in {args.model!r} (--targets {args.targets}, "
                          f"--layers {args.layers})")
+    hidden = getattr(src.spec, "hidden_size", None)
+    small = hidden is not None and hidden <= SMALL_HIDDEN
     if ranks is None:
-        hidden = getattr(src.spec, "hidden_size", None)
-        ranks = list(SMALL_RANKS if hidden is not None and hidden <= SMALL_HIDDEN else LARGE_RANKS)
+        ranks = list(SMALL_RANKS if small else LARGE_RANKS)
+    if args.methods is None and not small:
+        methods = [m for m in methods if m not in LARGE_EXCLUDED_METHODS]
     model_name = _safe_name(src.name)
     needs_svd = not src.synthetic
     if args.plan:

@@ -448,3 +448,23 @@ def test_main_command_leaves_a_fresh_clone_clean(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
                             capture_output=True, text=True, check=True).stdout
     assert status == "", status
+
+
+def test_default_methods_leave_out_svd_and_qr_above_hidden_1024_only(monkeypatch, capsys):
+    # issue 31, point 7: the O(m n min(m, n)) methods dominated a 7B layer; they stay the default for
+    # small models and can be asked for by name.
+    from lowrank_lab.analyze import LARGE_EXCLUDED_METHODS
+
+    monkeypatch.setattr("lowrank_lab.analyze.plan_text", lambda model, infos, methods, ranks, *a, **k: (
+        f"methods: {','.join(methods)} ranks: {','.join(map(str, ranks))}"))
+    monkeypatch.setattr("lowrank_lab.analyze.CostModel.probe", lambda *a, **k: None)
+    assert main(["--model", "qwen2.5-7b", "--synthetic", "--layers", "0", "--plan"]) == 0
+    large = capsys.readouterr().out
+    expected = [m for m in FACTORIZATIONS if m not in LARGE_EXCLUDED_METHODS]
+    assert LARGE_EXCLUDED_METHODS == ("svd", "qr")
+    assert f"methods: {','.join(expected)} ranks: 8,64,128" in large
+    assert main(["--model", "minilm", "--layers", "0", "--plan"]) == 0
+    assert f"methods: {','.join(FACTORIZATIONS)} ranks: 8,32,64" in capsys.readouterr().out
+    assert main(["--model", "qwen2.5-7b", "--synthetic", "--layers", "0", "--methods", "svd,qr",
+                 "--plan"]) == 0
+    assert "methods: svd,qr ranks" in capsys.readouterr().out
