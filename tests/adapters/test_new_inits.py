@@ -530,3 +530,16 @@ def test_the_harness_trains_every_new_init(sst2, method):
     assert rec.status == "finished" and len(rec.train_loss) == 2
     assert (rec.injection["calibration_seconds"] > 0) == ADAPTERS[method].needs_calibration
     assert train_run(cfg, spec, tr, ev, factory).train_loss == rec.train_loss  # deterministic for a seed
+
+
+def test_method_lists_elsewhere_follow_the_registry():
+    # issue 29 point 5: diagnose's angle methods and analyze's NF4 methods are read from registry rows.
+    from lowrank_lab.analysis.quantization import QUANT_METHODS
+    from lowrank_lab.diagnose import ANGLE_METHODS
+
+    assert {"astra", "lora-null"} <= set(ANGLE_METHODS)
+    assert not {"nora", "kasa", "init-ab", "lora", "full"} & set(ANGLE_METHODS)  # A drawn, or no adapter
+    assert {"pissa", "milora", "eva", "corda-ipm", "lora-ga", "lora-one", "mica"} <= set(ANGLE_METHODS)
+    assert set(QUANT_METHODS) == {"pissa", "milora", "olora", "nlora-pinv", "loldu", "loftq"}
+    assert all("A" not in ADAPTERS[m].drawn for m in ANGLE_METHODS)  # LoRA-XS's drawn core is fine
+    assert all(ADAPTERS[m].drawn == frozenset() for m in QUANT_METHODS)
