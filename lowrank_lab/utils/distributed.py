@@ -13,8 +13,10 @@ in the same row order (:func:`merge_csv_parts`).
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,8 +28,48 @@ import torch.distributed as dist
 
 from lowrank_lab.utils.files import atomic_path
 
-#: Ranks that finish early wait at the final barrier for the slowest; a 70B run can be hours.
-BARRIER_TIMEOUT = timedelta(hours=12)
+#: Seconds a rank waits at a barrier or count exchange for the other ranks before it gives up with a
+#: message (:func:`barrier_timeout`); the process group's own timeout is 10 s longer.
+BARRIER_TIMEOUT_ENV = "LOWRANK_LAB_BARRIER_TIMEOUT"
+
+#: The default wait. Ranks that finish their share early wait at the final barrier for the slowest;
+#: the cost-balanced split (:func:`balanced_partition`) keeps that to a fraction of the run, and a
+#: peer that was stopped or hangs should not hold the others for long (it held them 12 hours, the
+#: former process-group timeout, with no message). Raise it for runs whose shares take longer.
+BARRIER_TIMEOUT = timedelta(hours=1)
+
+#: A waiting rank says what it waits for after this many seconds, then again at this interval.
+WAIT_NOTE_SECONDS = 60.0
+
+
+class BarrierTimeoutError(TimeoutError):
+    """The other ranks did not reach a barrier in time (one line, exit status 2)."""
+
+
+class PeerLostError(ConnectionError):
+    """A rank died while the others waited for it at a barrier (one line, exit status 2)."""
+
+
+def barrier_timeout() -> timedelta:
+    """``$LOWRANK_LAB_BARRIER_TIMEOUT`` (seconds, > 0) or :data:`BARRIER_TIMEOUT`."""
+    text = os.environ.get(BARRIER_TIMEOUT_ENV, "").strip()
+    if not text:
+        return BARRIER_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"${BARRIER_TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def launch_command(module: str, nproc: int = 1) -> list[str]:
@@ -62,17 +104,52 @@ class DistContext:
     def enabled(self) -> bool:
         return self.world_size > 1
 
-    def barrier(self) -> None:
+    def barrier(self, what: str = "every rank to finish its share") -> None:
+        """Wait until every rank gets here; ``what`` says what for, in the waiting notes and the
+        timeout error (:meth:`wait`)."""
         if self.enabled:
-            dist.barrier()
+            self.wait(dist.barrier(async_op=True), what)
 
-    def sum(self, values: Sequence[int]) -> list[int]:
+    def sum(self, values: Sequence[int], what: str = "the other ranks' counts") -> list[int]:
         """Element-wise sum of ``values`` over all ranks (the values themselves when alone)."""
         if not self.enabled:
             return list(values)
         t = torch.tensor(list(values), dtype=torch.int64)
-        dist.all_reduce(t)  # gloo reduces CPU tensors; an NCCL group would need them on the GPU
+        # gloo reduces CPU tensors; an NCCL group would need them on the GPU
+        self.wait(dist.all_reduce(t, async_op=True), what)
         return t.tolist()
+
+    def wait(self, work, what: str, *, poll: float = 0.2) -> None:
+        """Wait for a collective ``work`` (``async_op=True``) to complete, bounded by
+        :func:`barrier_timeout`: after :data:`WAIT_NOTE_SECONDS` and at that interval a line on
+        stderr says what this rank waits for; past the timeout :class:`BarrierTimeoutError` says the
+        same, where a stopped peer used to hold the others silently for 12 hours. A failure of the
+        collective itself (a peer that died) is raised as it comes."""
+        limit = barrier_timeout().total_seconds()
+        start = time.monotonic()
+        note_at = start + WAIT_NOTE_SECONDS
+        who = f"rank {self.rank} of {self.world_size}"
+        while not work.is_completed():
+            now = time.monotonic()
+            if now - start >= limit:
+                raise BarrierTimeoutError(
+                    f"{who} waited {_duration(now - start)} for {what} and gives up: another rank was "
+                    f"stopped, hangs or is still working (see its output); ${BARRIER_TIMEOUT_ENV} sets "
+                    "the wait in seconds, and --resume keeps every finished row"
+                )
+            if now >= note_at:
+                print(f"{who}: waiting for {what} ({_duration(now - start)} so far; gives up after "
+                      f"{_duration(limit)}, ${BARRIER_TIMEOUT_ENV})", file=sys.stderr, flush=True)
+                note_at = now + WAIT_NOTE_SECONDS
+            time.sleep(poll)
+        try:
+            work.wait()
+        except RuntimeError as exc:  # gloo: "Connection closed by peer ...", a rank died meanwhile
+            first = " ".join(str(exc).split())[:200]
+            raise PeerLostError(
+                f"{who}: another rank left while this one waited for {what} ({first}); see that rank's "
+                "output, then rerun with --resume, which keeps every finished row"
+            ) from exc
 
     def device(self, requested: torch.device) -> torch.device:
         """One GPU per local rank: ``cuda`` becomes ``cuda:<LOCAL_RANK>``; CPU stays CPU."""
@@ -102,7 +179,9 @@ def init_from_env(device: torch.device | str = "cpu") -> DistContext:
         # on the GPU, and the matrices themselves never travel between ranks, so gloo serves GPUs too.
         if torch.device(device).type == "cuda":
             torch.cuda.set_device(ctx.local_rank)
-        dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+        # the group's own timeout 10 s past ours: DistContext.wait's message comes first, and a process
+        # that gave up ends once gloo drops the collective it left pending (a stopped peer never ends it)
+        dist.init_process_group(backend="gloo", timeout=barrier_timeout() + timedelta(seconds=10))
     return ctx
 
 

@@ -309,3 +309,145 @@ def test_remove_created_dirs_removes_only_empty_folders_it_made(tmp_path):
     ensure_writable_dir(tmp_path / "d")
     assert remove_created_dirs(mark, keep=True) == [] and (tmp_path / "d").is_dir()
     assert remove_created_dirs(mark) == []  # forgotten once handled
+
+
+# -- cosmetic: a rank waiting at a barrier says what for, and gives up after a bounded time -------------
+class _Work:
+    """A collective's handle (``async_op=True``) that completes after ``polls`` checks, or never."""
+
+    def __init__(self, polls: float = float("inf"), error: Exception | None = None) -> None:
+        self.polls, self.error = polls, error
+
+    def is_completed(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+    def wait(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize(("text", "seconds"), [(None, 3600.0), ("", 3600.0), ("90", 90.0), ("0.5", 0.5)])
+def test_barrier_timeout_comes_from_the_environment(monkeypatch, text, seconds):
+    from lowrank_lab.utils import distributed
+
+    if text is None:
+        monkeypatch.delenv(distributed.BARRIER_TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(distributed.BARRIER_TIMEOUT_ENV, text)
+    assert distributed.barrier_timeout().total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "-5", "inf", "nan"])
+def test_a_bad_barrier_timeout_is_named(monkeypatch, text):
+    from lowrank_lab.utils import distributed
+
+    monkeypatch.setenv(distributed.BARRIER_TIMEOUT_ENV, text)
+    message = rf"\$LOWRANK_LAB_BARRIER_TIMEOUT must be a number of seconds > 0, got '{text}'"
+    with pytest.raises(ValueError, match=message):
+        distributed.barrier_timeout()
+
+
+def test_a_barrier_that_never_completes_notes_what_it_waits_for_and_times_out(monkeypatch, capsys):
+    import time
+
+    from lowrank_lab.utils import distributed
+
+    monkeypatch.setenv(distributed.BARRIER_TIMEOUT_ENV, "0.4")
+    monkeypatch.setattr(distributed, "WAIT_NOTE_SECONDS", 0.1)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda async_op: _Work())
+    ctx = distributed.DistContext(rank=1, world_size=3)
+    start = time.monotonic()
+    with pytest.raises(distributed.BarrierTimeoutError) as info:
+        ctx.barrier()
+    assert 0.4 <= time.monotonic() - start < 5
+    message = user_error_message(info.value)
+    assert message.startswith("rank 1 of 3 waited 0 s for every rank to finish its share and gives up")
+    assert "$LOWRANK_LAB_BARRIER_TIMEOUT sets the wait in seconds" in message and "\n" not in message
+    notes = capsys.readouterr().err.splitlines()
+    assert 1 <= len(notes) <= 4
+    assert notes[0].startswith("rank 1 of 3: waiting for every rank to finish its share (0 s so far; gives")
+
+
+def test_a_quick_barrier_and_count_exchange_say_nothing(monkeypatch, capsys):
+    from lowrank_lab.utils import distributed
+
+    monkeypatch.setattr(distributed.dist, "barrier", lambda async_op: _Work(polls=2))
+
+    def all_reduce(t, async_op):
+        t.mul_(2)  # as two ranks holding the same values
+        return _Work(polls=1)
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce)
+    ctx = distributed.DistContext(rank=0, world_size=2)
+    ctx.barrier()
+    assert ctx.sum([1, 2], "whether rank 0 holds --out") == [2, 4]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_rank_that_died_during_a_barrier_is_one_line(monkeypatch):
+    from lowrank_lab.utils import distributed
+
+    lost = RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:60629.\nThis is typically...")
+    monkeypatch.setattr(distributed.dist, "barrier", lambda async_op: _Work(polls=0, error=lost))
+    with pytest.raises(distributed.PeerLostError) as info:
+        distributed.DistContext(rank=0, world_size=2).barrier("every part file")
+    message = user_error_message(info.value)
+    assert message.startswith("rank 0 of 2: another rank left while this one waited for every part file (")
+    assert "Connection closed by peer" in message and "\n" not in message
+
+
+_BARRIER_SCRIPT = """
+import sys, time
+from lowrank_lab.utils import distributed
+distributed.WAIT_NOTE_SECONDS = 1.0
+ctx = distributed.init_from_env()
+if ctx.rank == 1:
+    time.sleep(30)  # a stopped peer: alive, never at the barrier
+    sys.exit(0)
+try:
+    ctx.barrier()
+except distributed.BarrierTimeoutError as exc:
+    print("gave up:", exc)
+"""
+
+
+@pytest.mark.slow
+def test_a_stopped_peer_holds_rank_0_only_as_long_as_the_timeout(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "barrier.py"
+    script.write_text(_BARRIER_SCRIPT)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+           "LOWRANK_LAB_BARRIER_TIMEOUT": "3", "OMP_NUM_THREADS": "1"}
+    peer = subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        start = time.monotonic()
+        rank0 = subprocess.run([sys.executable, str(script)], env={**env, "RANK": "0"},
+                               capture_output=True, text=True, timeout=120)
+        waited = time.monotonic() - start
+    finally:
+        peer.kill()
+        peer.wait()
+    assert "gave up: rank 0 of 2 waited 3 s for every rank to finish its share" in rank0.stdout, rank0.stderr
+    assert "rank 0 of 2: waiting for every rank to finish its share" in rank0.stderr
+    assert waited < 60
+
+
+# -- the offline advice names the hf command the installed huggingface_hub ships -------------------------
+def test_offline_advice_names_hf_auth_login_not_huggingface_cli():
+    from lowrank_lab.weights import open_source
+    from lowrank_lab.weights.errors import NotInCacheError
+
+    with pytest.raises(NotInCacheError) as info:
+        open_source("acme/gated-not-there")
+    message = str(info.value)
+    assert "gated models need `hf auth login` first" in message
+    assert "hf download acme/gated-not-there" in message and "huggingface-cli" not in message
