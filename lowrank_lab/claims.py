@@ -133,11 +133,21 @@ def _interval(row: Any, spec: str = ".4f") -> str:
     return f"{_fmt(e, spec)} [{_fmt(row.ci_low, spec)}, {_fmt(row.ci_high, spec)}]"
 
 
+#: The summary's short words for why a row was not tested (claim_holds prefix -> cell).
+_UNTESTED = (
+    ("not run", "not run"),
+    ("not testable: base trained on this kind of data", "not testable: base trained on it"),
+    ("not testable at this scale", "not testable at this scale"),
+    ("not testable: fine-tuning not shown", "not testable: gate"),
+)
+
+
 def _verdict_cell(row: Any) -> str:
-    """The summary's word for a row: the verdict, or why it was not tested."""
+    """The summary's word for a row: the verdict, or in a few words why it was not tested."""
     if row.verdict != "not testable":
         return str(row.verdict)
-    return str(row.claim_holds)
+    holds = str(row.claim_holds)
+    return next((short for prefix, short in _UNTESTED if holds.startswith(prefix)), holds)
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -153,7 +163,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
             if r is None:
                 col.append("")
             elif r.verdict == "not testable":
-                col.append(_verdict_cell(r))
+                effect = f" ({_interval(r, '.3g')})" if _finite(r.effect) else ""
+                col.append(_verdict_cell(r) + effect)
             else:
                 col.append(f"**{r.verdict}** {_interval(r, '.3g')}")
         out[task] = col
@@ -161,16 +172,23 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def descriptive_lines(frame: pd.DataFrame) -> list[str]:
-    """Effects measured on tasks that could not test them: findings at this scale, not tests."""
+    """Effects measured on tasks that could not test them, by task: findings at this scale, not tests."""
     lines = []
-    for r in frame.itertuples():
-        if r.verdict == "not testable" and r.claim_holds != "not run" and isinstance(r.effect, float) \
-                and math.isfinite(r.effect):  # fmt: skip
-            lines.append(
-                f"- {r.task}, {r.method_a} − {r.method_b} ({r.metric}, {r.unit}; positive = the claim's "
-                f"direction): {_interval(r)} over {r.n_seeds} seeds. {str(r.claim_holds).capitalize()}."
-            )
+    for (task, holds), rows in frame.groupby(["task", "claim_holds"], sort=False):
+        rows = rows[(rows["verdict"] == "not testable") & rows["effect"].map(_finite)]
+        if holds == "not run" or rows.empty:
+            continue
+        lines.append(f"- {task} ({holds}):")
+        lines += [
+            f"  - {r.method_a} − {r.method_b}, {r.metric}: {_interval(r)} ({r.unit}; {r.n_seeds} "
+            + ("runs)" if r.kind == "correlation" else "seeds)")
+            for r in rows.itertuples()
+        ]
     return lines
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
@@ -281,22 +299,25 @@ def readme_section(frame: pd.DataFrame) -> str:
     ]
     for task, rows in frame.groupby("task", sort=False):
         tested = rows[rows["verdict"] != "not testable"]
-        counts = tested["verdict"].value_counts()
         untested = rows[rows["verdict"] == "not testable"]
-        head = f"- **{task}**: "
+        why = untested["claim_holds"].value_counts(sort=False)
+        parts = [f"{n} {v}" for v, n in tested["verdict"].value_counts(sort=False).items()]
+        parts += [f"{n} {v}" for v, n in why.items()]
+        head = f"- **{task}** ({len(rows)} claims): " + ", ".join(parts)
+        gates = [
+            g for g in dict.fromkeys(untested["gate_reason"].dropna()) if not str(g).startswith("not run")
+        ]
         if len(tested):
-            head += ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(rows)} claims"
-        else:
-            why = untested["claim_holds"].mode().iloc[0] if len(untested) else ""
-            head += f"no claim testable ({why})"
+            head += f". Gate: {tested['gate_reason'].iloc[0]}"
+        elif gates:
+            head += ". Gate: " + "; ".join(gates)
         lines.append(head + ".")
         for r in tested.itertuples():
-            lines.append(f"  - {r.claim}: {r.verdict}, {_interval(r)} {r.unit} ({r.claim_holds})")
-        for r in untested.itertuples():
-            if len(tested) and r.claim_holds != "not run":
-                lines.append(f"  - {r.claim}: {r.claim_holds}")
-            elif isinstance(r.effect, float) and math.isfinite(r.effect):
-                lines.append(f"  - {r.claim} (descriptive, not a test): {_interval(r)} {r.unit}")
+            lines.append(f"  - {r.claim}: **{r.verdict}**, {_interval(r)} {r.unit} ({r.claim_holds})")
+        measured = untested[untested["effect"].map(_finite)]
+        if len(measured):
+            lines.append("  - measured where no test could be made (descriptive, not tests):")
+            lines += [f"    - {r.claim}: {_interval(r)} {r.unit}" for r in measured.itertuples()]
         not_run = untested[untested["claim_holds"] == "not run"]
         if len(not_run):
             lines.append(f"  - not run on {task}: " + "; ".join(dict.fromkeys(not_run["claim"])))

@@ -360,8 +360,8 @@ def trained_on(model: str | None, task: str) -> str | None:
     if spec is None or task not in spec.trained_tasks:
         return None
     return (
-        f"base trained on this kind of data: {spec.hub_id or spec.name} was trained on "
-        f"{spec.training_sources}, which overlaps {TASK_LABELS.get(task, task)}"
+        f"base trained on this kind of data: the training data of {spec.hub_id or spec.name} "
+        f"({spec.training_sources}) overlaps {TASK_LABELS.get(task, task)}"
     )
 
 
@@ -596,7 +596,14 @@ def claim_rows(
 
     if FORGETTING_CLAIM.tasks and spec.name in FORGETTING_CLAIM.tasks and forgetting is not None:
         rows.append(
-            _forgetting_row(spec, intruders, forgetting, contaminated or (None if task_ok else task_reason))
+            _forgetting_row(
+                spec,
+                intruders,
+                forgetting,
+                (contaminated, "not testable: base trained on this kind of data")
+                if contaminated
+                else (None if task_ok else (task_reason, scale)),
+            )
         )
     return decide_rows(rows) if decided else rows
 
@@ -661,7 +668,10 @@ def _base_row(spec: TaskSpec, claim: Claim, measure: Measure) -> dict[str, Any]:
 
 
 def _forgetting_row(
-    spec: TaskSpec, intruders: Mapping[str, float], forgetting: Mapping[str, float], gate_failed: str | None
+    spec: TaskSpec,
+    intruders: Mapping[str, float],
+    forgetting: Mapping[str, float],
+    gate_failed: tuple[str, str] | None,
 ) -> dict[str, Any]:
     """Spearman correlation, across runs, of intruder count and forgetting; its 95% interval by
     Fisher's z (se = 1.06 / sqrt(n − 3), Fieller et al. 1957 for Spearman's rho)."""
@@ -684,7 +694,7 @@ def _forgetting_row(
     lo, hi = math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
     row.update(effect=float(rho), ci_low=lo, ci_high=hi)
     if gate_failed:
-        return _not_testable(row, gate_failed, "not testable: the task's gate failed")
+        return _not_testable(row, *gate_failed)  # (reason, claim_holds) of the task's gate
     row.update(
         gate="pass",
         gate_reason="Spearman correlation across runs, pooled over methods; interval by Fisher's z",

@@ -3,8 +3,8 @@ exact-match floor), pairing, Holm per paper, every verdict; and the committed ta
 
 from __future__ import annotations
 
+import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -30,7 +30,6 @@ SST2 = get_task("sst2")
 STSB = get_task("stsb")
 COLA = get_task("cola")
 GSM8K = get_task("gsm8k")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _rec(method, seed, metric, *, rank=8, loss=0.5, collapsed=False, status="finished", task="sst2",
@@ -342,7 +341,6 @@ def test_claims_cli_writes_csv_and_md_and_names_a_bad_folder(tmp_path, capsys):
 
 
 @pytest.mark.slow  # trains a tiny study first (~10 s); tests/cli/test_claims.py is the quick one
-@pytest.mark.slow  # trains a tiny study first (~10 s); tests/cli/test_claims.py is the quick one
 def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled, tmp_path, capsys):
     from .test_study import _run
 
@@ -420,3 +418,26 @@ def test_each_claim_says_how_its_methods_rates_were_chosen(tmp_path):
     assert row["tuning"] == "pissa 0.003 (3 rates, at the top edge); lora 0.001 (3 rates)"
     assert row["gate_reason"].endswith("; head-only, head rate 0.01 (1 rate)")  # the gate's control
     assert tuning_notes(tmp_path / "nowhere", recs) == {}
+
+
+def test_claims_cli_refuses_a_study_with_mixed_protocols_in_one_line(tmp_path, capsys):
+    study = tmp_path / "study"
+    recs = _study(**BASE, pissa=0.9)
+    recs[-1] = _rec("pissa", 4, 0.9, steps=1200)
+    for rec in recs:
+        rec.write((study / "runs" / rec.run_name).mkdir(parents=True) or study / "runs" / rec.run_name)
+    (study / "baselines.json").write_text(json.dumps({"task": "sst2", "constant_predictor": 0.509}))
+    assert claims_main(["--studies", str(study), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "runs from different code or protocol versions" in err
+    assert "pissa-r8-seed4: steps 1200 (not 600)" in err and str(study) in err
+
+
+def test_readme_section_is_replaced_between_headings_and_a_missing_one_is_refused():
+    from lowrank_lab.claims import README_HEADING, replace_readme_section
+
+    text = f"# x\n\n{README_HEADING}\n\nold\n\n## Install\n\npip\n"
+    new = replace_readme_section(text, f"{README_HEADING}\n\nnew\n")
+    assert new == f"# x\n\n{README_HEADING}\n\nnew\n\n## Install\n\npip\n"
+    with pytest.raises(ValueError, match="--readme: no"):
+        replace_readme_section("# x\n", "y")
