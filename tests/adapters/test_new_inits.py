@@ -543,3 +543,66 @@ def test_method_lists_elsewhere_follow_the_registry():
     assert set(QUANT_METHODS) == {"pissa", "milora", "olora", "nlora-pinv", "loldu", "loftq"}
     assert all("A" not in ADAPTERS[m].drawn for m in ANGLE_METHODS)  # LoRA-XS's drawn core is fine
     assert all(ADAPTERS[m].drawn == frozenset() for m in QUANT_METHODS)
+
+
+# --------------------------------------------------------------------------------------------------
+# save, load and PEFT export
+
+
+def _trained_a_little(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g) * (p.abs().mean() + 1e-3))
+    return model
+
+
+def _injected(tiny, method):
+    model = tiny.llama()
+    cal = _loss_fns(_batches()) if ADAPTERS[method].needs_calibration else None
+    inject(model, method, rank=R, alpha=2 * R, targets=TARGETS, calibration=cal)  # s = 2
+    return _trained_a_little(model)
+
+
+@pytest.mark.parametrize("method", ["astra", "nora", "lora-null", "init-ab"])
+def test_save_then_load_is_bit_exact_without_recalibrating(tiny, ids, tmp_path, method):
+    from lowrank_lab.adapters import load_adapter, save_adapter
+
+    model = _injected(tiny, method)
+    save_adapter(model, tmp_path / "ad")
+    fresh = tiny.llama()
+    load_adapter(fresh, tmp_path / "ad")  # no calibration: the saved initial factors rebuild the base
+    saved, loaded = model.state_dict(), fresh.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert torch.equal(tiny.run(fresh, ids), tiny.run(model, ids))
+
+
+def test_kasa_is_not_saved_as_an_adapter(tiny, tmp_path):
+    # Its base is a new matrix (as LoftQ's): the merged model is what can be saved.
+    from lowrank_lab.adapters import AdapterExportError, AdapterFileError, export_peft, save_adapter
+
+    model = _injected(tiny, "kasa")
+    with pytest.raises(AdapterFileError, match="replaced"):
+        save_adapter(model, tmp_path / "ad")
+    with pytest.raises(AdapterExportError, match="replaced base"):
+        export_peft(model, tmp_path / "peft")
+
+
+@pytest.mark.parametrize(("method", "export_rank"), [("astra", 2 * R), ("init-ab", 2 * R), ("nora", R)])
+def test_peft_loads_the_export_on_the_original_base_and_agrees(tiny, ids, tmp_path, method, export_rank):
+    import json
+
+    from peft import PeftModel
+
+    from lowrank_lab.adapters import export_peft
+
+    tiny.llama().save_pretrained(tmp_path / "base")
+    model = _injected(tiny, method)
+    ours = tiny.run(model, ids)
+    export_peft(model, tmp_path / "peft", base_model_name_or_path=str(tmp_path / "base"))
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["r"] == export_rank  # residual inits: [B, −B₀]·[A; A₀] on the original base
+    base = type(tiny.llama()).from_pretrained(tmp_path / "base").eval()
+    theirs = tiny.run(PeftModel.from_pretrained(base, tmp_path / "peft").eval(), ids)
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4 * float(ours.abs().max()))
