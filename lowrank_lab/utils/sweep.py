@@ -268,8 +268,9 @@ class Sweep:
         ctx = self.ctx
         bar_desc = f"{desc} [rank {ctx.rank}/{ctx.world_size}]" if ctx.enabled else desc
         costs = [float(cost(item)) for item in mine]
+        where = f" [rank {ctx.rank}/{ctx.world_size}]" if ctx.enabled else ""
         progress = Progress(
-            len(mine), costs, prog=f"{prog}{f' [rank {ctx.rank}/{ctx.world_size}]' if ctx.enabled else ''}",
+            len(mine), costs, prog=f"{prog or desc or 'lowrank_lab'}{where}",
             estimate=None if seconds is None else sum(float(seconds(item)) for item in mine),
             every=PROGRESS_EVERY if progress_every is None else progress_every,
             enabled=bool(mine) and not _isatty(sys.stderr),
