@@ -468,3 +468,15 @@ def test_default_methods_leave_out_svd_and_qr_above_hidden_1024_only(monkeypatch
     assert main(["--model", "qwen2.5-7b", "--synthetic", "--layers", "0", "--methods", "svd,qr",
                  "--plan"]) == 0
     assert "methods: svd,qr ranks" in capsys.readouterr().out
+
+
+def test_a_run_estimated_above_the_threshold_says_so_before_starting(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("lowrank_lab.analyze.ROUGH_PROBE_SECONDS", 0.0)  # probe even this small run
+    monkeypatch.setattr("lowrank_lab.analyze.ANNOUNCE_SECONDS", 0.0)
+    analyze(tmp_path, "--targets", "query")
+    err = capsys.readouterr().err
+    note = [line for line in err.splitlines() if "note: estimated" in line]
+    assert len(note) == 1 and "1 matrices x 2 methods x 2 ranks" in note[0] and "--resume" in note[0]
+    monkeypatch.setattr("lowrank_lab.analyze.ANNOUNCE_SECONDS", 1e9)
+    analyze(tmp_path, "--targets", "query", name="quiet")
+    assert "note: estimated" not in capsys.readouterr().err
