@@ -165,6 +165,12 @@ class RunConfig:
     # The held-out examples scored after training (training.tasks.EVAL_SETS): "dev", or "dev+test"
     # for a task with labelled test files (SST-2: 872 + 1,821 sentences; issue 30's cheap lever).
     eval_set: str = "dev"
+    # Precision and memory for large models on a GPU (issue 30, point 10): "bfloat16" keeps the frozen
+    # base in bf16 and the trained parameters in float32, and runs forward passes under bf16 autocast
+    # (PEFT's autocast_adapter_dtype and Hugging Face Trainer's bf16=True); gradient checkpointing
+    # recomputes block activations in the backward pass (Chen et al. 2016) to fit long sequences.
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.patience is not None and (isinstance(self.patience, bool) or int(self.patience) < 1):
@@ -172,6 +178,8 @@ class RunConfig:
         delta = self.min_delta
         if not (isinstance(delta, (int, float)) and math.isfinite(delta)) or delta < 0:
             raise ValueError(f"--min-delta must be a finite number >= 0, got {self.min_delta!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.eval_set not in ("dev", "dev+test"):
             raise ValueError(f"--eval-set must be dev or dev+test, got {self.eval_set!r}")
         if self.patience is not None and self.eval_every <= 0:
@@ -232,6 +240,8 @@ class RunConfig:
         "patience",
         "min_delta",
         "eval_set",
+        "dtype",
+        "gradient_checkpointing",
     )
 
     def differences(self, other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

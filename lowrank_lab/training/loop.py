@@ -25,6 +25,7 @@ continues from that step and gives the same loss curve as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -126,6 +127,28 @@ def task_loss(
     if spec.kind == "regression":
         return F.mse_loss(logits.float().squeeze(-1), target.float(), reduction=reduction)
     return F.cross_entropy(logits.float(), target, reduction=reduction)
+
+
+def precision(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of ``cfg.dtype``: bf16 autocast for ``"bfloat16"`` (the trained float32
+    parameters meet the bf16 base in bf16 matmuls), nothing for ``"float32"``."""
+    if cfg.dtype == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _gradient_checkpointing(model: nn.Module) -> None:
+    """Switch on Hugging Face's gradient checkpointing of ``model`` (or of the transformer it wraps),
+    non-reentrant so that frozen embeddings need no input gradients."""
+    target = model if hasattr(model, "gradient_checkpointing_enable") else getattr(model, "backbone", None)
+    if target is None or not hasattr(target, "gradient_checkpointing_enable"):
+        raise ValueError(f"--gradient-checkpointing: {type(model).__name__} does not support it")
+    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated)
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(getattr(target, "config", None), "use_cache", False):
+        target.config.use_cache = False  # a cache is kept for generation, not for training
 
 
 def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -230,6 +253,8 @@ def prepare_model(
     the task head trainable. Returns the model and an info dict (init time, parameter counts)."""
     torch.manual_seed(cfg.seed)
     model = model_factory().to(device)
+    if cfg.dtype == "bfloat16":
+        model.to(torch.bfloat16)
     base_params = count_parameters(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -257,6 +282,12 @@ def prepare_model(
     heads = head_parameters(model)
     for _, p in heads:
         p.requires_grad_(True)
+    if cfg.dtype != "float32":  # the trained parameters stay float32 (PEFT's autocast_adapter_dtype)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        _gradient_checkpointing(model)
     head_count = sum(p.numel() for _, p in heads)
     trainable = trainable_count(model)
     info = {
@@ -515,7 +546,8 @@ class Trainer:
         cfg, device = self.cfg, self.device
         step = self.next_step if step is None else step
         batch = _to(self.train_enc.collate(self.order[(step - 1) % len(self.order)].tolist()), device)
-        loss = task_loss(self.spec, _forward(self.model, batch), batch["target"])
+        with precision(cfg, device):
+            loss = task_loss(self.spec, _forward(self.model, batch), batch["target"])
         value = float(loss.detach())
         if self.first_loss is None:
             self.first_loss = value
@@ -557,7 +589,7 @@ class Trainer:
         enc, idx = (self.eval_enc, self.eval_idx) if split == "eval" else (self.dev_enc, self.dev_idx)
         if enc is None:
             raise ValueError(f"this run has no {split} split to evaluate")
-        with Stopwatch(self.device) as sw:
+        with Stopwatch(self.device) as sw, precision(self.cfg, self.device):
             res = evaluate(
                 self.model, self.spec, enc, idx, batch_size=self.cfg.eval_batch_size, device=self.device
             )
@@ -573,7 +605,7 @@ class Trainer:
         if self.cfg.eval_mode == "generate":
             from .generate import exact_match
 
-            with Stopwatch(self.device) as sw:
+            with Stopwatch(self.device) as sw, precision(self.cfg, self.device):
                 dev.exact_match = exact_match(self.model, enc, idx, device=self.device)
             dev.generate_seconds = round(sw.seconds, 4)
             self.record.final_metric_name = "exact_match"

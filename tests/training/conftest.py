@@ -19,6 +19,9 @@ class CharTokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return [3 + (ord(c) % 61) for c in text]
 
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:  # ids 3..63 back to printable text
+        return "".join(chr(32 + (int(i) - 3)) for i in ids if int(i) >= 3)
+
 
 @pytest.fixture(scope="session")
 def bert_tokenizer():
