@@ -170,7 +170,7 @@ class Sweep:
             except (OSError, ValueError) as exc:
                 error = exc
         # One collective either way: every rank learns whether rank 0 holds the folder.
-        (failed,) = ctx.sum([1 if error is not None else 0])
+        (failed,) = ctx.sum([1 if error is not None else 0], f"rank 0 to lock and prepare {self.out}")
         if error is not None:
             self.lock.release()
             raise error
@@ -341,7 +341,7 @@ class Sweep:
         """
         self._close_writers()
         ctx = self.ctx
-        ctx.barrier()  # every part file is complete
+        ctx.barrier("every rank to finish its share of the matrices")  # every part file is complete
         names = list(self.tables)
         totals = ctx.sum([self.counts[n] for n in names] + [len(self.skipped)] + list(extra))
         counts = dict(zip(names, totals[: len(names)], strict=True))
