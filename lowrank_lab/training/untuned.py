@@ -67,7 +67,11 @@ def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[
 
         if spec.name != "stsb":
             raise ValueError(f"no untuned predictor known for the regression task {spec.name!r}")
+        from .batching import eval_subset
+
         pairs = load_examples(spec, data_dir, "eval")
+        n_eval = spec.default_eval_samples if cfg.eval_samples is None else cfg.eval_samples
+        pairs = [pairs[i] for i in eval_subset(len(pairs), n_eval)]  # the examples the runs score
         encoder = load_hf_model(cfg.model, head="base").float()
         value = sts_spearman(encoder, load_tokenizer(cfg.model, spec), pairs)
         how = "Spearman of the cosine similarity of the untuned encoder's mean-pooled embeddings"

@@ -366,6 +366,7 @@ def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled
     md = (tmp_path / "r" / "claims.md").read_text()
     assert md.startswith("# Claims at this scale") and "## sst2" in md and "Gates:" in md
     assert (study / "baselines.json").is_file()  # written by the study (the CLI makes it when missing)
+    assert not (study / "untuned.json").exists()  # classification: the head-only runs are the reference
     assert "wrote" in capsys.readouterr().out
 
 
@@ -441,3 +442,15 @@ def test_readme_section_is_replaced_between_headings_and_a_missing_one_is_refuse
     assert new == f"# x\n\n{README_HEADING}\n\nnew\n\n## Install\n\npip\n"
     with pytest.raises(ValueError, match="--readme: no"):
         replace_readme_section("# x\n", "y")
+
+
+def test_untuned_reference_is_read_from_its_file_and_classification_measures_none(tmp_path):
+    from lowrank_lab.training.untuned import UNTUNED, measure_untuned, needs_untuned, read_untuned
+
+    assert read_untuned(tmp_path) == {}
+    (tmp_path / UNTUNED).write_text(json.dumps({"task": "stsb", "metric": 0.867}))
+    assert read_untuned(tmp_path)["metric"] == 0.867
+    (tmp_path / UNTUNED).write_text("{not json")
+    assert read_untuned(tmp_path) == {}
+    assert needs_untuned("regression") and needs_untuned("causal-lm") and not needs_untuned("classification")
+    assert measure_untuned(_study(**BASE), tmp_path) is None  # SST-2: no model is loaded
