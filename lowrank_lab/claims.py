@@ -41,7 +41,7 @@ from lowrank_lab.utils.tables import to_markdown
 EPILOG = """
 examples:
   # the committed study (benchmarks/claims_study.sh writes these folders), README's section with it
-  python -m lowrank_lab.claims --studies reports/study/sst2 reports/study/stsb reports/study/gsm8k \
+  python -m lowrank_lab.claims --studies reports/study/sst2 reports/study/stsb reports/study/gsm8k \\
       --out reports --readme README.md
   # one study, tables elsewhere
   python -m lowrank_lab.claims --studies /tmp/my-sst2 --out /tmp/claims
