@@ -257,10 +257,10 @@ def analysis_dir(
 ) -> Path:
     """:func:`cli_outputs` for ``python -m lowrank_lab.analyze --model <model>``.
 
-    ``saved`` defaults to ``model``: the CLI writes ``reports/<model>`` and ``figures/<model>`` by
-    default, so a full ``python -m lowrank_lab.analyze`` run already on disk is read rather than
-    redone, and a full-size run made here goes to the same place (``full_argv`` should then be the
-    documented command's options).
+    ``saved`` defaults to ``model``: the committed full-size runs live in ``reports/<model>`` and
+    ``figures/<model>`` (made with those ``--out``/``--figures``; the CLI's own defaults are the
+    git-ignored ``runs/<model>``), so such a run is read rather than redone, and a full-size run made
+    here goes to the same place (``full_argv`` should then be the documented command's options).
     """
     saved = saved if saved is not None else str(model)
     return cli_outputs(
