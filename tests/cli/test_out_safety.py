@@ -85,8 +85,8 @@ def test_a_second_run_on_a_busy_out_is_refused_and_no_row_is_lost_or_doubled(tmp
     out = tmp_path / "out"
     # Work enough that the first run is still going when the others have started Python and torch:
     # since analyze factors svd once per matrix, --repeats 3 finished first under load (issue 31).
-    argv = ["--layers", "0-5", "--methods", "svd,rsvd", "--ranks", "4,8", "--device", "cpu", "--repeats", "10",
-            "--warmup", "0", "--threads", "1", "--out", str(out), "--no-figures"]
+    argv = ["--layers", "0-5", "--methods", "svd,rsvd", "--ranks", "4,8", "--device", "cpu",
+            "--repeats", "10", "--warmup", "0", "--threads", "1", "--out", str(out), "--no-figures"]
     first = _analyze([*argv, "--resume"])
     others = []
     try:
