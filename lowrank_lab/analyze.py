@@ -74,8 +74,9 @@ SMALL_RANKS = (8, 32, 64)
 LARGE_RANKS = (8, 64, 128)
 #: Default methods above SMALL_HIDDEN: every method but the full SVD and thin QR, whose one
 #: factorization per matrix costs O(m n min(m, n)). On one qwen2.5-7b layer they were most of the
-#: time (issue 31: a 18944x3584 SVD alone is ~45 s on a quiet 2-core machine, 213 s under load);
-#: without them the layer meets its 3-minute target (reports/benchmarks/analyze_qwen7b_layer.md).
+#: time (issue 31; one 18944x3584 SVD took 213 s and its QR 46 s at load 8.8 on 2 cores, where the
+#: six other methods took 49 s at rank 128); without them the layer takes 147 s of CPU, within its
+#: 3-minute target (reports/benchmarks/analyze_qwen7b_layer.md).
 #: The Eckart–Young optimum needs no svd row: it comes from the singular values.
 LARGE_EXCLUDED_METHODS = ("svd", "qr")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -154,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", default=None,
         help=f"comma-separated factorization methods. Default: all of them ({methods}) when the "
              "model's hidden size is <= 1024; above it all but svd and qr, whose full factorization "
-             "of every matrix costs O(m n min(m, n)) and made one 7B layer take over 25 min on 2 cores "
-             "(the others take about 3; err_ratio needs no svd row, the optimum comes from the "
-             "singular values). Example: --methods svd,rsvd,nystrom",
+             "of every matrix costs O(m n min(m, n)): one qwen2.5-7b layer had not finished in 26 min "
+             "on 2 cores with them, and takes 147 s of CPU without (err_ratio needs no svd row: the "
+             "optimum comes from the singular values). Example: --methods svd,rsvd,nystrom",
     )
     p.add_argument(
         "--targets", default=None,
