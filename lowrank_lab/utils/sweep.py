@@ -277,10 +277,12 @@ class Sweep:
         )
         stop = threading.Event()
         events: queue.SimpleQueue = queue.SimpleQueue()
+        inherit = _thread_state()
 
         def produce() -> None:
             # The worker: computes, hands every row to the main thread, never writes a file itself.
             try:
+                inherit()
                 for i, item in enumerate(mine):
                     if stop.is_set():
                         return
@@ -378,6 +380,22 @@ class Sweep:
 
 
 
+
+
+def _thread_state() -> Callable[[], None]:
+    """What torch keeps per thread (grad mode, the current CUDA device), read in the calling thread;
+    the returned function sets the same in the worker thread that calls it."""
+    import torch
+
+    grad = torch.is_grad_enabled()
+    cuda = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+    def apply() -> None:
+        torch.set_grad_enabled(grad)
+        if cuda is not None:
+            torch.cuda.set_device(cuda)
+
+    return apply
 
 
 def _isatty(stream: Any) -> bool:
