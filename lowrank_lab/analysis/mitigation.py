@@ -378,7 +378,7 @@ class RunEvaluator:
         from lowrank_lab.training.forgetting import sts_spearman
         from lowrank_lab.training.models import load_tokenizer
         from lowrank_lab.training.record import RunRecord
-        from lowrank_lab.training.tasks import get_task, load_examples
+        from lowrank_lab.training.tasks import get_task, load_examples, load_scored
         from lowrank_lab.weights import load_hf_model
 
         run_dir = Path(run_dir)
@@ -391,7 +391,7 @@ class RunEvaluator:
         self.model = _load_run_model(run_dir / "merged", cfg, spec).to(self.device)
         tok = load_tokenizer(cfg.model, spec)
         max_len = cfg.max_length or spec.default_max_length
-        self.dev = Encoder(spec, tok, max_len, load_examples(spec, data_dir, "eval"))
+        self.dev = Encoder(spec, tok, max_len, load_scored(spec, data_dir, cfg.eval_set))  # as the run scored
         n_eval = spec.default_eval_samples if cfg.eval_samples is None else cfg.eval_samples
         self.dev_idx = eval_subset(len(self.dev), n_eval)
         self.batch_size = cfg.eval_batch_size
