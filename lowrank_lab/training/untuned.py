@@ -57,19 +57,19 @@ def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[
     spec = get_task(cfg.task)
     if not needs_untuned(spec.kind):
         return None
-    out: dict[str, Any] = {"task": spec.name, "model": cfg.model, "split": "dev"}
+    out: dict[str, Any] = {"task": spec.name, "model": cfg.model, "split": cfg.eval_set}
     if spec.kind == "regression":
         from lowrank_lab.weights import load_hf_model
 
         from .forgetting import sts_spearman
         from .models import load_tokenizer
-        from .tasks import load_examples
+        from .tasks import load_scored
 
         if spec.name != "stsb":
             raise ValueError(f"no untuned predictor known for the regression task {spec.name!r}")
         from .batching import eval_subset
 
-        pairs = load_examples(spec, data_dir, "eval")
+        pairs = load_scored(spec, data_dir, cfg.eval_set)
         n_eval = spec.default_eval_samples if cfg.eval_samples is None else cfg.eval_samples
         pairs = [pairs[i] for i in eval_subset(len(pairs), n_eval)]  # the examples the runs score
         encoder = load_hf_model(cfg.model, head="base").float()
