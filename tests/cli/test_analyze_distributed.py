@@ -25,7 +25,8 @@ pytestmark = [
 
 
 def _run(cmd: list[str], out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    # torchrun leaves torchelastic_* folders in TMPDIR: in the test's own folder, they go with it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "TMPDIR": str(out.parent)}
     proc = subprocess.run([*cmd, *ARGS, "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -81,7 +82,7 @@ def test_every_rank_stops_with_exit_2_when_out_is_in_use(tmp_path) -> None:
 
     out = tmp_path / "busy"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "TMPDIR": str(tmp_path)}
     with OutputLock(out, command="a test holding --out"):
         proc = subprocess.run([*launch_command("lowrank_lab.analyze", 2), *ARGS, "--out", str(out)],
                               capture_output=True, text=True, env=env,

@@ -59,7 +59,8 @@ def weights(tmp_path_factory) -> tuple[Path, Path]:
 
 def _run(cmd: list[str], weights, out: Path, *extra: str) -> subprocess.CompletedProcess:
     base, tuned = weights
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    # torchrun leaves torchelastic_* folders in TMPDIR: in the test's own folder, they go with it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "TMPDIR": str(out.parent)}
     proc = subprocess.run(
         [
             *cmd,
