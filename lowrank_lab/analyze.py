@@ -75,7 +75,7 @@ LARGE_RANKS = (8, 64, 128)
 #: Default methods above SMALL_HIDDEN: every method but the full SVD and thin QR, whose one
 #: factorization per matrix costs O(m n min(m, n)). On one qwen2.5-7b layer they were most of the
 #: time (issue 31; one 18944x3584 SVD took 213 s and its QR 46 s at load 8.8 on 2 cores, where the
-#: six other methods took 49 s at rank 128); without them the layer takes 147 s of CPU, within its
+#: six other methods took 49 s at rank 128); without them the layer takes 138-147 s of CPU, within its
 #: 3-minute target (reports/benchmarks/analyze_qwen7b_layer.md).
 #: The Eckart–Young optimum needs no svd row: it comes from the singular values.
 LARGE_EXCLUDED_METHODS = ("svd", "qr")
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated factorization methods. Default: all of them ({methods}) when the "
              "model's hidden size is <= 1024; above it all but svd and qr, whose full factorization "
              "of every matrix costs O(m n min(m, n)): one qwen2.5-7b layer had not finished in 26 min "
-             "on 2 cores with them, and takes 147 s of CPU without (err_ratio needs no svd row: the "
+             "on 2 cores with them, and takes 138-147 s of CPU without (err_ratio needs no svd row: the "
              "optimum comes from the singular values). Example: --methods svd,rsvd,nystrom",
     )
     p.add_argument(
