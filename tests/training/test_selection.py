@@ -101,7 +101,6 @@ def _scramble_dev(glue_dir):
 
 
 @pytest.mark.slow  # trains a selection, ~30 s
-@pytest.mark.slow  # trains a selection, ~30 s
 def test_selection_never_reads_the_dev_set(glue_dir, bert_tokenizer, tiny_pooled, tmp_path):
     grid = {"lora": [1e-3, 1e-2], "head": [3e-3, 1e-1]}
     base = {"steps": 12, "val_samples": 12, "eval_every": 4}
@@ -121,7 +120,6 @@ def test_selection_never_reads_the_dev_set(glue_dir, bert_tokenizer, tiny_pooled
     assert fa["lora"] == pytest.approx(1 - fb["lora"])
 
 
-@pytest.mark.slow  # trains a selection, ~18 s
 @pytest.mark.slow  # trains a selection, ~18 s
 def test_selected_rates_are_in_run_json_selection_csv_and_the_figure(
     glue_dir, bert_tokenizer, tiny_pooled, tmp_path
@@ -151,7 +149,6 @@ def test_selected_rates_are_in_run_json_selection_csv_and_the_figure(
 
 
 @pytest.mark.slow  # trains a selection
-@pytest.mark.slow  # trains a selection
 def test_a_head_that_trains_at_no_rate_stops_the_study_with_its_table(
     glue_dir, bert_tokenizer, tiny_bert, tmp_path
 ):
@@ -177,7 +174,6 @@ def test_extension_steps_beyond_an_edge_that_strictly_holds_the_best_rate():
 
 
 @pytest.mark.slow  # trains a selection, ~10 s
-@pytest.mark.slow  # trains a selection, ~10 s
 def test_a_best_rate_at_the_grid_edge_extends_the_grid(glue_dir, bert_tokenizer, tiny_pooled, tmp_path):
     from lowrank_lab.training.selection import MAX_EXTENSIONS
 
@@ -192,7 +188,6 @@ def test_a_best_rate_at_the_grid_edge_extends_the_grid(glue_dir, bert_tokenizer,
     assert rates[2] == pytest.approx(0.333)  # one grid step (x 10/3) beyond 0.1
 
 
-@pytest.mark.slow  # trains a selection
 @pytest.mark.slow  # trains a selection
 def test_epochs_set_the_steps_from_the_training_split(glue_dir, bert_tokenizer, tiny_bert, tmp_path):
     # 60 SST-2 fixture rows, 12 held out for validation: 48 train; 1.5 epochs of batch 4 = 18 steps
@@ -212,7 +207,6 @@ def _add_selection_rows(out, method, n):
 
 
 @pytest.mark.slow  # two processes
-@pytest.mark.slow  # two processes
 def test_two_processes_updating_selection_csv_keep_each_others_rows(tmp_path, monkeypatch):
     import multiprocessing
 
@@ -230,7 +224,6 @@ def test_two_processes_updating_selection_csv_keep_each_others_rows(tmp_path, mo
     assert sel.groupby("method").size().to_dict() == {"milora": 15, "pissa": 15}
 
 
-@pytest.mark.slow  # trains a selection and seeds, ~30 s
 @pytest.mark.slow  # trains a selection and seeds, ~30 s
 def test_selection_alone_then_the_seeds_reuse_its_runs(glue_dir, bert_tokenizer, tiny_pooled, tmp_path):
     out = tmp_path / "s"
@@ -275,7 +268,6 @@ def test_summary_line_names_each_choice_with_its_number_of_rates_and_the_methods
     assert selection_line(tmp_path / "none") is None
 
 
-@pytest.mark.slow  # trains a selection
 @pytest.mark.slow  # trains a selection
 def test_every_method_of_a_selection_round_is_one_batch_and_extensions_go_in_rounds(tmp_path):
     # Validation accuracy peaks at 1e-3 for lora (inside its grid), above the grid for pissa (two
