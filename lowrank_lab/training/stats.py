@@ -92,6 +92,9 @@ MEASURES: dict[str, Measure] = {
                 "interpolated between them is not resolved more finely", "run fraction"),
         Measure("intruders", +1, "intruder dimensions (left side, summed over matrices)", 1.0,
                 "one intruder dimension: counts are integers", "count"),
+        Measure("forgetting", -1, "STS-B Spearman drop (untuned minus tuned encoder)", 0.02,
+                "0.02, as for Spearman: the drop is a difference of two STS-B Spearman correlations",
+                "correlation"),
         Measure("correlation", +1, "Spearman correlation across runs", None,
                 "a correlation claim is judged by its interval (is it above 0?), not by a δ", "correlation"),
     )

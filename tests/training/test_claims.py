@@ -275,9 +275,11 @@ def test_a_study_with_runs_of_different_protocols_is_refused_naming_them():
 
 def test_a_claim_naming_a_task_with_no_study_is_not_run():
     rows = missing_task_rows({"stsb"})
-    assert rows and {r["task"] for r in rows} == {"sst2"} and {r["claim_holds"] for r in rows} == {"not run"}
-    assert all(r["gate_reason"] == "not run: no study of sst2 among --studies" for r in rows)
-    assert missing_task_rows({"sst2"}) == []
+    assert rows and {r["task"] for r in rows} == {"sst2", "cola"}  # and LoRA-forgets-less on CoLA
+    assert {r["claim_holds"] for r in rows} == {"not run"}
+    assert all(r["gate_reason"] == f"not run: no study of {r['task']} among --studies" for r in rows)
+    assert {r["task"] for r in missing_task_rows({"sst2"})} == {"cola"}
+    assert missing_task_rows({"sst2", "cola"}) == []
 
 
 def test_rank_variants_and_intruder_counts():
@@ -293,19 +295,49 @@ def test_rank_variants_and_intruder_counts():
     assert r8["verdict"] == "exact" and r8["claim_holds"].startswith("no: the difference is exactly +0")
 
 
-def test_forgetting_claim_is_a_spearman_correlation_judged_by_its_interval():
-    from scipy import stats
+def test_forgetting_claim_is_a_spearman_correlation_within_methods_judged_by_its_interval():
+    from lowrank_lab.training.claims import within_method_spearman
 
-    names = [f"run{i}" for i in range(8)]
+    names = [f"lora-r1-seed{i}" for i in range(8)]
     intr = dict(zip(names, [0, 0, 1, 3, 4, 6, 8, 9], strict=True))
     forg = dict(zip(names, [0.0, 0.01, 0.0, 0.02, 0.05, 0.04, 0.08, 0.1], strict=True))
     rows = claim_rows(SST2, _study(**BASE), baselines=BASELINES, intruders=intr, forgetting=forg)
     r = next(r for r in rows if r["method_a"] == "intruders")
-    rho, p = stats.spearmanr(list(intr.values()), list(forg.values()))
-    assert r["effect"] == pytest.approx(rho) and r["p1"] == pytest.approx(p) and math.isnan(r["min_effect"])
-    assert r["kind"] == "correlation" and r["ci_low"] < rho < r["ci_high"] and r["verdict"] == "confirmed"
+    rho, lo, hi, p, n, g = within_method_spearman(intr, forg)
+    assert (n, g) == (8, 1) and r["effect"] == pytest.approx(rho) and r["p1"] == pytest.approx(p)
+    assert math.isnan(r["min_effect"]) and r["kind"] == "correlation"
+    assert r["ci_low"] < rho < r["ci_high"] and r["verdict"] == "confirmed"
     few = claim_rows(SST2, _study(**BASE), baselines=BASELINES, intruders=intr, forgetting={"run0": 0.1})
     assert next(r for r in few if r["method_a"] == "intruders")["verdict"] == "not testable"
+
+
+def test_pooling_methods_makes_a_correlation_that_no_method_shows():
+    # full fine-tuning: no intruders, much forgetting; LoRA r = 1: many intruders, little forgetting. Inside
+    # each method the two are unrelated (alternating orders), pooled they correlate strongly (negatively).
+    from scipy import stats
+
+    from lowrank_lab.training.claims import within_method_spearman
+
+    intr = {f"full-seed{i}": float(i % 2) for i in range(6)}
+    intr |= {f"lora-r1-seed{i}": 10.0 + (i % 3) for i in range(6)}
+    forg = {f"full-seed{i}": 0.30 + 0.01 * ((i + 1) % 3) for i in range(6)}
+    forg |= {f"lora-r1-seed{i}": 0.04 + 0.01 * (i % 2) for i in range(6)}
+    names = sorted(intr)
+    pooled, _ = stats.spearmanr([intr[n] for n in names], [forg[n] for n in names])
+    rho, lo, hi, p, n, g = within_method_spearman(intr, forg)
+    assert pooled < -0.7 and (n, g) == (12, 2)
+    assert lo < 0 < hi and abs(rho) < abs(pooled)
+
+
+def test_lora_forgets_less_than_full_fine_tuning_is_a_paired_row_of_its_own():
+    recs = _study(**BASE)
+    forg = {f"lora-r8-seed{s}": 0.04 + 0.005 * s for s in range(5)}
+    forg |= {f"full-seed{s}": 0.26 - 0.01 * s for s in range(5)}
+    r = _row(claim_rows(SST2, recs, baselines=BASELINES, forgetting=forg), "lora-forgets-less")
+    assert r["metric"] == "forgetting" and r["n_seeds"] == 5
+    # LoRA's drop is smaller: positive in the claim's direction, by 0.22 - 0.015 * seed on average
+    assert r["effect"] == pytest.approx(0.22 - 0.015 * 2) and r["ci_low"] > 0.02
+    assert r["verdict"] == "confirmed" and r["paper"].startswith("Biderman et al. 2024")
 
 
 def test_a_method_still_rising_is_named_beside_its_verdict():

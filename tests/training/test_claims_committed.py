@@ -25,7 +25,7 @@ from lowrank_lab.weights.registry import lookup
 REPO = Path(__file__).resolve().parents[2]
 CLAIMS_CSV = REPO / "reports" / "claims.csv"
 STUDY = REPO / "reports" / "study"
-LOWER_IS_BETTER = {"answer_loss", "loss_auc", "steps_to_90"}
+LOWER_IS_BETTER = {"answer_loss", "loss_auc", "steps_to_90", "forgetting"}
 MARGIN = {"accuracy": 0.05, "matthews": 0.05, "spearman": 0.05, "answer_loss": 0.1}
 
 pytestmark = pytest.mark.skipif(not CLAIMS_CSV.is_file(), reason="no committed reports/claims.csv")
@@ -69,7 +69,15 @@ def _steps_to_90(r: dict, higher: bool) -> float | None:
     return s / r["steps_done"]
 
 
+def _forgetting(task: str) -> dict[str, float]:
+    path = STUDY / task / "forgetting.csv"
+    return pd.read_csv(path).set_index("run")["drop"].dropna().to_dict() if path.is_file() else {}
+
+
 def _value(r: dict, metric: str, intruders: dict[str, float]) -> float | None:
+    if metric == "forgetting":
+        name = "full-seed{seed}" if r["config"]["method"] == "full" else "{method}-r{rank}-seed{seed}"
+        return _forgetting(r["config"]["task"]).get(name.format(**r["config"]))
     if metric == "loss_auc":
         return float(np.mean(r["train_loss"]))
     if metric == "steps_to_90":  # the gain of the task's own metric (all of this study's: higher is better)
@@ -166,13 +174,22 @@ def test_every_committed_row_is_recomputed_from_the_runs_files_by_the_stated_rul
             forg = pd.read_csv(study / "forgetting.csv").set_index("run")["drop"].to_dict()
             intr = _intruders(row.task)
             names = sorted(set(intr) & set(forg))
-            rho, p = sps.spearmanr([intr[n] for n in names], [forg[n] for n in names])
-            z, se = math.atanh(rho), 1.06 / math.sqrt(len(names) - 3)
+            # within methods: ranks centred per method (run name less its -seedN), then correlated
+            frame = pd.DataFrame({"x": [intr[n] for n in names], "y": [forg[n] for n in names]})
+            frame["method"] = [n.rsplit("-seed", 1)[0] for n in names]
+            varied = lambda g: len(g) >= 3 and g.x.nunique() > 1 and g.y.nunique() > 1  # noqa: E731
+            spread = frame.groupby("method").filter(varied)
+            ranks = spread.groupby("method")[["x", "y"]].rank()
+            centred = ranks - ranks.groupby(spread["method"]).transform("mean")
+            n, g = len(centred), spread["method"].nunique()
+            rho = float((centred.x * centred.y).sum() / np.sqrt((centred.x**2).sum() * (centred.y**2).sum()))
+            t = rho * math.sqrt((n - g - 1) / (1 - rho * rho))
+            z, se = math.atanh(rho), 1.06 / math.sqrt(n - g - 2)
             got |= {
                 "effect": rho,
                 "ci_low": math.tanh(z - 1.96 * se),
                 "ci_high": math.tanh(z + 1.96 * se),
-                "p1": p,
+                "p1": 2 * sps.t.sf(abs(t), n - g - 1),
             }
             zero = False
         else:
