@@ -37,7 +37,8 @@ def test_claims_over_written_run_records(tmp_path, capsys):
     _write_study(study)
     assert main(["--studies", str(study), "--out", str(tmp_path / "r")]) == 0
     table = pd.read_csv(tmp_path / "r" / "claims.csv")
-    assert list(table.columns) == COLUMNS and set(table["task"]) == {"sst2"}
+    assert list(table.columns) == COLUMNS and set(table["task"]) == {"sst2", "cola"}  # cola: "not run" rows
+    assert set(table.loc[table["task"] == "cola", "claim_holds"]) == {"not run"}
     assert set(table["verdict"]) <= set(VERDICTS)
     pissa = table[table["method_a"].eq("pissa") & table["method_b"].eq("lora")]
     assert len(pissa) == 2 and set(pissa["n_seeds"]) == {5}  # final metric and convergence, 5 seeds each
