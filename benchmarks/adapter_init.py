@@ -28,6 +28,15 @@ back in alternating order; the report gives the median of the per-pair ratios ou
 sign-test 95% interval (:func:`lowrank_lab.utils.timing.median_ci`). Target: at most 1.0x.
 Writes ``reports/benchmarks/adapter_init_data_driven.md`` and ``.csv``.
 
+``--paired`` (issue 32) does the same for every init that PEFT also ships (``SHARED``: lora, gaussian,
+nora, orthogonal, pissa, pissa-fast = ``pissa_niter_4``, olora, mica, kasa, loftq, astra, corda-ipm/kpm,
+lora-ga, eva) and counts each side's model forwards: PEFT's EVA cycles the data until its incremental
+PCA converges, so EVA gets a second row with ours given PEFT's forward count (equal work). At least 7
+pairs (:data:`lowrank_lab.utils.timing.MIN_PAIRS`; fewer are refused); a target is met only when the
+interval's upper bound is at most 1.0 (:func:`lowrank_lab.utils.timing.ratio_verdict`, no fallback to
+the median). PEFT, torch and transformers versions, threads and the load go in the header. Writes
+``reports/benchmarks/adapter_init_paired.md`` and ``.csv``.
+
 The target (issue 4): our fastest init with mean error ≤ 1.01 × optimum is at least 2× faster than
 PEFT's ``pissa_niter_4``. Writes ``reports/benchmarks/adapter_init.md`` (and a CSV of every row,
 appended as rows finish; ``--resume`` skips rows already there).
@@ -110,6 +119,9 @@ examples:
 
   # data-driven inits (eva, corda-ipm, lora-ga) against PEFT's, as paired ratios (issue 17)
   python benchmarks/adapter_init.py --data-driven --pairs 7
+
+  # every init PEFT also ships, at equal work, >= 7 pairs each (issue 32)
+  python benchmarks/adapter_init.py --paired
 """
 
 
@@ -424,10 +436,27 @@ NOTES = [
 
 
 # --------------------------------------------------------------------------------------------------
-# issue 17: data-driven inits against PEFT's, as paired ratios
+# issues 17 and 32: every init both libraries ship, against PEFT's, as paired ratios at equal work
 
 DATA_DRIVEN = ("eva", "corda-ipm", "lora-ga")
 DATA_DRIVEN_OUT = REPO / "reports" / "benchmarks" / "adapter_init_data_driven.md"
+PAIRED_OUT = REPO / "reports" / "benchmarks" / "adapter_init_paired.md"
+# Our registry name -> PEFT 0.22's init of the same algorithm at the same defaults (each init's docstring
+# says how ours follows PEFT): every init that both ship. pissa-fast's defaults (q = r, 4 power iterations,
+# QR between them) are pissa_niter_4's; eva is PEFT's at rho = 1 (no rank redistribution), as ours.
+SHARED = {
+    "lora": "init_lora_weights=True", "gaussian": "gaussian", "nora": "nora", "orthogonal": "orthogonal",
+    "pissa": "pissa", "pissa-fast": "pissa_niter_4", "olora": "olora", "mica": "mica",
+    "kasa": "kasa_config=KasaConfig()", "loftq": "loftq (4 bits, 1 iteration)", "astra": "astra",
+    "corda-ipm": "corda (ipm)", "corda-kpm": "corda (kpm)", "lora-ga": "lora_ga", "eva": "eva (rho = 1)",
+}  # fmt: skip
+# EVA a second time, ours given as many forwards as PEFT's converging incremental PCA made in the warm-up.
+EVA_EQUAL = "eva @ PEFT's forwards"
+TARGET_PAIRED = 1.0
+PAIRED_COLUMNS = [
+    "method", "pair", "ours_seconds", "peft_seconds", "ratio", "ours_forwards", "peft_forwards",
+    "ours_first", "load",
+]  # fmt: skip
 
 
 def sst2_setup(n_samples: int, max_length: int = 64):
@@ -454,120 +483,265 @@ def _inputs(b: dict) -> dict:
     return {k: v for k, v in b.items() if k != "target"}
 
 
-def time_ours(fresh, targets, batches, method: str, rank: int) -> float:
+def peft_unavailable(method: str) -> str | None:
+    """Why PEFT's side of ``method`` cannot run here, or None."""
+    import importlib.util
+
+    if method == "loftq" and importlib.util.find_spec("bitsandbytes") is None:
+        return "PEFT's loftq_init quantises with bitsandbytes (Params4bit), which is not installed"
+    return None
+
+
+def time_ours(fresh, targets, batches, method: str, rank: int, forwards: int | None = None):
+    """Seconds of ``inject`` (calibration included) and the model forwards it made.
+
+    ``forwards``: cycle the batches to this many calibration calls instead of one pass (EVA at PEFT's
+    forward count)."""
+    import itertools
+
     model = fresh()
-    calib = [lambda m, b=b: m(**_inputs(b), labels=b["target"]).loss for b in batches]
+    count = [0]
+
+    def call(m, b):
+        count[0] += 1
+        return m(**_inputs(b), labels=b["target"]).loss
+
+    calib = None
+    if ADAPTERS[method].needs_calibration:
+        use = batches if forwards is None else list(itertools.islice(itertools.cycle(batches), forwards))
+        calib = [lambda m, b=b: call(m, b) for b in use]
     gc.collect()
     with Stopwatch() as sw:
         inject(model, method, rank=rank, targets=targets, calibration=calib, progress=False)
-    return sw.seconds
+    return sw.seconds, count[0]
 
 
-def time_peft(fresh, targets, batches, method: str, rank: int) -> float:
-    from peft import EvaConfig, LoraConfig, LoraGAConfig, get_peft_model, initialize_lora_eva_weights
-    from peft.tuners.lora.config import CordaConfig
-    from peft.tuners.lora.corda import preprocess_corda
-    from peft.tuners.lora.loraga import preprocess_loraga
+def time_peft(fresh, targets, batches, method: str, rank: int):
+    """Seconds of PEFT's same init (its preprocessing included) and the model forwards it made."""
+    import contextlib
+    import io
+
+    from peft import LoraConfig, get_peft_model
 
     model = fresh()
+    count = [0]
     common = dict(r=rank, lora_alpha=rank, target_modules=list(targets), lora_dropout=0.0)
+
+    @torch.no_grad()
+    def run_model():
+        for b in batches:
+            count[0] += 1
+            model(**_inputs(b))
+
     torch.manual_seed(0)
     gc.collect()
     with Stopwatch() as sw:
         if method == "eva":
+            from peft import EvaConfig, initialize_lora_eva_weights
+
+            def forward(m, inputs):  # PEFT's forward_fn_dict, counted
+                count[0] += 1
+                return m(**inputs)
+
             cfg = LoraConfig(**common, init_lora_weights="eva", eva_config=EvaConfig(rho=1.0))
             pm = get_peft_model(model, cfg, low_cpu_mem_usage=True)
-            initialize_lora_eva_weights(pm, [_inputs(b) for b in batches], show_progress_bar=False)
-        elif method == "corda-ipm":
+            with contextlib.redirect_stdout(io.StringIO()):  # a print per input shorter than r tokens
+                initialize_lora_eva_weights(
+                    pm, [_inputs(b) for b in batches], forward_fn=forward, show_progress_bar=False
+                )
+        elif method in ("corda-ipm", "corda-kpm"):
+            from peft.tuners.lora.config import CordaConfig
+            from peft.tuners.lora.corda import preprocess_corda
+
             cfg = LoraConfig(
-                **common, init_lora_weights="corda", corda_config=CordaConfig(corda_method="ipm")
+                **common, init_lora_weights="corda", corda_config=CordaConfig(corda_method=method[-3:])
             )
-
-            @torch.no_grad()
-            def run_model():
-                for b in batches:
-                    model(**_inputs(b))
-
             preprocess_corda(model, cfg, run_model=run_model)
             get_peft_model(model, cfg)
-        else:
+        elif method == "astra":
+            from peft.tuners.lora.astra import preprocess_astra
+            from peft.tuners.lora.config import AstraConfig
+
+            cfg = LoraConfig(**common, init_lora_weights="astra", astra_config=AstraConfig())
+            preprocess_astra(model, cfg, run_model=run_model)
+            get_peft_model(model, cfg)
+        elif method == "lora-ga":
+            from peft import LoraGAConfig
+            from peft.tuners.lora.loraga import preprocess_loraga
+
             cfg = LoraConfig(**common, init_lora_weights="lora_ga", lora_ga_config=LoraGAConfig())
 
             def train_step():
                 for b in batches:
+                    count[0] += 1
                     model(**_inputs(b), labels=b["target"]).loss.backward()
 
             preprocess_loraga(model, cfg, train_step)
             get_peft_model(model, cfg)
-    return sw.seconds
+        elif method == "kasa":
+            from peft.tuners.lora.config import KasaConfig
+
+            get_peft_model(model, LoraConfig(**common, kasa_config=KasaConfig()))
+        elif method == "loftq":
+            from peft import LoftQConfig
+
+            cfg = LoraConfig(
+                **common, init_lora_weights="loftq", loftq_config=LoftQConfig(loftq_bits=4, loftq_iter=1)
+            )
+            get_peft_model(model, cfg)
+        else:
+            init = {"lora": True, "pissa-fast": "pissa_niter_4"}.get(method, method)
+            get_peft_model(model, LoraConfig(**common, init_lora_weights=init))
+    return sw.seconds, count[0]
 
 
-def data_driven_main(args: argparse.Namespace, argv: list[str]) -> int:
-    from lowrank_lab.utils.timing import median_ci
+def paired_summary(rows: list[dict], n_batches: int, min_pairs: int) -> pd.DataFrame:
+    """One line per method from the per-pair rows: medians, the ratio's interval and its verdict
+    (:func:`lowrank_lab.utils.timing.ratio_verdict`: met only when the upper bound <= the target)."""
+    from lowrank_lab.utils.timing import ratio_verdict
 
-    t_start = time.perf_counter()
-    fresh, targets, batches = sst2_setup(args.calibration_samples)
-    methods = [m.strip() for m in (args.methods or ",".join(DATA_DRIVEN)).split(",") if m.strip()]
-    rows, summary = [], []
-    for method in methods:
-        time_ours(fresh, targets, batches, method, args.minilm_rank)  # warm-up: first-call costs, caches
-        time_peft(fresh, targets, batches, method, args.minilm_rank)
-        ratios = []
-        for i in range(args.pairs):
-            first_ours = i % 2 == 0
-            t = {}
-            for who in ("ours", "peft") if first_ours else ("peft", "ours"):
-                fn = time_ours if who == "ours" else time_peft
-                t[who] = fn(fresh, targets, batches, method, args.minilm_rank)
-            ratios.append(t["ours"] / t["peft"])
-            rows.append({"method": method, "pair": i, "ours_seconds": t["ours"], "peft_seconds": t["peft"],
-                         "ratio": ratios[-1], "ours_first": first_ours,
-                         "load": os.getloadavg()[0]})  # fmt: skip
-            print(f"{method:10s} pair {i}: ours {t['ours']:.3f} s, PEFT {t['peft']:.3f} s, "
-                  f"ratio {ratios[-1]:.3f}",
-                  flush=True)  # fmt: skip
-        med, lo, hi = median_ci(ratios)
-        sel = [r for r in rows if r["method"] == method]
-        summary.append({
-            "method": method, "pairs": len(ratios), "ratio_median": med, "ci95_low": lo, "ci95_high": hi,
-            "ours_median_s": statistics.median(r["ours_seconds"] for r in sel),
-            "peft_median_s": statistics.median(r["peft_seconds"] for r in sel),
-            "target_met": hi <= 1.0 if len(ratios) >= 6 else med <= 1.0,
+    out = []
+    frame = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    for method, sel in frame.groupby("method", sort=False):
+        v = ratio_verdict(list(sel.ratio), TARGET_PAIRED, min_pairs=min_pairs)
+        peft_fw = float(sel.peft_forwards.median())
+        out.append({
+            "method": method, "peft_init": SHARED.get(method, SHARED["eva"]), "pairs": v.n,
+            "ours_median_s": float(sel.ours_seconds.median()),
+            "peft_median_s": float(sel.peft_seconds.median()),
+            "ratio_median": v.median, "ci95_low": v.low, "ci95_high": v.high, "verdict": v.status,
+            "ours_forwards": float(sel.ours_forwards.median()), "peft_forwards": peft_fw,
+            "peft_passes": peft_fw / n_batches,
         })  # fmt: skip
-    out = args.out if args.out != DEFAULT_OUT else DATA_DRIVEN_OUT
+    return pd.DataFrame(out)
+
+
+def _at_least_min_pairs(text: str) -> int:
+    from lowrank_lab.utils.timing import MIN_PAIRS
+
+    value = int(text)
+    if value < MIN_PAIRS:
+        raise argparse.ArgumentTypeError(
+            f"must be >= {MIN_PAIRS}: fewer pairs give no 95% sign-test interval of the median ratio"
+        )
+    return value
+
+
+def paired_main(args: argparse.Namespace, argv: list[str]) -> int:
+    from lowrank_lab.utils.timing import MIN_PAIRS
+
+    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
+    default_methods = DATA_DRIVEN if args.data_driven and not args.paired else tuple(SHARED)
+    methods = [m.strip() for m in (args.methods or ",".join(default_methods)).split(",") if m.strip()]
+    unknown = [m for m in methods if m not in SHARED]
+    if unknown:
+        print(f"adapter_init.py: error: --methods {', '.join(unknown)}: not an init both libraries ship; "
+              f"choose from {', '.join(SHARED)}", file=sys.stderr)  # fmt: skip
+        return 2
+    fresh, targets, batches = sst2_setup(args.calibration_samples)
+    out = args.out if args.out != DEFAULT_OUT else (PAIRED_OUT if args.paired else DATA_DRIVEN_OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
+    csv_path = out.with_suffix(".csv")
+    rows, skipped = [], {}
+    for method in methods:
+        why = peft_unavailable(method)
+        if why:
+            skipped[method] = why
+            print(f"{method:10s} skipped: {why}", flush=True)
+            continue
+        # warm-up of each side, untimed in the result: first-call costs, caches; PEFT's EVA forward count
+        w_ours, _ = time_ours(fresh, targets, batches, method, args.minilm_rank)
+        w_peft, peft_fw = time_peft(fresh, targets, batches, method, args.minilm_rank)
+        pairs = args.pairs_fast if w_ours + w_peft < args.fast_below else args.pairs
+        arms = ["ours", "peft"] + (["ours_eq"] if method == "eva" else [])
+        for i in range(pairs):
+            order = arms if i % 2 == 0 else arms[::-1]
+            t, fw = {}, {}
+            for arm in order:
+                if arm == "peft":
+                    t[arm], fw[arm] = time_peft(fresh, targets, batches, method, args.minilm_rank)
+                else:
+                    eq = peft_fw if arm == "ours_eq" else None
+                    t[arm], fw[arm] = time_ours(fresh, targets, batches, method, args.minilm_rank, eq)
+            load = os.getloadavg()[0]
+            for arm, label in (("ours", method), ("ours_eq", EVA_EQUAL)):
+                if arm not in t:
+                    continue
+                first = order.index(arm) < order.index("peft")
+                rows.append({"method": label, "pair": i, "ours_seconds": t[arm], "peft_seconds": t["peft"],
+                             "ratio": t[arm] / t["peft"], "ours_forwards": fw[arm],
+                             "peft_forwards": fw["peft"], "ours_first": first, "load": load})  # fmt: skip
+                print(f"{label:22s} pair {i}: ours {t[arm]:.3f} s ({fw[arm]} fw), PEFT {t['peft']:.3f} s "
+                      f"({fw['peft']} fw), ratio {t[arm] / t['peft']:.3f}, load {load:.1f}",
+                      flush=True)  # fmt: skip
+            pd.DataFrame(rows, columns=PAIRED_COLUMNS).to_csv(csv_path, index=False)  # as pairs finish
+    summary = paired_summary(rows, len(batches), MIN_PAIRS)
     meta = run_metadata(["benchmarks/adapter_init.py", *argv])
+    loads = [r["load"] for r in rows]
+    met = summary[summary.verdict == "met"].method.tolist() if len(summary) else []
+    not_met = summary[summary.verdict != "met"] if len(summary) else summary
     text = [
-        "# Data-driven inits: init time, ours vs PEFT, paired (issue 17)",
+        "# Init time, ours vs PEFT at equal work, paired (issues 17 and 32)",
         "",
-        f"Command: `python {shlex.join(meta['argv'])}`; {meta['cpu']}, {meta['threads']} threads, "
-        f"torch {meta['versions'].get('torch')}, peft {meta['versions'].get('peft')}; "
-        f"wall {time.perf_counter() - t_start:.0f} s; load average at the end {os.getloadavg()[0]:.1f}.",
+        f"Command: `python {shlex.join(meta['argv'])}`  ",
+        f"Machine: {meta['cpu']}, {os.cpu_count()} cores, {meta['threads']} torch threads, "
+        f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+        f"torch {meta['versions'].get('torch')}, "
+        f"**peft {meta['versions'].get('peft')}**, transformers {meta['versions'].get('transformers')}; "
+        f"git {meta.get('git_commit')}  ",
+        f"Load (1-min average; a shared machine): {load_start:.1f} at the start, "
+        + (f"{min(loads):.1f}–{max(loads):.1f} over the pairs, " if loads else "")
+        + f"{os.getloadavg()[0]:.1f} at the end; wall {time.perf_counter() - t_start:.0f} s.",
         "",
         "Model: the SST-2 classifier on all-MiniLM-L6-v2 (seed 0 head, eval mode), "
-        f"its {len(targets)} linear maps, "
-        f"rank {args.minilm_rank}; calibration: {len(batches)} SST-2 training sentences, one per batch. Each "
-        "pair times ours (`inject(..., calibration=...)`, calibration included) and PEFT's (preprocess + "
-        "`get_peft_model`, or `initialize_lora_eva_weights`) back to back, alternating which goes first; "
-        "after one untimed warm-up of each. `ratio` = ours / PEFT; the interval is the sign-test 95% "
-        "interval of the median ratio. Target: ours at most 1.0x PEFT's.",
+        f"its {len(targets)} linear maps, rank {args.minilm_rank}, alpha = r; calibration (where the init "
+        f"takes data): {len(batches)} "
+        "SST-2 training sentences, one per batch (PEFT's CorDA hook assumes batch size 1). Each pair times "
+        "ours (`inject(model, method, calibration=...)`, calibration included) and PEFT's (`get_peft_model`, "
+        "after `preprocess_corda`/`preprocess_astra`/`preprocess_loraga`, or followed by "
+        "`initialize_lora_eva_weights`) on fresh copies of the same model, back to back, alternating which "
+        "goes first, after one untimed warm-up of each. `ratio` = ours / PEFT. The interval is the sign-test "
+        f"95% interval of the median ratio (`lowrank_lab.utils.timing.median_ci`; at least {MIN_PAIRS} "
+        "pairs, fewer are refused); `verdict` (`ratio_verdict`): **met** only when its upper bound is at "
+        f"most {TARGET_PAIRED:g}, **missed** when its lower bound is above, else **not established**; no "
+        f"fallback to the median. Inits whose warm-up pair took under {args.fast_below:g} s get "
+        f"{args.pairs_fast} pairs, the rest {args.pairs}. `*_forwards`: model forwards each side made "
+        "(PEFT's counted through `initialize_lora_eva_weights`' `forward_fn`), `peft_passes` = "
+        f"peft_forwards / {len(batches)}.",
         "",
-        to_markdown(pd.DataFrame(summary), floatfmt=".3f"),
+        "Target (issue 32): every init PEFT 0.22 also ships, ours over PEFT's at equal work, upper bound at "
+        f"most {TARGET_PAIRED:g}. Met for: {', '.join(met) or 'none'}; not met for: "
+        + (", ".join(f"{r.method} ({r.verdict})" for r in not_met.itertuples()) or "none")
+        + ".",
         "",
-        "What differs in the algorithms (REFERENCE.md sections 2-4): EVA — PEFT runs an incremental "
-        "randomized "
-        "PCA per batch and cycles the data until every component's cosine to its previous value is >= 0.99; "
-        "ours streams each distinct layer input once into Σx and Σxxᵀ and takes one eigendecomposition "
-        "(the converged limit). CorDA — the same covariance and SVD of W·C; ours computes the covariance "
-        "once "
-        "for q, k and v (shared input). LoRA-GA — the same gradient and rank-2r randomized SVD; ours takes "
-        "the gradients with `torch.autograd.grad` on the targets only.",
+        to_markdown(summary, floatfmt=".3g") if len(summary) else "(no pairs measured)",
         "",
     ]
+    if skipped:
+        text += [*(f"- `{m}` not timed: {why}." for m, why in skipped.items()), ""]
+    text += ["## Notes", "", *PAIRED_NOTES, *[f"- {n}" for n in args.note], ""]
     out.write_text("\n".join(text))
-    print(f"wrote {out} and {out.with_suffix('.csv')}")
+    print(f"wrote {out} and {csv_path}")
     return 0
+
+
+PAIRED_NOTES = [
+    "- **EVA: equal work.** PEFT's `initialize_lora_eva_weights` cycles the data "
+    "(`itertools.cycle(dataloader)`) until every layer's incremental-PCA components reach cosine >= tau "
+    "(0.99) to their previous values, and skips the SVD of any input with fewer tokens than r (most "
+    "single SST-2 sentences at r = 16), so it makes many passes; its API has no pass cap (stopping its loop "
+    "early leaves layers unconverged, and it raises). Ours streams each distinct layer input into Σx and "
+    "Σxxᵀ in one pass and takes one eigendecomposition (the converged limit). The `eva` row compares the "
+    "algorithms as shipped (unequal forwards); the `" + EVA_EQUAL + "` row gives ours the same number of "
+    "forwards as PEFT's warm-up run made (the calibration list cycled to that length; same covariance "
+    "up to scale, so the same init).",
+    "- What differs elsewhere (REFERENCE.md sections 2-4): CorDA — the same covariance and SVD of W·C; "
+    "ours computes the covariance once for q, k and v (shared input). LoRA-GA — the same gradient and "
+    "rank-2r randomized SVD; ours takes the gradients with `torch.autograd.grad` on the targets only. "
+    "Astra — the same output covariance and eigendecomposition.",
+    "- PEFT's `get_peft_model` also wraps each target in its LoRA layer class; ours replaces it by "
+    "`lowrank_lab`'s layer: that cost is in both sides' times, as a user pays it.",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -625,7 +799,29 @@ def main(argv: list[str] | None = None) -> int:
         "on SST-2/MiniLM",
     )
     parser.add_argument(
-        "--pairs", type=int, default=7, help="--data-driven: timed pairs per method (default 7)"
+        "--paired",
+        action="store_true",
+        help="issue 32: every init PEFT also ships (or --methods), ours against PEFT's at equal work, "
+        f"paired, on SST-2/MiniLM (default report {PAIRED_OUT.name})",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=_at_least_min_pairs,
+        default=7,
+        help="--paired/--data-driven: timed pairs per method (default and least 7: a 95%% sign-test "
+        "interval)",
+    )
+    parser.add_argument(
+        "--pairs-fast",
+        type=_at_least_min_pairs,
+        default=21,
+        help="--paired: pairs for an init whose warm-up pair took under --fast-below seconds (default 21)",
+    )
+    parser.add_argument(
+        "--fast-below",
+        type=float,
+        default=2.0,
+        help="--paired: warm-up pair seconds below which --pairs-fast applies (default 2)",
     )
     parser.add_argument(
         "--calibration-samples",
@@ -633,9 +829,12 @@ def main(argv: list[str] | None = None) -> int:
         default=32,
         help="--data-driven: SST-2 training sentences to calibrate on, one per batch (default 32)",
     )
+    parser.add_argument(
+        "--note", action="append", default=[], help="--paired: a line for the report's notes (repeatable)"
+    )
     args = parser.parse_args(argv)
-    if args.data_driven:
-        return data_driven_main(args, list(sys.argv[1:] if argv is None else argv))
+    if args.data_driven or args.paired:
+        return paired_main(args, list(sys.argv[1:] if argv is None else argv))
 
     csv_path, json_path = args.out.with_suffix(".csv"), args.out.with_suffix(".json")
     if args.report_only:

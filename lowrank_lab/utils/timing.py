@@ -91,3 +91,44 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, f
         k += 1
     lo, hi = (xs[k - 1], xs[n - k]) if k >= 1 else (xs[0], xs[-1])
     return statistics.median(xs), lo, hi
+
+
+# Pairs below this give no 95% sign-test interval worth the name: with n = 6 the interval is already the
+# whole range (k = 1); 7 is the least n at which the range is a >= 95% interval with one pair to spare.
+MIN_PAIRS = 7
+
+
+@dataclass(frozen=True)
+class RatioVerdict:
+    """A paired benchmark's ratios judged against a target: ``status`` is ``"met"`` (upper bound at
+    most the target), ``"missed"`` (lower bound above it), or ``"not established"`` (the interval
+    straddles the target, or fewer than ``min_pairs`` pairs, in which case no interval is given)."""
+
+    n: int
+    median: float
+    low: float
+    high: float
+    target: float
+    status: str
+
+    @property
+    def met(self) -> bool:
+        return self.status == "met"
+
+
+def ratio_verdict(
+    ratios: list[float], target: float = 1.0, *, level: float = 0.95, min_pairs: int = MIN_PAIRS
+) -> RatioVerdict:
+    """Judge per-pair ratios (ours / peer) against ``target`` by the :func:`median_ci` interval.
+
+    The target is met only when the interval's **upper** bound is at most ``target``; there is no
+    fallback to the median. With fewer than ``min_pairs`` ratios (default :data:`MIN_PAIRS`) the
+    verdict is "not established" and the bounds are NaN.
+    """
+    n = len(ratios)
+    if n < max(min_pairs, 6):  # below 6 the sign test has no 95% interval at all
+        med = statistics.median(ratios) if n else float("nan")
+        return RatioVerdict(n, med, float("nan"), float("nan"), target, "not established")
+    med, lo, hi = median_ci(ratios, level)
+    status = "met" if hi <= target else "missed" if lo > target else "not established"
+    return RatioVerdict(n, med, lo, hi, target, status)
