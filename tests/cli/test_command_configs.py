@@ -1,0 +1,168 @@
+"""params, diagnose and claims on lowrank_lab.utils.options (issue 29): each command's options are its
+config dataclass; the parser is generated from it, so flags, defaults, help and checks agree."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+
+from lowrank_lab import claims, diagnose, params
+from lowrank_lab.analysis.diagnose import DiagnoseConfig
+from lowrank_lab.analysis.params import ParamsConfig, parameter_table
+from lowrank_lab.training.claims_report import ClaimsConfig
+from lowrank_lab.training.config import RunConfig
+from lowrank_lab.utils import options
+
+# Per command: each field's flag tokens and the value they must give (every field, required ones first).
+SAMPLES = {
+    "params": (params, ParamsConfig, {
+        "model": (["--model", "minilm"], "minilm"),
+        "rank": (["--rank", "8,16"], (8, 16)),
+        "targets": (["--targets", "q,v"], "q,v"),
+        "methods": (["--methods", "lora, pissa"], ("lora", "pissa")),
+        "csv": (["--csv"], True),
+        "out": (["--out", "t.md"], Path("t.md")),
+    }),
+    "diagnose": (diagnose, DiagnoseConfig, {
+        "task": (["--task", "rte"], "rte"),
+        "out": (["--out", "d"], "d"),
+        "model": (["--model", "minilm"], "minilm"),
+        "data_dir": (["--data-dir", "data"], "data"),
+        "methods": (["--methods", "lora,eva"], ("lora", "eva")),
+        "rank": (["--rank", "4"], 4),
+        "alpha": (["--alpha", "16"], 16.0),
+        "scaling": (["--scaling", "rslora"], "rslora"),
+        "targets": (["--targets", "query"], "query"),
+        "seed": (["--seed", "3"], 3),
+        "batch_size": (["--batch-size", "8"], 8),
+        "max_length": (["--max-length", "32"], 32),
+        "calibration_samples": (["--calibration-samples", "64"], 64),
+        "optimizer": (["--optimizer", "sgd"], "sgd"),
+        "lr": (["--lr", "0.001"], 0.001),
+        "study": (["--study", "none"], "none"),
+        "summary_only": (["--summary-only"], True),
+        "threads": (["--threads", "2"], 2),
+    }),
+    "claims": (claims, ClaimsConfig, {
+        "studies": (["--studies", "a", "b"], ("a", "b")),
+        "out": (["--out", "r"], "r"),
+        "data_dir": (["--data-dir", "data"], "data"),
+        "readme": (["--readme", "R.md"], "R.md"),
+    }),
+}  # fmt: skip
+COMMANDS = list(SAMPLES)
+
+
+def _required(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_round_trips_into_the_config(command):
+    module, cls, sample = SAMPLES[command]
+    assert list(sample) == [f.name for f in dataclasses.fields(cls)]  # a new option needs its sample here
+    argv = [token for tokens, _ in sample.values() for token in tokens]
+    config = options.from_args(cls, module.build_parser().parse_args(argv))
+    for name, (_, value) in sample.items():
+        assert getattr(config, name) == value, name
+    assert options.from_args(cls, module.build_parser().parse_args(options.to_argv(config))) == config
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_parser_defaults_are_the_config_defaults(command):
+    module, cls, sample = SAMPLES[command]
+    by_dest = {a.dest: a for a in module.build_parser()._actions}
+    for f in dataclasses.fields(cls):
+        if f.default is dataclasses.MISSING:
+            assert by_dest[f.name].required, f.name
+        else:
+            assert by_dest[f.name].default == f.default, f.name
+    required = {name: sample[name][1] for name in _required(cls)}
+    argv = [token for name in required for token in sample[name][0]]
+    assert options.from_args(cls, module.build_parser().parse_args(argv)) == cls(**required)
+    # the command module writes no default of its own: the parser's come from the config only
+    assert "default=" not in inspect.getsource(module)
+
+
+def test_defaults_shared_with_finetune_and_the_library_are_read_not_repeated():
+    assert DiagnoseConfig.rank is RunConfig.rank and DiagnoseConfig.seed is RunConfig.seed
+    assert DiagnoseConfig.batch_size is RunConfig.batch_size
+    signature = inspect.signature(parameter_table).parameters
+    assert signature["model"].default == ParamsConfig.model
+    assert signature["ranks"].default == ParamsConfig.rank
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_each_options_default_and_reason(command, capsys, monkeypatch):
+    module, cls, _ = SAMPLES[command]
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at the terminal's width; here it does not
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    fields = dataclasses.fields(cls)
+    for f in fields:
+        assert f"{options.flag(f)} " in text and f"; {f.metadata['why']})" in text, f.name
+    assert text.count("(default: ") + text.count("(required; ") == len(fields)
+    assert "examples:" in text
+
+
+@pytest.mark.parametrize(("command", "name", "value"),
+                         [("params", "rank", (8,)), ("diagnose", "rank", 16), ("claims", "out", "elsewhere")])
+def test_differences_name_a_changed_option(command, name, value):
+    _, cls, sample = SAMPLES[command]
+    config = cls(**{n: sample[n][1] for n in _required(cls)})
+    stored = options.to_dict(config)
+    assert options.differences(config, stored) == {}
+    changed = options.differences(dataclasses.replace(config, **{name: value}), stored)
+    assert list(changed) == [name]
+    flag = "--" + name.replace("_", "-")
+    assert options.describe_differences(changed, cls).startswith(f"{flag} ")
+
+
+def _status(main, argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "message"),
+    [
+        ("params", ["--rank", "0"], "argument --rank: --rank values must"),
+        ("params", ["--csv", "--rank", "8,x"], "argument --rank: --rank takes"),
+        ("diagnose", ["--task", "sst2", "--out", "OUT", "--rank", "0"],
+         "argument --rank: must be > 0"),
+        ("diagnose", ["--task", "sst2", "--out", "OUT", "--methods", ","],
+         "--methods is empty"),
+        ("diagnose", ["--task", "sst2", "--out", "OUT", "--optimizer", "lion"],
+         "argument --optimizer: invalid choice: 'lion'"),
+        ("claims", ["--studies", "a", "--out", ""], "--out must name a folder"),
+        ("claims", ["--out", "r"], "the following arguments are required: --studies"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_exits_2_with_one_line_naming_the_option(command, argv, message, capsys, tmp_path):
+    module = SAMPLES[command][0]
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    assert _status(module.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m lowrank_lab.{command}: error: {message}"), err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_library_entry_point_runs_without_the_command_line(tmp_path):
+    from lowrank_lab.analysis.params import run
+
+    config = ParamsConfig(model="minilm", rank=(8,), methods=("lora",), csv=True)
+    result = run(config)
+    assert result.path is None
+    assert result.table.trainable.item() == 6 * 8 * (4 * (384 + 384) + 2 * (1536 + 384))
+    written = run(config, out=tmp_path / "p.csv")
+    assert written.path == tmp_path / "p.csv" and written.path.read_text() == result.text
+    with pytest.raises(ValueError, match="--rank values must be positive integers"):
+        ParamsConfig(rank=(0,))
