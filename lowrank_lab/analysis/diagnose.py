@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from lowrank_lab.training.loop import CALIBRATION_SAMPLES
 from lowrank_lab.utils import options
 from lowrank_lab.utils.cli import csv_list, positive
 from lowrank_lab.utils.files import atomic_path, atomic_write_text, write_frame
+from lowrank_lab.utils.options import option
 
 PROG = "python -m lowrank_lab.diagnose"
 DEFAULT_METHODS = ("lora", "pissa", "milora", "eva", "corda-ipm", "lora-ga", "lora-one", "nlora", "full")
@@ -67,150 +68,79 @@ class DiagnoseConfig:
     """The options of ``python -m lowrank_lab.diagnose``; each default is written here only, and
     those finetune shares are read from :class:`~lowrank_lab.training.config.RunConfig`."""
 
-    task: str = field(
-        metadata={
-            "help": "task of lowrank_lab.training (e.g. sst2, rte, gsm8k)",
-            "why": "no default: each task has its own data and head",
-        }
+    task: str = option(
+        help="task of lowrank_lab.training (e.g. sst2, rte, gsm8k)",
+        why="no default: each task has its own data and head",
     )
-    out: str = field(
-        metadata={
-            "help": "output directory, e.g. reports/diagnose/sst2",
-            "why": "no default: a run never writes over another by accident",
-        }
+    out: str = option(
+        help="output directory, e.g. reports/diagnose/sst2",
+        why="no default: a run never writes over another by accident",
     )
-    model: str | None = field(
-        default=None,
-        metadata={
-            "help": "model",
-            "shown": "the task's, minilm for GLUE",
-            "why": "the model the task's fine-tuning study uses",
-        },
+    model: str | None = option(
+        None, help="model", shown="the task's, minilm for GLUE",
+        why="the model the task's fine-tuning study uses",
+    )  # fmt: skip
+    data_dir: str | None = option(
+        None, help="folder holding glue/ and gsm8k/", shown="$LOWRANK_LAB_SHARED_DATA or ../shared/data",
+        why="where README's Install puts the real task data",
+    )  # fmt: skip
+    methods: tuple[str, ...] = option(
+        DEFAULT_METHODS, help="comma-separated adapter methods", type=_names, metavar="METHODS",
+        why="random, SVD-based and data-driven inits beside full fine-tuning: the committed study's nine",
+    )  # fmt: skip
+    rank: int = option(
+        RunConfig.rank, help="adapter rank r", type=positive(int), why="finetune's rank, LoRA's r = 8"
     )
-    data_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "folder holding glue/ and gsm8k/",
-            "shown": "$LOWRANK_LAB_SHARED_DATA or ../shared/data",
-            "why": "where README's Install puts the real task data",
-        },
+    alpha: float | None = option(
+        None, help="scaling numerator", type=float, shown="alpha = r",
+        why="s = 1, as finetune's adapters start",
+    )  # fmt: skip
+    scaling: str = option(
+        "lora", help="s = alpha/r (lora) or alpha/sqrt(r) (rslora)", choices=["lora", "rslora"],
+        why="the LoRA paper's scale, finetune's default",
+    )  # fmt: skip
+    targets: str | None = option(
+        None, help="target modules", shown="every linear map of every block",
+        why="finetune's default injection",
+    )  # fmt: skip
+    seed: int = option(
+        RunConfig.seed, help="seed of the head, the data order and random inits", type=int,
+        why="finetune's first seed, so the batch is its run's first",
+    )  # fmt: skip
+    batch_size: int = option(
+        RunConfig.batch_size, help="examples of the first step's batch", type=positive(int),
+        why="finetune's batch size",
+    )  # fmt: skip
+    max_length: int | None = option(
+        None, help="tokens per example", type=positive(int), shown="the task's",
+        why="finetune's truncation for the task",
+    )  # fmt: skip
+    calibration_samples: int | None = option(
+        None, help="training examples data-driven inits calibrate on", type=positive(int), metavar="N",
+        shown=str(CALIBRATION_SAMPLES), why="finetune's, LoRA-SB's ~50 samples",
+    )  # fmt: skip
+    optimizer: str = option(
+        "adam", help="the first step: adam (AdamW's step 1, -lr·g/(|g|+eps)) or sgd (-lr·g)",
+        choices=["adam", "sgd"], why="finetune trains with AdamW",
+    )  # fmt: skip
+    lr: float | None = option(
+        None, help="learning rate", type=positive(float), shown="finetune's per method family",
+        why="the step a run of finetune takes",
+    )  # fmt: skip
+    study: str | None = option(
+        None, help="a finetune study directory with runs.csv to compare against ('none' to skip)",
+        shown="reports/finetune/<task> when it exists", why="the task's committed study",
+    )  # fmt: skip
+    summary_only: bool = option(
+        False,
+        help="measure nothing: rebuild summary.md and the figures from --out's diagnostics.csv and "
+        "angles.csv (e.g. against another --study)",
+        why="measuring is the costly part",
     )
-    methods: tuple[str, ...] = field(
-        default=DEFAULT_METHODS,
-        metadata={
-            "help": "comma-separated adapter methods",
-            "type": _names,
-            "metavar": "METHODS",
-            "why": "random, SVD-based and data-driven inits beside full fine-tuning: the committed "
-            "study's nine",
-        },
-    )
-    rank: int = field(
-        default=RunConfig.rank,
-        metadata={"help": "adapter rank r", "type": positive(int), "why": "finetune's rank, LoRA's r = 8"},
-    )
-    alpha: float | None = field(
-        default=None,
-        metadata={
-            "help": "scaling numerator",
-            "type": float,
-            "shown": "alpha = r",
-            "why": "s = 1, as finetune's adapters start",
-        },
-    )
-    scaling: str = field(
-        default="lora",
-        metadata={
-            "help": "s = alpha/r (lora) or alpha/sqrt(r) (rslora)",
-            "choices": ["lora", "rslora"],
-            "why": "the LoRA paper's scale, finetune's default",
-        },
-    )
-    targets: str | None = field(
-        default=None,
-        metadata={
-            "help": "target modules",
-            "shown": "every linear map of every block",
-            "why": "finetune's default injection",
-        },
-    )
-    seed: int = field(
-        default=RunConfig.seed,
-        metadata={
-            "help": "seed of the head, the data order and random inits",
-            "type": int,
-            "why": "finetune's first seed, so the batch is its run's first",
-        },
-    )
-    batch_size: int = field(
-        default=RunConfig.batch_size,
-        metadata={
-            "help": "examples of the first step's batch",
-            "type": positive(int),
-            "why": "finetune's batch size",
-        },
-    )
-    max_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "tokens per example",
-            "type": positive(int),
-            "shown": "the task's",
-            "why": "finetune's truncation for the task",
-        },
-    )
-    calibration_samples: int | None = field(
-        default=None,
-        metadata={
-            "help": "training examples data-driven inits calibrate on",
-            "type": positive(int),
-            "metavar": "N",
-            "shown": str(CALIBRATION_SAMPLES),
-            "why": "finetune's, LoRA-SB's ~50 samples",
-        },
-    )
-    optimizer: str = field(
-        default="adam",
-        metadata={
-            "help": "the first step: adam (AdamW's step 1, -lr·g/(|g|+eps)) or sgd (-lr·g)",
-            "choices": ["adam", "sgd"],
-            "why": "finetune trains with AdamW",
-        },
-    )
-    lr: float | None = field(
-        default=None,
-        metadata={
-            "help": "learning rate",
-            "type": positive(float),
-            "shown": "finetune's per method family",
-            "why": "the step a run of finetune takes",
-        },
-    )
-    study: str | None = field(
-        default=None,
-        metadata={
-            "help": "a finetune study directory with runs.csv to compare against ('none' to skip)",
-            "shown": "reports/finetune/<task> when it exists",
-            "why": "the task's committed study",
-        },
-    )
-    summary_only: bool = field(
-        default=False,
-        metadata={
-            "help": "measure nothing: rebuild summary.md and the figures from --out's diagnostics.csv and "
-            "angles.csv (e.g. against another --study)",
-            "why": "measuring is the costly part",
-        },
-    )
-    threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "torch intra-op threads",
-            "type": positive(int),
-            "shown": "torch's",
-            "why": "torch picks one per core",
-        },
-    )
+    threads: int | None = option(
+        None, help="torch intra-op threads", type=positive(int), shown="torch's",
+        why="torch picks one per core",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not self.methods:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +22,7 @@ import pandas as pd
 from lowrank_lab.adapters import ADAPTERS, closed_form_trainable, get_adapter
 from lowrank_lab.utils.cli import csv_list
 from lowrank_lab.utils.files import atomic_write_text
+from lowrank_lab.utils.options import option
 from lowrank_lab.utils.tables import to_markdown
 from lowrank_lab.weights import ModelSpec, get_spec, select_modules
 from lowrank_lab.weights.hf import read_config
@@ -53,59 +54,36 @@ def _names(text: str) -> tuple[str, ...]:
 class ParamsConfig:
     """The options of ``python -m lowrank_lab.params``, each default written here only."""
 
-    model: str = field(
-        default="llama-7b",
-        metadata={
-            "help": "registry name or its hub id, e.g. minilm, llama-13b, qwen2.5-7b, mixtral-8x7b, "
-            "meta-llama/Llama-2-7b-hf; or a local Hugging Face directory (only its config.json is read, "
-            "so a folder holding just config.json is enough)",
-            "why": "Llama-2-7B, the model whose counts the PiSSA and NLoRA papers publish",
-        },
+    model: str = option(
+        "llama-7b",
+        help="registry name or its hub id, e.g. minilm, llama-13b, qwen2.5-7b, mixtral-8x7b, "
+        "meta-llama/Llama-2-7b-hf; or a local Hugging Face directory (only its config.json is read, so "
+        "a folder holding just config.json is enough)",
+        why="Llama-2-7B, the model whose counts the PiSSA and NLoRA papers publish",
     )
-    rank: tuple[int, ...] = field(
-        default=(128,),
-        metadata={
-            "help": "adapter rank r, or several separated by commas",
-            "why": "the PiSSA/NLoRA setting",
-            "type": _ranks,
-            "metavar": "RANK",
-        },
+    rank: tuple[int, ...] = option(
+        (128,), help="adapter rank r, or several separated by commas", why="the PiSSA/NLoRA setting",
+        type=_ranks, metavar="RANK",
+    )  # fmt: skip
+    targets: str | None = option(
+        None,
+        help="target modules: canonical names, roles (q, k, v, o, gate, up, down, qkv, gate_up, router, "
+        "expert_down...) or HF suffixes separated by commas, or all-linear",
+        why="what PiSSA and NLoRA count, e.g. the seven projections of a Llama",
+        shown="every target matrix of a block",
     )
-    targets: str | None = field(
-        default=None,
-        metadata={
-            "help": "target modules: canonical names, roles (q, k, v, o, gate, up, down, qkv, gate_up, "
-            "router, expert_down...) or HF suffixes separated by commas, or all-linear",
-            "why": "what PiSSA and NLoRA count, e.g. the seven projections of a Llama",
-            "shown": "every target matrix of a block",
-        },
-    )
-    methods: tuple[str, ...] | None = field(
-        default=None,
-        metadata={
-            "help": "adapter methods separated by commas",
-            "why": "one table compares every initialisation",
-            "shown": f"all {len(ADAPTERS)} of them",
-            "type": _names,
-            "metavar": "METHODS",
-        },
-    )
-    csv: bool = field(
-        default=False,
-        metadata={
-            "help": "print CSV (with a header) instead of markdown",
-            "why": "markdown reads on a terminal; CSV is for pandas",
-        },
-    )
-    out: Path | None = field(
-        default=None,
-        metadata={
-            "help": "write the table to this file instead of stdout",
-            "why": "a pipe or a redirect takes the table from there",
-            "shown": "stdout",
-            "type": Path,
-        },
-    )
+    methods: tuple[str, ...] | None = option(
+        None, help="adapter methods separated by commas", why="one table compares every initialisation",
+        shown=f"all {len(ADAPTERS)} of them", type=_names, metavar="METHODS",
+    )  # fmt: skip
+    csv: bool = option(
+        False, help="print CSV (with a header) instead of markdown",
+        why="markdown reads on a terminal; CSV is for pandas",
+    )  # fmt: skip
+    out: Path | None = option(
+        None, help="write the table to this file instead of stdout",
+        why="a pipe or a redirect takes the table from there", shown="stdout", type=Path,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not self.rank or any(not isinstance(r, int) or r < 1 for r in self.rank):

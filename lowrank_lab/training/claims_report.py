@@ -17,7 +17,7 @@ import math
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from lowrank_lab.training.stats import DECISION_RULE, MEASURES
 from lowrank_lab.training.tasks import DATA_DIR_ENV, default_data_dir
 from lowrank_lab.utils import options
 from lowrank_lab.utils.files import atomic_write_text, write_frame
+from lowrank_lab.utils.options import option
 from lowrank_lab.utils.tables import to_markdown
 
 PROG = "python -m lowrank_lab.claims"
@@ -49,38 +50,22 @@ README_HEADING = "## What the measurements say so far"
 class ClaimsConfig:
     """The options of ``python -m lowrank_lab.claims``, each default written here only."""
 
-    studies: tuple[str, ...] = field(
-        metadata={
-            "help": "finetune --out folders",
-            "why": "no default: the studies to judge are the caller's",
-            "nargs": "+",
-            "metavar": "DIR",
-        }
-    )
-    out: str = field(
-        default="reports",
-        metadata={
-            "help": "where claims.csv and claims.md go",
-            "why": "the committed table's folder, which README and reports/README.md link",
-        },
-    )
-    data_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": f"task data for a study without {BASELINES} or untuned.json",
-            "shown": f"${DATA_DIR_ENV} or ../shared/data",
-            "why": "where README's Install puts the real task data",
-        },
-    )
-    readme: str | None = field(
-        default=None,
-        metadata={
-            "help": f"also rewrite the '{README_HEADING[3:]}' section of FILE from the table",
-            "shown": "leave it",
-            "why": "a README changes only when asked",
-            "metavar": "FILE",
-        },
-    )
+    studies: tuple[str, ...] = option(
+        help="finetune --out folders", why="no default: the studies to judge are the caller's",
+        nargs="+", metavar="DIR",
+    )  # fmt: skip
+    out: str = option(
+        "reports", help="where claims.csv and claims.md go",
+        why="the committed table's folder, which README and reports/README.md link",
+    )  # fmt: skip
+    data_dir: str | None = option(
+        None, help=f"task data for a study without {BASELINES} or untuned.json",
+        shown=f"${DATA_DIR_ENV} or ../shared/data", why="where README's Install puts the real task data",
+    )  # fmt: skip
+    readme: str | None = option(
+        None, help=f"also rewrite the '{README_HEADING[3:]}' section of FILE from the table",
+        shown="leave it", why="a README changes only when asked", metavar="FILE",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not self.studies:

@@ -11,12 +11,12 @@ namespace into the config (:func:`from_args`, :func:`parse_config`), writes and 
 writes it back as the command line that makes it (:func:`to_argv`). Written for this project; no code
 is taken from PEFT or scikit-learn.
 
-Metadata keys of a field: ``help`` and ``why`` (required: what the option does, why its default),
-``flag`` (default ``--`` + the name with ``-`` for ``_``), ``type`` (text to value, argparse's
-``type=``; a tuple-valued field's type returns the whole tuple unless ``nargs`` is given),
-``choices``, ``metavar``, ``nargs`` and ``shown`` (the default as the help names it, when its
-``repr`` would not say it). A ``bool`` field defaulting to False is a ``store_true`` flag; a field
-without a default is a required option.
+:func:`option` writes such a field. Metadata keys of a field: ``help`` and ``why`` (required: what
+the option does, why its default), ``flag`` (default ``--`` + the name with ``-`` for ``_``),
+``type`` (text to value, argparse's ``type=``; a tuple-valued field's type returns the whole tuple
+unless ``nargs`` is given), ``choices``, ``metavar``, ``nargs`` and ``shown`` (the default as the
+help names it, when its ``repr`` would not say it). A ``bool`` field defaulting to False is a
+``store_true`` flag; a field without a default is a required option.
 """
 
 from __future__ import annotations
@@ -31,6 +31,17 @@ from typing import Any, NoReturn, TypeVar
 C = TypeVar("C")
 
 _ARGPARSE_KEYS = ("type", "choices", "metavar", "nargs")
+_KEYS = frozenset(("flag", "shown", *_ARGPARSE_KEYS))
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, why: str, **extras: Any) -> Any:
+    """One option of a config: ``field(default=default, metadata={"help": help, "why": why, ...})``,
+    with ``extras`` among ``flag``, ``shown``, ``type``, ``choices``, ``metavar``, ``nargs``; no
+    ``default`` makes a required option. A misspelt key is refused here, not silently ignored."""
+    unknown = sorted(set(extras) - _KEYS)
+    if unknown:
+        raise TypeError(f"option(): unknown metadata {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}")
+    return dataclasses.field(default=default, metadata={"help": help, "why": why, **extras})
 
 
 class OptionParser(argparse.ArgumentParser):

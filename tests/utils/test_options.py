@@ -134,3 +134,14 @@ def test_differences_name_the_changed_options():
     lacking = {k: v for k, v in stored.items() if k != "mode"}
     assert options.differences(Toy(name="x"), lacking) == {}
     assert options.differences(Toy(name="x", mode="b"), lacking) == {"mode": ("a", "b")}
+
+
+def test_option_writes_the_field_and_refuses_a_misspelt_key():
+    @dataclass(frozen=True)
+    class Short:
+        rank: int = options.option(8, help="rank", why="LoRA's r", type=int)
+
+    (f,) = dataclasses.fields(Short)
+    assert f.default == 8 and dict(f.metadata) == {"help": "rank", "why": "LoRA's r", "type": int}
+    with pytest.raises(TypeError, match="unknown metadata defualt"):
+        options.option(8, help="rank", why="r", defualt=4)
