@@ -731,7 +731,7 @@ def _write_mitigation(
         from lowrank_lab.training.tasks import default_data_dir
 
         evaluator = mg.RunEvaluator(run_dir, data_dir=args.data_dir or default_data_dir(), device=device)
-    rows = []
+    rows, reference = [], None
     for lam in lams:
         per = frame_m[frame_m["lambda"] == lam]
         row = {
@@ -743,10 +743,12 @@ def _write_mitigation(
             "adapter": "" if lam == 1.0 else f"mitigated/lambda-{lam:g}",
         }
         if evaluator is not None:
-            if lam != 1.0:
+            if lam == 1.0 or not weights[lam]:  # nothing mitigated: the tuned model's scores
+                reference = scores = reference or evaluator.measure()
+            else:
                 evaluator.set_weights(weights[lam])
-            scores = evaluator.measure()
-            evaluator.restore()
+                scores = evaluator.measure()
+                evaluator.restore()
             row.update(scores, metric=evaluator.spec.metric, recorded_metric=evaluator.record.final_metric,
                        base_spearman=evaluator.base_spearman)
         rows.append(row)
