@@ -268,57 +268,66 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
         "",
         "Measures (declared before the runs):",
         "",
-        to_markdown(
-            pd.DataFrame(
-                {
-                    "measure": [m.name for m in MEASURES.values()],
-                    "better": ["higher" if m.direction > 0 else "lower" for m in MEASURES.values()],
-                    "unit": [m.unit for m in MEASURES.values()],
-                    "scale": [m.scale for m in MEASURES.values()],
-                    "δ": [_fmt(m.min_effect, "g") for m in MEASURES.values()],
-                    "why": [m.reason for m in MEASURES.values()],
-                }
-            )
-        ),
+        to_markdown(_measures_table()),
         "",
     ]
     for task, rows in frame.groupby("task", sort=False):
-        lines += [f"## {task}", ""]
-        show = pd.DataFrame(
-            {
-                "claim": rows["claim"],
-                "kind": rows["kind"],
-                "paper's number": rows["paper_number"],
-                "measure": rows["metric"],
-                "a": rows["method_a"] + " " + rows["mean_a"].map(_fmt),
-                "b": rows["method_b"] + " " + rows["mean_b"].map(_fmt),
-                "n": rows["n_seeds"],
-                "effect [95% CI]": [_interval(r) for r in rows.itertuples()],
-                "δ": rows["min_effect"].map(lambda v: _fmt(v, "g")),
-                "p1 / p2 (Holm, family)": [
-                    f"{_fmt(r.p1_holm, '.3g')} / {_fmt(r.p2_holm, '.3g')}"
-                    + (
-                        f" ({r.family}, {int(r.family_size)})"
-                        if isinstance(r.family, str) and r.family
-                        else ""
-                    )
-                    for r in rows.itertuples()
-                ],
-                "verdict": rows["verdict"],
-                "holds": [_holds(row) for row in rows.itertuples()],
-            }
-        )
-        lines += [to_markdown(show), ""]
-        gates = rows[["gate", "gate_reason"]].drop_duplicates(subset=["gate_reason"])
-        lines += ["Gates:", ""] + [f"- {g.gate}: {g.gate_reason}" for g in gates.itertuples()] + [""]
-        notes = [n for t in rows["tuning"].dropna() for n in str(t).split("; ") if n]
-        if notes:  # each method's selected rate, once: an edge means it may be under-tuned there
-            lines += [
-                "Rates selected on the validation split (how many were tried; a choice at the edge "
-                "of the grid after its extensions is named): " + "; ".join(dict.fromkeys(notes)) + ".",
-                "",
-            ]
+        lines += _task_section(task, rows)
     return "\n".join(lines)
+
+
+def _measures_table() -> pd.DataFrame:
+    """The declared measures: name, direction, unit, scale, minimum effect and its reason."""
+    return pd.DataFrame(
+        {
+            "measure": [m.name for m in MEASURES.values()],
+            "better": ["higher" if m.direction > 0 else "lower" for m in MEASURES.values()],
+            "unit": [m.unit for m in MEASURES.values()],
+            "scale": [m.scale for m in MEASURES.values()],
+            "δ": [_fmt(m.min_effect, "g") for m in MEASURES.values()],
+            "why": [m.reason for m in MEASURES.values()],
+        }
+    )
+
+
+def _task_section(task: str, rows: pd.DataFrame) -> list[str]:
+    """claims.md's section of one task: its rows, its gates, the rates selected for its methods."""
+    lines = [f"## {task}", ""]
+    show = pd.DataFrame(
+        {
+            "claim": rows["claim"],
+            "kind": rows["kind"],
+            "paper's number": rows["paper_number"],
+            "measure": rows["metric"],
+            "a": rows["method_a"] + " " + rows["mean_a"].map(_fmt),
+            "b": rows["method_b"] + " " + rows["mean_b"].map(_fmt),
+            "n": rows["n_seeds"],
+            "effect [95% CI]": [_interval(r) for r in rows.itertuples()],
+            "δ": rows["min_effect"].map(lambda v: _fmt(v, "g")),
+            "p1 / p2 (Holm, family)": [
+                f"{_fmt(r.p1_holm, '.3g')} / {_fmt(r.p2_holm, '.3g')}"
+                + (
+                    f" ({r.family}, {int(r.family_size)})"
+                    if isinstance(r.family, str) and r.family
+                    else ""
+                )
+                for r in rows.itertuples()
+            ],
+            "verdict": rows["verdict"],
+            "holds": [_holds(row) for row in rows.itertuples()],
+        }
+    )
+    lines += [to_markdown(show), ""]
+    gates = rows[["gate", "gate_reason"]].drop_duplicates(subset=["gate_reason"])
+    lines += ["Gates:", ""] + [f"- {g.gate}: {g.gate_reason}" for g in gates.itertuples()] + [""]
+    notes = [n for t in rows["tuning"].dropna() for n in str(t).split("; ") if n]
+    if notes:  # each method's selected rate, once: an edge means it may be under-tuned there
+        lines += [
+            "Rates selected on the validation split (how many were tried; a choice at the edge "
+            "of the grid after its extensions is named): " + "; ".join(dict.fromkeys(notes)) + ".",
+            "",
+        ]
+    return lines
 
 
 def _holds(row: Any) -> str:
