@@ -31,11 +31,10 @@ from lowrank_lab.linalg import (
     nystrom_released,
     nystrom_sketch,
     randomized_svd,
-    thin_qr,
     truncated_svd,
     validate_rank,
 )
-from lowrank_lab.linalg.policy import gaussian
+from lowrank_lab.linalg.policy import gaussian, prepare
 
 
 class UnknownAdapterError(ValueError):
@@ -317,9 +316,21 @@ def init_olora(
 
     Thin QR ``W = Q R`` (:func:`lowrank_lab.linalg.thin_qr`): ``B = Q[:, :r]``, ``A = R[:r]`` with
     no rescaling by s (as PEFT's ``olora_init``); the base becomes ``W − s·B·A``.
+
+    Only those blocks are formed: Householder QR (LAPACK geqrf) builds reflector j from column j
+    after reflectors 1..j−1, so the first r reflectors, ``Q[:, :r]`` and ``R[:r, :r]``, are those of
+    the QR of the first r columns ``W[:, :r]``, and ``R[:r, r:] = Q[:, :r]ᵀ·W[:, r:]`` (Golub & Van
+    Loan, *Matrix Computations*, 4th ed., §5.2.2). That costs O(m·n·r) instead of the full QR's
+    O(m·n·min(m, n)) — 20–100× less on MiniLM's 384 × 1536 maps at r = 16 — and agrees with the
+    full QR's blocks to rounding (issue 32: ours was no faster than PEFT's full QR).
     """
-    F = thin_qr(W, rank, reference=reference, out_dtype=_work_dtype(W))
-    return _finish(W, F.left, F.right)
+    Wc, _ = prepare(W, reference=reference)  # validates W (2-D, finite), in its compute dtype
+    r = validate_rank(rank, Wc.shape)
+    Q, R = torch.linalg.qr(Wc[:, :r])  # (m, r), (r, r): the full QR's first r reflectors
+    A = Q.mT @ Wc  # (r, n) = R[:r, :]
+    A[:, :r] = R  # the triangle as geqrf gives it (exact zeros below the diagonal)
+    out = _work_dtype(W)
+    return _finish(W, Q.to(out), A.to(out))
 
 
 def init_lora_xs(
