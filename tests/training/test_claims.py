@@ -391,7 +391,8 @@ def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "r" / "claims.csv")
-    assert list(table.columns) == COLUMNS and set(table["task"]) == {"sst2"}
+    assert list(table.columns) == COLUMNS and set(table["task"]) == {"sst2", "cola"}  # cola: not run
+    assert set(table.loc[table["task"] == "cola", "claim_holds"]) == {"not run"}
     assert set(table["verdict"]) <= set(VERDICTS)
     pissa = table[table["method_b"].eq("lora") & table["method_a"].eq("pissa")]
     assert len(pissa) == 2 and set(pissa["n_seeds"]) <= {0, 2}  # final metric and convergence
