@@ -102,7 +102,16 @@ for stage in $STAGES; do
           --threads "$THREADS" --no-figures
       done
       python -m lowrank_lab.finetune --task sst2 --out "$SST2_OUT" --data-dir "$DATA" --forgetting stsb \
-        --threads "$THREADS" --no-progress ;;
+        --threads "$THREADS" --no-progress
+      # intruder mitigation on the LoRA runs (issue 32): PEFT's lambda 0.75 decides, the others trace the
+      # trade-off; each run scored at each lambda on its task and on the STS-B forgetting measure
+      for run in "$SST2_OUT"/runs/{lora-r1,lora-r8}-seed{0,1,2,3,4}; do
+        name=$(basename "$run")
+        [ -f "$SST2_OUT/mitigation/$name/mitigation.csv" ] && continue
+        [ -d "$run/merged" ] || { echo "skip $name: no merged/ weights" >&2; continue; }
+        python -m lowrank_lab.intruders --base minilm --tuned "$run" --mitigate 0,0.25,0.5,0.75 \
+          --data-dir "$DATA" --out "$SST2_OUT/mitigation/$name" --threads "$THREADS" --no-figures
+      done ;;
     sst2-variants)  # block 5: the init variants against LoRA, three rates around LoRA's chosen one
       head_lr=$(chosen_lr "$SST2_OUT" head 8)
       lora_lr=$(chosen_lr "$SST2_OUT" lora 8)

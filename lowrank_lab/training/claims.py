@@ -228,6 +228,22 @@ FORGETTING_CLAIM = Claim(
 )
 
 
+#: Intruder mitigation (Shuttleworth et al. 2024; PEFT 0.22 reduce_intruder_dimension) judged on the
+#: study's own LoRA runs at PEFT's default λ = 0.75, fixed before the runs: two rows, read from the
+#: runs' ``mitigation/<run>/mitigation.csv`` (``python -m lowrank_lab.intruders --mitigate``), each
+#: pairing a run's mitigated weights with the same run unmitigated (λ = 1), seed by seed.
+MITIGATION_LAMBDA = 0.75
+MITIGATION_CLAIMS = (
+    Claim("mitigation-forgets-less", f"Intruder mitigation (λ = {MITIGATION_LAMBDA:g}) reduces forgetting",
+          INTRUDERS, "intruders", f"mitigated λ={MITIGATION_LAMBDA:g}", "unmitigated", measure="forgetting",
+          tasks=("sst2",)),
+    Claim("mitigation-keeps-task",
+          f"Intruder mitigation (λ = {MITIGATION_LAMBDA:g}) keeps the task metric within δ",
+          INTRUDERS, "intruders", f"mitigated λ={MITIGATION_LAMBDA:g}", "unmitigated",
+          kind="non-inferiority", tasks=("sst2",)),
+)  # fmt: skip
+
+
 def measure_for(claim: Claim, spec: TaskSpec) -> Measure:
     """The :class:`~.stats.Measure` a claim reads on ``spec``'s task."""
     if claim.measure == "final":
@@ -537,6 +553,7 @@ def claim_rows(
     baselines: Mapping[str, Any] | None = None,
     intruders: Mapping[str, float] | None = None,
     forgetting: Mapping[str, float] | None = None,
+    mitigation: Any = None,
     study_gate: tuple[bool, str] | None = None,
     tuning: Mapping[str, str] | None = None,
     untuned: Mapping[str, Any] | None = None,
@@ -631,14 +648,72 @@ def claim_rows(
                 else (None if task_ok else (task_reason, scale)),
             )
         )
+    if spec.name in (MITIGATION_CLAIMS[0].tasks or ()):
+        gate_failed = (
+            (contaminated, "not testable: base trained on this kind of data")
+            if contaminated
+            else (None if task_ok else (task_reason, scale))
+        )
+        rows += mitigation_rows(spec, mitigation, gate_failed)
     return decide_rows(rows) if decided else rows
+
+
+def mitigation_rows(spec: TaskSpec, frame: Any, gate_failed: tuple[str, str] | None) -> list[dict[str, Any]]:
+    """The two :data:`MITIGATION_CLAIMS` rows from a study's mitigation tables (the frame of
+    :func:`lowrank_lab.analysis.intruder_tables.collect_mitigation`; None or empty: "not run"), at the
+    lowest adapter rank the tables hold (the intruders of low ranks are what mitigation removes)."""
+    out = []
+    for claim in MITIGATION_CLAIMS:
+        measure = measure_for(claim, spec)
+        row = _base_row(spec, claim, measure)
+        if frame is None or len(frame) == 0:
+            where = "mitigation/<run>/mitigation.csv (python -m lowrank_lab.intruders --mitigate)"
+            out.append(_not_testable(row, f"not run on {spec.name}: no {where}", "not run"))
+            continue
+        rank = int(frame["rank"].min())
+        sub = frame[frame["rank"] == rank]
+        column = "forgetting" if claim.measure == "forgetting" else "task_metric"
+        at, ref = (
+            {int(r.seed): float(getattr(r, column)) for r in sub[sub["lambda"] == lam].itertuples()}
+            for lam in (MITIGATION_LAMBDA, 1.0)
+        )
+        seeds = sorted(s for s in set(at) & set(ref) if math.isfinite(at[s]) and math.isfinite(ref[s]))
+        label = f"lora@{rank}"
+        row.update(method_a=f"{label} λ={MITIGATION_LAMBDA:g}", method_b=label, n_seeds=len(seeds))
+        row["runs"] = "; ".join(f"mitigation/{r}" for r in sorted(set(sub["run"])))
+        if seeds:
+            p = paired([measure.signed(at[s]) for s in seeds], [measure.signed(ref[s]) for s in seeds])
+            row.update(mean_a=sum(at[s] for s in seeds) / len(seeds),
+                       mean_b=sum(ref[s] for s in seeds) / len(seeds),
+                       effect=p.mean, ci_low=p.ci_low, ci_high=p.ci_high)  # fmt: skip
+        if gate_failed:
+            out.append(_not_testable(row, *gate_failed))
+            continue
+        if len(seeds) < 2:
+            why = f"{len(seeds)} seed(s) of {label} with λ = {MITIGATION_LAMBDA:g} and λ = 1 rows; at least 2"
+            out.append(_not_testable(row, why, "not testable: too few seeds"))
+            continue
+        why = f"each run's mitigated weights against the same run unmitigated, {label}"
+        row.update(gate="pass", gate_reason=why, family=claim.family)
+        row["test"] = "none (zero variance)" if p.zero_variance else "paired t"
+        row["p1"], row["p2"] = hypotheses(claim.kind, p, measure.min_effect)
+        out.append(row)
+    return out
+
+
+def read_mitigation(out: str | Path) -> Any:
+    """The study's mitigation tables (``out/mitigation/<run>/mitigation.csv``) as one frame, or None."""
+    from lowrank_lab.analysis.intruder_tables import collect_mitigation
+
+    paths = sorted(Path(out).glob("mitigation/*/mitigation.csv"))
+    return collect_mitigation(paths) if paths else None
 
 
 def missing_task_rows(tasks: Iterable[str]) -> list[dict[str, Any]]:
     """ "not run" rows of the claims that name a task none of the studies covers."""
     have = set(tasks)
     rows = []
-    for claim in (*CLAIMS, FORGETTING_CLAIM):
+    for claim in (*CLAIMS, FORGETTING_CLAIM, *MITIGATION_CLAIMS):
         for task in claim.tasks or ():
             if task in have:
                 continue
@@ -838,6 +913,7 @@ def study_claims(
         baselines=baselines,
         intruders=intruder_counts_by_run(out),
         forgetting=forgetting or None,
+        mitigation=read_mitigation(out),
         # a study that trained seeds is gated on dev; one that stopped at selection here
         study_gate=selection_gate(out, baselines) if spec.kind == "causal-lm" and not records else None,
         tuning=tuning_notes(out, records),

@@ -77,7 +77,8 @@ def _row(rows, key, task=None):
 def test_rows_have_every_column_and_one_row_per_applicable_claim():
     rows = claim_rows(SST2, _study(**BASE, pissa=0.90), baselines=BASELINES)
     assert all(set(r) == set(COLUMNS) for r in rows)
-    assert len(rows) == sum(c.tasks is None or "sst2" in c.tasks for c in CLAIMS)
+    # the paired claims, then the two mitigation rows (not run here: no mitigation tables)
+    assert len(rows) == sum(c.tasks is None or "sst2" in c.tasks for c in CLAIMS) + 2
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
     gsm = claim_rows(GSM8K, [], baselines={"bigram": 3.0})
     assert not any("intruder" in r["claim"] for r in gsm)  # intruder claims are SST-2's
@@ -487,3 +488,46 @@ def test_untuned_reference_is_read_from_its_file_and_classification_measures_non
     assert read_untuned(tmp_path) == {}
     assert needs_untuned("regression") and needs_untuned("causal-lm") and not needs_untuned("classification")
     assert measure_untuned(_study(**BASE), tmp_path) is None  # SST-2: no model is loaded
+
+
+def _mitigation_frame(n=5, reduction=0.01, cost=0.002):
+    rows = []
+    for s in range(n):
+        base = 0.05 + 0.001 * s
+        wobble = 0.001 * (s % 2)
+        for lam, f, m in ((1.0, base, 0.84), (0.75, base - reduction - wobble, 0.84 - cost - wobble)):
+            rows.append({"run": f"lora-r1-seed{s}", "method": "lora", "rank": 1, "seed": s, "lambda": lam,
+                         "task_metric": m, "forgetting": f})
+        rows.append({"run": f"lora-r1-seed{s}", "method": "lora", "rank": 1, "seed": s, "lambda": 0.0,
+                     "task_metric": 0.5, "forgetting": 0.0})  # another lambda: not read by the claim
+    return pd.DataFrame(rows)
+
+
+def test_mitigation_claims_pair_each_run_with_itself_at_pefts_lambda():
+    from lowrank_lab.training.claims import MITIGATION_CLAIMS, mitigation_rows
+
+    assert {c.key for c in MITIGATION_CLAIMS} == {"mitigation-forgets-less", "mitigation-keeps-task"}
+    forgets, keeps = mitigation_rows(SST2, _mitigation_frame(reduction=0.03), None)
+    # forgetting falls by 0.03 or 0.031: positive in the claim's direction (a smaller drop is better)
+    assert forgets["n_seeds"] == 5
+    assert (forgets["method_a"], forgets["method_b"]) == ("lora@1 λ=0.75", "lora@1")
+    assert forgets["effect"] == pytest.approx(0.0304) and forgets["ci_low"] > 0.02
+    # the task metric falls by 0.002-0.003, inside the accuracy delta of 0.01: non-inferior
+    assert keeps["kind"] == "non-inferiority" and keeps["effect"] == pytest.approx(-0.0024)
+    assert keeps["ci_low"] > -0.01 and keeps["gate"] == "pass"
+    decided = decide_rows([forgets, keeps])
+    assert [r["verdict"] for r in decided] == ["confirmed", "confirmed"]
+    # a reduction of 0.0104, inside the forgetting delta of 0.02, is not the claimed effect
+    small = decide_rows(mitigation_rows(SST2, _mitigation_frame(reduction=0.01), None))
+    assert small[0]["verdict"] == "equivalent"
+
+
+def test_mitigation_claims_without_tables_are_not_run_and_follow_the_task_gate():
+    from lowrank_lab.training.claims import mitigation_rows
+
+    none = mitigation_rows(SST2, None, None)
+    assert {r["claim_holds"] for r in none} == {"not run"} and "--mitigate" in none[0]["gate_reason"]
+    gated = mitigation_rows(SST2, _mitigation_frame(), ("the gate failed", "not testable: gate"))
+    assert {r["verdict"] for r in gated} == {"not testable"} and gated[0]["effect"] == pytest.approx(0.0104)
+    few = mitigation_rows(SST2, _mitigation_frame(n=1), None)
+    assert {r["claim_holds"] for r in few} == {"not testable: too few seeds"}
