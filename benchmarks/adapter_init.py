@@ -643,7 +643,12 @@ def paired_main(args: argparse.Namespace, argv: list[str]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path = out.with_suffix(".csv")
     rows, skipped = [], {}
+    if args.resume and csv_path.is_file():  # methods measured by an earlier invocation keep their pairs
+        rows = pd.read_csv(csv_path).to_dict("records")
+        print(f"resuming: {sorted({r['method'] for r in rows})} kept from {csv_path}", flush=True)
     for method in methods:
+        if any(r["method"] == method for r in rows):
+            continue
         why = peft_unavailable(method)
         if why:
             skipped[method] = why
@@ -652,7 +657,14 @@ def paired_main(args: argparse.Namespace, argv: list[str]) -> int:
         # warm-up of each side, untimed in the result: first-call costs, caches; PEFT's EVA forward count
         w_ours, _ = time_ours(fresh, targets, batches, method, args.minilm_rank)
         w_peft, peft_fw = time_peft(fresh, targets, batches, method, args.minilm_rank)
-        pairs = args.pairs_fast if w_ours + w_peft < args.fast_below else args.pairs
+        warm = w_ours + w_peft
+        pairs = (
+            args.pairs_fast
+            if warm < args.fast_below
+            else args.pairs_slow
+            if warm > args.slow_above
+            else args.pairs
+        )
         arms = ["ours", "peft"] + (["ours_eq"] if method == "eva" else [])
         for i in range(pairs):
             order = arms if i % 2 == 0 else arms[::-1]
@@ -691,7 +703,8 @@ def paired_main(args: argparse.Namespace, argv: list[str]) -> int:
         f"git {meta.get('git_commit')}  ",
         f"Load (1-min average; a shared machine): {load_start:.1f} at the start, "
         + (f"{min(loads):.1f}–{max(loads):.1f} over the pairs, " if loads else "")
-        + f"{os.getloadavg()[0]:.1f} at the end; wall {time.perf_counter() - t_start:.0f} s.",
+        + f"{os.getloadavg()[0]:.1f} at the end; wall {time.perf_counter() - t_start:.0f} s"
+        + (" (this invocation; rows kept by --resume were measured before it)." if args.resume else "."),
         "",
         "Model: the SST-2 classifier on all-MiniLM-L6-v2 (seed 0 head, eval mode), "
         f"its {len(targets)} linear maps, rank {args.minilm_rank}, alpha = r; calibration (where the init "
@@ -705,7 +718,8 @@ def paired_main(args: argparse.Namespace, argv: list[str]) -> int:
         "pairs, fewer are refused); `verdict` (`ratio_verdict`): **met** only when its upper bound is at "
         f"most {TARGET_PAIRED:g}, **missed** when its lower bound is above, else **not established**; no "
         f"fallback to the median. Inits whose warm-up pair took under {args.fast_below:g} s get "
-        f"{args.pairs_fast} pairs, the rest {args.pairs}. `*_forwards`: model forwards each side made "
+        f"{args.pairs_fast} pairs, over {args.slow_above:g} s {args.pairs_slow}, the rest {args.pairs}. "
+        "`*_forwards`: model forwards each side made "
         "(PEFT's counted through `initialize_lora_eva_weights`' `forward_fn`), `peft_passes` = "
         f"peft_forwards / {len(batches)}.",
         "",
@@ -776,7 +790,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"markdown report (default {DEFAULT_OUT})"
     )
-    parser.add_argument("--resume", action="store_true", help="keep rows already in the CSV beside --out")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep rows already in the CSV beside --out (--paired: methods with pairs there are not rerun)",
+    )
     parser.add_argument(
         "--peers",
         default=None,
@@ -822,6 +840,18 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=2.0,
         help="--paired: warm-up pair seconds below which --pairs-fast applies (default 2)",
+    )
+    parser.add_argument(
+        "--pairs-slow",
+        type=_at_least_min_pairs,
+        default=7,
+        help="--paired: pairs for an init whose warm-up pair took over --slow-above seconds (default 7)",
+    )
+    parser.add_argument(
+        "--slow-above",
+        type=float,
+        default=60.0,
+        help="--paired: warm-up pair seconds above which --pairs-slow applies (default 60)",
     )
     parser.add_argument(
         "--calibration-samples",
