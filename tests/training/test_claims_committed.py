@@ -90,6 +90,8 @@ def _value(r: dict, metric: str, intruders: dict[str, float]) -> float | None:
 
 def _paired(d: np.ndarray) -> tuple[float, float, float, bool]:
     mean = float(d.mean())
+    if len(d) < 2:  # one seed: no interval (the library writes it as -inf to inf)
+        return mean, -math.inf, math.inf, False
     if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
         return mean, mean, mean, True
     ci = sps.ttest_1samp(d, 0.0).confidence_interval(0.95)
@@ -194,8 +196,16 @@ def test_every_committed_row_is_recomputed_from_the_runs_files_by_the_stated_rul
             zero = False
         else:
             intr = _intruders(row.task) if row.metric == "intruders" else {}
-            a = {s: _value(r, row.metric, intr) for s, r in runs[row.method_a].items() if _usable(r)}
-            b = {s: _value(r, row.metric, intr) for s, r in runs[row.method_b].items() if _usable(r)}
+            if " λ=" in row.method_a:  # intruder mitigation: a run at λ against itself at λ = 1
+                lam = float(row.method_a.split("λ=")[1])
+                mit = pd.concat([pd.read_csv(p) for p in sorted(study.glob("mitigation/*/mitigation.csv"))])
+                mit = mit[mit["rank"] == mit["rank"].min()]
+                col = "forgetting" if row.metric == "forgetting" else "task_metric"
+                a, b = ({int(r.seed): float(getattr(r, col)) for r in mit[mit["lambda"] == x].itertuples()}
+                        for x in (lam, 1.0))  # fmt: skip
+            else:
+                a = {s: _value(r, row.metric, intr) for s, r in runs[row.method_a].items() if _usable(r)}
+                b = {s: _value(r, row.metric, intr) for s, r in runs[row.method_b].items() if _usable(r)}
             seeds = sorted(s for s in set(a) & set(b) if a[s] is not None and b[s] is not None)
             assert row.n_seeds == len(seeds), row.claim
             sign = 1.0 if higher else -1.0
