@@ -669,14 +669,29 @@ def _top_eigh(C: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     ``syevd``, without forming the other n − r eigenvectors; the pairs agree with ``syevd``'s to
     rounding (issue 32: EVA's 24 full eigendecompositions were 6.9 s of its 8.8 s on MiniLM).
     Elsewhere ``torch.linalg.eigh`` (a GPU solver has no subset driver in torch).
+
+    scipy's OpenBLAS runs on one thread here (threadpoolctl, when installed): its own thread pool
+    beside torch's fought for a loaded 2-core machine — 3.5–8.7 s for MiniLM's 24 covariances with
+    two threads against 0.9–1.3 s with one, measured back to back.
     """
+    import contextlib
+
     n = C.shape[0]
     if C.device.type != "cpu":
         evals, evecs = torch.linalg.eigh(C)
         return evals[n - rank :], evecs[:, n - rank :]
     import scipy.linalg
 
-    w, V = scipy.linalg.eigh(C.numpy(), subset_by_index=[n - rank, n - 1], driver="evr", check_finite=False)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn's dependency, not this package's
+        one_thread = contextlib.nullcontext()
+    else:
+        one_thread = threadpool_limits(limits=1, user_api="blas")
+    with one_thread:
+        w, V = scipy.linalg.eigh(
+            C.numpy(), subset_by_index=[n - rank, n - 1], driver="evr", check_finite=False
+        )
     return torch.from_numpy(w), torch.from_numpy(V)
 
 
