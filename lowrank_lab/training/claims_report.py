@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ def run(
     folder = Path(config.out if out is None else out)
     folder.mkdir(parents=True, exist_ok=True)
     write_frame(frame, folder / "claims.csv")
-    command = f"{PROG} " + " ".join(argv)
+    command = shlex.join([*PROG.split(), *argv])  # replayable when a path holds a space (issue 31)
     atomic_write_text(folder / "claims.md", render(frame, studies, command))
     if config.readme:  # from the file just written, as the README test reads it
         path = Path(config.readme)

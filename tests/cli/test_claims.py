@@ -44,3 +44,15 @@ def test_claims_over_written_run_records(tmp_path, capsys):
     assert len(pissa) == 2 and set(pissa["n_seeds"]) == {5}  # final metric and convergence, 5 seeds each
     assert (tmp_path / "r" / "claims.md").read_text().startswith("# Claims at this scale")
     assert "wrote" in capsys.readouterr().out
+
+
+def test_the_recorded_command_is_shell_quoted_and_replays(tmp_path):
+    import shlex
+
+    study = tmp_path / "a study"  # a space in the path
+    _write_study(study)
+    assert main(["--studies", str(study), "--out", str(tmp_path / "r")]) == 0
+    lines = (tmp_path / "r" / "claims.md").read_text().splitlines()
+    line = next(s for s in lines if s.startswith("- Command:"))
+    command = line.split("`")[1]
+    assert shlex.split(command)[:5] == ["python", "-m", "lowrank_lab.claims", "--studies", str(study)]
