@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lowrank_lab.utils.cli import guarded_main, positive, seed, unit_interval
+from lowrank_lab.utils.files import read_text
 
 if TYPE_CHECKING:  # the analysis modules load torch: imported where used, so --help stays fast
     from lowrank_lab.analysis.tuned import MatrixPair, TunedWeights
@@ -641,7 +642,7 @@ def _run_json(tuned) -> tuple[Path | None, dict | None]:
     if not path.is_file():
         return run_dir, None
     try:
-        return run_dir, json.loads(path.read_text())
+        return run_dir, json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); is this a fine-tuning run folder?") from None
 

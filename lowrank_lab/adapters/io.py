@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lowrank_lab import __version__
-from lowrank_lab.utils.files import atomic_path, atomic_write_text
+from lowrank_lab.utils.files import TextDecodeError, atomic_path, atomic_write_text, read_text
 
 from .inject import FULL_TARGETS_ATTR, InjectedModule, InjectionReport, lowrank_modules, trainable_parameters
 from .layer import LowRankLinear, is_adaptable, is_conv1d, weight_matrix
@@ -153,7 +153,7 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
             "(write one with save_adapter; PEFT directories load with peft.PeftModel.from_pretrained)"
         )
     try:
-        config = json.loads(cfg_file.read_text())
+        config = json.loads(read_text(cfg_file))
     except json.JSONDecodeError as exc:
         raise AdapterFileError(f"{cfg_file} is not valid JSON: {exc}") from None
     if config.get("format") != FORMAT:
@@ -445,8 +445,8 @@ def read_peft_lora(path: str | Path) -> tuple[dict[str, LoraDelta], dict]:
             "as written by save_pretrained)"
         )
     try:
-        config = json.loads((path / PEFT_CONFIG).read_text())
-    except UnicodeDecodeError as exc:
+        config = json.loads(read_text(path / PEFT_CONFIG))
+    except (UnicodeDecodeError, TextDecodeError) as exc:
         raise AdapterFormatError(f"{path / PEFT_CONFIG} is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise AdapterFormatError(f"{path / PEFT_CONFIG} is not valid JSON: {exc}") from None

@@ -32,7 +32,7 @@ from lowrank_lab.training.config import RunConfig
 from lowrank_lab.training.loop import CALIBRATION_SAMPLES
 from lowrank_lab.utils import options
 from lowrank_lab.utils.cli import csv_list, positive
-from lowrank_lab.utils.files import atomic_path, atomic_write_text, write_frame
+from lowrank_lab.utils.files import atomic_path, atomic_write_text, read_text, write_frame
 from lowrank_lab.utils.options import option
 
 PROG = "python -m lowrank_lab.diagnose"
@@ -363,7 +363,7 @@ def summary_only(config: DiagnoseConfig, argv: Sequence[str]) -> Path:
             config, rank=int(diag["rank"].iloc[0]), optimizer=str(diag["optimizer"].iloc[0])
         )
     if (out / "run.json").is_file():  # the summary names the command that measured, not this one
-        argv = json.loads((out / "run.json").read_text()).get("argv", ["-m", "lowrank_lab.diagnose"])[2:]
+        argv = json.loads(read_text(out / "run.json")).get("argv", ["-m", "lowrank_lab.diagnose"])[2:]
     report(out, config, diag, angles, config.task, argv)
     return out
 

@@ -30,6 +30,7 @@ from lowrank_lab.adapters.io import (
     read_peft_lora,
 )
 from lowrank_lab.analysis.intruders import find_intruders
+from lowrank_lab.utils.files import read_text
 from lowrank_lab.weights.llama2c import Llama2cAsHF, hf_layout
 
 
@@ -128,7 +129,7 @@ def _toolkit_weights(adapter: Path, base: str | Path) -> tuple[dict, dict]:
             f"lowrank_lab adapter {str(adapter)!r} is missing {' and '.join(missing)} "
             "(save_adapter writes both)"
         )
-    config = json.loads((adapter / CONFIG_NAME).read_text())
+    config = json.loads(read_text(adapter / CONFIG_NAME))
     errors = []
     for head in ("base", "sequence-classification", "causal-lm"):
         try:

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from lowrank_lab.utils.files import read_text
+
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_META = "checkpoint.json"
 SCHEMA = "lowrank_lab.finetune.checkpoint/1"
@@ -76,7 +78,7 @@ def read_checkpoint_meta(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file() or not (Path(run_dir) / CHECKPOINT).is_file():
         return None
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(read_text(path))
     except json.JSONDecodeError:
         return None
     return meta if meta.get("schema") == SCHEMA else None

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lowrank_lab.utils.files import read_text
+
 from .config import HEAD_ONLY, RunConfig, method_label
 from .record import RunRecord, method_labeller, study_rank, study_records
 from .stats import (
@@ -338,7 +340,7 @@ def read_baselines(out: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except json.JSONDecodeError:
         return {}
 

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowrank_lab.utils.files import read_text
+
 from .tasks import TaskSpec
 
 #: Parameter-name prefixes of a freshly initialised task head that trains with every method
@@ -154,7 +156,7 @@ def sentence_transformers_pooling(directory: str | Path) -> str | None:
     modules = directory / "modules.json"
     if modules.is_file():
         try:
-            for module in json.loads(modules.read_text()):
+            for module in json.loads(read_text(modules)):
                 if str(module.get("type", "")).endswith("Pooling"):
                     pooling_dir = directory / str(module.get("path", "1_Pooling"))
         except (json.JSONDecodeError, AttributeError, TypeError) as exc:
@@ -163,7 +165,7 @@ def sentence_transformers_pooling(directory: str | Path) -> str | None:
     if not config.is_file():
         return None
     try:
-        flags = json.loads(config.read_text())
+        flags = json.loads(read_text(config))
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{config} is not valid JSON ({exc}); fix it or pass --pooling") from exc
     chosen = [name for flag, name in _ST_FLAGS.items() if flags.get(flag)]

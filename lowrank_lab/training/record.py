@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lowrank_lab.utils.files import atomic_write_text
+from lowrank_lab.utils.files import atomic_write_text, read_text
 
 from .config import RunConfig, common_rank, method_label
 
@@ -220,7 +220,7 @@ class RunRecord:
         if not path.is_file():
             return None
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            return cls.from_dict(json.loads(read_text(path)))
         except (ValueError, TypeError, KeyError, AttributeError):  # JSONDecodeError is a ValueError
             return None
 

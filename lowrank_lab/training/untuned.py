@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lowrank_lab.utils.files import atomic_write_text
+from lowrank_lab.utils.files import atomic_write_text, read_text
 
 from .record import RunRecord
 from .tasks import get_task
@@ -37,7 +37,7 @@ def read_untuned(out: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except json.JSONDecodeError:
         return {}
 

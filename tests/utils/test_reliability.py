@@ -451,3 +451,18 @@ def test_offline_advice_names_hf_auth_login_not_huggingface_cli():
     message = str(info.value)
     assert "gated models need `hf auth login` first" in message
     assert "hf download acme/gated-not-there" in message and "huggingface-cli" not in message
+
+
+def test_json_files_written_with_a_byte_order_mark_are_read(tmp_path):
+    # issue 31, 8.5: every JSON reader drops a leading byte-order mark, as the TSV and config readers do
+    import codecs
+    import json
+
+    from lowrank_lab.training.config import RunConfig
+    from lowrank_lab.training.record import RunRecord
+
+    rec = RunRecord(config=RunConfig(task="sst2", method="lora"), status="finished", final_metric=0.8)
+    path = tmp_path / "run.json"
+    path.write_bytes(codecs.BOM_UTF8 + json.dumps(rec.to_dict()).encode())
+    back = RunRecord.read(path)
+    assert back is not None and back.final_metric == 0.8 and back.config.method == "lora"
