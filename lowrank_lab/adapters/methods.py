@@ -25,6 +25,7 @@ from torch import nn
 
 from lowrank_lab.linalg import (
     compute_dtype,
+    exact_svd,
     ldu,
     make_generator,
     nystrom_pinv,
@@ -726,7 +727,7 @@ def _corda(
     if key not in st.extra:  # targets reading the same input (q, k, v) share the damped inverse
         st.extra[key] = _damped_inverse(st.covariance().to(device=W.device, dtype=dt), name)
     Cd, Cinv, damp = st.extra[key]
-    U, S, Vh = torch.linalg.svd(W.to(dt) @ Cd, full_matrices=False)
+    U, S, Vh = exact_svd(W.to(dt) @ Cd)  # a wide W·C_d through its transpose (issue 31)
     sl = slice(0, rank) if which == "largest" else slice(S.shape[0] - rank, S.shape[0])
     root = torch.sqrt(S[sl] / scaling)
     A = root[:, None] * (Vh[sl] @ Cinv)

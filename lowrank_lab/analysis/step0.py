@@ -30,6 +30,7 @@ from torch import nn
 from lowrank_lab.adapters import lowrank_modules
 from lowrank_lab.adapters.inject import FULL_TARGETS_ATTR
 from lowrank_lab.adapters.layer import is_conv1d, weight_matrix
+from lowrank_lab.linalg import exact_svd
 
 ADAM_EPS = 1e-8  # torch.optim.AdamW's default, as the fine-tuning loop uses
 
@@ -116,7 +117,7 @@ def first_update(
 
 def top_subspaces(G: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``U_r`` (m, r) and ``V_r`` (n, r): the top-r left and right singular vectors of G (float64)."""
-    U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    U, _, Vh = exact_svd(G.double())  # a wide G through its transpose (issue 31)
     return U[:, :rank], Vh[:rank].T
 
 
