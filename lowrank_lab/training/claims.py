@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lowrank_lab.utils.files import read_text
+from lowrank_lab.utils.files import read_json_or_empty
 
 from .config import HEAD_ONLY, RunConfig, method_label
 from .record import RunRecord, method_labeller, study_rank, study_records
@@ -336,13 +336,8 @@ def intruder_counts_by_run(out: Path) -> dict[str, float]:
 
 
 def read_baselines(out: str | Path) -> dict[str, Any]:
-    path = Path(out) / BASELINES
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError:
-        return {}
+    """The study's ``baselines.json`` ({} when there is none or it is not JSON)."""
+    return read_json_or_empty(Path(out) / BASELINES)
 
 
 def reference_levels(baselines: Mapping[str, Any], split: str = "dev") -> dict[str, float]:

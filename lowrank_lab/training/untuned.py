@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lowrank_lab.utils.files import atomic_write_text, read_text
+from lowrank_lab.utils.files import atomic_write_text, read_json_or_empty
 
 from .record import RunRecord
 from .tasks import get_task
@@ -33,13 +33,7 @@ UNTUNED = "untuned.json"
 
 def read_untuned(out: str | Path) -> dict[str, Any]:
     """The study's ``untuned.json`` ({} when there is none or it is not JSON)."""
-    path = Path(out) / UNTUNED
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError:
-        return {}
+    return read_json_or_empty(Path(out) / UNTUNED)
 
 
 def needs_untuned(task_kind: str) -> bool:

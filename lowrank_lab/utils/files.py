@@ -268,6 +268,20 @@ def read_text(path: str | Path) -> str:
     return decode_text(Path(path).read_bytes(), path)
 
 
+def read_json_or_empty(path: str | Path) -> dict:
+    """The JSON object in ``path`` as :func:`read_text` reads it, or ``{}`` when the file is missing
+    or not JSON (optional side files of a study: baselines.json, untuned.json)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError:
+        return {}
+
+
 def read_text_nofollow(path: str | Path, option: str = "--out") -> str:
     """The text of ``path`` (:func:`decode_text`), refusing a symbolic link (a resumed file is read
     before it is changed)."""
