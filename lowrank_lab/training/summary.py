@@ -99,15 +99,11 @@ def late_slope(rec: RunRecord, spec: TaskSpec, k: int = RISING_EVALS) -> Slope |
         return None
     sign = 1.0 if spec.higher_is_better else -1.0
     xs = [x / 1000.0 for x, _ in pts]
-    ys = [sign * y for _, y in pts]
-    n = len(pts)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
+    if len(set(xs)) < 2:
         return None
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-    resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True))
-    half = float(st.t.ppf(0.975, n - 2)) * math.sqrt(resid / (n - 2) / sxx)
+    n = len(pts)
+    fit = st.linregress(xs, [sign * y for _, y in pts])  # least squares, with the slope's standard error
+    b, half = float(fit.slope), float(st.t.ppf(0.975, n - 2)) * float(fit.stderr)
     return Slope(per_1k_steps=b, low=b - half, high=b + half, n=n)
 
 
