@@ -13,6 +13,7 @@
 #         STUDY_STAGE=sst2-ref ...                                # block 1: SST-2 gate and references
 #         STUDY_STAGE=sst2-capacity ...                           # block 2: the capacity claims
 #         STUDY_STAGE=cola ...                                    # block 3: CoLA, every method
+#           (cola-ref, cola-capacity, cola-variants, cola-frontier: its four parts, in that order)
 #         STUDY_STAGE=intruders ...                               # block 4: LoRA r = 1, 64 and counts
 #         STUDY_STAGE=sst2-variants ...                           # block 5: the init variants
 #         STUDY_STAGE=claims ...                                  # the tables, once runs are done
@@ -73,20 +74,33 @@ for stage in $STAGES; do
         python -m lowrank_lab.finetune "${SST2[@]}" --methods "$m" --rank "$r" --head-lr "$head_lr" \
           "${SELECT[@]}" --lr-grid "$m=$(around "$centre")" --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}"
       done ;;
-    cola)  # block 3: every method at r = 8, then the claim configurations, then the capacity frontier
-      python -m lowrank_lab.finetune "${COLA[@]}" --methods lora,full,head,pissa,milora,nlora,slora,lora-sb \
-        --rank 8 "${SELECT[@]}" --lr-grid head=3e-3,1e-2,3e-2 --lr-grid lora=1.2e-4,4e-4,1.2e-3 \
-        --lr-grid full=2e-5,6e-5,2e-4 --lr-grid core=1.2e-3,4e-3,1.2e-2 --seeds "$SEEDS" --out "$COLA_OUT" \
-        "${PLATEAU[@]}"
+    cola-ref)  # block 3a: the CoLA gate and references (head rate first, LoRA r = 8, full fine-tuning)
+      python -m lowrank_lab.finetune "${COLA[@]}" --methods lora,full,head --rank 8 "${SELECT[@]}" \
+        --lr-grid head=3e-3,1e-2,3e-2 --lr-grid lora=1.2e-4,4e-4,1.2e-3 --lr-grid full=2e-5,6e-5,2e-4 \
+        --seeds "$SEEDS" --out "$COLA_OUT" "${PLATEAU[@]}" ;;
+    cola-capacity)  # block 3b: the three "far fewer parameters" configurations at the head rate of 3a
       head_lr=$(chosen_lr "$COLA_OUT" head 8)
-      for cfg in "${CAPACITY[@]}" "lora 1 4e-4" "lora 2 4e-4" "lora 4 4e-4" "lora 16 4e-4" \
+      for cfg in "${CAPACITY[@]}"; do
+        read -r m r centre <<< "$cfg"
+        python -m lowrank_lab.finetune "${COLA[@]}" --methods "$m" --rank "$r" --head-lr "$head_lr" \
+          "${SELECT[@]}" --lr-grid "$m=$(around "$centre")" --seeds "$SEEDS" --out "$COLA_OUT" "${PLATEAU[@]}"
+      done ;;
+    cola-variants)  # block 3c: the init variants at r = 8 against LoRA
+      head_lr=$(chosen_lr "$COLA_OUT" head 8)
+      python -m lowrank_lab.finetune "${COLA[@]}" --methods pissa,milora,nlora,slora,lora-sb --rank 8 \
+        --head-lr "$head_lr" "${SELECT[@]}" --lr-grid core=1.2e-3,4e-3,1.2e-2 \
+        --lr-grid lora=1.2e-4,4e-4,1.2e-3 --seeds "$SEEDS" --out "$COLA_OUT" "${PLATEAU[@]}" ;;
+    cola-frontier)  # block 3d: the capacity frontier, three seeds a point
+      head_lr=$(chosen_lr "$COLA_OUT" head 8)
+      for cfg in "lora 1 4e-4" "lora 2 4e-4" "lora 4 4e-4" "lora 16 4e-4" \
           "lora-xs 4 1.2e-2" "lora-xs 8 1.2e-2" "lora-xs 16 1.2e-2" "lora-xs 64 1.2e-2" \
           "inttune 8 3.6e-2" "inttune 32 3.6e-2" "loldu 8 1.2e-3" "loldu 64 1.2e-3"; do
         read -r m r centre <<< "$cfg"
-        seeds="$SEEDS"; case "$cfg" in "${CAPACITY[0]}"|"${CAPACITY[1]}"|"${CAPACITY[2]}") ;; *) seeds=0,1,2 ;; esac
         python -m lowrank_lab.finetune "${COLA[@]}" --methods "$m" --rank "$r" --head-lr "$head_lr" \
-          "${SELECT[@]}" --lr-grid "$m=$(around "$centre")" --seeds "$seeds" --out "$COLA_OUT" "${PLATEAU[@]}"
+          "${SELECT[@]}" --lr-grid "$m=$(around "$centre")" --seeds 0,1,2 --out "$COLA_OUT" "${PLATEAU[@]}"
       done ;;
+    cola)  # block 3, whole: 3a to 3d in order
+      STUDY_STAGE="cola-ref cola-capacity cola-variants cola-frontier" bash benchmarks/plateau_study.sh ;;
     intruders)  # block 4: LoRA r = 1 and r = 64 (rank-stabilised scaling alpha/sqrt(r) at 64) on SST-2,
       # then the intruder counts (every matrix, the epsilon sweep; epsilon 0.5 decides) and forgetting
       head_lr=$(chosen_lr "$SST2_OUT" head 8)
@@ -125,7 +139,7 @@ for stage in $STAGES; do
           --out "$d" --summary-only
       done
       python -m lowrank_lab.claims --studies "$SST2_OUT" "$COLA_OUT" --out "$OUT" ;;
-    *) echo "unknown stage $stage (probe sst2-ref sst2-capacity cola intruders sst2-variants claims)" >&2
+    *) echo "unknown stage $stage (probe sst2-ref sst2-capacity cola cola-ref cola-capacity cola-variants cola-frontier intruders sst2-variants claims)" >&2
       exit 2 ;;
   esac
 done
