@@ -14,8 +14,10 @@ is taken from PEFT or scikit-learn.
 :func:`option` writes such a field. Metadata keys of a field: ``help`` and ``why`` (required: what
 the option does, why its default), ``flag`` (default ``--`` + the name with ``-`` for ``_``),
 ``type`` (text to value, argparse's ``type=``; a tuple-valued field's type returns the whole tuple
-unless ``nargs`` is given), ``choices``, ``metavar``, ``nargs`` and ``shown`` (the default as the
-help names it, when its ``repr`` would not say it). A ``bool`` field defaulting to False is a
+unless ``nargs`` is given), ``choices``, ``metavar``, ``nargs``, ``shown`` (the default as the
+help names it, when its ``repr`` would not say it) and ``resume`` (False for an option that does not
+change what a run computes, e.g. ``--threads`` or ``--resume`` itself: :func:`check_resume` lets it
+differ). A ``bool`` field defaulting to False is a
 ``store_true`` flag; a field without a default is a required option.
 """
 
@@ -31,7 +33,7 @@ from typing import Any, NoReturn, TypeVar
 C = TypeVar("C")
 
 _ARGPARSE_KEYS = ("type", "choices", "metavar", "nargs")
-_KEYS = frozenset(("flag", "shown", *_ARGPARSE_KEYS))
+_KEYS = frozenset(("flag", "shown", "resume", *_ARGPARSE_KEYS))
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, why: str, **extras: Any) -> Any:
@@ -169,6 +171,38 @@ def describe_differences(changed: dict[str, tuple[Any, Any]], cls: type) -> str:
     """``--rank 8 (stored 16), --seed 1 (stored 0)``: the options of :func:`differences`, by flag."""
     flags = {f.name: flag(f) for f in dataclasses.fields(cls)}
     return ", ".join(f"{flags.get(k, k)} {now} (stored {was})" for k, (was, now) in changed.items())
+
+
+def check_resume(config: Any, run_json: str | Path, *, key: str = "config") -> None:
+    """Refuse to resume into a folder whose ``run.json`` was written with other options.
+
+    ``run_json``'s ``key`` entry (the :func:`to_dict` record a command writes) is compared with
+    ``config`` by :func:`differences`, fields whose metadata says ``resume=False`` left out; any
+    difference raises ValueError naming each option by flag with its stored and current value. A
+    missing ``run.json`` (nothing to resume) passes; one that cannot be read or parsed is refused,
+    named, rather than guessed at.
+    """
+    import json
+
+    from lowrank_lab.utils.files import read_text
+
+    path = Path(run_json)
+    if not path.exists():
+        return
+    try:
+        stored = json.loads(read_text(path))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot resume from {path}: it cannot be read ({exc}); use a new --out") from None
+    record = stored.get(key) if isinstance(stored, dict) else None
+    if not isinstance(record, dict):
+        raise ValueError(f"cannot resume from {path}: it holds no {key!r} record; use a new --out")
+    ignored = {f.name for f in dataclasses.fields(config) if f.metadata.get("resume") is False}
+    changed = {k: v for k, v in differences(config, record).items() if k not in ignored}
+    if changed:
+        raise ValueError(
+            f"cannot resume in {path.parent}: options differ from the stored run "
+            f"({describe_differences(changed, type(config))}); rerun with the stored options or use a new --out"
+        )
 
 
 def to_argv(config: Any) -> list[str]:

@@ -145,3 +145,29 @@ def test_option_writes_the_field_and_refuses_a_misspelt_key():
     assert f.default == 8 and dict(f.metadata) == {"help": "rank", "why": "LoRA's r", "type": int}
     with pytest.raises(TypeError, match="unknown metadata defualt"):
         options.option(8, help="rank", why="r", defualt=4)
+
+
+@dataclass(frozen=True)
+class Resumable:
+    rank: int = options.option(8, help="rank", why="LoRA's")
+    threads: int | None = options.option(None, help="threads", why="torch's", resume=False)
+
+
+def test_check_resume_passes_without_run_json_and_with_same_options(tmp_path):
+    options.check_resume(Resumable(), tmp_path / "run.json")  # nothing stored: nothing to refuse
+    (tmp_path / "run.json").write_text(json.dumps({"config": options.to_dict(Resumable())}))
+    options.check_resume(Resumable(threads=4), tmp_path / "run.json")  # threads do not change results
+
+
+def test_check_resume_refuses_a_changed_option_naming_flag_and_values(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"config": options.to_dict(Resumable())}))
+    with pytest.raises(ValueError, match=r"--rank 16 \(stored 8\)") as err:
+        options.check_resume(Resumable(rank=16), tmp_path / "run.json")
+    assert str(tmp_path) in str(err.value) and "new --out" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"other": 1}'])
+def test_check_resume_refuses_an_unreadable_record_naming_the_file(tmp_path, text):
+    (tmp_path / "run.json").write_text(text)
+    with pytest.raises(ValueError, match="run.json"):
+        options.check_resume(Resumable(), tmp_path / "run.json")
