@@ -17,7 +17,8 @@ with the reason in ``gate_reason``:
   must be beaten on the interval: for each anchor (LoRA at the study's rank, and full fine-tuning on
   GLUE tasks) the lower bound of the 95% t interval of anchor − reference must reach
   :data:`GATE_MARGIN`. References: classification, the head-only control (a probe of the frozen,
-  untuned encoder; paired by seed) and the constant predictor; regression, those and the untuned
+  untuned encoder; paired by seed), the constant predictor and, when ``untuned.json`` holds it, the
+  converged linear probe of the frozen encoder (:func:`.untuned.linear_probe`); regression, those and the untuned
   encoder's own cosine similarity (``untuned.json``, :mod:`.untuned`); language modelling, the
   unigram, the bigram and the untuned model's answer loss, and then the exact-match floor: the
   fine-tuned model's exact match must beat the untuned model's by :data:`EM_FLOOR` (a GSM8K claim is
@@ -463,6 +464,8 @@ def task_gate(
                 "constant predictor": baselines.get("constant_predictor")}  # fmt: skip
         if spec.kind == "regression":
             refs["untuned encoder's cosine similarity"] = untuned.get("metric")
+        elif "probe_C" in untuned:  # the converged linear probe (untuned.linear_probe), when measured
+            refs["linear probe on the untuned encoder"] = untuned.get("metric")
     missing = [name for name, ref in refs.items() if ref is None]
     if missing:
         where = {"untuned model": "untuned.json", "untuned encoder's cosine similarity": "untuned.json"}

@@ -142,6 +142,7 @@ def _ensure_baselines(study: Path, data_dir: str | Path) -> None:
 def _ensure_untuned(study: Path, data_dir: str | Path) -> None:
     """Measure and write ``untuned.json`` of a study whose task has an untuned predictor and that
     lacks it; without the task data the gate says the reference is missing."""
+    from lowrank_lab.training.claims import check_protocol
     from lowrank_lab.training.record import study_records
     from lowrank_lab.training.tasks import get_task
     from lowrank_lab.training.untuned import UNTUNED, measure_untuned, needs_untuned, write_untuned
@@ -151,11 +152,12 @@ def _ensure_untuned(study: Path, data_dir: str | Path) -> None:
     recs = study_records(study)
     if not recs or not needs_untuned(get_task(recs[0].task).kind):
         return
+    check_protocol(recs, study)  # a mixed study is refused before a model is loaded for it
     try:
         value = measure_untuned(recs, data_dir)
-    except FileNotFoundError as exc:
-        print(f"{PROG}: note: {study}: no {UNTUNED} and no task data to measure it ({exc}); its gate "
-              "says so", file=sys.stderr)  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:  # no task data, or a model that cannot be loaded here
+        print(f"{PROG}: note: {study}: no {UNTUNED}, and it cannot be measured here ({exc}); its gate "
+              "goes without the untuned model's own predictor and says so", file=sys.stderr)  # fmt: skip
         return
     if value is not None:
         write_untuned(study, value)

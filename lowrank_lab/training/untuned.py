@@ -3,16 +3,24 @@
 Fine-tuning must beat what the model already does before a claim about fine-tuning methods can be
 tested. What the untuned model does depends on the task:
 
-* classification: a task head on the frozen, untuned encoder, which the study's head-only control
-  runs already are (trained by seed beside the methods); nothing is measured here;
+* classification: a task head on the frozen, untuned encoder. The study's head-only control runs
+  are one such head (trained by seed beside the methods, under the study's own early stopping, which
+  can end a head that learns slowly early); :func:`linear_probe` is the other, fitted to convergence:
+  L2-regularised logistic regression on the frozen encoder's pooled sentence vectors of the whole
+  training split, its strength C and class weighting chosen on the validation split by the task's
+  metric, scored on the examples the runs score. That is the linear-probe protocol of representation
+  studies (Alain & Bengio 2016, arXiv 1610.01644; Conneau et al. 2018's SentEval, arXiv 1803.05449,
+  which also tunes the L2 penalty on a validation split), so the gate asks fine-tuning to beat the
+  best the untuned encoder can do with a linear head, not an early-stopped one;
 * regression on sentence pairs (STS-B): the cosine similarity of the untuned encoder's mean-pooled
   embeddings, scored by Spearman against the gold scores (how all-MiniLM-L6-v2 was trained to be used;
   :func:`~.forgetting.sts_spearman`, the base value of forgetting.csv);
 * language modelling (GSM8K): the untuned model's answer loss on the study's dev examples, and its
   exact match of the final number under greedy generation (:func:`~.generate.exact_match`).
 
-``untuned.json`` in the study folder keeps the result (task, model, split, n, metric, and for
-language modelling answer_loss and exact_match), so the claims table and its recomputation read a
+``untuned.json`` in the study folder keeps the result (task, model, split, n, metric; for
+language modelling answer_loss and exact_match; for classification the probe's chosen C, class
+weighting and validation score), so the claims table and its recomputation read a
 file, not a model. ``python -m lowrank_lab.claims`` writes it when it is missing.
 """
 
@@ -37,9 +45,79 @@ def read_untuned(out: str | Path) -> dict[str, Any]:
 
 
 def needs_untuned(task_kind: str) -> bool:
-    """Whether a task of ``task_kind`` has an untuned reference to measure (classification reads its
-    head-only runs instead)."""
-    return task_kind in ("regression", "causal-lm")
+    """Whether a task of ``task_kind`` has an untuned reference to measure (every kind the study
+    trains: classification, regression, causal-lm)."""
+    return task_kind in ("classification", "regression", "causal-lm")
+
+
+#: The probe's grid (:func:`linear_probe`): SentEval's L2 strengths (1e-2 .. 1e2 by decades, here as
+#: scikit-learn's inverse strength C) crossed with plain and balanced class weights (CoLA is 70%
+#: acceptable, and Matthews correlation rewards the minority class).
+PROBE_C = (0.01, 0.1, 1.0, 10.0, 100.0)
+PROBE_CLASS_WEIGHT = (None, "balanced")
+
+
+def _pooled(model, enc, indices: Sequence[int], batch_size: int = 128):
+    """The pooled sentence vectors (n, hidden) of ``enc``'s examples ``indices``, in their order;
+    batches go by token length so little is padded."""
+    import torch
+
+    order = sorted(range(len(indices)), key=lambda j: enc.length(indices[j]))
+    chunks, where = [], []
+    with torch.no_grad():
+        for lo in range(0, len(order), batch_size):
+            pos = order[lo : lo + batch_size]
+            batch = enc.collate([indices[j] for j in pos])
+            batch.pop("target")
+            chunks.append(model.pool(**batch).float())
+            where += pos
+    feats = torch.cat(chunks)
+    out = torch.empty_like(feats)
+    out[torch.tensor(where)] = feats
+    return out.numpy()
+
+
+def _targets(enc, indices: Sequence[int]):
+    import numpy as np
+
+    return np.array([enc.feature(int(i)).target for i in indices])
+
+
+def linear_probe(model, data, metric: str, eval_indices: Sequence[int]) -> dict[str, Any]:
+    """A logistic-regression probe on the frozen encoder of ``model`` (a pooled classifier), fitted
+    on ``data.train``, its C and class weight (:data:`PROBE_C`, :data:`PROBE_CLASS_WEIGHT`) chosen on
+    ``data.val`` by ``metric`` (ties: the smaller C, then no weighting, so the choice is stable),
+    scored on ``data.dev[eval_indices]``. Features are standardised on the training split (the
+    fit's scale, not the data's, then sets what C means)."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from .metrics import METRICS
+
+    if not hasattr(model, "pool"):
+        raise ValueError("the linear probe needs a pooled model (finetune --pooling mean, cls or max)")
+    if data.val is None:
+        raise ValueError("the linear probe chooses its C on the validation split: the study has none")
+    score = METRICS[metric]
+    model.eval()
+    train_idx, val_idx = list(range(len(data.train))), list(range(len(data.val)))
+    x_tr, y_tr = _pooled(model, data.train, train_idx), _targets(data.train, train_idx)
+    x_va, y_va = _pooled(model, data.val, val_idx), _targets(data.val, val_idx)
+    x_ev, y_ev = _pooled(model, data.dev, eval_indices), _targets(data.dev, eval_indices)
+    scaler = StandardScaler().fit(x_tr)
+    x_tr, x_va, x_ev = scaler.transform(x_tr), scaler.transform(x_va), scaler.transform(x_ev)
+    best = None
+    for weight in PROBE_CLASS_WEIGHT:
+        for c in PROBE_C:
+            fit = LogisticRegression(C=c, class_weight=weight, max_iter=2000).fit(x_tr, y_tr)
+            val = float(score(torch.as_tensor(fit.predict(x_va)), torch.as_tensor(y_va)))
+            if best is None or val > best[0] + 1e-12:
+                best = (val, c, weight, fit)
+    val, c, weight, fit = best
+    metric_value = float(score(torch.as_tensor(fit.predict(x_ev)), torch.as_tensor(y_ev)))
+    return {"metric": metric_value, "probe_C": c, "probe_class_weight": weight or "none",
+            "probe_val_metric": val, "train_n": len(train_idx), "val_n": len(val_idx)}  # fmt: skip
 
 
 def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[str, Any] | None:
@@ -52,6 +130,18 @@ def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[
     if not needs_untuned(spec.kind):
         return None
     out: dict[str, Any] = {"task": spec.name, "model": cfg.model, "split": cfg.eval_set}
+    if spec.kind == "classification":
+        from .batching import eval_subset
+        from .models import load_model
+        from .study import StudyData
+
+        data = StudyData.load(spec, cfg, data_dir)
+        idx = eval_subset(len(data.dev), data.n_eval)
+        probe = linear_probe(load_model(cfg.model, spec, cfg.pooling), data, spec.metric, idx)
+        how = ("logistic regression on the frozen untuned encoder's pooled sentence vectors (standardised), "
+               f"C in {list(PROBE_C)} x class weight none/balanced chosen on the validation split")
+        out.update(n=len(idx), **probe, how=how)
+        return out
     if spec.kind == "regression":
         from lowrank_lab.weights import load_hf_model
 

@@ -178,6 +178,16 @@ def test_gate_needs_the_constant_predictor_and_the_control():
     assert "no head-only (frozen untuned encoder) result" in _row(rows, "pissa>lora")["gate_reason"]
 
 
+def test_the_converged_linear_probe_joins_the_classification_gate_when_measured():
+    recs = _study(**BASE, pissa=0.90)
+    probe = {"metric": 0.95, "probe_C": 1.0, "probe_class_weight": "none"}  # beats every method
+    r = _row(claim_rows(SST2, recs, baselines=BASELINES, untuned=probe), "pissa>lora")
+    assert r["verdict"] == "not testable" and "lora − linear probe on the untuned encoder -0.070" in r["gate_reason"]
+    weak = _row(claim_rows(SST2, recs, baselines=BASELINES, untuned={**probe, "metric": 0.70}), "pissa>lora")
+    assert weak["gate"] == "pass" and "linear probe on the untuned encoder +0.180" in weak["gate_reason"]
+    assert "linear probe" not in _row(claim_rows(SST2, recs, baselines=BASELINES), "pissa>lora")["gate_reason"]
+
+
 def test_untuned_gate_on_a_task_the_base_already_solves_is_not_testable():
     # STS-B-like: the untuned encoder's cosine similarity (0.90) beats fine-tuning (0.88)
     recs = _study("stsb", noisy=("pissa",), head=0.38, lora=0.88, full=0.89, pissa=0.90)
@@ -400,7 +410,8 @@ def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled
     md = (tmp_path / "r" / "claims.md").read_text()
     assert md.startswith("# Claims at this scale") and "## sst2" in md and "Gates:" in md
     assert (study / "baselines.json").is_file()  # written by the study (the CLI makes it when missing)
-    assert not (study / "untuned.json").exists()  # classification: the head-only runs are the reference
+    # classification: without the task data the probe cannot be measured, and the CLI says so
+    assert not (study / "untuned.json").exists()
     assert "wrote" in capsys.readouterr().out
 
 
@@ -478,7 +489,7 @@ def test_readme_section_is_replaced_between_headings_and_a_missing_one_is_refuse
         replace_readme_section("# x\n", "y")
 
 
-def test_untuned_reference_is_read_from_its_file_and_classification_measures_none(tmp_path):
+def test_untuned_reference_is_read_from_its_file_and_every_task_kind_has_one(tmp_path):
     from lowrank_lab.training.untuned import UNTUNED, measure_untuned, needs_untuned, read_untuned
 
     assert read_untuned(tmp_path) == {}
@@ -486,8 +497,9 @@ def test_untuned_reference_is_read_from_its_file_and_classification_measures_non
     assert read_untuned(tmp_path)["metric"] == 0.867
     (tmp_path / UNTUNED).write_text("{not json")
     assert read_untuned(tmp_path) == {}
-    assert needs_untuned("regression") and needs_untuned("causal-lm") and not needs_untuned("classification")
-    assert measure_untuned(_study(**BASE), tmp_path) is None  # SST-2: no model is loaded
+    assert needs_untuned("regression") and needs_untuned("causal-lm") and needs_untuned("classification")
+    with pytest.raises(FileNotFoundError):  # SST-2's probe reads the task data, which tmp_path lacks
+        measure_untuned(_study(**BASE), tmp_path)
 
 
 def _mitigation_frame(n=5, reduction=0.01, cost=0.002):
