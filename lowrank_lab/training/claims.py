@@ -18,8 +18,8 @@ with the reason in ``gate_reason``:
   GLUE tasks) the lower bound of the 95% t interval of anchor − reference must reach
   :data:`GATE_MARGIN`. References: classification, the head-only control (a probe of the frozen,
   untuned encoder; paired by seed), the constant predictor and, when ``untuned.json`` holds it, the
-  converged linear probe of the frozen encoder (:func:`.untuned.linear_probe`); regression, those and the untuned
-  encoder's own cosine similarity (``untuned.json``, :mod:`.untuned`); language modelling, the
+  converged linear probe of the frozen encoder (:func:`.untuned.linear_probe`); regression, those
+  and the untuned encoder's own cosine similarity (``untuned.json``, :mod:`.untuned`); language modelling, the
   unigram, the bigram and the untuned model's answer loss, and then the exact-match floor: the
   fine-tuned model's exact match must beat the untuned model's by :data:`EM_FLOOR` (a GSM8K claim is
   a claim about accuracy; a model that solves no problem cannot test it, whatever its loss does).

@@ -34,6 +34,7 @@ from lowrank_lab.training.claims import (
     missing_task_rows,
     study_claims,
 )
+from lowrank_lab.training.frontier import write_frontier
 from lowrank_lab.training.stats import DECISION_RULE, MEASURES
 from lowrank_lab.training.tasks import DATA_DIR_ENV, default_data_dir
 from lowrank_lab.utils import options
@@ -108,6 +109,8 @@ def run(
     write_frame(frame, folder / "claims.csv")
     command = shlex.join([*PROG.split(), *argv])  # replayable when a path holds a space (issue 31)
     atomic_write_text(folder / "claims.md", render(frame, studies, command))
+    for study in studies:  # the capacity frontier beside the claims it bounds (frontier_<task>.*)
+        write_frontier(study, folder)
     if config.readme:  # from the file just written, as the README test reads it
         path = Path(config.readme)
         section = readme_section(pd.read_csv(folder / "claims.csv"))

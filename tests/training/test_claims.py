@@ -182,10 +182,12 @@ def test_the_converged_linear_probe_joins_the_classification_gate_when_measured(
     recs = _study(**BASE, pissa=0.90)
     probe = {"metric": 0.95, "probe_C": 1.0, "probe_class_weight": "none"}  # beats every method
     r = _row(claim_rows(SST2, recs, baselines=BASELINES, untuned=probe), "pissa>lora")
-    assert r["verdict"] == "not testable" and "lora − linear probe on the untuned encoder -0.070" in r["gate_reason"]
+    assert r["verdict"] == "not testable"
+    assert "lora − linear probe on the untuned encoder -0.070" in r["gate_reason"]
     weak = _row(claim_rows(SST2, recs, baselines=BASELINES, untuned={**probe, "metric": 0.70}), "pissa>lora")
     assert weak["gate"] == "pass" and "linear probe on the untuned encoder +0.180" in weak["gate_reason"]
-    assert "linear probe" not in _row(claim_rows(SST2, recs, baselines=BASELINES), "pissa>lora")["gate_reason"]
+    without = _row(claim_rows(SST2, recs, baselines=BASELINES), "pissa>lora")
+    assert "linear probe" not in without["gate_reason"]
 
 
 def test_untuned_gate_on_a_task_the_base_already_solves_is_not_testable():

@@ -55,7 +55,8 @@ def test_probe_on_separable_features_scores_near_one_and_records_its_choice():
 
 def test_probe_on_label_noise_is_near_chance():
     g = torch.Generator().manual_seed(3)
-    enc = [_Enc(torch.randn(n, 6, generator=g), torch.randint(0, 2, (n,), generator=g)) for n in (400, 200, 600)]
+    sizes = (400, 200, 600)
+    enc = [_Enc(torch.randn(n, 6, generator=g), torch.randint(0, 2, (n,), generator=g)) for n in sizes]
     out = linear_probe(_Pooled(), _Data(*enc), "matthews", list(range(600)))
     assert abs(out["metric"]) < 0.15
 
