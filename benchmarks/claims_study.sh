@@ -60,17 +60,7 @@ else
   mapfile -t STSB_GRID < <(narrow 4e-4)
 fi
 
-chosen_lr() {  # chosen_lr TASK METHOD: the rate the selection of $OUT/TASK chose (selection.csv)
-  python - "$OUT/$1/selection.csv" "$2" <<'EOF'
-import sys
-import pandas as pd
-sel = pd.read_csv(sys.argv[1])
-row = sel[(sel["method"] == sys.argv[2]) & (sel["chosen"] == True)]  # noqa: E712
-if row.empty:
-    sys.exit(f"{sys.argv[1]}: no {sys.argv[2]} rate chosen yet; run its selection first")
-print(float(row["lr"].iloc[0]))
-EOF
-}
+source benchmarks/study_lib.sh  # chosen_lr STUDY_DIR METHOD [RANK]
 grid_past_top() {  # grid_past_top TASK METHOD: the rates its selection tried, plus 3x the top one
   # when the chosen rate is that top (the extensions ran out there)
   python - "$OUT/$1/selection.csv" "$2" <<'EOF'
@@ -92,7 +82,7 @@ for stage in $STAGES; do
         --eval-every 120 --max-length 64 --seeds "$SEEDS" --out "$OUT/sst2" "${COMMON[@]}" "${SST2_GRID[@]}" ;;
     ranks)  # LoRA at r = 1 and 64 for the intruder/forgetting claims, at the head rate chosen above;
       # three rates around the paper's (as the other non-reference runs), extended past an edge
-      head_lr=$(chosen_lr sst2 head)
+      head_lr=$(chosen_lr "$OUT/sst2" head)
       for r in 1 64; do
         python -m lowrank_lab.finetune --task sst2 --methods lora --rank "$r" --steps 600 \
           --eval-every 120 --max-length 64 --seeds "$SEEDS" --head-lr "$head_lr" --out "$OUT/sst2" \
@@ -126,7 +116,7 @@ EOF
         (
           flock 9
           if [ ! -s "$grids" ]; then
-            lora_lr=$(chosen_lr gsm8k lora)
+            lora_lr=$(chosen_lr "$OUT/gsm8k" lora)
             read -r lo mid hi < <(python -c "r=$lora_lr; print(*(float(f'{r*f:.3g}') for f in (0.3, 1, 3)))")
             printf 'lora=%s\npissa=%s,%s,%s\n' "$(grid_past_top gsm8k lora)" "$lo" "$mid" "$hi" > "$grids.tmp"
             mv "$grids.tmp" "$grids"

@@ -42,20 +42,7 @@ SEEDS="${STUDY_SEEDS:-0,1,2,3,4}"
 SST2_OUT="$OUT/sst2"; SST2+=(--eval-set dev+test)
 COLA_OUT="$OUT/cola"
 
-chosen_lr() {  # chosen_lr STUDY_DIR METHOD RANK: the rate its selection chose (selection.csv)
-  python - "$1/selection.csv" "$2" "$3" <<'PY'
-import sys
-import pandas as pd
-sel = pd.read_csv(sys.argv[1])
-row = sel[(sel["method"] == sys.argv[2]) & (sel["rank"] == int(sys.argv[3])) & (sel["chosen"] == True)]  # noqa: E712
-if row.empty:
-    sys.exit(f"{sys.argv[1]}: no {sys.argv[2]} r={sys.argv[3]} rate chosen yet; run its block first")
-print(float(row["lr"].iloc[0]))
-PY
-}
-around() {  # around RATE: the three rates 0.3x, 1x and 3x RATE, as a comma list
-  python -c "r=$1; print(','.join(f'{r*f:.3g}' for f in (0.3, 1, 3)))"
-}
+source benchmarks/study_lib.sh  # chosen_lr STUDY_DIR METHOD [RANK], around RATE
 # The claim configurations of "comparable with far fewer parameters" (reports/README.md, Plateau study):
 # LoLDU at full rank (384 = min(m, n) for every MiniLM matrix), LoRA-XS at 25, IntTune at 128.
 CAPACITY=("loldu 384 1.2e-3" "lora-xs 25 1.2e-2" "inttune 128 3.6e-2")  # method, rank, grid centre
