@@ -201,7 +201,8 @@ def check_resume(config: Any, run_json: str | Path, *, key: str = "config") -> N
     if changed:
         raise ValueError(
             f"cannot resume in {path.parent}: options differ from the stored run "
-            f"({describe_differences(changed, type(config))}); rerun with the stored options or use a new --out"
+            f"({describe_differences(changed, type(config))}); rerun with the stored options or use a "
+            "new --out"
         )
 
 
