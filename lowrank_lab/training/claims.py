@@ -319,19 +319,12 @@ def intruder_counts_by_run(out: Path) -> dict[str, float]:
     --out intruders/<run>`` writes (benchmarks/claims_study.sh): one row per (matrix, side, tuned
     singular vector) with a 0/1 ``intruder`` column.
     """
-    import pandas as pd
+    from lowrank_lab.analysis.intruder_tables import ROWS_FILE, read_intruder_count
 
     counts: dict[str, float] = {}
-    for path in sorted(Path(out).glob("intruders/*/intruders.csv")):
-        try:
-            df = pd.read_csv(path)
-        except (OSError, ValueError):
-            continue
-        if "intruder" not in df.columns:
-            continue
-        if "side" in df.columns:
-            df = df[df["side"] == "left"]
-        counts[path.parent.name] = float(df["intruder"].sum())
+    for path in sorted(Path(out).glob(f"intruders/*/{ROWS_FILE}")):
+        if (count := read_intruder_count(path)) is not None:
+            counts[path.parent.name] = count
     return counts
 
 
