@@ -2,8 +2,8 @@
 
 Each task is one :class:`TaskSpec` in :data:`TASKS` (the CLI, tests and reports use the same
 registry), holding every fact about it once: files, Hub columns, its reader, its metric and LoRA's
-published learning rate for it. :func:`load_examples` turns a data directory, or a :class:`HubDataset` (a Hugging Face
-``datasets`` name, online only), into a list of :class:`Example`.
+published learning rate for it. :func:`load_examples` turns a data directory, or a
+:class:`HubDataset` (a Hugging Face ``datasets`` name, online only), into a list of :class:`Example`.
 
 File formats follow ``../shared/data/MANIFEST.md`` and the GLUE release (Wang et al. 2019,
 arXiv 1804.07461):
