@@ -49,11 +49,15 @@ def _seed_global_rng() -> None:
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """torch on one intra-op thread for a module (``pytestmark = pytest.mark.usefixtures(...)``).
+    """torch on one intra-op thread for a module: the one thread pin of the suite.
 
-    Tests that run tiny models or in-process CLIs make many small ops; with two OpenMP threads the
-    idle one spins between them, and on the shared 2-core machine the training tests took ~6x
-    longer (164 s vs 26 s measured) and a 384x384 SVD 100x. The previous count comes back after.
+    A module asks with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; a whole test
+    folder with an autouse fixture in its conftest.py that requests this one. Tests that run tiny
+    models, small matrices or in-process CLIs make many small ops; with two OpenMP threads the idle
+    one spins between them, and on the shared 2-core machine the training tests took ~6x longer
+    (164 s vs 26 s measured), a 384x384 SVD 100x, a 60x40 SVD 21 ms against 0.9 ms and the MiniLM
+    intruder case 157 s against 6.8 s. The previous count comes back after. (A subprocess gets
+    ``OMP_NUM_THREADS=1`` in its environment instead.)
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)

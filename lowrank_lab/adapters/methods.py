@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lowrank_lab.linalg import (
+    FACTORIZATIONS,
     compute_dtype,
     exact_svd,
     ldu,
@@ -126,6 +127,31 @@ class AdapterMethod:
     def needs_calibration(self) -> bool:
         """The init needs calibration data (gradients or activation statistics)."""
         return self.calibration is not None
+
+    @property
+    def computed_input_subspace(self) -> bool:
+        """A is computed from W or the task data (a factorization or calibration), not drawn at
+        random, so the initial input subspaces of two such inits can be compared: the methods
+        diagnose measures the angles of (issue 17; ``analysis.diagnose.ANGLE_METHODS``)."""
+        return (
+            self.init is not None
+            and "A" not in self.drawn
+            and (self.factorization is not None or self.calibration is not None)
+        )
+
+    @property
+    def base_from_weight_alone(self) -> bool:
+        """The frozen base is a deterministic function of W alone, so quantising it measures the
+        init, not a draw (``analysis.quantization.QUANT_METHODS``): a residual (or base-replacing,
+        LoftQ) init with a non-randomized factorization, no calibration data (CorDA, LoRA-GA,
+        Astra) and no random draws (Init[AB], KaSA's A)."""
+        return (
+            (self.residual or self.replaces_base)
+            and not self.needs_calibration
+            and not self.drawn
+            and self.factorization is not None
+            and not FACTORIZATIONS[self.factorization].randomized
+        )
 
     @property
     def rank_bounded(self) -> bool:

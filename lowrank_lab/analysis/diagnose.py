@@ -39,12 +39,9 @@ PROG = "python -m lowrank_lab.diagnose"
 DEFAULT_METHODS = ("lora", "pissa", "milora", "eva", "corda-ipm", "lora-ga", "lora-one", "nlora", "full")
 #: Methods whose initial subspaces are compared pairwise (issue 17) — those of --methods that are among
 #: them: every init whose A is computed from W or the task data (a factorization or calibration, and A
-#: not drawn at random), read from the adapter registry (issue 29, point 5).
-ANGLE_METHODS = tuple(
-    name
-    for name, am in ADAPTERS.items()
-    if am.init is not None and "A" not in am.drawn and (am.factorization or am.calibration)
-)
+#: not drawn at random: :attr:`~lowrank_lab.adapters.AdapterMethod.computed_input_subspace`), read
+#: from the adapter registry (issue 29, point 5).
+ANGLE_METHODS = tuple(name for name, am in ADAPTERS.items() if am.computed_input_subspace)
 COLUMNS = [
     "method", "tensor", "rows", "cols", "rank", "lr", "optimizer", "alignment", "cos_neg_grad",
     "update_norm", "grad_norm", "weight_change", "output_change", "init_seconds",

@@ -32,6 +32,25 @@ ROW_COLUMNS = (
     "tuned_svd",
 )
 ROW_KEY = ("tensor", "side", "rank")
+#: The file of those rows in an intruders run's output folder.
+ROWS_FILE = "intruders.csv"
+
+
+def read_intruder_count(path, side: str = "left") -> float | None:
+    """Intruder dimensions in one intruders.csv (:data:`ROW_COLUMNS`): the sum of its 0/1
+    ``intruder`` column over the rows of ``side`` (the left singular vectors: Shuttleworth et al.
+    2024 count those), at the ε the file was written with. A table without a ``side`` column counts
+    every row. None when the file cannot be read or has no ``intruder`` column.
+    """
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+    if "intruder" not in df.columns:
+        return None
+    if "side" in df.columns:
+        df = df[df["side"] == side]
+    return float(df["intruder"].sum())
 
 
 def record_rows(info, record: IntruderRecord) -> list[dict]:

@@ -28,22 +28,13 @@ if TYPE_CHECKING:
 
 from lowrank_lab.adapters import ADAPTERS, get_adapter, initialize
 from lowrank_lab.adapters.layer import low_rank_product
-from lowrank_lab.linalg import FACTORIZATIONS
 from lowrank_lab.linalg.policy import tall_view
 from lowrank_lab.linalg.quant import nf4_roundtrip
 
-#: Inits whose frozen base is a deterministic function of W alone, from the adapter registry: residual
-#: (or base-replacing, LoftQ) inits with a non-randomized factorization, no calibration data (CorDA,
-#: LoRA-GA, Astra would need it) and no random draws (Init[AB], KaSA's A).
-QUANT_METHODS = tuple(
-    name
-    for name, am in ADAPTERS.items()
-    if (am.residual or am.replaces_base)
-    and not am.needs_calibration
-    and not am.drawn
-    and am.factorization is not None
-    and not FACTORIZATIONS[am.factorization].randomized
-)
+#: Inits whose frozen base is a deterministic function of W alone, read from the adapter registry
+#: (:attr:`~lowrank_lab.adapters.AdapterMethod.base_from_weight_alone`: residual or base-replacing, a
+#: non-randomized factorization, no calibration data, no random draws; issue 29, point 5).
+QUANT_METHODS = tuple(name for name, am in ADAPTERS.items() if am.base_from_weight_alone)
 QUANT_COLUMNS = [
     "tensor", "layer", "module", "m", "n", "quant", "method", "rank", "err_fro", "err_nuc",
     "qlora_err_fro", "qlora_err_nuc", "reduction",

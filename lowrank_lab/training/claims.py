@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,14 @@ from lowrank_lab.utils.files import read_json_or_empty
 from .config import HEAD_ONLY, RunConfig, method_label
 from .record import RunRecord, method_labeller, study_rank, study_records
 from .stats import (
+    CORRELATION,
+    EXACT_MATCH,
+    FORGETTING,
+    INTRUDER_COUNT,
+    LOSS_AUC,
     MEASURES,
+    NATS_LOSS_KINDS,
+    STEPS_TO_90,
     Measure,
     Paired,
     convergence_measure,
@@ -126,11 +133,22 @@ TASK_LABELS = {"sst2": "SST-2", "stsb": "STS-B", "cola": "CoLA", "gsm8k": "GSM8K
                "qqp": "QQP", "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}  # fmt: skip
 
 
+def task_metric(spec: TaskSpec) -> Measure:
+    """"Ends higher": the task's own metric on its dev examples."""
+    return MEASURES[spec.metric]
+
+
+def convergence(spec: TaskSpec) -> Measure:
+    """"Converges faster": :func:`~.stats.convergence_measure` of the task's loss."""
+    return convergence_measure(spec.kind)
+
+
 @dataclass(frozen=True)
 class Claim:
     """One paper claim: ``a`` beats ``b`` (``kind="superiority"``) or matches it
-    (``"non-inferiority"``) on ``measure``: ``"final"`` (the task metric on dev), ``"convergence"``
-    (:func:`~.stats.convergence_measure`), ``"intruders"`` or ``"correlation"``. Methods are labels of
+    (``"non-inferiority"``) on ``measure``: a :class:`~.stats.Measure` (``INTRUDER_COUNT``,
+    ``FORGETTING``, ``CORRELATION``), or a rule that picks the task's measure: :func:`task_metric`
+    (the default) or :func:`convergence`. Methods are labels of
     :func:`~.record.method_labeller`: ``lora`` is LoRA at the study's rank, ``lora@1`` at rank 1.
 
     ``family`` names the paper's Holm family; ``numbers`` maps a task to the paper's own number for
@@ -144,7 +162,7 @@ class Claim:
     a: str
     b: str
     kind: str = "superiority"
-    measure: str = "final"
+    measure: Measure | Callable[[TaskSpec], Measure] = task_metric
     tasks: tuple[str, ...] | None = None  # None: every task
     numbers: Mapping[str, str] = field(default_factory=dict)
     expects: str = "difference"
@@ -174,7 +192,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("nlora>lora", "NLoRA ends higher than LoRA", NLORA, "NLoRA", "nlora", "lora",
           numbers={"gsm8k": "GSM8K accuracy 57.70 vs 42.30 (Llama-2-7B, r = 128)"}),
     Claim("nlora-converges", "NLoRA converges faster than LoRA", NLORA, "NLoRA", "nlora", "lora",
-          measure="convergence", numbers={"gsm8k": "faster loss decrease in training (a figure; no number)"}),
+          measure=convergence, numbers={"gsm8k": "faster loss decrease in training (a figure; no number)"}),
     Claim("slora>lora", "SLoRA ends higher than LoRA", NLORA, "NLoRA", "slora", "lora",
           numbers={"gsm8k": "GSM8K accuracy 56.48 vs 42.30 (Llama-2-7B)"}),
     Claim("inttune~lora", "IntTune keeps LoRA's performance with about 1% of its parameters", NLORA, "NLoRA",
@@ -183,7 +201,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("pissa>lora", "PiSSA ends higher than LoRA", PISSA, "PiSSA", "pissa", "lora",
           numbers={"gsm8k": "GSM8K accuracy 53.22 vs 42.85 (Llama-2-7B, Table 2)"}),
     Claim("pissa-converges", "PiSSA converges faster than LoRA", PISSA, "PiSSA", "pissa", "lora",
-          measure="convergence", numbers={"gsm8k": "faster loss decrease (Figure 1; no number)"}),
+          measure=convergence, numbers={"gsm8k": "faster loss decrease (Figure 1; no number)"}),
     Claim("milora>pissa", "MiLoRA ends higher than PiSSA", MILORA, "MiLoRA", "milora", "pissa",
           numbers={"gsm8k": "GSM8K accuracy 63.5 vs 58.2 (README, Llama-2-7B)"}),
     Claim("milora>lora", "MiLoRA ends higher than LoRA", MILORA, "MiLoRA", "milora", "lora",
@@ -194,13 +212,13 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("lora-sb>lora-xs", "LoRA-SB beats LoRA-XS at equal rank", LORA_SB, "LoRA-SB", "lora-sb", "lora-xs"),
     Claim("loldu~lora", "LoLDU matches LoRA", LOLDU, "LoLDU", "loldu", "lora", kind="non-inferiority"),
     Claim("intruders r1", "LoRA (r = 1) has more intruder dimensions than full fine-tuning", INTRUDERS,
-          "intruders", "lora@1", "full", measure="intruders", tasks=("sst2",),
+          "intruders", "lora@1", "full", measure=INTRUDER_COUNT, tasks=("sst2",),
           numbers={"sst2": _INTRUDER_FINDING}),
     Claim("intruders r8", "LoRA (r = 8) has more intruder dimensions than full fine-tuning", INTRUDERS,
-          "intruders", "lora", "full", measure="intruders", tasks=("sst2",),
+          "intruders", "lora", "full", measure=INTRUDER_COUNT, tasks=("sst2",),
           numbers={"sst2": _INTRUDER_FINDING}),
     Claim("intruders r64", "LoRA (r = 64) has no more intruder dimensions than full fine-tuning (contrast)",
-          INTRUDERS, "intruders", "lora@64", "full", measure="intruders", tasks=("sst2",), expects="none",
+          INTRUDERS, "intruders", "lora@64", "full", measure=INTRUDER_COUNT, tasks=("sst2",), expects="none",
           numbers={"sst2": "qualitative: the intruders of low ranks fade at high rank"}),
 )  # fmt: skip
 
@@ -210,7 +228,7 @@ BIDERMAN = "Biderman et al. 2024, LoRA Learns Less and Forgets Less (arXiv 2405.
 CLAIMS = (
     *CLAIMS,
     Claim("lora-forgets-less", "LoRA forgets less than full fine-tuning (STS-B skill of the encoder)",
-          BIDERMAN, "LoRA learns less and forgets less", "lora", "full", measure="forgetting",
+          BIDERMAN, "LoRA learns less and forgets less", "lora", "full", measure=FORGETTING,
           tasks=("sst2", "cola")),  # the paper measures forgetting after code and math training only
 )  # fmt: skip
 
@@ -225,7 +243,7 @@ FORGETTING_CLAIM = Claim(
     "intruders",
     "forgetting",
     kind="correlation",
-    measure="correlation",
+    measure=CORRELATION,
     tasks=("sst2",),
     numbers={"sst2": "qualitative: more intruders, more forgetting of the pre-training distribution"},
 )
@@ -238,7 +256,7 @@ FORGETTING_CLAIM = Claim(
 MITIGATION_LAMBDA = 0.75
 MITIGATION_CLAIMS = (
     Claim("mitigation-forgets-less", f"Intruder mitigation (λ = {MITIGATION_LAMBDA:g}) reduces forgetting",
-          INTRUDERS, "intruders", f"mitigated λ={MITIGATION_LAMBDA:g}", "unmitigated", measure="forgetting",
+          INTRUDERS, "intruders", f"mitigated λ={MITIGATION_LAMBDA:g}", "unmitigated", measure=FORGETTING,
           tasks=("sst2",)),
     Claim("mitigation-keeps-task",
           f"Intruder mitigation (λ = {MITIGATION_LAMBDA:g}) keeps the task metric within δ",
@@ -249,11 +267,7 @@ MITIGATION_CLAIMS = (
 
 def measure_for(claim: Claim, spec: TaskSpec) -> Measure:
     """The :class:`~.stats.Measure` a claim reads on ``spec``'s task."""
-    if claim.measure == "final":
-        return MEASURES[spec.metric]
-    if claim.measure == "convergence":
-        return convergence_measure(spec.kind)
-    return MEASURES[claim.measure]
+    return claim.measure if isinstance(claim.measure, Measure) else claim.measure(spec)
 
 
 def steps_to_fraction(rec: RunRecord, spec: TaskSpec, fraction: float = 0.9) -> float | None:
@@ -283,18 +297,18 @@ def measure_value(
     forgetting: Mapping[str, float] | None = None,
 ) -> float | None:
     """A run's value on ``measure``, in the measure's own unit (not signed)."""
-    if measure.name == "forgetting":
+    if measure == FORGETTING:
         return (forgetting or {}).get(rec.run_name)
-    if measure.name == "loss_auc":
-        if spec.kind not in ("classification", "causal-lm"):
+    if measure == LOSS_AUC:
+        if spec.kind not in NATS_LOSS_KINDS:
             raise ValueError(f"loss AUC is compared only in nats; {spec.name}'s loss is not a cross-entropy")
         losses = rec.train_loss
         return sum(losses) / len(losses) if losses else None
-    if measure.name == "steps_to_90":
+    if measure == STEPS_TO_90:
         return steps_to_fraction(rec, spec)
-    if measure.name == "intruders":
+    if measure == INTRUDER_COUNT:
         return intruders.get(rec.run_name)
-    if measure.name == "exact_match" and rec.final_metric_name != "exact_match":
+    if measure == EXACT_MATCH and rec.final_metric_name != EXACT_MATCH.name:
         return rec.dev.exact_match if rec.dev is not None else None
     value = rec.final_metric
     return None if value is None else float(value)
@@ -320,19 +334,12 @@ def intruder_counts_by_run(out: Path) -> dict[str, float]:
     --out intruders/<run>`` writes (benchmarks/claims_study.sh): one row per (matrix, side, tuned
     singular vector) with a 0/1 ``intruder`` column.
     """
-    import pandas as pd
+    from lowrank_lab.analysis.intruder_tables import ROWS_FILE, read_intruder_count
 
     counts: dict[str, float] = {}
-    for path in sorted(Path(out).glob("intruders/*/intruders.csv")):
-        try:
-            df = pd.read_csv(path)
-        except (OSError, ValueError):
-            continue
-        if "intruder" not in df.columns:
-            continue
-        if "side" in df.columns:
-            df = df[df["side"] == "left"]
-        counts[path.parent.name] = float(df["intruder"].sum())
+    for path in sorted(Path(out).glob(f"intruders/*/{ROWS_FILE}")):
+        if (count := read_intruder_count(path)) is not None:
+            counts[path.parent.name] = count
     return counts
 
 
@@ -570,8 +577,8 @@ def claim_rows(
     baselines = dict(baselines or {})
     intruders = dict(intruders or {})
     check_protocol(records)
-    if records and all(r.final_metric_name == "exact_match" for r in records if r.usable):
-        spec = replace(spec, metric="exact_match", higher_is_better=True)  # finetune --eval generate
+    if records and all(r.final_metric_name == EXACT_MATCH.name for r in records if r.usable):
+        spec = replace(spec, metric=EXACT_MATCH.name, higher_is_better=True)  # finetune --eval generate
     model = model or (records[0].config.model if records else None)
     by_method: dict[str, list[RunRecord]] = {}
     label = method_labeller(records)
@@ -672,7 +679,7 @@ def mitigation_rows(spec: TaskSpec, frame: Any, gate_failed: tuple[str, str] | N
             continue
         rank = int(frame["rank"].min())
         sub = frame[frame["rank"] == rank]
-        column = "forgetting" if claim.measure == "forgetting" else "task_metric"
+        column = "forgetting" if claim.measure == FORGETTING else "task_metric"  # mitigation.csv columns
         at, ref = (
             {int(r.seed): float(getattr(r, column)) for r in sub[sub["lambda"] == lam].itertuples()}
             for lam in (MITIGATION_LAMBDA, 1.0)
@@ -818,7 +825,7 @@ def _forgetting_row(
     gate_failed: tuple[str, str] | None,
 ) -> dict[str, Any]:
     """The correlation of intruder count and forgetting within methods (:func:`within_method_spearman`)."""
-    row = _base_row(spec, FORGETTING_CLAIM, MEASURES["correlation"])
+    row = _base_row(spec, FORGETTING_CLAIM, measure_for(FORGETTING_CLAIM, spec))
     names = sorted(set(intruders) & set(forgetting))
     row["runs"] = ", ".join(names)
     row["n_seeds"] = len(names)

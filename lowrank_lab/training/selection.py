@@ -21,7 +21,8 @@ Protocol (what :func:`~lowrank_lab.training.study.run_study` does with ``lr_grid
 Default grids (:func:`default_grid`): five rates, the centre rate times 0.1, 0.3, 1, 3 and 10 (a
 100x span, log-spaced at about half a decade), around each family's published rate
 (:mod:`.config`), with the LoRA family centred on the LoRA paper's rate for the task (Hu et al.
-2021, Table 9, RoBERTa-base: 5e-4 SST-2, RTE, MNLI, QQP; 4e-4 CoLA, STS-B, MRPC, QNLI) and the head
+2021, Table 9, RoBERTa-base: 5e-4 SST-2, RTE, MNLI, QQP; 4e-4 CoLA, STS-B, MRPC, QNLI; each task's
+record in :data:`.tasks.TASKS` holds its rate) and the head
 on :data:`HEAD_GRID_CENTRE`.
 """
 
@@ -37,22 +38,14 @@ from lowrank_lab.utils.tables import update_table
 
 from .config import HEAD_ONLY, RunConfig, common_rank, default_lr, method_family, method_label
 from .record import RunRecord
+from .tasks import TASKS
 
 #: Multipliers of a family's published rate in the default grid.
 GRID_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
 
-#: LoRA's GLUE learning rates (Hu et al. 2021, Table 9, RoBERTa-base).
-LORA_PAPER_LR = {
-    "sst2": 5e-4,
-    "rte": 5e-4,
-    "mnli": 5e-4,
-    "qqp": 5e-4,
-    "cola": 4e-4,
-    "stsb": 4e-4,
-    "mrpc": 4e-4,
-    "qnli": 4e-4,
-    "wnli": 4e-4,
-}
+#: LoRA's GLUE learning rates (Hu et al. 2021, Table 9, RoBERTa-base), by task: a view of the task
+#: records (:attr:`~.tasks.TaskSpec.lora_paper_lr`), where each rate is written.
+LORA_PAPER_LR = {name: t.lora_paper_lr for name, t in TASKS.items() if t.lora_paper_lr is not None}
 
 #: Grid keys: the three method families, the head, or a method's own name.
 GRID_GROUPS = ("lora", "core", "full", "head")
@@ -72,8 +65,9 @@ def paper_rate(method: str, task: str, task_kind: str) -> float:
     """The published rate the default grid of ``method`` is centred on (see the module docstring)."""
     if method == HEAD_ONLY:
         return HEAD_GRID_CENTRE
-    if method_family(method) == "lora" and task in LORA_PAPER_LR:
-        return LORA_PAPER_LR[task]
+    spec = TASKS.get(task)
+    if method_family(method) == "lora" and spec is not None and spec.lora_paper_lr is not None:
+        return spec.lora_paper_lr
     return default_lr(method, task_kind)
 
 

@@ -100,6 +100,14 @@ MEASURES: dict[str, Measure] = {
     )
 }  # fmt: skip
 
+#: The measures that code reads by what they are rather than through a task's metric: each run's value
+#: on them is read from somewhere of its own (the training loss, the evaluation curve, the intruder
+#: and forgetting tables), and the correlation claim is judged on the last.
+LOSS_AUC, STEPS_TO_90, INTRUDER_COUNT, FORGETTING, EXACT_MATCH, CORRELATION = (
+    MEASURES[name]
+    for name in ("loss_auc", "steps_to_90", "intruders", "forgetting", "exact_match", "correlation")
+)
+
 #: δ by measure name, for readers that only need the number (summary.still_rising).
 MIN_EFFECT: dict[str, float] = {k: m.min_effect for k, m in MEASURES.items() if m.min_effect is not None}
 
@@ -111,7 +119,7 @@ def convergence_measure(task_kind: str) -> Measure:
     """How "converges faster" is measured on a task: the mean training loss (loss AUC) where the
     loss is a cross-entropy in nats, else the scale-free steps to 90% of the run's validation gain
     (a squared-error loss, STS-B, has no common scale across methods' heads)."""
-    return MEASURES["loss_auc" if task_kind in NATS_LOSS_KINDS else "steps_to_90"]
+    return LOSS_AUC if task_kind in NATS_LOSS_KINDS else STEPS_TO_90
 
 
 #: The verdicts a row can read. "exact": every per-seed difference is the same number, so no test

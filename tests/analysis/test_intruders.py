@@ -9,19 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_models import tiny_bert
 
 from lowrank_lab.adapters import io as adapter_io
 from lowrank_lab.analysis import intruders as I
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These matrices are small enough that intra-op threads buy nothing, and on the shared 2-core
-    # runner oversubscribed OpenMP threads made the SVDs ~20x slower (MiniLM case: 6.8 s vs 157 s).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small matrices: one torch thread (tests/conftest.py; oversubscribed OpenMP threads made these SVDs
+# ~20x slower on the shared 2-core runner, MiniLM case 6.8 s vs 157 s).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,21 +341,6 @@ def test_non_finite_weight_is_named():
 # --------------------------------------------------------------------------------------------------
 # PEFT adapters: reading, merging, and parity with peft's reduce_intruder_dimension
 # --------------------------------------------------------------------------------------------------
-
-
-def tiny_bert(seed: int = 0, hidden: int = 48, layers: int = 2):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=64,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=32,
-    )
-    return BertModel(cfg).eval()
 
 
 def peft_lora_on(

@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from helpers.tiny_models import tiny_bert
 
 from lowrank_lab.analysis.intruders import find_intruders
 from lowrank_lab.analysis.mitigation import (
@@ -20,19 +21,17 @@ from lowrank_lab.analysis.mitigation import (
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+#: The tiny BERT under the adapters here: 64 wide (128 intermediate), 2 heads, a 100-token vocabulary.
+BERT = dict(hidden=64, heads=2, intermediate=128, vocab=100)
+
 
 def _peft_bert(rank: int = 4, alpha: int = 8, seed: int = 0, scale: float = 0.5):
     """A tiny random BERT under a PEFT LoRA adapter on query/value with random B and A (as after
     training: both non-zero), large enough to plant intruders in most matrices."""
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=32)
     lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["query", "value"])
-    model = get_peft_model(BertModel(cfg), lora)
+    model = get_peft_model(tiny_bert(seed, **BERT).train(), lora)
     g = torch.Generator().manual_seed(seed + 1)
     for _, layer in model.named_modules():
         if isinstance(layer, LoraLayer):
@@ -155,19 +154,12 @@ def test_update_of_another_shape_is_named():
 @pytest.fixture(scope="module")
 def peft_dirs(tmp_path_factory):
     """base/ (a tiny BERT), peft/ (a LoRA adapter with intruders on it), other/ (a wider BERT)."""
-    from transformers import BertConfig, BertModel
-
     root = tmp_path_factory.mktemp("mitigate")
     model = _peft_bert()
     model.save_pretrained(root / "peft")
-    torch.manual_seed(0)  # the base _peft_bert drew, rebuilt plainly (under PEFT it saves base_layer names)
-    cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=32)
-    BertModel(cfg).save_pretrained(root / "base")
-    torch.manual_seed(0)
-    other = BertConfig(vocab_size=100, hidden_size=96, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=128, max_position_embeddings=32)
-    BertModel(other).save_pretrained(root / "other")
+    # the base _peft_bert drew, rebuilt plainly (under PEFT it saves base_layer names)
+    tiny_bert(0, **BERT).save_pretrained(root / "base")
+    tiny_bert(0, **{**BERT, "hidden": 96}).save_pretrained(root / "other")
     return root
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.tiny_models import minilm_vocab_bert_config
 
 from lowrank_lab.analysis.spectra import fit_power_law, fit_power_law_small_n
 from lowrank_lab.analysis.update_spectra import (
@@ -86,11 +87,9 @@ def _sst2(root):
 
 
 def _tiny_bert():
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128, num_labels=2)
-    return BertForSequenceClassification(cfg)
+    return BertForSequenceClassification(minilm_vocab_bert_config(num_labels=2))
 
 
 def _harness_adapter(tmp_path, rank: int):

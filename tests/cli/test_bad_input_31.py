@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_models import tiny_bert
 
 import lowrank_lab.analysis.factorization as fz
 from lowrank_lab import analyze, intruders, params
@@ -32,12 +33,7 @@ def _one_line_error(capsys, prog: str, *needles: str) -> str:
 
 
 def _tiny_bert(path: Path, seed: int) -> Path:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=64, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=96, max_position_embeddings=32)
-    BertModel(cfg).eval().save_pretrained(path)
+    tiny_bert(seed).save_pretrained(path)
     return path
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers.tiny_models import tiny_bert
 
 from lowrank_lab import analyze, intruders, params
 from lowrank_lab.utils.lock import LOCK_NAME, OutputLock
@@ -31,12 +32,8 @@ FAST = ["--methods", "svd", "--ranks", "4", "--device", "cpu", "--repeats", "1",
 def _bert_dir(path: Path, *, nan_in: str | None = None, scale: float | None = None) -> Path:
     """A 2-layer, hidden-48 BERT saved with save_pretrained; one weight poisoned when asked."""
     from safetensors.torch import load_file, save_file
-    from transformers import BertConfig, BertModel
 
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=64, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=96, max_position_embeddings=32)
-    BertModel(cfg).save_pretrained(path)
+    tiny_bert(0).save_pretrained(path)
     if nan_in is not None:
         file = path / "model.safetensors"
         state = load_file(str(file))

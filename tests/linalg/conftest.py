@@ -6,15 +6,10 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="package")
-def _single_thread():
-    # The test matrices are tiny (≤ 200 × 150). On a shared 2-core machine, OpenMP's second
-    # thread mostly spins waiting for a core: a 60×40 SVD took 21 ms with 2 threads against
-    # 0.9 ms with 1. The benchmarks, not the tests, measure multi-threaded speed.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def _single_thread(one_torch_thread):
+    """The test matrices are tiny (≤ 200 × 150): one torch thread (tests/conftest.py). The
+    benchmarks, not the tests, measure multi-threaded speed."""
 
 
 @pytest.fixture

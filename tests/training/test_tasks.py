@@ -254,3 +254,57 @@ def test_a_bad_label_names_file_line_and_labels(glue_dir):
     path.write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
     with pytest.raises(TaskFormatError, match=r"train.tsv:2: expected 4 columns with label '0' or '1'"):
         load_examples("wnli", glue_dir, "train")
+
+
+# -- one record per task (issue 29, point 5): reader, metric and LoRA's rate live in TaskSpec ---------
+
+#: LoRA's rates as training/selection.py wrote them by hand before the task record held them.
+LORA_RATES_TODAY = {"sst2": 5e-4, "rte": 5e-4, "mnli": 5e-4, "qqp": 5e-4, "cola": 4e-4, "stsb": 4e-4,
+                    "mrpc": 4e-4, "qnli": 4e-4, "wnli": 4e-4}  # fmt: skip
+
+
+def test_each_task_record_holds_its_reader_metric_and_paper_rate():
+    from lowrank_lab.training import tasks
+    from lowrank_lab.training.selection import LORA_PAPER_LR
+    from lowrank_lab.training.stats import MEASURES
+
+    assert len(TASKS) == 10
+    for name, spec in TASKS.items():
+        assert spec.name == name and spec.reader is getattr(tasks, f"_read_{name}"), name
+        # The metric is a typed measure, and the record's direction is the measure's (written twice
+        # today: TaskSpec.higher_is_better and Measure.direction; this keeps them from drifting apart).
+        assert spec.higher_is_better == (MEASURES[spec.metric].direction > 0), name
+    assert {n: s.lora_paper_lr for n, s in TASKS.items() if s.lora_paper_lr is not None} == LORA_RATES_TODAY
+    assert TASKS["gsm8k"].lora_paper_lr is None  # the LoRA paper has no GSM8K rate
+    assert LORA_PAPER_LR == LORA_RATES_TODAY  # the old name, now a view of the records
+    assert "reader" not in repr(TASKS["sst2"])
+
+
+def test_paper_rate_reads_the_task_record():
+    from lowrank_lab.training.config import default_lr
+    from lowrank_lab.training.selection import HEAD_GRID_CENTRE, paper_rate
+
+    for name, spec in TASKS.items():
+        expected = LORA_RATES_TODAY.get(name, default_lr("lora", spec.kind))
+        assert paper_rate("lora", name, spec.kind) == expected, name
+        assert paper_rate("pissa", name, spec.kind) == expected, name  # the LoRA family shares it
+        assert paper_rate("lora-xs", name, spec.kind) == default_lr("lora-xs", spec.kind), name
+    assert paper_rate("lora", "not-a-task", "classification") == default_lr("lora", "classification")
+    assert paper_rate("head", "sst2", "classification") == HEAD_GRID_CENTRE
+
+
+def test_a_task_record_without_a_reader_is_refused():
+    import dataclasses
+
+    with pytest.raises(TypeError, match="TaskSpec 'sst2': give reader="):
+        dataclasses.replace(TASKS["sst2"], reader=None)
+
+
+def test_loading_reads_through_the_records_reader(glue_dir, monkeypatch):
+    import dataclasses
+
+    seen = []
+    spec = dataclasses.replace(TASKS["sst2"], reader=lambda path: seen.append(path.name) or [])
+    with pytest.raises(TaskFormatError, match="holds no sst2 examples"):
+        load_examples(spec, glue_dir, "train")
+    assert seen == ["train.tsv"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import helpers.tiny_models as tiny_models
 import pytest
 import torch
 
@@ -21,13 +22,9 @@ def _offline_hub(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(autouse=True, scope="package")
-def _single_thread():
-    # Tiny tensors: a second OpenMP thread on the shared 2-core machine only adds waiting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def _single_thread(one_torch_thread):
+    """Tiny tensors: one torch thread (tests/conftest.py)."""
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -38,19 +35,7 @@ def _state(model) -> dict[str, torch.Tensor]:
 def tiny_llama(tmp_path_factory):
     """(dir, state_dict): 11 layers so alphabetical order (10 before 2) differs from model order,
     grouped-query attention (4 heads, 2 KV heads), sharded into many safetensors files."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=11,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=32,
-        max_position_embeddings=32,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_models.tiny_llama(0, hidden=16, intermediate=24, layers=11, vocab=32)
     path = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(path, max_shard_size="8KB")
     return path, _state(model)
@@ -59,18 +44,12 @@ def tiny_llama(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """(dir, state_dict) of a BertForSequenceClassification: keys carry the 'bert.' prefix; one file."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(1)
-    config = BertConfig(
-        hidden_size=16,
-        intermediate_size=40,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        vocab_size=30,
-        max_position_embeddings=24,
+    model = BertForSequenceClassification(
+        tiny_models.bert_config(hidden=16, intermediate=40, heads=2, vocab=30, max_positions=24)
     )
-    model = BertForSequenceClassification(config)
     path = tmp_path_factory.mktemp("tiny_bert")
     model.save_pretrained(path)
     return path, _state(model)
@@ -79,11 +58,7 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory):
     """(dir, model): GPT-2 stores its Conv1D weights (in, out)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(2)
-    config = GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=30, n_positions=24)
-    model = GPT2LMHeadModel(config)
+    model = tiny_models.tiny_model("gpt2", 2, n_embd=16, n_layer=2, n_head=2, vocab_size=30, n_positions=24)
     path = tmp_path_factory.mktemp("tiny_gpt2")
     model.save_pretrained(path)
     return path, model
@@ -92,10 +67,10 @@ def tiny_gpt2(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_deberta(tmp_path_factory):
     """(dir, model) of a DebertaV2Model with DeBERTa-v3's relative-position settings."""
-    from transformers import DebertaV2Config, DebertaV2Model
-
-    torch.manual_seed(3)
-    config = DebertaV2Config(
+    model = tiny_models.tiny_model(
+        "deberta-v2",
+        3,
+        encoder=True,
         hidden_size=16,
         intermediate_size=24,
         num_hidden_layers=2,
@@ -110,7 +85,6 @@ def tiny_deberta(tmp_path_factory):
         position_biased_input=False,
         type_vocab_size=0,
     )
-    model = DebertaV2Model(config)
     path = tmp_path_factory.mktemp("tiny_deberta")
     model.save_pretrained(path)
     return path, model

@@ -14,6 +14,7 @@ import re
 import pandas as pd
 import pytest
 import torch
+from helpers.tiny_models import tiny_model
 from safetensors.torch import save_file
 
 from lowrank_lab.weights import get_spec, open_source
@@ -74,15 +75,8 @@ _IN_BLOCK = re.compile(r"\.(layers|layer|h|block)\.\d+\.")
 
 def build(key: str, seed: int = 0):
     """The model transformers builds from the tiny config (causal LM for decoders, T5 with its LM head)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, T5ForConditionalGeneration
-
     model_type, kwargs, _ = CONFIGS[key]
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **kwargs)
-    if model_type == "t5":
-        return T5ForConditionalGeneration(config).eval()
-    auto = AutoModel if key in ENCODERS else AutoModelForCausalLM
-    return auto.from_config(config).eval()
+    return tiny_model(model_type, seed, encoder=key in ENCODERS, **kwargs)
 
 
 @pytest.fixture(scope="module")
