@@ -603,9 +603,9 @@ def run(
     named) or holding a damaged CSV; OSError for unreadable weights or an unwritable folder.
     """
     t0 = time.perf_counter()
-    argv = options.to_argv(config) if argv is None else list(argv)
     if out is not None:
         config = dataclasses.replace(config, out=str(out))
+    argv = options.to_argv(config) if argv is None else list(argv)
     s = _setup(config)
     if config.plan:
         return _plan(config, s)
