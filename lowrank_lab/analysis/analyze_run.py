@@ -210,8 +210,8 @@ class AnalyzeConfig:
         "auto",
         help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Timings are "
         "CUDA-synchronised. Example: --device cuda",
-        why="the factorizations are the run's time, and a GPU takes them fastest; a resumed run may "
-        "move (its device column says where each row was timed)",
+        why="CUDA when torch sees it, so one command serves a laptop and a GPU machine; a resumed run "
+        "may move (each row's device column says where it was timed)",
         resume=False,
     )
     dtype: str = option(
@@ -299,7 +299,7 @@ class AnalyzeConfig:
         "machine (a probe of under a second times each method on a small matrix and scales by "
         "flops), then exit without computing or writing anything. Runs estimated above 3 min "
         "print the estimate before starting anyway. Example: --model llama-7b --synthetic --plan",
-        why="a run computes; a plan is asked for",
+        why="a run is for its rows; the plan is for deciding whether to start one",
         resume=False,
     )
     quant: str = option(
