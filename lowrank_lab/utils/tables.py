@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +250,29 @@ def to_latex(df: pd.DataFrame, *, floatfmt: str = ".4g", caption: str | None = N
         out.append(r"\caption{" + esc(caption) + "}")
     out.append(r"\end{table}")
     return "\n".join(out) + "\n"
+
+
+def row_order(
+    orders: Mapping[str, Sequence[Any] | Callable[[pd.Series], pd.Series]],
+) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The sort of a sweep's merged rows into single-process order (``utils.sweep.Sweep``'s ``order``).
+
+    ``orders`` names columns, first key first; each maps to the values in the order a single process
+    writes them (a row sorts by its value's position; a value not listed sorts last) or to a function
+    of the column giving its sort key (e.g. ``lambda s: s.astype(int)``). A table lacking a column
+    (a per-matrix table has no ``method``) is sorted by the columns it has. The sort is stable.
+    """
+    keys = {
+        name: spec if callable(spec) else {v: i for i, v in enumerate(spec)} for name, spec in orders.items()
+    }
+
+    def order(df: pd.DataFrame) -> pd.DataFrame:
+        cols = {
+            f"_order{i}": spec(df[name]) if callable(spec) else df[name].map(spec)
+            for i, (name, spec) in enumerate(keys.items())
+            if name in df
+        }
+        keyed = df.assign(**cols)
+        return keyed.sort_values(list(cols), kind="stable").drop(columns=list(cols))
+
+    return order

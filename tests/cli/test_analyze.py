@@ -31,6 +31,8 @@ SPECTRA_COLUMNS = [
     "energy_r4", "energy_r8",
 ]
 MINILM_MODULES = ["query", "key", "value", "attention-output", "intermediate", "output"]
+#: Where the command's work lives (issue 29): the names tests replace are looked up there.
+LIB = "lowrank_lab.analysis.analyze_run"
 FAST = ["--layers", "0", "--ranks", "4,8", "--methods", "svd,rsvd", "--device", "cpu", "--repeats", "1",
         "--warmup", "0"]
 
@@ -131,7 +133,7 @@ def test_resume_after_interrupt_mid_write(tmp_path, monkeypatch):
     assert len(pd.read_csv(out / "spectra.csv")) == 2
     # A finished run resumed again reads no matrix and factorizes nothing.
     calls.clear()
-    monkeypatch.setattr("lowrank_lab.analyze.analyze_matrix", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(f"{LIB}.analyze_matrix", lambda *a, **k: pytest.fail("recomputed"))
     analyze(tmp_path, *two, "--resume")
     assert calls == [] and len(pd.read_csv(path)) == 8
 
@@ -139,9 +141,16 @@ def test_resume_after_interrupt_mid_write(tmp_path, monkeypatch):
 def test_resume_refuses_different_options(tmp_path, capsys):
     analyze(tmp_path, "--targets", "query")
     out = tmp_path / "out"
+    capsys.readouterr()
     argv = [*FAST, "--targets", "query", "--resume", "--seed", "1", "--out", str(out)]
     assert main([*argv, "--no-figures"]) == 2
-    assert "cannot --resume" in capsys.readouterr().err
+    # options.check_resume (issue 29): run.json's config record against the config, each option named
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot resume in {out}: options differ" in err
+    assert "(--seed 1 (stored 0))" in err
+    # options marked resume=False may change: more targets and methods, other timing, no figures
+    assert main([*FAST, "--targets", "query,key", "--resume", "--out", str(out), "--no-figures",
+                 "--methods", "svd", "--threads", "1"]) == 0
 
 
 def test_rank_above_matrix_size_is_noted_not_fatal(tmp_path):
@@ -175,7 +184,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, args, message):
 def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    monkeypatch.setattr("lowrank_lab.analyze.open_source", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(f"{LIB}.open_source", lambda *a, **k: pytest.fail("work started"))
     assert main(["--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "a-file" in err and len(err.strip().splitlines()) == 1
@@ -277,7 +286,7 @@ def test_plan_prints_matrices_methods_ranks_and_an_estimate_without_computing(tm
     from lowrank_lab.weights.synthetic import SyntheticSource
 
     monkeypatch.setattr(SyntheticSource, "_read", lambda *a, **k: pytest.fail("a matrix was generated"))
-    monkeypatch.setattr("lowrank_lab.analyze.analyze_matrix", lambda *a, **k: pytest.fail("computed"))
+    monkeypatch.setattr(f"{LIB}.analyze_matrix", lambda *a, **k: pytest.fail("computed"))
     t0 = time.perf_counter()
     assert main(["--model", "llama-7b", "--synthetic", "--ranks", "128", "--methods", "rsvd,nystrom,ldu",
                  "--plan", "--out", str(tmp_path / "o")]) == 0
@@ -455,9 +464,9 @@ def test_default_methods_leave_out_svd_and_qr_above_hidden_1024_only(monkeypatch
     # small models and can be asked for by name.
     from lowrank_lab.analyze import LARGE_EXCLUDED_METHODS
 
-    monkeypatch.setattr("lowrank_lab.analyze.plan_text", lambda model, infos, methods, ranks, *a, **k: (
+    monkeypatch.setattr(f"{LIB}.plan_text", lambda model, infos, methods, ranks, *a, **k: (
         f"methods: {','.join(methods)} ranks: {','.join(map(str, ranks))}"))
-    monkeypatch.setattr("lowrank_lab.analyze.CostModel.probe", lambda *a, **k: None)
+    monkeypatch.setattr(f"{LIB}.CostModel.probe", lambda *a, **k: None)
     assert main(["--model", "qwen2.5-7b", "--synthetic", "--layers", "0", "--plan"]) == 0
     large = capsys.readouterr().out
     expected = [m for m in FACTORIZATIONS if m not in LARGE_EXCLUDED_METHODS]
@@ -471,12 +480,12 @@ def test_default_methods_leave_out_svd_and_qr_above_hidden_1024_only(monkeypatch
 
 
 def test_a_run_estimated_above_the_threshold_says_so_before_starting(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("lowrank_lab.analyze.ROUGH_PROBE_SECONDS", 0.0)  # probe even this small run
-    monkeypatch.setattr("lowrank_lab.analyze.ANNOUNCE_SECONDS", 0.0)
+    monkeypatch.setattr(f"{LIB}.ROUGH_PROBE_SECONDS", 0.0)  # probe even this small run
+    monkeypatch.setattr(f"{LIB}.ANNOUNCE_SECONDS", 0.0)
     analyze(tmp_path, "--targets", "query")
     err = capsys.readouterr().err
     note = [line for line in err.splitlines() if "note: estimated" in line]
     assert len(note) == 1 and "1 matrices x 2 methods x 2 ranks" in note[0] and "--resume" in note[0]
-    monkeypatch.setattr("lowrank_lab.analyze.ANNOUNCE_SECONDS", 1e9)
+    monkeypatch.setattr(f"{LIB}.ANNOUNCE_SECONDS", 1e9)
     analyze(tmp_path, "--targets", "query", name="quiet")
     assert "note: estimated" not in capsys.readouterr().err

@@ -1,15 +1,18 @@
-"""params, diagnose and claims on lowrank_lab.utils.options (issue 29): each command's options are its
-config dataclass; the parser is generated from it, so flags, defaults, help and checks agree."""
+"""params, diagnose, claims and analyze on lowrank_lab.utils.options (issue 29): each command's options are
+its config dataclass; the parser is generated from it, so flags, defaults, help and checks agree."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+import shlex
 from pathlib import Path
 
 import pytest
 
-from lowrank_lab import claims, diagnose, params
+from lowrank_lab import analyze, claims, diagnose, params
+from lowrank_lab.analysis.analyze_run import AnalyzeConfig
 from lowrank_lab.analysis.diagnose import DiagnoseConfig
 from lowrank_lab.analysis.params import ParamsConfig, parameter_table
 from lowrank_lab.training.claims_report import ClaimsConfig
@@ -51,6 +54,29 @@ SAMPLES = {
         "out": (["--out", "r"], "r"),
         "data_dir": (["--data-dir", "data"], "data"),
         "readme": (["--readme", "R.md"], "R.md"),
+    }),
+    "analyze": (analyze, AnalyzeConfig, {
+        "model": (["--model", "llama-7b"], "llama-7b"),
+        "synthetic": (["--synthetic"], True),
+        "ranks": (["--ranks", "8,64,8"], (8, 64)),
+        "methods": (["--methods", "svd, rsvd"], ("svd", "rsvd")),
+        "targets": (["--targets", "q_proj"], "q_proj"),
+        "experts": (["--experts", "0-1"], "0-1"),
+        "split_fused": (["--split-fused"], True),
+        "layers": (["--layers", "0-3"], "0-3"),
+        "device": (["--device", "cpu"], "cpu"),
+        "dtype": (["--dtype", "bfloat16"], "bfloat16"),
+        "seed": (["--seed", "3"], 3),
+        "out": (["--out", "o"], "o"),
+        "figures": ([], None),  # --figures contradicts --no-figures; test_analyze.py gives it alone
+        "no_figures": (["--no-figures"], True),
+        "resume": (["--resume"], True),
+        "retry_skipped": (["--retry-skipped"], True),
+        "repeats": (["--repeats", "5"], 5),
+        "threads": (["--threads", "2"], 2),
+        "warmup": (["--warmup", "0"], 0),
+        "plan": (["--plan"], True),
+        "quant": (["--quant", "nf4"], "nf4"),
     }),
 }  # fmt: skip
 COMMANDS = list(SAMPLES)
@@ -111,7 +137,8 @@ def test_help_shows_each_options_default_and_reason(command, capsys, monkeypatch
 
 
 @pytest.mark.parametrize(("command", "name", "value"),
-                         [("params", "rank", (8,)), ("diagnose", "rank", 16), ("claims", "out", "elsewhere")])
+                         [("params", "rank", (8,)), ("diagnose", "rank", 16), ("claims", "out", "elsewhere"),
+                          ("analyze", "seed", 1)])
 def test_differences_name_a_changed_option(command, name, value):
     _, cls, sample = SAMPLES[command]
     config = cls(**{n: sample[n][1] for n in _required(cls)})
@@ -143,6 +170,10 @@ def _status(main, argv) -> int:
          "argument --optimizer: invalid choice: 'lion'"),
         ("claims", ["--studies", "a", "--out", ""], "--out must name a folder"),
         ("claims", ["--out", "r"], "the following arguments are required: --studies"),
+        ("analyze", ["--ranks", "8,0", "--out", "OUT"], "--ranks '8,0': expected comma-separated positive"),
+        ("analyze", ["--methods", "svd,pissa", "--out", "OUT"], "--methods: unknown factorization method"),
+        ("analyze", ["--retry-skipped", "--out", "OUT"], "--retry-skipped only makes sense with --resume"),
+        ("analyze", ["--repeats", "0", "--out", "OUT"], "argument --repeats: must be > 0"),
     ],
 )  # fmt: skip
 def test_a_bad_value_exits_2_with_one_line_naming_the_option(command, argv, message, capsys, tmp_path):
@@ -166,3 +197,35 @@ def test_the_library_entry_point_runs_without_the_command_line(tmp_path):
     assert written.path == tmp_path / "p.csv" and written.path.read_text() == result.text
     with pytest.raises(ValueError, match="--rank values must be positive integers"):
         ParamsConfig(rank=(0,))
+
+
+def test_analyze_runs_from_a_notebook_through_the_library(tmp_path):
+    # issue 29, point 6: a notebook calls run(config) and gets the tables and paths back; run.json holds
+    # the config as options.to_dict writes it, and the resume check reads it back through differences.
+    from lowrank_lab.analysis.analyze_run import run
+
+    config = AnalyzeConfig(layers="0", targets="query", ranks="4,8", methods=("svd", "rsvd"), device="cpu",
+                           repeats=1, warmup=0, no_figures=True)
+    assert config.ranks == (4, 8)
+    result = run(config, tmp_path / "a")
+    assert result.out == tmp_path / "a" and result.figures is None and result.is_main
+    assert result.methods == ("svd", "rsvd") and result.ranks == (4, 8) and result.matrices == 1
+    fact = result.factorization
+    assert len(fact) == 4 and list(fact["method"]) == ["svd", "svd", "rsvd", "rsvd"]
+    assert list(fact["rank"]) == [4, 8, 4, 8] and (fact["err_ratio"] >= 1 - 1e-4).all()
+    assert len(result.spectra) == 1 and result.skipped.empty and result.quantization.empty
+    tensor = fact["tensor"].iloc[0]
+    assert result.singular_values(tensor).shape == (384,)
+    stored = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert stored["config"] == options.to_dict(dataclasses.replace(config, out=str(tmp_path / "a")))
+    assert stored["resolved"]["methods"] == ["svd", "rsvd"] and stored["resolved"]["ranks"] == [4, 8]
+    # no argv given: the command recorded is the one that makes the config (--out included)
+    recorded = shlex.split(stored["command"])[3:]
+    assert recorded == options.to_argv(dataclasses.replace(config, out=str(result.out)))
+    resumed = dataclasses.replace(config, resume=True, methods=("svd",), threads=1)  # resume=False options
+    assert run(resumed, tmp_path / "a").rows_written["factorization"] == 0
+    with pytest.raises(ValueError, match=r"differ from the stored run \(--ranks \[4\] \(stored \[4, 8\]\)\)"):
+        run(dataclasses.replace(resumed, ranks=(4,)), tmp_path / "a")
+    with pytest.raises(ValueError, match="--figures and --no-figures contradict"):
+        AnalyzeConfig(figures="f", no_figures=True)
+

@@ -21,6 +21,7 @@ import torch
 from helpers.tiny_models import tiny_bert
 
 from lowrank_lab import analyze, intruders, params
+from lowrank_lab.analysis import analyze_run
 from lowrank_lab.utils.lock import LOCK_NAME, OutputLock
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -214,7 +215,7 @@ def test_a_bad_matrix_is_skipped_with_its_reason_and_the_run_goes_on(
     assert "layer.1.attention.self.key" in (out / "summary.md").read_text()
     # --resume leaves it skipped (the weights are read for nothing else); --retry-skipped tries again.
     loads = []
-    real = analyze.open_source
+    real = analyze_run.open_source
 
     def spy(*a, **k):
         src = real(*a, **k)
@@ -222,7 +223,7 @@ def test_a_bad_matrix_is_skipped_with_its_reason_and_the_run_goes_on(
         src.load = lambda info: loads.append(info.tensor) or load(info)
         return src
 
-    monkeypatch.setattr(analyze, "open_source", spy)
+    monkeypatch.setattr(analyze_run, "open_source", spy)
     assert analyze.main([*args, "--resume"]) == 0
     assert loads == []
     assert analyze.main([*args, "--resume", "--retry-skipped"]) == 0
