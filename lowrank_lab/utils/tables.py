@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,34 @@ def key_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return "" if value is None else str(value)
+
+
+def row_order(*levels: tuple[str, Sequence[Any] | None]) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The row order of a single-process run, as ``DataFrame -> DataFrame`` (the ``order`` of
+    :class:`~lowrank_lab.utils.sweep.Sweep`, which merges a distributed run's part files with it).
+
+    Each level is ``(column, values)``: rows sort by the position of their cell among ``values``
+    (compared as text, :func:`key_text`, since the part files are read as text), or, with ``values``
+    None, by the cell as an integer (a rank 1..k). A level whose column a table lacks is left out
+    (a skipped.csv with one row per matrix sorts by its first level only). The sort is stable; a
+    cell not among ``values`` goes last. ``row_order(("tensor", names), ("side", sides), ("rank",
+    None))`` is intruders.csv's order: matrix in model order, then side, then rank.
+    """
+    positions = [(column, None if values is None else {key_text(v): i for i, v in enumerate(values)})
+                 for column, values in levels]
+
+    def order(df: pd.DataFrame) -> pd.DataFrame:
+        keys = {}
+        for i, (column, where) in enumerate(positions):
+            if column in df:
+                cells = df[column]
+                keys[f"_order{i}"] = cells.astype(int) if where is None else cells.astype(str).map(where)
+        if not keys:
+            return df
+        keyed = df.assign(**keys)
+        return keyed.sort_values(list(keys), kind="stable").drop(columns=list(keys))
+
+    return order
 
 
 def _cell(value: Any, floatfmt: str) -> str:
