@@ -170,7 +170,7 @@ class IntrudersConfig:
     seed: int = option(
         0,
         help="seed of the randomized SVD's test matrix, 0 to 2**63-1",
-        why="any fixed seed makes a run repeatable; 0 as every command of the project",
+        why="a fixed seed makes a randomized run repeatable; the full SVD draws nothing",
         type=seed_type,
     )
     device: str = option(
