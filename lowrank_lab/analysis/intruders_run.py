@@ -441,9 +441,36 @@ def check_resume(config: IntrudersConfig, out: Path, expected_k: dict[str, int])
     sides selected now, the top-k each matrix had), then the options against ``out/run.json``'s
     config record (:func:`lowrank_lab.utils.options.check_resume`: the weights compared, the seed,
     the device; the options marked ``resume=False`` may differ). ``expected_k``: tensor -> its k now.
+    A run.json written before it held the config (the committed runs of reports/) is checked as it
+    was then: the weights compared, by its ``base``, ``tuned`` and ``adapter`` entries.
     """
     _check_rows(config, out / "intruders.csv", expected_k)
-    options.check_resume(config, out / "run.json")
+    legacy = _legacy_run_json(out / "run.json")
+    if legacy is None:
+        options.check_resume(config, out / "run.json")
+        return
+    for key in ("base", "tuned", "adapter"):
+        if key in legacy and legacy[key] != getattr(config, key):
+            raise ValueError(
+                f"cannot resume {out}: it was made with --{key} {legacy[key]!r}, "
+                f"not {getattr(config, key)!r}; use a new --out"
+            )
+
+
+def _legacy_run_json(path: Path) -> dict | None:
+    """The record of a run.json with no ``config`` entry (written before issue 29), else None (no
+    file, a current one, or one that cannot be read: :func:`options.check_resume` names that)."""
+    import json
+
+    from lowrank_lab.utils.files import read_text_nofollow
+
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(read_text_nofollow(path))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "config" not in record else None
 
 
 def _check_rows(config: IntrudersConfig, csv: Path, expected_k: dict[str, int]) -> None:

@@ -261,6 +261,23 @@ def test_resume_with_a_changed_option_is_refused_naming_it(tmp_path, models, cap
     assert csv.read_bytes() == rows and (out / "sweep.csv").exists()
 
 
+def test_a_run_json_from_before_the_config_record_still_resumes(tmp_path, models, capsys):
+    # reports/ holds runs whose run.json has no "config": resumed as before, their weights compared
+    args = ["--base", str(models["base"]), "--tuned", str(models["tuned"]), "--layers", "0"]
+    assert _run(tmp_path, *args)[0] == 0
+    path = tmp_path / "out" / "run.json"
+    meta = json.loads(path.read_text())
+    del meta["config"]
+    path.write_text(json.dumps(meta))
+    code, out = _run(tmp_path, *args, "--resume", "--seed", "1")
+    assert code == 0 and json.loads(path.read_text())["computed"] == 0
+    path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    code, _ = _run(tmp_path, "--base", str(models["base"]), "--tuned", str(models["run"]), "--layers", "0",
+                   "--resume")
+    assert code == 2 and f"it was made with --tuned {str(models['tuned'])!r}" in _one_line_error(capsys)
+
+
 def test_the_library_entry_point_runs_without_the_command_line(tmp_path, models):
     """run(config) from a notebook: the tables as DataFrames, the files as paths, the rows the CLI writes."""
     import dataclasses
