@@ -17,22 +17,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lowrank_lab.analysis.intruders_run import (
-    PROG,
-    SKIPPED_COLUMNS,
-    IntrudersConfig,
-    IntrudersResult,
-    PairWork,
-    pair_cost,
-    run,
-)
+from lowrank_lab.analysis.intruders_run import PROG, IntrudersConfig, IntrudersResult, run
 from lowrank_lab.utils import options
 from lowrank_lab.utils.cli import guarded_main
 
-__all__ = [
-    "PROG", "SKIPPED_COLUMNS", "IntrudersConfig", "IntrudersResult", "PairWork", "build_parser", "main",
-    "pair_cost", "run",
-]  # fmt: skip
+# PairWork, pair_cost and SKIPPED_COLUMNS, once defined here, live in lowrank_lab.analysis.intruders_run
+__all__ = ["PROG", "IntrudersConfig", "IntrudersResult", "build_parser", "main", "run"]
 
 DESCRIPTION = (
     "Count intruder dimensions (Shuttleworth et al. 2024, arXiv 2410.21228) of fine-tuned weights: "
