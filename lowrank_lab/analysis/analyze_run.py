@@ -630,8 +630,7 @@ def _sweep(
         write_run_json(out / "run.json", meta)
 
     quant = config.quant == "nf4"
-    order = row_order({"tensor": [info.tensor for info in s.infos], "method": s.methods,
-                       "rank": [str(r) for r in s.ranks]})
+    order = row_order(("tensor", [info.tensor for info in s.infos]), ("method", s.methods), ("rank", s.ranks))
     sweep = Sweep(out, run_tables(out, s.ranks, quant=quant), order=order, ctx=s.ctx,
                   resume=config.resume, command=meta["command"] or PROG,
                   retry_tables=("skipped",) if config.retry_skipped else (),

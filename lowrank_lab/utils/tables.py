@@ -213,6 +213,34 @@ def key_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def row_order(*levels: tuple[str, Sequence[Any] | None]) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The row order of a single-process run, as ``DataFrame -> DataFrame`` (the ``order`` of
+    :class:`~lowrank_lab.utils.sweep.Sweep`, which merges a distributed run's part files with it).
+
+    Each level is ``(column, values)``: rows sort by the position of their cell among ``values``
+    (compared as text, :func:`key_text`, since the part files are read as text), or, with ``values``
+    None, by the cell as an integer (a rank 1..k). A level whose column a table lacks is left out
+    (a skipped.csv with one row per matrix sorts by its first level only). The sort is stable; a
+    cell not among ``values`` goes last. ``row_order(("tensor", names), ("side", sides), ("rank",
+    None))`` is intruders.csv's order: matrix in model order, then side, then rank.
+    """
+    positions = [(column, None if values is None else {key_text(v): i for i, v in enumerate(values)})
+                 for column, values in levels]
+
+    def order(df: pd.DataFrame) -> pd.DataFrame:
+        keys = {}
+        for i, (column, where) in enumerate(positions):
+            if column in df:
+                cells = df[column]
+                keys[f"_order{i}"] = cells.astype(int) if where is None else cells.astype(str).map(where)
+        if not keys:
+            return df
+        keyed = df.assign(**keys)
+        return keyed.sort_values(list(keys), kind="stable").drop(columns=list(keys))
+
+    return order
+
+
 def _cell(value: Any, floatfmt: str) -> str:
     if isinstance(value, float):
         if math.isnan(value):
@@ -250,29 +278,3 @@ def to_latex(df: pd.DataFrame, *, floatfmt: str = ".4g", caption: str | None = N
         out.append(r"\caption{" + esc(caption) + "}")
     out.append(r"\end{table}")
     return "\n".join(out) + "\n"
-
-
-def row_order(
-    orders: Mapping[str, Sequence[Any] | Callable[[pd.Series], pd.Series]],
-) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """The sort of a sweep's merged rows into single-process order (``utils.sweep.Sweep``'s ``order``).
-
-    ``orders`` names columns, first key first; each maps to the values in the order a single process
-    writes them (a row sorts by its value's position; a value not listed sorts last) or to a function
-    of the column giving its sort key (e.g. ``lambda s: s.astype(int)``). A table lacking a column
-    (a per-matrix table has no ``method``) is sorted by the columns it has. The sort is stable.
-    """
-    keys = {
-        name: spec if callable(spec) else {v: i for i, v in enumerate(spec)} for name, spec in orders.items()
-    }
-
-    def order(df: pd.DataFrame) -> pd.DataFrame:
-        cols = {
-            f"_order{i}": spec(df[name]) if callable(spec) else df[name].map(spec)
-            for i, (name, spec) in enumerate(keys.items())
-            if name in df
-        }
-        keyed = df.assign(**cols)
-        return keyed.sort_values(list(cols), kind="stable").drop(columns=list(cols))
-
-    return order

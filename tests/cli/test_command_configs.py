@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lowrank_lab import analyze, claims, diagnose, params
+from lowrank_lab import analyze, claims, diagnose, intruders, params
 from lowrank_lab.analysis.analyze_run import AnalyzeConfig
 from lowrank_lab.analysis.diagnose import DiagnoseConfig
+from lowrank_lab.analysis.intruders_run import IntrudersConfig
 from lowrank_lab.analysis.params import ParamsConfig, parameter_table
 from lowrank_lab.training.claims_report import ClaimsConfig
 from lowrank_lab.training.config import RunConfig
@@ -78,6 +79,33 @@ SAMPLES = {
         "plan": (["--plan"], True),
         "quant": (["--quant", "nf4"], "nf4"),
     }),
+    "intruders": (intruders, IntrudersConfig, {
+        "base": (["--base", "minilm"], "minilm"),
+        "tuned": (["--tuned", "runs/a"], "runs/a"),
+        "adapter": (["--adapter", "peft"], "peft"),
+        "epsilon": (["--epsilon", "0.4"], 0.4),
+        "top_k": (["--top-k", "20"], 20),
+        "sweep": (["--sweep"], True),
+        "side": (["--side", "both"], "both"),
+        "targets": (["--targets", "query,value"], "query,value"),
+        "layers": (["--layers", "0-2"], "0-2"),
+        "experts": (["--experts", "none"], "none"),
+        "split_fused": (["--split-fused"], True),
+        "out": (["--out", "o"], "o"),
+        "cache_dir": (["--cache-dir", "c"], "c"),
+        "no_cache": (["--no-cache"], True),
+        "tuned_svd": (["--tuned-svd", "randomized"], "randomized"),
+        "seed": (["--seed", "3"], 3),
+        "device": (["--device", "cuda"], "cuda"),
+        "no_figures": (["--no-figures"], True),
+        "threads": (["--threads", "2"], 2),
+        "resume": (["--resume"], True),
+        "mitigate": (["--mitigate", "0,0.5"], "0,0.5"),
+        "update_spectra": (["--update-spectra"], True),
+        "data_dir": (["--data-dir", "data"], "data"),
+        "no_eval": (["--no-eval"], True),
+        "retry_skipped": (["--retry-skipped"], True),
+    }),
 }  # fmt: skip
 COMMANDS = list(SAMPLES)
 
@@ -138,7 +166,8 @@ def test_help_shows_each_options_default_and_reason(command, capsys, monkeypatch
 
 @pytest.mark.parametrize(("command", "name", "value"),
                          [("params", "rank", (8,)), ("diagnose", "rank", 16), ("claims", "out", "elsewhere"),
-                          ("analyze", "seed", 1)])
+                          ("analyze", "seed", 1),
+                          ("intruders", "seed", 1)])
 def test_differences_name_a_changed_option(command, name, value):
     _, cls, sample = SAMPLES[command]
     config = cls(**{n: sample[n][1] for n in _required(cls)})
@@ -174,6 +203,10 @@ def _status(main, argv) -> int:
         ("analyze", ["--methods", "svd,pissa", "--out", "OUT"], "--methods: unknown factorization method"),
         ("analyze", ["--retry-skipped", "--out", "OUT"], "--retry-skipped only makes sense with --resume"),
         ("analyze", ["--repeats", "0", "--out", "OUT"], "argument --repeats: must be > 0"),
+        ("intruders", ["--base", "b", "--tuned", "t", "--out", "OUT", "--mitigate", "0.5,2"],
+         "--mitigate must be in [0, 1]"),
+        ("intruders", ["--base", "b", "--tuned", "t", "--out", "OUT", "--retry-skipped"],
+         "--retry-skipped only makes sense with --resume"),
     ],
 )  # fmt: skip
 def test_a_bad_value_exits_2_with_one_line_naming_the_option(command, argv, message, capsys, tmp_path):

@@ -242,6 +242,68 @@ def test_resume_with_other_settings_is_refused(tmp_path, models, capsys):
     assert json.loads((out / "run.json").read_text())["computed"] == 6
 
 
+def test_resume_with_a_changed_option_is_refused_naming_it(tmp_path, models, capsys):
+    # --seed is in no row of intruders.csv: run.json's config record (options.check_resume) catches it
+    args = ["--base", str(models["base"]), "--tuned", str(models["tuned"]), "--layers", "0"]
+    assert _run(tmp_path, *args)[0] == 0
+    csv = tmp_path / "out" / "intruders.csv"
+    rows = csv.read_bytes()
+    capsys.readouterr()
+    code, out = _run(tmp_path, *args, "--resume", "--seed", "1")
+    assert code == 2
+    err = _one_line_error(capsys)
+    assert f"cannot resume in {out}: options differ from the stored run (--seed 1 (stored 0))" in err
+    assert csv.read_bytes() == rows
+    # options that change no row may differ: threads, figures, the cache's folder, the ε sweep
+    code = cli.main([*args, "--out", str(out), "--resume", "--threads", "1", "--sweep", "--no-figures",
+                     "--cache-dir", str(tmp_path / "other-cache")])
+    assert code == 0 and json.loads((out / "run.json").read_text())["computed"] == 0
+    assert csv.read_bytes() == rows and (out / "sweep.csv").exists()
+
+
+def test_a_run_json_from_before_the_config_record_still_resumes(tmp_path, models, capsys):
+    # reports/ holds runs whose run.json has no "config": resumed as before, their weights compared
+    args = ["--base", str(models["base"]), "--tuned", str(models["tuned"]), "--layers", "0"]
+    assert _run(tmp_path, *args)[0] == 0
+    path = tmp_path / "out" / "run.json"
+    meta = json.loads(path.read_text())
+    del meta["config"]
+    path.write_text(json.dumps(meta))
+    code, out = _run(tmp_path, *args, "--resume", "--seed", "1")
+    assert code == 0 and json.loads(path.read_text())["computed"] == 0
+    path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    code, _ = _run(tmp_path, "--base", str(models["base"]), "--tuned", str(models["run"]), "--layers", "0",
+                   "--resume")
+    assert code == 2 and f"it was made with --tuned {str(models['tuned'])!r}" in _one_line_error(capsys)
+
+
+def test_the_library_entry_point_runs_without_the_command_line(tmp_path, models):
+    """run(config) from a notebook: the tables as DataFrames, the files as paths, the rows the CLI writes."""
+    import dataclasses
+
+    from lowrank_lab.analysis.intruders_run import IntrudersConfig, run
+    from lowrank_lab.utils import options
+
+    config = IntrudersConfig(base=str(models["base"]), tuned=str(models["tuned"]), layers="0", sweep=True,
+                             no_figures=True, cache_dir=str(tmp_path / "cache"))
+    result = run(config, out=tmp_path / "lib")
+    assert result.out == tmp_path / "lib" and result.rank == 0
+    assert result.paths["intruders.csv"] == tmp_path / "lib" / "intruders.csv"
+    assert sorted(result.paths) == ["intruders.csv", "skipped.csv", "summary.md", "sweep.csv"]
+    pd.testing.assert_frame_equal(result.intruders, pd.read_csv(result.paths["intruders.csv"]))
+    assert result.per_matrix.set_index("tensor")["count"][QUERY0] == 1  # the planted intruder
+    assert result.record["intruders"] == {"left": 1} and result.mitigation is None
+    stored = json.loads((tmp_path / "lib" / "run.json").read_text())["config"]
+    assert stored == options.to_dict(dataclasses.replace(config, out=str(tmp_path / "lib")))
+    code, out = _run(tmp_path, *options.to_argv(config), out="cli")
+    assert code == 0 and (out / "intruders.csv").read_bytes() == result.paths["intruders.csv"].read_bytes()
+    with pytest.raises(ValueError, match="give the fine-tuned weights: --tuned PATH, or --adapter PATH"):
+        run(IntrudersConfig(base=str(models["base"])), out=tmp_path / "none")
+    with pytest.raises(ValueError, match=r"--epsilon must be in \(0, 1\]"):
+        IntrudersConfig(base="minilm", tuned="t", epsilon=1.5)
+
+
 @pytest.mark.parametrize("method", ["lora", "pissa"])
 def test_toolkit_adapter_equals_its_merged_model(tmp_path, models, method):
     """A lowrank_lab adapter (save_adapter) merged on the fly gives the counts of the merged model

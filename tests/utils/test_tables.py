@@ -10,6 +10,7 @@ from lowrank_lab.utils.tables import (
     RowWriter,
     ensure_writable_dir,
     read_keys,
+    row_order,
     to_latex,
     to_markdown,
 )
@@ -83,3 +84,21 @@ def test_concurrent_checks_of_one_directory_do_not_collide(tmp_path) -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: ensure_writable_dir(tmp_path), range(64)))
     assert not os.listdir(tmp_path)
+
+
+def test_row_order_sorts_by_position_then_integer_and_skips_absent_columns() -> None:
+    # as a distributed run's part files are read: every cell text
+    rows = pd.DataFrame({"tensor": ["b", "a", "b", "a", "z", "a"],
+                         "side": ["left", "right", "left", "left", "left", "left"],
+                         "rank": ["10", "1", "2", "2", "1", "1"]})
+    order = row_order(("tensor", ["a", "b"]), ("side", ("left", "right")), ("rank", None))
+    got = order(rows)
+    assert list(zip(got.tensor, got.side, got["rank"], strict=True)) == [
+        ("a", "left", "1"), ("a", "left", "2"), ("a", "right", "1"), ("b", "left", "2"), ("b", "left", "10"),
+        ("z", "left", "1"),  # a tensor not listed goes last
+    ]
+    assert list(got.columns) == ["tensor", "side", "rank"]
+    skipped = pd.DataFrame({"tensor": ["b", "a"], "reason": ["x", "y"]})  # one row per matrix
+    assert list(order(skipped).tensor) == ["a", "b"]
+    by_value = row_order(("tensor", ["a"]), ("rank", [16, 8]))  # values compared as text: 16 == "16"
+    assert list(by_value(pd.DataFrame({"tensor": ["a", "a"], "rank": ["8", "16"]}))["rank"]) == ["16", "8"]
