@@ -35,6 +35,7 @@ from lowrank_lab.training.claims import (
     study_claims,
 )
 from lowrank_lab.training.frontier import write_frontier
+from lowrank_lab.training.intruder_sweep import sweep_markdown, write_sweep
 from lowrank_lab.training.stats import DECISION_RULE, MEASURES
 from lowrank_lab.training.tasks import DATA_DIR_ENV, default_data_dir
 from lowrank_lab.utils import options
@@ -108,9 +109,17 @@ def run(
     folder.mkdir(parents=True, exist_ok=True)
     write_frame(frame, folder / "claims.csv")
     command = shlex.join([*PROG.split(), *argv])  # replayable when a path holds a space (issue 31)
-    atomic_write_text(folder / "claims.md", render(frame, studies, command))
-    for study in studies:  # the capacity frontier beside the claims it bounds (frontier_<task>.*)
-        write_frontier(study, folder)
+    sections = []
+    for study in studies:  # beside the claims: the capacity frontier and the intruder ε sweep
+        if write_frontier(study, folder) is not None:
+            task = study_task(study)
+            sections.append(f"Capacity frontier of {task}: `frontier_{task}.md`, "
+                            f"`figures/frontier_{task}.png`.")
+        sweep = write_sweep(study, folder)
+        if sweep is not None:
+            sections.append(f"## Intruders across ε ({sweep['task'].iloc[0]})\n\n" + sweep_markdown(sweep))
+    text = render(frame, studies, command)
+    atomic_write_text(folder / "claims.md", text + ("\n" + "\n\n".join(sections) + "\n" if sections else ""))
     if config.readme:  # from the file just written, as the README test reads it
         path = Path(config.readme)
         section = readme_section(pd.read_csv(folder / "claims.csv"))
@@ -125,6 +134,14 @@ def table(studies: Sequence[Path]) -> pd.DataFrame:
         rows.extend(study_claims(study, decided=False))
     rows.extend(missing_task_rows({r["task"] for r in rows}))
     return pd.DataFrame(decide_rows(rows), columns=COLUMNS)
+
+
+def study_task(study: Path) -> str:
+    """The task of a study folder: its first run record's."""
+    from lowrank_lab.training.record import study_records
+
+    recs = study_records(study)
+    return recs[0].task if recs else study.name
 
 
 def _ensure_baselines(study: Path, data_dir: str | Path) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy import stats as sps
 
 from .config import HEAD_ONLY
 from .record import RunRecord
+from .stats import paired
 from .tasks import TaskSpec
 
 COLUMNS = [
@@ -31,15 +31,14 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def _interval(xs: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
-    """(mean, low, high, sd) of ``xs`` with a two-sided t interval; NaN bounds below two values."""
-    n = len(xs)
-    mean = sum(xs) / n
-    if n < 2:
-        return mean, math.nan, math.nan, math.nan
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half, sd
+def mean_interval(xs: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, low, high, sd) of ``xs`` with a two-sided one-sample t interval (:func:`.stats.paired`
+    against zero, so one formula serves every interval of the reports); NaN bounds and sd below two
+    values, the point itself when the values agree exactly."""
+    p = paired(xs, [0.0] * len(xs), level=level)
+    if p.n < 2:
+        return p.mean, math.nan, math.nan, math.nan
+    return p.mean, p.ci_low, p.ci_high, p.sd
 
 
 def frontier_table(records: Sequence[RunRecord], spec: TaskSpec) -> pd.DataFrame:
@@ -53,7 +52,7 @@ def frontier_table(records: Sequence[RunRecord], spec: TaskSpec) -> pd.DataFrame
     rows = []
     for (method, rank), runs in groups.items():
         runs = sorted(runs, key=lambda r: r.seed)
-        mean, lo, hi, sd = _interval([float(r.final_metric) for r in runs])
+        mean, lo, hi, sd = mean_interval([float(r.final_metric) for r in runs])
         rows.append({
             "task": spec.name, "method": method, "rank": rank, "trainable_params": runs[0].trainable_params,
             "n_seeds": len(runs), "mean": mean, "ci_low": lo, "ci_high": hi, "sd": sd,
