@@ -251,32 +251,111 @@ def cli_outputs(
     return out
 
 
+def run_library(config: Any) -> Any:
+    """Run a command's library entry point on ``config``: ``run(config)`` of the module that defines
+    the config's class (``AnalyzeConfig`` -> :func:`lowrank_lab.analysis.analyze_run.run`, and so on
+    for every command of issue 29), what the command line calls after parsing. Returns its result."""
+    import importlib
+
+    module = importlib.import_module(type(config).__module__)
+    entry = getattr(module, "run", None)
+    if entry is None:
+        raise TypeError(f"{type(config).__name__} is not a command's config: {module.__name__} has no run()")
+    return entry(config)
+
+
+def _fields(config: Any) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(config)}
+
+
+def outputs(
+    *,
+    name: str,
+    small: Any,
+    full: Any | None = None,
+    saved: str | None = None,
+    full_out: str | None = None,
+    marker: str = "summary.md",
+) -> Path:
+    """The output folder of a command's config: a saved result to read, or a fresh run.
+
+    ``small`` and ``full`` are configs of one command (e.g. two :class:`AnalyzeConfig`); in order:
+
+    1. ``reports/<saved>`` when ``saved`` is given and it holds ``marker`` (a finished full-size
+       result made by the documented command). Used in either mode.
+    2. This notebook's own earlier run at the same size, when it holds ``marker``:
+       ``reports/notebooks/<name>-small`` in small mode, ``reports/<full_out>`` at full size
+       (``full_out`` defaults to ``notebooks/<name>``).
+    3. Otherwise the library runs now (:func:`run_library`) on ``small`` or ``full`` with ``out`` set
+       to that folder and ``resume`` on (what an interrupted run finished is kept; every command
+       refuses to resume a folder made with other settings); a config with figure options draws
+       them under ``figures/`` at full size and none in small mode, where the notebooks draw their own.
+
+    Steps 1 and 2 are skipped in fresh mode (``LOWRANK_LAB_FRESH=1``).
+    """
+    import dataclasses
+
+    if saved is not None:
+        found = saved_result(saved, marker=marker)
+        if found is not None:
+            print(f"reading the saved results in {found}")
+            return found
+    if small_mode():
+        rel = Path(NOTEBOOK_SUBDIR) / f"{name}-small"
+    else:
+        rel = Path(full_out) if full_out else Path(NOTEBOOK_SUBDIR) / name
+    own = saved_result(rel, marker=marker)
+    if own is not None:
+        print(f"reading this notebook's earlier run in {own} (LOWRANK_LAB_FRESH=1 recomputes)")
+        return own
+    out = output_root() / "reports" / rel
+    out.mkdir(parents=True, exist_ok=True)
+    config = small if small_mode() or full is None else full
+    fields = _fields(config)
+    changes: dict[str, Any] = {"out": str(out)}
+    if "resume" in fields:
+        changes["resume"] = True
+    if "figures" in fields:
+        changes.update(figures=None, no_figures=True) if small_mode() else changes.update(
+            figures=str(output_root() / "figures" / rel), no_figures=False)
+    elif "no_figures" in fields:
+        changes["no_figures"] = small_mode()
+    config = dataclasses.replace(config, **changes)
+    print(f"running {type(config).__name__}: {config}")
+    run_library(config)
+    return out
+
+
 def analysis_dir(
-    model: str, *, name: str, small_argv: list[str], full_argv: list[str] | None = None,
+    model: str, *, name: str, small: dict[str, Any], full: dict[str, Any] | None = None,
     saved: str | None = None,
 ) -> Path:
-    """:func:`cli_outputs` for ``python -m lowrank_lab.analyze --model <model>``.
+    """:func:`outputs` of :class:`~lowrank_lab.analysis.analyze_run.AnalyzeConfig` on ``model``,
+    with the options ``small`` and ``full`` (the config's field names, e.g. ``ranks="8,32"``).
 
     ``saved`` defaults to ``model``: the committed full-size runs live in ``reports/<model>`` and
-    ``figures/<model>`` (made with those ``--out``/``--figures``; the CLI's own defaults are the
+    ``figures/<model>`` (made with those ``--out``/``--figures``; the command's own defaults are the
     git-ignored ``runs/<model>``), so such a run is read rather than redone, and a full-size run made
-    here goes to the same place (``full_argv`` should then be the documented command's options).
+    here goes to the same place (``full`` should then be the documented command's options).
     """
+    from lowrank_lab.analysis.analyze_run import AnalyzeConfig
+
     saved = saved if saved is not None else str(model)
-    return cli_outputs(
-        "analyze", name=name, saved=saved, full_out=saved,
-        small_argv=["--model", str(model), *small_argv],
-        full_argv=["--model", str(model), *(full_argv or [])],
-    )
+    return outputs(
+        name=name, saved=saved, full_out=saved,
+        small=AnalyzeConfig(model=str(model), **small), full=AnalyzeConfig(model=str(model), **(full or {})),
+    )  # fmt: skip
 
 
 def load_singular_values(out: str | Path, tensors: list[str]) -> dict[str, Any]:
     """The singular values an analysis run saved (``<out>/singular_values/*.npy``), by tensor name.
 
-    Reading files only; the file naming is the CLI's (``lowrank_lab.analyze``), so it is asked for
-    there rather than repeated here. Tensors without a saved file are left out.
+    Reading files only; the file naming is the library's (:mod:`lowrank_lab.analysis.analyze_run`),
+    so it is asked for there rather than repeated here. Tensors without a saved file are left out.
     """
-    from lowrank_lab.analyze import load_singular_values as load_one
+    from lowrank_lab.analysis.analyze_run import load_singular_values as load_one
 
     sv_dir = Path(out) / "singular_values"
     values = {t: load_one(sv_dir, t) for t in tensors}

@@ -52,8 +52,8 @@ print(pd.DataFrame([{"method": k, "what": m.summary, "reference": m.reference,
 runs = {}
 runs["minilm"] = nbs.analysis_dir(
     "minilm", name="01_minilm",
-    small_argv=["--layers", "0", "--ranks", "8,32", "--repeats", "1", "--warmup", "0"],
-    full_argv=[],                       # the CLI default: every method, ranks 8,32,64, all 36 matrices
+    small=dict(layers="0", ranks="8,32", repeats=1, warmup=0),
+    full={},                            # the defaults: every method, ranks 8,32,64, all 36 matrices
 )
 stories = nbs.stories260k_path()
 if stories is None:
@@ -61,8 +61,8 @@ if stories is None:
 else:
     runs["stories260K"] = nbs.analysis_dir(
         str(stories), name="01_stories260K", saved="stories260K",
-        small_argv=["--layers", "0", "--ranks", "4,8,16", "--repeats", "1", "--warmup", "0"],
-        full_argv=["--ranks", "4,8,16"],  # its matrices are 32..172 x 64: rank 64 would be full rank
+        small=dict(layers="0", ranks="4,8,16", repeats=1, warmup=0),
+        full=dict(ranks="4,8,16"),  # its matrices are 32..172 x 64: rank 64 would be full rank
     )
 fact = pd.concat([pd.read_csv(d / "factorization.csv").assign(model=name) for name, d in runs.items()],
                  ignore_index=True)

@@ -50,16 +50,15 @@ from lowrank_lab.analysis.report import module_spectra_table
 
 runs = {"minilm": nbs.analysis_dir(
     "minilm", name="02_minilm",
-    small_argv=["--methods", "svd", "--ranks", "8", "--repeats", "1", "--warmup", "0"])}
+    small=dict(methods="svd", ranks="8", repeats=1, warmup=0))}
 stories = nbs.stories260k_path()
 if stories is None:
     print("stories260K: ../shared/data/models/stories260K/stories260K.bin not found -> that part is skipped")
 else:
     runs["stories260K"] = nbs.analysis_dir(
         str(stories), name="02_stories260K", saved="stories260K",
-        small_argv=["--methods", "svd", "--ranks", "4,8,16", "--layers", "0,2,4", "--repeats", "1",
-                    "--warmup", "0"],
-        full_argv=["--ranks", "4,8,16"])
+        small=dict(methods="svd", ranks="4,8,16", layers="0,2,4", repeats=1, warmup=0),
+        full=dict(ranks="4,8,16"))
 spectra = {name: pd.read_csv(d / "spectra.csv") for name, d in runs.items()}
 values = {name: nbs.load_singular_values(d, list(spectra[name]["tensor"])) for name, d in runs.items()}
 for name in runs:

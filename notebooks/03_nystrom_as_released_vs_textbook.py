@@ -59,8 +59,7 @@ from lowrank_lab.weights import open_source
 METHODS = ["svd", "nystrom", "nystrom-pinv", "nystrom-released"]
 ranks = nbs.pick(small=[8, 32], full=[8, 32, 64])
 d = nbs.analysis_dir("minilm", name="03_minilm",
-                     small_argv=["--methods", ",".join(METHODS), "--layers", "0", "--ranks", "8,32",
-                                 "--repeats", "1", "--warmup", "0"])
+                     small=dict(methods=",".join(METHODS), layers="0", ranks="8,32", repeats=1, warmup=0))
 fact = pd.read_csv(d / "factorization.csv")
 fact = fact[fact.method.isin(METHODS) & fact["rank"].isin(ranks)]
 

@@ -85,6 +85,7 @@ else:
 print(len(run_dirs), "fine-tuned models:", list(run_dirs))
 
 # %%
+from lowrank_lab.analysis.intruders_run import IntrudersConfig
 from lowrank_lab.training.record import RunRecord
 
 rows, sweeps, intruder_dirs = [], [], {}
@@ -93,10 +94,10 @@ for label, d in run_dirs.items():
     # <study>/intruders/<run>/ (where its summary.md looks), are read rather than redone.
     in_study = d in study_runs.values()
     saved = f"finetune/sst2/intruders/{d.name}" if in_study else None
-    out = intruder_dirs[label] = nbs.cli_outputs(
-        "intruders", name=f"06_intruders_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}",
-        small_argv=["--base", "minilm", "--tuned", str(d), "--sweep", *targets],
-        full_argv=["--base", "minilm", "--tuned", str(d), "--sweep"], saved=saved, marker="sweep.csv")
+    out = intruder_dirs[label] = nbs.outputs(
+        name=f"06_intruders_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}",
+        small=IntrudersConfig(base="minilm", tuned=str(d), sweep=True, targets=nbs.pick("query,value", None)),
+        full=IntrudersConfig(base="minilm", tuned=str(d), sweep=True), saved=saved, marker="sweep.csv")
     cfg = RunRecord.read(d).config  # the fine-tuned run's record, runs/<run>/run.json
     info = {"run": label, "method": cfg.method, "rank": cfg.rank if cfg.method != "full" else None,
             "study": in_study}

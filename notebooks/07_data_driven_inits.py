@@ -48,7 +48,6 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from lowrank_lab import diagnose
 from lowrank_lab import notebook_support as nbs
 from lowrank_lab.adapters import (
     ADAPTERS,
@@ -58,6 +57,7 @@ from lowrank_lab.adapters import (
     lowrank_modules,
     resolve_targets,
 )
+from lowrank_lab.analysis.diagnose import DEFAULT_METHODS, DiagnoseConfig
 from lowrank_lab.linalg import optimal_error, singular_values
 from lowrank_lab.training.batching import Encoder, batch_order
 from lowrank_lab.training.models import load_model, load_tokenizer
@@ -181,16 +181,16 @@ elif DATA is None:
 else:
     name = "07_diagnose-small" if SMALL else "07_diagnose"
     diag_dir = nbs.output_root() / "reports" / nbs.NOTEBOOK_SUBDIR / name
-    argv = ["--task", "sst2", "--model", "minilm", "--data-dir", str(DATA), "--study", "none",
-            "--out", str(diag_dir)]  # fmt: skip
+    common = dict(task="sst2", model="minilm", data_dir=str(DATA), study="none", out=str(diag_dir))
     if SMALL:
-        argv += ["--methods", "lora,pissa,eva,lora-ga,lora-one,astra,lora-null,kasa", "--rank", "4",
-                 "--batch-size", "8", "--max-length", "32", "--calibration-samples", "8",
-                 "--targets", "query,value"]  # fmt: skip
+        small = ("lora", "pissa", "eva", "lora-ga", "lora-one", "astra", "lora-null", "kasa")
+        config = DiagnoseConfig(**common, methods=small, rank=4, batch_size=8, max_length=32,
+                                calibration_samples=8, targets="query,value")  # fmt: skip
     else:
-        argv += ["--methods", f"{diagnose.DEFAULT_METHODS},astra,lora-null,nora,kasa,init-ab"]
-    print("running: python -m lowrank_lab.diagnose", " ".join(argv))
-    nbs.run_cli(diagnose.main, argv)
+        extra = ("astra", "lora-null", "nora", "kasa", "init-ab")
+        config = DiagnoseConfig(**common, methods=(*DEFAULT_METHODS, *extra))
+    print("running", config)
+    nbs.run_library(config)  # lowrank_lab.analysis.diagnose.run, what python -m lowrank_lab.diagnose calls
 if diag_dir is not None:
     diag = pd.read_csv(diag_dir / "diagnostics.csv")
     per_method = diag.groupby("method", sort=False)[["alignment", "cos_neg_grad", "output_change"]].mean()

@@ -47,3 +47,39 @@ def test_an_unknown_cli_is_refused(calls):
     with pytest.raises(ValueError, match="unknown command-line module 'train'"):
         nbs.cli_outputs("train", name="x", small_argv=[])
     assert calls == []
+
+
+@pytest.fixture
+def library_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list:
+    monkeypatch.setenv("LOWRANK_LAB_OUTPUT_ROOT", str(tmp_path))
+    monkeypatch.setenv("LOWRANK_LAB_FRESH", "1")
+    seen: list = []
+    monkeypatch.setattr(nbs, "run_library", seen.append)
+    return seen
+
+
+@pytest.mark.parametrize("small", ["1", ""])
+def test_a_library_run_gets_out_resume_and_figures_by_mode(library_calls, tmp_path, monkeypatch, small):
+    from lowrank_lab.analysis.analyze_run import AnalyzeConfig
+
+    monkeypatch.setenv("LOWRANK_LAB_SMALL", small)
+    out = nbs.analysis_dir("minilm", name="99_demo", small=dict(ranks="8"), full=dict(ranks="8,64"),
+                           saved="none")
+    (config,) = library_calls
+    assert isinstance(config, AnalyzeConfig) and config.resume and config.out == str(out)
+    assert config.ranks == ((8,) if small else (8, 64))
+    if small:  # the notebooks draw their own figures in small mode
+        assert config.no_figures and config.figures is None
+    else:
+        assert not config.no_figures and config.figures == str(tmp_path / "figures" / "none")
+
+
+def test_run_library_calls_the_run_of_the_configs_own_module(monkeypatch):
+    import lowrank_lab.analysis.params as params_lib
+    from lowrank_lab.analysis.params import ParamsConfig
+
+    result = nbs.run_library(ParamsConfig(model="minilm", rank=(8,), methods=("lora",)))
+    assert list(result.table["trainable"]) == [8 * (384 + 384) * 4 * 6 + 8 * (384 + 1536) * 2 * 6]
+    assert params_lib.run.__module__ == type(ParamsConfig()).__module__
+    with pytest.raises(TypeError, match="has no run"):
+        nbs.run_library(Path("x"))
