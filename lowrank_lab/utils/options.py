@@ -53,9 +53,7 @@ class _Append(argparse.Action):
     """argparse's ``append`` for a frozen config: the values so far are a tuple (the default, ``()``
     or None, is never mutated), each use of the flag adds one."""
 
-    def __call__(
-        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Any = None
-    ) -> None:
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
         setattr(namespace, self.dest, (*(getattr(namespace, self.dest) or ()), values))
 
 
@@ -221,7 +219,8 @@ def check_resume(config: Any, run_json: str | Path, *, key: str = "config") -> N
     if changed:
         raise ValueError(
             f"cannot resume in {path.parent}: options differ from the stored run "
-            f"({describe_differences(changed, type(config))}); rerun with the stored options or use a new --out"
+            f"({describe_differences(changed, type(config))}); "
+            "rerun with the stored options or use a new --out"
         )
 
 

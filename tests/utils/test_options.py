@@ -189,7 +189,8 @@ class Repeated:
 def test_append_const_aliases_and_excluding_groups(capsys):
     parser = options.build_parser(Repeated, "rep", "Repeated options.")
     assert options.parse_config(Repeated, parser, []) == Repeated()
-    config = options.parse_config(Repeated, parser, ["--grid", "--grid", "a=1", "--pairs", "k=v", "--seed", "2"])
+    argv = ["--grid", "--grid", "a=1", "--pairs", "k=v", "--seed", "2"]
+    config = options.parse_config(Repeated, parser, argv)
     assert config == Repeated(grid=("default", "a=1"), pairs=("k=v",), seeds="2")
     assert options.to_argv(config) == ["--grid", "--grid", "a=1", "--pairs", "k=v", "--seeds", "2"]
     assert options.parse_config(Repeated, parser, options.to_argv(config)) == config
