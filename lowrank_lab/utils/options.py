@@ -53,7 +53,7 @@ class _Append(argparse.Action):
     """argparse's ``append`` for a frozen config: the values so far are a tuple (the default, ``()``
     or None, is never mutated), each use of the flag adds one."""
 
-    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None):
         setattr(namespace, self.dest, (*(getattr(namespace, self.dest) or ()), values))
 
 
