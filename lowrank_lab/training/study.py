@@ -48,7 +48,7 @@ from .baselines import constant_predictor, ngram_losses
 from .batching import Encoder, batch_order, default_validation_size, eval_subset, validation_split
 from .checkpoint import CHECKPOINT_META, read_checkpoint_meta, remove_checkpoint
 from .claims import BASELINES, intruder_counts_by_run, read_baselines, reference_levels, study_claims
-from .config import HEAD_ONLY, RunConfig
+from .config import CHECKPOINT_SECONDS, HEAD_ONLY, SELECTION_SEED, RunConfig
 from .loop import train_run
 from .models import NATIVE, load_model, load_tokenizer, resolve_pooling
 from .record import RunRecord, method_labeller, study_records
@@ -147,9 +147,9 @@ def run_study(
     tokenizer: Any = None,
     log: Callable[[str], None] | None = None,
     notes: Sequence[str] = (),
-    checkpoint_seconds: float = 120.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     lr_grid: dict[str, list[float]] | None = None,
-    selection_seed: int | Sequence[int] = 100,
+    selection_seed: int | Sequence[int] = SELECTION_SEED,
 ) -> dict[str, Any]:
     """Run ``methods`` × ``seeds`` on ``base.task`` and write the study files (see module docstring).
 
@@ -172,9 +172,8 @@ def run_study(
     log : callable
         Where messages go (default: ``tqdm.write`` to stderr).
     checkpoint_seconds : float
-        Wall seconds between a run's checkpoints (0: only when interrupted). The default costs
-        under 1% of a run: saving full fine-tuning's 260 MB of MiniLM weights and AdamW moments
-        takes about a second.
+        Wall seconds between a run's checkpoints (0: only when interrupted); the default,
+        :data:`~.config.CHECKPOINT_SECONDS`, says why.
     lr_grid : dict, optional
         Select each method's learning rate first (:mod:`.selection`): ``{}`` for the default grids,
         or rates per family/method/``head``. Selection runs go to ``out/select/`` on
@@ -184,8 +183,8 @@ def run_study(
         merged weights. A ``base.head_lr`` is taken as already chosen: only the methods' rates are
         selected then.
     selection_seed : int or sequence of int
-        Seed(s) of the selection runs (default 100: none of the study's usual seeds 0-9, so the runs
-        a verdict uses are not the ones a rate was chosen on). Several seeds score each rate by
+        Seed(s) of the selection runs (default :data:`~.config.SELECTION_SEED`: none of the study's
+        usual seeds 0-9). Several seeds score each rate by
         their mean validation metric (:func:`~.selection.pooled`; issue 30, point 11).
 
     Returns
@@ -825,7 +824,7 @@ def rebuild_merged(
     tokenizer: Any = None,
     log: Callable[[str], None] | None = None,
     argv: Sequence[str] | None = None,
-    checkpoint_seconds: float = 120.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> dict[str, Any]:
     """Replay finished runs whose ``merged/`` is gone and save their merged weights again.
 

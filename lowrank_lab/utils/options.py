@@ -113,7 +113,9 @@ def build_parser(
         text = f"{meta['help']} ({when}; {meta['why']})".replace("%", "%%")
         where = parser
         if "group" in meta:
-            where = groups.setdefault(meta["group"], parser.add_mutually_exclusive_group())
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_mutually_exclusive_group()
+            where = groups[meta["group"]]
         flags = (flag(f), *meta.get("aliases", ()))
         if f.default is False:
             where.add_argument(*flags, dest=f.name, action="store_true", help=text)
