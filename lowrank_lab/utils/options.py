@@ -14,7 +14,10 @@ is taken from PEFT or scikit-learn.
 :func:`option` writes such a field. Metadata keys of a field: ``help`` and ``why`` (required: what
 the option does, why its default), ``flag`` (default ``--`` + the name with ``-`` for ``_``),
 ``type`` (text to value, argparse's ``type=``; a tuple-valued field's type returns the whole tuple
-unless ``nargs`` is given), ``choices``, ``metavar``, ``nargs``, ``shown`` (the default as the
+unless ``nargs`` is given), ``choices``, ``metavar``, ``nargs``, ``const`` (the value of a flag given
+without one, with ``nargs="?"``), ``action`` (``"append"``: an option given several times, its values
+a tuple in the order given), ``aliases`` (further flags of the option), ``group`` (options of one
+group name exclude each other, argparse's mutually exclusive group), ``shown`` (the default as the
 help names it, when its ``repr`` would not say it) and ``resume`` (False for an option that does not
 change what a run computes, e.g. ``--threads`` or ``--resume`` itself: :func:`check_resume` lets it
 differ). A ``bool`` field defaulting to False is a
@@ -32,8 +35,8 @@ from typing import Any, NoReturn, TypeVar
 
 C = TypeVar("C")
 
-_ARGPARSE_KEYS = ("type", "choices", "metavar", "nargs")
-_KEYS = frozenset(("flag", "shown", "resume", *_ARGPARSE_KEYS))
+_ARGPARSE_KEYS = ("type", "choices", "metavar", "nargs", "const")
+_KEYS = frozenset(("flag", "shown", "resume", "action", "aliases", "group", *_ARGPARSE_KEYS))
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, why: str, **extras: Any) -> Any:
@@ -44,6 +47,14 @@ def option(default: Any = dataclasses.MISSING, *, help: str, why: str, **extras:
     if unknown:
         raise TypeError(f"option(): unknown metadata {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}")
     return dataclasses.field(default=default, metadata={"help": help, "why": why, **extras})
+
+
+class _Append(argparse.Action):
+    """argparse's ``append`` for a frozen config: the values so far are a tuple (the default, ``()``
+    or None, is never mutated), each use of the flag adds one."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None):
+        setattr(namespace, self.dest, (*(getattr(namespace, self.dest) or ()), values))
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -89,20 +100,29 @@ def build_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
         **kwargs,
     )
+    groups: dict[str, Any] = {}
     for f in option_fields(cls):
         meta = f.metadata
         if "help" not in meta or "why" not in meta:
             raise TypeError(f"{cls.__name__}.{f.name}: an option needs metadata 'help' and 'why'")
         extras = {k: meta[k] for k in _ARGPARSE_KEYS if k in meta}
+        if meta.get("action") == "append":
+            extras["action"] = _Append
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         when = "required" if required else f"default: {_shown(f)}"
         text = f"{meta['help']} ({when}; {meta['why']})".replace("%", "%%")
+        where = parser
+        if "group" in meta:
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_mutually_exclusive_group()
+            where = groups[meta["group"]]
+        flags = (flag(f), *meta.get("aliases", ()))
         if f.default is False:
-            parser.add_argument(flag(f), dest=f.name, action="store_true", help=text)
+            where.add_argument(*flags, dest=f.name, action="store_true", help=text)
         elif required:
-            parser.add_argument(flag(f), dest=f.name, required=True, help=text, **extras)
+            where.add_argument(*flags, dest=f.name, required=True, help=text, **extras)
         else:
-            parser.add_argument(flag(f), dest=f.name, default=f.default, help=text, **extras)
+            where.add_argument(*flags, dest=f.name, default=f.default, help=text, **extras)
     return parser
 
 
@@ -201,14 +221,15 @@ def check_resume(config: Any, run_json: str | Path, *, key: str = "config") -> N
     if changed:
         raise ValueError(
             f"cannot resume in {path.parent}: options differ from the stored run "
-            f"({describe_differences(changed, type(config))}); rerun with the stored options or use a "
-            "new --out"
+            f"({describe_differences(changed, type(config))}); "
+            "rerun with the stored options or use a new --out"
         )
 
 
 def to_argv(config: Any) -> list[str]:
     """The command-line arguments that make ``config``: every field not at its default, in field
-    order (a required one always), as text; a sequence without ``nargs`` is written comma-separated."""
+    order (a required one always), as text; a sequence without ``nargs`` is written comma-separated,
+    an ``append`` option's values one flag each."""
     argv: list[str] = []
     for f in option_fields(type(config)):
         value = getattr(config, f.name)
@@ -216,6 +237,9 @@ def to_argv(config: Any) -> list[str]:
             continue
         if value is True and f.default is False:
             argv.append(flag(f))
+        elif f.metadata.get("action") == "append":  # the flag once per value; the bare flag for const
+            for v in value or ():
+                argv += [flag(f)] if "const" in f.metadata and v == f.metadata["const"] else [flag(f), str(v)]
         elif isinstance(value, (tuple, list)):
             items = [str(_plain(v)) for v in value]
             argv += [flag(f), *items] if "nargs" in f.metadata else [flag(f), ",".join(items)]

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from lowrank_lab import analyze, claims, diagnose, intruders, params
+from lowrank_lab import analyze, claims, diagnose, finetune, intruders, params
 from lowrank_lab.analysis.analyze_run import AnalyzeConfig
 from lowrank_lab.analysis.diagnose import DiagnoseConfig
 from lowrank_lab.analysis.intruders_run import IntrudersConfig
 from lowrank_lab.analysis.params import ParamsConfig, parameter_table
 from lowrank_lab.training.claims_report import ClaimsConfig
 from lowrank_lab.training.config import RunConfig
+from lowrank_lab.training.finetune_config import FinetuneConfig
 from lowrank_lab.utils import options
 
 # Per command: each field's flag tokens and the value they must give (every field, required ones first).
@@ -106,8 +107,63 @@ SAMPLES = {
         "no_eval": (["--no-eval"], True),
         "retry_skipped": (["--retry-skipped"], True),
     }),
+    "finetune": (finetune, FinetuneConfig, {
+        "task": (["--task", "gsm8k"], "gsm8k"),
+        "model": (["--model", "minilm"], "minilm"),
+        "methods": (["--methods", "lora,head"], ("lora", "head")),
+        "rank": (["--rank", "4"], 4),
+        "alpha": (["--alpha", "16"], 16.0),
+        "targets": (["--targets", "q,v"], "q,v"),
+        "steps": (["--steps", "20"], 20),
+        "epochs": (["--epochs", "1.5"], 1.5),
+        "patience": (["--patience", "3"], 3),
+        "min_delta": (["--min-delta", "0.002"], 0.002),
+        "pooling": (["--pooling", "cls"], "cls"),
+        "eval_mode": (["--eval", "generate"], "generate"),
+        "dtype": (["--dtype", "bfloat16"], "bfloat16"),
+        "gradient_checkpointing": (["--gradient-checkpointing"], True),
+        "eval_set": (["--eval-set", "dev+test"], "dev+test"),
+        "val_samples": (["--val-samples", "0"], 0),
+        "lr_grid": (["--lr-grid", "--lr-grid", "full=1e-5,3e-5"], ("default", "full=1e-5,3e-5")),
+        "select_only": (["--select-only"], True),
+        "selection_seed": (["--selection-seed", "100,101"], (100, 101)),
+        "seeds": (["--seeds", "0,1,2"], (0, 1, 2)),
+        "batch_size": (["--batch-size", "8"], 8),
+        "max_length": (["--max-length", "32"], 32),
+        "eval_every": (["--eval-every", "5"], 5),
+        "eval_samples": (["--eval-samples", "64"], 64),
+        "lr": (["--lr", "3e-4"], 3e-4),
+        "head_lr": (["--head-lr", "1e-3"], 1e-3),
+        "warmup_ratio": (["--warmup-ratio", "0.1"], 0.1),
+        "weight_decay": (["--weight-decay", "0.01"], 0.01),
+        "max_grad_norm": (["--max-grad-norm", "0.5"], 0.5),
+        "explode_factor": (["--explode-factor", "5"], 5.0),
+        "loss_threshold": (["--loss-threshold", "0.7"], 0.7),
+        "adapter_option": (["--adapter-option", "n_iter=2", "--adapter-option", "x=y"],
+                           ("n_iter=2", "x=y")),
+        "data_dir": (["--data-dir", "data"], "data"),
+        "dataset": (["--dataset", "nyu-mll/glue:rte"], "nyu-mll/glue:rte"),
+        "scaling": (["--scaling", "rslora"], "rslora"),
+        "dora": (["--dora"], True),
+        "calibration_samples": (["--calibration-samples", "64"], 64),
+        "out": (["--out", "s"], "s"),
+        "resume": (["--resume"], True),
+        "checkpoint_every": (["--checkpoint-every", "0"], 0),
+        "device": (["--device", "auto"], "auto"),
+        "no_save_merged": (["--no-save-merged"], True),
+        "rebuild_merged": (["--rebuild-merged"], ""),
+        "replace_different": (["--replace-different"], True),
+        "forgetting": (["--forgetting"], "stsb"),
+        "summary_only": (["--summary-only"], True),
+        "status": (["--status"], True),
+        "threads": (["--threads", "2"], 2),
+        "no_progress": (["--no-progress"], True),
+    }),
 }  # fmt: skip
 COMMANDS = list(SAMPLES)
+# Options that exclude another (argparse's mutually exclusive groups): each is checked apart, on top of
+# the required options, instead of in the one command line that gives every other option.
+APART = {"finetune": ("epochs", "dataset")}
 
 
 def _required(cls: type) -> list[str]:
@@ -118,11 +174,16 @@ def _required(cls: type) -> list[str]:
 def test_every_flag_round_trips_into_the_config(command):
     module, cls, sample = SAMPLES[command]
     assert list(sample) == [f.name for f in dataclasses.fields(cls)]  # a new option needs its sample here
-    argv = [token for tokens, _ in sample.values() for token in tokens]
-    config = options.from_args(cls, module.build_parser().parse_args(argv))
-    for name, (_, value) in sample.items():
-        assert getattr(config, name) == value, name
-    assert options.from_args(cls, module.build_parser().parse_args(options.to_argv(config))) == config
+    apart = APART.get(command, ())
+    required = [token for name in _required(cls) for token in sample[name][0]]
+    lines = [[token for name, (tokens, _) in sample.items() if name not in apart for token in tokens]]
+    lines += [[*required, *sample[name][0]] for name in apart]
+    checked = [[n for n in sample if n not in apart], *([n] for n in apart)]
+    for argv, names in zip(lines, checked, strict=True):
+        config = options.from_args(cls, module.build_parser().parse_args(argv))
+        for name in names:
+            assert getattr(config, name) == sample[name][1], name
+        assert options.from_args(cls, module.build_parser().parse_args(options.to_argv(config))) == config
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -159,7 +220,8 @@ def test_help_shows_each_options_default_and_reason(command, capsys, monkeypatch
     text = capsys.readouterr().out
     fields = dataclasses.fields(cls)
     for f in fields:
-        assert f"{options.flag(f)} " in text and f"; {f.metadata['why']})" in text, f.name
+        shown = f"{options.flag(f)} " in text or f"{options.flag(f)}\n" in text  # a long flag: help below
+        assert shown and f"; {f.metadata['why']})" in text, f.name
     assert text.count("(default: ") + text.count("(required; ") == len(fields)
     assert "examples:" in text
 
@@ -167,7 +229,8 @@ def test_help_shows_each_options_default_and_reason(command, capsys, monkeypatch
 @pytest.mark.parametrize(("command", "name", "value"),
                          [("params", "rank", (8,)), ("diagnose", "rank", 16), ("claims", "out", "elsewhere"),
                           ("analyze", "seed", 1),
-                          ("intruders", "seed", 1)])
+                          ("intruders", "seed", 1),
+                          ("finetune", "steps", 600)])
 def test_differences_name_a_changed_option(command, name, value):
     _, cls, sample = SAMPLES[command]
     config = cls(**{n: sample[n][1] for n in _required(cls)})
@@ -207,6 +270,11 @@ def _status(main, argv) -> int:
          "--mitigate must be in [0, 1]"),
         ("intruders", ["--base", "b", "--tuned", "t", "--out", "OUT", "--retry-skipped"],
          "--retry-skipped only makes sense with --resume"),
+        ("finetune", ["--task", "sst2", "--out", "OUT", "--methods", ","], "--methods is empty"),
+        ("finetune", ["--task", "sst2", "--out", "OUT", "--patience", "2", "--eval-every", "0"],
+         "--patience needs evaluations during training"),
+        ("finetune", ["--task", "sst2", "--out", "OUT", "--min-delta", "nan"],
+         "argument --min-delta: must be"),
     ],
 )  # fmt: skip
 def test_a_bad_value_exits_2_with_one_line_naming_the_option(command, argv, message, capsys, tmp_path):

@@ -93,7 +93,7 @@ def test_dataset_option_picks_the_data_source(monkeypatch, tmp_path, flags, sour
         seen.update(kw)
         return {"records": [], "summary": "-", "failed": 0}
 
-    monkeypatch.setattr("lowrank_lab.finetune.run_study", fake_run_study)
+    monkeypatch.setattr("lowrank_lab.training.finetune_run.run_study", fake_run_study)
     assert main(["--task", "rte", "--methods", "lora", *flags, "--out", str(tmp_path)]) == 0
     assert seen["data_dir"] == source
 

@@ -187,7 +187,7 @@ def test_finetune_cli_exits_130_and_says_how_to_resume(monkeypatch, capsys, tmp_
     def interrupted(*a, **k):
         raise Interrupted("lora (seed 0) interrupted after step 7 of 300; saved X; rerun with --resume")
 
-    monkeypatch.setattr(finetune, "run_study", interrupted)
+    monkeypatch.setattr("lowrank_lab.training.finetune_run.run_study", interrupted)
     rc = finetune.main(["--task", "sst2", "--methods", "lora", "--out", str(tmp_path / "s"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 130

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from lowrank_lab.finetune import main
+from lowrank_lab.training import one_run as one_run_mod
 from lowrank_lab.training import study as study_mod
 from lowrank_lab.training.config import RunConfig
 from lowrank_lab.training.study import rebuild_merged, run_study
@@ -147,7 +148,7 @@ def test_evaluations_are_checked_too(glue_dir, tmp_path, bert_tokenizer, tiny_be
 def test_named_runs_are_checked_before_any_work(glue_dir, tmp_path, bert_tokenizer, tiny_bert, monkeypatch):
     out = tmp_path / "n"
     _study(glue_dir, out, bert_tokenizer, tiny_bert(2), ["lora"], save_merged=True)
-    monkeypatch.setattr(study_mod, "train_run", lambda *a, **k: pytest.fail("trained before checking"))
+    monkeypatch.setattr(one_run_mod, "train_run", lambda *a, **k: pytest.fail("trained before checking"))
     with pytest.raises(FileNotFoundError, match=r"no run record .*lorra-r2-seed0/run.json for task sst2; "
                        r"runs here: lora-r2-seed0"):
         _rebuild(glue_dir, out, bert_tokenizer, tiny_bert(2), runs=["lorra-r2-seed0"])

@@ -13,6 +13,8 @@ import pytest
 from transformers import AutoConfig
 
 from lowrank_lab.training import config as config_mod
+from lowrank_lab.training import one_run as one_run_mod
+from lowrank_lab.training import scheduling as scheduling_mod
 from lowrank_lab.training import study as study_mod
 from lowrank_lab.training.config import RunConfig
 from lowrank_lab.training.record import RunRecord, study_records
@@ -126,7 +128,7 @@ def test_resume_skips_finished_runs_and_rejects_other_settings(
     def boom(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(study_mod, "train_run", boom)
+    monkeypatch.setattr(one_run_mod, "train_run", boom)
     again = _run(glue_dir, out, bert_tokenizer, tiny_bert(2), methods=("lora",), resume=True)
     assert again["records"][0].train_loss == first["records"][0].train_loss
     assert len(pd.read_csv(out / "runs.csv")) == 1
@@ -213,7 +215,7 @@ def test_two_processes_on_one_study_share_its_runs(
 ):
     # "Another process" holds lora seed 0's folder; this study trains the head run meanwhile, then
     # waits for lora: it takes the other's record when one is written, else trains lora itself.
-    monkeypatch.setattr(study_mod, "LOCK_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(scheduling_mod, "LOCK_POLL_SECONDS", 0.05)
     made = _run(glue_dir, tmp_path / "made", bert_tokenizer, tiny_bert(2), methods=("lora",))
     out = tmp_path / "shared"
     held = out / "runs" / "lora-r2-seed0"
@@ -238,13 +240,13 @@ def test_two_processes_on_one_study_share_its_runs(
     thread = threading.Thread(target=the_other_process)
     thread.start()
     trained: list[str] = []
-    real = study_mod.train_run
+    real = one_run_mod.train_run
 
     def counted(cfg, *a, **k):
         trained.append(cfg.method)
         return real(cfg, *a, **k)
 
-    monkeypatch.setattr(study_mod, "train_run", counted)
+    monkeypatch.setattr(one_run_mod, "train_run", counted)
     res = run_study(
         _base(), ["lora", "head"], [0], data_dir=glue_dir, out=out, progress=False, resume=True,
         model_factory=tiny_bert(2), tokenizer=bert_tokenizer, log=said.append,
@@ -352,7 +354,7 @@ def test_a_run_another_process_finished_meanwhile_is_taken_not_trained_again(
     made = _run(glue_dir, tmp_path / "made", bert_tokenizer, tiny_bert(2), methods=("lora",))
     out = tmp_path / "shared"
     trained: list[str] = []
-    real = study_mod.train_run
+    real = one_run_mod.train_run
 
     def head_then_the_other_finishes_lora(cfg, *a, **k):
         trained.append(cfg.method)
@@ -361,7 +363,7 @@ def test_a_run_another_process_finished_meanwhile_is_taken_not_trained_again(
         shutil.copy(tmp_path / "made" / "runs" / "lora-r2-seed0" / "run.json", out / "runs" / "lora-r2-seed0")
         return rec
 
-    monkeypatch.setattr(study_mod, "train_run", head_then_the_other_finishes_lora)
+    monkeypatch.setattr(one_run_mod, "train_run", head_then_the_other_finishes_lora)
     said: list[str] = []
     res = run_study(
         _base(), ["head", "lora"], [0], data_dir=glue_dir, out=out, progress=False, resume=resume,

@@ -171,3 +171,30 @@ def test_check_resume_refuses_an_unreadable_record_naming_the_file(tmp_path, tex
     (tmp_path / "run.json").write_text(text)
     with pytest.raises(ValueError, match="run.json"):
         options.check_resume(Resumable(), tmp_path / "run.json")
+
+
+@dataclass(frozen=True)
+class Repeated:
+    """finetune's kinds: an option given several times, a bare flag's value, excluding options, aliases."""
+
+    grid: tuple[str, ...] | None = options.option(
+        None, help="grid", why="off", action="append", nargs="?", const="default"
+    )
+    pairs: tuple[str, ...] = options.option((), help="KEY=VALUE", why="none", action="append")
+    steps: int = options.option(3, help="steps", why="short", type=int, group="budget")
+    epochs: float | None = options.option(None, help="epochs", why="steps", type=float, group="budget")
+    seeds: str = options.option("1", help="seeds", why="one", flag="--seeds", aliases=("--seed",))
+
+
+def test_append_const_aliases_and_excluding_groups(capsys):
+    parser = options.build_parser(Repeated, "rep", "Repeated options.")
+    assert options.parse_config(Repeated, parser, []) == Repeated()
+    argv = ["--grid", "--grid", "a=1", "--pairs", "k=v", "--seed", "2"]
+    config = options.parse_config(Repeated, parser, argv)
+    assert config == Repeated(grid=("default", "a=1"), pairs=("k=v",), seeds="2")
+    assert options.to_argv(config) == ["--grid", "--grid", "a=1", "--pairs", "k=v", "--seeds", "2"]
+    assert options.parse_config(Repeated, parser, options.to_argv(config)) == config
+    assert Repeated.pairs == () and parser.parse_args([]).pairs == ()  # the default is not mutated
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--steps", "2", "--epochs", "1"])
+    assert exc.value.code == 2 and "not allowed with argument --steps" in capsys.readouterr().err
