@@ -4,7 +4,7 @@ Every method of ``--methods`` is trained with every seed of ``--seeds`` on the s
 schedule; each run writes a JSON record and its merged fine-tuned model, and the study ends with
 ``summary.md`` (metric mean ± sd over seeds, convergence, paper-claim verdicts) and figures. The
 command line of :mod:`lowrank_lab.training.finetune_run`: argv becomes a
-:class:`~lowrank_lab.training.finetune_config.FinetuneConfig` (its parser generated from the config's
+:class:`~lowrank_lab.training.finetune_run.FinetuneConfig` (its parser generated from the config's
 fields, :mod:`lowrank_lab.utils.options`), :func:`~lowrank_lab.training.finetune_run.run` does the work,
 and errors become one line and exit status 2 (:func:`lowrank_lab.utils.cli.guarded_main`).
 """
@@ -20,9 +20,8 @@ import torch
 
 from lowrank_lab.adapters import ADAPTERS
 from lowrank_lab.training.config import DEFAULT_HEAD_LR, DEFAULT_LR, HEAD_ONLY, LR_SOURCES
-from lowrank_lab.training.finetune_config import DEFAULT_METHODS as _DEFAULT_METHODS
-from lowrank_lab.training.finetune_config import FinetuneConfig
-from lowrank_lab.training.finetune_run import PROG, how_to_resume, run
+from lowrank_lab.training.finetune_run import DEFAULT_METHODS as _DEFAULT_METHODS
+from lowrank_lab.training.finetune_run import PROG, FinetuneConfig, how_to_resume, run
 from lowrank_lab.training.tasks import TASKS
 from lowrank_lab.utils import options
 from lowrank_lab.utils.cli import guarded_main

@@ -1,7 +1,9 @@
 """Glue for the notebooks in ``notebooks/``: where their outputs go, small mode, finding saved results.
 
 Nothing numeric lives here (the notebooks call :mod:`lowrank_lab.linalg`, :mod:`~lowrank_lab.weights`,
-:mod:`~lowrank_lab.adapters`, :mod:`~lowrank_lab.analysis` and the command-line modules for that).
+:mod:`~lowrank_lab.adapters`, :mod:`~lowrank_lab.analysis` and :mod:`~lowrank_lab.training` for that,
+and run a command's work through its library entry point, :func:`run_library`; no command-line
+module is imported here).
 This module only answers "which size?", "where do I write?" and "is there a saved result to read?",
 so that every notebook answers them the same way and a test can redirect all of it.
 
@@ -175,82 +177,6 @@ def save_table(df: pd.DataFrame, name: str, *, title: str, source: str, floatfmt
     return atomic_write_text(out / f"{name}.md", md)
 
 
-def run_cli(main_run: Any, argv: list[str]) -> None:
-    """Call a command-line module's ``main(argv)`` in this process; raise if it did not exit with 0.
-
-    In-process avoids a second Python start-up (torch and transformers imports) per call. argparse
-    exits via ``SystemExit`` on a usage error; that is turned into a RuntimeError naming the command.
-    """
-    try:
-        rc = main_run(argv)
-    except SystemExit as exc:  # parser.exit on bad options
-        rc = exc.code
-    if rc not in (0, None):
-        raise RuntimeError(f"command {' '.join(argv)!r} exited with status {rc}")
-
-
-#: Command-line modules a notebook may run in-process; each has ``main(argv) -> exit status``.
-_CLIS = ("analyze", "finetune", "intruders")
-
-
-def cli_outputs(
-    cli: str,
-    *,
-    name: str,
-    small_argv: list[str],
-    full_argv: list[str] | None = None,
-    saved: str | None = None,
-    full_out: str | None = None,
-    marker: str = "summary.md",
-) -> Path:
-    """The output folder of ``python -m lowrank_lab.<cli>``: a saved one to read, or a fresh run.
-
-    In order:
-
-    1. ``reports/<saved>`` when ``saved`` is given and it holds ``marker`` — a finished full-size
-       result made by the documented command (e.g. ``saved="minilm"`` for the analysis CLI's
-       default output, ``saved="finetune/sst2"`` for issue 7's study). Used in either mode.
-    2. This notebook's own earlier run at the same size, when it holds ``marker``:
-       ``reports/notebooks/<name>-small`` in small mode, ``reports/<full_out>`` at full size
-       (``full_out`` defaults to ``notebooks/<name>``).
-    3. Otherwise the CLI runs now, in this process, with ``small_argv`` or ``full_argv``,
-       ``--out`` set to that folder and ``--resume`` (what an interrupted run finished is kept;
-       analyze also gets ``--figures`` at the same place under ``figures/`` at full size, and
-       ``--no-figures`` in small mode, where the notebooks draw their own from the tables).
-
-    Steps 1 and 2 are skipped in fresh mode (``LOWRANK_LAB_FRESH=1``). The CLI modules are imported
-    here, lazily: this glue sits above the command-line layer and only notebooks import it.
-    """
-    import importlib
-
-    if cli not in _CLIS:
-        raise ValueError(f"unknown command-line module {cli!r}; one of {', '.join(_CLIS)}")
-    if saved is not None:
-        found = saved_result(saved, marker=marker)
-        if found is not None:
-            print(f"reading the saved results in {found}")
-            return found
-    if small_mode():
-        rel = Path(NOTEBOOK_SUBDIR) / f"{name}-small"
-    else:
-        rel = Path(full_out) if full_out else Path(NOTEBOOK_SUBDIR) / name
-    own = saved_result(rel, marker=marker)
-    if own is not None:
-        print(f"reading this notebook's earlier run in {own} (LOWRANK_LAB_FRESH=1 recomputes)")
-        return own
-    out = output_root() / "reports" / rel
-    out.mkdir(parents=True, exist_ok=True)
-    # --resume: a run interrupted earlier (a kernel restart mid-study) continues where it stopped;
-    # every CLI refuses to resume a folder made with other settings, so nothing is mixed silently.
-    argv = [*(small_argv if small_mode() else (full_argv or [])), "--out", str(out), "--resume"]
-    if cli == "analyze":
-        argv += ["--no-figures"] if small_mode() else ["--figures", str(output_root() / "figures" / rel)]
-    print(f"running: python -m lowrank_lab.{cli}", " ".join(argv))
-    module = importlib.import_module(f"lowrank_lab.{cli}")
-    run_cli(module.main, argv)
-    return out
-
-
 def run_library(config: Any) -> Any:
     """Run a command's library entry point on ``config``: ``run(config)`` of the module that defines
     the config's class (``AnalyzeConfig`` -> :func:`lowrank_lab.analysis.analyze_run.run`, and so on
@@ -261,7 +187,10 @@ def run_library(config: Any) -> Any:
     entry = getattr(module, "run", None)
     if entry is None:
         raise TypeError(f"{type(config).__name__} is not a command's config: {module.__name__} has no run()")
-    return entry(config)
+    result = entry(config)
+    if isinstance(result, int) and not isinstance(result, bool) and result != 0:  # finetune's exit status
+        raise RuntimeError(f"{module.__name__}.run({type(config).__name__}) ended with status {result}")
+    return result
 
 
 def _fields(config: Any) -> set[str]:

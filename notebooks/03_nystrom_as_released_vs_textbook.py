@@ -194,21 +194,22 @@ plt.show()
 # 300 steps on every linear map. Needs ../shared/data (GLUE SST-2); skipped without it.
 
 # %%
+from lowrank_lab.training.finetune_run import FinetuneConfig
 from lowrank_lab.training.record import study_records
 
 if nbs.shared_data() is None:
     print("../shared/data not found: the training comparison is skipped (set LOWRANK_LAB_SHARED_DATA)")
     records = []
 else:
-    train_methods = nbs.pick(small="lora,nlora,nlora-pinv", full="lora,pissa,nlora,nlora-pinv,nlora-sketch")
-    common = ["--task", "sst2", "--model", "minilm", "--methods", train_methods, "--seeds", "0",
-              "--data-dir", str(nbs.shared_data()), "--no-save-merged", "--no-progress"]
-    study = nbs.cli_outputs(
-        "finetune", name="03_finetune_sst2",
-        small_argv=[*common, "--rank", "8", "--steps", "8", "--batch-size", "8", "--max-length", "32",
-                    "--eval-samples", "32", "--val-samples", "64", "--eval-every", "0",
-                    "--targets", "query,value"],
-        full_argv=[*common, "--rank", "8", "--steps", "300", "--eval-samples", "256"],
+    train_methods = nbs.pick(small=("lora", "nlora", "nlora-pinv"),
+                             full=("lora", "pissa", "nlora", "nlora-pinv", "nlora-sketch"))
+    common = dict(task="sst2", model="minilm", methods=train_methods, seeds=(0,),
+                  data_dir=str(nbs.shared_data()), no_save_merged=True, no_progress=True, rank=8)
+    study = nbs.outputs(
+        name="03_finetune_sst2",
+        small=FinetuneConfig(**common, steps=8, batch_size=8, max_length=32, eval_samples=32, val_samples=64,
+                             eval_every=0, targets="query,value"),
+        full=FinetuneConfig(**common, steps=300, eval_samples=256),
     )
     records = study_records(study)  # RunRecord: one per runs/<run>/run.json
     runs = pd.DataFrame([{"method": r.method, "status": r.status,

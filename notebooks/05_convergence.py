@@ -45,6 +45,7 @@ from lowrank_lab.training import get_task
 from lowrank_lab.training.claims import read_baselines, reference_levels, study_claims
 from lowrank_lab.training.config import method_label
 from lowrank_lab.training.figures import draw_references
+from lowrank_lab.training.finetune_run import FinetuneConfig
 from lowrank_lab.training.record import method_labeller, study_rank, study_records
 from lowrank_lab.training.summary import (
     curve_split,
@@ -71,16 +72,15 @@ elif nbs.shared_data() is None:
     print("../shared/data not found and no saved study under reports/finetune: nothing to show "
           "(set LOWRANK_LAB_SHARED_DATA, or run python -m lowrank_lab.finetune first)")
 else:
-    common = ["--task", "sst2", "--model", "minilm", "--data-dir", str(nbs.shared_data()), "--no-save-merged",
-              "--no-progress", "--rank", "8"]
-    studies["sst2"] = nbs.cli_outputs(
-        "finetune", name="05_finetune_sst2",
-        small_argv=[*common, "--methods", "lora,pissa,nlora", "--seeds", "0", "--steps", "10",
-                    "--batch-size", "8", "--max-length", "32", "--eval-samples", "32", "--val-samples", "64",
-                    "--eval-every", "5",
-                    "--targets", "query,value"],
-        full_argv=[*common, "--methods", "lora,slora,pissa,nlora,inttune,full", "--seeds", "0",
-                   "--steps", "300", "--eval-samples", "256", "--eval-every", "50"],
+    common = dict(task="sst2", model="minilm", data_dir=str(nbs.shared_data()), no_save_merged=True,
+                  no_progress=True, rank=8, seeds=(0,))
+    studies["sst2"] = nbs.outputs(
+        name="05_finetune_sst2",
+        small=FinetuneConfig(**common, methods=("lora", "pissa", "nlora"), steps=10, batch_size=8,
+                             max_length=32, eval_samples=32, val_samples=64, eval_every=5,
+                             targets="query,value"),
+        full=FinetuneConfig(**common, methods=("lora", "slora", "pissa", "nlora", "inttune", "full"),
+                            steps=300, eval_samples=256, eval_every=50),
     )
 records = {task: study_records(d) for task, d in studies.items()}  # RunRecord per runs/<run>/run.json
 # one colour per method in every figure of this notebook (tab20: the full study has 15 methods)

@@ -45,19 +45,20 @@ SMALL = nbs.start(NOTEBOOK)  # small or full size, BLAS threads, pandas display,
 # %%
 import re
 
+from lowrank_lab.training.finetune_run import FinetuneConfig
+
 ranks = nbs.pick(small=[1, 8], full=[1, 4, 8, 16, 64])
-targets = nbs.pick(small=["--targets", "query,value"], full=[])
+targets = nbs.pick(small="query,value", full=None)
 run_dirs = {}                                   # label -> harness run directory (holding merged/)
 study_runs = {}                                 # run name -> run directory of the issue-7 study
 if nbs.shared_data() is None:
     print("../shared/data not found: no fine-tunes to compare, this notebook has nothing to show "
           "(set LOWRANK_LAB_SHARED_DATA)")
 else:
-    common = ["--task", "sst2", "--model", "minilm", "--data-dir", str(nbs.shared_data()), "--seeds", "0",
-              "--no-progress", *targets]
-    small = ["--steps", "10", "--batch-size", "8", "--max-length", "32", "--eval-samples", "32",
-             "--val-samples", "64", "--eval-every", "0"]
-    full = ["--steps", "300", "--eval-samples", "256"]
+    common = dict(task="sst2", model="minilm", data_dir=str(nbs.shared_data()), seeds=(0,),
+                  no_progress=True, targets=targets)
+    small = dict(steps=10, batch_size=8, max_length=32, eval_samples=32, val_samples=64, eval_every=0)
+    full = dict(steps=300, eval_samples=256)
     saved = nbs.saved_result("finetune/sst2", marker="summary.md")
     study_runs = {d.name: d for d in sorted(saved.glob("runs/*")) if (d / "merged").is_dir()} if saved else {}
     for r in ranks:
@@ -72,10 +73,10 @@ else:
                     wanted.remove(m)
         if not wanted:
             continue
-        methods = ",".join(wanted)
-        study = nbs.cli_outputs("finetune", name=f"06_finetune_sst2_r{r}",
-                                small_argv=[*common, "--methods", methods, "--rank", str(r), *small],
-                                full_argv=[*common, "--methods", methods, "--rank", str(r), *full])
+        methods = tuple(wanted)
+        study = nbs.outputs(name=f"06_finetune_sst2_r{r}",
+                            small=FinetuneConfig(**common, methods=methods, rank=r, **small),
+                            full=FinetuneConfig(**common, methods=methods, rank=r, **full))
         for d in sorted(study.glob("runs/*")):
             if (d / "merged").is_dir():
                 run_dirs[d.name] = d
@@ -96,7 +97,7 @@ for label, d in run_dirs.items():
     saved = f"finetune/sst2/intruders/{d.name}" if in_study else None
     out = intruder_dirs[label] = nbs.outputs(
         name=f"06_intruders_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}",
-        small=IntrudersConfig(base="minilm", tuned=str(d), sweep=True, targets=nbs.pick("query,value", None)),
+        small=IntrudersConfig(base="minilm", tuned=str(d), sweep=True, targets=targets),
         full=IntrudersConfig(base="minilm", tuned=str(d), sweep=True), saved=saved, marker="sweep.csv")
     cfg = RunRecord.read(d).config  # the fine-tuned run's record, runs/<run>/run.json
     info = {"run": label, "method": cfg.method, "rank": cfg.rank if cfg.method != "full" else None,

@@ -18,7 +18,7 @@ from lowrank_lab.analysis.intruders_run import IntrudersConfig
 from lowrank_lab.analysis.params import ParamsConfig, parameter_table
 from lowrank_lab.training.claims_report import ClaimsConfig
 from lowrank_lab.training.config import RunConfig
-from lowrank_lab.training.finetune_config import FinetuneConfig
+from lowrank_lab.training.finetune_run import FinetuneConfig
 from lowrank_lab.utils import options
 
 # Per command: each field's flag tokens and the value they must give (every field, required ones first).

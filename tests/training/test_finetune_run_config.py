@@ -9,7 +9,7 @@ import pytest
 
 from lowrank_lab.finetune import build_parser
 from lowrank_lab.training.config import CHECKPOINT_SECONDS, SELECTION_SEED, RunConfig
-from lowrank_lab.training.finetune_config import FinetuneConfig
+from lowrank_lab.training.finetune_run import FinetuneConfig
 from lowrank_lab.training.study import rebuild_merged, run_study
 from lowrank_lab.utils import options
 
