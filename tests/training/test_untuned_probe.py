@@ -50,6 +50,7 @@ def test_probe_on_separable_features_scores_near_one_and_records_its_choice():
     out = linear_probe(_Pooled(), data, "accuracy", list(range(300)))
     assert out["metric"] >= 0.95 and out["probe_val_metric"] >= 0.95
     assert out["probe_C"] in PROBE_C and out["probe_class_weight"] in ("none", "balanced")
+    assert out["probe_C_at_edge"] == (out["probe_C"] in (min(PROBE_C), max(PROBE_C)))
     assert (out["train_n"], out["val_n"]) == (400, 200)
 
 
