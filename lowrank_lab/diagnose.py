@@ -18,7 +18,7 @@ import torch
 from lowrank_lab.analysis import diagnose as _lib
 from lowrank_lab.analysis.diagnose import ANGLE_METHODS, COLUMNS, PROG, DiagnoseConfig, run
 from lowrank_lab.utils import options
-from lowrank_lab.utils.cli import guarded_main
+from lowrank_lab.utils.cli import guarded_main, quiet_transformers
 
 __all__ = ["ANGLE_METHODS", "COLUMNS", "DEFAULT_METHODS", "build_parser", "main", "run"]
 
@@ -58,16 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return options.build_parser(DiagnoseConfig, PROG, DESCRIPTION, EPILOG)
 
 
-def _quiet_transformers() -> None:
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     namespace = build_parser().parse_args(argv)
     argv_list = options.argv_of(argv)
@@ -76,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = options.from_args(DiagnoseConfig, namespace)  # a refused value: one line, status 2
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        _quiet_transformers()
+        quiet_transformers()
         out = run(config, argv=argv_list)
         done = "summary.md" if config.summary_only else "diagnostics.csv, angles.csv, summary.md"
         print(f"wrote {out}/{done}")

@@ -24,7 +24,7 @@ from lowrank_lab.training.finetune_run import DEFAULT_METHODS as _DEFAULT_METHOD
 from lowrank_lab.training.finetune_run import PROG, FinetuneConfig, how_to_resume, run
 from lowrank_lab.training.tasks import TASKS
 from lowrank_lab.utils import options
-from lowrank_lab.utils.cli import guarded_main
+from lowrank_lab.utils.cli import guarded_main, quiet_transformers
 
 __all__ = ["DEFAULT_METHODS", "EPILOG", "PROG", "FinetuneConfig", "build_parser", "main", "run"]
 
@@ -81,21 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     return options.build_parser(FinetuneConfig, PROG, DESCRIPTION, EPILOG)
 
 
-def _quiet_transformers() -> None:
-    # transformers' own bars and reports ("Loading weights", "Writing model shards", the expected
-    # "classifier MISSING" note for a new head) would interleave with the study's progress bars.
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # transformers is a dependency; keep the CLI usable without its logging API
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     namespace = build_parser().parse_args(argv)
-    _quiet_transformers()
+    quiet_transformers()
     if namespace.threads is not None:
         torch.set_num_threads(namespace.threads)
     argv_list = options.argv_of(argv)

@@ -30,7 +30,7 @@ float64 (n, n) running sum per distinct input, however many batches stream throu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -344,15 +344,9 @@ def activation_statistics(
         st = stats[name]
         if st.shared_with is not None:
             src = stats[st.shared_with]
-            stats[name] = ActivationStats(
-                kind=kind,
-                tokens=src.tokens,
-                calls=src.calls,
-                total=src.total,
-                scatter=src.scatter,
-                shared_with=st.shared_with,
-                extra=src.extra,  # one cache: decompositions of a shared input are computed once
-            )
+            # the source's sums and its very ``extra`` dict: one cache, so decompositions of a shared
+            # input are computed once
+            stats[name] = replace(src, kind=kind, shared_with=st.shared_with)
         elif st.tokens == 0:
             raise CalibrationError(
                 f"{_who(method)}: the target {name!r} saw no token in the calibration batches "

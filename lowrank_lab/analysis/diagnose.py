@@ -212,19 +212,15 @@ def _run_config(config: DiagnoseConfig, step: _FirstStep, method: str) -> RunCon
         extra["scaling_rule"] = config.scaling
     if config.calibration_samples is not None:
         extra["calibration_samples"] = config.calibration_samples
+    same = ("seed", "rank", "alpha", "targets", "batch_size", "lr")  # diagnose's option is finetune's
     return RunConfig(
         task=step.spec.name,
         method=method,
         model=step.model_name,
-        seed=config.seed,
-        rank=config.rank,
-        alpha=config.alpha,
-        targets=config.targets,
         steps=step.steps,
-        batch_size=config.batch_size,
         max_length=step.max_len,
-        lr=config.lr,
         extra=extra,
+        **{name: getattr(config, name) for name in same},
     )
 
 

@@ -343,14 +343,13 @@ def train_run(
     eval_: Encoder,
     model_factory: Callable[[], nn.Module],
     *,
-    dev: Encoder | None = None,
-    validation: bool | None = None,
-    run_dir: str | Path | None = None,
-    step_callback: Callable[[int, float], None] | None = None,
-    checkpoint_seconds: float = 0.0,
     resume: bool = False,
+    **options: Any,
 ) -> RunRecord:
-    """Train one (method, seed) run and return its record (:class:`~.record.RunRecord`).
+    """Train one (method, seed) run and return its record (:class:`~.record.RunRecord`):
+    ``Trainer(cfg, spec, train, eval_, model_factory, **options).fit(resume=resume)``. The keyword
+    ``options`` are :class:`Trainer`'s (``dev``, ``validation``, ``run_dir``, ``step_callback``,
+    ``checkpoint_seconds``), described below; an unknown one is a TypeError, as before.
 
     Parameters
     ----------
@@ -404,19 +403,7 @@ def train_run(
         :func:`~lowrank_lab.training.study.run_study` adds ``meta`` (command, versions, device,
         git commit) and ``wall_seconds`` when it writes ``run.json``.
     """
-    trainer = Trainer(
-        cfg,
-        spec,
-        train,
-        eval_,
-        model_factory,
-        dev=dev,
-        validation=validation,
-        run_dir=run_dir,
-        step_callback=step_callback,
-        checkpoint_seconds=checkpoint_seconds,
-    )
-    return trainer.fit(resume=resume)
+    return Trainer(cfg, spec, train, eval_, model_factory, **options).fit(resume=resume)
 
 
 class Trainer:

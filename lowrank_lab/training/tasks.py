@@ -39,6 +39,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from lowrank_lab.utils.data import DATA_DIR_ENV, shared_data_dir
@@ -431,29 +432,18 @@ def _read_columns(
     return out
 
 
-def _read_rte(path: Path) -> list[Example]:
-    return _read_columns(path, "sentence1", "sentence2", "label", _RTE_LABELS)
-
-
-def _read_mrpc(path: Path) -> list[Example]:
-    # GLUE's MRPC header: Quality, #1 ID, #2 ID, #1 String, #2 String (Quality 1 = paraphrase).
-    return _read_columns(path, "#1 String", "#2 String", "Quality", _BINARY)
-
-
-def _read_qqp(path: Path) -> list[Example]:
-    return _read_columns(path, "question1", "question2", "is_duplicate", _BINARY)
-
-
-def _read_mnli(path: Path) -> list[Example]:
-    return _read_columns(path, "sentence1", "sentence2", "gold_label", _MNLI_LABELS)
-
-
-def _read_qnli(path: Path) -> list[Example]:
-    return _read_columns(path, "question", "sentence", "label", _RTE_LABELS)
-
-
-def _read_wnli(path: Path) -> list[Example]:
-    return _read_columns(path, "sentence1", "sentence2", "label", _BINARY)
+# The headered GLUE TSVs: _read_columns with each task's column names and label map.
+_read_rte = partial(_read_columns, text_a="sentence1", text_b="sentence2", label="label", labels=_RTE_LABELS)
+# GLUE's MRPC header: Quality, #1 ID, #2 ID, #1 String, #2 String (Quality 1 = paraphrase).
+_read_mrpc = partial(_read_columns, text_a="#1 String", text_b="#2 String", label="Quality", labels=_BINARY)
+_read_qqp = partial(
+    _read_columns, text_a="question1", text_b="question2", label="is_duplicate", labels=_BINARY
+)
+_read_mnli = partial(
+    _read_columns, text_a="sentence1", text_b="sentence2", label="gold_label", labels=_MNLI_LABELS
+)
+_read_qnli = partial(_read_columns, text_a="question", text_b="sentence", label="label", labels=_RTE_LABELS)
+_read_wnli = partial(_read_columns, text_a="sentence1", text_b="sentence2", label="label", labels=_BINARY)
 
 
 def _read_stsb(path: Path) -> list[Example]:

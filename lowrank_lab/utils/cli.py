@@ -85,6 +85,19 @@ def unit_interval(option: str, why: str = "") -> Callable[[str], float]:
     return parse
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' own bars and reports ("Loading weights", "Writing model shards", the
+    expected "classifier MISSING" note for a new head), which would interleave with a command's
+    progress bars and output. Without transformers' logging API it does nothing."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt, as Ctrl-C does.
