@@ -241,55 +241,51 @@ class ModelLocation:
 def locate(model: str | Path, *, download: bool | None = None) -> ModelLocation:
     """The one resolution of a model argument (module docstring) that :func:`model_dir` and
     :func:`load_hf_model` share: a registry llama2.c model is its shared ``stories260K.bin``, any other
-    existing file a llama2.c ``.bin``, everything else a Hugging Face directory (:func:`model_dir`)."""
+    existing file a llama2.c ``.bin``, everything else a Hugging Face directory (``minilm``: the
+    package's; registry names and hub ids: the cache snapshot, downloaded when allowed; a directory:
+    itself)."""
     model = str(model)
     spec = lookup(model)
-    if spec is not None and spec.family == "llama2c":
-        return ModelLocation(model, spec, llama2c_file=stories260k_path())
     path = Path(model).expanduser()
-    if spec is None and path.is_file():
+    if spec is not None:
+        if spec.family == "llama2c":
+            return ModelLocation(model, spec, llama2c_file=stories260k_path())
+        if spec.name == "minilm":
+            return ModelLocation(model, spec, directory=minilm_dir())
+        directory = resolve_hub_id(spec.hub_id, download=download, synthetic_hint=spec.name)
+        return ModelLocation(model, spec, directory=directory)
+    if path.is_dir():
+        read_config(path)  # a clear error if it is not a checkpoint directory
+        return ModelLocation(model, None, directory=path)
+    if path.is_file():
         return ModelLocation(model, None, llama2c_file=path)
-    return ModelLocation(model, spec, directory=_directory(model, spec, path, download))
+    if looks_like_hub_id(model):
+        return ModelLocation(model, None, directory=resolve_hub_id(model, download=download))
+    _raise_unknown(model)
 
 
 def model_dir(model: str | Path, *, download: bool | None = None) -> Path:
-    """The local Hugging Face directory of ``model`` (config, weights, tokenizer files).
+    """The local Hugging Face directory of ``model`` (config, weights, tokenizer files): what
+    :func:`locate` finds.
 
     ``minilm`` gives the package directory; registry names and hub ids give the cache snapshot;
     a directory gives itself. llama2.c checkpoints have no such directory: use
     :func:`load_hf_model` (conversion in memory) or :func:`lowrank_lab.weights.llama2c.convert_to_hf`.
     """
-    model = str(model)
-    spec = lookup(model)
-    if spec is not None and spec.family == "llama2c":
+    where = locate(model, download=download)
+    if where.directory is not None:
+        return where.directory
+    if where.spec is not None:
         raise WeightsError(
-            f"{spec.name} is a llama2.c checkpoint, not a Hugging Face directory: use "
-            f"load_hf_model({spec.name!r}, head='causal-lm') (converted in memory), "
+            f"{where.spec.name} is a llama2.c checkpoint, not a Hugging Face directory: use "
+            f"load_hf_model({where.spec.name!r}, head='causal-lm') (converted in memory), "
             "lowrank_lab.weights.llama2c.convert_to_hf(path, out_dir) to write one, and "
             "lowrank_lab.weights.llama2c.Llama2cTokenizer for its tok512.bin tokenizer"
         )
-    path = Path(model).expanduser()
-    if spec is None and path.is_file():
-        raise WeightsError(
-            f"{path} is a file; a Hugging Face model directory was expected (for a llama2.c .bin use "
-            "load_hf_model)"
-        )
-    return _directory(model, spec, path, download)
-
-
-def _directory(model: str, spec: ModelSpec | None, path: Path, download: bool | None) -> Path:
-    """The Hugging Face directory of ``model``, a registry model (``spec``, not llama2.c) or not, and
-    not an existing file."""
-    if spec is not None:
-        if spec.name == "minilm":
-            return minilm_dir()
-        return resolve_hub_id(spec.hub_id, download=download, synthetic_hint=spec.name)
-    if path.is_dir():
-        read_config(path)  # a clear error if it is not a checkpoint directory
-        return path
-    if looks_like_hub_id(model):
-        return resolve_hub_id(model, download=download)
-    _raise_unknown(model)
+    raise WeightsError(
+        f"{where.llama2c_file} is a file; a Hugging Face model directory was expected (for a llama2.c .bin "
+        "use load_hf_model)"
+    )
 
 
 def load_hf_model(
