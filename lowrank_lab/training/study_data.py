@@ -38,11 +38,8 @@ class StudyData:
         ``base.model``, resolved here once (after the examples: bad data is reported first)."""
         train_ex = load_examples(spec, data_dir, "train")
         eval_ex = load_scored(spec, data_dir, base.eval_set)
-        model = None
-        if tokenizer is None:
-            model = resolve_model(base.model, spec, base.pooling)
-            tokenizer = load_tokenizer(model, spec)
-        tok = tokenizer
+        model = resolve_model(base.model, spec, base.pooling) if tokenizer is None else None
+        tok = tokenizer if tokenizer is not None else load_tokenizer(model, spec)
         max_len = base.max_length or spec.default_max_length
         n_val = default_validation_size(len(train_ex)) if base.val_samples is None else base.val_samples
         train_idx, val_idx = validation_split(len(train_ex), n_val)
