@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from lowrank_lab.utils.tables import update_table
 
 from .metrics import spearman
-from .models import load_tokenizer
+from .models import load_tokenizer, resolve_model
 from .record import study_records
 from .tasks import Example, TaskSpec, get_task, load_examples
 
@@ -102,11 +102,11 @@ def measure_forgetting(
         say(f"forgetting: nothing to measure in {out} (finished runs with merged/ all done)")
         return path
     pairs = load_examples("stsb", data_dir, "eval")
-    model = records[todo[0]].config.model
+    model = resolve_model(records[todo[0]].config.model)  # once, for the tokenizer and the encoder
     from lowrank_lab.weights import load_hf_model
 
     tok = load_tokenizer(model, get_task("stsb"))
-    base = sts_spearman(load_hf_model(model, head="base").float(), tok, pairs)
+    base = sts_spearman(load_hf_model(model.location, head="base").float(), tok, pairs)
     rows = []
     for name in tqdm(todo, desc="forgetting (STS-B)", unit="run", file=sys.stderr):
         tuned = sts_spearman(load_encoder(out / "runs" / name / "merged"), tok, pairs)

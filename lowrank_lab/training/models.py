@@ -5,6 +5,10 @@ sentence vector; GSM8K gets ``load_hf_model(name, head="causal-lm")``. The head'
 from torch's global RNG, which the loop seeds first, so every method of one seed starts from the
 same head.
 
+A study resolves its ``--model`` once (:func:`resolve_model`: registry, paths and hub cache asked
+once) into a :class:`ResolvedModel` that :func:`load_tokenizer` and :func:`load_model` take in place
+of the name; given a name, they resolve it themselves, as other callers need.
+
 Pooling (:data:`POOLINGS`)
 --------------------------
 ``mean``
@@ -33,6 +37,7 @@ one linear map initialised N(0, initializer_range²) with zero bias, as ``transf
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,8 @@ import torch
 from torch import nn
 
 from lowrank_lab.utils.files import read_text
+from lowrank_lab.weights.api import ModelLocation, load_hf_model, locate
+from lowrank_lab.weights.registry import ModelSpec
 
 from .tasks import TaskSpec
 
@@ -180,84 +187,159 @@ def sentence_transformers_pooling(directory: str | Path) -> str | None:
 def resolve_pooling(name: str, pooling: str | None) -> str | None:
     """The pooling a run of model ``name`` uses: ``pooling`` when given, else the checkpoint's
     sentence-transformers pooling, else None (the architecture's own classification head)."""
+    try:
+        where = locate(name) if pooling is None else None
+    except (OSError, ValueError):
+        return None
+    return _pooling(pooling, where)
+
+
+def _pooling(pooling: str | None, where: ModelLocation | None) -> str | None:
+    """:func:`resolve_pooling` of the model found at ``where`` (needed only when ``pooling`` is None)."""
     if pooling == NATIVE:
         return None
     if pooling is not None:
         if pooling not in POOLINGS:
             raise ModelLoadError(f"--pooling {pooling!r} is not one of {', '.join((*POOLINGS, NATIVE))}")
         return pooling
-    if _llama2c_checkpoint(name) is not None:
+    if where is None or where.directory is None:  # llama2.c: no sentence-transformers config
         return None
-    from lowrank_lab.weights import model_dir
+    return sentence_transformers_pooling(where.directory)
 
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A ``--model`` argument resolved once, as a study sets up (:meth:`.StudyData.load`, right after
+    the task's examples are read, so bad data is still reported first), and handed to everything that
+    needs the model: the tokenizer (:func:`load_tokenizer`), the model of each run (:func:`load_model`,
+    the study's factory), replays and the untuned measurements (:mod:`.untuned`). Make it with
+    :func:`resolve_model`; what it loads is exactly what the name loads.
+
+    Attributes
+    ----------
+    location : ModelLocation
+        The name as given, the registry spec (None for a path or an unregistered hub id), the
+        Hugging Face directory or the llama2.c ``.bin`` (:func:`lowrank_lab.weights.locate`).
+    tokenizer : Path or None
+        Where the tokenizer is read: llama2.c's ``tok512.bin`` (else ``tokenizer.bin``) beside the
+        ``.bin``, or the Hugging Face directory; None for a file that is no ``.bin``.
+    tokenizer_vocab : int or None
+        llama2.c tokenizers only: the registry's vocabulary size (stories260K: 512); None for a
+        ``.bin`` path, whose tokenizer file says its own.
+    pooling : str or None
+        The pooling the runs use (:func:`resolve_pooling`: one of :data:`POOLINGS`, None for the
+        architecture's own head); None for a causal LM, which has no sentence head.
+    """
+
+    location: ModelLocation
+    tokenizer: Path | None
+    tokenizer_vocab: int | None
+    pooling: str | None
+
+    @property
+    def name(self) -> str:
+        """The ``--model`` argument as given (what ``RunConfig.model`` records)."""
+        return self.location.name
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        return self.location.spec
+
+    @property
+    def directory(self) -> Path | None:
+        return self.location.directory
+
+    @property
+    def family(self) -> str | None:
+        return self.location.family
+
+
+def resolve_model(
+    model: str | ResolvedModel, task: TaskSpec | None = None, pooling: str | None = None
+) -> ResolvedModel:
+    """``model`` resolved once (:class:`ResolvedModel`): registry, local paths and the hub cache are
+    asked here and nowhere after. The pooling is resolved for a ``task`` with a sentence head (a
+    classification or regression task) as :func:`resolve_pooling`. A resolved model comes back as it
+    is, with ``pooling`` applied when one is given.
+
+    Raises :class:`ModelLoadError` naming ``--model`` when the model cannot be found."""
     try:
-        directory = model_dir(name)
-    except (OSError, ValueError):
-        return None
-    return sentence_transformers_pooling(directory)
+        return _resolve(model, task, pooling)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"--model {_name(model)!r} cannot be loaded: {exc}") from exc
 
 
-def load_model(name: str, spec: TaskSpec, pooling: str | None = None) -> nn.Module:
-    """The pre-trained model ``name`` with the head ``spec`` needs, in float32, in train mode.
+def _name(model: str | ResolvedModel) -> str:
+    return model.name if isinstance(model, ResolvedModel) else str(model)
+
+
+def _resolve(model: str | ResolvedModel, task: TaskSpec | None, pooling: str | None) -> ResolvedModel:
+    """:func:`resolve_model`, its errors as the weights raise them."""
+    sentence_head = task is not None and task.kind != "causal-lm"
+    if isinstance(model, ResolvedModel):
+        if pooling is None or not sentence_head:
+            return model
+        return replace(model, pooling=_pooling(pooling, model.location))
+    where = locate(model)
+    tokenizer, vocab = where.directory, None
+    ckpt = where.llama2c_file
+    if ckpt is not None:
+        registered = where.spec is not None
+        if registered or ckpt.suffix == ".bin":
+            beside = ckpt.parent / "tok512.bin"
+            tokenizer = beside if beside.is_file() else ckpt.parent / "tokenizer.bin"
+            vocab = where.spec.vocab_size if registered else None
+    return ResolvedModel(where, tokenizer, vocab, _pooling(pooling, where) if sentence_head else None)
+
+
+def load_model(model: str | ResolvedModel, spec: TaskSpec, pooling: str | None = None) -> nn.Module:
+    """The pre-trained model ``model`` (a name, or a :class:`ResolvedModel`) with the head ``spec``
+    needs, in float32, in train mode.
 
     ``pooling`` (classification and regression tasks only) is as :func:`resolve_pooling`: None
-    reads the checkpoint's sentence-transformers pooling when it has one.
+    reads the checkpoint's sentence-transformers pooling when it has one (a resolved model's own).
     """
-    from lowrank_lab.weights import load_hf_model
-
     try:
+        resolved = _resolve(model, spec, pooling)
+        where = resolved.location
         if spec.kind == "causal-lm":
-            model = load_hf_model(name, head="causal-lm")
-        elif (mode := resolve_pooling(name, pooling)) is not None:
-            model = PooledClassifier(load_hf_model(name, head="base"), spec.num_labels, mode)
+            net = load_hf_model(where, head="causal-lm")
+        elif resolved.pooling is not None:
+            net = PooledClassifier(load_hf_model(where, head="base"), spec.num_labels, resolved.pooling)
         else:
-            model = load_hf_model(name, head="sequence-classification", num_labels=spec.num_labels)
+            net = load_hf_model(where, head="sequence-classification", num_labels=spec.num_labels)
     except (FileNotFoundError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"--model {name!r} cannot be loaded for task {spec.name}: {exc}") from exc
+        why = f"cannot be loaded for task {spec.name}: {exc}"
+        raise ModelLoadError(f"--model {_name(model)!r} {why}") from exc
     if spec.kind == "regression":
-        model.config.problem_type = "regression"
-    model.float()
-    model.train()
-    return model
+        net.config.problem_type = "regression"
+    net.float()
+    net.train()
+    return net
 
 
-def _llama2c_checkpoint(name: str) -> tuple[Path, int | None] | None:
-    """(.bin path, vocab size) when ``name`` is a llama2.c checkpoint (registry name or file)."""
-    from lowrank_lab.weights import get_spec
-    from lowrank_lab.weights.api import stories260k_path
-
+def load_tokenizer(model: str | ResolvedModel, spec: TaskSpec | None = None) -> Any:
+    """The tokenizer of ``model`` (a name, or a :class:`ResolvedModel`): llama2.c's ``tok512.bin``
+    (beside the checkpoint) for llama2.c models such as stories260K, else the Hugging Face tokenizer
+    of its directory."""
     try:
-        spec = get_spec(name)
-    except ValueError:
-        spec = None
-    if spec is not None and spec.family == "llama2c":
-        return stories260k_path(), spec.vocab_size
-    path = Path(name).expanduser()
-    if path.is_file() and path.suffix == ".bin":
-        return path, None
-    return None
-
-
-def load_tokenizer(name: str, spec: TaskSpec) -> Any:
-    """The tokenizer of model ``name``: llama2.c's ``tok512.bin`` (beside the checkpoint) for
-    llama2.c models such as stories260K, else the Hugging Face tokenizer of its directory."""
-    from lowrank_lab.weights import model_dir
-
-    try:
-        ckpt = _llama2c_checkpoint(name)
-        if ckpt is not None:
+        resolved = _resolve(model, None, None)
+        if resolved.tokenizer is None:
+            raise ValueError(
+                f"{resolved.location.llama2c_file} is a file but no llama2.c .bin; pass a Hugging Face "
+                "model directory or a llama2.c .bin"
+            )
+        if resolved.location.llama2c_file is not None:
             from lowrank_lab.weights.llama2c import Llama2cTokenizer
 
-            path, vocab = ckpt
-            tok_path = path.parent / (
-                "tok512.bin" if (path.parent / "tok512.bin").is_file() else "tokenizer.bin"
-            )
-            return Llama2cTokenizer.from_file(tok_path, vocab_size=vocab)
+            return Llama2cTokenizer.from_file(resolved.tokenizer, vocab_size=resolved.tokenizer_vocab)
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(model_dir(name)), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(resolved.tokenizer), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"no tokenizer for --model {name!r}: {exc}") from exc
+        raise ModelLoadError(f"no tokenizer for --model {_name(model)!r}: {exc}") from exc
 
 
 def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

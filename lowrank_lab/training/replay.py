@@ -97,9 +97,10 @@ def rebuild_merged(
             rec = records[name]
             cfg = replace(rec.config, save_merged=True)
             key = (cfg.model, cfg.max_length or spec.default_max_length, cfg.val_samples)
-            if key not in splits:  # runs of one model and split share its tokenised data
+            if key not in splits:  # runs of one model and split share its tokenised data (and model)
                 splits[key] = StudyData.load(spec, cfg, data_dir, tokenizer)
-            factory = model_factory or (lambda cfg=cfg: load_model(cfg.model, spec, cfg.pooling))
+            model = splits[key].model or cfg.model  # resolved once per model, unless a tokenizer was given
+            factory = model_factory or (lambda cfg=cfg, model=model: load_model(model, spec, cfg.pooling))
             ctx = RunContext(spec, splits[key], factory, argv, disable, checkpoint_seconds, say)
             torch.set_num_threads(int(threads or rec.meta.get("threads") or threads_before))
             outcome, detail = _replay_locked(rec, cfg, ctx, out / "runs" / name, replace_different)

@@ -43,7 +43,7 @@ from lowrank_lab.utils.tables import RowWriter, ensure_writable_dir
 
 from .claims import BASELINES, read_baselines
 from .config import CHECKPOINT_SECONDS, HEAD_ONLY, SELECTION_SEED, RunConfig
-from .models import NATIVE, load_model, resolve_pooling
+from .models import NATIVE, load_model, resolve_model
 from .one_run import RunContext
 from .outputs import (
     RUN_COLUMNS,
@@ -140,7 +140,7 @@ def run_study(
     if lr_grid is not None and base.val_samples == 0:
         raise ValueError("--lr-grid selects on the validation split: do not set --val-samples 0")
     base, data, out = _set_up(base, spec, data_dir, out, tokenizer, model_factory is None, resume)
-    factory = model_factory or (lambda: load_model(base.model, spec, base.pooling))
+    factory = model_factory or (lambda: load_model(data.model, spec))
     runner = Runner(RunContext(spec, data, factory, argv, disable, checkpoint_seconds, say), resume)
     result: dict[str, Any] = {}
     if lr_grid is not None:
@@ -181,13 +181,16 @@ def _set_up(
     own_model: bool,
     resume: bool,
 ) -> tuple[RunConfig, StudyData, Path]:
-    """Before any run: the pooling and step count the records will say, the tokenised data (bad data
-    fails before ``out`` is made), ``out`` itself (refused when another process trains there and this
-    is no ``resume``) and its baselines.json."""
+    """Before any run: the tokenised data, with the model resolved once (``data.model``: every run
+    loads it), the pooling and step count the records will say (bad data fails before ``out`` is made),
+    ``out`` itself (refused when another process trains there and this is no ``resume``) and its
+    baselines.json."""
+    data = StudyData.load(spec, base, data_dir, tokenizer)
+    if own_model and data.model is None:  # the caller's tokenizer, the study's own model
+        data.model = resolve_model(base.model, spec, base.pooling)
     if base.pooling is None and spec.kind != "causal-lm" and own_model:
         # record the pooling the runs use, not "auto": a record must say what it ran
-        base = replace(base, pooling=resolve_pooling(base.model, None) or NATIVE)
-    data = StudyData.load(spec, base, data_dir, tokenizer)
+        base = replace(base, pooling=data.model.pooling or NATIVE)
     out = ensure_writable_dir(out)
     if not resume and (busy := busy_run(out)) is not None:
         # a fresh study starts runs.csv afresh: it would drop the rows of the process at work there

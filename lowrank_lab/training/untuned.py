@@ -138,9 +138,9 @@ def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[
         from .models import load_model
         from .study import StudyData
 
-        data = StudyData.load(spec, cfg, data_dir)
+        data = StudyData.load(spec, cfg, data_dir)  # resolves the model once: data.model
         idx = eval_subset(len(data.dev), data.n_eval)
-        probe = linear_probe(load_model(cfg.model, spec, cfg.pooling), data, spec.metric, idx)
+        probe = linear_probe(load_model(data.model, spec), data, spec.metric, idx)
         how = ("logistic regression on the frozen untuned encoder's pooled sentence vectors (standardised), "
                f"C in {list(PROBE_C)} x class weight none/balanced chosen on the validation split")
         out.update(n=len(idx), **probe, how=how)
@@ -149,7 +149,7 @@ def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[
         from lowrank_lab.weights import load_hf_model
 
         from .forgetting import sts_spearman
-        from .models import load_tokenizer
+        from .models import load_tokenizer, resolve_model
         from .tasks import load_scored
 
         if spec.name != "stsb":
@@ -159,8 +159,9 @@ def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[
         pairs = load_scored(spec, data_dir, cfg.eval_set)
         n_eval = spec.default_eval_samples if cfg.eval_samples is None else cfg.eval_samples
         pairs = [pairs[i] for i in eval_subset(len(pairs), n_eval)]  # the examples the runs score
-        encoder = load_hf_model(cfg.model, head="base").float()
-        value = sts_spearman(encoder, load_tokenizer(cfg.model, spec), pairs)
+        model = resolve_model(cfg.model, spec, cfg.pooling)  # once, for the encoder and its tokenizer
+        encoder = load_hf_model(model.location, head="base").float()
+        value = sts_spearman(encoder, load_tokenizer(model, spec), pairs)
         how = "Spearman of the cosine similarity of the untuned encoder's mean-pooled embeddings"
         out.update(n=len(pairs), metric=value, how=how)
         return out
@@ -170,9 +171,9 @@ def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[
     from .models import load_model
     from .study import StudyData
 
-    data = StudyData.load(spec, cfg, data_dir)
+    data = StudyData.load(spec, cfg, data_dir)  # resolves the model once: data.model
     idx = eval_subset(len(data.dev), data.n_eval)
-    model = load_model(cfg.model, spec, cfg.pooling)
+    model = load_model(data.model, spec)
     device = torch.device("cpu")
     res = evaluate(model, spec, data.dev, idx, batch_size=cfg.eval_batch_size, device=device)
     em = exact_match(model, data.dev, idx, device=device)

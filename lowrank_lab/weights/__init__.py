@@ -15,7 +15,7 @@ experts, shapes, parameter count) is one :class:`~lowrank_lab.weights.families.F
 ``transformers`` is imported only where a model object is built.
 """
 
-from .api import load_hf_model, model_dir, open_source
+from .api import ModelLocation, load_hf_model, locate, model_dir, open_source
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -49,6 +49,7 @@ __all__ = [
     "Family",
     "MissingShardError",
     "MissingTensorError",
+    "ModelLocation",
     "ModelSpec",
     "NotInCacheError",
     "ROLES",
@@ -64,6 +65,7 @@ __all__ = [
     "get_spec",
     "hf_module_suffixes",
     "load_hf_model",
+    "locate",
     "model_dir",
     "open_source",
     "parse_layers",

@@ -1,4 +1,5 @@
-"""One entry point from a name to weights: :func:`open_source`, :func:`model_dir`, :func:`load_hf_model`.
+"""One entry point from a name to weights: :func:`open_source`, :func:`locate`, :func:`model_dir`,
+:func:`load_hf_model`.
 
 What a model argument may be, tried in this order:
 
@@ -18,6 +19,7 @@ with a ``config.json``).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -213,42 +215,81 @@ def _selection(selection: WeightSelection | None, keywords: dict) -> WeightSelec
     return selection
 
 
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a model argument's weights are on this machine, found once (:func:`locate`).
+
+    Exactly one of ``directory`` (a Hugging Face checkpoint directory: config, weights, tokenizer
+    files) and ``llama2c_file`` (a llama2.c ``.bin``, converted in memory by :func:`load_hf_model`)
+    is set. ``name`` is the argument as given; ``spec`` the registry's record (None for a path or an
+    unregistered hub id); ``family`` the registry family (``"llama2c"`` for any ``.bin``; None for an
+    unregistered checkpoint directory, whose ``config.json`` transformers reads as it loads).
+    """
+
+    name: str
+    spec: ModelSpec | None
+    directory: Path | None = None
+    llama2c_file: Path | None = None
+
+    @property
+    def family(self) -> str | None:
+        if self.spec is not None:
+            return self.spec.family
+        return "llama2c" if self.llama2c_file is not None else None
+
+
+def locate(model: str | Path, *, download: bool | None = None) -> ModelLocation:
+    """The one resolution of a model argument (module docstring) that :func:`model_dir` and
+    :func:`load_hf_model` share: a registry llama2.c model is its shared ``stories260K.bin``, any other
+    existing file a llama2.c ``.bin``, everything else a Hugging Face directory (``minilm``: the
+    package's; registry names and hub ids: the cache snapshot, downloaded when allowed; a directory:
+    itself)."""
+    model = str(model)
+    spec = lookup(model)
+    path = Path(model).expanduser()
+    if spec is not None:
+        if spec.family == "llama2c":
+            return ModelLocation(model, spec, llama2c_file=stories260k_path())
+        if spec.name == "minilm":
+            return ModelLocation(model, spec, directory=minilm_dir())
+        directory = resolve_hub_id(spec.hub_id, download=download, synthetic_hint=spec.name)
+        return ModelLocation(model, spec, directory=directory)
+    if path.is_dir():
+        read_config(path)  # a clear error if it is not a checkpoint directory
+        return ModelLocation(model, None, directory=path)
+    if path.is_file():
+        return ModelLocation(model, None, llama2c_file=path)
+    if looks_like_hub_id(model):
+        return ModelLocation(model, None, directory=resolve_hub_id(model, download=download))
+    _raise_unknown(model)
+
+
 def model_dir(model: str | Path, *, download: bool | None = None) -> Path:
-    """The local Hugging Face directory of ``model`` (config, weights, tokenizer files).
+    """The local Hugging Face directory of ``model`` (config, weights, tokenizer files): what
+    :func:`locate` finds.
 
     ``minilm`` gives the package directory; registry names and hub ids give the cache snapshot;
     a directory gives itself. llama2.c checkpoints have no such directory: use
     :func:`load_hf_model` (conversion in memory) or :func:`lowrank_lab.weights.llama2c.convert_to_hf`.
     """
-    model = str(model)
-    spec = lookup(model)
-    if spec is not None:
-        if spec.name == "minilm":
-            return minilm_dir()
-        if spec.family == "llama2c":
-            raise WeightsError(
-                f"{spec.name} is a llama2.c checkpoint, not a Hugging Face directory: use "
-                f"load_hf_model({spec.name!r}, head='causal-lm') (converted in memory), "
-                "lowrank_lab.weights.llama2c.convert_to_hf(path, out_dir) to write one, and "
-                "lowrank_lab.weights.llama2c.Llama2cTokenizer for its tok512.bin tokenizer"
-            )
-        return resolve_hub_id(spec.hub_id, download=download, synthetic_hint=spec.name)
-    path = Path(model).expanduser()
-    if path.is_dir():
-        read_config(path)  # a clear error if it is not a checkpoint directory
-        return path
-    if path.is_file():
+    where = locate(model, download=download)
+    if where.directory is not None:
+        return where.directory
+    if where.spec is not None:
         raise WeightsError(
-            f"{path} is a file; a Hugging Face model directory was expected (for a llama2.c .bin use "
-            "load_hf_model)"
+            f"{where.spec.name} is a llama2.c checkpoint, not a Hugging Face directory: use "
+            f"load_hf_model({where.spec.name!r}, head='causal-lm') (converted in memory), "
+            "lowrank_lab.weights.llama2c.convert_to_hf(path, out_dir) to write one, and "
+            "lowrank_lab.weights.llama2c.Llama2cTokenizer for its tok512.bin tokenizer"
         )
-    if looks_like_hub_id(model):
-        return resolve_hub_id(model, download=download)
-    _raise_unknown(model)
+    raise WeightsError(
+        f"{where.llama2c_file} is a file; a Hugging Face model directory was expected (for a llama2.c .bin "
+        "use load_hf_model)"
+    )
 
 
 def load_hf_model(
-    model: str | Path,
+    model: str | Path | ModelLocation,
     head: str = "base",
     num_labels: int = 2,
     *,
@@ -259,8 +300,8 @@ def load_hf_model(
 
     Parameters
     ----------
-    model : str or Path
-        As for :func:`open_source` (not synthetic).
+    model : str, Path or ModelLocation
+        As for :func:`open_source` (not synthetic), or what :func:`locate` found for it.
     head : {"base", "sequence-classification", "causal-lm"}
         ``AutoModel``, ``AutoModelForSequenceClassification`` (a new, randomly initialised
         classifier with ``num_labels`` outputs; a checkpoint that already has a classifier keeps it
@@ -275,18 +316,11 @@ def load_hf_model(
     if head not in HEADS:
         raise ValueError(f"head {head!r} is not one of {', '.join(HEADS)}")
     torch_dtype = resolve_dtype(dtype) or torch.float32
-    model = str(model)
-    spec = lookup(model)
-    path = Path(model).expanduser()
-    llama2c_file = None
-    if spec is not None and spec.family == "llama2c":
-        llama2c_file = stories260k_path()
-    elif spec is None and path.is_file():
-        llama2c_file = path
-    if llama2c_file is not None:
-        return to_hf_model(llama2c_file, head=head, num_labels=num_labels, dtype=torch_dtype)
+    where = model if isinstance(model, ModelLocation) else locate(model, download=download)
+    if where.llama2c_file is not None:
+        return to_hf_model(where.llama2c_file, head=head, num_labels=num_labels, dtype=torch_dtype)
 
-    directory = model_dir(model, download=download)
+    directory = where.directory
     import transformers
 
     cls = {
@@ -307,7 +341,7 @@ def load_hf_model(
         raise WeightsError(
             f"transformers could not load {directory} as {cls.__name__} ({type(exc).__name__}: {exc}); "
             "check that the head fits the architecture (an encoder has no causal-lm head) and that "
-            f"open_source({model!r}) reads the checkpoint"
+            f"open_source({where.name!r}) reads the checkpoint"
         ) from exc
     loaded.eval()
     return loaded
