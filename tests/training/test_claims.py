@@ -412,8 +412,10 @@ def test_claims_cli_over_a_real_tiny_study(glue_dir, bert_tokenizer, tiny_pooled
     md = (tmp_path / "r" / "claims.md").read_text()
     assert md.startswith("# Claims at this scale") and "## sst2" in md and "Gates:" in md
     assert (study / "baselines.json").is_file()  # written by the study (the CLI makes it when missing)
-    # classification: without the task data the probe cannot be measured, and the CLI says so
-    assert not (study / "untuned.json").exists()
+    # classification: the converged linear probe of the untuned encoder is measured and gates
+    untuned = json.loads((study / "untuned.json").read_text())
+    assert untuned["task"] == "sst2" and "probe_C" in untuned and 0.0 <= untuned["metric"] <= 1.0
+    assert (tmp_path / "r" / "frontier_sst2.csv").is_file()  # the capacity frontier beside the claims
     assert "wrote" in capsys.readouterr().out
 
 
