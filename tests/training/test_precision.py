@@ -55,3 +55,24 @@ def test_the_command_carries_both_options_into_the_run_config():
     assert (a.dtype, a.gradient_checkpointing) == ("bfloat16", True)
     with pytest.raises(ValueError, match="--dtype must be float32 or bfloat16"):
         RunConfig(task="gsm8k", method="lora", dtype="float16")
+
+
+@pytest.mark.slow  # ~20 s: trains two steps of the real stories260K and generates for two problems
+def test_the_gpu_recipe_runs_end_to_end_on_the_cpu(shared_data, stories260k, tmp_path):
+    """Issue 30 point 10: the GSM8K study a GPU user runs (`--eval generate`, bf16, gradient
+    checkpointing) goes through the command unchanged; here on the real llama2.c checkpoint."""
+    import json
+
+    from lowrank_lab.finetune import main
+
+    out = tmp_path / "gsm"
+    argv = ["--task", "gsm8k", "--model", "stories260K", "--methods", "lora", "--steps", "2",
+            "--batch-size", "2", "--eval", "generate", "--eval-samples", "2", "--val-samples", "4",
+            "--eval-every", "0", "--dtype", "bfloat16", "--gradient-checkpointing",
+            "--data-dir", str(shared_data), "--out", str(out), "--no-progress", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    rec = json.loads((out / "runs" / "lora-r8-seed0" / "run.json").read_text())
+    assert rec["status"] == "finished"
+    assert (rec["config"]["dtype"], rec["config"]["gradient_checkpointing"], rec["config"]["eval_mode"]) == (
+        "bfloat16", True, "generate")
+    assert rec["dev"]["n"] == 2 and 0.0 <= rec["dev"]["exact_match"] <= 1.0
