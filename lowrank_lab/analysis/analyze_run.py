@@ -63,7 +63,7 @@ from lowrank_lab.utils.options import option
 from lowrank_lab.utils.provenance import run_metadata, write_run_json
 from lowrank_lab.utils.sweep import SkipItem, Sweep, Table, format_duration
 from lowrank_lab.utils.tables import row_order
-from lowrank_lab.weights import open_source
+from lowrank_lab.weights import WeightSelection, open_source
 
 PROG = "python -m lowrank_lab.analyze"
 #: Models whose hidden size is at most this get the small-model default ranks and every method.
@@ -533,11 +533,10 @@ def _setup(config: AnalyzeConfig) -> _Setup:
         torch.set_num_threads(config.threads)
     ctx = init_from_env(device)  # a process group under torchrun, else a one-process context
     device = ctx.device(device)
-    src_kwargs: dict[str, Any] = {"targets": config.targets, "layers": config.layers,
-                                  "experts": config.experts, "split_fused": config.split_fused}
-    if config.synthetic:
-        src_kwargs.update(synthetic=True, seed=config.seed)
-    src = open_source(config.model, **src_kwargs)
+    selection = WeightSelection(targets=config.targets, layers=config.layers, experts=config.experts,
+                                split_fused=config.split_fused)  # fmt: skip
+    synthetic = {"synthetic": True, "seed": config.seed} if config.synthetic else {}
+    src = open_source(config.model, selection=selection, **synthetic)
     if ctx.is_main:
         for note in getattr(src, "notes", []):  # e.g. generic discovery of a model type without a table
             print(f"{PROG}: note: {note}", file=sys.stderr)

@@ -400,10 +400,13 @@ def open_pairs(config: IntrudersConfig, *, say: bool) -> tuple[TunedWeights, lis
     """The tuned weights (with their base in the same layout) and the (base, tuned) matrix pairs
     that ``targets``/``layers`` select. Headers only: every mismatch between the two checkpoints
     is reported before the first SVD. ``say``: print the sources' notes and warnings (rank 0)."""
-    from lowrank_lab.analysis.tuned import open_tuned, pair_targets
-    from lowrank_lab.weights import open_source
+    from dataclasses import replace
 
-    source_options = {"experts": config.experts, "split_fused": config.split_fused}
+    from lowrank_lab.analysis.tuned import open_tuned, pair_targets
+    from lowrank_lab.weights import WeightSelection, open_source
+
+    selection = WeightSelection(experts=config.experts, split_fused=config.split_fused)
+    source_options = {"selection": selection}
     opened = open_source(config.base, **source_options)
     if say:
         for note in getattr(opened, "notes", []):  # e.g. generic discovery of a model type without a table
@@ -421,7 +424,8 @@ def open_pairs(config: IntrudersConfig, *, say: bool) -> tuple[TunedWeights, lis
         tuned_family=tuned.family,
     )
     if config.targets is not None or config.layers is not None:
-        chosen = open_source(config.base, targets=config.targets, layers=config.layers, **source_options)
+        narrowed = replace(selection, targets=config.targets, layers=config.layers)
+        chosen = open_source(config.base, selection=narrowed)
         keep = {(i.layer, i.module, i.expert) for i in chosen.targets()}
         pairs = [p for p in pairs if (p.base.layer, p.base.module, getattr(p.base, "expert", None)) in keep]
     if not pairs:

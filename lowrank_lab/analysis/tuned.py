@@ -194,8 +194,8 @@ def open_tuned(
 ) -> TunedWeights:
     """The fine-tuned weights, however they were saved.
 
-    ``source_options`` (``experts``, ``split_fused``) are passed to ``open_source`` for a tuned
-    checkpoint, so that it lists the same matrices as the base.
+    ``source_options`` (``selection=WeightSelection(experts=..., split_fused=...)``, or those keywords)
+    are passed to ``open_source`` for a tuned checkpoint, so that it lists the same matrices as the base.
 
     * ``tuned`` a checkpoint (HF directory, ``model.safetensors``, anything ``open_source`` reads);
     * ``tuned`` a fine-tuning run directory holding ``merged/`` (written by lowrank_lab.training);
