@@ -283,8 +283,9 @@ def render(frame: pd.DataFrame, studies: Sequence[Path], command: str) -> str:
         "Gates: every anchor (LoRA at the study's rank, and full fine-tuning on GLUE tasks) must clear "
         "every reference predictor on the interval (lower bound of anchor − reference, signed so that "
         "positive is better) by " + ", ".join(f"{k} {v:g}" for k, v in GATE_MARGIN.items()) + "; "
-        "references: head-only (the frozen untuned encoder with a trained head) and the constant "
-        "predictor (classification), plus the untuned encoder's cosine similarity (STS-B); unigram, "
+        "references: head-only (the frozen untuned encoder with a trained head), the constant predictor "
+        "and, when measured, the converged linear probe of the frozen encoder (classification), plus the "
+        "untuned encoder's cosine similarity (STS-B); unigram, "
         "bigram and the untuned model's answer loss (language modelling), then the fine-tuned exact "
         f"match above the untuned model's by {EM_FLOOR:g}. A task the base model was trained on (its "
         "registry entry) is not testable.",
@@ -342,7 +343,12 @@ def _task_section(task: str, rows: pd.DataFrame) -> list[str]:
     )
     lines += [to_markdown(show), ""]
     gates = rows[["gate", "gate_reason"]].drop_duplicates(subset=["gate_reason"])
-    lines += ["Gates:", ""] + [f"- {g.gate}: {g.gate_reason}" for g in gates.itertuples()] + [""]
+    not_run = gates["gate_reason"].astype(str).str.startswith("not run")
+    lines += ["Gates:", ""] + [f"- {g.gate}: {g.gate_reason}" for g in gates[~not_run].itertuples()] + [""]
+    if not_run.any():  # a claim whose runs are missing says so once, apart from the task's gate
+        reasons = gates.loc[not_run, "gate_reason"].astype(str)
+        why = reasons.str.replace(r"^not run( on \S+)?: ", "", regex=True)
+        lines += ["Not run: " + "; ".join(why) + ".", ""]
     notes = [n for t in rows["tuning"].dropna() for n in str(t).split("; ") if n]
     if notes:  # each method's selected rate, once: an edge means it may be under-tuned there
         lines += [

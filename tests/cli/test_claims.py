@@ -42,7 +42,12 @@ def test_claims_over_written_run_records(tmp_path, capsys):
     assert set(table["verdict"]) <= set(VERDICTS)
     pissa = table[table["method_a"].eq("pissa") & table["method_b"].eq("lora")]
     assert len(pissa) == 2 and set(pissa["n_seeds"]) == {5}  # final metric and convergence, 5 seeds each
-    assert (tmp_path / "r" / "claims.md").read_text().startswith("# Claims at this scale")
+    md = (tmp_path / "r" / "claims.md").read_text()
+    assert md.startswith("# Claims at this scale")
+    sst2 = md[md.index("## sst2"):md.index("## cola")]
+    gates = sst2[sst2.index("Gates:"):sst2.index("Not run:")]
+    assert "- pass: passes" in gates and "not run" not in gates  # the task's gate, apart from missing runs
+    assert "Not run: no runs of nlora (runs/nlora-r8-seed*)" in sst2  # said once, without the prefix
     assert "wrote" in capsys.readouterr().out
 
 
