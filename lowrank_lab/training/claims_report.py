@@ -111,8 +111,9 @@ def run(
     command = shlex.join([*PROG.split(), *argv])  # replayable when a path holds a space (issue 31)
     sections = []
     for study in studies:  # beside the claims: the capacity frontier and the intruder ε sweep
-        if write_frontier(study, folder) is not None:
-            task = study_task(study)
+        frontier = write_frontier(study, folder)
+        if frontier is not None:
+            task = frontier["task"].iloc[0]
             sections.append(f"Capacity frontier of {task}: `frontier_{task}.md`, "
                             f"`figures/frontier_{task}.png`.")
         sweep = write_sweep(study, folder)
@@ -134,14 +135,6 @@ def table(studies: Sequence[Path]) -> pd.DataFrame:
         rows.extend(study_claims(study, decided=False))
     rows.extend(missing_task_rows({r["task"] for r in rows}))
     return pd.DataFrame(decide_rows(rows), columns=COLUMNS)
-
-
-def study_task(study: Path) -> str:
-    """The task of a study folder: its first run record's."""
-    from lowrank_lab.training.record import study_records
-
-    recs = study_records(study)
-    return recs[0].task if recs else study.name
 
 
 def _ensure_baselines(study: Path, data_dir: str | Path) -> None:

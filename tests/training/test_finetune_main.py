@@ -11,7 +11,8 @@ import pandas as pd
 from lowrank_lab.finetune import main
 
 
-def test_one_tiny_lora_run_through_the_command(glue_dir, tmp_path, bert_tokenizer, tiny_bert, capsys):
+def _tiny_study(glue_dir, tmp_path, bert_tokenizer, tiny_bert):
+    """(out, argv) of one two-step LoRA run of a tiny saved BERT on the fixture's SST-2."""
     model_dir = tmp_path / "bert"
     tiny_bert(2)().save_pretrained(model_dir)
     bert_tokenizer.save_pretrained(model_dir)
@@ -19,6 +20,11 @@ def test_one_tiny_lora_run_through_the_command(glue_dir, tmp_path, bert_tokenize
     argv = ["--task", "sst2", "--model", str(model_dir), "--data-dir", str(glue_dir), "--methods", "lora",
             "--rank", "2", "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--max-length", "16",
             "--no-save-merged", "--no-progress", "--out", str(out)]  # fmt: skip
+    return out, argv
+
+
+def test_one_tiny_lora_run_through_the_command(glue_dir, tmp_path, bert_tokenizer, tiny_bert, capsys):
+    out, argv = _tiny_study(glue_dir, tmp_path, bert_tokenizer, tiny_bert)
     assert main(argv) == 0
     rec = json.loads((out / "runs" / "lora-r2-seed0" / "run.json").read_text())
     assert rec["status"] == "finished" and len(rec["train_loss"]) == 2
@@ -30,13 +36,7 @@ def test_one_tiny_lora_run_through_the_command(glue_dir, tmp_path, bert_tokenize
 def test_resume_with_a_changed_option_is_refused_naming_it(
     glue_dir, tmp_path, bert_tokenizer, tiny_bert, capsys
 ):
-    model_dir = tmp_path / "bert"
-    tiny_bert(2)().save_pretrained(model_dir)
-    bert_tokenizer.save_pretrained(model_dir)
-    out = tmp_path / "study"
-    argv = ["--task", "sst2", "--model", str(model_dir), "--data-dir", str(glue_dir), "--methods", "lora",
-            "--rank", "2", "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--max-length", "16",
-            "--no-save-merged", "--no-progress", "--out", str(out)]  # fmt: skip
+    out, argv = _tiny_study(glue_dir, tmp_path, bert_tokenizer, tiny_bert)
     assert main(argv) == 0
     before = (out / "runs" / "lora-r2-seed0" / "run.json").read_text()
     capsys.readouterr()
