@@ -123,7 +123,7 @@ def run(
     atomic_write_text(folder / "claims.md", text + ("\n" + "\n\n".join(sections) + "\n" if sections else ""))
     if config.readme:  # from the file just written, as the README test reads it
         path = Path(config.readme)
-        section = readme_section(pd.read_csv(folder / "claims.csv"))
+        section = readme_section(pd.read_csv(folder / "claims.csv"), folder)
         atomic_write_text(path, replace_readme_section(path.read_text(), section))
     return ClaimsResult(frame, folder)
 
@@ -360,14 +360,17 @@ def _holds(row: Any) -> str:
     return f"{row.claim_holds}; still rising: {rising}" if rising and tested else str(row.claim_holds)
 
 
-def readme_section(frame: pd.DataFrame) -> str:
-    """README's "What the measurements say so far", generated from claims.csv's rows alone."""
+def readme_section(frame: pd.DataFrame, folder: str | Path = "reports") -> str:
+    """README's "What the measurements say so far", generated from the rows of ``folder``'s claims.csv
+    alone; the section names that folder (as given, relative to the README), so the README test and
+    a reader find the table it came from."""
+    folder = Path(folder).as_posix()
     lines = [
         README_HEADING,
         "",
-        "<!-- generated from reports/claims.csv by `python -m lowrank_lab.claims ... --readme README.md` "
+        f"<!-- generated from {folder}/claims.csv by `python -m lowrank_lab.claims ... --readme README.md` "
         "(lowrank_lab.claims.readme_section); change the claims or the rule, not this text -->",
-        "Each paper's claim tested on the committed study (`reports/claims.md`: the decision rule, "
+        f"Each paper's claim tested on the committed study (`{folder}/claims.md`: the decision rule, "
         "the gates, every number; `reports/README.md`: the protocol). Effect = a − b over paired "
         "seeds, positive in the claim's direction, with its 95% interval.",
         "",

@@ -91,13 +91,25 @@ def method_family(method: str) -> str:
     return "lora"
 
 
+#: The adapter rank a study's plain method names refer to when it has runs there: the default of
+#: --rank, LoRA's GLUE setting (Hu et al. 2021, Table 9) and the rank the papers' comparisons share.
+REFERENCE_RANK = 8
+
+
 def common_rank(runs: Iterable[tuple[str, int]]) -> int | None:
-    """The rank most adapter runs among ``(method, rank)`` pairs use (ties: the smaller), the one
-    plain method names refer to; None without adapter runs."""
+    """The rank plain method names refer to among ``(method, rank)`` pairs: :data:`REFERENCE_RANK`
+    when some adapter run uses it, else the rank most adapter runs use (ties: the smaller); None
+    without adapter runs.
+
+    Counting alone would let a study's naming flip as it grows: the plateau study runs five seeds at
+    each of r = 1, 8 and 64 for LoRA and at 25, 128 and 384 for the capacity claims, a tie that the
+    smaller rank (1) would win, so that ``lora`` meant LoRA r = 1 and the gate read the wrong runs."""
     counts: dict[int, int] = {}
     for method, rank in runs:
         if method not in ("full", HEAD_ONLY):
             counts[int(rank)] = counts.get(int(rank), 0) + 1
+    if REFERENCE_RANK in counts:
+        return REFERENCE_RANK
     return min(counts, key=lambda r: (-counts[r], r)) if counts else None
 
 
@@ -153,7 +165,7 @@ class RunConfig:
     method: str
     model: str = "minilm"
     seed: int = 0
-    rank: int = 8
+    rank: int = REFERENCE_RANK
     alpha: float | None = None  # None: the adapter's default (alpha = rank, s = 1)
     targets: str | None = None  # None: all linear target modules of the model family
     steps: int = 300

@@ -11,6 +11,7 @@ import pytest
 
 from lowrank_lab.claims import main as claims_main
 from lowrank_lab.training.claims import (
+    CAPACITY_RANKS,
     CLAIMS,
     COLUMNS,
     EM_FLOOR,
@@ -57,9 +58,11 @@ NOISE = [0.0, 0.003, -0.002, 0.001, -0.002]  # a method's own per-seed noise
 
 def _study(task="sst2", noisy=(), model="m", **means):
     """Five seeds per method; seed s adds a shared offset, and the methods in ``noisy`` their own
-    noise, so differences between the others are exact (zero variance)."""
+    noise, so differences between the others are exact (zero variance). The capacity claims' methods
+    run at their papers' ranks (CAPACITY_RANKS), the others at 8."""
     return [
-        _rec(m, s, v + OFFSETS[s] + (NOISE[s] if m in noisy else 0.0), task=task, model=model)
+        _rec(m, s, v + OFFSETS[s] + (NOISE[s] if m in noisy else 0.0), task=task, model=model,
+             rank=CAPACITY_RANKS.get(m, 8))
         for m, v in means.items()
         for s in range(5)
     ]
@@ -109,8 +112,8 @@ def test_each_verdict_is_reachable_from_runs():
     recs += [_rec("milora", s, 0.8605 + OFFSETS[s] + NOISE[::-1][s]) for s in range(5)]
     swings = [0.0, 0.05, -0.05, 0.04, -0.04]  # nlora: big per-seed swings around lora
     recs += [_rec("nlora", s, 0.88 + OFFSETS[s] + swings[s]) for s in range(5)]
-    recs += [_rec("loldu", s, 0.878 + OFFSETS[s] + NOISE[s]) for s in range(5)]
-    recs += [_rec("inttune", s, 0.80 + OFFSETS[s] + NOISE[s]) for s in range(5)]
+    recs += [_rec("loldu", s, 0.878 + OFFSETS[s] + NOISE[s], rank=384) for s in range(5)]
+    recs += [_rec("inttune", s, 0.80 + OFFSETS[s] + NOISE[s], rank=128) for s in range(5)]
     rows = claim_rows(SST2, recs, baselines=BASELINES)
     assert _row(rows, "pissa>lora")["verdict"] == "contradicted"  # 0.02 worse
     assert _row(rows, "milora>pissa")["verdict"] == "equivalent"  # 0.0005 apart: inside ±0.01
@@ -126,7 +129,7 @@ def test_each_verdict_is_reachable_from_runs():
     assert it["verdict"] == "contradicted" and it["claim_holds"] == "no" and it["ci_high"] < -0.01
     xs = _row(rows, "lora-xs~lora")  # no lora-xs runs: a budget choice, said as such, with the runs missing
     assert xs["verdict"] == "not testable" and xs["claim_holds"] == "not run"
-    assert xs["gate_reason"] == "not run on sst2: no runs of lora-xs (runs/lora-xs-r8-seed*)"
+    assert xs["gate_reason"] == "not run on sst2: no runs of lora-xs@25 (runs/lora-xs-r25-seed*)"
 
 
 def test_equivalent_when_a_difference_is_inside_delta():
@@ -368,10 +371,10 @@ def test_a_method_still_rising_is_named_beside_its_verdict():
         r.evals = curve(0.01 if (r.method, r.seed) in rising else 0.0)
     rows = claim_rows(SST2, recs, baselines=BASELINES)
     loldu = _row(rows, "loldu~lora")
-    assert loldu["still_rising"] == "loldu 3/5, lora 5/5" and loldu["verdict"] == "contradicted"
+    assert loldu["still_rising"] == "loldu@384 3/5, lora 5/5" and loldu["verdict"] == "contradicted"
     assert _row(rows, "pissa>lora")["still_rising"] == "lora 5/5"  # pissa: not run
     md = render(pd.DataFrame(rows, columns=COLUMNS), [], "cmd")
-    assert "| contradicted | no; still rising: loldu 3/5, lora 5/5 |" in md
+    assert "| contradicted | no; still rising: loldu@384 3/5, lora 5/5 |" in md
     pissa = next(
         line for line in md.splitlines() if line.startswith("| PiSSA ends higher than LoRA | superiority |")
     )
@@ -546,3 +549,38 @@ def test_mitigation_claims_without_tables_are_not_run_and_follow_the_task_gate()
     assert {r["verdict"] for r in gated} == {"not testable"} and gated[0]["effect"] == pytest.approx(0.0104)
     few = mitigation_rows(SST2, _mitigation_frame(n=1), None)
     assert {r["claim_holds"] for r in few} == {"not testable: too few seeds"}
+
+
+def test_plain_names_keep_meaning_lora_at_rank_8_when_other_ranks_tie_with_it():
+    from lowrank_lab.training.config import common_rank
+
+    tie = [("lora", 1), ("lora", 8), ("lora", 64), ("lora-xs", 25), ("full", 0), ("head", 0)]
+    assert common_rank(tie * 5) == 8  # counting alone would pick r = 1
+    assert common_rank([("lora", 16)] * 3 + [("lora", 4)] * 3) == 4  # no r = 8 runs: most used, then smaller
+    assert common_rank([("full", 0)]) is None
+    # in claims: the gate and "lora" read the r = 8 runs (r = 1 and 64 at 0.70 would fail the gate)
+    recs = _study(**BASE, pissa=0.90)
+    recs += [_rec("lora", s, 0.70 + OFFSETS[s] + NOISE[s], rank=r) for r in (1, 64) for s in range(5)]
+    pissa = _row(claim_rows(SST2, recs, baselines=BASELINES), "pissa>lora")
+    assert pissa["gate"] == "pass" and pissa["effect"] == pytest.approx(0.02)
+    assert pissa["runs"].startswith("pissa-r8-seed0 vs lora-r8-seed0")
+
+
+def test_capacity_claims_are_judged_at_the_papers_configuration_only():
+    at8 = _study(**BASE, **{"lora-xs": 0.879, "loldu": 0.878, "inttune": 0.877})  # paper ranks: no r = 8
+    at8 += [_rec(m, s, 0.87, rank=8) for m in ("lora-xs", "loldu", "inttune") for s in range(5)]
+    rows = claim_rows(SST2, at8, baselines=BASELINES)
+    for key, method in (("lora-xs~lora", "lora-xs"), ("loldu~lora", "loldu"), ("inttune~lora", "inttune")):
+        r = _row(rows, key)
+        assert r["method_a"] == f"{method}@{CAPACITY_RANKS[method]}" and r["n_seeds"] == 5
+        assert f"{method}-r8-" not in r["runs"]  # LoRA's side is its r = 8 runs; the method's, the paper's rank
+        assert r["runs"].startswith(f"{method}-r{CAPACITY_RANKS[method]}-seed0 vs lora-r8-seed0")
+    only8 = [r for r in at8 if not (r.method in CAPACITY_RANKS and r.rank != 8)]
+    xs = _row(claim_rows(SST2, only8, baselines=BASELINES), "lora-xs~lora")
+    assert xs["claim_holds"] == "not run"  # r = 8 is no paper's configuration: its runs are not read
+    assert xs["gate_reason"] == "not run on sst2: no runs of lora-xs@25 (runs/lora-xs-r25-seed*)"
+    # a study run at rank 25 throughout names its LoRA-XS runs plainly; the claim still finds them
+    at25 = [_rec(m, s, v + OFFSETS[s], rank=25) for m, v in (("lora", 0.88), ("lora-xs", 0.879)) for s in range(5)]
+    at25 += [_rec(m, s, v + OFFSETS[s]) for m, v in (("head", 0.78), ("full", 0.89)) for s in range(5)]
+    xs25 = _row(claim_rows(SST2, at25, baselines=BASELINES), "lora-xs~lora")
+    assert xs25["n_seeds"] == 5 and xs25["runs"].startswith("lora-xs-r25-seed0 vs lora-r25-seed0")
