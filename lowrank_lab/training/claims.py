@@ -189,7 +189,8 @@ _INTRUDER_FINDING = (
 )
 
 #: The paper's own configuration of each "comparable with far fewer parameters" claim (issue 30, item 7;
-#: reports/README.md, "Plateau study"), judged against LoRA at the study's rank (:data:`~.config.REFERENCE_RANK`):
+#: reports/README.md, "Plateau study"), judged against LoRA at the study's rank
+#: (:data:`~.config.REFERENCE_RANK`):
 #: LoRA-XS at r = 25, the top of the rank range of its GLUE runs (625 numbers per matrix); IntTune at
 #: r = 128, the middle of the three ranks the NLoRA paper reports for it (64, 128, 256; GSM8K 44.28 at
 #: 128); LoLDU at full rank, as its released code defaults (the diagonal spans min(m, n), which is 384

@@ -573,14 +573,15 @@ def test_capacity_claims_are_judged_at_the_papers_configuration_only():
     for key, method in (("lora-xs~lora", "lora-xs"), ("loldu~lora", "loldu"), ("inttune~lora", "inttune")):
         r = _row(rows, key)
         assert r["method_a"] == f"{method}@{CAPACITY_RANKS[method]}" and r["n_seeds"] == 5
-        assert f"{method}-r8-" not in r["runs"]  # LoRA's side is its r = 8 runs; the method's, the paper's rank
+        assert f"{method}-r8-" not in r["runs"]  # LoRA's side is at r = 8, the method's at its paper's rank
         assert r["runs"].startswith(f"{method}-r{CAPACITY_RANKS[method]}-seed0 vs lora-r8-seed0")
     only8 = [r for r in at8 if not (r.method in CAPACITY_RANKS and r.rank != 8)]
     xs = _row(claim_rows(SST2, only8, baselines=BASELINES), "lora-xs~lora")
     assert xs["claim_holds"] == "not run"  # r = 8 is no paper's configuration: its runs are not read
     assert xs["gate_reason"] == "not run on sst2: no runs of lora-xs@25 (runs/lora-xs-r25-seed*)"
     # a study run at rank 25 throughout names its LoRA-XS runs plainly; the claim still finds them
-    at25 = [_rec(m, s, v + OFFSETS[s], rank=25) for m, v in (("lora", 0.88), ("lora-xs", 0.879)) for s in range(5)]
+    at25 = [_rec(m, s, v + OFFSETS[s], rank=25) for m, v in (("lora", 0.88), ("lora-xs", 0.879))
+            for s in range(5)]  # fmt: skip
     at25 += [_rec(m, s, v + OFFSETS[s]) for m, v in (("head", 0.78), ("full", 0.89)) for s in range(5)]
     xs25 = _row(claim_rows(SST2, at25, baselines=BASELINES), "lora-xs~lora")
     assert xs25["n_seeds"] == 5 and xs25["runs"].startswith("lora-xs-r25-seed0 vs lora-r25-seed0")

@@ -220,8 +220,9 @@ def test_every_committed_row_is_recomputed_from_the_runs_files_by_the_stated_rul
                 a, b = ({int(r.seed): float(getattr(r, col)) for r in mit[mit["lambda"] == x].itertuples()}
                         for x in (lam, 1.0))  # fmt: skip
             else:
-                a, b = ({s: _value(r, row.metric, intr, study) for s, r in runs[_label(m, rank)].items() if _usable(r)}
-                        for m in (row.method_a, row.method_b))  # fmt: skip
+                side = [runs[_label(m, rank)] for m in (row.method_a, row.method_b)]
+                a, b = ({s: _value(r, row.metric, intr, study) for s, r in x.items() if _usable(r)}
+                        for x in side)  # fmt: skip
             seeds = sorted(s for s in set(a) & set(b) if a[s] is not None and b[s] is not None)
             assert row.n_seeds == len(seeds), row.claim
             sign = 1.0 if higher else -1.0
