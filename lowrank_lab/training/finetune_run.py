@@ -346,7 +346,8 @@ class FinetuneConfig:
     )  # fmt: skip
     status: bool = option(
         False, help="list every selection and seed run in --out and where it stands (finished, diverged, "
-        "failed, training by which process, interrupted at which step), then exit; reads files only, so "
+        "failed, training by which process, interrupted at which step, with the minutes of budget left at "
+        "the pace of the finished runs), then exit; reads files only, so "
         "it is safe beside running processes (as a DataFrame: lowrank_lab.training.study.study_status(out))",
         why="a study trains",
     )  # fmt: skip
@@ -479,10 +480,15 @@ def print_status(out: str) -> int:
     print(to_markdown(table.astype(object).where(table.notna(), "–")).rstrip("\n"))
     counts = table["state"].str.replace(r" \(.*\)$", "", regex=True).value_counts()
     spent = table["cpu_hours"].sum()
+    left = table["minutes_left"].dropna()
     print(
         "\n" + ", ".join(f"{n} {state}" for state, n in counts.items()) + f" ({len(table)} runs in {out}; "
         f"the recorded ones took {spent:.1f} CPU-hours)"
     )
+    if len(left):  # one thread a run, as the study scripts run them
+        print(f"the {len(left)} run(s) in progress have at most {left.sum() / 60:.1f} CPU-hours of budget "
+              f"left at the pace of the finished runs (longest {left.max():.0f} min; early stopping can end "
+              "them sooner)")  # fmt: skip
     return 0
 
 

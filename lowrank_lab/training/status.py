@@ -30,6 +30,7 @@ STATUS_COLUMNS = (
     "val_metric",
     "dev_metric",
     "cpu_hours",
+    "minutes_left",
 )
 
 
@@ -42,10 +43,13 @@ def study_status(out: str | Path) -> pd.DataFrame:
     the steps done (for a run in progress: at its last checkpoint); ``lr`` the body's rate (empty
     for head-only, which trains no body) and ``head_lr`` the head's, the rate head-only's selection
     tunes (empty for a causal LM, which has no task head); ``cpu_hours`` a recorded run's
-    :func:`run_cpu_hours`. Reads files only: safe beside running studies."""
+    :func:`run_cpu_hours`; ``minutes_left`` for a run in training or interrupted, its remaining
+    budget (steps - step) at the pace of the study's finished runs (:func:`study_pace`): an upper
+    bound, since early stopping can end it sooner. Reads files only: safe beside running studies."""
     import pandas as pd
 
     out = Path(out)
+    pace = study_pace(out)
     rows = []
     for stage, folder in (("select", "select"), ("seed", "runs")):
         for rdir in sorted(p for p in (out / folder).glob("*") if p.is_dir()):
@@ -62,6 +66,7 @@ def study_status(out: str | Path) -> pd.DataFrame:
             lock = OutputLock(rdir, option="run folder")
             if (rdir / LOCK_NAME).exists() and held(lock):
                 row.update(state=f"training ({holder_text(lock)})", step=meta.get("step"))
+                row["minutes_left"] = _minutes_left(row, pace)
             elif rec is not None and rec.status != "running":
                 row.update(state=rec.status, step=rec.steps_done, val_metric=rec.val_metric)
                 row["cpu_hours"] = run_cpu_hours(rec)
@@ -69,10 +74,35 @@ def study_status(out: str | Path) -> pd.DataFrame:
                     row["dev_metric"] = rec.final_metric
             elif meta:
                 row.update(state="interrupted", step=meta.get("step"))
+                row["minutes_left"] = _minutes_left(row, pace)
             else:
                 row["state"] = "started"
             rows.append(row)
     return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
+
+
+def study_pace(out: str | Path) -> dict[str | None, float]:
+    """Seconds a step of the study at ``out`` takes, from its finished runs' records: the median of
+    their ``seconds_per_step`` per method, and under the key None over all of them ({} before a run
+    has finished). A step's cost depends on the method (full fine-tuning updates every weight), so a
+    run's own method gives its pace where the study has one."""
+    from statistics import median
+
+    paces: dict[str | None, list[float]] = {}
+    for rec_dir in sorted(Path(out).glob("*/*/")):
+        rec = RunRecord.read(rec_dir) if rec_dir.parent.name in ("select", "runs") else None
+        if rec is None or rec.status != "finished" or not rec.seconds_per_step:
+            continue
+        for key in (rec.method, None):
+            paces.setdefault(key, []).append(float(rec.seconds_per_step))
+    return {k: median(v) for k, v in paces.items()}
+
+
+def _minutes_left(row: dict, pace: dict[str | None, float]) -> float | None:
+    per_step = pace.get(row["method"], pace.get(None))
+    if per_step is None or row.get("steps") is None or row.get("step") is None:
+        return None
+    return round(max(int(row["steps"]) - int(row["step"]), 0) * per_step / 60, 1)
 
 
 def run_cpu_hours(rec: RunRecord) -> float | None:

@@ -371,3 +371,27 @@ def test_a_run_another_process_finished_meanwhile_is_taken_not_trained_again(
     )
     assert trained == ["head"] and "took lora-r2-seed0: finished by another process" in said
     assert res["records"][1].train_loss == made["records"][0].train_loss
+
+
+def test_status_gives_runs_in_progress_their_budget_left_at_the_pace_of_the_finished_ones(tmp_path, capsys):
+    from lowrank_lab import finetune
+    from lowrank_lab.training.checkpoint import save_checkpoint
+    from lowrank_lab.training.study import study_status
+
+    for seed, (method, pace) in enumerate((("lora", 0.3), ("lora", 0.5), ("full", 1.2))):  # LoRA: 0.4 s
+        rec = RunRecord(config=RunConfig(task="sst2", method=method, seed=seed), status="finished",
+                        seconds_per_step=pace, steps_done=100)  # fmt: skip
+        (tmp_path / "runs" / rec.run_name).mkdir(parents=True)
+        rec.write(tmp_path / "runs" / rec.run_name)
+    for method, step in (("lora", 400), ("full", 900), ("pissa", 0)):  # interrupted at `step` of 1,000
+        cfg = {"task": "sst2", "method": method, "seed": 9, "steps": 1000}
+        meta = {"step": step, "lr": 1e-3, "config": cfg}
+        save_checkpoint(tmp_path / "select" / f"{method}-r8-seed9-lr0.001", {}, meta)
+    table = study_status(tmp_path).set_index("run")
+    left = table["minutes_left"]  # to a tenth of a minute
+    assert left["lora-r8-seed9-lr0.001"] == pytest.approx(600 * 0.4 / 60, abs=0.05)  # its method's pace
+    assert left["full-r8-seed9-lr0.001"] == pytest.approx(100 * 1.2 / 60, abs=0.05)
+    assert left["pissa-r8-seed9-lr0.001"] == pytest.approx(1000 * 0.5 / 60, abs=0.05)  # no pissa: the study's
+    assert table.loc[table["state"] == "finished", "minutes_left"].isna().all()
+    assert finetune.main(["--task", "sst2", "--out", str(tmp_path), "--status"]) == 0
+    assert "the 3 run(s) in progress have at most 0.2 CPU-hours of budget left" in capsys.readouterr().out
