@@ -12,13 +12,16 @@
 #
 # Usage:  STUDY_STAGE=probe bash benchmarks/plateau_study.sh      # block 0: size the plan
 #         STUDY_STAGE=sst2-ref ...                                # block 1: SST-2 gate and references
-#         STUDY_STAGE=sst2-capacity ...                           # block 2: the capacity claims
 #         STUDY_STAGE=cola ...                                    # block 3: CoLA, every method
 #           (cola-ref, cola-capacity, cola-variants, cola-frontier: its four parts, in that order)
-#         STUDY_STAGE=intruders ...                               # block 4: LoRA r = 1, 64 and counts
+#         STUDY_STAGE=sst2-rest ...                               # after block 1, revision 5's order:
+#           sst2-r1 (4a), sst2-xs, sst2-loldu, sst2-inttune (2a-c), sst2-r64 (4b), intruder-counts (4c),
+#           each started only if the study's recorded CPU-hours plus its estimate stay within 40
+#           (sst2-capacity = 2a-c, intruders = 4a, 4b, 4c: the names of revisions 1-4)
 #         STUDY_STAGE=sst2-variants ...                           # block 5: the init variants
 #         STUDY_STAGE=gsm8k ...                                   # block 6: the GSM8K exact-match floor
 #         STUDY_STAGE=claims ...                                  # the tables, once runs are done
+#         STUDY_STAGE=budget ...                                  # CPU-hours recorded, selection budget
 # Two streams on 2 cores: the same command twice (a run's folder is locked while one process trains it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +51,55 @@ source benchmarks/study_lib.sh  # chosen_lr STUDY_DIR METHOD [RANK], around RATE
 # LoLDU at full rank (384 = min(m, n) for every MiniLM matrix), LoRA-XS at 25, IntTune at 128.
 CAPACITY=("loldu 384 1.2e-3" "lora-xs 25 1.2e-2" "inttune 128 3.6e-2")  # method, rank, grid centre
 
+BUDGET_HOURS="${STUDY_BUDGET_HOURS:-40}"  # issue 30: the whole study within 40 CPU-hours of this machine
+
+recorded_hours() {  # CPU-hours of every run record of the study so far (time x threads, as --status)
+  python - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+total = 0.0
+for p in Path(sys.argv[1]).glob("*/*/*/run.json"):
+    r = json.loads(p.read_text())
+    t = max([x for x in (r.get("run_seconds"), r.get("wall_seconds")) if x is not None] or [0.0])
+    total += t * int((r.get("meta") or {}).get("threads") or 1) / 3600
+print(f"{total:.2f}")
+PY
+}
+
+selection_fraction() {  # revision 5's rule: 0.5 when half-epoch selection chose block 1's and CoLA's rates, else 1
+  python benchmarks/selection_budget.py "$COLA_OUT" "$SST2_OUT" --out "$SST2_OUT/selection_budget.md"
+}
+
+fits() {  # fits NAME RUNS [GLOB]: whether a block of RUNS whole SST-2 runs (0.7 CPU-hours each: block 1's
+  # LoRA runs under two streams) fits the budget beside what is recorded; a block that has begun (a folder
+  # matching GLOB exists) always finishes. Says why a block does not start.
+  local spent need
+  if [ -n "${3:-}" ] && compgen -G "$3" > /dev/null; then return 0; fi
+  spent=$(recorded_hours); need=$(python -c "print(round($2 * 0.7, 1))")
+  if python -c "import sys; sys.exit(0 if $spent + $need <= $BUDGET_HOURS else 1)"; then return 0; fi
+  echo "$1: not started: $spent CPU-hours recorded + about $need for it > the $BUDGET_HOURS-hour budget" >&2
+  return 1
+}
+
+block() {  # block NAME METHOD RANK GRID [finetune options]: a block of blocks 2 and 4, if it fits
+  local runs
+  runs=$(python -c "print(6 * $(selection_fraction) + 5)")  # 3 rates x 2 selection seeds, 5 verdict seeds
+  fits "$1" "$runs" "$SST2_OUT/*/$2-r$3-seed*" && select_then_seeds "${@:2}"
+}
+
+select_then_seeds() {  # select_then_seeds METHOD RANK GRID [finetune options]: block 2 and 4's runs.
+  # Rates are chosen on half-epoch runs when benchmarks/selection_budget.py says the half budget chose
+  # block 1's and CoLA's rates as the whole one did (revision 5), else on whole-epoch runs; then the
+  # verdict seeds train the whole epoch at the chosen rate.
+  local m=$1 r=$2 grid=$3 head_lr lr; shift 3
+  head_lr=$(chosen_lr "$SST2_OUT" head 8)
+  python -m lowrank_lab.finetune "${SST2[@]}" --epochs "$(selection_fraction)" --methods "$m" --rank "$r" \
+    --head-lr "$head_lr" "${SELECT[@]}" --lr-grid "$m=$grid" --select-only --out "$SST2_OUT" "$@"
+  lr=$(chosen_lr "$SST2_OUT" "$m" "$r")
+  python -m lowrank_lab.finetune "${SST2[@]}" --methods "$m" --rank "$r" --head-lr "$head_lr" --lr "$lr" \
+    --seeds "$SEEDS" --out "$SST2_OUT" "$@"
+}
+
 for stage in $STAGES; do
   case "$stage" in
     probe)  # block 0: LoRA r = 8 and full fine-tuning, seed 0, at issue 15's selected rates (LoRA 1.5e-3,
@@ -61,12 +113,44 @@ for stage in $STAGES; do
       python -m lowrank_lab.finetune "${SST2[@]}" --methods lora,full,head --rank 8 "${SELECT[@]}" \
         --lr-grid head=3e-3,1e-2,3e-2 --lr-grid lora=1.5e-4,5e-4,1.5e-3 --lr-grid full=2e-5,6e-5,2e-4 \
         --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}" ;;
-    sst2-capacity)  # block 2: each claim configuration at its own rank, the head rate of block 1
-      head_lr=$(chosen_lr "$SST2_OUT" head 8)
-      for cfg in "${CAPACITY[@]}"; do
-        read -r m r centre <<< "$cfg"
-        python -m lowrank_lab.finetune "${SST2[@]}" --methods "$m" --rank "$r" --head-lr "$head_lr" \
-          "${SELECT[@]}" --lr-grid "$m=$(around "$centre")" --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}"
+    budget)  # where the study stands against its budget, and the selection budget of blocks 2 and 4
+      echo "recorded: $(recorded_hours) of $BUDGET_HOURS CPU-hours; selection runs of blocks 2 and 4: $(
+        selection_fraction) epoch" ;;
+    sst2-rest)  # everything after block 1, in revision 5's order (verdicts per CPU-hour)
+      STUDY_STAGE="sst2-r1 sst2-xs sst2-loldu sst2-inttune sst2-r64 intruder-counts" \
+        bash benchmarks/plateau_study.sh ;;
+    sst2-capacity) STUDY_STAGE="sst2-xs sst2-loldu sst2-inttune" bash benchmarks/plateau_study.sh ;;
+    intruders) STUDY_STAGE="sst2-r1 sst2-r64 intruder-counts" bash benchmarks/plateau_study.sh ;;
+    sst2-r1)  # block 4a: LoRA r = 1 (the intruders claim, and the runs intruder mitigation acts on)
+      block "$stage" lora 1 5e-4,1.5e-3,4.5e-3 ;;
+    sst2-xs)  # block 2a: LoRA-XS at r = 25, its paper's configuration
+      block "$stage" lora-xs 25 "$(around 1.2e-2)" ;;
+    sst2-loldu)  # block 2b: LoLDU at full rank (384 = min(m, n) of every MiniLM matrix)
+      block "$stage" loldu 384 "$(around 1.2e-3)" ;;
+    sst2-inttune)  # block 2c: IntTune at r = 128
+      block "$stage" inttune 128 "$(around 3.6e-2)" ;;
+    sst2-r64)  # block 4b: LoRA r = 64 with rank-stabilised scaling alpha/sqrt(r), the contrast
+      block "$stage" lora 64 5e-5,1.5e-4,5e-4 --scaling rslora ;;
+    intruder-counts)  # block 4c: intruder counts of every LoRA r = 1, 8, 64 and full fine-tuning run (every
+      # matrix, the epsilon sweep; epsilon 0.5 decides), STS-B forgetting, and mitigation; minutes a run
+      fits "$stage" 2 "$SST2_OUT/intruders" || continue
+      for run in "$SST2_OUT"/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2,3,4}; do
+        name=$(basename "$run")
+        [ -f "$SST2_OUT/intruders/$name/run.json" ] && continue
+        [ -d "$run/merged" ] || { echo "skip $name: no merged/ weights (not trained yet?)" >&2; continue; }
+        python -m lowrank_lab.intruders --base minilm --tuned "$run" --sweep --out "$SST2_OUT/intruders/$name" \
+          --threads "$THREADS" --no-figures
+      done
+      python -m lowrank_lab.finetune --task sst2 --out "$SST2_OUT" --data-dir "$DATA" --forgetting stsb \
+        --threads "$THREADS" --no-progress
+      # intruder mitigation on the LoRA runs (issue 32): PEFT's lambda 0.75 decides, the others trace the
+      # trade-off; each run scored at each lambda on its task and on the STS-B forgetting measure
+      for run in "$SST2_OUT"/runs/{lora-r1,lora-r8}-seed{0,1,2,3,4}; do
+        name=$(basename "$run")
+        [ -f "$SST2_OUT/mitigation/$name/mitigation.csv" ] && continue
+        [ -d "$run/merged" ] || { echo "skip $name: no merged/ weights" >&2; continue; }
+        python -m lowrank_lab.intruders --base minilm --tuned "$run" --mitigate 0,0.25,0.5,0.75 \
+          --data-dir "$DATA" --out "$SST2_OUT/mitigation/$name" --threads "$THREADS" --no-figures
       done ;;
     cola-ref)  # block 3a: the CoLA gate and references (head rate first, LoRA r = 8, full fine-tuning)
       python -m lowrank_lab.finetune "${COLA[@]}" --methods lora,full,head --rank 8 "${SELECT[@]}" \
@@ -95,31 +179,6 @@ for stage in $STAGES; do
       done ;;
     cola)  # block 3, whole: 3a to 3d in order
       STUDY_STAGE="cola-ref cola-capacity cola-variants cola-frontier" bash benchmarks/plateau_study.sh ;;
-    intruders)  # block 4: LoRA r = 1 and r = 64 (rank-stabilised scaling alpha/sqrt(r) at 64) on SST-2,
-      # then the intruder counts (every matrix, the epsilon sweep; epsilon 0.5 decides) and forgetting
-      head_lr=$(chosen_lr "$SST2_OUT" head 8)
-      python -m lowrank_lab.finetune "${SST2[@]}" --methods lora --rank 1 --head-lr "$head_lr" "${SELECT[@]}" \
-        --lr-grid lora=5e-4,1.5e-3,4.5e-3 --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}"
-      python -m lowrank_lab.finetune "${SST2[@]}" --methods lora --rank 64 --scaling rslora --head-lr "$head_lr" \
-        "${SELECT[@]}" --lr-grid lora=5e-5,1.5e-4,5e-4 --seeds "$SEEDS" --out "$SST2_OUT" "${PLATEAU[@]}"
-      for run in "$SST2_OUT"/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2,3,4}; do
-        name=$(basename "$run")
-        [ -f "$SST2_OUT/intruders/$name/run.json" ] && continue
-        [ -d "$run/merged" ] || { echo "skip $name: no merged/ weights (not trained yet?)" >&2; continue; }
-        python -m lowrank_lab.intruders --base minilm --tuned "$run" --sweep --out "$SST2_OUT/intruders/$name" \
-          --threads "$THREADS" --no-figures
-      done
-      python -m lowrank_lab.finetune --task sst2 --out "$SST2_OUT" --data-dir "$DATA" --forgetting stsb \
-        --threads "$THREADS" --no-progress
-      # intruder mitigation on the LoRA runs (issue 32): PEFT's lambda 0.75 decides, the others trace the
-      # trade-off; each run scored at each lambda on its task and on the STS-B forgetting measure
-      for run in "$SST2_OUT"/runs/{lora-r1,lora-r8}-seed{0,1,2,3,4}; do
-        name=$(basename "$run")
-        [ -f "$SST2_OUT/mitigation/$name/mitigation.csv" ] && continue
-        [ -d "$run/merged" ] || { echo "skip $name: no merged/ weights" >&2; continue; }
-        python -m lowrank_lab.intruders --base minilm --tuned "$run" --mitigate 0,0.25,0.5,0.75 \
-          --data-dir "$DATA" --out "$SST2_OUT/mitigation/$name" --threads "$THREADS" --no-figures
-      done ;;
     sst2-variants)  # block 5: the init variants against LoRA, three rates around LoRA's chosen one
       head_lr=$(chosen_lr "$SST2_OUT" head 8)
       lora_lr=$(chosen_lr "$SST2_OUT" lora 8)
@@ -142,7 +201,7 @@ for stage in $STAGES; do
         studies+=("$d")
       done
       python -m lowrank_lab.claims --studies "${studies[@]}" --out "$OUT" --data-dir "$DATA" ;;
-    *) echo "unknown stage $stage (probe sst2-ref sst2-capacity cola cola-ref cola-capacity cola-variants cola-frontier intruders sst2-variants gsm8k claims)" >&2
+    *) echo "unknown stage $stage (probe sst2-ref sst2-capacity cola cola-ref cola-capacity cola-variants cola-frontier budget sst2-rest sst2-r1 sst2-xs sst2-loldu sst2-inttune sst2-r64 intruder-counts intruders sst2-variants gsm8k claims)" >&2
       exit 2 ;;
   esac
 done
