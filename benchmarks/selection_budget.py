@@ -57,7 +57,7 @@ def chosen(by_rate: dict[float, dict[int, tuple[float, float]]], which: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("studies", nargs="+", type=Path, help="study folders whose select/ runs ran the whole budget")
+    ap.add_argument("studies", nargs="+", type=Path, help="study folders with whole-budget select/ runs")
     ap.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     args = ap.parse_args(argv)
     lines = ["| study | method | rank | rates | chosen (whole budget) | chosen (first half) | agree |",
