@@ -84,7 +84,8 @@ fits() {  # fits NAME RUNS [GLOB]: whether a block of RUNS whole SST-2 runs (0.7
 block() {  # block NAME METHOD RANK GRID [finetune options]: a block of blocks 2 and 4, if it fits
   local runs
   runs=$(python -c "print(6 * $(selection_fraction) + 5)")  # 3 rates x 2 selection seeds, 5 verdict seeds
-  fits "$1" "$runs" "$SST2_OUT/*/$2-r$3-seed*" && select_then_seeds "${@:2}"
+  fits "$1" "$runs" "$SST2_OUT/*/$2-r$3-seed*" || return 0  # over budget: said why, and not an error
+  select_then_seeds "${@:2}"
 }
 
 select_then_seeds() {  # select_then_seeds METHOD RANK GRID [finetune options]: block 2 and 4's runs.
