@@ -53,7 +53,9 @@ CAPACITY=("loldu 384 1.2e-3" "lora-xs 25 1.2e-2" "inttune 128 3.6e-2")  # method
 
 BUDGET_HOURS="${STUDY_BUDGET_HOURS:-40}"  # issue 30: the whole study within 40 CPU-hours of this machine
 
-recorded_hours() {  # CPU-hours of every run record of the study so far (time x threads, as --status)
+recorded_hours() {  # CPU-hours of every run record of the study so far (time x threads, as --status);
+  # not counted: the untuned models' measurements (about 0.4 CPU-hours, untuned.json keeps no time) and
+  # the time runs lost when a session ended before their first checkpoint
   python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
