@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,15 @@ def plot_frontier(
     return _save(fig, path)
 
 
-def references_of(baselines: Mapping[str, Any], untuned: Mapping[str, Any]) -> dict[str, float]:
+def references_of(
+    baselines: Mapping[str, Any], untuned: Mapping[str, Any], metric: str | None = None
+) -> dict[str, float]:
     """The reference predictors a frontier is drawn against: the constant predictor
-    (``baselines.json``) and the untuned encoder's linear probe (``untuned.json``), when measured."""
+    (``baselines.json``) and the untuned encoder's linear probe (``untuned.json``), when measured;
+    for runs judged by exact match (``metric``), the untuned model's exact match."""
+    if metric == "exact_match":
+        em = untuned.get("exact_match")
+        return {"untuned model": float(em)} if isinstance(em, (int, float)) else {}
     refs = {}
     if isinstance(baselines.get("constant_predictor"), (int, float)):
         refs["constant predictor"] = float(baselines["constant_predictor"])
@@ -149,10 +156,13 @@ def write_frontier(study: str | Path, out: str | Path) -> pd.DataFrame | None:
     if not records:
         return None
     spec = get_task(records[0].task)
+    usable = [r for r in records if r.usable]
+    if usable and all(r.final_metric_name == "exact_match" for r in usable):  # finetune --eval generate
+        spec = replace(spec, metric="exact_match", higher_is_better=True)
     frame = frontier_table(records, spec)
     if frame.empty:
         return None
-    refs = references_of(read_baselines(study), read_untuned(study))
+    refs = references_of(read_baselines(study), read_untuned(study), spec.metric)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     write_frame(frame, out / f"frontier_{spec.name}.csv")

@@ -73,3 +73,22 @@ def test_write_frontier_writes_csv_markdown_and_figure(tmp_path):
     assert "constant predictor 0.0000" in md and "2 plateau, 1 budget" in md
     assert (tmp_path / "out" / "figures" / "frontier_cola.png").stat().st_size > 1000
     assert write_frontier(tmp_path / "empty", tmp_path / "out2") is None
+
+
+def test_runs_judged_by_exact_match_are_labelled_so_against_the_untuned_model(tmp_path):
+    """finetune --eval generate (GSM8K): final_metric is exact match, not the task's answer loss."""
+    for s, em in enumerate((0.008, 0.012)):
+        rec = RunRecord(
+            config=RunConfig(task="gsm8k", method="lora", seed=s, rank=8, model="m", steps=10),
+            status="finished", final_metric=em, final_metric_name="exact_match", trainable_params=46_240,
+            train_loss=[2.0] * 4,
+            dev=DevScore(step=10, metric=2.0, loss=2.0, collapsed=False, n=8, exact_match=em),
+        )  # fmt: skip
+        (tmp_path / "runs" / rec.run_name).mkdir(parents=True)
+        rec.write(tmp_path / "runs" / rec.run_name)
+    (tmp_path / "untuned.json").write_text(json.dumps({"answer_loss": 7.0, "exact_match": 0.0}))
+    frame = write_frontier(tmp_path, tmp_path / "out")
+    assert frame["mean"].iloc[0] == pytest.approx(0.010)
+    md = (tmp_path / "out" / "frontier_gsm8k.md").read_text()
+    assert md.startswith("Capacity frontier on gsm8k: dev exact match") and "untuned model 0.0000" in md
+    assert references_of({}, {"exact_match": 0.0, "answer_loss": 7.0}, "answer_loss") == {}
