@@ -458,9 +458,12 @@ def task_gate(
     by_method: Mapping[str, Sequence[RunRecord]],
     baselines: Mapping[str, Any],
     untuned: Mapping[str, Any] | None = None,
-) -> tuple[bool, str]:
-    """(testable, reason) of a task: every anchor beats every reference predictor on the interval,
-    and for language modelling the exact-match floor (see the module docstring)."""
+) -> tuple[bool, str, bool]:
+    """(testable, reason, judged) of a task: every anchor beats every reference predictor on the
+    interval, and for language modelling the exact-match floor (see the module docstring). ``judged``
+    is whether the gate compared measured values; a gate that lacks a reference, an anchor's seeds or
+    the exact match is not judged, and a claim with missing runs then reads "not run" rather than
+    "not testable"."""
     untuned = dict(untuned or {})
     lm = spec.kind == "causal-lm"
     anchors = ("lora",) if lm else GATE_ANCHORS
@@ -493,33 +496,36 @@ def task_gate(
     if missing:
         where = {"untuned model": "untuned.json", "untuned encoder's cosine similarity": "untuned.json"}
         return False, "no " + ", ".join(f"{m} result" + (f" ({where[m]})" if m in where else "")
-                                        for m in missing) + " to gate against"  # fmt: skip
+                                        for m in missing) + " to gate against", False  # fmt: skip
     parts, ok = [], True
     for anchor in anchors:
         values = per_seed(anchor, main)
         if len(values) < 2:
-            return False, f"{len(values)} usable {anchor} run(s): the gate needs at least 2 seeds of {anchor}"
+            few = f"{len(values)} usable {anchor} run(s): the gate needs at least 2 seeds of {anchor}"
+            return False, few, False
         for name, ref in refs.items():
             good, text = _clears(anchor, name, _against(values, ref), margin, sign)  # type: ignore[arg-type]
             ok &= good
             parts.append(text + ("" if good else " (short)"))
     head_line = f"{'passes' if ok else 'fails'} (each lower bound ≥ {margin:g} needed): " + "; ".join(parts)
     if not ok or not lm:
-        return ok, head_line
+        return ok, head_line, True
     em = per_seed("lora", lambda r: r.dev.exact_match if r.dev is not None else None)
     base_em = untuned.get("exact_match")
     if not em:
-        return False, (
+        unmeasured = (
             f"exact match not measured on the lora runs (trained with --eval loss), so the floor (fine-tuned "
             f"exact match above the untuned model's{_num(base_em, ' ', '.3f')} by {EM_FLOOR:g}) cannot be "
             f"shown; {head_line}"
         )
+        return False, unmeasured, False
     if base_em is None:
-        return False, f"no untuned exact match (untuned.json) to gate against; {head_line}"
+        return False, f"no untuned exact match (untuned.json) to gate against; {head_line}", False
     good, text = _clears("lora exact match", "untuned", _against(em, float(base_em)), EM_FLOOR, 1.0)
     return (
         good,
         f"exact-match floor {'passes' if good else 'fails'} ({text}, ≥ {EM_FLOOR:g} needed); {head_line}",
+        True,
     )
 
 
@@ -609,7 +615,7 @@ def claim_rows(
     for rec in records:
         by_method.setdefault(label(rec), []).append(rec)
     contaminated = trained_on(model, spec.name)
-    task_ok, task_reason = task_gate(spec, by_method, baselines, untuned)
+    task_ok, task_reason, task_judged = task_gate(spec, by_method, baselines, untuned)
     if (head := (tuning or {}).get(HEAD_ONLY)) is not None and spec.kind != "causal-lm":
         task_reason += f"; {head}"  # how well tuned the control the gate reads was
     scale = (
@@ -644,7 +650,14 @@ def claim_rows(
             continue
         if not_run:  # a budget decision, not a result at this scale: say which runs are missing
             missing = ", ".join(f"{m} (runs/{_run_pattern(m, rank)})" for m in not_run)
-            rows.append(_not_testable(row, f"not run on {spec.name}: no runs of {missing}", "not run"))
+            if contaminated or (task_judged and not task_ok):  # no runs could make it testable here
+                why, holds = (task_reason, scale)
+                if contaminated:
+                    why, holds = contaminated, "not testable: base trained on this kind of data"
+                row["runs"] = f"not run: no runs of {missing}"
+                rows.append(_not_testable(row, why, holds))
+            else:
+                rows.append(_not_testable(row, f"not run on {spec.name}: no runs of {missing}", "not run"))
             continue
         if len(seeds) >= 1:  # descriptive numbers even where no test follows
             a = [va[s] for s in seeds]

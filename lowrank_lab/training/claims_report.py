@@ -338,9 +338,10 @@ def _task_section(task: str, rows: pd.DataFrame) -> list[str]:
     gates = rows[["gate", "gate_reason"]].drop_duplicates(subset=["gate_reason"])
     not_run = gates["gate_reason"].astype(str).str.startswith("not run")
     lines += ["Gates:", ""] + [f"- {g.gate}: {g.gate_reason}" for g in gates[~not_run].itertuples()] + [""]
-    if not_run.any():  # a claim whose runs are missing says so once, apart from the task's gate
-        reasons = gates.loc[not_run, "gate_reason"].astype(str)
-        why = reasons.str.replace(r"^not run( on \S+)?: ", "", regex=True)
+    unrun = rows["runs"].astype(str).str.startswith("not run: ")  # not testable here, and not run either
+    if not_run.any() or unrun.any():  # a claim whose runs are missing says so once, apart from the gate
+        reasons = pd.concat([gates.loc[not_run, "gate_reason"], rows.loc[unrun, "runs"]]).astype(str)
+        why = reasons.str.replace(r"^not run( on \S+)?: ", "", regex=True).drop_duplicates()
         lines += ["Not run: " + "; ".join(why) + ".", ""]
     notes = [n for t in rows["tuning"].dropna() for n in str(t).split("; ") if n]
     if notes:  # each method's selected rate, once: an edge means it may be under-tuned there
@@ -396,7 +397,8 @@ def readme_section(frame: pd.DataFrame, folder: str | Path = "reports") -> str:
         if len(measured):
             lines.append("  - measured where no test could be made (descriptive, not tests):")
             lines += [f"    - {r.claim}: {_interval(r)} {r.unit}" for r in measured.itertuples()]
-        not_run = untested[untested["claim_holds"] == "not run"]
+        unrun = untested["runs"].astype(str).str.startswith("not run: ")  # not testable, and not run either
+        not_run = untested[(untested["claim_holds"] == "not run") | unrun]
         if len(not_run):
             lines.append(f"  - not run on {task}: " + "; ".join(dict.fromkeys(not_run["claim"])))
     return "\n".join(lines) + "\n"

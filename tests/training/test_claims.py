@@ -585,3 +585,21 @@ def test_capacity_claims_are_judged_at_the_papers_configuration_only():
     at25 += [_rec(m, s, v + OFFSETS[s]) for m, v in (("head", 0.78), ("full", 0.89)) for s in range(5)]
     xs25 = _row(claim_rows(SST2, at25, baselines=BASELINES), "lora-xs~lora")
     assert xs25["n_seeds"] == 5 and xs25["runs"].startswith("lora-xs-r25-seed0 vs lora-r25-seed0")
+
+
+def test_a_claim_without_runs_on_a_task_no_run_could_make_testable_says_not_testable():
+    """A judged gate that fails (the GSM8K floor) or a base trained on the task outranks missing runs:
+    running the missing method would not make the claim testable, so "not run" would mislead."""
+    lora_only = [r for r in _gsm(0.0) if r.method == "lora"]
+    r = _row(claim_rows(GSM8K, lora_only, baselines=GSM_BASE, untuned=UNTUNED_LM), "pissa>lora")
+    assert r["claim_holds"] == "not testable at this scale" and "exact-match floor fails" in r["gate_reason"]
+    assert r["runs"] == "not run: no runs of pissa (runs/pissa-r8-seed*)"
+    unmeasured = [r for r in _gsm(None) if r.method == "lora"]  # a gate that could not judge: not run
+    assert _row(claim_rows(GSM8K, unmeasured, baselines=GSM_BASE, untuned=UNTUNED_LM), "pissa>lora")[
+        "claim_holds"] == "not run"  # fmt: skip
+    stsb = _study("stsb", model="minilm", **BASE)  # all-MiniLM-L6-v2 was trained on sentence pairs
+    rows = claim_rows(STSB, stsb, baselines={"constant_predictor": 0.0}, untuned={"metric": 0.5})
+    s = _row(rows, "pissa>lora")
+    assert s["claim_holds"] == "not testable: base trained on this kind of data"
+    assert s["runs"] == "not run: no runs of pissa (runs/pissa-r8-seed*)"
+    assert "overlaps STS-B" in s["gate_reason"]
