@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,11 +50,11 @@ def study_status(out: str | Path) -> pd.DataFrame:
     import pandas as pd
 
     out = Path(out)
-    pace = study_pace(out)
-    rows = []
+    rows, records = [], []
     for stage, folder in (("select", "select"), ("seed", "runs")):
         for rdir in sorted(p for p in (out / folder).glob("*") if p.is_dir()):
             rec = RunRecord.read(rdir)
+            records += [rec] if rec is not None else []
             meta = read_checkpoint_meta(rdir) or {}
             cfg = rec.config.to_dict() if rec is not None else meta.get("config", {})
             row = dict.fromkeys(STATUS_COLUMNS)
@@ -66,7 +67,6 @@ def study_status(out: str | Path) -> pd.DataFrame:
             lock = OutputLock(rdir, option="run folder")
             if (rdir / LOCK_NAME).exists() and held(lock):
                 row.update(state=f"training ({holder_text(lock)})", step=meta.get("step"))
-                row["minutes_left"] = _minutes_left(row, pace)
             elif rec is not None and rec.status != "running":
                 row.update(state=rec.status, step=rec.steps_done, val_metric=rec.val_metric)
                 row["cpu_hours"] = run_cpu_hours(rec)
@@ -74,24 +74,26 @@ def study_status(out: str | Path) -> pd.DataFrame:
                     row["dev_metric"] = rec.final_metric
             elif meta:
                 row.update(state="interrupted", step=meta.get("step"))
-                row["minutes_left"] = _minutes_left(row, pace)
             else:
                 row["state"] = "started"
             rows.append(row)
+    pace = study_pace(records)
+    for row in rows:  # in progress: training or interrupted
+        if row["state"] == "interrupted" or str(row["state"]).startswith("training"):
+            row["minutes_left"] = _minutes_left(row, pace)
     return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
 
 
-def study_pace(out: str | Path) -> dict[str | None, float]:
-    """Seconds a step of the study at ``out`` takes, from its finished runs' records: the median of
-    their ``seconds_per_step`` per method, and under the key None over all of them ({} before a run
-    has finished). A step's cost depends on the method (full fine-tuning updates every weight), so a
+def study_pace(records: Sequence[RunRecord]) -> dict[str | None, float]:
+    """Seconds a step of a study takes, from its finished run ``records``: the median of their
+    ``seconds_per_step`` per method, and under the key None over all of them ({} before a run has
+    finished). A step's cost depends on the method (full fine-tuning updates every weight), so a
     run's own method gives its pace where the study has one."""
     from statistics import median
 
     paces: dict[str | None, list[float]] = {}
-    for rec_dir in sorted(Path(out).glob("*/*/")):
-        rec = RunRecord.read(rec_dir) if rec_dir.parent.name in ("select", "runs") else None
-        if rec is None or rec.status != "finished" or not rec.seconds_per_step:
+    for rec in records:
+        if rec.status != "finished" or not rec.seconds_per_step:
             continue
         for key in (rec.method, None):
             paces.setdefault(key, []).append(float(rec.seconds_per_step))
