@@ -582,6 +582,14 @@ def _not_testable(row: dict[str, Any], reason: str, holds_text: str) -> dict[str
     return row
 
 
+def scored_spec(spec: TaskSpec, records: Sequence[RunRecord]) -> TaskSpec:
+    """``spec`` with the metric the study's runs were judged by: exact match (higher better) when
+    every usable run scored it (``finetune --eval generate``), else the task's own."""
+    if records and all(r.final_metric_name == EXACT_MATCH.name for r in records if r.usable):
+        return replace(spec, metric=EXACT_MATCH.name, higher_is_better=True)
+    return spec
+
+
 def claim_rows(
     spec: TaskSpec,
     records: Sequence[RunRecord],
@@ -606,8 +614,7 @@ def claim_rows(
     baselines = dict(baselines or {})
     intruders = dict(intruders or {})
     check_protocol(records)
-    if records and all(r.final_metric_name == EXACT_MATCH.name for r in records if r.usable):
-        spec = replace(spec, metric=EXACT_MATCH.name, higher_is_better=True)  # finetune --eval generate
+    spec = scored_spec(spec, records)
     model = model or (records[0].config.model if records else None)
     by_method: dict[str, list[RunRecord]] = {}
     label = method_labeller(records)

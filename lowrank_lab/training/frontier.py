@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +146,7 @@ def write_frontier(study: str | Path, out: str | Path) -> pd.DataFrame | None:
     ``study`` into ``out``; None (nothing written) for a study with no usable runs."""
     from lowrank_lab.utils.files import atomic_write_text, write_frame
 
-    from .claims import read_baselines
+    from .claims import read_baselines, scored_spec
     from .record import study_records
     from .tasks import get_task
     from .untuned import read_untuned
@@ -155,10 +154,7 @@ def write_frontier(study: str | Path, out: str | Path) -> pd.DataFrame | None:
     records = study_records(study)
     if not records:
         return None
-    spec = get_task(records[0].task)
-    usable = [r for r in records if r.usable]
-    if usable and all(r.final_metric_name == "exact_match" for r in usable):  # finetune --eval generate
-        spec = replace(spec, metric="exact_match", higher_is_better=True)
+    spec = scored_spec(get_task(records[0].task), records)
     frame = frontier_table(records, spec)
     if frame.empty:
         return None
