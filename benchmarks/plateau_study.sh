@@ -57,14 +57,12 @@ recorded_hours() {  # CPU-hours of every run record of the study so far (time x 
   # not counted: the untuned models' measurements (about 0.4 CPU-hours, untuned.json keeps no time) and
   # the time runs lost when a session ended before their first checkpoint
   python - "$OUT" <<'PY'
-import json, sys
+import sys
 from pathlib import Path
-total = 0.0
-for p in Path(sys.argv[1]).glob("*/*/*/run.json"):
-    r = json.loads(p.read_text())
-    t = max([x for x in (r.get("run_seconds"), r.get("wall_seconds")) if x is not None] or [0.0])
-    total += t * int((r.get("meta") or {}).get("threads") or 1) / 3600
-print(f"{total:.2f}")
+from lowrank_lab.training.record import RunRecord
+from lowrank_lab.training.study import run_cpu_hours
+recs = (RunRecord.read(p.parent) for p in Path(sys.argv[1]).glob("*/*/*/run.json"))
+print(f"{sum(run_cpu_hours(r) or 0.0 for r in recs if r is not None):.2f}")
 PY
 }
 

@@ -22,9 +22,10 @@ def _study(out: Path, hours_per_run: float) -> None:
             for seed in (100, 101):
                 folder = out / task / "select" / f"lora-r8-seed{seed}-lr{lr}"
                 folder.mkdir(parents=True)
-                cfg = {"method": "lora", "rank": 8, "lr": lr, "seed": seed, "steps": 100, "min_delta": 0.0}
+                cfg = {"task": task, "method": "lora", "rank": 8, "lr": lr, "seed": seed, "steps": 100,
+                       "min_delta": 0.0}  # fmt: skip
                 rec = {"config": cfg, "status": "finished", "val_metric": max(curve),
-                       "eval": [{"step": 20 * i, "metric": m} for i, m in enumerate(curve)],
+                       "eval": [{"step": 20 * i, "metric": m, "loss": 1.0} for i, m in enumerate(curve)],
                        "run_seconds": hours_per_run * 3600, "meta": {"threads": 1}}  # fmt: skip
                 (folder / "run.json").write_text(json.dumps(rec))
 
