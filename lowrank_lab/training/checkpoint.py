@@ -62,7 +62,8 @@ def _atomic(path: Path, write: Any) -> None:
 
 def save_checkpoint(run_dir: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write ``state`` (tensors and plain values) to ``run_dir/checkpoint.pt`` and ``meta``
-    (JSON-able: config, lr, head_lr, step) to ``checkpoint.json``, each atomically; returns the .pt."""
+    (JSON-able: config, lr, head_lr, step, seconds) to ``checkpoint.json``, each atomically;
+    returns the .pt."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pt = run_dir / CHECKPOINT
@@ -73,7 +74,8 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any], meta: dict[str, 
 
 
 def read_checkpoint_meta(run_dir: str | Path) -> dict[str, Any] | None:
-    """The ``checkpoint.json`` of ``run_dir`` (config, lr, head_lr, step), or None if there is none."""
+    """The ``checkpoint.json`` of ``run_dir`` (config, lr, head_lr, step and, from checkpoints
+    written since it was added, ``seconds``: train, eval and run so far), or None if there is none."""
     path = Path(run_dir) / CHECKPOINT_META
     if not path.is_file() or not (Path(run_dir) / CHECKPOINT).is_file():
         return None

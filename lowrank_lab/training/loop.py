@@ -658,7 +658,8 @@ class Trainer:
             "best": self.best,
             "bad_evals": self.bad_evals,
         }
-        meta = {"config": self.cfg.to_dict(), "lr": self.lr, "head_lr": self.head_lr, "step": step}
+        meta = {"config": self.cfg.to_dict(), "lr": self.lr, "head_lr": self.head_lr, "step": step,
+                "seconds": state["seconds"]}  # fmt: skip
         return save_checkpoint(self.ckpt_dir, state, meta)
 
     # -- the whole run ---------------------------------------------------------------------------

@@ -45,12 +45,13 @@ def study_status(out: str | Path) -> pd.DataFrame:
     for head-only, which trains no body) and ``head_lr`` the head's, the rate head-only's selection
     tunes (empty for a causal LM, which has no task head); ``cpu_hours`` a recorded run's
     :func:`run_cpu_hours`; ``minutes_left`` for a run in training or interrupted, its remaining
-    budget (steps - step) at the pace of the study's finished runs (:func:`study_pace`): an upper
-    bound, since early stopping can end it sooner. Reads files only: safe beside running studies."""
+    budget (steps - step) at the pace of the study's finished runs of its method (:func:`study_pace`),
+    or at its own pace so far where none has finished: an upper bound, since early stopping can end
+    it sooner. Reads files only: safe beside running studies."""
     import pandas as pd
 
     out = Path(out)
-    rows, records = [], []
+    rows, records, own = [], [], []
     for stage, folder in (("select", "select"), ("seed", "runs")):
         for rdir in sorted(p for p in (out / folder).glob("*") if p.is_dir()):
             rec = RunRecord.read(rdir)
@@ -77,10 +78,11 @@ def study_status(out: str | Path) -> pd.DataFrame:
             else:
                 row["state"] = "started"
             rows.append(row)
+            own.append(_own_pace(meta))
     pace = study_pace(records)
-    for row in rows:  # in progress: training or interrupted
+    for row, own_pace in zip(rows, own, strict=True):  # in progress: training or interrupted
         if row["state"] == "interrupted" or str(row["state"]).startswith("training"):
-            row["minutes_left"] = _minutes_left(row, pace)
+            row["minutes_left"] = _minutes_left(row, pace, own_pace)
     return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
 
 
@@ -100,11 +102,22 @@ def study_pace(records: Sequence[RunRecord]) -> dict[str | None, float]:
     return {k: median(v) for k, v in paces.items()}
 
 
-def _minutes_left(row: dict, pace: dict[str | None, float]) -> float | None:
-    per_step = pace.get(row["method"], pace.get(None))
+def _minutes_left(row: dict, pace: dict[str | None, float], own: float | None) -> float | None:
+    """``row``'s remaining budget in minutes: at its method's pace in the study where a run of that
+    method has finished; else at the run's ``own`` pace (seconds a step so far, from its checkpoint),
+    since a step's cost differs by method (full fine-tuning's is several times LoRA's and head-only's
+    a fraction of it); else, for a checkpoint that records no time, at the study's pace."""
+    per_step = pace.get(row["method"]) or own or pace.get(None)
     if per_step is None or row.get("steps") is None or row.get("step") is None:
         return None
     return round(max(int(row["steps"]) - int(row["step"]), 0) * per_step / 60, 1)
+
+
+def _own_pace(meta: dict) -> float | None:
+    """Seconds a step of a run in progress so far, from its ``checkpoint.json``; None before a
+    step or for a checkpoint that records no time."""
+    seconds, step = (meta.get("seconds") or {}).get("run"), meta.get("step")
+    return float(seconds) / int(step) if seconds and step else None
 
 
 def run_cpu_hours(rec: RunRecord) -> float | None:

@@ -62,6 +62,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_curve(
     assert str(exc).startswith(f"{method} (seed 0) interrupted after step {stop} of 6; saved")
     meta = read_checkpoint_meta(tmp_path)
     assert meta is not None and meta["step"] == stop and meta["config"]["method"] == method
+    assert meta["seconds"]["run"] >= meta["seconds"]["train"] > 0  # --status's pace of a run in progress
     resumed = train_run(_cfg(method), spec, tr, ev, tiny_bert(2), run_dir=tmp_path, resume=True)
     _same_run(resumed, whole)
     assert resumed.resumed_at == [stop] and whole.resumed_at == []

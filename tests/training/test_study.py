@@ -383,15 +383,18 @@ def test_status_gives_runs_in_progress_their_budget_left_at_the_pace_of_the_fini
                         seconds_per_step=pace, steps_done=100)  # fmt: skip
         (tmp_path / "runs" / rec.run_name).mkdir(parents=True)
         rec.write(tmp_path / "runs" / rec.run_name)
-    for method, step in (("lora", 400), ("full", 900), ("pissa", 0)):  # interrupted at `step` of 1,000
+    # interrupted at `step` of 1,000, `run` seconds so far (None: a checkpoint that records no time)
+    runs = (("lora", 400, 1.0), ("full", 900, None), ("pissa", 0, None), ("dora", 500, 1000.0))
+    for method, step, run in runs:
         cfg = {"task": "sst2", "method": method, "seed": 9, "steps": 1000}
-        meta = {"step": step, "lr": 1e-3, "config": cfg}
+        meta = {"step": step, "lr": 1e-3, "config": cfg} | ({"seconds": {"run": run}} if run else {})
         save_checkpoint(tmp_path / "select" / f"{method}-r8-seed9-lr0.001", {}, meta)
     table = study_status(tmp_path).set_index("run")
     left = table["minutes_left"]  # to a tenth of a minute
     assert left["lora-r8-seed9-lr0.001"] == pytest.approx(600 * 0.4 / 60, abs=0.05)  # its method's pace
     assert left["full-r8-seed9-lr0.001"] == pytest.approx(100 * 1.2 / 60, abs=0.05)
-    assert left["pissa-r8-seed9-lr0.001"] == pytest.approx(1000 * 0.5 / 60, abs=0.05)  # no pissa: the study's
+    assert left["dora-r8-seed9-lr0.001"] == pytest.approx(500 * 2.0 / 60, abs=0.05)  # no dora: its own pace
+    assert left["pissa-r8-seed9-lr0.001"] == pytest.approx(1000 * 0.5 / 60, abs=0.05)  # no time: the study's
     assert table.loc[table["state"] == "finished", "minutes_left"].isna().all()
     assert finetune.main(["--task", "sst2", "--out", str(tmp_path), "--status"]) == 0
-    assert "the 3 run(s) in progress have at most 0.2 CPU-hours of budget left" in capsys.readouterr().out
+    assert "the 4 run(s) in progress have at most 0.5 CPU-hours of budget left" in capsys.readouterr().out
