@@ -70,21 +70,49 @@ selection_fraction() {  # revision 5's rule: 0.5 when half-epoch selection chose
   python benchmarks/selection_budget.py "$COLA_OUT" "$SST2_OUT" --out "$SST2_OUT/selection_budget.md"
 }
 
-fits() {  # fits NAME RUNS [GLOB]: whether a block of RUNS whole SST-2 runs (0.7 CPU-hours each: block 1's
-  # LoRA runs under two streams) fits the budget beside what is recorded; a block that has begun (a folder
-  # matching GLOB exists) always finishes. Says why a block does not start.
+not_run() {  # not_run LABEL REASON: why the SST-2 study holds no runs of LABEL (a method label as the claims
+  # table names it, or "mitigation"), into its not_run.json, which the claims repeat beside the missing
+  # runs (lowrank_lab.training.claims.NOT_RUN); merged with what earlier sessions wrote, replaced atomically
+  python - "$SST2_OUT/not_run.json" "$1" "$2" <<'PY'
+import json
+import os
+import sys
+
+path, label, reason = sys.argv[1:]
+try:
+    with open(path, encoding="utf-8") as f:
+        said = json.load(f)
+except (FileNotFoundError, json.JSONDecodeError):
+    said = {}
+said[label] = reason
+os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+tmp = f"{path}.{os.getpid()}.tmp"
+with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(said, f, indent=1, sort_keys=True)
+os.replace(tmp, path)
+PY
+}
+
+fits() {  # fits NAME RUNS [GLOB [LABEL]]: whether a block of RUNS whole SST-2 runs (0.7 CPU-hours each: block
+  # 1's LoRA runs under two streams) fits the budget beside what is recorded; a block that has begun (a
+  # folder matching GLOB exists) always finishes. Says why a block does not start, and records it as the
+  # reason the study has no runs of LABEL.
   local spent need
   if [ -n "${3:-}" ] && compgen -G "$3" > /dev/null; then return 0; fi
   spent=$(recorded_hours); need=$(python -c "print(round($2 * 0.7, 1))")
   if python -c "import sys; sys.exit(0 if $spent + $need <= $BUDGET_HOURS else 1)"; then return 0; fi
   echo "$1: not started: $spent CPU-hours recorded + about $need for it > the $BUDGET_HOURS-hour budget" >&2
+  if [ -n "${4:-}" ]; then
+    not_run "$4" "outside the $BUDGET_HOURS CPU-hour budget (block $1: $spent CPU-hours recorded + about \
+$need for it)"
+  fi
   return 1
 }
 
 block() {  # block NAME METHOD RANK GRID [finetune options]: a block of blocks 2 and 4, if it fits
   local runs
   runs=$(python -c "print(6 * $(selection_fraction) + 5)")  # 3 rates x 2 selection seeds, 5 verdict seeds
-  fits "$1" "$runs" "$SST2_OUT/*/$2-r$3-seed*" || return 0  # over budget: said why, and not an error
+  fits "$1" "$runs" "$SST2_OUT/*/$2-r$3-seed*" "$2@$3" || return 0  # over budget: said why, not an error
   select_then_seeds "${@:2}"
 }
 
@@ -117,7 +145,11 @@ for stage in $STAGES; do
     budget)  # where the study stands against its budget, and the selection budget of blocks 2 and 4
       echo "recorded: $(recorded_hours) of $BUDGET_HOURS CPU-hours; selection runs of blocks 2 and 4: $(
         selection_fraction) epoch" ;;
-    sst2-rest)  # everything after block 1, in revision 5's order (verdicts per CPU-hour)
+    sst2-rest)  # everything after block 1, in revision 5's order (verdicts per CPU-hour); block 5 is not in it
+      for m in pissa milora nlora slora lora-sb lora-xs; do  # the init variants at r = 8 (lora-xs: LoRA-SB's)
+        compgen -G "$SST2_OUT/runs/$m-r8-seed*" > /dev/null || not_run "$m" "block 5 (the init variants at \
+r = 8, about 14 CPU-hours) was left out of the $BUDGET_HOURS CPU-hour budget before block 1 (reports/README.md)"
+      done
       STUDY_STAGE="sst2-r1 sst2-xs sst2-loldu sst2-inttune sst2-r64 intruder-counts" \
         bash benchmarks/plateau_study.sh ;;
     sst2-capacity) STUDY_STAGE="sst2-xs sst2-loldu sst2-inttune" bash benchmarks/plateau_study.sh ;;
@@ -134,7 +166,7 @@ for stage in $STAGES; do
       block "$stage" lora 64 5e-5,1.5e-4,5e-4 --scaling rslora ;;
     intruder-counts)  # block 4c: intruder counts of every LoRA r = 1, 8, 64 and full fine-tuning run (every
       # matrix, the epsilon sweep; epsilon 0.5 decides), STS-B forgetting, and mitigation; minutes a run
-      fits "$stage" 2 "$SST2_OUT/intruders" || continue
+      fits "$stage" 2 "$SST2_OUT/intruders" mitigation || continue
       for run in "$SST2_OUT"/runs/{lora-r1,lora-r8,lora-r64,full}-seed{0,1,2,3,4}; do
         name=$(basename "$run")
         [ -f "$SST2_OUT/intruders/$name/run.json" ] && continue

@@ -88,6 +88,13 @@ GATE_ANCHORS = ("lora", "full")
 #: A study's reference numbers (constant predictor, n-gram models), written by run_study.
 BASELINES = "baselines.json"
 
+#: Why a study holds no runs of some method: a JSON object mapping a method label, as the claims
+#: table names it (``method_a``/``method_b``: ``pissa``, ``lora-xs@25``, ``lora@64``), or
+#: ``"mitigation"`` for the mitigation tables, to the reason in words. Written by whoever decided
+#: not to run them (benchmarks/plateau_study.sh, when a block does not fit its CPU-hour budget); a
+#: claim whose runs are missing then reads "not run" with that reason beside the missing runs.
+NOT_RUN = "not_run.json"
+
 #: Config fields that may differ between the runs of one study (each run's own choice); every other
 #: identity field of :class:`~.config.RunConfig` is the study's protocol and must agree.
 PER_RUN_FIELDS = frozenset({"task", "method", "seed", "rank", "alpha", "targets", "lr", "head_lr", "extra"})
@@ -364,6 +371,11 @@ def read_baselines(out: str | Path) -> dict[str, Any]:
     return read_json_or_empty(Path(out) / BASELINES)
 
 
+def read_not_run(out: str | Path) -> dict[str, str]:
+    """The study's :data:`NOT_RUN` declarations ({} when there are none)."""
+    return {str(k): str(v) for k, v in read_json_or_empty(Path(out) / NOT_RUN).items()}
+
+
 def reference_levels(baselines: Mapping[str, Any], split: str = "dev") -> dict[str, float]:
     """The reference predictors of ``baselines.json`` that a figure draws beside the methods, by
     label: on ``"dev"`` the unigram and bigram answer loss (language modelling) or the constant
@@ -577,6 +589,13 @@ def _in_study(label: str, rank: int | None) -> str:
     return method if r and rank is not None and int(r) == rank else label
 
 
+def _declared(not_run: Mapping[str, str] | None, labels: Iterable[str]) -> str:
+    """The study's declared reasons (:data:`NOT_RUN`) for not running ``labels``, each once, as the
+    start of a "not run" reason ("<reason>; "), or "" where none is declared."""
+    reasons = dict.fromkeys(r for m in labels if (r := (not_run or {}).get(m)))
+    return "".join(f"{r}; " for r in reasons)
+
+
 def _not_testable(row: dict[str, Any], reason: str, holds_text: str) -> dict[str, Any]:
     row.update(gate="fail", gate_reason=reason, verdict="not testable", claim_holds=holds_text, family="")
     return row
@@ -602,13 +621,15 @@ def claim_rows(
     tuning: Mapping[str, str] | None = None,
     untuned: Mapping[str, Any] | None = None,
     model: str | None = None,
+    not_run: Mapping[str, str] | None = None,
     decided: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per claim that applies to ``spec`` (columns :data:`COLUMNS`). ``intruders`` and
     ``forgetting`` map run names to the run's intruder count and STS-B Spearman drop. A failed
     ``study_gate`` (:func:`selection_gate`) makes every claim not testable, with its reason.
     ``tuning`` maps a method label to how its rate was chosen (:func:`tuning_notes`); ``untuned`` is
-    the study's ``untuned.json``; ``model`` the base model (default: the runs'). With ``decided``
+    the study's ``untuned.json``; ``model`` the base model (default: the runs'); ``not_run`` why the
+    study holds no runs of a method (:data:`NOT_RUN`), said where a claim lacks them. With ``decided``
     the rows are Holm-adjusted within their families and given verdicts (:func:`decide_rows`); a
     table over several studies passes False and decides once over all of them."""
     baselines = dict(baselines or {})
@@ -651,12 +672,12 @@ def claim_rows(
         if collapsed:
             row["runs"] += ("; " if row["runs"] else "") + "collapsed, left out: " + ", ".join(collapsed)
         row["n_seeds"] = len(seeds)
-        not_run = [m for m, runs in ((a_label, runs_a), (b_label, runs_b)) if not runs]
+        not_run_labels = [m for m, runs in ((a_label, runs_a), (b_label, runs_b)) if not runs]
         if study_gate is not None and not study_gate[0]:  # the gate at selection decided to run no seeds
             rows.append(_not_testable(row, study_gate[1], "not testable at this scale"))
             continue
-        if not_run:  # a budget decision, not a result at this scale: say which runs are missing
-            missing = ", ".join(f"{m} (runs/{_run_pattern(m, rank)})" for m in not_run)
+        if not_run_labels:  # a budget decision, not a result at this scale: say which runs are missing
+            missing = ", ".join(f"{m} (runs/{_run_pattern(m, rank)})" for m in not_run_labels)
             if contaminated or (task_judged and not task_ok):  # no runs could make it testable here
                 why, holds = (task_reason, scale)
                 if contaminated:
@@ -664,7 +685,8 @@ def claim_rows(
                 row["runs"] = f"not run: no runs of {missing}"
                 rows.append(_not_testable(row, why, holds))
             else:
-                rows.append(_not_testable(row, f"not run on {spec.name}: no runs of {missing}", "not run"))
+                why = f"not run on {spec.name}: {_declared(not_run, not_run_labels)}no runs of {missing}"
+                rows.append(_not_testable(row, why, "not run"))
             continue
         if len(seeds) >= 1:  # descriptive numbers even where no test follows
             a = [va[s] for s in seeds]
@@ -705,21 +727,24 @@ def claim_rows(
             if contaminated
             else (None if task_ok else (task_reason, scale))
         )
-        rows += mitigation_rows(spec, mitigation, gate_failed)
+        rows += mitigation_rows(spec, mitigation, gate_failed, _declared(not_run, ["mitigation"]))
     return decide_rows(rows) if decided else rows
 
 
-def mitigation_rows(spec: TaskSpec, frame: Any, gate_failed: tuple[str, str] | None) -> list[dict[str, Any]]:
+def mitigation_rows(
+    spec: TaskSpec, frame: Any, gate_failed: tuple[str, str] | None, why_not_run: str = ""
+) -> list[dict[str, Any]]:
     """The two :data:`MITIGATION_CLAIMS` rows from a study's mitigation tables (the frame of
-    :func:`lowrank_lab.analysis.intruder_tables.collect_mitigation`; None or empty: "not run"), at the
-    lowest adapter rank the tables hold (the intruders of low ranks are what mitigation removes)."""
+    :func:`lowrank_lab.analysis.intruder_tables.collect_mitigation`; None or empty: "not run", after
+    ``why_not_run`` where the study declared it), at the lowest adapter rank the tables hold (the
+    intruders of low ranks are what mitigation removes)."""
     out = []
     for claim in MITIGATION_CLAIMS:
         measure = measure_for(claim, spec)
         row = _base_row(spec, claim, measure)
         if frame is None or len(frame) == 0:
             where = "mitigation/<run>/mitigation.csv (python -m lowrank_lab.intruders --mitigate)"
-            out.append(_not_testable(row, f"not run on {spec.name}: no {where}", "not run"))
+            out.append(_not_testable(row, f"not run on {spec.name}: {why_not_run}no {where}", "not run"))
             continue
         rank = int(frame["rank"].min())
         sub = frame[frame["rank"] == rank]
@@ -969,5 +994,6 @@ def study_claims(
         study_gate=selection_gate(out, baselines) if spec.kind == "causal-lm" and not records else None,
         tuning=tuning_notes(out, records),
         untuned=read_untuned(out),
+        not_run=read_not_run(out),
         decided=decided,
     )

@@ -53,6 +53,16 @@ def test_a_block_over_the_budget_is_not_started_and_says_why(tmp_path):
         proc.stderr
     )
     assert not (tmp_path / "sst2" / "runs").exists()  # nothing trained
+    said = json.loads((tmp_path / "sst2" / "not_run.json").read_text())  # the claims repeat it
+    why = "outside the 6 CPU-hour budget (block sst2-r1: 4.00 CPU-hours recorded + about 5.6 for it)"
+    assert said == {"lora@1": why}
+    proc = _script("sst2-rest", tmp_path, STUDY_BUDGET_HOURS="4")  # every later block refused, and block 5
+    assert proc.returncode == 0, proc.stderr
+    said = json.loads((tmp_path / "sst2" / "not_run.json").read_text())  # merged with the first
+    assert set(said) == {"lora@1", "lora-xs@25", "loldu@384", "inttune@128", "lora@64", "mitigation",
+                         "pissa", "milora", "nlora", "slora", "lora-sb", "lora-xs"}  # fmt: skip
+    assert said["pissa"].startswith("block 5 (the init variants at r = 8, about 14 CPU-hours) was left out")
+    assert said["lora@1"] == why.replace(" 6 ", " 4 ")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")

@@ -587,6 +587,36 @@ def test_capacity_claims_are_judged_at_the_papers_configuration_only():
     assert xs25["n_seeds"] == 5 and xs25["runs"].startswith("lora-xs-r25-seed0 vs lora-r25-seed0")
 
 
+def test_a_study_says_why_it_did_not_run_a_method_and_the_claims_repeat_it(tmp_path):
+    import json
+
+    from lowrank_lab.training.claims import MITIGATION_CLAIMS, NOT_RUN, study_claims
+
+    for rec in _study(**BASE, pissa=0.90):
+        (tmp_path / "runs" / rec.run_name).mkdir(parents=True)
+        rec.write(tmp_path / "runs" / rec.run_name)
+    (tmp_path / "baselines.json").write_text(json.dumps(BASELINES))
+    budget = "outside the 40 CPU-hour budget (31.2 recorded + about 7.7 for block sst2-xs)"
+    said = {"lora-xs@25": budget, "lora-sb": "block 5: left out", "lora-xs": "block 5: left out",
+            "pissa": "never read: pissa has runs", "mitigation": "no r = 1 runs"}  # fmt: skip
+    (tmp_path / NOT_RUN).write_text(json.dumps(said))
+    rows = study_claims(tmp_path)
+    xs = _row(rows, "lora-xs~lora")
+    assert xs["claim_holds"] == "not run"
+    missing = "no runs of lora-xs@25 (runs/lora-xs-r25-seed*)"
+    assert xs["gate_reason"] == f"not run on sst2: {budget}; {missing}"
+    sb = _row(rows, "lora-sb>lora-xs")  # both sides missing for one reason: said once
+    missing = "no runs of lora-sb (runs/lora-sb-r8-seed*), lora-xs (runs/lora-xs-r8-seed*)"
+    assert sb["gate_reason"] == f"not run on sst2: block 5: left out; {missing}"
+    assert _row(rows, "pissa>lora")["verdict"] != "not testable"  # a declaration never hides runs
+    nlora = _row(rows, "nlora>lora")  # nothing declared: the missing runs alone
+    assert nlora["gate_reason"] == "not run on sst2: no runs of nlora (runs/nlora-r8-seed*)"
+    mit = next(r for r in rows if r["claim"] == MITIGATION_CLAIMS[0].text)
+    assert mit["gate_reason"].startswith("not run on sst2: no r = 1 runs; no mitigation/")
+    (tmp_path / NOT_RUN).write_text("not json")  # unreadable: as if nothing were declared
+    assert _row(study_claims(tmp_path), "lora-xs~lora")["gate_reason"].startswith("not run on sst2: no runs")
+
+
 def test_a_claim_without_runs_on_a_task_no_run_could_make_testable_says_not_testable():
     """A judged gate that fails (the GSM8K floor) or a base trained on the task outranks missing runs:
     running the missing method would not make the claim testable, so "not run" would mislead."""
