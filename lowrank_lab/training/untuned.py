@@ -136,7 +136,7 @@ def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[
     if spec.kind == "classification":
         from .batching import eval_subset
         from .models import load_model
-        from .study import StudyData
+        from .study_data import StudyData
 
         data = StudyData.load(spec, cfg, data_dir)  # resolves the model once: data.model
         idx = eval_subset(len(data.dev), data.n_eval)
@@ -169,7 +169,7 @@ def measure_untuned(records: Sequence[RunRecord], data_dir: str | Path) -> dict[
     from .generate import exact_match
     from .loop import evaluate
     from .models import load_model
-    from .study import StudyData
+    from .study_data import StudyData
 
     data = StudyData.load(spec, cfg, data_dir)  # resolves the model once: data.model
     idx = eval_subset(len(data.dev), data.n_eval)
