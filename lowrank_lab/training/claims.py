@@ -701,8 +701,8 @@ def claim_rows(
             rows.append(_not_testable(row, task_reason, scale))
             continue
         if len(seeds) < 2:
-            have = f"{len(seeds)} seed(s) with usable runs and a {measure.name} value of both "
-            have += f"{a_label} and {b_label}"
+            have = f"{len(seeds)} seed(s) where both {a_label} and {b_label} have a usable run with a value "
+            have += f"of {measure.name}"
             rows.append(_not_testable(row, f"{have}; at least 2 needed", "not testable: too few seeds"))
             continue
         row.update(gate="pass", gate_reason=task_reason, family=claim.family)
