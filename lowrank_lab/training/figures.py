@@ -147,9 +147,11 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def lr_selection(frame: Any, path: str | Path, *, references: Mapping[str, float] | None = None) -> Path:
-    """Validation metric against learning rate, one line per method (log x), the chosen rate ringed
-    and collapsed or unfinished runs drawn as crosses at the bottom of the axis; ``references`` on
-    the validation split as grey lines (GSM8K: the bigram of the selection gate).
+    """Validation metric (``val_metric``: of the weights each run kept, the last or, under early
+    stopping, the best evaluation's; mean over selection seeds) against learning rate, one line per
+    method (log x), the chosen rate ringed and collapsed or unfinished runs drawn as crosses at the
+    bottom of the axis; ``references`` on the validation split as grey lines (GSM8K: the bigram of
+    the selection gate).
 
     ``frame`` is ``selection.csv`` as a pandas DataFrame (columns method, lr, val_metric, status,
     collapsed, chosen)."""
@@ -172,7 +174,7 @@ def lr_selection(frame: Any, path: str | Path, *, references: Mapping[str, float
     draw_references(ax, references)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (head rate for the head-only control)")
-    ax.set_ylabel("validation metric at the last step")
+    ax.set_ylabel("validation metric of the kept weights")  # last step, or best under early stopping
     ax.set_title("learning-rate selection on the validation split (ringed: chosen; x: collapsed/failed)")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)

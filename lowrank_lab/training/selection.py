@@ -10,8 +10,10 @@ Protocol (what :func:`~lowrank_lab.training.study.run_study` does with ``lr_grid
 2. then every other method at every rate of its grid, with the chosen head rate (all methods'
    grids as one batch of runs, then each round of extensions as one: processes sharing a study
    share every round);
-3. each on the selection seed, scored on the validation split (:func:`~.batching.validation_split`)
-   at the last step; the best finished, non-collapsed run gives the method's rate;
+3. each on the selection seeds, scored on the validation split (:func:`~.batching.validation_split`)
+   by the evaluation whose weights the run kept (its last, or under early stopping its best; the
+   record's ``val_metric``), averaged over the seeds; the best finished, non-collapsed rate gives the
+   method's rate;
 4. a best rate at either end of the grid means the grid missed the optimum: the grid is extended
    one step further in that direction (the ratio of its two outermost rates), up to
    :data:`MAX_EXTENSIONS` times (:func:`extension`);
@@ -188,11 +190,12 @@ def choose(
     method: str, rates: Sequence[float], records: Sequence[RunRecord], *, higher_is_better: bool
 ) -> Choice:
     """The rate whose selection run (``records[i]`` was made at ``rates[i]``) has the best
-    validation metric at its last step.
+    validation metric.
 
     Runs that are not :func:`selectable` are not eligible; a tie keeps the smaller rate (the more
-    conservative update). The metric read is ``val_metric`` (the last evaluation on the validation
-    split), never the dev set.
+    conservative update). The metric read is ``val_metric``: the validation-split evaluation whose
+    weights the run kept (its last, or under early stopping its best), the mean over the selection
+    seeds for a record that stands for several; never the dev set.
     """
     trials = list(zip(map(float, rates), records, strict=True))
     eligible = [(float(rec.val_metric), rate) for rate, rec in trials if selectable(rec)]  # type: ignore[arg-type]
